@@ -1,0 +1,5 @@
+import sys
+
+from hpbroker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""``hpbroker-bench``: throughput and latency measurements with same-run baselines.
+
+Each component benchmark lives in its own module here and exposes
+``register(subparsers)``.  Every figure is printed beside the baseline it was
+measured against in the same run; ``--json`` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+
+def suite_modules() -> list[str]:
+    import hpbroker.bench as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpbroker-bench", description="hpbroker benchmarks")
+    sub = parser.add_subparsers(dest="suite", metavar="SUITE")
+    sub.required = True
+    for name in suite_modules():
+        importlib.import_module(f"hpbroker.bench.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as e:
+        print(f"hpbroker-bench {args.suite}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from hpbroker.bench import main
+
+sys.exit(main())

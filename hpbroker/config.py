@@ -1,0 +1,142 @@
+"""Typed, frozen configuration: one object, loaded from TOML, overridden by flags.
+
+Every key has a default and a description (``msgspec.Meta``); docs/config.md
+is generated from these with ``hpbroker config docs`` and a test keeps the
+two in step.  Unknown keys are an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+M = msgspec.Meta
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class LogConfig(_Section):
+    """Storage: segments, group commit, retention."""
+
+    segment_bytes: Annotated[int, M(ge=1 << 16, description="Roll to a new segment once the active one reaches this many bytes.")] = 1 << 30
+    segment_ms: Annotated[int, M(ge=0, description="Roll a segment once its first batch is this many ms old (0 = never by age).")] = 7 * 24 * 3600 * 1000
+    index_interval_bytes: Annotated[int, M(ge=0, description="Add a sparse .index/.timeindex entry after at least this many bytes of batches.")] = 4096
+    flush_mode: Annotated[
+        Literal["durable", "async"],
+        M(description="durable: a batch is acknowledged after fdatasync. async: acknowledged after write(); fsync at most every async_fsync_interval_ms, so a machine crash can lose that window."),
+    ] = "durable"
+    flush_bytes: Annotated[int, M(ge=0, description="Group commit: fdatasync once this many bytes are pending (0 = no byte trigger).")] = 4 << 20
+    flush_batches: Annotated[int, M(ge=0, description="Group commit: fdatasync once this many batches are pending (0 = no count trigger).")] = 1024
+    flush_delay_us: Annotated[int, M(ge=0, description="Group commit: fdatasync at most this many microseconds after the oldest pending batch arrived. The writer also syncs whenever its input queue drains.")] = 2000
+    async_fsync_interval_ms: Annotated[int, M(ge=1, description="async mode: the longest time written data may stay un-synced (the documented loss window).")] = 1000
+    direct_io: Annotated[bool, M(description="Append with O_DIRECT from page-aligned buffers where the filesystem allows it; fall back to buffered writes (logged once) where it does not.")] = True
+    write_buffer_bytes: Annotated[int, M(ge=1 << 16, description="Size of the page-aligned staging buffer each partition appends through.")] = 8 << 20
+    retention_ms: Annotated[int, M(ge=-1, description="Delete (or archive) closed segments whose newest batch is older than this (-1 = keep forever).")] = 7 * 24 * 3600 * 1000
+    retention_bytes: Annotated[int, M(ge=-1, description="Delete (or archive) the oldest closed segments while the partition is larger than this (-1 = no size limit).")] = -1
+    retention_policy: Annotated[
+        Literal["delete", "archive"],
+        M(description="What retention does with an expired segment: delete it, or keep a compressed copy under archive_dir (as MetaQ's archive policy did)."),
+    ] = "delete"
+    archive_dir: Annotated[str, M(description="Where archived segments go; empty means '<partition dir>/archive'.")] = ""
+    retention_check_ms: Annotated[int, M(ge=100, description="How often the writer checks retention.")] = 60_000
+
+
+class RingConfig(_Section):
+    """Shared-memory rings between acceptors and writers."""
+
+    capacity_bytes: Annotated[int, M(ge=1 << 12, description="Data capacity of each acceptor-to-writer ring; must be a power of two.")] = 64 << 20
+    spin_us: Annotated[int, M(ge=0, description="How long a waiting side spins (and then yields) before it blocks on the semaphore.")] = 50
+    full_timeout_ms: Annotated[int, M(ge=0, description="How long a producer side waits for space in a full ring before raising RingFull (busy to clients).")] = 1000
+    heartbeat_ms: Annotated[int, M(ge=10, description="How often each side stamps its heartbeat in the ring header.")] = 100
+    dead_after_ms: Annotated[int, M(ge=50, description="A peer whose pid is gone, or whose heartbeat is older than this, is treated as dead.")] = 1000
+
+
+class Config(_Section):
+    """The whole broker configuration (TOML tables named after the sections)."""
+
+    log: LogConfig = LogConfig()
+    ring: RingConfig = RingConfig()
+
+
+def load(path: str | Path | None = None, **overrides) -> Config:
+    """Load a Config from a TOML file (or the defaults), then apply overrides
+    given as ``section__key=value`` keyword arguments."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = msgspec.toml.decode(p.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except msgspec.DecodeError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        section, _, key = k.partition("__")
+        if key:
+            raw.setdefault(section, {})[key] = v
+        else:
+            raw[section] = v
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message is one line."""
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, object, str]]:
+    """(key, type, default, description) for every key, sections flattened."""
+    out = []
+    info = msgspec.inspect.type_info(cls)
+    for f in info.fields:
+        t = f.type
+        desc = ""
+        if isinstance(t, msgspec.inspect.Metadata):
+            desc = (t.extra_json_schema or {}).get("description", "")
+            t = t.type
+        if isinstance(t, msgspec.inspect.StructType):
+            out.extend(describe(t.cls, f"{prefix}{f.name}."))
+            continue
+        out.append((prefix + f.name, _type_name(t), f.default, desc))
+    return out
+
+
+def _type_name(t) -> str:
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return " | ".join(repr(v) for v in t.values)
+    return type(t).__name__.removesuffix("Type").lower()
+
+
+def render_docs() -> str:
+    lines = [
+        "# Configuration",
+        "",
+        "Every key, its default and what it does. Generated by `hpbroker config docs`;",
+        "a test fails when this file and `hpbroker/config.py` disagree.",
+        "",
+        "Keys live in TOML tables named after their section, e.g.",
+        "",
+        "```toml",
+        "[log]",
+        'flush_mode = "durable"',
+        "```",
+        "",
+        "Unknown keys are rejected with an error naming them.",
+        "",
+    ]
+    section = None
+    for key, typ, default, desc in describe():
+        sec = key.rsplit(".", 1)[0] if "." in key else ""
+        if sec != section:
+            section = sec
+            lines += ["", f"## [{sec}]" if sec else "## top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines.append(f"| `{key}` | {typ} | `{default!r}` | {desc} |")
+    return "\n".join(lines) + "\n"

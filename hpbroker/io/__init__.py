@@ -1,0 +1,1 @@
+"""hpbroker.io"""
