@@ -55,11 +55,53 @@ class RingConfig(_Section):
     dead_after_ms: Annotated[int, M(ge=50, description="A peer whose pid is gone, or whose heartbeat is older than this, is treated as dead.")] = 1000
 
 
+class BrokerConfig(_Section):
+    """The broker process tree: endpoints, processes, topics and limits."""
+
+    data_dir: Annotated[str, M(description="Directory holding one sub-directory per topic-partition, topics.json and checkpoints.")] = "hpbroker-data"
+    bind: Annotated[str, M(description="Address the client endpoints listen on.")] = "127.0.0.1"
+    port: Annotated[int, M(ge=1, le=65535, description="Bootstrap client port: acceptor 0 listens here; clients learn every other acceptor from metadata.")] = 7600
+    acceptor_ports: Annotated[list[int], M(description="Ports for acceptors 1..N-1; empty means the OS picks free ports, advertised through metadata.")] = []
+    acceptors: Annotated[int, M(ge=1, le=64, description="Number of acceptor processes (ZeroMQ ROUTER sockets, batch checks, fetch reads).")] = 1
+    writers: Annotated[int, M(ge=1, le=64, description="Number of disk-writer processes; partitions are hashed to writers.")] = 1
+    instance: Annotated[str, M(description="Name prefix of this broker's shared memory and run directory; empty means 'p<port>', so brokers on different ports never collide.")] = ""
+    run_dir: Annotated[str, M(description="Directory for the internal ipc:// sockets; empty means /tmp/hpbroker-<instance>.")] = ""
+    cluster_id: Annotated[str, M(description="Cluster name reported in metadata and checked by replication handshakes.")] = "hpbroker"
+    broker_id: Annotated[int, M(ge=0, description="This broker's id in metadata.")] = 0
+    auto_create_topics: Annotated[bool, M(description="Create an unknown topic on its first metadata request or produce.")] = True
+    default_partitions: Annotated[int, M(ge=1, le=4096, description="Partitions of an automatically created topic.")] = 4
+    max_batch_bytes: Annotated[int, M(ge=1024, description="Largest record batch a producer may send (MESSAGE_TOO_LARGE above it).")] = 8 << 20
+    max_request_bytes: Annotated[int, M(ge=1024, description="Largest produce request (all its batches); ZMQ_MAXMSGSIZE on client sockets is set a little above it. Must fit a quarter of a ring.")] = 16 << 20
+    max_fetch_bytes: Annotated[int, M(ge=1024, description="Upper bound on the bytes one fetch reply carries.")] = 8 << 20
+    max_pending_requests: Annotated[int, M(ge=1, description="Produce requests an acceptor holds while waiting for durability; beyond it producers get BUSY.")] = 65536
+    cpu_affinity: Annotated[Literal["auto", "off"], M(description="auto: pin acceptors and writers to distinct cores (writers from the last core down) and place each ring on its writer's NUMA node; off: let the OS schedule.")] = "off"
+    acceptor_cpus: Annotated[list[int], M(description="Explicit CPU for each acceptor (overrides auto).")] = []
+    writer_cpus: Annotated[list[int], M(description="Explicit CPU for each writer (overrides auto).")] = []
+    shutdown_timeout_ms: Annotated[int, M(ge=0, description="On SIGTERM, how long to wait for in-flight batches to become durable before answering them with an error.")] = 10_000
+    zmq_hwm: Annotated[int, M(ge=0, description="ZeroMQ send/receive high-water mark (messages) on client sockets.")] = 10_000
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
+    broker: BrokerConfig = BrokerConfig()
     log: LogConfig = LogConfig()
     ring: RingConfig = RingConfig()
+
+    def __post_init__(self):
+        cap = self.ring.capacity_bytes
+        if cap & (cap - 1):
+            raise ValueError(f"ring.capacity_bytes must be a power of two, got {cap}")
+        if self.broker.max_request_bytes > cap // 4:
+            raise ValueError(
+                f"broker.max_request_bytes ({self.broker.max_request_bytes}) must fit a quarter of ring.capacity_bytes ({cap})"
+            )
+        if self.broker.max_batch_bytes > self.broker.max_request_bytes:
+            raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+
+    @property
+    def instance(self) -> str:
+        return self.broker.instance or f"p{self.broker.port}"
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:
