@@ -1,0 +1,99 @@
+"""Error codes carried in every reply's ``code`` field, and the exceptions
+built from them.
+
+=====  ==========================  =========  ==========================================
+code   name                        retriable  meaning
+=====  ==========================  =========  ==========================================
+0      OK                                     success
+1      UNKNOWN_TOPIC_OR_PARTITION  no         no such topic, or partition out of range
+2      MESSAGE_TOO_LARGE           no         a frame or batch exceeds the broker's limit
+3      CORRUPT_BATCH               no         CRC32C mismatch or a bad batch layout
+4      PARTITION_FENCED            no         the partition is read-only after a disk failure
+5      NOT_LEADER                  yes        this broker does not lead the partition
+6      BUSY                        yes        back-pressure (ring full); retry after a backoff
+7      BAD_REQUEST                 no         a request that is well-formed msgpack but invalid
+8      NOT_ENOUGH_REPLICAS         yes        acks=all could not be satisfied (yet)
+9      REQUEST_TIMED_OUT           yes        not durable within ``timeout_ms``; the outcome is
+                                              unknown (the batch may still be written)
+10     TOPIC_ALREADY_EXISTS        no         CreateTopic for an existing topic
+11     OFFSET_OUT_OF_RANGE         no         Fetch below the log start or above the high watermark
+12     UNSUPPORTED_VERSION         no         header ``v`` is not a version this broker speaks
+13     BROKER_SHUTTING_DOWN        yes        the broker is stopping; retry (elsewhere) later
+99     INTERNAL                    no         a broker bug; the message says more
+=====  ==========================  =========  ==========================================
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    OK = 0
+    UNKNOWN_TOPIC_OR_PARTITION = 1
+    MESSAGE_TOO_LARGE = 2
+    CORRUPT_BATCH = 3
+    PARTITION_FENCED = 4
+    NOT_LEADER = 5
+    BUSY = 6
+    BAD_REQUEST = 7
+    NOT_ENOUGH_REPLICAS = 8
+    REQUEST_TIMED_OUT = 9
+    TOPIC_ALREADY_EXISTS = 10
+    OFFSET_OUT_OF_RANGE = 11
+    UNSUPPORTED_VERSION = 12
+    BROKER_SHUTTING_DOWN = 13
+    INTERNAL = 99
+
+
+RETRIABLE: frozenset[int] = frozenset(
+    {
+        ErrorCode.BUSY,
+        ErrorCode.NOT_LEADER,
+        ErrorCode.REQUEST_TIMED_OUT,
+        ErrorCode.NOT_ENOUGH_REPLICAS,
+        ErrorCode.BROKER_SHUTTING_DOWN,
+    }
+)
+
+
+def code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"UNKNOWN_CODE_{code}"
+
+
+class BrokerError(Exception):
+    """An error reply from the broker (or the client's local equivalent).
+
+    ``code`` is an :class:`ErrorCode` value (kept as a plain int when the
+    broker sent a code this client does not know), ``message`` the broker's
+    explanation.  Client futures raise this.
+    """
+
+    def __init__(self, code: int, message: str = ""):
+        try:
+            code = ErrorCode(code)
+        except ValueError:
+            code = int(code)
+        self.code = code
+        self.message = message
+        super().__init__(f"{code_name(code)}: {message}" if message else code_name(code))
+
+    @property
+    def retriable(self) -> bool:
+        return self.code in RETRIABLE
+
+
+class ProtocolError(BrokerError):
+    """Frames that do not decode into a valid message.
+
+    ``id`` is the request's correlation id when the header got far enough to
+    reveal it, else -1; the acceptor answers with ``ErrorReply(id, code,
+    message)`` (see :meth:`to_reply` in :mod:`hpbroker.protocol.codec`).
+    """
+
+    def __init__(self, code: int, message: str = "", id: int = -1):
+        super().__init__(code, message)
+        self.id = id
