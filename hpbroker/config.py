@@ -130,6 +130,16 @@ def load(path: str | Path | None = None, **overrides) -> Config:
         raise ConfigError(f"invalid config: {e}") from None
 
 
+def dumps(cfg: Config) -> bytes:
+    """msgpack bytes that :func:`loads` turns back into the same Config
+    (how the supervisor hands its config to child processes)."""
+    return msgspec.msgpack.encode(cfg)
+
+
+def loads(data: bytes) -> Config:
+    return msgspec.msgpack.decode(data, type=Config)
+
+
 class ConfigError(ValueError):
     """A config file or flag that cannot be used; the message is one line."""
 

@@ -27,6 +27,7 @@ entirely in the ring or (when the ring is full) entirely refused.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import msgspec
 
@@ -87,3 +88,9 @@ completions_decoder = msgspec.msgpack.Decoder(Completions)
 
 def tp_key(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+def owner_of(topic: str, partition: int, writers: int) -> int:
+    """The writer that owns a partition: stable across processes and runs
+    (zlib.crc32, not Python's salted hash)."""
+    return zlib.crc32(f"{topic}/{partition}".encode()) % writers

@@ -1,0 +1,1 @@
+"""The broker process tree: supervisor, writer processes, topic registry, CPU layout."""

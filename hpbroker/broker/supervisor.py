@@ -1,0 +1,303 @@
+"""The supervisor: starts, watches and stops the broker's processes.
+
+It owns lifecycle and nothing else.  Order of events:
+
+start
+    lock the data directory; unlink shared memory a killed broker of the
+    same instance left behind; create the rings (each on its writer's NUMA
+    node) and doorbells; start the writers and wait until each has
+    recovered its partitions; start the acceptors; publish the cluster
+    view.
+serve
+    answer topic creation from acceptors; watch every child.  A child that
+    dies stops the whole broker (exit code 1) with a log line naming it:
+    a broker never goes on acknowledging without one of its writers.
+stop (SIGTERM/SIGINT)
+    acceptors stop taking requests and wait for their in-flight batches;
+    then the writers drain their rings, fsync and exit; then the rings are
+    unlinked.  Exit code 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import zmq
+
+from hpbroker import config as config_mod
+from hpbroker.broker import layout
+from hpbroker.broker.topics import TopicError, TopicRegistry
+from hpbroker.net import acceptor as acceptor_mod
+from hpbroker.net import control
+from hpbroker.broker import writer as writer_mod
+from hpbroker.net.rings import create_doorbell, create_ring, unlink_instance
+from hpbroker.protocol.errors import ErrorCode
+
+log = logging.getLogger("hpbroker.supervisor")
+
+START_TIMEOUT_S = 60.0
+
+
+class StartupError(RuntimeError):
+    """The broker could not start; the message says why, in one line."""
+
+
+class Supervisor:
+    def __init__(self, cfg: config_mod.Config):
+        self.cfg = cfg
+        self.instance = cfg.instance
+        self.data_dir = Path(cfg.broker.data_dir).resolve()
+        self.run_dir = Path(cfg.broker.run_dir or f"/tmp/hpbroker-{self.instance}")
+        self.stop_requested = False
+        self.exit_code = 0
+        self.children: dict[str, multiprocessing.Process] = {}
+        self.owned_shm: list = []
+        self.ctx: zmq.Context | None = None
+        self.endpoints: list[str | None] = [None] * cfg.broker.acceptors
+        self._lock_fd: int | None = None
+        self._own_run_dir = False
+
+    # -- start ------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"data directory {self.data_dir} is in use by another broker") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _check_port(self, port: int) -> None:
+        s = socket.socket(socket.AF_INET6 if ":" in self.cfg.broker.bind else socket.AF_INET)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((self.cfg.broker.bind, port))
+        except OSError as e:
+            raise StartupError(f"cannot listen on {self.cfg.broker.bind}:{port}: {e.strerror}") from None
+        finally:
+            s.close()
+
+    def start(self) -> None:
+        b = self.cfg.broker
+        self._check_port(b.port)
+        for p in b.acceptor_ports:
+            self._check_port(p)
+        self._lock_data_dir()
+        try:
+            self.topics = TopicRegistry(self.data_dir)
+        except TopicError as e:
+            raise StartupError(str(e)) from None
+        removed = unlink_instance(self.instance)
+        if removed:
+            log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True)
+        self._own_run_dir = True
+        self.plan = layout.plan(b)
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(self._ipc("control"))
+        self.view_pub = self.ctx.socket(zmq.PUB)
+        self.view_pub.setsockopt(zmq.LINGER, 0)
+        self.view_pub.bind(self._ipc("view"))
+        self._create_rings()
+        mp = multiprocessing.get_context("spawn")
+        cfg_bytes = config_mod.dumps(self._child_config())
+        for w in range(b.writers):
+            pl = self.plan.placement("writer", w)
+            self._spawn(mp, f"writer{w}", writer_mod.main,
+                        (w, cfg_bytes, [self._ring(a, w) for a in range(b.acceptors)], self._bell(w),
+                         [self._ipc(f"acc{a}") for a in range(b.acceptors)], self._ipc("control"), pl.cpus))
+        self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
+        for a in range(b.acceptors):
+            pl = self.plan.placement("acceptor", a)
+            port = b.port if a == 0 else (b.acceptor_ports[a - 1] if a - 1 < len(b.acceptor_ports) else 0)
+            endpoint = f"tcp://{b.bind}:{port or '*'}"
+            self._spawn(mp, f"acceptor{a}", acceptor_mod.main,
+                        (a, cfg_bytes, [self._ring(a, w) for w in range(b.writers)], endpoint,
+                         self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), pl.cpus))
+        self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
+        self.publish_view()
+        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s)",
+                 self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode)
+
+    _ready: set[str]
+
+    def _child_config(self) -> config_mod.Config:
+        import msgspec
+
+        return msgspec.structs.replace(self.cfg, broker=msgspec.structs.replace(self.cfg.broker, data_dir=str(self.data_dir)))
+
+    def _ipc(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}.sock"
+
+    def _ring(self, a: int, w: int) -> str:
+        return layout.ring_name(self.instance, a, w)
+
+    def _bell(self, w: int) -> str:
+        return f"/hpb.{self.instance}.bell{w}"
+
+    def _create_rings(self) -> None:
+        b = self.cfg.broker
+        for w in range(b.writers):
+            self.owned_shm.append(create_doorbell(self._bell(w)))
+        for a, w, node in self.plan.rings:
+            cpus = self.plan.nodes.get(node) if node is not None and len(self.plan.nodes) > 1 else None
+            self.owned_shm.append(create_ring(self._ring(a, w), self.cfg.ring, place_on_cpus=cpus))
+
+    def _spawn(self, mp, name: str, target, args) -> None:
+        p = mp.Process(target=target, args=args, name=f"hpbroker-{name}", daemon=False)
+        p.start()
+        self.children[name] = p
+        log.info("started %s (pid %d)", name, p.pid)
+
+    def _await(self, done, what: str) -> None:
+        if not hasattr(self, "_ready"):
+            self._ready = set()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not done():
+            if self.stop_requested:
+                raise StartupError("stopped while starting")
+            self._check_children()
+            if time.monotonic() > deadline:
+                raise StartupError(f"timed out waiting for {what}")
+            self._serve_control(100)
+
+    # -- serve ------------------------------------------------------------------
+
+    def view(self) -> control.ClusterView:
+        return control.ClusterView(cluster_id=self.cfg.broker.cluster_id, broker_id=self.cfg.broker.broker_id,
+                                   leader_epoch=0, acceptors=[e or "" for e in self.endpoints],
+                                   topics=dict(self.topics.topics))
+
+    def publish_view(self) -> None:
+        self.view_pub.send(control.encoder.encode(self.view()))
+
+    def _serve_control(self, timeout_ms: int) -> None:
+        if not self.control.poll(timeout_ms):
+            return
+        while True:
+            try:
+                ident, raw = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = control.to_supervisor.decode(raw)
+            reply = self._on_control(msg)
+            if reply is not None:
+                self.control.send_multipart([ident, control.encoder.encode(reply)])
+
+    def _on_control(self, msg):
+        match msg:
+            case control.WriterReady():
+                self._ready.add(f"writer{msg.writer}")
+                return None
+            case control.AcceptorHello():
+                self.endpoints[msg.acceptor] = msg.endpoint
+                return self.view()
+            case control.EnsureTopic():
+                return self._ensure_topic(msg)
+        return control.Ack()
+
+    def _ensure_topic(self, msg: control.EnsureTopic) -> control.TopicResult:
+        b = self.cfg.broker
+        existing = self.topics.topics.get(msg.name)
+        if existing is not None:
+            if msg.explicit and not msg.if_not_exists:
+                return control.TopicResult(code=ErrorCode.TOPIC_ALREADY_EXISTS, message=f"topic {msg.name!r} already exists", view=self.view())
+            return control.TopicResult(code=0, message="", view=self.view())
+        if not msg.explicit and not b.auto_create_topics:
+            return control.TopicResult(code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, message=f"unknown topic {msg.name!r} (auto_create_topics is off)", view=self.view())
+        try:
+            self.topics.create(msg.name, msg.partitions or b.default_partitions)
+        except TopicError as e:
+            return control.TopicResult(code=ErrorCode.BAD_REQUEST, message=str(e), view=self.view())
+        log.info("created topic %s with %d partitions", msg.name, self.topics.topics[msg.name])
+        self.publish_view()
+        return control.TopicResult(code=0, message="", view=self.view())
+
+    def _check_children(self) -> None:
+        for name, p in self.children.items():
+            if p.exitcode is not None:
+                how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+                raise ChildDied(f"{name} (pid {p.pid}) died with {how}; stopping the broker")
+
+    def serve(self) -> None:
+        while not self.stop_requested:
+            self._check_children()
+            self._serve_control(100)
+
+    # -- stop ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ordered shutdown; safe to call after a partial start."""
+        timeout = self.cfg.broker.shutdown_timeout_ms / 1000.0 + 5.0
+        acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
+        writers = [p for n, p in self.children.items() if n.startswith("writer")]
+        for group in (acceptors, writers):
+            for p in group:
+                if p.exitcode is None:
+                    p.terminate()  # SIGTERM: drain, answer, exit
+            deadline = time.monotonic() + timeout
+            for p in group:
+                while p.exitcode is None and time.monotonic() < deadline:
+                    if self.ctx is not None:
+                        self._serve_control(50)
+                    else:
+                        p.join(0.05)
+                if p.exitcode is None:
+                    log.error("%s (pid %d) did not stop in %.0f s; killing it", p.name, p.pid, timeout)
+                    p.kill()
+                    p.join(5)
+        for obj in self.owned_shm:
+            obj.unlink()
+        self.owned_shm.clear()
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+            self.ctx = None
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class ChildDied(RuntimeError):
+    pass
+
+
+def run(cfg: config_mod.Config) -> int:
+    """Run a broker in the foreground until SIGTERM/SIGINT; the exit code."""
+    sup = Supervisor(cfg)
+
+    def on_signal(signum, frame):
+        if not sup.stop_requested:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        sup.stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    try:
+        sup.start()
+        sup.serve()
+    except (StartupError, ChildDied) as e:
+        log.error("%s", e)
+        code = 1
+    finally:
+        sup.stop()
+    if code == 0:
+        log.info("stopped cleanly")
+    return code

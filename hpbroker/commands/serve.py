@@ -1,0 +1,49 @@
+"""``hpbroker serve``: run a broker in the foreground.
+
+With no flags it serves on tcp://127.0.0.1:7600 with a data directory
+``./hpbroker-data``, auto-created topics and no other service.  SIGTERM or
+Ctrl-C drains in-flight batches, fsyncs and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hpbroker import config
+from hpbroker.commands import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run a broker in the foreground (embedded defaults without flags)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (see docs/config.md)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (broker.data_dir)")
+    p.add_argument("--port", type=int, help="bootstrap client port (broker.port, default 7600)")
+    p.add_argument("--bind", metavar="ADDR", help="listen address (broker.bind, default 127.0.0.1)")
+    p.add_argument("--acceptors", type=int, metavar="N", help="acceptor processes (broker.acceptors)")
+    p.add_argument("--writers", type=int, metavar="M", help="writer processes (broker.writers)")
+    p.add_argument("--partitions", type=int, metavar="N", help="partitions of auto-created topics (broker.default_partitions)")
+    p.add_argument("--flush-mode", choices=["durable", "async"], help="log.flush_mode")
+    p.add_argument("--cpu-affinity", choices=["auto", "off"], help="broker.cpu_affinity")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        cfg = config.load(
+            args.config,
+            broker__data_dir=args.data_dir,
+            broker__port=args.port,
+            broker__bind=args.bind,
+            broker__acceptors=args.acceptors,
+            broker__writers=args.writers,
+            broker__default_partitions=args.partitions,
+            broker__cpu_affinity=args.cpu_affinity,
+            log__flush_mode=args.flush_mode,
+        )
+    except config.ConfigError as e:
+        raise UserError(str(e)) from None
+    logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
+    from hpbroker.broker import supervisor
+
+    return supervisor.run(cfg)

@@ -1,0 +1,341 @@
+"""The acceptor process: client sockets in, ring records out, acks back.
+
+One thread, one ``zmq.Poller`` over four sockets:
+
+====================  ======  ==============================================
+socket                type    job
+====================  ======  ==============================================
+client                ROUTER  requests from producers and consumers (tcp)
+completions           PULL    writers' group-commit results and watermarks
+view                  SUB     cluster view (acceptors, topics) from the
+                              supervisor
+control               DEALER  topic creation requests to the supervisor
+====================  ======  ==============================================
+
+Per produce request the Python work is per batch: check sizes, header and
+CRC, claim one ring record, copy the frames in, commit.  The ack goes out
+when the writer's completion for the request's token arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from itertools import count
+
+import zmq
+
+from hpbroker import config as config_mod
+from hpbroker.net import control, handoff
+from hpbroker.net.fetch import FetchService
+from hpbroker.net.produce import Pending, Waiting, check_request_size
+from hpbroker.net.rings import RingFull, RingProducer
+from hpbroker.protocol import build_messages_batch, check_produce, codec
+from hpbroker.protocol import messages as m
+from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
+
+log = logging.getLogger("hpbroker.acceptor")
+
+
+def client_socket_options(sock: zmq.Socket, cfg: config_mod.Config) -> None:
+    b = cfg.broker
+    sock.setsockopt(zmq.MAXMSGSIZE, b.max_request_bytes + (1 << 16))
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, b.zmq_hwm)
+    sock.setsockopt(zmq.RCVHWM, b.zmq_hwm)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+
+
+class Acceptor:
+    def __init__(self, index: int, cfg: config_mod.Config, ctx: zmq.Context, rings: list[RingProducer],
+                 endpoint: str, completions_ep: str, control_ep: str, view_ep: str):
+        self.index = index
+        self.cfg = cfg
+        self.rings = rings
+        self.stopping = False
+        self.client = ctx.socket(zmq.ROUTER)
+        client_socket_options(self.client, cfg)
+        self.client.bind(endpoint)
+        self.endpoint = self.client.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.completions = ctx.socket(zmq.PULL)
+        self.completions.bind(completions_ep)
+        self.control = ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(control_ep)
+        self.view_sub = ctx.socket(zmq.SUB)
+        self.view_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.view_sub.connect(view_ep)
+        self.view: control.ClusterView | None = None
+        self.pending = Pending(cfg.broker.max_pending_requests)
+        self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
+        self._rr = count()
+        self._timeout = cfg.ring.full_timeout_ms / 1000.0
+
+    # -- control --------------------------------------------------------------
+
+    def _ask(self, msg) -> object:
+        """A synchronous request to the supervisor (rare: hello, topic creation)."""
+        self.control.send(control.encoder.encode(msg))
+        if not self.control.poll(10_000):
+            raise BrokerError(ErrorCode.INTERNAL, "the supervisor did not answer a control request")
+        return control.from_supervisor.decode(self.control.recv())
+
+    def hello(self) -> None:
+        reply = self._ask(control.AcceptorHello(acceptor=self.index, pid=os.getpid(), endpoint=self.endpoint))
+        assert isinstance(reply, control.ClusterView), reply
+        self.view = reply
+
+    def ensure_topic(self, name: str, partitions: int = 0, explicit: bool = False, if_not_exists: bool = True) -> int:
+        reply = self._ask(control.EnsureTopic(name=name, partitions=partitions, explicit=explicit, if_not_exists=if_not_exists))
+        if reply.view is not None:
+            self.view = reply.view
+        if reply.code:
+            raise BrokerError(reply.code, reply.message)
+        return self.view.topics[name]
+
+    def partitions_of(self, topic: str, auto: bool = True) -> int:
+        n = self.view.topics.get(topic)
+        if n is None:
+            if not auto:
+                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {topic!r}")
+            n = self.ensure_topic(topic)
+        return n
+
+    def check_partition(self, topic: str, partition: int, auto: bool = True) -> None:
+        n = self.partitions_of(topic, auto)
+        if not 0 <= partition < n:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} has partitions 0..{n - 1}, not {partition}")
+
+    # -- main loop --------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.client, zmq.POLLIN)
+        poller.register(self.completions, zmq.POLLIN)
+        poller.register(self.view_sub, zmq.POLLIN)
+        stop_deadline = None
+        while True:
+            if self.stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
+                poller.unregister(self.client)
+                self._answer_parked_fetches()
+            if stop_deadline is not None and (not self.pending.waiting() or time.monotonic() >= stop_deadline):
+                break
+            timeout = self._poll_timeout()
+            events = dict(poller.poll(timeout))
+            if self.completions in events:
+                self._drain_completions()
+            if self.view_sub in events:
+                while self.view_sub.poll(0):
+                    v = control.from_supervisor.decode(self.view_sub.recv())
+                    if isinstance(v, control.ClusterView):
+                        self.view = v
+            if self.client in events:
+                self._drain_client()
+            self._expire(time.monotonic())
+        for token, w in self.pending.waiting():
+            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN,
+                                               message="broker stopped before the batch was durable; outcome unknown"))
+            self.pending.cancel(token)
+        self._drain_client_shutdown()
+
+    def _poll_timeout(self) -> int:
+        d = self.fetch.next_deadline()
+        if d is None:
+            return 100
+        return max(0, min(100, int((d - time.monotonic()) * 1000) + 1))
+
+    def _drain_client(self) -> None:
+        for _ in range(256):
+            try:
+                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames[0].bytes, frames[1:])
+
+    def _drain_client_shutdown(self) -> None:
+        while True:
+            try:
+                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                req, _ = codec.decode_request(frames[1:])
+            except ProtocolError:
+                continue
+            self._reply(frames[0].bytes, m.ErrorReply(id=req.id, code=ErrorCode.BROKER_SHUTTING_DOWN, message="broker is stopping"))
+
+    def _reply(self, ident: bytes, reply, payloads=()) -> None:
+        try:
+            self.client.send_multipart([ident, *codec.encode_reply(reply, payloads)], copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
+
+    def _handle(self, ident: bytes, frames) -> None:
+        try:
+            req, payload = codec.decode_request(frames)
+        except ProtocolError as e:
+            self._reply(ident, m.ErrorReply(id=e.id, code=e.code, message=e.message))
+            return
+        try:
+            match req:
+                case m.Produce():
+                    check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    check_produce(req, payload, max_batch_bytes=self.cfg.broker.max_batch_bytes)
+                    self._produce(ident, req, payload)
+                case m.ProduceMessages():
+                    check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    built = build_messages_batch(req, payload, max_batch_bytes=self.cfg.broker.max_batch_bytes)
+                    self._produce(ident, req, [memoryview(built)])
+                case m.Fetch():
+                    self._fetch(ident, req)
+                case m.Metadata():
+                    self._reply(ident, self._metadata(req))
+                case m.ListOffsets():
+                    self._reply(ident, m.ListOffsetsReply(id=req.id, offset=self._list_offsets(req)))
+                case m.CreateTopic():
+                    n = self.ensure_topic(req.topic, req.partitions, explicit=True, if_not_exists=req.if_not_exists)
+                    self._reply(ident, m.CreateTopicReply(id=req.id, partitions=n))
+                case _:
+                    raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
+        except BrokerError as e:
+            if getattr(req, "acks", 1) != 0 or not isinstance(req, (m.Produce, m.ProduceMessages)):
+                self._reply(ident, _error_reply(req, e))
+        except Exception as e:  # a bug must not take every other client down
+            log.exception("request %s failed", type(req).__name__)
+            self._reply(ident, _error_reply(req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")))
+
+    # -- produce ----------------------------------------------------------------
+
+    def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
+        if self.stopping:
+            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping")
+        partition = req.partition
+        if partition < 0:
+            partition = next(self._rr) % self.partitions_of(req.topic)
+        self.check_partition(req.topic, partition)
+        if self.pending.full():
+            raise BrokerError(ErrorCode.BUSY, f"{len(self.pending)} requests already wait for the disk; retry later")
+        topic_b = req.topic.encode()
+        size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
+        waiting = None
+        if req.acks != 0:
+            waiting = Waiting(ident, req.id, partition, time.monotonic() + req.timeout_ms / 1000.0)
+        token = self.pending.add(waiting)
+        ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
+        try:
+            ring.put(size, lambda buf: handoff.write_record(buf, token, topic_b, partition, batches), self._timeout)
+        except RingFull:
+            self.pending.cancel(token)
+            raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
+        except BaseException:
+            self.pending.cancel(token)
+            raise
+
+    def _drain_completions(self) -> None:
+        moved: list[str] = []
+        while True:
+            try:
+                raw = self.completions.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            c = handoff.completions_decoder.decode(raw.buffer)
+            for token, code, message, offsets in c.done:
+                w = self.pending.complete(token)
+                if w is not None:
+                    self._reply(w.ident, m.ProduceReply(id=w.req_id, code=code, message=message,
+                                                       base_offsets=offsets, partition=w.partition))
+            moved += self.fetch.update(c.hwm, c.log_start)
+        if moved:
+            for p in self.fetch.woken(moved):
+                self._serve_fetch(p.ident, p.req)
+
+    def _expire(self, now: float) -> None:
+        for _, w in self.pending.expired(now):
+            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.REQUEST_TIMED_OUT,
+                                               message="not durable within timeout_ms; the batch may still be written",
+                                               partition=w.partition))
+        for p in self.fetch.timed_out(now):
+            self._serve_fetch(p.ident, p.req)
+
+    # -- fetch and offsets -----------------------------------------------------------
+
+    def _fetch(self, ident: bytes, req: m.Fetch) -> None:
+        self.check_partition(req.topic, req.partition, auto=False)
+        key = handoff.tp_key(req.topic, req.partition)
+        if req.max_wait_ms > 0 and not self.stopping and req.offset == self.fetch.hwm.get(key, 0):
+            self.fetch.park(ident, req, time.monotonic() + req.max_wait_ms / 1000.0)
+            return
+        self._serve_fetch(ident, req)
+
+    def _serve_fetch(self, ident: bytes, req: m.Fetch) -> None:
+        try:
+            data, hwm, start = self.fetch.read(req.topic, req.partition, req.offset, req.max_bytes)
+        except BrokerError as e:
+            self._reply(ident, _error_reply(req, e))
+            return
+        self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start), [data])
+
+    def _answer_parked_fetches(self) -> None:
+        for p in self.fetch.all_parked():
+            self._serve_fetch(p.ident, p.req)
+
+    def _list_offsets(self, req: m.ListOffsets) -> int:
+        self.check_partition(req.topic, req.partition, auto=False)
+        key = handoff.tp_key(req.topic, req.partition)
+        hwm = self.fetch.hwm.get(key, 0)
+        if req.spec == m.EARLIEST:
+            return self.fetch.log_start.get(key, 0)
+        if req.spec == m.LATEST:
+            return hwm
+        off = self.fetch.reader(req.topic, req.partition).offset_for_timestamp(req.spec, hwm)
+        return hwm if off is None else off
+
+    def _metadata(self, req: m.Metadata) -> m.MetadataReply:
+        names = list(self.view.topics) if req.topics is None else req.topics
+        topics = []
+        for name in names:
+            try:
+                n = self.partitions_of(name, auto=self.cfg.broker.auto_create_topics)
+            except BrokerError as e:
+                topics.append(m.TopicMetadata(name=name, code=e.code))
+                continue
+            parts = [m.PartitionMetadata(partition=p, leader=self.view.broker_id, leader_epoch=self.view.leader_epoch)
+                     for p in range(n)]
+            topics.append(m.TopicMetadata(name=name, partitions=parts))
+        return m.MetadataReply(id=req.id, cluster_id=self.view.cluster_id, broker_id=self.view.broker_id,
+                               acceptors=self.view.acceptors, topics=topics,
+                               max_batch_bytes=self.cfg.broker.max_batch_bytes)
+
+
+def _error_reply(req, e: BrokerError):
+    reply_type = m.REPLY_FOR.get(type(req), m.ErrorReply)
+    return reply_type(id=req.id, code=int(e.code), message=e.message)
+
+
+def main(index: int, cfg_toml: bytes, ring_names: list[str], endpoint: str, completions_ep: str,
+         control_ep: str, view_ep: str, cpus: list[int] | None) -> None:
+    """Entry point of an acceptor process (spawned by the supervisor)."""
+    from hpbroker.broker.layout import pin
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
+    cfg = config_mod.loads(cfg_toml)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s acceptor{index} %(levelname)s %(message)s")
+    pin(cpus)
+    ctx = zmq.Context()
+    rings = [RingProducer.attach(name, cfg.ring) for name in ring_names]
+    acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep)
+
+    def on_term(signum, frame):
+        acc.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        acc.hello()
+        acc.run()
+    finally:
+        for r in rings:
+            r.close()
+        ctx.destroy(linger=0)

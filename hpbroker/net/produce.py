@@ -1,0 +1,73 @@
+"""Produce-side bookkeeping of an acceptor, free of sockets.
+
+``check_request_size`` runs before anything is copied anywhere, then
+:func:`hpbroker.protocol.check_produce` checks each batch's header, layout
+and CRC32C (per batch, never per record).
+
+``Pending`` remembers each produce request that waits for its writer's
+group commit and turns writer completions into replies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+
+def check_request_size(frames, max_request_bytes: int) -> None:
+    """Request-wide limits; per-batch checks are protocol.check_produce."""
+    if not frames:
+        raise BrokerError(ErrorCode.BAD_REQUEST, "produce request carries no payload frames")
+    if len(frames) > 0xFFFF:
+        raise BrokerError(ErrorCode.BAD_REQUEST, "more than 65535 frames in one produce request")
+    total = sum(map(len, frames))
+    if total > max_request_bytes:
+        raise BrokerError(ErrorCode.MESSAGE_TOO_LARGE, f"request carries {total} payload bytes; the limit is {max_request_bytes}")
+
+
+@dataclass(slots=True)
+class Waiting:
+    ident: bytes
+    req_id: int
+    partition: int
+    deadline: float
+
+
+class Pending:
+    """Produce requests in flight to the writers, by token."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._next = 1
+        self.by_token: dict[int, Waiting | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_token)
+
+    def full(self) -> bool:
+        return len(self.by_token) >= self.limit
+
+    def add(self, waiting: Waiting | None) -> int:
+        """Register a request (None for acks=0, which still needs its
+        completion to be consumed) and return its token."""
+        token = self._next
+        self._next += 1
+        self.by_token[token] = waiting
+        return token
+
+    def cancel(self, token: int) -> None:
+        self.by_token.pop(token, None)
+
+    def complete(self, token: int) -> Waiting | None:
+        return self.by_token.pop(token, None)
+
+    def expired(self, now: float) -> list[tuple[int, Waiting]]:
+        out = [(t, w) for t, w in self.by_token.items() if w is not None and w.deadline <= now]
+        for t, _ in out:
+            # The writer may still commit it; its completion is then dropped.
+            self.by_token[t] = None
+        return out
+
+    def waiting(self) -> list[tuple[int, Waiting]]:
+        return [(t, w) for t, w in self.by_token.items() if w is not None]
