@@ -1,0 +1,115 @@
+"""Start and stop real broker processes for tests.
+
+Each broker runs as ``python -m hpbroker serve`` in its own session (process
+group), on a free loopback port, with its data in a pytest tmp dir.  It is
+stopped by pid (SIGTERM, then SIGKILL of its process group), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from hpbroker.protocol import codec
+from hpbroker.protocol import messages as m
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BrokerProcess:
+    def __init__(self, data_dir: Path, port: int | None = None, args: tuple[str, ...] = (), log_path: Path | None = None):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> "BrokerProcess":
+        self._log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        ctx = zmq.Context.instance()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.proc.returncode} during start:\n{self.log()}")
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.url)
+            try:
+                s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])))
+                if s.poll(500):
+                    rep, _ = codec.decode_reply(s.recv_multipart())
+                    if isinstance(rep, m.MetadataReply) and all(rep.acceptors):
+                        return
+            finally:
+                s.close()
+            time.sleep(0.1)
+        raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL the process group if it hangs."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reap_group()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9 of the broker's whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Children are in the broker's process group; make sure none outlive it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            if time.monotonic() > deadline - 5:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.05)
