@@ -60,6 +60,7 @@ REPLIES = [
             acceptors=["tcp://127.0.0.1:7600", "tcp://127.0.0.1:7601"],
             topics=[TopicMetadata("logs", [PartitionMetadata(0, 0, 3), PartitionMetadata(1, 0, 3)]), TopicMetadata("gone", [], 1)],
             max_batch_bytes=1 << 20,
+            max_request_bytes=2 << 20,
         ),
         [],
     ),

@@ -139,8 +139,10 @@ class MetadataReply(_Reply):
     #: acceptor ``p % len(acceptors)``.
     acceptors: list[str] = []
     topics: list[TopicMetadata] = []
-    #: largest batch (and frame) the broker accepts; 0 = not stated.
+    #: largest batch (one payload frame) the broker accepts; 0 = not stated.
     max_batch_bytes: int = 0
+    #: largest Produce request (all its batch frames together); 0 = not stated.
+    max_request_bytes: int = 0
 
 
 class ProduceReply(_Reply):
