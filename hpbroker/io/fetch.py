@@ -1,0 +1,88 @@
+"""Reading whole batches out of one segment file (writer side and readers).
+
+Reads never interpret records: they step from header to header and return
+the raw bytes of whole batches, at least one (even past ``max_bytes``, as
+Kafka does), never a batch whose last offset is at or past the high
+watermark.  A header that does not look like a batch (zero length word of
+the O_DIRECT padding, a block not yet written) ends the walk.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hpbroker import batch as B
+from hpbroker.io.scan import Window
+
+_WALK_CHUNK = 1 << 16
+
+
+def read_batches(fd: int, start: int, end: int, offset: int, hw: int, max_bytes: int, *, pread=os.pread):
+    """Walk from ``start`` (a batch boundary at or before ``offset``) in
+    ``fd[0:end)``.  Returns ``(data, exhausted)``: ``data`` holds the batches
+    from the one containing ``offset`` onwards; ``exhausted`` is True when
+    the walk reached the end of the segment without finding ``offset``."""
+    win = Window(fd, end, pread, _WALK_CHUNK)
+    pos = start
+    first = -1
+    total = 0
+    while pos + B.HEADER_SIZE <= end:
+        v = win.view(pos, B.HEADER_SIZE)
+        if v is None:
+            break
+        buf, o = v
+        length = B.peek_length(buf, o)
+        if length < B.HEADER_SIZE or buf[o + B.MAGIC_AT] != B.MAGIC:
+            break
+        last = B.peek_base_offset(buf, o) + B.peek_count(buf, o) - 1
+        if last >= hw:
+            return _collect(fd, first, total, pread), False
+        if first < 0:
+            if last >= offset:
+                first = pos
+            else:
+                pos += length
+                continue
+        elif total + length > max_bytes:
+            break
+        total += length
+        pos += length
+        if total >= max_bytes:
+            break
+    if first < 0:
+        return b"", True
+    return _collect(fd, first, total, pread), False
+
+
+def _collect(fd, first, total, pread) -> bytes:
+    if first < 0 or total == 0:
+        return b""
+    data = pread(fd, total, first)
+    if len(data) < total:  # the file shrank under us: return whole batches only
+        data = data[: _whole_prefix(data)]
+    return data
+
+
+def _whole_prefix(data: bytes) -> int:
+    end = 0
+    for pos, h in B.iter_batches(data):
+        end = pos + h.batch_length
+    return end
+
+
+def find_timestamp(fd: int, start: int, end: int, ts: int, hw: int, *, pread=os.pread) -> int | None:
+    """Base offset of the first batch at or after ``start`` with
+    ``max_timestamp >= ts`` and below ``hw``; None if none in this segment."""
+    win = Window(fd, end, pread, _WALK_CHUNK)
+    pos = start
+    while pos + B.HEADER_SIZE <= end:
+        v = win.view(pos, B.HEADER_SIZE)
+        if v is None:
+            return None
+        h = B.read_header(*v)
+        if h.batch_length < B.HEADER_SIZE or h.magic != B.MAGIC or h.last_offset >= hw:
+            return None
+        if h.max_timestamp >= ts:
+            return h.base_offset
+        pos += h.batch_length
+    return None

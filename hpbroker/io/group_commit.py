@@ -1,0 +1,176 @@
+"""Group commit over many partitions (as MetaQ/RocketMQ's GroupCommitService).
+
+The writer process appends batches for all its partitions through one
+:class:`GroupCommit` and flushes when :meth:`GroupCommit.due` says so, when
+:meth:`deadline` passes, or whenever its input queue drains.  A flush writes
+every dirty partition and fdatasyncs each (``durable`` mode), then reports
+per partition the new durable offset or the error that failed it.
+
+Policy: flush once ``flush_bytes`` bytes or ``flush_batches`` batches are
+pending, or ``flush_delay_us`` after the oldest pending batch arrived.  A
+batch larger than ``flush_bytes`` is synced before its ack like any other.
+
+Modes:
+
+* ``durable`` (default): a batch is acknowledged (its offsets are below the
+  reported durable offset) only after the fdatasync covering it returned.
+* ``async``: a flush only write()s; acknowledged batches are in the file
+  (the page cache, or the device with O_DIRECT) and survive a crash of the
+  broker process, but a power loss or kernel crash loses what was written
+  since the last fdatasync.  fdatasync runs at the first flush at least
+  ``async_fsync_interval_ms`` after the previous one, and ``deadline``
+  includes that moment, so the loss window is at most
+  ``async_fsync_interval_ms`` plus one flush's work.
+
+Failure rule: when a partition's result is a :class:`StorageError` (or
+``append`` raised one), *every* batch of that partition not yet acknowledged
+has failed - never retry and ack.  After :class:`DiskFull` the log went back
+to ``rolled_back_to`` and offsets from there will be assigned again, so a
+caller must fail its pending batches, not keep comparing offsets.  Tickets
+(``callback(error_or_None, base, last)``) do this bookkeeping for callers
+that want it.
+
+Single-threaded, like the logs it drives.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from hpbroker import batch as B
+from hpbroker.config import LogConfig
+from hpbroker.io.errors import StorageError
+from hpbroker.io.log import PartitionLog
+
+Callback = Callable[[Exception | None, int, int], None]
+
+
+class _Pending:
+    __slots__ = ("since", "tickets", "last_sync", "error")
+
+    def __init__(self, now: float):
+        self.since = now
+        self.tickets: list[tuple[int, int, Callback]] = []
+        self.error: StorageError | None = None
+
+
+class GroupCommit:
+    def __init__(self, log_config: LogConfig | None = None, clock: Callable[[], float] = time.monotonic):
+        cfg = log_config or LogConfig()
+        self._clock = clock
+        self._durable = cfg.flush_mode == "durable"
+        self._max_bytes = cfg.flush_bytes
+        self._max_batches = cfg.flush_batches
+        self._delay = cfg.flush_delay_us / 1e6
+        self._fsync_every = cfg.async_fsync_interval_ms / 1000
+        self._dirty: dict[PartitionLog, _Pending] = {}
+        self._unsynced: dict[PartitionLog, float] = {}  # async mode: log -> time of its last fdatasync
+        self.pending_bytes = 0
+        self.pending_batches = 0
+        self._oldest: float | None = None
+        self._errors: dict[tuple[str, int], StorageError] = {}  # raised by append, reported by the next flush
+
+    def append(self, log: PartitionLog, batch_buf, leader_epoch: int = 0,
+               callback: Callback | None = None) -> tuple[int, int]:
+        """Stage a batch; returns ``(base_offset, last_offset)``.  The batch is
+        acknowledged once a flush reports a durable offset > last_offset.
+        Raises StorageError; on DiskFull every pending batch of ``log`` failed
+        too (their callbacks have been called)."""
+        p = self._dirty.get(log)
+        try:
+            base = log.append(batch_buf, leader_epoch)
+        except StorageError as e:
+            self._errors[log.key] = e
+            if p is not None:
+                self._fail(log, p, e)
+            raise
+        last = base + B.peek_count(batch_buf) - 1
+        if p is None:
+            now = self._clock()
+            p = self._dirty[log] = _Pending(now)
+            if self._oldest is None:
+                self._oldest = now
+        if callback is not None:
+            p.tickets.append((base, last, callback))
+        self.pending_bytes += len(batch_buf) if not isinstance(batch_buf, memoryview) else batch_buf.nbytes
+        self.pending_batches += 1
+        return base, last
+
+    def due(self, now: float | None = None) -> bool:
+        if self.pending_batches:
+            if self._max_bytes and self.pending_bytes >= self._max_bytes:
+                return True
+            if self._max_batches and self.pending_batches >= self._max_batches:
+                return True
+        d = self.deadline()
+        return d is not None and (self._clock() if now is None else now) >= d
+
+    def deadline(self) -> float | None:
+        """Monotonic time by which a flush is due, or None when nothing waits."""
+        d = None if self._oldest is None else self._oldest + self._delay
+        if self._unsynced:
+            s = min(self._unsynced.values()) + self._fsync_every
+            d = s if d is None else min(d, s)
+        return d
+
+    def flush(self) -> dict[tuple[str, int], int | StorageError]:
+        """Write (and in durable mode fdatasync) every dirty partition.
+
+        Returns ``{(topic, partition): durable_offset or StorageError}`` for
+        each partition flushed; failures are reported here, not raised."""
+        out: dict[tuple[str, int], int | StorageError] = dict(self._errors)
+        self._errors.clear()
+        dirty, self._dirty = self._dirty, {}
+        self.pending_bytes = self.pending_batches = 0
+        self._oldest = None
+        now = self._clock()
+        if self._durable:
+            for log, p in dirty.items():  # all writes first, then the syncs
+                try:
+                    log.write()
+                except StorageError as e:
+                    p.error = e
+        for log, p in dirty.items():
+            if p.error is not None:
+                out[log.key] = p.error
+                self._fail(log, p, p.error)
+                continue
+            try:
+                if self._durable:
+                    hw = log.sync()
+                else:
+                    hw = log.write()
+                    self._unsynced.setdefault(log, now)
+            except StorageError as e:
+                out[log.key] = e
+                self._fail(log, p, e)
+                continue
+            out[log.key] = hw
+            for base, last, cb in p.tickets:
+                cb(None, base, last)
+        if self._unsynced:
+            for log, since in list(self._unsynced.items()):
+                if now - since >= self._fsync_every:
+                    self._async_sync(log, out)
+        return out
+
+    def _async_sync(self, log: PartitionLog, out) -> None:
+        del self._unsynced[log]
+        try:
+            log.sync()
+        except StorageError as e:
+            out[log.key] = e
+
+    def sync_all(self) -> dict[tuple[str, int], int | StorageError]:
+        """Flush, then fdatasync every partition (async mode: close the loss window now)."""
+        out = self.flush()
+        for log in list(self._unsynced):
+            self._async_sync(log, out)
+        return out
+
+    def _fail(self, log: PartitionLog, p: _Pending, e: StorageError) -> None:
+        self._dirty.pop(log, None)
+        tickets, p.tickets = p.tickets, []
+        for base, last, cb in tickets:
+            cb(e, base, last)

@@ -1,0 +1,371 @@
+"""PartitionLog: the durable, segmented log of one topic-partition.
+
+One writer (thread) per log.  Appends are copied into a page-aligned staging
+buffer and stamped there; :meth:`write` puts them in the file (O_DIRECT where
+allowed), :meth:`sync` makes them durable (fdatasync).  The caller - usually
+:class:`hpbroker.io.group_commit.GroupCommit` - decides when.
+
+Offsets the log publishes:
+
+* ``log_end_offset`` - next offset to assign (staged batches included).
+* ``written_offset`` - everything below it is in the file.
+* ``synced_offset``  - everything below it was fdatasync'd.
+* ``high_watermark`` - what may be acknowledged and read: ``synced_offset``
+  in ``durable`` mode, ``written_offset`` in ``async`` mode.
+
+Failures (see :mod:`hpbroker.io.errors`): ENOSPC on a write rolls the log
+back to the high watermark and raises :class:`DiskFull` (the partition stays
+writable); any other write error, and any fsync error, fences the partition
+with :class:`PartitionFenced`.  Nothing is retried.
+
+Not thread-safe: append, write, sync, read and close belong to the writer
+thread.  Other processes read with :class:`hpbroker.io.reader.PartitionReader`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import os
+import struct
+import time
+
+from hpbroker import batch as B
+from hpbroker.config import LogConfig
+from hpbroker.io import checkpoint, layout
+from hpbroker.io.appender import SegmentWriter
+from hpbroker.io.direct import aligned_buffer, open_append
+from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced
+from hpbroker.io.fetch import find_timestamp, read_batches
+from hpbroker.io.fs import FileSystem
+from hpbroker.io.recovery import recover
+from hpbroker.io.segment import Segment
+
+log = logging.getLogger("hpbroker.io")
+_MAX_TS = struct.Struct("<q")
+_NOSPACE = (errno.ENOSPC, errno.EDQUOT)
+_MAX_POS = 0xFFFFFFFF
+
+
+class PartitionLog:
+    def __init__(self, d: str, cfg: LogConfig | None = None, *, clock=time.time, fs: FileSystem | None = None,
+                 topic: str | None = None, partition: int | None = None):
+        self.dir = d
+        tp = layout.parse_partition_dir(os.path.basename(os.path.normpath(d))) or (d, 0)
+        self.topic = tp[0] if topic is None else topic
+        self.partition = tp[1] if partition is None else partition
+        self._cfg = cfg = cfg or LogConfig()
+        self._clock = clock
+        self._fs = fs = fs or FileSystem()
+        self._durable = cfg.flush_mode == "durable"
+        self._seg_limit = min(cfg.segment_bytes, _MAX_POS)
+        self._seg_ms = cfg.segment_ms
+        os.makedirs(d, exist_ok=True)
+        rec = recover(d, fs, cfg, self._now_ms())
+        self.recovered_truncated_bytes = rec.truncated_bytes
+        self._segments: list[Segment] = rec.segments
+        self._fenced: Exception | None = rec.error
+        self._stage = aligned_buffer(cfg.write_buffer_bytes)
+        self._writer: SegmentWriter | None = None
+        self.direct = False
+        if not self._segments:
+            if self._fenced is None:
+                self._create_segment(rec.recovery_point)
+            else:
+                self._segments.append(Segment(d, rec.recovery_point, cfg.index_interval_bytes, self._now_ms()))
+        active = self._segments[-1]
+        self._leo = active.next_offset
+        if self._fenced is None:
+            self._open_writer(active, create=False)
+        self._written = self._synced = self._leo
+        self._snap = self._pending_snap = self._snapshot()
+        self._bases = [s.base for s in self._segments]
+
+    # -- offsets -------------------------------------------------------------
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._leo
+
+    @property
+    def written_offset(self) -> int:
+        return self._written
+
+    @property
+    def synced_offset(self) -> int:
+        return self._synced
+
+    @property
+    def high_watermark(self) -> int:
+        return self._synced if self._durable else self._written
+
+    @property
+    def earliest_offset(self) -> int:
+        return self._segments[0].base
+
+    @property
+    def fenced(self) -> Exception | None:
+        return self._fenced
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.topic, self.partition
+
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- appends -------------------------------------------------------------
+
+    def append(self, batch_buf, leader_epoch: int = 0) -> int:
+        """Stage one batch (already checked by the acceptor); return its base offset.
+
+        The batch is copied into the staging buffer and its base_offset and
+        leader_epoch stamped there.  It is neither written nor durable yet."""
+        if self._fenced is not None:
+            raise self._fenced
+        src = batch_buf if type(batch_buf) is memoryview else memoryview(batch_buf)
+        n = src.nbytes
+        count = B.peek_count(src)
+        seg = self._segments[-1]
+        base = self._leo
+        if seg.size:
+            if (seg.size + n > self._seg_limit or base + count - seg.base > _MAX_POS
+                    or (self._seg_ms and self._now_ms() - seg.created_ms >= self._seg_ms)):
+                self._roll()
+                seg = self._segments[-1]
+        elif self._seg_ms:
+            seg.created_ms = self._now_ms()
+        pos = seg.size
+        try:
+            self._writer.append(src, n, base, leader_epoch)
+        except OSError as e:
+            self._io_failed(e, "write")
+        seg.note_batch(base - seg.base, pos, n, _MAX_TS.unpack_from(src, B.MAX_TS_AT)[0], count)
+        self._leo = base + count
+        return base
+
+    def write(self) -> int:
+        """Write every staged batch to the file; in async mode that acknowledges them.
+        Returns ``written_offset``.  Raises DiskFull / PartitionFenced."""
+        if self._fenced is not None:
+            raise self._fenced
+        if self._written == self._leo:
+            return self._written
+        try:
+            self._writer.write_out()
+        except OSError as e:
+            self._io_failed(e, "write")
+        self._written = self._leo
+        self._pending_snap = self._snapshot()
+        if not self._durable:
+            self._acked()
+        return self._written
+
+    def sync(self) -> int:
+        """write() then fdatasync; returns ``high_watermark``.  An fsync error fences."""
+        self.write()
+        if self._synced == self._written:
+            return self.high_watermark
+        try:
+            self._writer.sync()
+        except OSError as e:
+            self._io_failed(e, "fdatasync")
+        self._synced = self._written
+        if self._durable:
+            self._acked()
+        return self.high_watermark
+
+    flush = sync
+
+    def _acked(self) -> None:
+        self._snap = self._pending_snap
+        try:
+            self._segments[-1].write_index_pending(self._fs)
+        except OSError as e:  # derived data: readers scan forward, the roll rewrites it
+            log.warning("%s: index write failed (%s); the index is rewritten at the next roll", self.dir, e)
+
+    def _snapshot(self):
+        s = self._segments[-1]
+        return (self._leo, s.size, s.max_ts, s.last_rel, s.since_index)
+
+    # -- failures ------------------------------------------------------------
+
+    def _io_failed(self, e: OSError, what: str):
+        if e.errno in _NOSPACE and what == "write":
+            to = self._rollback(e)
+            err = DiskFull(f"{self.dir}: no space left on device during {what}; the batches from offset {to} "
+                           "failed and the log went back to it", self.dir, e, rolled_back_to=to)
+            log.error("%s", err)
+            raise err from e
+        raise self._fence(f"{what} failed: {e}", e) from e
+
+    def _fence(self, msg: str, cause: BaseException) -> PartitionFenced:
+        if self._fenced is None:
+            self._fenced = PartitionFenced(f"{self.dir}: {msg}; the partition is fenced read-only", self.dir, cause)
+            log.error("%s", self._fenced)
+        return self._fenced
+
+    def _rollback(self, cause: OSError) -> int:
+        leo, size, max_ts, last_rel, since = self._snap
+        seg = self._segments[-1]
+        if leo < seg.base:  # cannot happen: a roll syncs the previous segment
+            raise self._fence("rollback target lies in a closed segment", cause)
+        try:
+            self._writer.rollback(size, seg.read_fd(self._fs))
+        except OSError as e2:
+            raise self._fence(f"rollback after ENOSPC failed: {e2}", e2) from e2
+        seg.index.truncate_from(leo - seg.base)
+        seg.tindex.truncate_from(leo - seg.base)
+        seg.size, seg.max_ts, seg.last_rel, seg.since_index = size, max_ts, last_rel, since
+        seg.next_offset = leo
+        self._leo = self._written = leo
+        self._synced = min(self._synced, leo)
+        self._pending_snap = self._snap
+        return leo
+
+    # -- segments ------------------------------------------------------------
+
+    def _open_writer(self, seg: Segment, create: bool) -> None:
+        fd, self.direct = open_append(self._fs, seg.log_path, self._cfg.direct_io, create=create)
+        try:
+            self._writer = SegmentWriter(self._fs, fd, self.direct, self._stage, seg.size, seg.read_fd(self._fs))
+        except BaseException:
+            self._fs.close(fd)
+            raise
+
+    def _create_segment(self, base: int) -> Segment:
+        seg = Segment(self.dir, base, self._cfg.index_interval_bytes, self._now_ms())
+        fd = self._fs.open(seg.log_path, os.O_WRONLY | os.O_CREAT)
+        self._fs.close(fd)
+        self._fs.fsync_dir(self.dir)
+        self._segments.append(seg)
+        return seg
+
+    def _roll(self) -> None:
+        """Close the active segment (durable, cut to size, indexes synced) and start the next."""
+        old, w = self._segments[-1], self._writer
+        try:
+            w.write_out()
+            w.sync()
+            w.finish()
+            self._fs.fsync(w.fd)
+        except OSError as e:
+            self._io_failed(e, "write" if w.written < w.end else "fsync")
+        self._written = self._synced = self._leo
+        self._snap = self._pending_snap = self._snapshot()
+        try:
+            seg = self._create_segment(self._leo)
+        except OSError as e:
+            if e.errno in _NOSPACE:
+                raise DiskFull(f"{self.dir}: no space to create a new segment", self.dir, e, self._leo) from e
+            raise self._fence(f"creating a segment failed: {e}", e) from e
+        old.seal()
+        indexes_ok = True
+        try:
+            old.rewrite_indexes(self._fs, sync=True)
+        except OSError as e:
+            indexes_ok = False
+            log.warning("%s: writing the indexes of %s failed (%s); recovery rebuilds them", self.dir, old.log_path, e)
+        old.closed = True
+        w.close()
+        self._writer = None
+        try:
+            self._open_writer(seg, create=False)
+        except OSError as e:
+            raise self._fence(f"opening {seg.log_path} failed: {e}", e) from e
+        self._bases.append(seg.base)
+        self._snap = self._pending_snap = self._snapshot()
+        if indexes_ok:
+            self._checkpoint(seg.base)
+
+    def _checkpoint(self, rp: int) -> None:
+        try:
+            checkpoint.write(self._fs, self.dir, rp)
+        except OSError as e:  # the old checkpoint stays valid, only more gets scanned
+            log.warning("%s: writing the recovery checkpoint failed: %s", self.dir, e)
+
+    def roll(self) -> None:
+        """Roll now (if the active segment holds anything)."""
+        if self._fenced is not None:
+            raise self._fenced
+        if self._segments[-1].size:
+            self._roll()
+
+    def delete_oldest_segment(self) -> Segment:
+        """Drop the oldest closed segment (retention); the active one is never deleted."""
+        if len(self._segments) < 2:
+            raise ValueError("only the active segment is left")
+        seg = self._segments.pop(0)
+        self._bases.pop(0)
+        seg.delete(self._fs)
+        return seg
+
+    # -- reads ---------------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int = 1 << 20, high_watermark: int | None = None) -> bytes:
+        """Raw bytes of whole batches from the one holding ``offset``: at
+        least one batch, at most ``max_bytes`` otherwise, never at or past the
+        high watermark.  b"" at the end of the log."""
+        hw = self.high_watermark if high_watermark is None else min(high_watermark, self.high_watermark)
+        if offset >= hw:
+            return b""
+        if offset < self._segments[0].base:
+            raise OffsetOutOfRange(f"{self.dir}: offset {offset} is below the earliest offset {self.earliest_offset}", self.dir)
+        i = max(bisect.bisect_right(self._bases, offset) - 1, 0)
+        for seg in self._segments[i:]:
+            pos = seg.index.lookup(offset - seg.base)[1] if offset > seg.base else 0
+            data, exhausted = read_batches(seg.read_fd(self._fs), pos, seg.size, offset, hw, max_bytes)
+            if data or not exhausted:
+                return data
+        return b""
+
+    def offset_for_timestamp(self, ts_ms: int) -> int | None:
+        """Base offset of the first batch whose max_timestamp >= ``ts_ms`` (None: none yet)."""
+        hw = self.high_watermark
+        for seg in self._segments:
+            if seg.max_ts < ts_ms or seg.base >= hw:
+                continue
+            rel = seg.tindex.lookup_before(ts_ms)
+            pos = seg.index.lookup(rel)[1] if rel is not None else 0
+            off = find_timestamp(seg.read_fd(self._fs), pos, seg.size, ts_ms, hw)
+            if off is not None:
+                return off
+        return None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Sync what is staged, cut the padding, checkpoint, release files.
+        A fenced log is only released.  Raises what a final sync raises."""
+        try:
+            if self._fenced is None and self._writer is not None:
+                self.sync()
+                w = self._writer
+                try:
+                    w.finish()
+                    self._fs.fsync(w.fd)
+                    self._segments[-1].sync_indexes(self._fs)
+                except OSError as e:
+                    raise self._fence(f"closing failed: {e}", e) from e
+                self._checkpoint(self._leo)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            for s in self._segments:
+                s.close(self._fs)
+            if not self._stage.closed:
+                self._stage.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PartitionLog({self.dir!r}, leo={self._leo}, hw={self.high_watermark}, fenced={self._fenced is not None})"

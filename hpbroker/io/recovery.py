@@ -1,0 +1,140 @@
+"""Recovery on open: one function, run before a partition accepts appends.
+
+Rules (docs/storage.md, "Recovery"):
+
+1. Segments that lie wholly below the checkpointed recovery point are
+   trusted: their size is the file size and their index files are loaded
+   (rebuilt by a header walk if missing).
+2. Every other segment is CRC-scanned from its start with
+   :func:`hpbroker.batch.check_batch`, offsets must continue without gaps,
+   and its indexes are rebuilt (indexes are never trusted after a crash).
+3. A scan that stops early is a *torn tail* - and is truncated at the last
+   valid batch - only if all of these hold: it is the last segment, the bad
+   spot is at or past the recovery point, and no CRC-valid batch starts
+   anywhere after it.  Zero padding left by O_DIRECT (a zero length word)
+   is the ordinary case.  A non-last segment may only end in zeros when the
+   next segment starts exactly where its batches end (padding not yet cut
+   at a roll).
+4. Anything else is mid-log corruption: it is reported, the partition is
+   fenced (readable up to the bad batch, no appends), nothing is cut away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from hpbroker.config import LogConfig
+from hpbroker.io import checkpoint, layout
+from hpbroker.io.errors import PartitionFenced
+from hpbroker.io.fs import FileSystem
+from hpbroker.io.offset_index import OffsetIndex
+from hpbroker.io.scan import find_valid_batch_after, scan
+from hpbroker.io.segment import Segment
+from hpbroker.io.time_index import TimeIndex
+
+log = logging.getLogger("hpbroker.io")
+
+
+@dataclass
+class Recovered:
+    segments: list[Segment]
+    error: PartitionFenced | None
+    recovery_point: int
+    truncated_bytes: int = 0
+
+
+def _cleanup(d: str, fs: FileSystem) -> None:
+    """Remove temp files and index files whose .log is gone (an interrupted delete)."""
+    names = set(os.listdir(d))
+    for n in names:
+        if n.endswith(".tmp"):
+            fs.unlink(os.path.join(d, n))
+        elif n.endswith((layout.INDEX_SUFFIX, layout.TIMEINDEX_SUFFIX)):
+            stem = n.rsplit(".", 1)[0]
+            if stem + layout.LOG_SUFFIX not in names:
+                fs.unlink(os.path.join(d, n))
+
+
+def _rebuild(seg: Segment, fd: int, size: int, check: bool):
+    def on_batch(pos, h):
+        seg.note_batch(h.base_offset - seg.base, pos, h.batch_length, h.max_timestamp, h.record_count)
+
+    return scan(fd, 0, size, seg.base, on_batch, check=check)
+
+
+def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
+    _cleanup(d, fs)
+    bases = layout.list_segments(d)
+    rp = checkpoint.read(d)
+    segs: list[Segment] = []
+    truncated = 0
+    if not bases:
+        err = None
+        if rp > 0:
+            err = PartitionFenced(f"{d}: no segments, but the recovery point is {rp}: durable data is missing", d)
+            log.error("%s", err)
+        return Recovered(segs, err, rp)
+    expected = bases[0]
+    for i, base in enumerate(bases):
+        is_last = i == len(bases) - 1
+        seg = Segment(d, base, cfg.index_interval_bytes, now_ms)
+        if base != expected:
+            return _fence(segs, rp, f"{seg.log_path} starts at offset {base}, but the previous segment ends at {expected}", d)
+        size = os.stat(seg.log_path).st_size
+        if not is_last and bases[i + 1] <= rp and os.path.exists(seg.index_path):
+            seg.index = OffsetIndex.load(seg.index_path, max_pos=size)
+            seg.tindex = TimeIndex.load(seg.timeindex_path)
+            seg.size = size
+            seg.next_offset = bases[i + 1]
+            seg.max_ts = seg.tindex.last_timestamp if len(seg.tindex) else -1
+            seg.closed = True
+            segs.append(seg)
+            expected = seg.next_offset
+            continue
+        fd = fs.open(seg.log_path, os.O_RDONLY)
+        try:
+            end = _rebuild(seg, fd, size, check=True)
+            if end.reason is not None:
+                where = f"{seg.log_path} position {end.pos} (offset {end.next_offset})"
+                mid = None
+                after = find_valid_batch_after(fd, end.pos, size)
+                if after is not None:
+                    mid = f"a valid batch follows at position {after}"
+                elif end.next_offset < rp:
+                    mid = f"it lies below the recovery point {rp}"
+                elif not is_last and not (end.zero and bases[i + 1] == end.next_offset):
+                    mid = "it is not in the last segment"
+                if mid:
+                    seg.size = end.pos
+                    segs.append(seg)
+                    return _fence(segs, rp, f"corrupt batch at {where}: {end.reason}; {mid}. "
+                                  "Mid-log corruption: the partition is fenced, nothing was truncated", d)
+                if size - end.pos and not end.zero:
+                    log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", d, size - end.pos, where, end.reason)
+                truncated += size - end.pos
+                wfd = fs.open(seg.log_path, os.O_WRONLY)
+                try:
+                    fs.ftruncate(wfd, end.pos)
+                    fs.fsync(wfd)
+                finally:
+                    fs.close(wfd)
+        finally:
+            fs.close(fd)
+        seg.size = end.pos
+        seg.closed = not is_last
+        if not is_last:
+            seg.seal()
+        seg.rewrite_indexes(fs, sync=not is_last)
+        segs.append(seg)
+        expected = end.next_offset
+    if expected < rp:
+        return _fence(segs, rp, f"the log ends at offset {expected}, below the recovery point {rp}: durable data is missing", d)
+    return Recovered(segs, None, rp, truncated)
+
+
+def _fence(segs, rp, msg, d) -> Recovered:
+    err = PartitionFenced(f"{d}: {msg}", d)
+    log.error("%s", err)
+    return Recovered(segs, err, rp)

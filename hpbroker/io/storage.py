@@ -1,0 +1,75 @@
+"""Storage: the partition logs under one data directory (``<data_dir>/<topic>-<partition>``).
+
+Opening a partition runs its recovery.  Owned by one writer process; not
+thread-safe.  Retention is applied with :meth:`Storage.apply_retention`
+(the writer calls it every ``retention_check_ms``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hpbroker.config import LogConfig
+from hpbroker.io import layout
+from hpbroker.io.fs import FileSystem
+from hpbroker.io.log import PartitionLog
+from hpbroker.io.retention import apply_retention
+
+
+class Storage:
+    def __init__(self, data_dir: str, log_config: LogConfig | None = None, clock=time.time, fs: FileSystem | None = None):
+        self.data_dir = str(data_dir)
+        self.config = log_config or LogConfig()
+        self._clock = clock
+        self._fs = fs or FileSystem()
+        self._logs: dict[tuple[str, int], PartitionLog] = {}
+        os.makedirs(self.data_dir, exist_ok=True)
+
+    def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
+        """The open log of ``topic``-``partition`` (opened and recovered on first use).
+        Raises KeyError when it does not exist and ``create`` is False."""
+        key = (topic, int(partition))
+        log = self._logs.get(key)
+        if log is None:
+            d = layout.partition_dir(self.data_dir, topic, partition)
+            if not create and not os.path.isdir(d):
+                raise KeyError(key)
+            log = PartitionLog(d, self.config, clock=self._clock, fs=self._fs, topic=topic, partition=int(partition))
+            self._logs[key] = log
+        return log
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """Every partition on disk or open, sorted."""
+        return sorted(set(layout.list_partitions(self.data_dir)) | set(self._logs))
+
+    def logs(self) -> list[PartitionLog]:
+        return list(self._logs.values())
+
+    def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
+        """Run retention on every open partition; returns the deleted segment bases."""
+        now = int(self._clock() * 1000) if now_ms is None else now_ms
+        out = {}
+        for key, log in self._logs.items():
+            deleted = apply_retention(log, self.config, now, fs=self._fs)
+            if deleted:
+                out[key] = deleted
+        return out
+
+    def close(self) -> None:
+        """Close every log (each syncs what it staged); raises the first error after closing all."""
+        first = None
+        for log in self._logs.values():
+            try:
+                log.close()
+            except Exception as e:  # noqa: BLE001 - close the rest, then report
+                first = first or e
+        self._logs.clear()
+        if first is not None:
+            raise first
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
