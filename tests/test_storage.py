@@ -1,0 +1,300 @@
+"""The segmented log: round trips, rolls, indexes, reader, retention, group commit."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from hpbroker import batch as B
+from hpbroker.config import LogConfig
+from hpbroker.io import GroupCommit, OffsetOutOfRange, PartitionLog, PartitionReader, Storage
+from hpbroker.io import layout
+from hpbroker.io.offset_index import OffsetIndex
+from hpbroker.io.testing import batches, make_batch, read_all
+
+SMALL = LogConfig(segment_bytes=1 << 16, index_interval_bytes=512, write_buffer_bytes=1 << 16)
+
+
+def fill(log, n_batches, records=3, size=100, ts0=1_000, epoch=7):
+    bufs = []
+    for i in range(n_batches):
+        b = make_batch(records + i % 5, size, ts=ts0 + i, tag=i)
+        bufs.append(b)
+        log.append(memoryview(b).toreadonly(), epoch)
+    log.flush()
+    return bufs
+
+
+def check_contiguous(hs, start=0):
+    off = start
+    for h in hs:
+        assert h.base_offset == off
+        off = h.last_offset + 1
+    return off
+
+
+def test_append_read_round_trip_across_rolls(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        bufs = fill(log, 400)
+        assert len(log.segments()) > 3
+        assert log.high_watermark == log.log_end_offset
+        hs = read_all(log)
+        assert len(hs) == 400
+        assert check_contiguous(hs) == log.log_end_offset
+        assert all(h.leader_epoch == 7 for h in hs)
+        # bytes equal to what the producer sent, apart from the stamped fields
+        data = log.read(0, 1 << 30)
+        first = bytes(data[: len(bufs[0])])
+        assert first[16:] == bufs[0][16:] and first[8:12] == bufs[0][8:12]
+        # every offset finds the batch holding it
+        for off in (0, 1, 2, 3, 100, 517, log.log_end_offset - 1):
+            h = batches(log.read(off, 1))[0]
+            assert h.base_offset <= off <= h.last_offset
+        assert log.read(log.log_end_offset, 100) == b""
+
+
+def test_read_limits_whole_batches_at_least_one(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        fill(log, 20)
+        one = log.read(0, 1)
+        assert len(batches(one)) == 1
+        some = log.read(0, 3 * len(one))
+        assert 1 <= len(batches(some)) <= 3 and len(some) <= 3 * len(one)
+
+
+def test_reopen_reads_and_continues(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 1)
+        fill(log, 150)
+        end = log.log_end_offset
+    with Storage(tmp_path, SMALL) as st:
+        assert st.partitions() == [("t", 1)]
+        log = st.partition("t", 1)
+        assert log.log_end_offset == end and log.high_watermark == end and log.fenced is None
+        fill(log, 10)
+        assert check_contiguous(read_all(log)) == log.log_end_offset
+
+
+def test_unclean_reopen_rebuilds_indexes(tmp_path):
+    st = Storage(tmp_path, SMALL)
+    log = st.partition("t", 0)
+    fill(log, 300)
+    d, end = log.dir, log.log_end_offset
+    expect = [(s.base, list(s.index.rel), list(s.index.pos)) for s in log.segments()]
+    # no close: the process "dies"; then wipe every index file
+    for n in os.listdir(d):
+        if n.endswith((".index", ".timeindex")):
+            os.unlink(os.path.join(d, n))
+    log2 = PartitionLog(d, SMALL)
+    assert log2.log_end_offset == end and log2.fenced is None
+    got = [(s.base, list(s.index.rel), list(s.index.pos)) for s in log2.segments()]
+    assert got == expect
+    for s in log2.segments():
+        assert list(OffsetIndex.load(s.index_path).rel) == list(s.index.rel)
+    assert check_contiguous(read_all(log2)) == end
+    log2.close()
+
+
+def test_offset_for_timestamp(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        fill(log, 300, ts0=10_000)
+        hs = read_all(log)
+        for i in (0, 1, 57, 150, 299):
+            want = hs[i].base_offset
+            assert log.offset_for_timestamp(10_000 + i) == want
+        assert log.offset_for_timestamp(0) == 0
+        assert log.offset_for_timestamp(10_000 + 300) is None
+        r = PartitionReader(log.dir)
+        for i in (0, 57, 299):
+            assert r.offset_for_timestamp(10_000 + i, log.high_watermark) == hs[i].base_offset
+        r.close()
+
+
+def test_reader_never_passes_high_watermark_and_sees_new_segments(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        r = PartitionReader(log.dir)
+        fill(log, 50)
+        hw = log.high_watermark
+        for b in range(20):  # staged and even written, but not committed
+            log.append(make_batch(2, tag=b), 1)
+        log.write()
+        assert log.synced_offset == hw
+        hs = read_all(r, hw=hw)
+        assert check_contiguous(hs) == hw
+        assert r.read(hw, 1 << 20, hw) == b""
+        # a cut in the middle of a batch: the batch holding hw-1 is excluded if it reaches hw
+        mid = hs[-1].base_offset + 1 if hs[-1].record_count > 1 else hs[-1].base_offset
+        assert all(h.last_offset < mid for h in read_all(r, hw=mid))
+        log.flush()
+        fill(log, 300)
+        assert check_contiguous(read_all(r, hw=log.high_watermark)) == log.high_watermark
+        r.close()
+
+
+def test_reader_survives_retention_and_lagging_index(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 16, index_interval_bytes=512, write_buffer_bytes=1 << 16,
+                    retention_bytes=3 << 16, retention_ms=-1)
+    with Storage(tmp_path, cfg) as st:
+        log = st.partition("t", 0)
+        fill(log, 400)
+        r = PartitionReader(log.dir)
+        r.refresh()
+        st.apply_retention()
+        first = log.earliest_offset
+        assert first > 0
+        with pytest.raises(OffsetOutOfRange):
+            r.read(0, 100, log.high_watermark)
+        assert read_all(r, start=first, hw=log.high_watermark)[0].base_offset == first
+        # a damaged index (entries pointing nowhere sensible) is only a hint
+        seg = log.segments()[-1]
+        with open(seg.index_path, "wb") as f:
+            f.write(OffsetIndex.from_bytes(b"").to_bytes())
+            import struct
+            f.write(struct.pack("<II", 1, 7))
+        assert check_contiguous(read_all(r, start=seg.base, hw=log.high_watermark), seg.base) == log.high_watermark
+        r.close()
+
+
+def test_retention_by_age_and_size(tmp_path):
+    now = [1_000_000.0]
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=60_000)
+    with Storage(tmp_path, cfg, clock=lambda: now[0]) as st:
+        log = st.partition("t", 0)
+        fill(log, 400, ts0=1_000_000_000)  # ms timestamps ~ clock 1e6 s
+        nseg = len(log.segments())
+        assert nseg > 2
+        assert st.apply_retention(now_ms=1_000_000_000 + 30_000) == {}
+        deleted = st.apply_retention(now_ms=1_000_000_000 + 10**6)
+        assert len(deleted[("t", 0)]) == nseg - 1  # all closed ones; never the active
+        assert len(log.segments()) == 1
+        assert not os.path.exists(layout.log_path(log.dir, 0))
+        assert check_contiguous(read_all(log, start=log.earliest_offset), log.earliest_offset) == log.log_end_offset
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=2 << 16)
+    with Storage(tmp_path / "b", cfg) as st:
+        log = st.partition("t", 0)
+        fill(log, 300)
+        st.apply_retention()
+        assert sum(s.size for s in log.segments()) <= 2 << 16
+        assert len(log.segments()) >= 2
+
+
+def test_retention_archive(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
+                    retention_policy="archive", archive_dir=str(tmp_path / "arch"))
+    with Storage(tmp_path / "data", cfg) as st:
+        log = st.partition("t", 3)
+        fill(log, 200)
+        segs = log.segments()
+        originals = {s.base: open(s.log_path, "rb").read() for s in segs[:-1]}
+        deleted = st.apply_retention()[("t", 3)]
+        assert sorted(deleted) == sorted(originals)
+        for base, data in originals.items():
+            p = tmp_path / "arch" / "t-3" / (layout.segment_name(base) + ".log.gz")
+            assert gzip.decompress(p.read_bytes()) == data
+
+
+def test_group_commit_many_partitions(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, flush_batches=10, flush_bytes=0)
+    t = [0.0]
+    with Storage(tmp_path, cfg) as st:
+        gc = GroupCommit(cfg, clock=lambda: t[0])
+        logs = [st.partition("t", p) for p in range(4)]
+        done = []
+        assert gc.deadline() is None and not gc.due()
+        for i in range(9):
+            gc.append(logs[i % 4], make_batch(2, tag=i), 0, callback=lambda e, b, l: done.append((e, b, l)))
+        assert not gc.due() and gc.deadline() == pytest.approx(cfg.flush_delay_us / 1e6)
+        gc.append(logs[0], make_batch(2), 0, callback=lambda e, b, l: done.append((e, b, l)))
+        assert gc.due()
+        res = gc.flush()
+        assert res == {("t", p): logs[p].high_watermark for p in range(4)}
+        assert res[("t", 0)] == 8  # 4 batches of 2 records
+        assert len(done) == 10 and all(e is None for e, _, _ in done)
+        assert all(lg.synced_offset == lg.log_end_offset for lg in logs)
+        # time trigger
+        gc.append(logs[1], make_batch(1), 0)
+        assert not gc.due(now=0.0)
+        assert gc.due(now=1.0)
+        # a batch larger than flush_bytes is still synced before its ack
+        assert gc.flush()[("t", 1)] == logs[1].log_end_offset
+
+
+def test_group_commit_async_mode(tmp_path):
+    cfg = LogConfig(flush_mode="async", async_fsync_interval_ms=1000, write_buffer_bytes=1 << 16)
+    t = [0.0]
+    with Storage(tmp_path, cfg) as st:
+        log = st.partition("t", 0)
+        gc = GroupCommit(cfg, clock=lambda: t[0])
+        base, last = gc.append(log, make_batch(5), 0)
+        assert (base, last) == (0, 4)
+        assert gc.flush() == {("t", 0): 5}
+        assert log.written_offset == 5 and log.synced_offset == 0 and log.high_watermark == 5
+        assert gc.deadline() == pytest.approx(1.0)
+        t[0] = 1.5
+        assert gc.due()
+        gc.flush()
+        assert log.synced_offset == 5
+        assert gc.deadline() is None
+
+
+def test_big_batch_larger_than_staging_buffer(tmp_path):
+    cfg = LogConfig(write_buffer_bytes=1 << 16, segment_bytes=1 << 20)
+    with Storage(tmp_path, cfg) as st:
+        log = st.partition("t", 0)
+        big = make_batch(3, 100_000)  # ~300 KB through a 64 KiB buffer
+        log.append(make_batch(1, 10), 0)
+        log.append(big, 0)
+        log.append(make_batch(1, 10), 0)
+        log.flush()
+        hs = read_all(log)
+        assert [h.record_count for h in hs] == [1, 3, 1]
+        assert bytes(log.read(1, 1))[16:] == big[16:]
+    log = PartitionLog(str(tmp_path / "t-0"), cfg)
+    assert log.log_end_offset == 5 and log.fenced is None
+    log.close()
+
+
+def test_buffered_mode_round_trip(tmp_path):
+    cfg = LogConfig(direct_io=False, segment_bytes=1 << 16, write_buffer_bytes=1 << 16)
+    with Storage(tmp_path, cfg) as st:
+        log = st.partition("t", 0)
+        assert not log.direct
+        fill(log, 100)
+        assert check_contiguous(read_all(log)) == log.log_end_offset
+        assert os.path.getsize(layout.log_path(log.dir, log.segments()[-1].base)) == log.segments()[-1].size
+
+
+def test_roll_by_age(tmp_path):
+    now = [1000.0]
+    cfg = LogConfig(segment_ms=10_000, write_buffer_bytes=1 << 16)
+    with Storage(tmp_path, cfg, clock=lambda: now[0]) as st:
+        log = st.partition("t", 0)
+        log.append(make_batch(1), 0)
+        now[0] += 5
+        log.append(make_batch(1), 0)
+        assert len(log.segments()) == 1
+        now[0] += 6
+        log.append(make_batch(1), 0)
+        assert [s.base for s in log.segments()] == [0, 2]
+        # closed segments are cut to their logical size (no O_DIRECT padding)
+        s0 = log.segments()[0]
+        assert os.path.getsize(s0.log_path) == s0.size
+
+
+def test_stamp_does_not_touch_the_producer_buffer(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        log.append(make_batch(1), 0)
+        b = bytearray(make_batch(2))
+        before = bytes(b)
+        log.append(memoryview(b).toreadonly(), 9)
+        assert bytes(b) == before
+        log.flush()
+        h = batches(log.read(1, 100))[0]
+        assert (h.base_offset, h.leader_epoch) == (1, 9)
