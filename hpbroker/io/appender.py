@@ -141,4 +141,7 @@ class SegmentWriter:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             self.fs.close(fd)
-        self.mv.release()
+        try:
+            self.mv.release()
+        except BufferError:  # a slice lives on in a stored traceback (failed pwrite)
+            pass

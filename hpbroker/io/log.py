@@ -359,7 +359,10 @@ class PartitionLog:
             for s in self._segments:
                 s.close(self._fs)
             if not self._stage.closed:
-                self._stage.close()
+                try:
+                    self._stage.close()
+                except BufferError:  # a slice lives on in a stored traceback; GC frees it
+                    pass
 
     def __enter__(self):
         return self
