@@ -161,11 +161,16 @@ class Reader:
         self._hq[_CWAIT_W] = 0
 
     def check(self) -> None:
-        """Stamp our heartbeat; raise PeerDead/RingClosed if the producer is gone and nothing is left."""
-        if self.available():
-            self.side.heartbeat()
-            return
-        self.side.check_peer()
+        """Stamp our heartbeat; raise PeerDead/RingClosed if the producer is gone and nothing is left.
+
+        The peer is judged first and the ring looked at second: a dead
+        producer publishes nothing more, so every record it completed is
+        seen (and delivered) before PeerDead is raised.
+        """
+        side = self.side
+        side.heartbeat()
+        if side.peer_state() in ("dead", "closed") and not self.available():
+            side.check_peer()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a record is available (True) or ``timeout`` seconds pass (False).
