@@ -245,3 +245,69 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
         assert off == log.log_end_offset
     finally:
         log.close()
+
+
+_APPENDER = textwrap.dedent("""
+    import sys
+    from hpbroker.config import LogConfig
+    from hpbroker.io import GroupCommit, Storage
+    from hpbroker.io.testing import make_batch
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, flush_batches=5, flush_bytes=0,
+                    retention_ms=-1, retention_bytes=6 << 16)
+    st = Storage(sys.argv[1], cfg)
+    log = st.partition("t", 0)
+    gc = GroupCommit(cfg)
+    i = 0
+    while True:
+        gc.append(log, make_batch(1 + i % 3, 300, tag=i), 1)
+        i += 1
+        if gc.due():
+            hw = gc.flush()[("t", 0)]
+            if i % 50 == 0:
+                st.apply_retention()
+            sys.stdout.write(f"{hw}\\n")
+            sys.stdout.flush()
+""")
+
+
+def test_reader_in_another_process_while_writer_appends_and_deletes(tmp_path):
+    """The writer runs in a child process (rolls + size retention); this
+    process reads with the high watermarks the child reports."""
+    from hpbroker.io import OffsetOutOfRange, PartitionReader
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-c", _APPENDER, str(data)], stdout=subprocess.PIPE, text=True)
+    reader = None
+    try:
+        off = None
+        checked = 0
+        for line in proc.stdout:
+            hw = int(line)
+            if reader is None:
+                reader = PartitionReader(str(data / "t-0"))
+            if off is None:
+                off = reader.earliest_offset() or 0
+            while off < hw:
+                try:
+                    chunk = reader.read(off, 1 << 14, hw)
+                except OffsetOutOfRange:
+                    off = reader.earliest_offset()  # retention overtook us: skip ahead
+                    continue
+                assert chunk, (off, hw)
+                for pos, h in B.iter_batches(chunk):
+                    B.check_batch(chunk, pos, h.batch_length)
+                    assert h.last_offset < hw
+                    if h.last_offset >= off:
+                        assert h.base_offset <= off
+                        off = h.last_offset + 1
+                        checked += 1
+            if hw > 20_000:
+                break
+        assert checked > 1000
+        assert reader.earliest_offset() > 0  # retention ran underneath the reader
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        if reader is not None:
+            reader.close()

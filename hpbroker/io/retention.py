@@ -34,8 +34,8 @@ def expired(plog, cfg: LogConfig, now_ms: int) -> int:
     n = 0
     if cfg.retention_ms >= 0:
         for s in segs:
-            if s.max_ts >= 0 and now_ms - s.max_ts <= cfg.retention_ms:
-                break
+            if s.max_ts < 0 or now_ms - s.max_ts <= cfg.retention_ms:
+                break  # young enough, or no timestamp known: kept
             n += 1
     if cfg.retention_bytes >= 0:
         total = sum(s.size for s in plog.segments())
