@@ -1,1 +1,23 @@
-"""hpbroker.client"""
+"""hpbroker.client: Producer, Consumer and Admin over ZeroMQ (kafka-python's shape).
+
+Imports only :mod:`hpbroker.protocol`, :mod:`hpbroker.batch` and zmq.
+"""
+
+from hpbroker.client.admin import Admin, PartitionInfo
+from hpbroker.client.consumer import Consumer
+from hpbroker.client.producer import Producer
+from hpbroker.client.records import FutureRecordMetadata, Message, RawBatches, RecordMetadata
+from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+__all__ = [
+    "Admin",
+    "BrokerError",
+    "Consumer",
+    "ErrorCode",
+    "FutureRecordMetadata",
+    "Message",
+    "PartitionInfo",
+    "Producer",
+    "RawBatches",
+    "RecordMetadata",
+]

@@ -1,0 +1,549 @@
+"""``Producer``: batches per partition, several requests in flight, futures.
+
+Threads: user threads only touch the accumulator (under one lock) and wake
+the I/O thread through an eventfd (a pipe where there is none) registered
+in the transport's ``zmq.Poller``.  The I/O thread owns the zmq sockets: it
+seals batches when they are full or ``linger_ms`` old, encodes them with
+:func:`hpbroker.batch.encode_batch` (one call per batch), sends them
+(at most ``max_in_flight`` unanswered requests per acceptor), and resolves
+the futures when the acks come back.  Retriable errors are retried
+``retries`` times after ``retry_backoff_ms``; a retry goes to the front of
+its acceptor's queue, but with ``max_in_flight > 1`` a retried batch can
+still land after a later one (as in Kafka).
+
+Memory is bounded: a message holds ``buffer_memory`` space from ``send``
+until its batch is acknowledged or failed; ``send`` blocks up to
+``max_block_ms`` for space and then raises ``BrokerError(BUSY)``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Sequence
+
+import numpy as np
+import zmq
+from crc32c import crc32c
+
+from hpbroker import batch
+from hpbroker.client.records import FutureRecordMetadata, RecordMetadata
+from hpbroker.client.transport import Transport, topic_partitions
+from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
+from hpbroker.protocol.messages import Metadata, Produce, ProduceReply
+
+_ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
+
+
+class _Waker:
+    """An fd the I/O thread polls; any thread may ``wake()`` it."""
+
+    def __init__(self):
+        if hasattr(os, "eventfd"):
+            self.rfd = self.wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - non-Linux
+            self.rfd, self.wfd = os.pipe()
+            os.set_blocking(self.rfd, False)
+            os.set_blocking(self.wfd, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wfd, (1).to_bytes(8, "little"))
+        except BlockingIOError:
+            pass  # already signalled
+
+    def drain(self) -> None:
+        try:
+            os.read(self.rfd, 4096)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.rfd)
+        if self.wfd != self.rfd:
+            os.close(self.wfd)
+
+
+class _Batch:
+    """One produce request's worth of work: encoded batch frames plus the
+    futures to resolve.  ``acc`` holds the raw messages until encoded."""
+
+    __slots__ = ("topic", "partition", "frames", "futures", "single", "nbytes", "attempts", "acc")
+
+    def __init__(self, topic, partition, frames, futures, single, nbytes, acc=None):
+        self.topic = topic
+        self.partition = partition
+        self.frames = frames
+        self.futures = futures
+        self.single = single
+        self.nbytes = nbytes
+        self.attempts = 0
+        self.acc = acc
+
+
+class _Acc:
+    """The open batch of one topic-partition (send() appends here)."""
+
+    __slots__ = ("values", "keys", "has_keys", "ts", "futures", "nbytes", "created", "created_ms")
+
+    def __init__(self):
+        self.values: list = []
+        self.keys: list = []
+        self.has_keys = False
+        self.ts: list | None = None
+        self.futures: list = []
+        self.nbytes = 0
+        self.created = time.monotonic()
+        self.created_ms = batch.now_ms()
+
+
+class Producer:
+    def __init__(
+        self,
+        bootstrap: str = "tcp://127.0.0.1:7600",
+        *,
+        acks: int | str = 1,
+        linger_ms: float = 2,
+        batch_size: int = 256 * 1024,
+        max_in_flight: int = 5,
+        retries: int = 5,
+        retry_backoff_ms: int = 100,
+        buffer_memory: int = 64 << 20,
+        max_block_ms: int = 60_000,
+        request_timeout_ms: int = 30_000,
+        connect_timeout_ms: int = 10_000,
+        hwm: int = 10_000,
+    ):
+        if acks not in _ACKS:
+            raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
+        self.acks = _ACKS[acks]
+        self.linger = linger_ms / 1000.0
+        self.batch_size = batch_size
+        self.max_in_flight = max(1, max_in_flight)
+        self.retries = retries
+        self.retry_backoff = retry_backoff_ms / 1000.0
+        self.buffer_memory = buffer_memory
+        self.max_block = max_block_ms / 1000.0
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm)
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._open: dict[tuple[str, int], _Acc] = {}
+        self._sealed: deque = deque()  # _Batch, in send order
+        self._commands: deque = deque()  # (topic, Future) metadata lookups
+        self._used = 0
+        self._outstanding = 0  # batches not yet acknowledged or failed
+        self._flushing = 0
+        self._stop = False
+        self._closed = False
+        self._partitions: dict[str, int] = {}
+        self._rr = itertools.count()
+        # I/O-thread-only state
+        self._queues: dict[str, deque] = {}
+        self._inflight: dict[str, int] = {}
+        self._retry: list = []
+        self._retry_seq = itertools.count()
+        self._waker = _Waker()
+        self._thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
+        self._thread.start()
+
+    # -- public API (any thread) ---------------------------------------------------------
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+             timestamp_ms: int | None = None, callback=None) -> FutureRecordMetadata:
+        """Queue one message; the future resolves to its RecordMetadata.
+        ``callback(metadata, exception)`` runs on the I/O thread when done."""
+        n = self._partitions.get(topic) or self._partitions_for(topic)
+        if partition is None:
+            partition = crc32c(key) % n if key is not None else next(self._rr) % n
+        size = len(value) + (len(key) if key is not None else 0) + batch.ENTRY_SIZE
+        fut = FutureRecordMetadata()
+        if callback is not None:
+            _attach(fut, callback)
+        limit = min(self.batch_size, self._t.max_batch_bytes)
+        wake = False
+        with self._lock:
+            self._reserve(size)
+            tp = (topic, partition)
+            acc = self._open.get(tp)
+            if acc is not None and acc.nbytes + size > limit:
+                self._seal(tp, acc)
+                acc = None
+            if acc is None:
+                acc = self._open[tp] = _Acc()
+                self._outstanding += 1
+                wake = True
+            acc.values.append(value)
+            acc.keys.append(key)
+            if key is not None:
+                acc.has_keys = True
+            if timestamp_ms is not None and acc.ts is None:
+                acc.ts = [acc.created_ms] * (len(acc.values) - 1)
+            if acc.ts is not None:
+                acc.ts.append(acc.created_ms if timestamp_ms is None else timestamp_ms)
+            acc.futures.append(fut)
+            acc.nbytes += size
+            if acc.nbytes >= limit:
+                self._seal(tp, acc)
+                wake = True
+        if wake:
+            self._waker.wake()
+        return fut
+
+    def send_batch(self, topic: str, values: Sequence[bytes], partition: int | None = None,
+                   keys: Sequence[bytes | None] | None = None, timestamp_ms: int | None = None,
+                   callback=None) -> FutureRecordMetadata:
+        """Send a list of values to one partition (round robin when not
+        given) as one request; the future resolves to the RecordMetadata of
+        the first, and the others follow at contiguous offsets.  A list
+        larger than the broker's batch limit is split into several batches
+        of the same request; one larger than the request limit goes as
+        several requests (still in order, but then not guaranteed
+        contiguous)."""
+        if not len(values):
+            raise ValueError("send_batch needs at least one value")
+        n = self._partitions.get(topic) or self._partitions_for(topic)
+        if partition is None:
+            partition = next(self._rr) % n
+        requests = self._encode_requests(values, keys, timestamp_ms)
+        fut = FutureRecordMetadata()
+        if callback is not None:
+            _attach(fut, callback)
+        parts = [Future() for _ in requests] if len(requests) > 1 else [fut]
+        if len(parts) > 1:
+            _join(fut, parts)
+        with self._lock:
+            tp = (topic, partition)
+            acc = self._open.get(tp)
+            if acc is not None:
+                self._seal(tp, acc)  # keep send order within the partition
+            for frames, f in zip(requests, parts):
+                nbytes = sum(map(len, frames))
+                self._reserve(nbytes)
+                self._sealed.append(_Batch(topic, partition, frames, f, True, nbytes))
+                self._outstanding += 1
+        self._waker.wake()
+        return fut
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self._partitions.get(topic) or self._partitions_for(topic)))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued and wait until all of it is acknowledged
+        or failed; BrokerError(REQUEST_TIMED_OUT) after ``timeout`` s."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("flush() from a producer callback would deadlock")
+        with self._lock:
+            self._flushing += 1
+        self._waker.wake()
+        try:
+            with self._lock:
+                done = self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+                left = self._outstanding
+        finally:
+            with self._lock:
+                self._flushing -= 1
+        if not done:
+            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"flush: {left} batches still unacknowledged after {timeout}s")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the I/O thread; whatever is still unacknowledged
+        after ``timeout`` fails with BROKER_SHUTTING_DOWN."""
+        if self._closed:
+            return
+        try:
+            if self._thread.is_alive():
+                self.flush(timeout)
+        finally:
+            self._closed = True
+            with self._lock:
+                self._stop = True
+            self._waker.wake()
+            self._thread.join()
+            self._waker.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- user-thread helpers --------------------------------------------------------------
+
+    def _reserve(self, size: int) -> None:
+        """Take ``size`` bytes of buffer_memory (lock held), waiting if needed."""
+        if self._stop:
+            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
+        if self._used + size > self.buffer_memory and self._used > 0:
+            if threading.current_thread() is self._thread:
+                raise BrokerError(ErrorCode.BUSY, "buffer_memory is full (send from a callback cannot wait)")
+            if not self._space.wait_for(lambda: self._used + size <= self.buffer_memory or self._used == 0 or self._stop,
+                                        self.max_block):
+                raise BrokerError(ErrorCode.BUSY, f"buffer_memory ({self.buffer_memory} bytes) stayed full for max_block_ms")
+            if self._stop:
+                raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
+        self._used += size
+
+    def _seal(self, tp, acc: _Acc) -> None:
+        del self._open[tp]
+        self._sealed.append(_Batch(tp[0], tp[1], None, acc.futures, False, acc.nbytes, acc))
+
+    def _encode_requests(self, values, keys, timestamp_ms) -> list[list]:
+        """Encode ``values`` into batches of at most max_batch_bytes, grouped
+        into requests of at most max_request_bytes (one encode_batch call
+        per batch; chunk bounds come from a cumsum, not a Python loop)."""
+        max_batch = self._t.max_batch_bytes
+        n = len(values)
+        sizes = np.fromiter(map(len, values), dtype=np.int64, count=n) + batch.ENTRY_SIZE
+        if keys is not None:
+            sizes += np.fromiter((0 if k is None else len(k) for k in keys), dtype=np.int64, count=n)
+        cum = np.cumsum(sizes)
+        if int(cum[-1]) + batch.HEADER_SIZE <= max_batch:
+            return [[batch.encode_batch(values, keys, timestamp_ms=timestamp_ms)]]
+        frames = []
+        start = 0
+        room = max_batch - batch.HEADER_SIZE
+        while start < n:
+            before = int(cum[start - 1]) if start else 0
+            end = max(start + 1, int(np.searchsorted(cum, before + room, side="right")))
+            frames.append(batch.encode_batch(values[start:end], None if keys is None else keys[start:end],
+                                             timestamp_ms=timestamp_ms))
+            start = end
+        max_request = max(self._t.max_request_bytes, max_batch)
+        requests, cur, size = [], [], 0
+        for f in frames:
+            if cur and size + len(f) > max_request:
+                requests.append(cur)
+                cur, size = [], 0
+            cur.append(f)
+            size += len(f)
+        requests.append(cur)
+        return requests
+
+    def _partitions_for(self, topic: str) -> int:
+        if self._closed or self._stop:
+            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
+        if threading.current_thread() is self._thread:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} is not known yet (cannot look it up from a callback)")
+        fut: Future = Future()
+        with self._lock:
+            self._commands.append((topic, fut))
+        self._waker.wake()
+        try:
+            return fut.result(self.max_block)
+        except FutureTimeout:
+            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"no metadata for {topic!r} within max_block_ms") from None
+
+    # -- the I/O thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        t = self._t
+        t.poller.register(self._waker.rfd, zmq.POLLIN)
+        try:
+            while True:
+                fired = t.poll(self._timeout_ms())
+                if fired:
+                    self._waker.drain()
+                self._lookups()
+                self._collect()
+                self._release_retries()
+                self._dispatch()
+                if self._stop:
+                    break
+        finally:
+            self._shutdown()
+
+    def _timeout_ms(self) -> float | None:
+        now = time.monotonic()
+        due = None
+        with self._lock:
+            if self._sealed or self._commands or self._stop:
+                return 0
+            if self._open:
+                if self._flushing:
+                    return 0
+                due = min(a.created for a in self._open.values()) + self.linger
+        if self._retry:
+            r = self._retry[0][0]
+            due = r if due is None else min(due, r)
+        return None if due is None else max(0.0, (due - now) * 1000.0)
+
+    def _lookups(self) -> None:
+        with self._lock:
+            cmds = list(self._commands)
+            self._commands.clear()
+        for topic, fut in cmds:
+            if topic in self._partitions:
+                fut.set_result(self._partitions[topic])
+                continue
+            endpoint = self._t.acceptors[0] if self._t.acceptors else self._t.bootstrap
+
+            def on_reply(rep, _p, topic=topic, fut=fut):
+                if rep.code:
+                    fut.set_exception(BrokerError(rep.code, rep.message))
+                    return
+                try:
+                    self._t.apply_metadata(rep)
+                    n = topic_partitions(rep, topic)
+                except BrokerError as e:
+                    fut.set_exception(e)
+                    return
+                self._partitions[topic] = n
+                fut.set_result(n)
+
+            self._t.send(endpoint, Metadata(id=self._t.next_id(), topics=[topic]), on_reply=on_reply,
+                         timeout_ms=self.connect_timeout_ms)
+
+    def _collect(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            hurry = self._flushing or self._stop
+            for tp, acc in list(self._open.items()):
+                if hurry or now >= acc.created + self.linger:
+                    self._seal(tp, acc)
+            ready = list(self._sealed)
+            self._sealed.clear()
+        for b in ready:
+            if b.acc is not None:
+                a = b.acc
+                b.frames = [batch.encode_batch(a.values, a.keys if a.has_keys else None,
+                                               timestamp_ms=a.created_ms, timestamps_ms=a.ts)]
+                b.acc = None
+            ep = self._t.endpoint_for(b.partition)
+            q = self._queues.get(ep)
+            if q is None:
+                q = self._queues[ep] = deque()
+                self._inflight[ep] = 0
+            q.append(b)
+
+    def _release_retries(self) -> None:
+        now = time.monotonic()
+        back = []
+        while self._retry and self._retry[0][0] <= now:
+            back.append(heapq.heappop(self._retry)[2])
+        for b in reversed(back):
+            self._queues[self._t.endpoint_for(b.partition)].appendleft(b)
+
+    def _dispatch(self) -> None:
+        for ep, q in self._queues.items():
+            while q and (self.acks == 0 or self._inflight[ep] < self.max_in_flight):
+                self._send(ep, q.popleft())
+
+    def _send(self, ep: str, b: _Batch) -> None:
+        t = self._t
+        req = Produce(id=t.next_id(), topic=b.topic, partition=b.partition, acks=self.acks,
+                      timeout_ms=self.request_timeout_ms)
+        b.attempts += 1
+        if self.acks == 0:
+            t.send(ep, req, b.frames, on_reply=lambda rep, _p: self._complete(b, None, rep),
+                   on_sent=lambda: self._complete(b, -1, None), timeout_ms=self.request_timeout_ms)
+            return
+        self._inflight[ep] += 1
+
+        def on_reply(rep, _p):
+            self._inflight[ep] -= 1
+            self._on_reply(b, rep)
+
+        # give the broker its own timeout_ms first, plus time for the reply to travel
+        t.send(ep, req, b.frames, on_reply=on_reply, timeout_ms=self.request_timeout_ms + 5000)
+
+    def _on_reply(self, b: _Batch, rep) -> None:
+        if rep.code == 0:
+            if isinstance(rep, ProduceReply) and len(rep.base_offsets) >= 1:
+                self._complete(b, rep.base_offsets[0], None)
+            else:
+                self._complete(b, None, type(rep)(id=rep.id, code=int(ErrorCode.INTERNAL), message=f"unexpected reply {rep!r}"))
+            return
+        if rep.code in RETRIABLE and b.attempts <= self.retries and not self._stop:
+            heapq.heappush(self._retry, (time.monotonic() + self.retry_backoff, next(self._retry_seq), b))
+            return
+        self._complete(b, None, rep)
+
+    def _complete(self, b: _Batch, base: int | None, rep) -> None:
+        if rep is not None:
+            err = BrokerError(rep.code, rep.message)
+            if b.single:
+                b.futures.set_exception(err)
+            else:
+                for f in b.futures:
+                    f.set_exception(err)
+        elif b.single:
+            b.futures.set_result(RecordMetadata(b.topic, b.partition, base))
+        elif base == -1:
+            md = RecordMetadata(b.topic, b.partition, -1)
+            for f in b.futures:
+                f.set_result(md)
+        else:
+            topic, p = b.topic, b.partition
+            for i, f in enumerate(b.futures):
+                f.set_result(RecordMetadata(topic, p, base + i))
+        with self._lock:
+            self._used -= b.nbytes
+            self._outstanding -= 1
+            self._space.notify_all()
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    def _shutdown(self) -> None:
+        """Fail whatever is left (close() timed out, or the thread died)."""
+        from hpbroker.protocol.messages import ErrorReply
+
+        self._stop = True
+        gone = ErrorReply(id=-1, code=int(ErrorCode.BROKER_SHUTTING_DOWN), message="producer closed before the broker acknowledged")
+        try:
+            for rid in list(self._t.pending):
+                call = self._t.pending.pop(rid)
+                if call.on_reply is not None:
+                    call.on_reply(gone, [])
+            with self._lock:
+                left = list(self._sealed) + [_Batch(tp[0], tp[1], None, a.futures, False, a.nbytes, a) for tp, a in self._open.items()]
+                self._sealed.clear()
+                self._open.clear()
+                for _, fut in self._commands:
+                    fut.set_exception(BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed"))
+                self._commands.clear()
+            left += [b for q in self._queues.values() for b in q] + [r[2] for r in self._retry]
+            for b in left:
+                self._complete(b, None, gone)
+        finally:
+            self._t.close()
+            with self._lock:
+                self._space.notify_all()
+                self._idle.notify_all()
+
+
+def _attach(fut: Future, callback) -> None:
+    def done(f):
+        exc = f.exception()
+        callback(None if exc else f.result(), exc)
+
+    fut.add_done_callback(done)
+
+
+def _join(fut: Future, parts: list[Future]) -> None:
+    """Resolve ``fut`` with the first part's result once all parts succeed,
+    or with the first failure."""
+    lock = threading.Lock()
+    left = [len(parts)]
+
+    def done(_):
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        for p in parts:
+            if p.exception() is not None:
+                fut.set_exception(p.exception())
+                return
+        fut.set_result(parts[0].result())
+
+    for p in parts:
+        p.add_done_callback(done)

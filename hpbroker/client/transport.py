@@ -1,0 +1,295 @@
+"""The client side of the wire: DEALER sockets, correlation ids, deadlines.
+
+A :class:`Transport` is single-threaded: whoever owns it (the Producer's I/O
+thread, or the Consumer/Admin caller) is the only thread that touches its
+sockets.  It sends requests without waiting, keeps a callback per
+correlation id, and, in :meth:`poll`, hands each reply to its callback.  A
+request that gets no reply before its deadline is answered locally with an
+``ErrorReply`` carrying REQUEST_TIMED_OUT, so every outcome reaches the
+callback as a reply (``code == 0`` means success).
+
+Socket options (one DEALER per acceptor endpoint):
+
+* ``LINGER`` 0 - close() never hangs; callers flush before closing.
+* ``IMMEDIATE`` 1 - nothing is queued towards a peer that is not connected;
+  a request that cannot be handed to zmq yet waits in a backlog (sent when
+  the socket turns writable) and its deadline still runs, so an unreachable
+  broker is reported instead of waited for forever.
+* ``SNDHWM``/``RCVHWM`` - bounded queues (``hwm`` messages).
+* ``MAXMSGSIZE`` - the largest reply accepted (``max_reply_bytes``); a
+  larger one makes zmq drop the connection (the request then times out).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from typing import Callable
+from urllib.parse import urlsplit
+
+import zmq
+
+from hpbroker.protocol import codec
+from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
+from hpbroker.protocol.messages import ErrorReply, Metadata, MetadataReply
+
+log = logging.getLogger("hpbroker.client")
+
+DEFAULT_MAX_BATCH_BYTES = 8 << 20
+DEFAULT_MAX_REQUEST_BYTES = 16 << 20
+
+OnReply = Callable[[object, list], None]
+
+
+class _Call:
+    __slots__ = ("on_reply", "on_sent", "deadline", "endpoint")
+
+    def __init__(self, on_reply, on_sent, deadline, endpoint):
+        self.on_reply = on_reply
+        self.on_sent = on_sent
+        self.deadline = deadline
+        self.endpoint = endpoint
+
+
+class Transport:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        request_timeout_ms: int = 30_000,
+        hwm: int = 10_000,
+        max_reply_bytes: int = 64 << 20,
+        context: zmq.Context | None = None,
+    ):
+        if not bootstrap.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"broker URL must look like tcp://HOST:PORT, got {bootstrap!r}")
+        self.bootstrap = bootstrap
+        self.request_timeout_ms = request_timeout_ms
+        self.hwm = hwm
+        self.max_reply_bytes = max_reply_bytes
+        # The process-wide context: a client that is garbage-collected
+        # without close() must not hang in Context.term() (its sockets have
+        # LINGER 0 and go with it).
+        self.ctx = context or zmq.Context.instance()
+        self.poller = zmq.Poller()
+        self.sockets: dict[str, zmq.Socket] = {}
+        self._by_socket: dict[zmq.Socket, str] = {}
+        self._backlog: dict[str, deque] = {}
+        self.pending: dict[int, _Call] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._next_id = 0
+        self.acceptors: list[str] = []
+        self.max_batch_bytes = DEFAULT_MAX_BATCH_BYTES
+        self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
+        self.closed = False
+
+    # -- sockets ------------------------------------------------------------------
+
+    def socket(self, endpoint: str) -> zmq.Socket:
+        s = self.sockets.get(endpoint)
+        if s is None:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.IMMEDIATE, 1)
+            s.setsockopt(zmq.SNDHWM, self.hwm)
+            s.setsockopt(zmq.RCVHWM, self.hwm)
+            s.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            s.connect(endpoint)
+            self.sockets[endpoint] = s
+            self._by_socket[s] = endpoint
+            self._backlog[endpoint] = deque()
+            self.poller.register(s, zmq.POLLIN)
+        return s
+
+    def endpoint_for(self, partition: int) -> str:
+        """Partition p is served by acceptor ``p % len(acceptors)``."""
+        a = self.acceptors
+        return a[partition % len(a)] if a else self.bootstrap
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -- requests -----------------------------------------------------------------
+
+    def send(
+        self,
+        endpoint: str,
+        req,
+        payloads=(),
+        on_reply: OnReply | None = None,
+        on_sent: Callable[[], None] | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """Send ``req`` (whose ``id`` came from :meth:`next_id`).
+
+        ``on_reply(reply, payloads)`` gets the reply, or a local ErrorReply
+        when the deadline passes first.  With ``on_sent`` and no reply
+        expected (acks=0), ``on_sent()`` runs once zmq took the message and
+        ``on_reply`` only reports a timeout before that.
+        """
+        if self.closed:
+            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "client is closed")
+        timeout = self.request_timeout_ms if timeout_ms is None else timeout_ms
+        deadline = time.monotonic() + timeout / 1000.0
+        self.pending[req.id] = _Call(on_reply, on_sent, deadline, endpoint)
+        heapq.heappush(self._deadlines, (deadline, req.id))
+        frames = codec.encode_request(req, payloads)
+        sock = self.socket(endpoint)
+        backlog = self._backlog[endpoint]
+        if backlog or not self._try_send(sock, req.id, frames):
+            if not backlog:
+                self.poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+            backlog.append((req.id, frames))
+
+    def _try_send(self, sock: zmq.Socket, rid: int, frames) -> bool:
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        call = self.pending.get(rid)
+        if call is not None and call.on_sent is not None:
+            del self.pending[rid]
+            call.on_sent()
+        return True
+
+    def _flush_backlog(self, sock: zmq.Socket) -> None:
+        endpoint = self._by_socket[sock]
+        backlog = self._backlog[endpoint]
+        while backlog:
+            rid, frames = backlog[0]
+            if rid in self.pending and not self._try_send(sock, rid, frames):
+                return
+            backlog.popleft()
+        self.poller.modify(sock, zmq.POLLIN)
+
+    def forget(self, rid: int) -> None:
+        """Drop the callback of request ``rid`` (its reply will be ignored)."""
+        self.pending.pop(rid, None)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines and self._deadlines[0][1] not in self.pending:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def poll(self, timeout_ms: float | None) -> list:
+        """Wait up to ``timeout_ms`` (None = until something happens) for
+        replies, dispatch them, expire deadlines, and return the non-zmq
+        file descriptors registered in :attr:`poller` that became readable."""
+        dl = self.next_deadline()
+        if dl is not None:
+            until = max(0.0, (dl - time.monotonic()) * 1000.0)
+            timeout_ms = until if timeout_ms is None else min(timeout_ms, until)
+        events = self.poller.poll(None if timeout_ms is None else max(0, int(timeout_ms + 0.999)))
+        fired = []
+        for s, ev in events:
+            if not isinstance(s, zmq.Socket):
+                fired.append(s)
+                continue
+            if ev & zmq.POLLOUT:
+                self._flush_backlog(s)
+            if ev & zmq.POLLIN:
+                self._receive(s)
+        self._expire()
+        return fired
+
+    def _receive(self, sock: zmq.Socket, limit: int = 1024) -> None:
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                rep, payloads = codec.decode_reply(frames)
+            except ProtocolError as e:
+                log.warning("undecodable reply from %s: %s", self._by_socket.get(sock), e)
+                if e.id in self.pending:
+                    self._deliver(e.id, ErrorReply(id=e.id, code=int(e.code), message=f"bad reply: {e.message}"), [])
+                continue
+            if rep.id not in self.pending:
+                if rep.id == -1 and rep.code:
+                    log.warning("broker rejected a request it could not read: %s", BrokerError(rep.code, rep.message))
+                continue
+            self._deliver(rep.id, rep, payloads)
+
+    def _deliver(self, rid: int, rep, payloads) -> None:
+        call = self.pending.pop(rid)
+        if call.on_reply is not None:
+            call.on_reply(rep, payloads)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = heapq.heappop(self._deadlines)
+            call = self.pending.get(rid)
+            if call is None or call.deadline > now:
+                continue
+            msg = f"no reply from {call.endpoint} in time (is the broker running and reachable?)"
+            self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
+
+    # -- synchronous helpers (Consumer, Admin) ------------------------------------------
+
+    def call(self, endpoint: str, req, payloads=(), timeout_ms: int | None = None):
+        """Send and wait for the reply; raise BrokerError on a non-zero code."""
+        box: list = []
+        self.send(endpoint, req, payloads, on_reply=lambda r, p: box.append((r, p)), timeout_ms=timeout_ms)
+        while not box:
+            self.poll(None)
+        rep, p = box[0]
+        if rep.code:
+            raise BrokerError(rep.code, rep.message)
+        return rep, p
+
+    def metadata(self, topics: list[str] | None = None, timeout_ms: int | None = None) -> MetadataReply:
+        endpoint = self.acceptors[0] if self.acceptors else self.bootstrap
+        rep, _ = self.call(endpoint, Metadata(id=self.next_id(), topics=topics), timeout_ms=timeout_ms)
+        if not isinstance(rep, MetadataReply):
+            raise BrokerError(ErrorCode.INTERNAL, f"expected MetadataReply, got {type(rep).__name__}")
+        self.apply_metadata(rep)
+        return rep
+
+    def apply_metadata(self, rep: MetadataReply) -> None:
+        self.acceptors = [_reachable(a, self.bootstrap) for a in rep.acceptors] or [self.bootstrap]
+        if rep.max_batch_bytes > 0:
+            self.max_batch_bytes = rep.max_batch_bytes
+        if rep.max_request_bytes > 0:
+            self.max_request_bytes = rep.max_request_bytes
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for s in self.sockets.values():
+            s.close(linger=0)
+        self.sockets.clear()
+
+
+def _reachable(endpoint: str, bootstrap: str) -> str:
+    """A broker bound to a wildcard address advertises it; use the host we
+    reached the bootstrap endpoint through instead."""
+    try:
+        u = urlsplit(endpoint)
+        if u.scheme == "tcp" and u.hostname in ("0.0.0.0", "*", "::", ""):
+            host = urlsplit(bootstrap).hostname or "127.0.0.1"
+            return f"tcp://{host}:{u.port}"
+    except ValueError:
+        pass
+    return endpoint
+
+
+def topic_partitions(rep: MetadataReply, topic: str) -> int:
+    """The partition count of ``topic`` in a metadata reply, or BrokerError."""
+    for t in rep.topics:
+        if t.name == topic:
+            if t.code:
+                raise BrokerError(t.code, f"topic {topic!r}")
+            if not t.partitions:
+                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} has no partitions")
+            return len(t.partitions)
+    raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist")
