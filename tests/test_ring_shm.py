@@ -1,7 +1,7 @@
 """Rings between real processes over real POSIX shared memory.
 
 Every child is a ``subprocess`` started by this module and stopped by its
-pid.  Instance names contain "test"; the module fixture checks that nothing
+pid.  Instance names are "testring<pid>..."; the module fixture checks that nothing
 named ``hpb.*test*`` is left in /dev/shm afterwards.
 """
 
@@ -22,23 +22,26 @@ import numpy as np
 import pytest
 
 from hpbroker.ring import (
-    Doorbell, PeerDead, ReaderGroup, RingClosed, RingFull, SharedRing, cleanup_stale, layout as L, list_segments,
+    Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing, cleanup_stale, layout as L, list_segments,
 )
 
 SHM = "/dev/shm"
 
 
-def _ours(fname: str) -> bool:
-    return (fname.startswith("hpb.") or fname.startswith("sem.hpb.")) and "test" in fname
+PREFIX = f"testring{os.getpid()}"  # every instance name of this session; "test" in it, pid-unique
+
+
+def _ours(fname: str, prefix: str = PREFIX) -> bool:
+    return fname.startswith((f"hpb.{prefix}", f"sem.hpb.{prefix}"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_shm_leftovers():
-    for fname in os.listdir(SHM):  # leftovers of an interrupted earlier run are not this run's leak
-        if _ours(fname):
+    """Clean what dead earlier runs of this module left, then check this run leaves nothing."""
+    for fname in os.listdir(SHM):
+        if _ours(fname, "testring"):
             parts = fname.split(".")
-            inst = parts[2] if fname.startswith("sem.") else parts[1]
-            cleanup_stale(inst, dead_after_ms=0)
+            cleanup_stale(parts[2] if fname.startswith("sem.") else parts[1])  # only dead owners
     yield
     left = sorted(f for f in os.listdir(SHM) if _ours(f))
     assert left == [], f"shared memory left behind: {left}"
@@ -52,7 +55,7 @@ def slow_enabled(request):
 
 
 def inst(tag: str) -> str:
-    return f"test{os.getpid()}{tag}"
+    return f"{PREFIX}{tag}"
 
 
 class Child:
