@@ -364,7 +364,9 @@ def cleanup_stale(instance: str, *, dead_after_ms: int = 1000, shm_dir: str = SH
     """Unlink the segments of ``instance`` whose owner is dead, and every semaphore
     of ``instance`` no surviving segment refers to.  Returns the names removed.
 
-    Call it at broker start, before creating the rings.
+    Call it at broker start, for the broker's own instance, before creating
+    its rings: a segment whose header is not yet valid (being created right
+    now by someone else) also counts as stale.
     """
     _check("instance", instance)
     removed, keep = [], set()
