@@ -1,0 +1,41 @@
+"""Produce stdin lines to hpbroker with only pyzmq + msgpack (docs/protocol.md).
+
+    python examples/raw_producer.py tcp://127.0.0.1:7600 TOPIC < lines
+"""
+import struct, sys, time
+import msgspec, zmq
+from crc32c import crc32c
+
+enc, dec = msgspec.msgpack.encode, msgspec.msgpack.decode
+
+def make_batch(values):  # docs/protocol.md section 5: 64-byte header, 16-byte entries, data
+    n, data, now = len(values), b"".join(values), time.time_ns() // 1_000_000
+    table = b"".join(struct.pack("<iiii", 0, -1, len(v), 0) for v in values)
+    b = bytearray(struct.pack("<qIiB3xIHxxIqqqi4x", 0, 64 + 16 * n + len(data), 0, 2, 0, 0, n, now, now, -1, -1))
+    b += table + data
+    struct.pack_into("<I", b, 20, crc32c(bytes(b[24:])))  # CRC32C of bytes [24, end)
+    return bytes(b)
+
+def call(sock, head, *payload):
+    sock.send_multipart([enc(head), *payload])
+    if not sock.poll(30_000): sys.exit("no reply from the broker")
+    rep = dec(sock.recv_multipart()[0])
+    if rep["code"]: sys.exit(f"error {rep['code']}: {rep['message']}")
+    return rep
+
+url, topic = sys.argv[1], sys.argv[2]
+ctx = zmq.Context()
+socks = {}
+def sock(ep):
+    if ep not in socks:
+        socks[ep] = ctx.socket(zmq.DEALER); socks[ep].setsockopt(zmq.LINGER, 0); socks[ep].connect(ep)
+    return socks[ep]
+md = call(sock(url), {"t": "Metadata", "id": 0, "topics": [topic]})
+acceptors, nparts = md["acceptors"] or [url], len(md["topics"][0]["partitions"])
+lines = sys.stdin.buffer.read().split(b"\n")
+if lines and lines[-1] == b"": lines.pop()
+for i in range(0, len(lines), 1000):  # one batch of up to 1000 lines per request, round robin
+    p = (i // 1000) % nparts
+    rep = call(sock(acceptors[p % len(acceptors)]), {"t": "Produce", "id": i + 1, "topic": topic, "partition": p}, make_batch(lines[i:i + 1000]))
+    print(f"partition {p}: offsets {rep['base_offsets'][0]}..", file=sys.stderr)
+print(f"sent {len(lines)} messages", file=sys.stderr)
