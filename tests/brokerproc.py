@@ -21,6 +21,10 @@ from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 
 
+#: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
+PORTS_USED: set[int] = set()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,6 +35,7 @@ class BrokerProcess:
     def __init__(self, data_dir: Path, port: int | None = None, args: tuple[str, ...] = (), log_path: Path | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        PORTS_USED.add(self.port)
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.args = list(args)
         self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
@@ -45,7 +50,11 @@ class BrokerProcess:
         cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -53,6 +62,7 @@ class BrokerProcess:
         ctx = zmq.Context.instance()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.flush()
                 raise RuntimeError(f"broker exited with {self.proc.returncode} during start:\n{self.log()}")
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)

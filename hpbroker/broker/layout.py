@@ -9,6 +9,7 @@ the side that reads every byte of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +125,26 @@ def render(p: Plan, instance: str) -> str:
         lines.append(f"{pl.role + ' ' + str(pl.index):<14}{cpus:<10}{'-' if pl.node is None else pl.node}")
     lines += ["", f"{'ring':<28}{'producer':<12}{'consumer':<10}node"]
     for a, w, node in p.rings:
-        lines.append(f"{ring_name(instance, a, w):<28}{'acceptor ' + str(a):<12}{'writer ' + str(w):<10}{'-' if node is None else node}")
+        lines.append(f"{'/hpb.' + instance + '.' + ring_name(a, w):<28}{'acceptor ' + str(a):<12}{'writer ' + str(w):<10}{'-' if node is None else node}")
     return "\n".join(lines)
 
 
-def ring_name(instance: str, acceptor: int, writer: int) -> str:
-    return f"/hpb.{instance}.a{acceptor}w{writer}"
+def ring_name(acceptor: int, writer: int) -> str:
+    """The ring's name within its instance (shared memory ``/hpb.<instance>.<name>``)."""
+    return f"a{acceptor}w{writer}"
+
+
+@contextlib.contextmanager
+def running_on(cpus: list[int] | None):
+    """Run the body pinned to ``cpus`` (e.g. to first-touch memory on a NUMA
+    node), then restore the previous affinity."""
+    if not cpus:
+        yield
+        return
+    proc = psutil.Process()
+    before = proc.cpu_affinity()
+    proc.cpu_affinity(cpus)
+    try:
+        yield
+    finally:
+        proc.cpu_affinity(before)

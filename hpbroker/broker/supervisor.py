@@ -38,7 +38,7 @@ from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.net import control
 from hpbroker.broker import writer as writer_mod
-from hpbroker.net.rings import create_doorbell, create_ring, unlink_instance
+from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
 from hpbroker.protocol.errors import ErrorCode
 
 log = logging.getLogger("hpbroker.supervisor")
@@ -64,6 +64,7 @@ class Supervisor:
         self.endpoints: list[str | None] = [None] * cfg.broker.acceptors
         self._lock_fd: int | None = None
         self._own_run_dir = False
+        self.fatal = False
 
     # -- start ------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Supervisor:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
             raise StartupError(str(e)) from None
-        removed = unlink_instance(self.instance)
+        removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -119,7 +120,7 @@ class Supervisor:
         for w in range(b.writers):
             pl = self.plan.placement("writer", w)
             self._spawn(mp, f"writer{w}", writer_mod.main,
-                        (w, cfg_bytes, [self._ring(a, w) for a in range(b.acceptors)], self._bell(w),
+                        (w, cfg_bytes, self.instance, [self._ring(a, w) for a in range(b.acceptors)], self._bell(w),
                          [self._ipc(f"acc{a}") for a in range(b.acceptors)], self._ipc("control"), pl.cpus))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
         for a in range(b.acceptors):
@@ -127,7 +128,7 @@ class Supervisor:
             port = b.port if a == 0 else (b.acceptor_ports[a - 1] if a - 1 < len(b.acceptor_ports) else 0)
             endpoint = f"tcp://{b.bind}:{port or '*'}"
             self._spawn(mp, f"acceptor{a}", acceptor_mod.main,
-                        (a, cfg_bytes, [self._ring(a, w) for w in range(b.writers)], endpoint,
+                        (a, cfg_bytes, self.instance, [self._ring(a, w) for w in range(b.writers)], endpoint,
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
@@ -145,18 +146,25 @@ class Supervisor:
         return f"ipc://{self.run_dir}/{name}.sock"
 
     def _ring(self, a: int, w: int) -> str:
-        return layout.ring_name(self.instance, a, w)
+        return layout.ring_name(a, w)
 
     def _bell(self, w: int) -> str:
-        return f"/hpb.{self.instance}.bell{w}"
+        return f"w{w}"
 
     def _create_rings(self) -> None:
-        b = self.cfg.broker
+        """One SPSC ring per (acceptor, writer); a writer's rings share its
+        doorbell.  Each ring's pages are first touched (zeroed) while this
+        process runs on the writer's NUMA node, so they are allocated there."""
+        b, r = self.cfg.broker, self.cfg.ring
         for w in range(b.writers):
-            self.owned_shm.append(create_doorbell(self._bell(w)))
+            self.owned_shm.append(Doorbell(self.instance, self._bell(w)))
+        generation = time.time_ns() & 0x7FFF_FFFF
         for a, w, node in self.plan.rings:
             cpus = self.plan.nodes.get(node) if node is not None and len(self.plan.nodes) > 1 else None
-            self.owned_shm.append(create_ring(self._ring(a, w), self.cfg.ring, place_on_cpus=cpus))
+            with layout.running_on(cpus):
+                ring = SharedRing.create(self.instance, self._ring(a, w), r.capacity_bytes, doorbell=self._bell(w),
+                                         generation=generation, heartbeat_ms=r.heartbeat_ms)
+            self.owned_shm.append(ring)
 
     def _spawn(self, mp, name: str, target, args) -> None:
         p = mp.Process(target=target, args=args, name=f"hpbroker-{name}", daemon=False)
@@ -249,7 +257,9 @@ class Supervisor:
         for group in (acceptors, writers):
             for p in group:
                 if p.exitcode is None:
-                    p.terminate()  # SIGTERM: drain, answer, exit
+                    # SIGTERM: drain, answer, exit.  After a child died there is
+                    # nothing to wait for: SIGUSR1 fails in-flight requests at once.
+                    os.kill(p.pid, signal.SIGUSR1 if self.fatal and group is acceptors else signal.SIGTERM)
             deadline = time.monotonic() + timeout
             for p in group:
                 while p.exitcode is None and time.monotonic() < deadline:
@@ -262,6 +272,7 @@ class Supervisor:
                     p.kill()
                     p.join(5)
         for obj in self.owned_shm:
+            obj.close()
             obj.unlink()
         self.owned_shm.clear()
         if self.ctx is not None:
@@ -295,6 +306,7 @@ def run(cfg: config_mod.Config) -> int:
         sup.serve()
     except (StartupError, ChildDied) as e:
         log.error("%s", e)
+        sup.fatal = True
         code = 1
     finally:
         sup.stop()

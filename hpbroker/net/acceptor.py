@@ -25,13 +25,14 @@ import signal
 import time
 from itertools import count
 
+import psutil
 import zmq
 
 from hpbroker import config as config_mod
 from hpbroker.net import control, handoff
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
-from hpbroker.net.rings import RingFull, RingProducer
+from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
@@ -49,12 +50,14 @@ def client_socket_options(sock: zmq.Socket, cfg: config_mod.Config) -> None:
 
 
 class Acceptor:
-    def __init__(self, index: int, cfg: config_mod.Config, ctx: zmq.Context, rings: list[RingProducer],
+    def __init__(self, index: int, cfg: config_mod.Config, ctx: zmq.Context, rings: list,
                  endpoint: str, completions_ep: str, control_ep: str, view_ep: str):
         self.index = index
         self.cfg = cfg
         self.rings = rings
         self.stopping = False
+        self.abandon = False
+        self.heard_from: set[int] = set()
         self.client = ctx.socket(zmq.ROUTER)
         client_socket_options(self.client, cfg)
         self.client.bind(endpoint)
@@ -121,7 +124,7 @@ class Acceptor:
                 stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
                 poller.unregister(self.client)
                 self._answer_parked_fetches()
-            if stop_deadline is not None and (not self.pending.waiting() or time.monotonic() >= stop_deadline):
+            if stop_deadline is not None and (self.abandon or not self.pending.waiting() or time.monotonic() >= stop_deadline):
                 break
             timeout = self._poll_timeout()
             events = dict(poller.poll(timeout))
@@ -226,13 +229,30 @@ class Acceptor:
         token = self.pending.add(waiting)
         ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
         try:
-            ring.put(size, lambda buf: handoff.write_record(buf, token, topic_b, partition, batches), self._timeout)
+            buf = ring.claim(size, handoff.PRODUCE, self._timeout)
         except RingFull:
             self.pending.cancel(token)
             raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
+        except (PeerDead, RingClosed) as e:
+            self.pending.cancel(token)
+            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
+        try:
+            handoff.write_record(buf, token, topic_b, partition, batches)
         except BaseException:
+            ring.abort()
             self.pending.cancel(token)
             raise
+        ring.commit()
+
+    def await_writers(self, writers: int, timeout_s: float = 60.0) -> None:
+        """Before serving, hear from every writer once, so fetches and
+        ListOffsets see the recovered high watermarks from the start."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.heard_from) < writers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"heard from {len(self.heard_from)} of {writers} writers in {timeout_s:.0f} s")
+            if self.completions.poll(100):
+                self._drain_completions()
 
     def _drain_completions(self) -> None:
         moved: list[str] = []
@@ -242,6 +262,7 @@ class Acceptor:
             except zmq.Again:
                 break
             c = handoff.completions_decoder.decode(raw.buffer)
+            self.heard_from.add(c.writer)
             for token, code, message, offsets in c.done:
                 w = self.pending.complete(token)
                 if w is not None:
@@ -315,27 +336,32 @@ def _error_reply(req, e: BrokerError):
     return reply_type(id=req.id, code=int(e.code), message=e.message)
 
 
-def main(index: int, cfg_toml: bytes, ring_names: list[str], endpoint: str, completions_ep: str,
+def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endpoint: str, completions_ep: str,
          control_ep: str, view_ep: str, cpus: list[int] | None) -> None:
     """Entry point of an acceptor process (spawned by the supervisor)."""
-    from hpbroker.broker.layout import pin
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
     cfg = config_mod.loads(cfg_toml)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s acceptor{index} %(levelname)s %(message)s")
-    pin(cpus)
+    if cpus:
+        psutil.Process().cpu_affinity(cpus)
     ctx = zmq.Context()
-    rings = [RingProducer.attach(name, cfg.ring) for name in ring_names]
+    r = cfg.ring
+    shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
+    rings = [s.writer(spin_us=r.spin_us, full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
     acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep)
 
     def on_term(signum, frame):
         acc.stopping = True
+        if signum == signal.SIGUSR1:  # a writer died: nothing in flight will complete
+            acc.abandon = True
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_term)
     try:
+        acc.await_writers(cfg.broker.writers)
         acc.hello()
         acc.run()
     finally:
-        for r in rings:
-            r.close()
+        for s in shared:
+            s.close()
         ctx.destroy(linger=0)

@@ -13,7 +13,8 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpbroker.io.reader import PartitionReader
+from hpbroker.io import OffsetOutOfRange, PartitionReader
+from hpbroker.io.layout import partition_dir
 from hpbroker.net.handoff import tp_key
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
@@ -42,7 +43,7 @@ class FetchService:
         key = tp_key(topic, partition)
         r = self._readers.get(key)
         if r is None:
-            r = self._readers[key] = PartitionReader(self.data_dir / f"{topic}-{partition}")
+            r = self._readers[key] = PartitionReader(partition_dir(str(self.data_dir), topic, partition))
         return r
 
     def update(self, hwm: dict[str, int], log_start: dict[str, int]) -> list[str]:
@@ -64,7 +65,10 @@ class FetchService:
             )
         if offset == hwm:
             return b"", hwm, start
-        data = self.reader(topic, partition).read(offset, min(max_bytes, self.max_fetch_bytes), hwm)
+        try:
+            data = self.reader(topic, partition).read(offset, min(max_bytes, self.max_fetch_bytes), hwm)
+        except OffsetOutOfRange as e:
+            raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE, str(e)) from None
         return data, hwm, start
 
     # -- long polls ---------------------------------------------------------
