@@ -114,3 +114,25 @@ def test_admin(broker):
         with pytest.raises(BrokerError) as ei:
             a.describe("no-such-topic")
         assert ei.value.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_several_acceptors_and_writers(tmp_path):
+    """Partitions spread over acceptors p % n; the client follows metadata."""
+    from brokerproc import BrokerProcess
+
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "4", "--acceptors", "2", "--writers", "2"))
+    b.start()
+    try:
+        with Admin(b.url) as a:
+            md = a.metadata(["multi"])
+            assert len(md.acceptors) == 2 and md.acceptors[0] == b.url
+        with Producer(b.url) as p:
+            futs = {part: p.send_batch("multi", [b"%d-%d" % (part, i) for i in range(50)], partition=part) for part in range(4)}
+            p.flush(60)
+            assert {part: f.result().offset for part, f in futs.items()} == {0: 0, 1: 0, 2: 0, 3: 0}
+        with Consumer(b.url, "multi", auto_offset_reset="earliest") as c:
+            got = _drain(c, 200)
+        assert sorted((m.partition, m.value) for m in got) == sorted(
+            (part, b"%d-%d" % (part, i)) for part in range(4) for i in range(50))
+    finally:
+        b.stop()
