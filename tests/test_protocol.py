@@ -246,7 +246,7 @@ def test_build_messages_batch():
     b = build_messages_batch(req, frames, max_batch_bytes=1 << 20)
     batch.check_batch(b, 0, len(b))
     recs = batch.records_of(b)
-    assert [(r.key, r.value) for r in recs] == [(b"k1", b"v1"), (b"", b"v2")]
+    assert [(r.key, r.value) for r in recs] == [(b"k1", b"v1"), (None, b"v2")]
     with pytest.raises(ProtocolError) as ei:
         build_messages_batch(req, frames, max_batch_bytes=64)
     assert ei.value.code == ErrorCode.MESSAGE_TOO_LARGE

@@ -46,6 +46,7 @@ def build_messages_batch(
         raise ProtocolError(
             ErrorCode.MESSAGE_TOO_LARGE, f"the messages make a {size}-byte batch; the limit is {max_batch_bytes}", req.id
         )
-    if req.keys:
-        return batch.encode_batch(frames[1::2], frames[0::2], timestamp_ms=timestamp_ms)
+    if req.keys:  # an empty key frame means "no key" (docs/protocol.md)
+        keys = [k if len(k) else None for k in frames[0::2]]
+        return batch.encode_batch(frames[1::2], keys, timestamp_ms=timestamp_ms)
     return batch.encode_batch(frames, timestamp_ms=timestamp_ms)
