@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class TopicError(ValueError):
@@ -20,7 +20,7 @@ class TopicError(ValueError):
 
 def check_name(name: str) -> None:
     if not TOPIC_RE.match(name) or name in (".", ".."):
-        raise TopicError(f"invalid topic name {name!r}: use 1-200 of [A-Za-z0-9._-]")
+        raise TopicError(f"invalid topic name {name!r}: use 1-249 of [A-Za-z0-9._-]")
 
 
 class TopicRegistry:
