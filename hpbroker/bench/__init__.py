@@ -3,6 +3,10 @@
 Each component benchmark lives in its own module here and exposes
 ``register(subparsers)``.  Every figure is printed beside the baseline it was
 measured against in the same run; ``--json`` prints one JSON object.
+
+With no suite name (``hpbroker-bench [OPTIONS]``) the end-to-end suite runs
+(``e2e``, docs/performance.md); ``hpbroker-bench log`` and ``hpbroker-bench
+ring`` run the component suites.
 """
 
 from __future__ import annotations
@@ -29,13 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_SUITE = "e2e"
+
+
+def with_default_suite(argv: list[str]) -> list[str]:
+    """``argv`` with ``e2e`` in front when it does not start with a suite
+    name (or top-level ``-h``/``--help``)."""
+    if argv and (argv[0] in suite_modules() or argv[0] in ("-h", "--help")):
+        return argv
+    return [DEFAULT_SUITE, *argv]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = with_default_suite(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"hpbroker-bench {args.suite}: {e}", file=sys.stderr)
         return 1
 

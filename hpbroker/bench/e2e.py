@@ -1,0 +1,442 @@
+"""``hpbroker-bench`` (no subcommand, or ``hpbroker-bench e2e``): the whole
+broker, end to end, with same-run baselines.
+
+What is measured: producer PROCESSES (``--producers``, default 1) send
+``--size``-byte messages (default 100) in batches of ``--batch-bytes``
+(default 256 KiB) to a broker with ``--acks`` (default 1: acked after the
+durable group commit; the broker's default flush mode is ``durable``).
+Values are built before the clock starts and reused; ack latency is
+measured per batch, from the send call to its ack.  ``--consumers N``
+processes read the same topic live with ``Consumer.poll_batches`` and
+measure produce-to-consume latency from a send-time stamp in each batch's
+first value, then (catch-up) read it all again from offset 0.
+
+The broker is private unless ``--broker URL``: ``python -m hpbroker serve``
+in its own session on a free loopback port, data in a temp dir under
+``--dir`` (default: the cwd), stopped by pid, temp dir removed.  CPU% of
+each broker process (supervisor, acceptors, writers) is taken from their
+CPU times over the produce phase (psutil), with the peak RSS.
+
+Baselines (``--baseline disk|redis|all``, repeatable), same run, same
+message count and size: ``disk`` is a plain sequential O_DIRECT write of
+the bytes the broker wrote (``hpbroker.bench.log.disk_baseline``);
+``redis`` is Redis Streams XADD with appendonly yes + appendfsync always,
+through redis-benchmark (C, pipelined) and redis-py (pipelined).
+
+    hpbroker-bench [--messages N | --duration S] [--size B] [--producers P]
+                   [--consumers C] [--rate R] [--baseline disk|redis|all]
+                   [--json] [--plot FILE.png] [--broker URL]
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_MESSAGES = 5_000_000
+
+
+def register(sub) -> None:
+    p = sub.add_parser("e2e", help="end to end: producer process(es) -> broker -> disk (-> consumers), "
+                                   "with same-run disk and Redis Streams baselines (the default suite)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--messages", type=int, help=f"messages in all (default {DEFAULT_MESSAGES:,})")
+    g.add_argument("--duration", type=float, metavar="S", help="produce for S seconds instead of a count")
+    p.add_argument("--size", type=int, default=100, help="message value bytes (default 100)")
+    p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    p.add_argument("--consumers", type=int, default=0, help="consumer processes reading live via poll_batches (default 0)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the bench topic (default 4)")
+    p.add_argument("--acks", choices=["0", "1", "all"], default="1", help="default 1 (after the durable commit)")
+    p.add_argument("--flush-mode", choices=["durable", "async"], default=None,
+                   help="passed to serve (the broker's default is durable)")
+    p.add_argument("--acceptors", type=int, help="passed to serve")
+    p.add_argument("--writers", type=int, help="passed to serve")
+    p.add_argument("--broker", metavar="URL", help="use this running broker instead of starting one")
+    p.add_argument("--rate", type=float, metavar="R", help="offered load in messages/s over all producers (paced batches)")
+    p.add_argument("--batch-bytes", type=int, default=256 << 10, help="producer batch size in bytes (default 256 KiB)")
+    p.add_argument("--linger-ms", type=float, default=2.0, help="Producer linger_ms (default 2)")
+    p.add_argument("--in-flight", type=int, default=16, help="unacknowledged requests per acceptor and producer (default 16)")
+    p.add_argument("--client", choices=["producer", "raw"], default="producer",
+                   help="producer: Producer.send_batch (default); raw: Produce requests on bare DEALER sockets")
+    p.add_argument("--fetch-max-bytes", type=int, default=8 << 20, help="consumer fetch_max_bytes (default 8 MiB)")
+    p.add_argument("--no-replay", action="store_true", help="consumers skip the catch-up re-read from offset 0")
+    p.add_argument("--baseline", action="append", choices=["disk", "redis", "all"], default=[],
+                   help="same-run baseline (repeatable, or all)")
+    p.add_argument("--redis-messages", type=int, help="messages for the Redis baselines (default: the same count)")
+    p.add_argument("--dir", help="where the temp data dir goes (default: the cwd's filesystem)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="rate over time and latency histogram (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _pct(a, q) -> float | None:
+    if a is None or len(a) == 0:
+        return None
+    return float(np.percentile(a, q) * 1000.0)
+
+
+def _progress(args, total):
+    if args.no_progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="acked", unit="msg", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.3)
+
+
+def run(args) -> int:
+    if args.size < 1 or args.producers < 1 or args.partitions < 1 or args.consumers < 0:
+        raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
+    if args.messages is None and args.duration is None:
+        args.messages = DEFAULT_MESSAGES
+    baselines = set(args.baseline)
+    if "all" in baselines:
+        baselines = {"disk", "redis"}
+    from hpbroker.bench import _e2e_broker as EB
+
+    broker = None
+    result: dict = {}
+    try:
+        if args.broker:
+            url = args.broker
+            procs = EB.remote_processes(url)
+        else:
+            serve = ["--partitions", str(args.partitions)]
+            if args.flush_mode:
+                serve += ["--flush-mode", args.flush_mode]
+            if args.acceptors:
+                serve += ["--acceptors", str(args.acceptors)]
+            if args.writers:
+                serve += ["--writers", str(args.writers)]
+            broker = EB.LocalBroker(args.dir, serve).start()
+            url = broker.url
+            procs = broker.processes()
+        result = measure(args, url, procs, broker)
+        root = broker.root if broker else (args.dir or os.getcwd())
+        result["baselines"] = run_baselines(args, baselines, root, result)
+    finally:
+        if broker is not None:
+            rc = broker.stop()
+            left = broker.cleanup()
+            if result:
+                result["broker_exit_code"] = rc
+                result["shm_left_behind"] = left
+            if left:
+                print(f"hpbroker-bench: the broker left {len(left)} shared-memory objects; unlinked: {left}",
+                      file=sys.stderr)
+    _ratios(result)
+    if args.plot:
+        plot(result, args.plot)
+    timeline = result.pop("_timeline", None)
+    result.pop("_lat", None)
+    result.pop("_e2e_lat", None)
+    del timeline
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0 if result.get("ok") else 1
+
+
+def measure(args, url: str, procs: dict, broker) -> dict:
+    from hpbroker.bench import _e2e_broker as EB
+    from hpbroker.bench import _e2e_workers as W
+    from hpbroker.client import Admin
+
+    topic = f"bench-e2e-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
+    with Admin(url) as adm:
+        nparts = adm.create_topic(topic, args.partitions, if_not_exists=True)
+    per_batch = W.records_per_batch(args.size, args.batch_bytes)
+    mp = multiprocessing.get_context("spawn")
+    P, C = args.producers, args.consumers
+    pcount = mp.RawArray("q", P)
+    ccount = mp.RawArray("q", max(C, 1))
+    ends = mp.RawArray("q", [-1] * nparts)
+    go = mp.Event()
+    ready_q, result_q = mp.Queue(), mp.Queue()
+    workers = []
+    for c in range(C):
+        parts = list(range(c, nparts, C))
+        if not parts:
+            continue
+        cfg = {"size": args.size, "fetch_max_bytes": args.fetch_max_bytes, "replay": not args.no_replay}
+        w = mp.Process(target=W.consumer_main, args=(c, url, topic, parts, cfg, ccount, ends, go, ready_q, result_q),
+                       name=f"bench-consumer{c}", daemon=True)
+        workers.append(w)
+    for i in range(P):
+        share = None
+        if args.messages is not None:
+            share = args.messages // P + (1 if i < args.messages % P else 0)
+        cfg = {"client": args.client, "size": args.size, "per_batch": per_batch, "batch_bytes": args.batch_bytes,
+               "linger_ms": args.linger_ms, "acks": args.acks if args.acks == "all" else int(args.acks),
+               "in_flight": args.in_flight, "messages": share, "duration": args.duration,
+               "rate": args.rate / P if args.rate else None}
+        w = mp.Process(target=W.producer_main, args=(i, url, topic, nparts, cfg, pcount, go, ready_q, result_q),
+                       name=f"bench-producer{i}", daemon=True)
+        workers.append(w)
+    for w in workers:
+        w.start()
+    try:
+        import psutil
+
+        wprocs = {w.name: psutil.Process(w.pid) for w in workers}
+        for _ in workers:
+            kind, idx, err = ready_q.get(timeout=120)
+            if kind == "error":
+                raise RuntimeError(f"bench worker {idx} failed to start: {err}")
+        sampler = EB.CpuSampler({**procs, **wprocs})
+        total = args.messages
+        bar = _progress(args, total)
+        timeline = []
+        results = {"producer": [], "consumer": []}
+        sampler.start()
+        go.set()
+        t0 = time.perf_counter()
+        last = 0
+        t_prod_done = None
+        last_sample = t0
+        while len(results["producer"]) < P or len(results["consumer"]) < len(workers) - P:
+            try:
+                r = result_q.get(timeout=0.2)
+                results[r["kind"]].append(r)
+                if r.get("error"):
+                    raise RuntimeError(f"bench {r['kind']} {r['idx']} failed: {r['error']}")
+                if r["kind"] == "producer" and len(results["producer"]) == P:
+                    t_prod_done = time.perf_counter()
+                    sampler.stop()
+                    with Admin(url) as adm:
+                        for p in range(nparts):
+                            ends[p] = adm.list_offsets(topic, p, -1)
+            except Exception as e:  # queue.Empty
+                if type(e).__name__ != "Empty":
+                    raise
+            now = time.perf_counter()
+            acked = sum(pcount)
+            consumed = sum(ccount)
+            if now - last_sample >= 0.2:
+                timeline.append((now - t0, acked, consumed))
+                if t_prod_done is None:
+                    sampler.sample()
+                last_sample = now
+            if bar is not None:
+                bar.update(acked - last)
+                last = acked
+                if len(timeline) >= 2:
+                    (ta, a, _), (tb, b, _) = timeline[-2], timeline[-1]
+                    post = {"rate": f"{(b - a) / max(tb - ta, 1e-9) / 1e6:.2f}M/s"}
+                    if C:
+                        post["consumed"] = f"{consumed / 1e6:.2f}M"
+                    bar.set_postfix(post, refresh=False)
+            for w in workers:
+                if w.exitcode not in (None, 0):
+                    raise RuntimeError(f"{w.name} exited with {w.exitcode}")
+        if bar is not None:
+            bar.close()
+    finally:
+        go.set()
+        for w in workers:
+            w.join(30)
+            if w.is_alive():
+                w.kill()
+                w.join(5)
+    bytes_on_disk = broker.bytes_on_disk() if broker is not None else None
+    prs = results["producer"]
+    sent = sum(r["sent"] for r in prs)
+    acked = sum(r["acked"] for r in prs)
+    errors = sum(r["errors"] for r in prs)
+    secs = max(r["seconds"] for r in prs)
+    lats = [r["lat_s"] for r in prs if r["lat_s"] is not None]
+    lat = np.concatenate(lats) if lats else None
+    log_end = int(sum(ends))
+    cpu = sampler.cpu_percent()
+    out = {
+        "what": "end to end: producer process(es) -> broker (acceptor -> ring -> writer -> fdatasync) -> ack; "
+                "ack latency per batch from send to ack",
+        "url": url if broker is None else "private broker",
+        "broker": "private (python -m hpbroker serve)" if broker is not None else url,
+        "client": args.client,
+        "messages": acked,
+        "messages_sent": sent,
+        "messages_acked": acked,
+        "messages_in_log": log_end,
+        "errors": errors,
+        "first_error": next((r["first_error"] for r in prs if r["first_error"]), None),
+        "size": args.size,
+        "batch_bytes": args.batch_bytes,
+        "records_per_batch": per_batch,
+        "batches": sum(r["batches"] for r in prs),
+        "producers": P,
+        "partitions": nparts,
+        "acks": args.acks,
+        "flush_mode": args.flush_mode or "durable (broker default)",
+        "in_flight": args.in_flight,
+        "offered_rate": args.rate,
+        "seconds": secs,
+        "msgs_per_s": acked / secs,
+        "mb_per_s": acked * args.size / secs / 1e6,
+        "p50_ms": _pct(lat, 50),
+        "p99_ms": _pct(lat, 99),
+        "p999_ms": _pct(lat, 99.9),
+        "max_ms": None if lat is None or not len(lat) else float(lat.max() * 1000),
+        "bytes_on_disk": bytes_on_disk,
+        "log_mb_per_s": None if bytes_on_disk is None else bytes_on_disk / secs / 1e6,
+        "cpu_percent": {n: v for n, v in cpu.items() if not n.startswith("bench-")},
+        "bench_cpu_percent": {n: v for n, v in cpu.items() if n.startswith("bench-")},
+        "broker_pids": {n: p.pid for n, p in procs.items()},
+        "broker_peak_rss_mb": round(sum(v for n, v in sampler.peak_rss.items() if not n.startswith("bench-")) / 2**20, 1),
+        "_timeline": timeline,
+        "_lat": lat,
+    }
+    ok = errors == 0 and acked == sent and (args.acks == "0" or log_end == acked)
+    crs = results["consumer"]
+    if C:
+        consumed = sum(r["consumed"] for r in crs)
+        csecs = max(r["seconds"] for r in crs)
+        e2e = np.concatenate([r["e2e_lat_s"] for r in crs]) if crs else None
+        out.update({
+            "consumers": len(crs),
+            "messages_consumed": consumed,
+            "consume_msgs_per_s": consumed / csecs,
+            "consume_seconds": csecs,
+            "e2e_p50_ms": _pct(e2e, 50), "e2e_p99_ms": _pct(e2e, 99), "e2e_p999_ms": _pct(e2e, 99.9),
+            "_e2e_lat": e2e,
+        })
+        if not args.no_replay:
+            rep = sum(r.get("replayed", 0) for r in crs)
+            rsecs = max(r.get("replay_seconds", 0) for r in crs)
+            out.update({"messages_replayed": rep, "replay_msgs_per_s": rep / rsecs if rsecs else None,
+                        "replay_mb_per_s": rep * args.size / rsecs / 1e6 if rsecs else None})
+            ok = ok and rep == log_end
+        ok = ok and consumed == log_end
+    out["ok"] = bool(ok)
+    return out
+
+
+def run_baselines(args, which: set, root: str, res: dict) -> dict:
+    out: dict = {}
+    n = res["messages"]
+    if "disk" in which:
+        from hpbroker.bench.log import disk_baseline
+
+        nbytes = res.get("bytes_on_disk") or n * (args.size + 16)
+        d = disk_baseline(root, nbytes)
+        d["what"] = "plain sequential O_DIRECT write of the bytes the broker wrote, 4 MiB chunks, one fdatasync"
+        out["disk"] = d
+    if "redis" in which:
+        from hpbroker.bench import _redis_baseline as R
+
+        why = R.available()
+        if why:
+            print(why, file=sys.stderr)
+            out["redis"] = {"skipped": why}
+        else:
+            rn = args.redis_messages or n
+            out["redis_benchmark"] = R.redis_benchmark(root, rn, args.size)
+            out["redis_py"] = R.redis_py(root, rn, args.size)
+            for k in ("redis_benchmark", "redis_py"):
+                if out[k].get("skipped"):
+                    print(f"{k} baseline skipped: {out[k]['skipped']}", file=sys.stderr)
+    return out
+
+
+def _ratios(res: dict) -> None:
+    b = res.get("baselines") or {}
+    if "disk" in b and res.get("log_mb_per_s"):
+        b["disk"]["ratio"] = res["log_mb_per_s"] / b["disk"]["mb_per_s"]
+    for k in ("redis_benchmark", "redis_py"):
+        if k in b and b[k].get("msgs_per_s"):
+            b[k]["ratio"] = res["msgs_per_s"] / b[k]["msgs_per_s"]
+
+
+def _f(v, fmt="{:,.0f}", none="-"):
+    return none if v is None else fmt.format(v)
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("messages acked", _f(r["messages_acked"]) + f" x {r['size']} B in {r['seconds']:.2f} s"),
+        ("messages/s", _f(r["msgs_per_s"])),
+        ("MB/s (payload)", _f(r["mb_per_s"], "{:,.1f}")),
+        ("ack latency p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in ("p50_ms", "p99_ms", "p999_ms"))),
+    ]
+    for n, v in r["cpu_percent"].items():
+        rows.append((f"CPU% {n} (pid {r['broker_pids'].get(n)})", _f(v, "{:.0f}%")))
+    for n, v in r["bench_cpu_percent"].items():
+        rows.append((f"CPU% {n}", _f(v, "{:.0f}%")))
+    rows.append(("broker peak RSS", f"{r['broker_peak_rss_mb']:,.0f} MiB"))
+    rows.append(("bytes on disk", _f(r["bytes_on_disk"]) + (f" ({r['log_mb_per_s']:,.0f} MB/s of log)" if r["log_mb_per_s"] else "")))
+    if "consumers" in r:
+        rows.append((f"consumed live ({r['consumers']} consumer(s))", _f(r["messages_consumed"]) + f", {r['consume_msgs_per_s']:,.0f} msgs/s"))
+        rows.append(("produce->consume p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in ("e2e_p50_ms", "e2e_p99_ms", "e2e_p999_ms"))))
+        if r.get("replay_msgs_per_s"):
+            rows.append(("catch-up re-read msgs/s", f"{r['replay_msgs_per_s']:,.0f} ({r['replay_mb_per_s']:,.0f} MB/s)"))
+    b = r.get("baselines") or {}
+    if "disk" in b:
+        d = b["disk"]
+        rows.append(("baseline disk O_DIRECT MB/s", f"{d['mb_per_s']:,.0f}  (hpbroker log MB/s / disk = {d.get('ratio', 0):.2f})"))
+    for k, label in (("redis_benchmark", "redis-benchmark XADD"), ("redis_py", "redis-py XADD")):
+        if k in b:
+            x = b[k]
+            if x.get("msgs_per_s"):
+                rows.append((f"baseline {label} msgs/s", f"{x['msgs_per_s']:,.0f}  (hpbroker / redis = {x['ratio']:.2f}x)"))
+            else:
+                rows.append((f"baseline {label}", x.get("skipped") or x.get("error", "?")))
+    if b.get("redis", {}).get("skipped"):
+        rows.append(("baseline redis", b["redis"]["skipped"]))
+    w = max(len(a) for a, _ in rows)
+    for a, v in rows:
+        print(f"{a:<{w}}  {v}")
+    if not r.get("ok"):
+        print(f"NOT OK: sent {r['messages_sent']}, acked {r['messages_acked']}, in log {r['messages_in_log']}, "
+              f"consumed {r.get('messages_consumed')}, errors {r['errors']} {r['first_error'] or ''}")
+
+
+def plot(res: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install 'hpbroker[bench]')", file=sys.stderr)
+        return
+    tl = np.array(res.get("_timeline") or [(0, 0, 0)], dtype=np.float64)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if len(tl) >= 2:
+        dt = np.diff(tl[:, 0])
+        a1.plot(tl[1:, 0], np.diff(tl[:, 1]) / dt / 1e6, label="acked")
+        if tl[:, 2].any():
+            a1.plot(tl[1:, 0], np.diff(tl[:, 2]) / dt / 1e6, label="consumed")
+    a1.set_xlabel("s")
+    a1.set_ylabel("million messages/s")
+    a1.set_title(f"{res['size']} B messages, acks={res['acks']}")
+    a1.legend()
+    lat = res.get("_lat")
+    if lat is not None and len(lat):
+        ms = lat * 1000
+        bins = np.logspace(np.log10(max(ms.min(), 1e-3)), np.log10(ms.max() * 1.01), 60)
+        a2.hist(ms, bins=bins, label="ack (per batch)", alpha=0.7)
+        e2e = res.get("_e2e_lat")
+        if e2e is not None and len(e2e):
+            a2.hist(np.clip(e2e * 1000, bins[0], None), bins=bins, label="produce->consume", alpha=0.6)
+        a2.set_xscale("log")
+        for q, k in ((50, "p50_ms"), (99, "p99_ms")):
+            if res.get(k):
+                a2.axvline(res[k], color="k", ls="--", lw=0.8)
+                a2.text(res[k], a2.get_ylim()[1] * 0.9, f"p{q}", fontsize=8)
+        a2.legend()
+    a2.set_xlabel("latency, ms")
+    a2.set_ylabel("batches")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
