@@ -1,0 +1,90 @@
+"""``hpbroker-bench`` end to end (no subcommand): runs as a subprocess
+against the broker it starts itself; checks the JSON's keys and that the
+counts agree (sent == acked == in the log == consumed).  Nothing about
+speed is asserted.  Every run must leave no broker process and no
+/dev/shm object of its instance behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+KEYS = {"msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "messages", "size", "baselines",
+        "cpu_percent", "bytes_on_disk", "broker_pids"}
+
+
+def run_bench(tmp_path, *args, timeout=300) -> dict:
+    cmd = [sys.executable, "-m", "hpbroker.bench", "--messages", "20000", "--json", "--no-progress",
+           "--dir", str(tmp_path), *args]
+    before = set(os.listdir("/dev/shm"))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert out.returncode == 0, f"exit {out.returncode}\nstdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}"
+    res = json.loads(out.stdout)
+    assert KEYS <= set(res), sorted(KEYS - set(res))
+    assert res["ok"] is True
+    assert res["messages"] == res["messages_sent"] == res["messages_acked"] == res["messages_in_log"] == 20000
+    assert res["errors"] == 0
+    assert res["size"] == 100
+    assert res["bytes_on_disk"] > 20000 * 100
+    assert res["shm_left_behind"] == []
+    assert res["broker_exit_code"] == 0
+    # the broker's processes are gone, and so are its shared-memory objects
+    for name, pid in res["broker_pids"].items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    left = [n for n in set(os.listdir("/dev/shm")) - before if n.removeprefix("sem.").startswith("hpb.p")]
+    assert not left, left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("hpbroker-bench-e2e-")], "temp dir left behind"
+    return res
+
+
+def test_default_run(tmp_path):
+    res = run_bench(tmp_path)
+    assert res["acks"] == "1"
+    assert res["p50_ms"] is not None and res["p50_ms"] <= res["p99_ms"] <= res["p999_ms"]
+    assert {"supervisor", "writer0", "acceptor0"} <= set(res["cpu_percent"])
+    assert res["baselines"] == {}
+
+
+def test_consumers(tmp_path):
+    res = run_bench(tmp_path, "--consumers", "1")
+    assert res["messages_consumed"] == res["messages_acked"] == 20000
+    assert res["messages_replayed"] == 20000
+    assert res["e2e_p50_ms"] is not None
+
+
+def test_rate(tmp_path):
+    res = run_bench(tmp_path, "--rate", "200000")
+    assert res["offered_rate"] == 200000
+    assert res["messages_acked"] == 20000
+
+
+def test_raw_client_and_disk_baseline(tmp_path):
+    res = run_bench(tmp_path, "--client", "raw", "--baseline", "disk")
+    disk = res["baselines"]["disk"]
+    assert disk["bytes"] >= res["bytes_on_disk"]
+    assert disk["mb_per_s"] > 0 and disk["ratio"] > 0
+
+
+def test_redis_baseline_skips_or_runs(tmp_path):
+    import shutil
+
+    res = run_bench(tmp_path, "--baseline", "redis", "--redis-messages", "2000")
+    b = res["baselines"]
+    if shutil.which("redis-server") is None:
+        assert "skipped" in b["redis"]
+    else:
+        assert b["redis_benchmark"].get("msgs_per_s", 0) > 0 or "skipped" in b["redis_benchmark"]
+
+
+def test_component_suites_still_parse():
+    from hpbroker.bench import build_parser, with_default_suite
+
+    assert with_default_suite([]) == ["e2e"]
+    assert with_default_suite(["--json"]) == ["e2e", "--json"]
+    assert with_default_suite(["log", "--json"]) == ["log", "--json"]
+    assert build_parser().parse_args(["ring", "--json"]).suite == "ring"
