@@ -136,6 +136,10 @@ def peek_base_offset(buf, pos: int = 0) -> int:
     return _Q.unpack_from(buf, pos + BASE_OFFSET_AT)[0]
 
 
+def peek_epoch(buf, pos: int = 0) -> int:
+    return _i.unpack_from(buf, pos + EPOCH_AT)[0]
+
+
 def peek_count(buf, pos: int = 0) -> int:
     return _I.unpack_from(buf, pos + COUNT_AT)[0]
 

@@ -81,12 +81,35 @@ class BrokerConfig(_Section):
     zmq_hwm: Annotated[int, M(ge=0, description="ZeroMQ send/receive high-water mark (messages) on client sockets.")] = 10_000
 
 
+class ReplicationConfig(_Section):
+    """Master-slave replication over ZeroMQ (docs/replication.md)."""
+
+    role: Annotated[
+        Literal["standalone", "master", "slave"],
+        M(description="standalone: no replication. master: publish committed batches to slaves. slave: follow the master named by 'master'."),
+    ] = "standalone"
+    master: Annotated[str, M(description="slave: the master's client bootstrap URL, e.g. tcp://10.0.0.1:7600; the replication endpoints are learned from its metadata.")] = ""
+    mode: Annotated[
+        Literal["sync", "async"],
+        M(description="sync: acks=all is acknowledged only once the slave has fdatasync'd the batch too. async: acks=all equals acks=1; slave lag is reported in stats."),
+    ] = "sync"
+    min_insync_replicas: Annotated[int, M(ge=1, le=2, description="sync mode: replicas (master included) that must be in sync for acks=all; with fewer, acks=all produces fail with NOT_ENOUGH_REPLICAS. 1 allows acks=all without a slave.")] = 2
+    replica_lag_max_ms: Annotated[int, M(ge=10, description="A slave that has not caught up with the master's high watermark within this long, or not reported for this long, is out of sync.")] = 10_000
+    ack_interval_ms: Annotated[int, M(ge=1, description="slave: report the durable offsets at least this often even when nothing changed (liveness).")] = 200
+    pub_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PUB socket that streams committed batches (0 = chosen by the OS, advertised in metadata).")] = 0
+    fetch_port: Annotated[int, M(ge=0, le=65535, description="master: port of the ROUTER socket for the handshake and catch-up reads (0 = chosen by the OS).")] = 0
+    ack_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PULL socket that receives slaves' durable offsets (0 = chosen by the OS).")] = 0
+    pub_hwm: Annotated[int, M(ge=1, description="master: PUB high-water mark in messages; a slave that falls further behind misses messages, detects the gap by offset and catches up from the log files.")] = 10_000
+    catchup_bytes: Annotated[int, M(ge=4096, description="Bytes per catch-up read from the master's log files.")] = 4 << 20
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
     broker: BrokerConfig = BrokerConfig()
     log: LogConfig = LogConfig()
     ring: RingConfig = RingConfig()
+    replication: ReplicationConfig = ReplicationConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -98,6 +121,8 @@ class Config(_Section):
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+        if self.replication.role == "slave" and not self.replication.master:
+            raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
 
     @property
     def instance(self) -> str:

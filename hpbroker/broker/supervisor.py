@@ -34,10 +34,12 @@ import zmq
 
 from hpbroker import config as config_mod
 from hpbroker.broker import layout
+from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.net import control
 from hpbroker.broker import writer as writer_mod
+from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
 from hpbroker.protocol.errors import ErrorCode
 
@@ -65,6 +67,10 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._own_run_dir = False
         self.fatal = False
+        self.role = cfg.replication.role
+        self.epoch = 0
+        self.leader_id = cfg.broker.broker_id if self.role != "slave" else -1
+        self.replication_endpoints: list[str] | None = []
 
     # -- start ------------------------------------------------------------------
 
@@ -100,6 +106,10 @@ class Supervisor:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
             raise StartupError(str(e)) from None
+        self.epoch = broker_state.load_epoch(self.data_dir)
+        if self.role == "master":
+            self.epoch += 1  # a new reign: batches of different masters never share an epoch
+            broker_state.save_epoch(self.data_dir, self.epoch)
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
@@ -115,25 +125,66 @@ class Supervisor:
         self.view_pub.setsockopt(zmq.LINGER, 0)
         self.view_pub.bind(self._ipc("view"))
         self._create_rings()
-        mp = multiprocessing.get_context("spawn")
-        cfg_bytes = config_mod.dumps(self._child_config())
+        self.mp = mp = multiprocessing.get_context("spawn")
+        self.cfg_bytes = cfg_bytes = config_mod.dumps(self._child_config())
+        replicated = self.role != "standalone"
         for w in range(b.writers):
             pl = self.plan.placement("writer", w)
+            rings = [self._ring(a, w) for a in range(b.acceptors)] + ([self._replica_ring(w)] if replicated else [])
+            pushes = [self._ipc(f"acc{a}") for a in range(b.acceptors)] + ([self._ipc("repl-comp")] if replicated else [])
             self._spawn(mp, f"writer{w}", writer_mod.main,
-                        (w, cfg_bytes, self.instance, [self._ring(a, w) for a in range(b.acceptors)], self._bell(w),
-                         [self._ipc(f"acc{a}") for a in range(b.acceptors)], self._ipc("control"), pl.cpus))
+                        (w, cfg_bytes, self.instance, rings, self._bell(w), pushes, self._ipc("control"), pl.cpus,
+                         self._ipc("repl-feed") if replicated else None, self.role == "master"))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
+        if replicated:
+            self._start_replicator(self.role)
         for a in range(b.acceptors):
             pl = self.plan.placement("acceptor", a)
             port = b.port if a == 0 else (b.acceptor_ports[a - 1] if a - 1 < len(b.acceptor_ports) else 0)
             endpoint = f"tcp://{b.bind}:{port or '*'}"
             self._spawn(mp, f"acceptor{a}", acceptor_mod.main,
                         (a, cfg_bytes, self.instance, [self._ring(a, w) for w in range(b.writers)], endpoint,
-                         self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), pl.cpus))
+                         self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
-        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s)",
-                 self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode)
+        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d)",
+                 self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
+                 self.role, self.epoch)
+
+    # -- replication -----------------------------------------------------------------
+
+    def _replica_ring(self, w: int) -> str:
+        return f"rw{w}"
+
+    def _start_replicator(self, role: str) -> None:
+        self.replication_endpoints = None
+        self._spawn(self.mp, "replicator", replicator_mod.main,
+                    (role, self.cfg_bytes, self.instance, self.epoch,
+                     [self._replica_ring(w) for w in range(self.cfg.broker.writers)], self._ipc("repl-feed"),
+                     self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None))
+        self._await(lambda: self.replication_endpoints is not None, "the replicator to start")
+
+    def promote(self) -> control.Ack:
+        """Slave -> master: stop following, take a new epoch, start publishing."""
+        if self.role != "slave":
+            return control.Ack(code=ErrorCode.BAD_REQUEST, message=f"this broker is {self.role}, not a slave")
+        p = self.children.pop("replicator")
+        p.terminate()
+        p.join(10)
+        if p.exitcode is None:
+            p.kill()
+            p.join(5)
+        self.epoch = max(self.epoch, broker_state.max_partition_epoch(self.data_dir)) + 1
+        broker_state.save_epoch(self.data_dir, self.epoch)
+        self.role = "master"
+        self.leader_id = self.cfg.broker.broker_id
+        for name, child in self.children.items():
+            if name.startswith("writer"):
+                os.kill(child.pid, signal.SIGUSR2)  # start feeding committed batches to the replicator
+        self._start_replicator("master")
+        self.publish_view()
+        log.warning("promoted to master with leader epoch %d", self.epoch)
+        return control.Ack(code=0, message="", epoch=self.epoch)
 
     _ready: set[str]
 
@@ -165,6 +216,11 @@ class Supervisor:
                 ring = SharedRing.create(self.instance, self._ring(a, w), r.capacity_bytes, doorbell=self._bell(w),
                                          generation=generation, heartbeat_ms=r.heartbeat_ms)
             self.owned_shm.append(ring)
+        if self.role != "standalone":  # the replicator -> writer rings a slave appends through
+            for w in range(b.writers):
+                self.owned_shm.append(SharedRing.create(self.instance, self._replica_ring(w), r.capacity_bytes,
+                                                        doorbell=self._bell(w), generation=generation,
+                                                        heartbeat_ms=r.heartbeat_ms))
 
     def _spawn(self, mp, name: str, target, args) -> None:
         p = mp.Process(target=target, args=args, name=f"hpbroker-{name}", daemon=False)
@@ -188,8 +244,9 @@ class Supervisor:
 
     def view(self) -> control.ClusterView:
         return control.ClusterView(cluster_id=self.cfg.broker.cluster_id, broker_id=self.cfg.broker.broker_id,
-                                   leader_epoch=0, acceptors=[e or "" for e in self.endpoints],
-                                   topics=dict(self.topics.topics))
+                                   leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
+                                   topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
+                                   replication=list(self.replication_endpoints or []) if self.role == "master" else [])
 
     def publish_view(self) -> None:
         self.view_pub.send(control.encoder.encode(self.view()))
@@ -217,6 +274,18 @@ class Supervisor:
                 return self.view()
             case control.EnsureTopic():
                 return self._ensure_topic(msg)
+            case control.ReplicatorReady():
+                self.replication_endpoints = msg.endpoints
+                return None
+            case control.SeenEpoch():
+                if msg.epoch > self.epoch or msg.master_id != self.leader_id:
+                    self.epoch = max(self.epoch, msg.epoch)
+                    broker_state.save_epoch(self.data_dir, self.epoch)
+                    self.leader_id = msg.master_id
+                    self.publish_view()
+                return control.Ack()
+            case control.Promote():
+                return self.promote()
         return control.Ack()
 
     def _ensure_topic(self, msg: control.EnsureTopic) -> control.TopicResult:
@@ -254,7 +323,8 @@ class Supervisor:
         timeout = self.cfg.broker.shutdown_timeout_ms / 1000.0 + 5.0
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
-        for group in (acceptors, writers):
+        others = [p for n, p in self.children.items() if n == "replicator"]
+        for group in (acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:
                     # SIGTERM: drain, answer, exit.  After a child died there is

@@ -25,29 +25,34 @@ import signal
 import time
 from collections import defaultdict
 
+import msgspec
 import zmq
 
 from hpbroker import batch
 from hpbroker import config as config_mod
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
+from hpbroker.io.epochs import EpochCache
 from hpbroker.net import control, handoff
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.ring import Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing
 
 log = logging.getLogger("hpbroker.writer")
 
+feed_encoder = msgspec.msgpack.Encoder()
+
 STATE_EVERY_S = 1.0  # full watermark broadcast, so late or restarted acceptors catch up
 
 
 class _Request:
-    """One produce request: done when every batch's ticket resolved."""
+    """One ring record's request: done when every batch's ticket resolved."""
 
-    __slots__ = ("acceptor", "token", "offsets", "remaining", "closed", "error")
+    __slots__ = ("acceptor", "token", "offsets", "last", "remaining", "closed", "error")
 
     def __init__(self, acceptor: int, token: int, count: int):
         self.acceptor = acceptor
         self.token = token
         self.offsets = [-1] * count
+        self.last = -1
         self.remaining = 0
         self.closed = False
         self.error: tuple[int, str] | None = None
@@ -56,49 +61,89 @@ class _Request:
 def _error_code(e: BaseException) -> int:
     if isinstance(e, StorageError):
         return int(ErrorCode.PARTITION_FENCED)
+    if isinstance(e, ReplicaGap):
+        return int(ErrorCode.OFFSET_OUT_OF_RANGE)
     return int(ErrorCode.INTERNAL)
+
+
+class ReplicaGap(ValueError):
+    """A replicated batch that does not start at the replica's log end."""
 
 
 class Writer:
     def __init__(self, index: int, storage: Storage, committer: GroupCommit, group: ReaderGroup,
-                 pushes: list, *, epoch: int = 0, retention_check_s: float = 60.0, clock=time.monotonic):
+                 pushes: list, *, feed=None, retention_check_s: float = 60.0, clock=time.monotonic):
         self.index = index
         self.storage = storage
         self.gc = committer
         self.group = group
         self.pushes = pushes
-        self.epoch = epoch
+        self.feed = feed  # PUSH socket to the replicator, which publishes committed batches to slaves
+        self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
+        self.published: list[tuple[tuple[str, int], int, int, bytearray]] = []
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
-        self.done: list[list[tuple[int, int, str, list[int]]]] = [[] for _ in pushes]
-        # reader -> its record handler (which knows the acceptor it comes from)
+        self.done: list[list[tuple]] = [[] for _ in pushes]
+        # reader -> its record handler (which knows the sender it comes from)
         self.handlers = {r: (lambda t, b, a=a: self.on_record(a, t, b)) for a, r in enumerate(group.readers)}
         self.moved: set = set()  # logs whose watermarks changed since the last report
+        self.epochs: dict[tuple[str, int], EpochCache] = {}
 
-    # -- one ring record = one produce request -------------------------------------------
+    def partition(self, topic: str, partition: int):
+        plog = self.storage.partition(topic, partition, create=True)
+        if plog.key not in self.epochs:
+            self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
+        return plog
 
-    def on_record(self, acceptor: int, type_id: int, buf: memoryview) -> None:
-        token, topic, partition, count, pos = handoff.read_record(buf)
-        req = _Request(acceptor, token, count)
+    # -- one ring record = one request ----------------------------------------------------
+
+    def on_record(self, sender: int, type_id: int, buf: memoryview) -> None:
+        token, topic, partition, count, epoch, arg, pos = handoff.read_record(buf)
+        req = _Request(sender, token, count)
         try:
-            plog = self.storage.partition(topic, partition, create=True)
-            for i in range(count):
-                n = batch.peek_length(buf, pos)
-                req.remaining += 1
-                self.gc.append(plog, buf[pos : pos + n], self.epoch, callback=self._ticket(req, i))
-                pos += n
+            plog = self.partition(topic, partition)
+            if type_id == handoff.TRUNCATE:
+                self._truncate(plog, arg)
+                req.last = arg - 1
+            else:
+                cache = self.epochs[plog.key]
+                for i in range(count):
+                    n = batch.peek_length(buf, pos)
+                    view = buf[pos : pos + n]
+                    if type_id == handoff.REPLICA:
+                        epoch = batch.peek_epoch(view)
+                        if batch.peek_base_offset(view) != plog.log_end_offset:
+                            raise ReplicaGap(f"replicated batch starts at {batch.peek_base_offset(view)}, "
+                                             f"the log ends at {plog.log_end_offset}")
+                    if epoch > cache.latest_epoch:
+                        cache.assign(epoch, plog.log_end_offset)
+                    req.remaining += 1
+                    base, last = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, view, epoch, plog.key))
+                    pos += n
             self.moved.add(plog)
-        except Exception as e:  # fenced partition, disk full, unreadable directory: fail this request only
-            if not isinstance(e, StorageError):
+        except Exception as e:  # fenced partition, disk full, a gap: fail this request only
+            if not isinstance(e, (StorageError, ReplicaGap)):
                 log.exception("appending to %s/%d failed", topic, partition)
-            req.remaining -= 1  # the batch that raised holds no ticket
+            if type_id != handoff.TRUNCATE:
+                req.remaining -= 1  # the batch that raised holds no ticket
             if req.error is None:
                 req.error = (_error_code(e), f"{topic}/{partition}: {e}")
         req.closed = True
         self._maybe_done(req)
 
-    def _ticket(self, req: _Request, i: int):
+    def _truncate(self, plog, offset: int) -> None:
+        """A slave cutting its divergent tail (after flushing what is staged)."""
+        if self.gc.pending_batches:
+            self.commit()
+        topic, partition = plog.key
+        plog = self.storage.truncate(topic, partition, offset)
+        self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
+        self.moved.add(plog)
+
+    def _ticket(self, req: _Request, i: int, view, epoch: int, key: tuple[str, int]):
+        copy = bytearray(view) if self.feed_on else None  # the ring slot is reused after drain
+
         def resolved(err, base, last):
             req.remaining -= 1
             if err is not None:
@@ -106,6 +151,10 @@ class Writer:
                     req.error = (_error_code(err), str(err))
             else:
                 req.offsets[i] = base
+                req.last = max(req.last, last)
+                if copy is not None:
+                    batch.stamp(copy, base, epoch)
+                    self.published.append((key, base, last, copy))
             self._maybe_done(req)
 
         return resolved
@@ -113,9 +162,9 @@ class Writer:
     def _maybe_done(self, req: _Request) -> None:
         if req.closed and req.remaining == 0:
             if req.error is None:
-                self.done[req.acceptor].append((req.token, 0, "", req.offsets))
+                self.done[req.acceptor].append((req.token, 0, "", req.offsets, req.last))
             else:
-                self.done[req.acceptor].append((req.token, req.error[0], req.error[1], []))
+                self.done[req.acceptor].append((req.token, req.error[0], req.error[1], [], -1))
 
     # -- commit and tell --------------------------------------------------------------------
 
@@ -124,7 +173,24 @@ class Writer:
         for key, r in results.items():
             if isinstance(r, PartitionFenced):
                 log.error("partition %s/%d fenced: %s", key[0], key[1], r)
+        if self.published:
+            self._publish(results)
         self.report()
+
+    def _publish(self, results) -> None:
+        """Hand the batches this flush made durable to the replicator, one
+        message per partition: [meta, batch, batch, ...]."""
+        by_key: dict[tuple[str, int], list[bytearray]] = {}
+        for key, base, last, copy in self.published:
+            by_key.setdefault(key, []).append(copy)
+        self.published = []
+        for (topic, partition), copies in by_key.items():
+            hwm = results.get((topic, partition))
+            meta = feed_encoder.encode((topic, partition, hwm if isinstance(hwm, int) else -1))
+            try:
+                self.feed.send_multipart([meta, *copies], copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the replicator is behind; slaves detect the gap and catch up from the files
 
     def report(self, logs=None) -> None:
         """Send each acceptor its finished requests and the moved watermarks."""
@@ -202,7 +268,7 @@ def recover_owned(storage: Storage, index: int, writers: int) -> None:
 
 
 def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doorbell: str, push_eps: list[str],
-         control_ep: str, cpus: list[int] | None) -> None:
+         control_ep: str, cpus: list[int] | None, feed_ep: str | None = None, feed_on: bool = False) -> None:
     """Entry point of a writer process (spawned by the supervisor)."""
     import psutil
 
@@ -225,13 +291,24 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     readers = [s.reader(spin_us=r.spin_us, dead_after_ms=r.dead_after_ms) for s in shared]
     group = ReaderGroup(readers, bell.signal, spin_us=r.spin_us)
     storage = Storage(cfg.broker.data_dir, cfg.log)
-    w = Writer(index, storage, GroupCommit(cfg.log), group, pushes,
+    feed = None
+    if feed_ep is not None:
+        feed = ctx.socket(zmq.PUSH)
+        feed.setsockopt(zmq.LINGER, 0)
+        feed.setsockopt(zmq.SNDHWM, 1000)  # beyond it batches are dropped; slaves catch up from the files
+        feed.connect(feed_ep)
+    w = Writer(index, storage, GroupCommit(cfg.log), group, pushes, feed=feed,
                retention_check_s=cfg.log.retention_check_ms / 1000.0)
+    w.feed_on = feed_on
 
     def on_term(signum, frame):
         w.stopping = True
 
+    def on_promoted(signum, frame):
+        w.feed_on = feed is not None
+
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR2, on_promoted)
     ctl = ctx.socket(zmq.DEALER)
     ctl.setsockopt(zmq.LINGER, 1000)
     ctl.connect(control_ep)

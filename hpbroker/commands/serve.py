@@ -24,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--partitions", type=int, metavar="N", help="partitions of auto-created topics (broker.default_partitions)")
     p.add_argument("--flush-mode", choices=["durable", "async"], help="log.flush_mode")
     p.add_argument("--cpu-affinity", choices=["auto", "off"], help="broker.cpu_affinity")
+    p.add_argument("--role", choices=["standalone", "master", "slave"], help="replication.role")
+    p.add_argument("--master", metavar="URL", help="replication.master: the master's client URL (with --role slave)")
+    p.add_argument("--replication-mode", choices=["sync", "async"], help="replication.mode")
+    p.add_argument("--broker-id", type=int, metavar="N", help="broker.broker_id")
+    p.add_argument("--cluster-id", metavar="NAME", help="broker.cluster_id")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -40,6 +45,11 @@ def run(args) -> int:
             broker__default_partitions=args.partitions,
             broker__cpu_affinity=args.cpu_affinity,
             log__flush_mode=args.flush_mode,
+            replication__role=args.role,
+            replication__master=args.master,
+            replication__mode=args.replication_mode,
+            broker__broker_id=args.broker_id,
+            broker__cluster_id=args.cluster_id,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None

@@ -43,6 +43,18 @@ class Storage:
         """Every partition on disk or open, sorted."""
         return sorted(set(layout.list_partitions(self.data_dir)) | set(self._logs))
 
+    def truncate(self, topic: str, partition: int, offset: int) -> PartitionLog:
+        """Cut the partition back to ``offset`` (a replica's divergent tail,
+        see truncate.py): close it, cut the files, reopen (recovery runs)."""
+        from hpbroker.io.truncate import truncate_dir
+
+        key = (topic, int(partition))
+        log = self._logs.pop(key, None)
+        if log is not None:
+            log.close()
+        truncate_dir(layout.partition_dir(self.data_dir, topic, partition), offset, self._fs)
+        return self.partition(topic, partition)
+
     def logs(self) -> list[PartitionLog]:
         return list(self._logs.values())
 

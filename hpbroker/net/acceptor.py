@@ -32,6 +32,8 @@ from hpbroker import config as config_mod
 from hpbroker.net import control, handoff
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
+from hpbroker.net.replica_view import ReplicaView
+from hpbroker.replication import messages as rm
 from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
@@ -51,7 +53,7 @@ def client_socket_options(sock: zmq.Socket, cfg: config_mod.Config) -> None:
 
 class Acceptor:
     def __init__(self, index: int, cfg: config_mod.Config, ctx: zmq.Context, rings: list,
-                 endpoint: str, completions_ep: str, control_ep: str, view_ep: str):
+                 endpoint: str, completions_ep: str, control_ep: str, view_ep: str, repl_state_ep: str = ""):
         self.index = index
         self.cfg = cfg
         self.rings = rings
@@ -71,6 +73,11 @@ class Acceptor:
         self.view_sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.view_sub.connect(view_ep)
         self.view: control.ClusterView | None = None
+        self.repl_sub = ctx.socket(zmq.SUB)
+        self.repl_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if repl_state_ep:
+            self.repl_sub.connect(repl_state_ep)
+        self.replica = ReplicaView(cfg.replication)
         self.pending = Pending(cfg.broker.max_pending_requests)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
         self._rr = count()
@@ -78,10 +85,10 @@ class Acceptor:
 
     # -- control --------------------------------------------------------------
 
-    def _ask(self, msg) -> object:
-        """A synchronous request to the supervisor (rare: hello, topic creation)."""
+    def _ask(self, msg, timeout_ms: int = 10_000) -> object:
+        """A synchronous request to the supervisor (rare: hello, topic creation, promotion)."""
         self.control.send(control.encoder.encode(msg))
-        if not self.control.poll(10_000):
+        if not self.control.poll(timeout_ms):
             raise BrokerError(ErrorCode.INTERNAL, "the supervisor did not answer a control request")
         return control.from_supervisor.decode(self.control.recv())
 
@@ -118,13 +125,15 @@ class Acceptor:
         poller.register(self.client, zmq.POLLIN)
         poller.register(self.completions, zmq.POLLIN)
         poller.register(self.view_sub, zmq.POLLIN)
+        poller.register(self.repl_sub, zmq.POLLIN)
         stop_deadline = None
         while True:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
                 poller.unregister(self.client)
                 self._answer_parked_fetches()
-            if stop_deadline is not None and (self.abandon or not self.pending.waiting() or time.monotonic() >= stop_deadline):
+            if stop_deadline is not None and (self.abandon or not (self.pending.waiting() or self.replica.waiting)
+                                              or time.monotonic() >= stop_deadline):
                 break
             timeout = self._poll_timeout()
             events = dict(poller.poll(timeout))
@@ -135,6 +144,8 @@ class Acceptor:
                     v = control.from_supervisor.decode(self.view_sub.recv())
                     if isinstance(v, control.ClusterView):
                         self.view = v
+            if self.repl_sub in events:
+                self._drain_replica_state()
             if self.client in events:
                 self._drain_client()
             self._expire(time.monotonic())
@@ -142,6 +153,9 @@ class Acceptor:
             self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN,
                                                message="broker stopped before the batch was durable; outcome unknown"))
             self.pending.cancel(token)
+        for w in self.replica.take_all():
+            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN, partition=w.partition,
+                                               message="broker stopped before the slave confirmed; durable on the master only"))
         self._drain_client_shutdown()
 
     def _poll_timeout(self) -> int:
@@ -198,6 +212,12 @@ class Acceptor:
                     self._reply(ident, self._metadata(req))
                 case m.ListOffsets():
                     self._reply(ident, m.ListOffsetsReply(id=req.id, offset=self._list_offsets(req)))
+                case m.Stats():
+                    self._reply(ident, m.StatsReply(id=req.id, stats=self._stats()))
+                case m.Promote():
+                    reply = self._ask(control.Promote(), timeout_ms=60_000)
+                    self._reply(ident, m.PromoteReply(id=req.id, code=reply.code, message=reply.message,
+                                                      leader_epoch=reply.epoch))
                 case m.CreateTopic():
                     n = self.ensure_topic(req.topic, req.partitions, explicit=True, if_not_exists=req.if_not_exists)
                     self._reply(ident, m.CreateTopicReply(id=req.id, partitions=n))
@@ -215,6 +235,12 @@ class Acceptor:
     def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
         if self.stopping:
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping")
+        if self.view.role == "slave":
+            raise BrokerError(ErrorCode.NOT_LEADER, f"this broker is a slave of {self.cfg.replication.master}; "
+                                                    "produce to the master (or promote this broker)")
+        replicas = req.acks == -1 and self.replica.sync(self.view.role)
+        if replicas:
+            self.replica.check_enough()
         partition = req.partition
         if partition < 0:
             partition = next(self._rr) % self.partitions_of(req.topic)
@@ -225,7 +251,8 @@ class Acceptor:
         size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
         waiting = None
         if req.acks != 0:
-            waiting = Waiting(ident, req.id, partition, time.monotonic() + req.timeout_ms / 1000.0)
+            waiting = Waiting(ident, req.id, partition, time.monotonic() + req.timeout_ms / 1000.0,
+                              replicas=replicas, key=handoff.tp_key(req.topic, partition))
         token = self.pending.add(waiting)
         ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
         try:
@@ -237,7 +264,7 @@ class Acceptor:
             self.pending.cancel(token)
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
         try:
-            handoff.write_record(buf, token, topic_b, partition, batches)
+            handoff.write_record(buf, token, topic_b, partition, batches, epoch=self.view.leader_epoch)
         except BaseException:
             ring.abort()
             self.pending.cancel(token)
@@ -263,17 +290,54 @@ class Acceptor:
                 break
             c = handoff.completions_decoder.decode(raw.buffer)
             self.heard_from.add(c.writer)
-            for token, code, message, offsets in c.done:
+            for token, code, message, offsets, last in c.done:
                 w = self.pending.complete(token)
-                if w is not None:
-                    self._reply(w.ident, m.ProduceReply(id=w.req_id, code=code, message=message,
-                                                       base_offsets=offsets, partition=w.partition))
+                if w is None:
+                    continue
+                if code == 0 and w.replicas:
+                    w.offsets, w.last = offsets, last
+                    if not self.replica.hold(w):
+                        self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=offsets, partition=w.partition))
+                    continue
+                self._reply(w.ident, m.ProduceReply(id=w.req_id, code=code, message=message,
+                                                   base_offsets=offsets, partition=w.partition))
             moved += self.fetch.update(c.hwm, c.log_start)
         if moved:
             for p in self.fetch.woken(moved):
                 self._serve_fetch(p.ident, p.req)
 
+    def _drain_replica_state(self) -> None:
+        while True:
+            try:
+                raw = self.repl_sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            released, failed = self.replica.update(rm.state_decoder.decode(raw))
+            for w in released:
+                self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
+            for w in failed:
+                self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.NOT_ENOUGH_REPLICAS, partition=w.partition,
+                                                   message="durable on the master, but the slave fell out of sync before "
+                                                           "confirming it (min_insync_replicas not met)"))
+
+    def _stats(self) -> dict:
+        out = {
+            "role": self.view.role,
+            "leader_epoch": self.view.leader_epoch,
+            "acceptor": self.index,
+            "pid": os.getpid(),
+            "pending_requests": len(self.pending),
+            "topics": len(self.view.topics),
+            "partitions": len(self.fetch.hwm),
+            "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
+        }
+        out.update(self.replica.stats)
+        return out
+
     def _expire(self, now: float) -> None:
+        for w in self.replica.expired(now):
+            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.REQUEST_TIMED_OUT, partition=w.partition,
+                                               message="durable on the master; the slave did not confirm within timeout_ms"))
         for _, w in self.pending.expired(now):
             self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.REQUEST_TIMED_OUT,
                                                message="not durable within timeout_ms; the batch may still be written",
@@ -323,12 +387,14 @@ class Acceptor:
             except BrokerError as e:
                 topics.append(m.TopicMetadata(name=name, code=e.code))
                 continue
-            parts = [m.PartitionMetadata(partition=p, leader=self.view.broker_id, leader_epoch=self.view.leader_epoch)
+            parts = [m.PartitionMetadata(partition=p, leader=self.view.leader_id, leader_epoch=self.view.leader_epoch)
                      for p in range(n)]
             topics.append(m.TopicMetadata(name=name, partitions=parts))
         return m.MetadataReply(id=req.id, cluster_id=self.view.cluster_id, broker_id=self.view.broker_id,
                                acceptors=self.view.acceptors, topics=topics,
-                               max_batch_bytes=self.cfg.broker.max_batch_bytes)
+                               max_batch_bytes=self.cfg.broker.max_batch_bytes,
+                               max_request_bytes=self.cfg.broker.max_request_bytes,
+                               role=self.view.role, replication=self.view.replication)
 
 
 def _error_reply(req, e: BrokerError):
@@ -337,7 +403,7 @@ def _error_reply(req, e: BrokerError):
 
 
 def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endpoint: str, completions_ep: str,
-         control_ep: str, view_ep: str, cpus: list[int] | None) -> None:
+         control_ep: str, view_ep: str, repl_state_ep: str, cpus: list[int] | None) -> None:
     """Entry point of an acceptor process (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
     cfg = config_mod.loads(cfg_toml)
@@ -348,7 +414,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     r = cfg.ring
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
     rings = [s.writer(spin_us=r.spin_us, full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
-    acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep)
+    acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
 
     def on_term(signum, frame):
         acc.stopping = True

@@ -38,12 +38,31 @@ class EnsureTopic(_Msg, tag="ensure_topic"):
     if_not_exists: bool = True
 
 
+class SeenEpoch(_Msg, tag="seen_epoch"):
+    """Slave replicator: the master it follows (remembered for promotion)."""
+
+    epoch: int
+    master_id: int
+
+
+class ReplicatorReady(_Msg, tag="replicator_ready"):
+    pid: int
+    endpoints: list[str]  # master: [pub, fetch, ack]; slave: []
+
+
+class Promote(_Msg, tag="promote"):
+    """Acceptor -> supervisor: a client asked this slave to become master."""
+
+
 class ClusterView(_Msg, tag="view"):
     cluster_id: str
     broker_id: int
     leader_epoch: int
     acceptors: list[str]
     topics: dict[str, int]
+    role: str = "standalone"
+    leader_id: int = 0
+    replication: list[str] = []
 
 
 class TopicResult(_Msg, tag="topic_result"):
@@ -53,10 +72,12 @@ class TopicResult(_Msg, tag="topic_result"):
 
 
 class Ack(_Msg, tag="ack"):
-    pass
+    code: int = 0
+    message: str = ""
+    epoch: int = -1
 
 
-ToSupervisor = WriterReady | AcceptorHello | EnsureTopic
+ToSupervisor = WriterReady | AcceptorHello | EnsureTopic | SeenEpoch | ReplicatorReady | Promote
 FromSupervisor = ClusterView | TopicResult | Ack
 
 encoder = msgspec.msgpack.Encoder()

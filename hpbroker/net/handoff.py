@@ -6,21 +6,34 @@ new high watermark) go writer -> acceptor as one ZeroMQ ``ipc://`` message
 per group commit, because the acceptor already sleeps in a ``zmq.Poller``
 and a socket wakes it without another thread.  docs/design.md has the why.
 
-Ring record payload (type ``PRODUCE``), little-endian
------------------------------------------------------
+Ring record payload, little-endian
+----------------------------------
 
 =======  ====  ==============  ===========================================
 offset   size  field           notes
 =======  ====  ==============  ===========================================
-0        8     token  uint64   acceptor-local id of the produce request
+0        8     token  uint64   sender-local id of the request
 8        4     partition int32
 12       2     topic_len uint16
 14       2     batch_count uint16  batches that follow, laid end to end
-16       n     topic           utf-8, then zero padding to a multiple of 8
-16+pad   ...   batches         each exactly as the producer sent it
+16       4     epoch  int32    leader epoch to stamp (PRODUCE only)
+20       4     reserved        zero
+24       8     arg    int64    TRUNCATE: the offset to truncate to
+32       n     topic           utf-8, then zero padding to a multiple of 8
+32+pad   ...   batches         each exactly as the producer sent it
 =======  ====  ==============  ===========================================
 
-One ring record carries one whole produce request, so a request is either
+Record types (the ring's type id):
+
+* ``PRODUCE`` - an acceptor's produce request: the writer assigns offsets
+  and stamps ``epoch``.
+* ``REPLICA`` - batches a slave received from its master, already stamped
+  with the master's offsets and epochs: the writer appends them unchanged
+  and refuses a batch whose base offset is not its log end (a gap).
+* ``TRUNCATE`` - a slave cutting its divergent tail back to ``arg`` after
+  the epoch handshake with a (new) master; no batches.
+
+One ring record carries one whole request, so a request is either
 entirely in the ring or (when the ring is full) entirely refused.
 """
 
@@ -32,9 +45,11 @@ import zlib
 import msgspec
 
 PRODUCE = 1
+REPLICA = 2
+TRUNCATE = 3
 
-_HEAD = struct.Struct("<QiHH")
-HEAD_SIZE = _HEAD.size  # 16
+_HEAD = struct.Struct("<QiHHi4xq")
+HEAD_SIZE = _HEAD.size  # 32
 
 
 def _pad8(n: int) -> int:
@@ -45,9 +60,9 @@ def record_size(topic_bytes: bytes, batches_bytes: int) -> int:
     return HEAD_SIZE + _pad8(len(topic_bytes)) + batches_bytes
 
 
-def write_record(buf, token: int, topic_bytes: bytes, partition: int, batches) -> None:
+def write_record(buf, token: int, topic_bytes: bytes, partition: int, batches, epoch: int = 0, arg: int = 0) -> None:
     """Fill ``buf`` (a claimed ring slot of exactly ``record_size`` bytes)."""
-    _HEAD.pack_into(buf, 0, token, partition, len(topic_bytes), len(batches))
+    _HEAD.pack_into(buf, 0, token, partition, len(topic_bytes), len(batches), epoch, arg)
     tl = len(topic_bytes)
     buf[HEAD_SIZE : HEAD_SIZE + tl] = topic_bytes
     pos = HEAD_SIZE + _pad8(tl)
@@ -58,18 +73,18 @@ def write_record(buf, token: int, topic_bytes: bytes, partition: int, batches) -
         pos += n
 
 
-def read_record(buf) -> tuple[int, str, int, int, int]:
-    """-> (token, topic, partition, batch_count, position of the first batch)."""
-    token, partition, tl, count = _HEAD.unpack_from(buf, 0)
+def read_record(buf) -> tuple[int, str, int, int, int, int, int]:
+    """-> (token, topic, partition, batch_count, epoch, arg, position of the first batch)."""
+    token, partition, tl, count, epoch, arg = _HEAD.unpack_from(buf, 0)
     topic = bytes(buf[HEAD_SIZE : HEAD_SIZE + tl]).decode()
-    return token, topic, partition, count, HEAD_SIZE + _pad8(tl)
+    return token, topic, partition, count, epoch, arg, HEAD_SIZE + _pad8(tl)
 
 
 class Completions(msgspec.Struct, array_like=True, frozen=True):
     """Writer -> acceptor after a group commit.
 
-    ``done`` lists ``[token, code, message, base_offsets]`` for this
-    acceptor's requests that are now durable (code 0) or failed.  ``hwm``
+    ``done`` lists ``[token, code, message, base_offsets, last_offset]``
+    for this acceptor's requests that are now durable (code 0) or failed.  ``hwm``
     maps ``"topic/partition"`` to the new high watermark and
     ``log_start``, the earliest retained offset, for every partition that
     changed.  ``v`` comes first so fields can be added after it.
@@ -77,7 +92,7 @@ class Completions(msgspec.Struct, array_like=True, frozen=True):
 
     v: int
     writer: int
-    done: list[tuple[int, int, str, list[int]]]
+    done: list[tuple[int, int, str, list[int], int]]
     hwm: dict[str, int]
     log_start: dict[str, int] = {}
 

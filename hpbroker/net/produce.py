@@ -32,6 +32,10 @@ class Waiting:
     req_id: int
     partition: int
     deadline: float
+    replicas: bool = False  # acks=all under sync replication: also wait for the slave
+    key: str = ""  # "topic/partition"
+    offsets: list | None = None
+    last: int = -1
 
 
 class Pending:

@@ -106,8 +106,16 @@ class CreateTopic(_Request):
     if_not_exists: bool = False
 
 
-Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic]
-REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic)
+class Stats(_Request):
+    """The broker's counters, as MetaQ's ``stats``: name -> value."""
+
+
+class Promote(_Request):
+    """Make this slave the master, with a new leader epoch (admin)."""
+
+
+Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote]
+REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote)
 
 # ------------------------------------------------------------------ replies
 
@@ -143,6 +151,11 @@ class MetadataReply(_Reply):
     max_batch_bytes: int = 0
     #: largest Produce request (all its batch frames together); 0 = not stated.
     max_request_bytes: int = 0
+    #: "standalone", "master" or "slave".  A slave refuses produce with
+    #: NOT_LEADER; its partitions' ``leader`` is the master's broker id.
+    role: str = ""
+    #: a master's replication endpoints [pub, fetch, ack]; else empty.
+    replication: list[str] = []
 
 
 class ProduceReply(_Reply):
@@ -168,13 +181,22 @@ class CreateTopicReply(_Reply):
     partitions: int = 0
 
 
+class StatsReply(_Reply):
+    stats: dict[str, Union[int, float, str]] = {}
+
+
+class PromoteReply(_Reply):
+    leader_epoch: int = -1
+
+
 class ErrorReply(_Reply):
     """For frames that could not be decoded into a request (id -1 when
     even the correlation id is unknown)."""
 
 
-Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, ErrorReply]
-REPLY_TYPES: tuple[type, ...] = (MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, ErrorReply)
+Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply, ErrorReply]
+REPLY_TYPES: tuple[type, ...] = (MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply,
+                                 PromoteReply, ErrorReply)
 
 #: The reply type that answers each request type.
 REPLY_FOR: dict[type, type] = {
@@ -184,4 +206,6 @@ REPLY_FOR: dict[type, type] = {
     Fetch: FetchReply,
     ListOffsets: ListOffsetsReply,
     CreateTopic: CreateTopicReply,
+    Stats: StatsReply,
+    Promote: PromoteReply,
 }

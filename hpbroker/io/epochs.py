@@ -1,0 +1,92 @@
+"""The leader-epoch checkpoint of one partition (Kafka's KIP-101).
+
+Every batch carries the leader epoch of the master that first appended it.
+This file remembers where each epoch starts, so that a replica that was
+master once (or missed a failover) can ask the current master "where did
+*my* last epoch end on your side?" and cut its divergent tail exactly
+there, instead of guessing from high watermarks.
+
+File ``leader-epoch-checkpoint`` in the partition directory, text::
+
+    hpbroker-epochs 1
+    <epoch> <start_offset>
+    ...
+
+One line per epoch, ascending.  Written as temp file, fsync, rename, fsync
+of the directory.  The writer records an epoch *before* the first batch of
+that epoch can be acknowledged, so the file may name an epoch whose batches
+a crash then lost: :meth:`EpochCache.load` drops entries at or past the
+recovered log end.
+"""
+
+from __future__ import annotations
+
+import os
+
+NAME = "leader-epoch-checkpoint"
+_MAGIC = "hpbroker-epochs 1"
+
+
+class EpochCache:
+    def __init__(self, partition_dir: str, log_end_offset: int):
+        self.path = os.path.join(partition_dir, NAME)
+        self.entries: list[tuple[int, int]] = []
+        try:
+            with open(self.path) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if lines and lines[0] == _MAGIC:
+            for line in lines[1:]:
+                epoch, start = map(int, line.split())
+                if start < log_end_offset and (not self.entries or epoch > self.entries[-1][0]):
+                    self.entries.append((epoch, start))
+
+    @property
+    def latest_epoch(self) -> int:
+        return self.entries[-1][0] if self.entries else -1
+
+    def assign(self, epoch: int, start_offset: int) -> None:
+        """Note that ``epoch`` starts at ``start_offset`` (no-op for a known epoch)."""
+        if epoch <= self.latest_epoch:
+            return
+        self.entries.append((epoch, start_offset))
+        self._save()
+
+    def end_offset_for(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
+        """(largest known epoch <= ``epoch``, the offset where it ends here).
+
+        An epoch ends where the next one starts, or at the log end for the
+        latest.  (-1, 0) when nothing here is that old: the asker then keeps
+        nothing."""
+        best = -1
+        end = 0
+        for i, (e, _) in enumerate(self.entries):
+            if e > epoch:
+                break
+            best = e
+            end = self.entries[i + 1][1] if i + 1 < len(self.entries) else log_end_offset
+        return best, end
+
+    def truncate_from(self, offset: int) -> None:
+        """Forget epochs that start at or after ``offset`` (the log was cut there)."""
+        kept = [(e, s) for e, s in self.entries if s < offset]
+        if kept != self.entries:
+            self.entries = kept
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path + ".tmp"
+        data = "\n".join([_MAGIC, *(f"{e} {s}" for e, s in self.entries)]) + "\n"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path)
+        dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,299 @@
+"""The master's replicator: publish committed batches, serve catch-up, track slaves.
+
+Inputs: the writers' feed of batches each flush made durable (ipc PULL) and
+their watermark reports (ipc PULL, the same Completions acceptors get).
+Outputs: the PUB stream to slaves, the catch-up ROUTER (reads the log files
+read-only, never past the high watermark) and, to this broker's acceptors,
+a :class:`ReplicaState` whenever what the slaves hold changes, which is what
+releases ``acks=all`` in sync mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import zmq
+
+from hpbroker.io import OffsetOutOfRange, PartitionReader
+from hpbroker.io.epochs import EpochCache
+from hpbroker.io.layout import partition_dir
+from hpbroker.net import handoff
+from hpbroker.replication import messages as rm
+
+log = logging.getLogger("hpbroker.replication")
+
+MAX_TRACKED = 200_000  # commits remembered per partition for lag in bytes and seconds
+
+
+class Lag:
+    """One slave, one partition: what the master committed that the slave
+    has not yet made durable, as (end offset, cumulative bytes, time)."""
+
+    def __init__(self):
+        self.commits: deque[tuple[int, int, float]] = deque()
+        self.cum = 0  # bytes committed since tracking began
+        self.acked_cum = 0  # of which the slave holds this many
+
+    def committed(self, end: int, nbytes: int, now: float) -> None:
+        self.cum += nbytes
+        self.commits.append((end, self.cum, now))
+        if len(self.commits) > MAX_TRACKED:
+            self.commits.popleft()  # seconds_behind then under-reports; bytes stay exact
+
+    def acked(self, offset: int) -> None:
+        c = self.commits
+        while c and c[0][0] <= offset:
+            self.acked_cum = c.popleft()[1]
+
+    def bytes_behind(self) -> int:
+        return self.cum - self.acked_cum if self.commits else 0
+
+    def seconds_behind(self, now: float) -> float:
+        return now - self.commits[0][2] if self.commits else 0.0
+
+
+class SlaveInfo:
+    def __init__(self, slave_id: int, now: float):
+        self.slave_id = slave_id
+        self.durable: dict[str, int] = {}
+        self.lag: dict[str, Lag] = {}
+        self.last_seen = now
+        self.insync = False
+        # Kafka's ISR rule: caught up = holds at least what the master had
+        # committed when the previous ack came in.
+        self.caught_up_at = float("-inf")
+        self.prev_hwm: dict[str, int] = {}
+        self.prev_time = now
+
+    def on_ack(self, durable: dict[str, int], master_hwm: dict[str, int], now: float) -> None:
+        self.durable.update(durable)
+        self.last_seen = now
+        if all(self.durable.get(k, 0) >= v for k, v in self.prev_hwm.items()):
+            self.caught_up_at = self.prev_time
+        self.prev_hwm = dict(master_hwm)
+        self.prev_time = now
+
+
+class Master:
+    def __init__(self, cfg, ctx: zmq.Context, data_dir: str, epoch: int, feed_ep: str, completions_ep: str,
+                 state_ep: str, topics, clock=time.monotonic):
+        r = cfg.replication
+        self.cfg = cfg
+        self.data_dir = Path(data_dir)
+        self.epoch = epoch
+        self.topics = topics  # callable -> {topic: partitions}
+        self.clock = clock
+        self.lag_max = r.replica_lag_max_ms / 1000.0
+        bind = cfg.broker.bind
+        self.feed = ctx.socket(zmq.PULL)
+        self.feed.bind(feed_ep)
+        self.comp = ctx.socket(zmq.PULL)
+        self.comp.bind(completions_ep)
+        self.state_pub = ctx.socket(zmq.PUB)
+        self.state_pub.bind(state_ep)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, r.pub_hwm)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        self.acks = ctx.socket(zmq.PULL)
+        self.acks.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
+        self.endpoints = [self._bind(self.pub, bind, r.pub_port), self._bind(self.router, bind, r.fetch_port),
+                          self._bind(self.acks, bind, r.ack_port)]
+        self.hwm: dict[str, int] = {}
+        self.slaves: dict[int, SlaveInfo] = {}
+        self.readers: dict[str, PartitionReader] = {}
+        self.stopping = False
+        self._last_state = None
+        self._published = 0
+
+    @staticmethod
+    def _bind(sock, host: str, port: int) -> str:
+        sock.bind(f"tcp://{host}:{port or '*'}")
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # -- loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for s in (self.feed, self.comp, self.router, self.acks):
+            poller.register(s, zmq.POLLIN)
+        next_state = 0.0
+        while not self.stopping:
+            events = dict(poller.poll(100))
+            if self.feed in events:
+                self._drain_feed()
+            if self.comp in events:
+                self._drain_completions()
+            if self.acks in events:
+                self._drain_acks()
+            if self.router in events:
+                self._drain_router()
+            now = self.clock()
+            if now >= next_state:
+                self._broadcast(force=True)
+                next_state = now + 0.5
+
+    def _drain_feed(self) -> None:
+        now = self.clock()
+        while True:
+            try:
+                frames = self.feed.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            topic, partition, hwm = rm.feed_meta.decode(frames[0].buffer)
+            key = handoff.tp_key(topic, partition)
+            nbytes = sum(len(f.buffer) for f in frames[1:])
+            end = hwm if hwm >= 0 else self.hwm.get(key, 0)
+            for s in self.slaves.values():
+                s.lag.setdefault(key, Lag()).committed(end, nbytes, now)
+            if hwm > self.hwm.get(key, -1):
+                self.hwm[key] = hwm
+            try:
+                self.pub.send_multipart([b"B", frames[0], *frames[1:]], copy=False, flags=zmq.NOBLOCK)
+                self._published += 1
+            except zmq.Again:
+                pass  # a slow slave: it sees the gap by offset and catches up from the files
+
+    def _drain_completions(self) -> None:
+        while True:
+            try:
+                raw = self.comp.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            c = handoff.completions_decoder.decode(raw.buffer)
+            for k, v in c.hwm.items():
+                if v > self.hwm.get(k, -1):
+                    self.hwm[k] = v
+
+    def _drain_acks(self) -> None:
+        now = self.clock()
+        changed = False
+        while True:
+            try:
+                raw = self.acks.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                ack = rm.to_master.decode(raw)
+            except Exception:  # noqa: BLE001 - a stranger's garbage must not stop replication
+                continue
+            if not isinstance(ack, rm.SlaveAck) or ack.slave_id not in self.slaves:
+                continue  # only slaves that passed the handshake count
+            s = self.slaves[ack.slave_id]
+            s.on_ack(ack.durable, self.hwm, now)
+            for k, v in ack.durable.items():
+                lag = s.lag.get(k)
+                if lag is not None:
+                    lag.acked(v)
+            changed = True
+        if changed:
+            self._broadcast()
+
+    # -- the slaves' requests -------------------------------------------------------------
+
+    def _drain_router(self) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident = frames[0]
+            try:
+                msg = rm.to_master.decode(frames[1])
+            except Exception as e:  # noqa: BLE001
+                self.router.send_multipart([ident, rm.encoder.encode(rm.Refused(reason=f"undecodable request: {e}"))])
+                continue
+            reply, payload = self._handle(msg)
+            self.router.send_multipart([ident, rm.encoder.encode(reply), *payload], copy=False)
+
+    def _handle(self, msg):
+        match msg:
+            case rm.Hello():
+                if msg.cluster_id != self.cfg.broker.cluster_id:
+                    log.warning("refused slave %d: cluster id %r is not ours (%r)", msg.slave_id, msg.cluster_id,
+                                self.cfg.broker.cluster_id)
+                    return rm.Refused(reason=f"cluster id {msg.cluster_id!r} is not this master's {self.cfg.broker.cluster_id!r}"), []
+                if msg.slave_id == self.cfg.broker.broker_id:
+                    return rm.Refused(reason=f"slave id {msg.slave_id} is this master's own broker id"), []
+                if msg.max_epoch > self.epoch:
+                    return rm.Refused(reason=f"the slave has seen epoch {msg.max_epoch}, newer than this master's {self.epoch}: this master is stale"), []
+                now = self.clock()
+                if msg.slave_id not in self.slaves:
+                    log.info("slave %d joined", msg.slave_id)
+                    self.slaves[msg.slave_id] = SlaveInfo(msg.slave_id, now)
+                self.slaves[msg.slave_id].last_seen = now
+                return rm.Welcome(cluster_id=self.cfg.broker.cluster_id, master_id=self.cfg.broker.broker_id,
+                                  epoch=self.epoch, topics=self.topics(), hwm=dict(self.hwm)), []
+            case rm.EpochEnd():
+                return rm.EpochEndReply(answers=[self._epoch_end(t, p, e) for t, p, e in msg.asks]), []
+            case rm.CatchUp():
+                return self._catch_up(msg)
+        return rm.Refused(reason=f"unexpected {type(msg).__name__}"), []
+
+    def _epoch_end(self, topic: str, partition: int, epoch: int):
+        key = handoff.tp_key(topic, partition)
+        d = partition_dir(str(self.data_dir), topic, partition)
+        hwm = self.hwm.get(key, 0)
+        try:
+            found, end = EpochCache(d, hwm).end_offset_for(epoch, hwm)
+        except (OSError, ValueError) as e:
+            return topic, partition, -1, -1, f"cannot read the epochs of {key}: {e}"
+        return topic, partition, found, end, ""
+
+    def _catch_up(self, msg: rm.CatchUp):
+        key = handoff.tp_key(msg.topic, msg.partition)
+        hwm = self.hwm.get(key, 0)
+        reader = self.readers.get(key)
+        if reader is None:
+            reader = self.readers[key] = PartitionReader(partition_dir(str(self.data_dir), msg.topic, msg.partition))
+        try:
+            data = reader.read(msg.offset, min(msg.max_bytes, self.cfg.replication.catchup_bytes), hwm)
+        except OffsetOutOfRange as e:
+            return rm.CatchUpReply(topic=msg.topic, partition=msg.partition, offset=msg.offset, hwm=hwm, error=str(e)), [b""]
+        return rm.CatchUpReply(topic=msg.topic, partition=msg.partition, offset=msg.offset, hwm=hwm), [data]
+
+    # -- what acceptors need ---------------------------------------------------------------
+
+    def _broadcast(self, force: bool = False) -> None:
+        now = self.clock()
+        insync = []
+        for s in self.slaves.values():
+            was = s.insync
+            s.insync = now - s.last_seen <= self.lag_max and now - s.caught_up_at <= self.lag_max
+            if was != s.insync:
+                log.warning("slave %d is %s", s.slave_id, "in sync" if s.insync else "OUT OF SYNC")
+            if s.insync:
+                insync.append(s)
+        replicated: dict[str, int] = {}
+        if insync:
+            for k in set(self.hwm) | {k for s in insync for k in s.durable}:
+                replicated[k] = min(s.durable.get(k, 0) for s in insync)
+        stats = self.stats(now)
+        state = rm.ReplicaState(role="master", insync=len(insync), replicated=replicated, stats=stats)
+        key = (state.insync, tuple(sorted(replicated.items())))
+        if force or key != self._last_state:
+            self._last_state = key
+            self.state_pub.send(rm.state_encoder.encode(state))
+
+    def stats(self, now: float) -> dict:
+        out: dict[str, int | float | str] = {
+            "replication_role": "master",
+            "replication_mode": self.cfg.replication.mode,
+            "replication_epoch": self.epoch,
+            "replication_endpoints": " ".join(self.endpoints),
+            "replication_slaves": len(self.slaves),
+            "replication_published_messages": self._published,
+        }
+        for s in self.slaves.values():
+            p = f"slave_{s.slave_id}_"
+            out[p + "insync"] = int(s.insync)
+            out[p + "last_seen_s"] = round(now - s.last_seen, 3)
+            out[p + "lag_messages"] = sum(max(0, v - s.durable.get(k, 0)) for k, v in self.hwm.items())
+            out[p + "lag_bytes"] = sum(lag.bytes_behind() for lag in s.lag.values())
+            out[p + "lag_seconds"] = round(max((lag.seconds_behind(now) for lag in s.lag.values()), default=0.0), 3)
+        return out

@@ -1,0 +1,107 @@
+"""Replication wire messages between a master's and a slave's replicators.
+
+Sockets (the master binds, the slave connects):
+
+============  ==================  =========================================
+master        slave               carries
+============  ==================  =========================================
+PUB           SUB                 committed batches: [b"B", meta, batch...]
+ROUTER        DEALER              Hello/Welcome, EpochEnd, CatchUp (+ data)
+PULL          PUSH                SlaveAck: the slave's durable offsets
+============  ==================  =========================================
+
+Headers are msgpack maps with a ``t`` tag, like the client protocol.  The
+PUB stream's ``meta`` frame is ``[topic, partition, master_hwm]`` and every
+batch frame is a record batch already stamped with its master offsets and
+leader epoch, byte for byte what the master's log holds.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class _Msg(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
+    v: int = 1
+
+
+class Hello(_Msg, tag="Hello"):
+    """Slave -> master, first thing and then as a keep-alive."""
+
+    cluster_id: str
+    slave_id: int
+    max_epoch: int
+
+
+class Welcome(_Msg, tag="Welcome"):
+    cluster_id: str
+    master_id: int
+    epoch: int
+    topics: dict[str, int]
+    hwm: dict[str, int]
+
+
+class Refused(_Msg, tag="Refused"):
+    reason: str
+
+
+class EpochEnd(_Msg, tag="EpochEnd"):
+    """For each (topic, partition, epoch): where does that epoch end on the master?"""
+
+    asks: list[tuple[str, int, int]]
+
+
+class EpochEndReply(_Msg, tag="EpochEndReply"):
+    """(topic, partition, epoch found, end offset, error message or "")."""
+
+    answers: list[tuple[str, int, int, int, str]]
+
+
+class CatchUp(_Msg, tag="CatchUp"):
+    topic: str
+    partition: int
+    offset: int
+    max_bytes: int
+
+
+class CatchUpReply(_Msg, tag="CatchUpReply"):
+    """Followed by one frame of whole batches (possibly empty)."""
+
+    topic: str
+    partition: int
+    offset: int
+    hwm: int
+    error: str = ""
+
+
+class SlaveAck(_Msg, tag="SlaveAck"):
+    slave_id: int
+    epoch: int
+    durable: dict[str, int]
+
+
+ToMaster = Hello | EpochEnd | CatchUp | SlaveAck
+FromMaster = Welcome | Refused | EpochEndReply | CatchUpReply
+
+encoder = msgspec.msgpack.Encoder()
+to_master = msgspec.msgpack.Decoder(ToMaster)
+from_master = msgspec.msgpack.Decoder(FromMaster)
+feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])
+
+
+class ReplicaState(msgspec.Struct, frozen=True):
+    """Replicator -> its own broker's acceptors (ipc PUB), on every change.
+
+    master: ``insync`` slaves and, per partition, the offset every in-sync
+    slave has made durable (``replicated``); ``stats`` for the stats
+    command.  slave: ``insync`` is 0 and ``stats`` says how it follows.
+    """
+
+    role: str
+    insync: int
+    replicated: dict[str, int]
+    stats: dict[str, int | float | str]
+
+
+state_encoder = msgspec.msgpack.Encoder()
+state_decoder = msgspec.msgpack.Decoder(ReplicaState)

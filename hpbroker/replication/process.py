@@ -1,0 +1,62 @@
+"""Entry point of the replicator process (spawned by the supervisor when
+``replication.role`` is master or slave, and again at promotion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+
+import zmq
+
+from hpbroker import config as config_mod
+from hpbroker.net import control
+
+
+def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: list[str], feed_ep: str,
+         completions_ep: str, state_ep: str, control_ep: str, cpus: list[int] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
+    cfg = config_mod.loads(cfg_bytes)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s replicator({role}) %(levelname)s %(message)s")
+    if cpus:
+        import psutil
+
+        psutil.Process().cpu_affinity(cpus)
+    ctx = zmq.Context()
+    ctl = ctx.socket(zmq.DEALER)
+    ctl.setsockopt(zmq.LINGER, 1000)
+    ctl.connect(control_ep)
+    data_dir = cfg.broker.data_dir
+    if role == "master":
+        from hpbroker.replication.master import Master
+
+        node = Master(cfg, ctx, data_dir, epoch, feed_ep, completions_ep, state_ep,
+                      topics=lambda: _topics(data_dir))
+        endpoints = node.endpoints
+    else:
+        from hpbroker.replication.slave import Slave
+
+        node = Slave(cfg, ctx, data_dir, instance, ring_names, completions_ep, state_ep, control_ep, max_epoch=epoch)
+        endpoints = []
+
+    def on_term(signum, frame):
+        node.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        ctl.send(control.encoder.encode(control.ReplicatorReady(pid=os.getpid(), endpoints=endpoints)))
+        node.run()
+    finally:
+        if hasattr(node, "close"):
+            node.close()
+        ctx.destroy(linger=0)
+
+
+def _topics(data_dir: str) -> dict[str, int]:
+    """The topic registry the supervisor keeps (read-only here)."""
+    try:
+        with open(os.path.join(data_dir, "topics.json")) as f:
+            return {str(k): int(v) for k, v in json.load(f).items()}
+    except FileNotFoundError:
+        return {}

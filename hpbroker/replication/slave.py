@@ -1,0 +1,415 @@
+"""The slave's replicator: follow a master, byte for byte.
+
+Connect: learn the master's replication endpoints from its metadata, then
+handshake (cluster id and epoch are checked both ways; a stranger or a
+stale master is refused).  Truncate: for each local partition ask where its
+latest epoch ends on the master and cut a divergent tail there (never
+below).  Stream: take committed batches from the PUB stream, hand them to
+the local writers through the rings (``REPLICA`` records keep the master's
+offsets and epochs), and report the durable offsets back over PUSH.  A
+batch that does not start where the local log ends is a gap (PUB drops
+under its high-water mark and for slow joiners): that partition switches
+to catch-up reads from the master's files and skips nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import zmq
+
+from hpbroker import batch
+from hpbroker.io.epochs import EpochCache
+from hpbroker.io.layout import partition_dir
+from hpbroker.net import control, handoff
+from hpbroker.protocol import codec
+from hpbroker.protocol import messages as m
+from hpbroker.replication import messages as rm
+from hpbroker.ring import RingFull, SharedRing
+
+log = logging.getLogger("hpbroker.replication")
+
+
+class Refusal(RuntimeError):
+    pass
+
+
+class Slave:
+    def __init__(self, cfg, ctx: zmq.Context, data_dir: str, instance: str, ring_names: list[str],
+                 completions_ep: str, state_ep: str, control_ep: str, max_epoch: int, clock=time.monotonic):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.data_dir = Path(data_dir)
+        self.clock = clock
+        self.writers = len(ring_names)
+        r = cfg.ring
+        self.shared = [SharedRing.attach(instance, n, heartbeat_ms=r.heartbeat_ms) for n in ring_names]
+        self.rings = [s.writer(spin_us=r.spin_us, full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms)
+                      for s in self.shared]
+        self.comp = ctx.socket(zmq.PULL)
+        self.comp.bind(completions_ep)
+        self.state_pub = ctx.socket(zmq.PUB)
+        self.state_pub.bind(state_ep)
+        self.control = ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(control_ep)
+        self.max_epoch = max_epoch
+        self.master_epoch = -1
+        self.state = "connecting"
+        self.detail = ""
+        self.sockets: dict[str, zmq.Socket] = {}
+        self.expected: dict[str, int] = {}  # next offset to hand to the writer
+        self.durable: dict[str, int] = {}  # what the local writers made durable
+        self.master_hwm: dict[str, int] = {}
+        self.catching: deque[str] = deque()  # partitions waiting for a catch-up read
+        self.catch_inflight: str | None = None
+        self.paused: set[str] = set()  # a writer refused a batch: wait for in-flight ones, then catch up
+        self.inflight: dict[str, int] = {}
+        self.tokens: dict[int, str] = {}
+        self.next_token = 1
+        self.heard_from: set[int] = set()
+        self.known_topics: dict[str, int] = {}
+        self.stopping = False
+        self._ack_dirty = True
+        self._last_hello_reply = 0.0
+        self._received = 0
+
+    # -- writer side --------------------------------------------------------------------
+
+    def await_writers(self, timeout_s: float = 60.0) -> None:
+        deadline = self.clock() + timeout_s
+        while len(self.heard_from) < self.writers:
+            if self.clock() > deadline:
+                raise RuntimeError("the local writers did not report their partitions")
+            if self.comp.poll(100):
+                self._drain_completions()
+        for k, v in self.durable.items():
+            self.expected.setdefault(k, v)
+
+    def _drain_completions(self) -> None:
+        while True:
+            try:
+                raw = self.comp.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            c = handoff.completions_decoder.decode(raw.buffer)
+            self.heard_from.add(c.writer)
+            for token, code, message, offsets, last in c.done:
+                key = self.tokens.pop(token, None)
+                if key is None:
+                    continue
+                self.inflight[key] -= 1
+                if code:
+                    log.warning("local writer refused replicated data for %s: %s; catching up", key, message)
+                    self.paused.add(key)
+            for k, v in c.hwm.items():
+                if self.durable.get(k) != v:
+                    self.durable[k] = v
+                    self._ack_dirty = True
+            for key in [k for k in self.paused if not self.inflight.get(k)]:
+                # nothing of this partition is in flight: its log ends at its durable offset
+                self.paused.discard(key)
+                self.expected[key] = self.durable.get(key, 0)
+                self._want_catch_up(key)
+
+    def _send_ring(self, kind: int, topic: str, partition: int, frames, arg: int = 0) -> None:
+        key = handoff.tp_key(topic, partition)
+        token = self.next_token
+        self.next_token += 1
+        tb = topic.encode()
+        size = handoff.record_size(tb, sum(len(f) for f in frames))
+        ring = self.rings[handoff.owner_of(topic, partition, self.writers)]
+        while True:
+            try:
+                buf = ring.claim(size, kind, 0.5)
+                break
+            except RingFull:
+                if self.stopping:
+                    raise
+                self._drain_completions()
+        try:
+            handoff.write_record(buf, token, tb, partition, frames, arg=arg)
+        except BaseException:
+            ring.abort()
+            raise
+        ring.commit()
+        self.tokens[token] = key
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+
+    def _forward(self, topic: str, partition: int, views: list[memoryview]) -> None:
+        """Hand whole batches to the writer, skipping what it already has;
+        a batch past the expected offset means a gap."""
+        key = handoff.tp_key(topic, partition)
+        exp = self.expected.get(key, 0)
+        out = []
+        for v in views:
+            base = batch.peek_base_offset(v)
+            end = base + batch.peek_count(v)
+            if end <= exp:
+                continue  # already here
+            if base != exp:
+                self._want_catch_up(key)
+                break
+            out.append(v)
+            exp = end
+        if out:
+            self._send_ring(handoff.REPLICA, topic, partition, out)
+            self.expected[key] = exp
+            self._received += len(out)
+
+    # -- master side ----------------------------------------------------------------------
+
+    def _socket(self, name: str, kind: int, endpoint: str) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.SUB:
+            s.setsockopt(zmq.SUBSCRIBE, b"B")
+            s.setsockopt(zmq.RCVHWM, self.cfg.replication.pub_hwm)
+        s.connect(endpoint)
+        self.sockets[name] = s
+        return s
+
+    def _close_master(self) -> None:
+        for s in self.sockets.values():
+            s.close(0)
+        self.sockets.clear()
+        self.catching.clear()
+        self.catch_inflight = None
+
+    def _request(self, msg, timeout_ms: int = 5000):
+        s = self.sockets["fetch"]
+        s.send(rm.encoder.encode(msg))
+        deadline = self.clock() + timeout_ms / 1000
+        while self.clock() < deadline:
+            if s.poll(100):
+                frames = s.recv_multipart()
+                reply = rm.from_master.decode(frames[0])
+                if isinstance(reply, rm.CatchUpReply):
+                    self._on_catch_up(reply, frames[1] if len(frames) > 1 else b"")
+                    continue
+                return reply
+            self._drain_completions()
+        raise TimeoutError(f"the master did not answer {type(msg).__name__}")
+
+    def connect(self) -> None:
+        """Metadata, handshake, truncation by epoch; raises on failure."""
+        self._close_master()
+        boot = self._socket("boot", zmq.DEALER, self.cfg.replication.master)
+        boot.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])))
+        if not boot.poll(2000):
+            raise TimeoutError(f"no answer from the master at {self.cfg.replication.master}")
+        rep, _ = codec.decode_reply(boot.recv_multipart())
+        if not isinstance(rep, m.MetadataReply) or len(rep.replication) != 3:
+            raise Refusal(f"{self.cfg.replication.master} does not serve replication (is it a master?)")
+        if rep.cluster_id != self.cfg.broker.cluster_id:
+            raise Refusal(f"{self.cfg.replication.master} belongs to cluster {rep.cluster_id!r}, not {self.cfg.broker.cluster_id!r}")
+        pub, fetch, ack = rep.replication
+        self._socket("fetch", zmq.DEALER, fetch)
+        self._socket("ack", zmq.PUSH, ack).setsockopt(zmq.SNDHWM, 100)
+        w = self._request(rm.Hello(cluster_id=self.cfg.broker.cluster_id, slave_id=self.cfg.broker.broker_id,
+                                   max_epoch=self.max_epoch))
+        if isinstance(w, rm.Refused):
+            raise Refusal(f"the master refused this slave: {w.reason}")
+        if w.cluster_id != self.cfg.broker.cluster_id:
+            raise Refusal(f"the master's cluster id {w.cluster_id!r} is not ours ({self.cfg.broker.cluster_id!r})")
+        if w.epoch < self.max_epoch:
+            raise Refusal(f"the master's epoch {w.epoch} is older than epoch {self.max_epoch} seen here: a stale master")
+        self.master_epoch = w.epoch
+        self.max_epoch = max(self.max_epoch, w.epoch)
+        self._tell_supervisor(control.SeenEpoch(epoch=w.epoch, master_id=w.master_id))
+        self._learn_topics(w.topics)
+        self._truncate_divergent()
+        self._socket("sub", zmq.SUB, pub)
+        self.master_hwm.update(w.hwm)
+        for k, v in w.hwm.items():
+            if v > self.expected.get(k, 0):
+                self._want_catch_up(k)
+        self._last_hello_reply = self.clock()
+        self.state, self.detail = "streaming", ""
+        log.info("following master %s (broker %d, epoch %d)", self.cfg.replication.master, w.master_id, w.epoch)
+
+    def _learn_topics(self, topics: dict[str, int]) -> None:
+        """Create here every topic the master has (same partition count)."""
+        for topic, n in topics.items():
+            if self.known_topics.get(topic) != n:
+                self._tell_supervisor(control.EnsureTopic(name=topic, partitions=n, explicit=True, if_not_exists=True))
+                self.known_topics[topic] = n
+
+    def _tell_supervisor(self, msg) -> None:
+        self.control.send(control.encoder.encode(msg))
+        if self.control.poll(10_000):
+            self.control.recv()
+
+    def _truncate_divergent(self) -> None:
+        asks = []
+        for key in sorted(self.expected):
+            topic, _, p = key.rpartition("/")
+            cache = EpochCache(partition_dir(str(self.data_dir), topic, int(p)), self.expected[key])
+            if cache.latest_epoch >= 0:
+                asks.append((topic, int(p), cache.latest_epoch))
+        if not asks:
+            return
+        reply = self._request(rm.EpochEnd(asks=asks))
+        for topic, p, found, end, err in reply.answers:
+            key = handoff.tp_key(topic, p)
+            if err:
+                log.error("not following %s: the master cannot say where its epochs end (%s)", key, err)
+                self.paused.add(key)  # never truncate on a master's error
+                continue
+            if end < self.expected.get(key, 0):
+                log.warning("%s: divergent tail from offset %d (epoch %d ends there on the master); truncating",
+                            key, end, found)
+                self._send_ring(handoff.TRUNCATE, topic, p, [], arg=end)
+                self.expected[key] = end
+        deadline = self.clock() + 60
+        while any(self.inflight.values()) and self.clock() < deadline:
+            if self.comp.poll(100):
+                self._drain_completions()
+
+    def _want_catch_up(self, key: str) -> None:
+        if key not in self.catching and key != self.catch_inflight and key not in self.paused:
+            self.catching.append(key)
+
+    def _next_catch_up(self) -> None:
+        if self.catch_inflight is not None or not self.catching or "fetch" not in self.sockets:
+            return
+        key = self.catching.popleft()
+        topic, _, p = key.rpartition("/")
+        self.catch_inflight = key
+        self.sockets["fetch"].send(rm.encoder.encode(rm.CatchUp(
+            topic=topic, partition=int(p), offset=self.expected.get(key, 0), max_bytes=self.cfg.replication.catchup_bytes)))
+
+    def _on_catch_up(self, reply: rm.CatchUpReply, data) -> None:
+        key = handoff.tp_key(reply.topic, reply.partition)
+        if key == self.catch_inflight:
+            self.catch_inflight = None
+        self.master_hwm[key] = max(self.master_hwm.get(key, 0), reply.hwm)
+        if reply.error:
+            log.error("catch-up of %s failed on the master: %s", key, reply.error)
+            return
+        views = [memoryview(data)[pos : pos + h.batch_length] for pos, h in batch.iter_batches(data)]
+        if views:
+            self._forward(reply.topic, reply.partition, views)
+        if self.expected.get(key, 0) < reply.hwm and views:
+            self._want_catch_up(key)
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.await_writers()
+        next_try = 0.0
+        next_ack = 0.0
+        next_hello = 0.0
+        next_state = 0.0
+        while not self.stopping:
+            now = self.clock()
+            if self.state != "streaming" and now >= next_try:
+                try:
+                    self.connect()
+                except (Refusal, TimeoutError) as e:
+                    self.state, self.detail = ("refused" if isinstance(e, Refusal) else "disconnected"), str(e)
+                    log.warning("%s", e)
+                    self._close_master()
+                    next_try = now + (5.0 if isinstance(e, Refusal) else 1.0)
+            poller = zmq.Poller()
+            poller.register(self.comp, zmq.POLLIN)
+            for name in ("sub", "fetch"):
+                if name in self.sockets:
+                    poller.register(self.sockets[name], zmq.POLLIN)
+            events = dict(poller.poll(50))
+            if self.comp in events:
+                self._drain_completions()
+            if self.state == "streaming":
+                if self.sockets.get("sub") in events:
+                    self._drain_sub()
+                if self.sockets.get("fetch") in events:
+                    self._drain_fetch()
+                self._next_catch_up()
+                now = self.clock()
+                if now >= next_hello:
+                    self.sockets["fetch"].send(rm.encoder.encode(rm.Hello(
+                        cluster_id=self.cfg.broker.cluster_id, slave_id=self.cfg.broker.broker_id, max_epoch=self.max_epoch)))
+                    next_hello = now + 1.0
+                if now - self._last_hello_reply > self.cfg.replication.replica_lag_max_ms / 1000.0:
+                    self.state, self.detail = "disconnected", "the master stopped answering"
+                    log.warning("lost the master at %s; reconnecting", self.cfg.replication.master)
+                    self._close_master()
+                elif self._ack_dirty or now >= next_ack:
+                    self._ack()
+                    next_ack = now + self.cfg.replication.ack_interval_ms / 1000.0
+            if now >= next_state:
+                self._broadcast()
+                next_state = now + 0.5
+
+    def _drain_sub(self) -> None:
+        s = self.sockets["sub"]
+        while True:
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            topic, partition, hwm = rm.feed_meta.decode(frames[1].buffer)
+            key = handoff.tp_key(topic, partition)
+            self.master_hwm[key] = max(self.master_hwm.get(key, 0), hwm)
+            if key in self.paused or key in self.catching or key == self.catch_inflight:
+                continue
+            self._forward(topic, partition, [f.buffer for f in frames[2:]])
+
+    def _drain_fetch(self) -> None:
+        s = self.sockets["fetch"]
+        while True:
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = rm.from_master.decode(frames[0])
+            if isinstance(reply, rm.CatchUpReply):
+                self._on_catch_up(reply, frames[1] if len(frames) > 1 else b"")
+            elif isinstance(reply, rm.Welcome):
+                self._last_hello_reply = self.clock()
+                if reply.epoch != self.master_epoch:
+                    log.warning("the master's epoch changed (%d -> %d); handshaking again", self.master_epoch, reply.epoch)
+                    self.state = "connecting"
+                    self._close_master()
+                    return
+                for k, v in reply.hwm.items():
+                    self.master_hwm[k] = max(self.master_hwm.get(k, 0), v)
+                self._learn_topics(reply.topics)
+            elif isinstance(reply, rm.Refused):
+                self.state, self.detail = "refused", reply.reason
+                log.error("the master refused this slave: %s", reply.reason)
+                self._close_master()
+                return
+
+    def _ack(self) -> None:
+        s = self.sockets.get("ack")
+        if s is None:
+            return
+        try:
+            s.send(rm.encoder.encode(rm.SlaveAck(slave_id=self.cfg.broker.broker_id, epoch=self.master_epoch,
+                                                 durable=dict(self.durable))), zmq.NOBLOCK)
+            self._ack_dirty = False
+        except zmq.Again:
+            pass
+
+    def _broadcast(self) -> None:
+        lag = sum(max(0, v - self.durable.get(k, 0)) for k, v in self.master_hwm.items())
+        stats = {
+            "replication_role": "slave",
+            "replication_master": self.cfg.replication.master,
+            "replication_state": self.state,
+            "replication_detail": self.detail,
+            "replication_master_epoch": self.master_epoch,
+            "replication_lag_messages": lag,
+            "replication_catching_up": len(self.catching) + (1 if self.catch_inflight else 0),
+            "replication_received_batches": self._received,
+        }
+        self.state_pub.send(rm.state_encoder.encode(rm.ReplicaState(role="slave", insync=0, replicated={}, stats=stats)))
+
+    def close(self) -> None:
+        self._close_master()
+        for s in self.shared:
+            s.close()
