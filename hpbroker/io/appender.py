@@ -18,6 +18,13 @@ is never written).  :meth:`write_out` writes what is staged:
 When the buffer is full it is written out and everything but the partial
 last block is dropped (``base_pos`` moves on).  A batch larger than the
 buffer is copied through it in pieces.
+
+Pipelined flushes (:meth:`detach` + :meth:`io_job`) use a second buffer of
+the same size (``spare``): :meth:`detach` hands the unwritten region of the
+current buffer to an I/O thread, copies the partial last block into the
+spare and continues there.  The caller allows one detached region at a
+time and waits for it before the next :meth:`detach` (which reuses that
+buffer) and before any synchronous write.
 """
 
 from __future__ import annotations
@@ -30,14 +37,15 @@ from hpbroker.io.fs import FileSystem
 
 
 class SegmentWriter:
-    __slots__ = ("fs", "fd", "direct", "stage", "mv", "cap", "base_pos", "fill", "written", "synced")
+    __slots__ = ("fs", "fd", "direct", "stage", "mv", "spare", "cap", "base_pos", "fill", "written", "synced")
 
-    def __init__(self, fs: FileSystem, fd: int, direct: bool, stage, size: int, read_fd: int):
+    def __init__(self, fs: FileSystem, fd: int, direct: bool, stage, size: int, read_fd: int, spare=None):
         self.fs = fs
         self.fd = fd
         self.direct = direct
         self.stage = stage
         self.mv = memoryview(stage)
+        self.spare = None if spare is None else memoryview(spare)
         self.cap = len(stage)
         self.written = size  # file bytes written (logical)
         self.synced = size
@@ -83,11 +91,8 @@ class SegmentWriter:
             self.fill += k
             off += k
 
-    def write_out(self) -> None:
-        """Write every staged byte not yet in the file (raises OSError)."""
-        end = self.base_pos + self.fill
-        if end <= self.written:
-            return
+    def _region(self) -> tuple[int, int]:
+        """[start, stop) of the current buffer still to write (zero padded under O_DIRECT)."""
         if self.direct:
             start = align_down(self.written - self.base_pos)
             stop = align_up(self.fill)
@@ -96,9 +101,19 @@ class SegmentWriter:
         else:
             start = self.written - self.base_pos
             stop = self.fill
-        mv = self.mv
+        return start, stop
+
+    def write_out(self) -> None:
+        """Write every staged byte not yet in the file (raises OSError)."""
+        end = self.base_pos + self.fill
+        if end <= self.written:
+            return
+        start, stop = self._region()
+        self._pwrite(self.mv, start, stop, self.base_pos + start)
+        self.written = end
+
+    def _pwrite(self, mv: memoryview, start: int, stop: int, pos: int) -> None:
         fs = self.fs
-        pos = self.base_pos + start
         while start < stop:
             k = fs.pwrite(self.fd, mv[start:stop], pos)
             if k <= 0:
@@ -107,7 +122,48 @@ class SegmentWriter:
                 raise OSError(5, f"short unaligned O_DIRECT write ({k} bytes)")
             start += k
             pos += k
+
+    # -- pipelined flushes ------------------------------------------------------
+
+    def detach(self):
+        """Hand the unwritten staged bytes over for :meth:`io_job` and continue
+        appending in the spare buffer.  Returns the region ``(mv, start, stop,
+        pos)`` or None when nothing is unwritten.  The previous detached
+        region's I/O must have finished (its buffer is reused here)."""
+        end = self.base_pos + self.fill
+        if end <= self.written:
+            return None
+        start, stop = self._region()
+        region = (self.mv, start, stop, self.base_pos + start)
+        keep_from = align_down(self.fill)
+        tail = self.fill - keep_from
+        nxt = self.spare
+        if tail:
+            nxt[:tail] = self.mv[keep_from : self.fill]
+        self.spare, self.mv = self.mv, nxt
+        self.base_pos += keep_from
+        self.fill = tail
         self.written = end
+        return region
+
+    def io_job(self, region, sync: bool):
+        """Run on the I/O thread: write ``region`` (from :meth:`detach`), then
+        fdatasync when ``sync``.  Returns None, or ``(what, OSError)`` with
+        what = "write" or "fdatasync"; nothing is retried."""
+        if region is not None:
+            mv, start, stop, pos = region
+            try:
+                self._pwrite(mv, start, stop, pos)
+            except OSError as e:
+                return "write", e.with_traceback(None)  # no frame may keep a buffer slice alive
+            finally:
+                del mv, region
+        if sync:
+            try:
+                self.fs.fdatasync(self.fd)
+            except OSError as e:
+                return "fdatasync", e.with_traceback(None)
+        return None
 
     def _shift(self) -> None:
         keep_from = align_down(self.fill)
@@ -141,7 +197,10 @@ class SegmentWriter:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             self.fs.close(fd)
-        try:
-            self.mv.release()
-        except BufferError:  # a slice lives on in a stored traceback (failed pwrite)
-            pass
+        for mv in (self.mv, self.spare):
+            if mv is None:
+                continue
+            try:
+                mv.release()
+            except BufferError:  # a slice lives on in a stored traceback (failed pwrite)
+                pass

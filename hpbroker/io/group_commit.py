@@ -30,7 +30,20 @@ caller must fail its pending batches, not keep comparing offsets.  Tickets
 (``callback(error_or_None, base, last)``) do this bookkeeping for callers
 that want it.
 
-Single-threaded, like the logs it drives.
+Pipelined flushes (durable mode): :meth:`start_flush` hands each dirty
+partition's staged bytes to one I/O thread (pwrite + fdatasync release the
+GIL) and returns at once; the caller keeps appending (copying into the
+partition's second staging buffer) while the disk works.  :meth:`poll`
+collects finished flushes without blocking; results and callbacks are the
+same as :meth:`flush` gives, and are delivered on the caller's thread (by
+``start_flush``, ``poll``, ``flush`` or ``append``), never on the I/O thread.
+A failure fails every batch of the partition not yet acknowledged: those in
+the failed flush and those staged after it.  ``flush()`` keeps its blocking
+meaning: it waits for flushes in flight, then writes and syncs the rest.
+``on_io_done`` (optional, thread-safe, e.g. a semaphore post) is called on
+the I/O thread after each flush finished, to wake a sleeping caller.
+
+Used from one thread, like the logs it drives.
 """
 
 from __future__ import annotations
@@ -41,22 +54,25 @@ from typing import Callable
 from hpbroker import batch as B
 from hpbroker.config import LogConfig
 from hpbroker.io.errors import StorageError
+from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 
 Callback = Callable[[Exception | None, int, int], None]
 
 
 class _Pending:
-    __slots__ = ("since", "tickets", "last_sync", "error")
+    __slots__ = ("since", "tickets", "last_sync", "error", "batches")
 
     def __init__(self, now: float):
         self.since = now
         self.tickets: list[tuple[int, int, Callback]] = []
         self.error: StorageError | None = None
+        self.batches = 0
 
 
 class GroupCommit:
-    def __init__(self, log_config: LogConfig | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, log_config: LogConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_io_done: Callable[[], None] | None = None):
         cfg = log_config or LogConfig()
         self._clock = clock
         self._durable = cfg.flush_mode == "durable"
@@ -70,6 +86,10 @@ class GroupCommit:
         self.pending_batches = 0
         self._oldest: float | None = None
         self._errors: dict[tuple[str, int], StorageError] = {}  # raised by append, reported by the next flush
+        self._on_io_done = on_io_done
+        self._io: IOThread | None = None
+        self._inflight: dict[PartitionLog, _Pending] = {}  # pipelined flushes not yet collected
+        self._results: dict[tuple[str, int], int | StorageError] = {}  # collected, not yet returned
 
     def append(self, log: PartitionLog, batch_buf, leader_epoch: int = 0,
                callback: Callback | None = None) -> tuple[int, int]:
@@ -81,7 +101,10 @@ class GroupCommit:
         try:
             base = log.append(batch_buf, leader_epoch)
         except StorageError as e:
+            if log in self._inflight:
+                self._collect(log, True)
             self._errors[log.key] = e
+            p = self._dirty.get(log)
             if p is not None:
                 self._fail(log, p, e)
             raise
@@ -95,7 +118,13 @@ class GroupCommit:
             p.tickets.append((base, last, callback))
         self.pending_bytes += len(batch_buf) if not isinstance(batch_buf, memoryview) else batch_buf.nbytes
         self.pending_batches += 1
+        p.batches += 1
         return base, last
+
+    @property
+    def inflight_batches(self) -> int:
+        """Batches handed to the I/O thread by start_flush() whose outcome was not collected yet."""
+        return sum(p.batches for p in self._inflight.values())
 
     def due(self, now: float | None = None) -> bool:
         if self.pending_batches:
@@ -119,7 +148,8 @@ class GroupCommit:
 
         Returns ``{(topic, partition): durable_offset or StorageError}`` for
         each partition flushed; failures are reported here, not raised."""
-        out: dict[tuple[str, int], int | StorageError] = dict(self._errors)
+        out = self.poll(wait=True)
+        out.update(self._errors)
         self._errors.clear()
         dirty, self._dirty = self._dirty, {}
         self.pending_bytes = self.pending_batches = 0
@@ -153,6 +183,80 @@ class GroupCommit:
             for log, since in list(self._unsynced.items()):
                 if now - since >= self._fsync_every:
                     self._async_sync(log, out)
+        return out
+
+    # -- pipelined flushes ----------------------------------------------------
+
+    def start_flush(self) -> dict[tuple[str, int], int | StorageError]:
+        """Start flushing every dirty partition on the I/O thread and return
+        without waiting, with whatever results are ready (as :meth:`flush`
+        reports them).  A partition whose previous flush is still running is
+        waited for first (one flush in flight per partition).  The batches
+        are acknowledged later, by :meth:`poll`, :meth:`flush` or a later
+        ``start_flush``.  In ``async`` mode this is :meth:`flush`."""
+        if not self._durable:
+            return self.flush()
+        out: dict[tuple[str, int], int | StorageError] = dict(self._errors)
+        self._errors.clear()
+        dirty, self._dirty = self._dirty, {}
+        self.pending_bytes = self.pending_batches = 0
+        self._oldest = None
+        if self._io is None:
+            self._io = IOThread(on_done=self._on_io_done)
+        for log, p in dirty.items():
+            if log in self._inflight:
+                self._collect(log, True)
+            try:
+                started = log.begin_flush(self._io)
+            except StorageError as e:
+                self._results[log.key] = e
+                self._fail(log, p, e)
+                continue
+            if started:
+                self._inflight[log] = p
+            else:  # already durable (e.g. by a roll)
+                self._results[log.key] = log.high_watermark
+                self._ack(p)
+        out.update(self.poll())
+        return out
+
+    def poll(self, wait: bool = False) -> dict[tuple[str, int], int | StorageError]:
+        """Collect finished pipelined flushes (all of them with ``wait``): call
+        their callbacks and return ``{(topic, partition): durable offset or
+        StorageError}`` as :meth:`flush` does.  Never blocks without ``wait``."""
+        for log in list(self._inflight):
+            self._collect(log, wait)
+        out, self._results = self._results, {}
+        return out
+
+    def _collect(self, log: PartitionLog, wait: bool) -> None:
+        r = log.flush_result(wait)
+        if r is None and log.flush_in_flight:
+            return
+        p = self._inflight.pop(log)
+        if r is None:  # the outcome was taken elsewhere: cannot happen, but never ack without proof
+            r = log.fenced or StorageError(f"{log.dir}: outcome of a flush was lost", log.dir)
+        self._results[log.key] = r
+        if isinstance(r, StorageError):
+            q = self._dirty.get(log)  # staged after the failed flush: rolled back (DiskFull) or never synced
+            if q is not None:
+                self._fail(log, q, r)
+            self._fail(log, p, r)
+        else:
+            self._ack(p)
+
+    @staticmethod
+    def _ack(p: _Pending) -> None:
+        tickets, p.tickets = p.tickets, []
+        for base, last, cb in tickets:
+            cb(None, base, last)
+
+    def close(self) -> dict[tuple[str, int], int | StorageError]:
+        """Wait for the flushes in flight (their results are returned) and stop the I/O thread."""
+        out = self.poll(wait=True)
+        if self._io is not None:
+            self._io.close()
+            self._io = None
         return out
 
     def _async_sync(self, log: PartitionLog, out) -> None:

@@ -18,6 +18,14 @@ back to the high watermark and raises :class:`DiskFull` (the partition stays
 writable); any other write error, and any fsync error, fences the partition
 with :class:`PartitionFenced`.  Nothing is retried.
 
+Pipelined flushes: :meth:`begin_flush` hands everything staged to an
+:class:`hpbroker.io.iothread.IOThread` (pwrite + fdatasync there) and the
+writer keeps appending into the second staging buffer; :meth:`flush_result`
+applies the outcome on the writer thread, exactly as :meth:`sync` would
+(offsets, acks, rollback or fence).  One flush is in flight per log; any
+synchronous operation (write, sync, roll, close, an append that overflows
+the buffer) first waits for it and applies it.
+
 Not thread-safe: append, write, sync, read and close belong to the writer
 thread.  Other processes read with :class:`hpbroker.io.reader.PartitionReader`.
 """
@@ -36,7 +44,7 @@ from hpbroker.config import LogConfig
 from hpbroker.io import checkpoint, layout
 from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append
-from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced
+from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError
 from hpbroker.io.fetch import find_timestamp, read_batches
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.recovery import recover
@@ -67,6 +75,9 @@ class PartitionLog:
         self._segments: list[Segment] = rec.segments
         self._fenced: Exception | None = rec.error
         self._stage = aligned_buffer(cfg.write_buffer_bytes)
+        self._stage2 = None  # second staging buffer, allocated by the first pipelined flush
+        self._job = None  # in-flight pipelined flush: (Job, leo, snapshot, file end)
+        self._result = None  # outcome of the last applied pipelined flush, until flush_result() takes it
         self._writer: SegmentWriter | None = None
         self.direct = False
         if not self._segments:
@@ -140,6 +151,8 @@ class PartitionLog:
         elif self._seg_ms:
             seg.created_ms = self._now_ms()
         pos = seg.size
+        if self._job is not None and self._writer.fill + n > self._writer.cap:
+            self._drain()  # the overflow path writes synchronously: the in-flight flush goes first
         try:
             self._writer.append(src, n, base, leader_epoch)
         except OSError as e:
@@ -153,6 +166,8 @@ class PartitionLog:
         Returns ``written_offset``.  Raises DiskFull / PartitionFenced."""
         if self._fenced is not None:
             raise self._fenced
+        if self._job is not None:
+            self._drain()
         if self._written == self._leo:
             return self._written
         try:
@@ -181,10 +196,74 @@ class PartitionLog:
 
     flush = sync
 
-    def _acked(self) -> None:
-        self._snap = self._pending_snap
+    # -- pipelined flushes ---------------------------------------------------
+
+    def begin_flush(self, io) -> bool:
+        """Start writing and fdatasyncing everything staged on the I/O thread
+        ``io`` (an :class:`~hpbroker.io.iothread.IOThread`); the caller may keep
+        appending.  Returns False when there was nothing to flush.  A flush
+        still in flight is waited for and applied first (its outcome is kept
+        for :meth:`flush_result`).  Raises StorageError like :meth:`sync`."""
+        if self._fenced is not None:
+            raise self._fenced
+        if self._job is not None:
+            self._drain()
+        if self._synced == self._leo:
+            return False
+        w = self._writer
+        if w.spare is None:
+            self._stage2 = self._stage2 or aligned_buffer(w.cap)
+            w.spare = memoryview(self._stage2)
+        region = w.detach()
+        self._job = (io.submit(w.io_job, region, True), self._leo, self._snapshot(), w.written)
+        return True
+
+    @property
+    def flush_in_flight(self) -> bool:
+        return self._job is not None
+
+    def flush_result(self, wait: bool = False):
+        """Outcome of the last pipelined flush, once: the new high watermark, a
+        StorageError (every batch not acknowledged before it failed), or None
+        while it is still running (``wait=False``) or when there is none."""
+        if self._job is not None:
+            if not (wait or self._job[0].done):
+                return None
+            try:
+                self._drain()
+            except StorageError:
+                pass
+        r, self._result = self._result, None
+        return r
+
+    def _drain(self) -> None:
+        """Wait for the in-flight flush and apply it (raises its StorageError)."""
+        job, leo, snap, end = self._job
+        job.wait()
+        self._job = None
         try:
-            self._segments[-1].write_index_pending(self._fs)
+            if job.exc is not None:
+                raise self._fence(f"flush failed: {job.exc!r}", job.exc)
+            if job.result is not None:
+                what, e = job.result
+                self._io_failed(e, what)
+        except StorageError as e:
+            self._result = e
+            raise
+        self._written = self._synced = max(self._written, leo)
+        self._writer.synced = max(self._writer.synced, end)
+        self._pending_snap = max(self._pending_snap, snap)
+        if self._durable:
+            self._acked(snap, leo)
+        self._result = self.high_watermark
+
+    def _acked(self, snap=None, upto: int | None = None) -> None:
+        """The batches up to the snapshot are acknowledged; write their index entries
+        (only those below ``upto``: later batches may still be rolled back)."""
+        self._snap = self._pending_snap if snap is None else snap
+        seg = self._segments[-1]
+        try:
+            seg.write_index_pending(self._fs, None if upto is None or upto >= self._leo else upto - seg.base)
         except OSError as e:  # derived data: readers scan forward, the roll rewrites it
             log.warning("%s: index write failed (%s); the index is rewritten at the next roll", self.dir, e)
 
@@ -232,7 +311,8 @@ class PartitionLog:
     def _open_writer(self, seg: Segment, create: bool) -> None:
         fd, self.direct = open_append(self._fs, seg.log_path, self._cfg.direct_io, create=create)
         try:
-            self._writer = SegmentWriter(self._fs, fd, self.direct, self._stage, seg.size, seg.read_fd(self._fs))
+            self._writer = SegmentWriter(self._fs, fd, self.direct, self._stage, seg.size, seg.read_fd(self._fs),
+                                         self._stage2)
         except BaseException:
             self._fs.close(fd)
             raise
@@ -247,6 +327,8 @@ class PartitionLog:
 
     def _roll(self) -> None:
         """Close the active segment (durable, cut to size, indexes synced) and start the next."""
+        if self._job is not None:
+            self._drain()
         old, w = self._segments[-1], self._writer
         try:
             w.write_out()
@@ -342,6 +424,12 @@ class PartitionLog:
         """Sync what is staged, cut the padding, checkpoint, release files.
         A fenced log is only released.  Raises what a final sync raises."""
         try:
+            if self._job is not None:
+                try:
+                    self._drain()
+                except StorageError:
+                    if self._fenced is not None:
+                        raise
             if self._fenced is None and self._writer is not None:
                 self.sync()
                 w = self._writer
@@ -358,11 +446,12 @@ class PartitionLog:
                 self._writer = None
             for s in self._segments:
                 s.close(self._fs)
-            if not self._stage.closed:
-                try:
-                    self._stage.close()
-                except BufferError:  # a slice lives on in a stored traceback; GC frees it
-                    pass
+            for stage in (self._stage, self._stage2):
+                if stage is not None and not stage.closed:
+                    try:
+                        stage.close()
+                    except BufferError:  # a slice lives on in a stored traceback; GC frees it
+                        pass
 
     def __enter__(self):
         return self

@@ -62,9 +62,16 @@ class OffsetIndex:
         del self.pos[i:]
         del self._pending[len(self._pending) - drop * ENTRY_SIZE:]
 
-    def take_pending(self) -> bytes:
-        p = bytes(self._pending)
-        self._pending.clear()
+    def take_pending(self, below_rel: int | None = None) -> bytes:
+        """Pending (unwritten) entries, oldest first; with ``below_rel`` only those below it."""
+        if below_rel is None:
+            p = bytes(self._pending)
+            self._pending.clear()
+            return p
+        later = len(self.rel) - bisect.bisect_left(self.rel, below_rel)  # entries to keep pending
+        take = max(0, len(self._pending) - later * ENTRY_SIZE)
+        p = bytes(self._pending[:take])
+        del self._pending[:take]
         return p
 
     def to_bytes(self) -> bytes:

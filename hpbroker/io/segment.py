@@ -75,14 +75,15 @@ class Segment:
             self._read_fd = fs.open(self.log_path, os.O_RDONLY)
         return self._read_fd
 
-    def write_index_pending(self, fs: FileSystem) -> None:
-        """Append index entries created since the last call (buffered writes)."""
-        p = self.index.take_pending()
+    def write_index_pending(self, fs: FileSystem, below_rel: int | None = None) -> None:
+        """Append index entries created since the last call (buffered writes);
+        with ``below_rel`` only those for relative offsets below it."""
+        p = self.index.take_pending(below_rel)
         if p:
             if self._idx_fd < 0:
                 self._idx_fd = fs.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             fs.write_all(self._idx_fd, p)
-        p = self.tindex.take_pending()
+        p = self.tindex.take_pending(below_rel)
         if p:
             if self._tidx_fd < 0:
                 self._tidx_fd = fs.open(self.timeindex_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)

@@ -1,0 +1,187 @@
+"""Pipelined group commit: GroupCommit.start_flush()/poll() with the I/O thread.
+
+The I/O thread writes and fdatasyncs while the caller keeps appending into
+the second staging buffer.  Acks still wait for the fdatasync that covers
+them; a failure fails every waiting batch (in the failed flush and staged
+after it), fences (or, for ENOSPC on the write, rolls back), and nothing is
+retried and then acknowledged."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+
+from hpbroker.config import LogConfig
+from hpbroker.io import DiskFull, FaultyFileSystem, GroupCommit, PartitionFenced, PartitionLog, Storage
+from hpbroker.io.testing import make_batch, read_all
+
+SMALL = LogConfig(segment_bytes=1 << 18, write_buffer_bytes=1 << 16, flush_batches=0, flush_bytes=0)
+
+
+class GatedFS(FaultyFileSystem):
+    """Holds every fdatasync (or pwrite) until ``gate`` is set, so the I/O thread is provably busy."""
+
+    def __init__(self, op="fdatasync"):
+        super().__init__()
+        self.op = op
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def _hold(self, op):
+        if op == self.op:
+            self.entered.set()
+            assert self.gate.wait(10)
+
+    def fdatasync(self, fd):
+        self._hold("fdatasync")
+        super().fdatasync(fd)
+
+    def pwrite(self, fd, buf, pos):
+        self._hold("pwrite")
+        return super().pwrite(fd, buf, pos)
+
+
+def contiguous(log, start=None):
+    off = log.earliest_offset if start is None else start
+    for h in read_all(log):
+        assert h.base_offset == off
+        off = h.last_offset + 1
+    return off
+
+
+def test_pipelined_round_trip_rolls_and_large_batches(tmp_path):
+    done = []
+    woke = threading.Semaphore(0)
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        gc = GroupCommit(SMALL, on_io_done=woke.release)
+        expect = 0
+        for i in range(300):
+            n, size = (50, 3000) if i % 37 == 0 else (3, 100 + i)  # some batches > the 64 KiB buffer
+            base, last = gc.append(log, make_batch(n, size, ts=i, tag=i % 7), 0,
+                                   callback=lambda e, b, l: done.append((e, b, l, log.high_watermark)))
+            assert base == expect
+            expect = last + 1
+            if i % 5 == 4:
+                for key, r in gc.start_flush().items():
+                    assert key == ("t", 0) and isinstance(r, int)
+            if i % 11 == 0:
+                gc.poll()
+        res = gc.flush()
+        assert res[("t", 0)] == expect == log.high_watermark
+        assert len(log.segments()) > 3  # rolled with flushes in flight
+        assert woke.acquire(timeout=1)
+        assert len(done) == 300
+        assert [b for _, b, _, _ in done] == sorted(b for _, b, _, _ in done)  # each once, in order
+        assert all(e is None and l < hw for e, b, l, hw in done)  # acked only below the durable offset
+        assert contiguous(log) == expect
+        assert gc.inflight_batches == 0 and gc.pending_batches == 0
+        gc.close()
+    with PartitionLog(str(tmp_path / "t-0"), SMALL) as log:
+        assert log.fenced is None and log.recovered_truncated_bytes == 0
+        assert log.log_end_offset == expect and contiguous(log) == expect
+
+
+def test_fsync_failure_while_io_thread_busy_fails_everything_waiting(tmp_path):
+    fs = GatedFS()
+    fs.gate.set()
+    with Storage(tmp_path, SMALL, fs=fs) as st:
+        log, other = st.partition("t", 0), st.partition("t", 1)
+        gc = GroupCommit(SMALL)
+        gc.append(log, make_batch(3), 0)
+        gc.append(other, make_batch(3), 0)
+        assert gc.flush() == {("t", 0): 3, ("t", 1): 3}
+        got = []
+        cb = lambda e, b, l: got.append((e, b, l))  # noqa: E731
+        fs.gate.clear()
+        fs.entered.clear()
+        for _ in range(3):
+            gc.append(log, make_batch(2), 0, callback=cb)
+        fs.fail("fdatasync", errno.EIO, path="t-0")
+        gc.start_flush()  # returns while the fdatasync is held
+        assert fs.entered.wait(5) and log.flush_in_flight
+        for _ in range(2):  # staged behind the failing flush, in the other buffer
+            gc.append(log, make_batch(2), 0, callback=cb)
+        assert gc.poll() == {} and got == [] and gc.inflight_batches == 3
+        assert log.high_watermark == 3
+        fs.gate.set()
+        res = gc.poll(wait=True)
+        assert isinstance(res[("t", 0)], PartitionFenced) and res[("t", 0)].cause.errno == errno.EIO
+        assert sorted((b, l) for _, b, l in got) == [(3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
+        assert all(isinstance(e, PartitionFenced) for e, _, _ in got)  # every waiting batch failed, none acked
+        assert log.fenced is not None and log.high_watermark == 3
+        with pytest.raises(PartitionFenced):
+            gc.append(log, make_batch(1), 0)
+        assert isinstance(gc.flush()[("t", 0)], PartitionFenced)  # never retried
+        assert read_all(log)[-1].last_offset == 2
+        gc.append(other, make_batch(1), 0)
+        res = gc.start_flush()
+        res.update(gc.close())
+        assert res == {("t", 1): 4}  # the other partition is unaffected
+        assert fs.calls["fdatasync"] >= 3
+
+
+def test_failed_flush_surfaces_at_append_when_the_buffer_overflows(tmp_path):
+    fs = GatedFS()
+    with Storage(tmp_path, SMALL, fs=fs) as st:
+        log = st.partition("t", 0)
+        gc = GroupCommit(SMALL)
+        got = []
+        gc.append(log, make_batch(2, 1000), 0, callback=lambda e, b, l: got.append(e))
+        fs.fail("fdatasync", errno.EIO)
+        gc.start_flush()
+        assert fs.entered.wait(5)
+        threading.Timer(0.05, fs.gate.set).start()
+        with pytest.raises(PartitionFenced):  # bigger than the free buffer: waits for the flush, which failed
+            gc.append(log, make_batch(20, 4000), 0, callback=lambda e, b, l: got.append(e))
+        assert len(got) == 1 and isinstance(got[0], PartitionFenced)
+        assert isinstance(gc.flush()[("t", 0)], PartitionFenced)
+        assert log.high_watermark == 0
+
+
+def test_enospc_on_pipelined_write_rolls_back_and_stays_writable(tmp_path):
+    fs = GatedFS("pwrite")
+    fs.gate.set()
+    with Storage(tmp_path, SMALL, fs=fs) as st:
+        log = st.partition("t", 0)
+        gc = GroupCommit(SMALL)
+        gc.append(log, make_batch(4, 500), 0)
+        res = gc.start_flush()
+        res.update(gc.poll(wait=True))
+        assert res == {("t", 0): 4}
+        got = []
+        cb = lambda e, b, l: got.append((e, b))  # noqa: E731
+        gc.append(log, make_batch(2, 500), 0, callback=cb)
+        fs.fail("pwrite", errno.ENOSPC)
+        fs.gate.clear()
+        fs.entered.clear()
+        gc.start_flush()
+        assert fs.entered.wait(5)
+        gc.append(log, make_batch(2, 500), 0, callback=cb)  # staged after: rolled back too
+        fs.gate.set()
+        res = gc.poll(wait=True)
+        assert isinstance(res[("t", 0)], DiskFull) and res[("t", 0)].rolled_back_to == 4
+        assert sorted(b for _, b in got) == [4, 6] and all(isinstance(e, DiskFull) for e, _ in got)
+        assert log.fenced is None and log.log_end_offset == 4 and log.high_watermark == 4
+        assert gc.append(log, make_batch(3, 500), 0)[0] == 4  # offsets from the rollback point are reused
+        gc.start_flush()
+        assert gc.flush()[("t", 0)] == 7
+        assert contiguous(log) == 7
+    with PartitionLog(str(tmp_path / "t-0"), SMALL) as log:
+        assert log.fenced is None and log.log_end_offset == 7 and contiguous(log) == 7
+
+
+def test_blocking_flush_after_start_flush_reports_once(tmp_path):
+    with Storage(tmp_path, SMALL) as st:
+        log = st.partition("t", 0)
+        gc = GroupCommit(SMALL)
+        calls = []
+        gc.append(log, make_batch(5), 0, callback=lambda e, b, l: calls.append((e, b, l)))
+        first = gc.start_flush()
+        gc.append(log, make_batch(5), 0, callback=lambda e, b, l: calls.append((e, b, l)))
+        assert first in ({}, {("t", 0): 5}) and gc.flush() == {("t", 0): 10}
+        assert calls == [(None, 0, 4), (None, 5, 9)]
+        assert gc.flush() == {} and gc.poll(wait=True) == {}
+        assert log.synced_offset == log.written_offset == 10
