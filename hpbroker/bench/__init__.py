@@ -25,7 +25,7 @@ def suite_modules() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpbroker-bench", description="hpbroker benchmarks")
+    parser = argparse.ArgumentParser(prog="hpbroker-bench", description="hpbroker benchmarks; with no SUITE the end-to-end suite (e2e) runs with the options given")
     sub = parser.add_subparsers(dest="suite", metavar="SUITE")
     sub.required = True
     for name in suite_modules():
