@@ -72,8 +72,11 @@ def make_batches(record_bytes: int, batch_bytes: int, k: int = 8) -> list[bytes]
 
 
 def run_case(root: str, bufs: list[bytes], total: int, direct: bool, progress=None, pipelined: bool = False,
-             flush_bytes: int | None = None) -> dict:
-    cfg = LogConfig(direct_io=direct) if flush_bytes is None else LogConfig(direct_io=direct, flush_bytes=flush_bytes)
+             flush_bytes: int | None = None, **log_config) -> dict:
+    """One run; ``flush_bytes`` and other ``log_config`` keys override the LogConfig defaults."""
+    if flush_bytes is not None:
+        log_config["flush_bytes"] = flush_bytes
+    cfg = LogConfig(direct_io=direct, **log_config)
     d = tempfile.mkdtemp(prefix="case-", dir=root)
     st = Storage(d, cfg)
     try:
