@@ -26,6 +26,10 @@ def register(sub) -> None:
     d.set_defaults(func=_dump)
     v = s.add_parser("verify", help="exit 0 if every batch is intact, else name each bad one and exit 1")
     v.add_argument("dir", help="partition directory or data directory")
+    v.add_argument("--compare", metavar="DIR2",
+                   help="also check that DIR2 (another replica's data or partition directory) holds byte-identical "
+                        "batches up to the shorter log's end")
+    v.add_argument("--upto", type=int, metavar="OFFSET", help="with --compare: both logs must reach OFFSET and match below it")
     v.set_defaults(func=_verify)
 
 
@@ -65,4 +69,34 @@ def _verify(args) -> int:
             else:
                 batches += 1
     print(f"{batches} batches intact, {bad} bad", file=sys.stderr)
+    if args.compare and not bad:
+        return _compare(args)
     return 1 if bad else 0
+
+
+def _compare(args) -> int:
+    from hpbroker.io.compare import compare_partitions
+    from hpbroker.io.inspect import partition_dirs
+
+    if not os.path.isdir(args.compare):
+        raise UserError(f"{args.compare} is not a directory")
+    one = {os.path.basename(d): d for d in partition_dirs(args.dir)}
+    two = {os.path.basename(d): d for d in partition_dirs(args.compare)}
+    single = len(one) == 1 and len(two) == 1
+    pairs = [(next(iter(one.values())), next(iter(two.values())))] if single else \
+        [(one.get(n, os.path.join(args.dir, n)), two.get(n, os.path.join(args.compare, n))) for n in sorted(set(one) | set(two))]
+    differ = 0
+    for d1, d2 in pairs:
+        try:
+            c = compare_partitions(d1, d2, args.upto)
+        except ValueError as e:
+            differ += 1
+            print(f"DIFFER {os.path.basename(d1)}: {e}")
+            continue
+        if c.problem:
+            differ += 1
+            print(f"DIFFER {os.path.basename(d1)}: {c.problem}")
+        else:
+            print(f"SAME {os.path.basename(d1)}: {c.batches} batches identical below offset {c.common_end} "
+                  f"(logs end at {c.ends[0]} and {c.ends[1]})")
+    return 1 if differ else 0

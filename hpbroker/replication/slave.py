@@ -72,6 +72,8 @@ class Slave:
         self.next_token = 1
         self.heard_from: set[int] = set()
         self.known_topics: dict[str, int] = {}
+        self.gaps = 0
+        self._stalled: dict[str, int] = {}
         self.stopping = False
         self._ack_dirty = True
         self._last_hello_reply = 0.0
@@ -151,6 +153,7 @@ class Slave:
             if end <= exp:
                 continue  # already here
             if base != exp:
+                self.gaps += 1
                 self._want_catch_up(key)
                 break
             out.append(v)
@@ -293,7 +296,9 @@ class Slave:
         views = [memoryview(data)[pos : pos + h.batch_length] for pos, h in batch.iter_batches(data)]
         if views:
             self._forward(reply.topic, reply.partition, views)
-        if self.expected.get(key, 0) < reply.hwm and views:
+        # PUB messages that arrived while this partition was catching up were
+        # skipped: keep reading until the newest high watermark known.
+        if views and self.expected.get(key, 0) < self.master_hwm[key]:
             self._want_catch_up(key)
 
     # -- loop -------------------------------------------------------------------------------
@@ -375,8 +380,17 @@ class Slave:
                     self.state = "connecting"
                     self._close_master()
                     return
+                stalled = self._stalled
+                self._stalled = {}
                 for k, v in reply.hwm.items():
                     self.master_hwm[k] = max(self.master_hwm.get(k, 0), v)
+                    exp = self.expected.get(k, 0)
+                    if exp < v:
+                        # behind and no progress since the last keep-alive: the
+                        # PUB message that would move it was lost; read it instead
+                        if stalled.get(k) == exp and not self.inflight.get(k):
+                            self._want_catch_up(k)
+                        self._stalled[k] = exp
                 self._learn_topics(reply.topics)
             elif isinstance(reply, rm.Refused):
                 self.state, self.detail = "refused", reply.reason
@@ -406,6 +420,8 @@ class Slave:
             "replication_lag_messages": lag,
             "replication_catching_up": len(self.catching) + (1 if self.catch_inflight else 0),
             "replication_received_batches": self._received,
+            "replication_gaps": self.gaps,
+            "replication_paused": len(self.paused),
         }
         self.state_pub.send(rm.state_encoder.encode(rm.ReplicaState(role="slave", insync=0, replicated={}, stats=stats)))
 

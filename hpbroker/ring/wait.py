@@ -89,16 +89,19 @@ class SemaphoreSignal:
         import posix_ipc  # only needed for the shared-memory case
 
         self._busy = posix_ipc.BusyError
+        self._interrupted = posix_ipc.SignalError
         self.semaphore = semaphore
 
     def post(self) -> None:
         self.semaphore.release()
 
     def wait(self, timeout: float) -> bool:
+        """True when posted; False on timeout or when a signal interrupted
+        the wait (the handler has run; callers re-check their state)."""
         try:
             self.semaphore.acquire(max(timeout, 0.0))
             return True
-        except self._busy:
+        except (self._busy, self._interrupted):
             return False
 
 

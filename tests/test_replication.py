@@ -1,0 +1,295 @@
+"""Master-slave replication between real broker processes on loopback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from brokerproc import BrokerProcess, free_port
+from hpbroker import batch
+from hpbroker.client.request import request
+from hpbroker.protocol import codec
+from hpbroker.protocol import messages as m
+from hpbroker.protocol.errors import ErrorCode
+from hpbroker.replication import messages as rm
+from rawclient import RawClient
+
+PARTITIONS = 4
+
+
+def config(tmp_path, name: str, mode: str = "sync", extra: str = "") -> str:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(
+        f'[replication]\nmode = "{mode}"\nreplica_lag_max_ms = 1500\nack_interval_ms = 50\n{extra}\n'
+        "[ring]\ndead_after_ms = 60000\n"
+    )
+    return str(p)
+
+
+def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1) -> BrokerProcess:
+    return BrokerProcess(tmp_path / name, port=port, args=(
+        "--config", config(tmp_path, name, mode, extra), "--role", "master", "--broker-id", str(broker_id),
+        "--partitions", str(PARTITIONS))).start()
+
+
+def slave(tmp_path, name: str, of: BrokerProcess | str, port=None, mode="sync", extra="", broker_id=2,
+          cluster=None) -> BrokerProcess:
+    url = of if isinstance(of, str) else of.url
+    args = ["--config", config(tmp_path, name, mode, extra), "--role", "slave", "--master", url,
+            "--broker-id", str(broker_id), "--partitions", str(PARTITIONS)]
+    if cluster:
+        args += ["--cluster-id", cluster]
+    return BrokerProcess(tmp_path / name, port=port, args=tuple(args)).start()
+
+
+def stats(b: BrokerProcess) -> dict:
+    return request(b.url, lambda i: m.Stats(id=i), 5000).stats
+
+
+def wait_until(pred, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def caught_up(master_b: BrokerProcess, slave_b: BrokerProcess) -> bool:
+    """Every partition's high watermark is the same on both."""
+    mc, sc = RawClient(master_b.url), RawClient(slave_b.url)
+    try:
+        for p in range(PARTITIONS):
+            a = mc.call(m.ListOffsets(id=mc.next_id(), topic="rep", partition=p, spec=m.LATEST))[0]
+            b = sc.call(m.ListOffsets(id=sc.next_id(), topic="rep", partition=p, spec=m.LATEST))[0]
+            ao = 0 if a.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION else (a.offset if a.code == 0 else None)
+            bo = 0 if b.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION else (b.offset if b.code == 0 else None)
+            if ao is None or ao != bo:
+                return False
+        return True
+    finally:
+        mc.close(), sc.close()
+
+
+def produce_stream(url: str, tag: str, seconds: float, acks: int = -1, window: int = 16,
+                   kill=None) -> dict[tuple[int, str], int]:
+    """Pipelined 10-record batches over all partitions for ``seconds`` (or until
+    ``kill`` is called mid-stream); returns {(partition, value of first record): base offset} of the acked."""
+    c = RawClient(url, timeout_ms=2000)
+    acked, inflight, seq = {}, {}, 0
+    deadline = time.monotonic() + seconds
+    killed = False
+    while True:
+        if not killed and time.monotonic() >= deadline:
+            if kill is None:
+                break
+            kill()
+            killed = True
+        while not killed and len(inflight) < window:
+            p = seq % PARTITIONS
+            vals = [f"{tag}:{seq}:{j}".encode() for j in range(10)]
+            req = m.Produce(id=c.next_id(), topic="rep", partition=p, acks=acks)
+            c.send_frames(codec.encode_request(req, [batch.encode_batch(vals)]))
+            inflight[req.id] = (p, vals[0].decode())
+            seq += 1
+        if not inflight:
+            break
+        try:
+            rep, _ = c.recv(timeout_ms=1500 if killed else 10_000)
+        except TimeoutError:
+            if killed:
+                break
+            raise
+        p, first = inflight.pop(rep.id)
+        if rep.code == 0:
+            acked[(p, first)] = rep.base_offsets[0]
+    c.close()
+    return acked
+
+
+def assert_present(b: BrokerProcess, acked: dict[tuple[int, str], int]) -> None:
+    c = RawClient(b.url)
+    for p in range(PARTITIONS):
+        recs = c.fetch_all("rep", p)
+        assert [r.offset for r in recs] == list(range(len(recs)))
+        where = {r.value.decode(): r.offset for r in recs}
+        for (ap, first), off in acked.items():
+            if ap == p:
+                assert where.get(first) == off, f"acknowledged batch {first} (offset {off}) missing on partition {p}"
+    c.close()
+
+
+def promote(b: BrokerProcess) -> int:
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "promote", "--broker", b.url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return int(re.search(r"leader epoch (\d+)", r.stdout).group(1))
+
+
+def compare(d1, d2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(d1), "--compare", str(d2)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_sync_failover_cycles_lose_no_acknowledged_message(tmp_path):
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    running = [a, b]
+    try:
+        acked_all: dict = {}
+        cur_master, cur_slave = a, b
+        epochs = []
+        for cycle in range(3):
+            wait_until(lambda: stats(cur_master).get("replication_slaves") and caught_up(cur_master, cur_slave),
+                       60, "the slave to catch up")
+            acked = produce_stream(cur_master.url, f"c{cycle}", 1.5, acks=-1, kill=cur_master.kill)
+            assert acked, "nothing was acknowledged"
+            acked_all.update(acked)
+            epochs.append(promote(cur_slave))
+            assert_present(cur_slave, acked_all)
+            # the promoted slave takes produce now, and metadata names it as leader
+            c = RawClient(cur_slave.url)
+            md = c.call(m.Metadata(id=c.next_id(), topics=["rep"]))[0]
+            assert md.role == "master" and md.topics[0].partitions[0].leader == int(cur_slave.args[cur_slave.args.index("--broker-id") + 1])
+            c.close()
+            # the old master rejoins as a slave of the new one
+            old = cur_master
+            old_id = old.args[old.args.index("--broker-id") + 1]
+            rejoined = slave(tmp_path, old.data_dir.name, cur_slave, port=old.port, broker_id=int(old_id))
+            running.append(rejoined)
+            cur_master, cur_slave = cur_slave, rejoined
+        assert epochs == sorted(epochs) and len(set(epochs)) == 3
+        wait_until(lambda: caught_up(cur_master, cur_slave), 60, "the last slave to catch up")
+        assert_present(cur_master, acked_all)
+        assert_present(cur_slave, acked_all)
+    finally:
+        for p in running:
+            p.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("SAME") == PARTITIONS
+
+
+def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
+    a = master(tmp_path, "a")
+    b = slave(tmp_path, "b", a)
+    try:
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+        c = RawClient(a.url)
+        assert c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=-1), [batch.encode_batch([b"x"])])[0].code == 0
+        b.kill()
+        wait_until(lambda: stats(a).get("slave_2_insync") == 0, 30, "the master to notice")
+        rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=-1), [batch.encode_batch([b"y"])])[0]
+        assert rep.code == ErrorCode.NOT_ENOUGH_REPLICAS and "min_insync_replicas" in rep.message
+        rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=1), [batch.encode_batch([b"z"])])[0]
+        assert rep.code == 0
+        b = slave(tmp_path, "b", a, port=b.port)
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to come back in sync")
+        rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=-1), [batch.encode_batch([b"w"])])[0]
+        assert rep.code == 0
+        c.close()
+        wait_until(lambda: caught_up(a, b), 30, "catch-up")
+        s = RawClient(b.url)
+        assert [r.value for r in s.fetch_all("rep", 0)] == [b"x", b"z", b"w"]
+        s.close()
+    finally:
+        b.stop(), a.stop()
+
+
+def replicator_pid(b: BrokerProcess) -> int:
+    return int(re.findall(r"started replicator \(pid (\d+)\)", b.log())[-1])
+
+
+def test_async_lag_gap_and_restart_catch_up(tmp_path):
+    a = master(tmp_path, "a", mode="async", extra="pub_hwm = 2")
+    b = slave(tmp_path, "b", a, mode="async")
+    try:
+        wait_until(lambda: stats(a).get("replication_slaves") == 1, 30, "the slave to join")
+        before = produce_stream(a.url, "warm", 0.5, acks=-1)  # async: acks=all = local durability
+        wait_until(lambda: caught_up(a, b), 30, "catch-up")
+        rep_proc = psutil.Process(replicator_pid(b))
+        rep_proc.suspend()  # the slave stops reading: PUB drops past its high-water mark
+        try:
+            during = produce_stream(a.url, "gap", 1.0, acks=-1)
+            assert during, "async acks must not wait for the slave"
+            wait_until(lambda: stats(a).get("slave_2_lag_messages", 0) > 0, 10, "lag to show")
+            st = stats(a)
+            assert st["slave_2_lag_bytes"] > 0 and st["slave_2_lag_seconds"] > 0
+        finally:
+            rep_proc.resume()
+        wait_until(lambda: caught_up(a, b), 60, "catch-up after the gap")
+        assert stats(b)["replication_gaps"] > 0, "the slave should have detected the PUB gap"
+        wait_until(lambda: stats(a).get("slave_2_lag_messages") == 0, 10, "lag to clear")
+        # a slave restart: it resumes from its own log end
+        b.kill()
+        after = produce_stream(a.url, "down", 0.5, acks=1)
+        b = slave(tmp_path, "b", a, port=b.port, mode="async")
+        wait_until(lambda: caught_up(a, b), 60, "catch-up after the restart")
+        assert_present(b, {**before, **during, **after})
+    finally:
+        b.stop(), a.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_divergent_tail_is_truncated_by_epoch(tmp_path):
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    try:
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+        shared = produce_stream(a.url, "shared", 0.5, acks=-1)
+        wait_until(lambda: caught_up(a, b), 30, "catch-up")
+        b.kill()
+        lost = produce_stream(a.url, "only-on-a", 0.5, acks=1)  # never replicated
+        assert lost
+        a.kill()
+        b = slave(tmp_path, "b", f"tcp://127.0.0.1:{free_port()}", port=b.port, broker_id=2)
+        promote(b)
+        newer = produce_stream(b.url, "only-on-b", 0.5, acks=1)
+        a = slave(tmp_path, "a", b, port=a.port, broker_id=1)
+        wait_until(lambda: caught_up(b, a), 60, "the old master to catch up")
+        assert "truncating" in a.log()
+        assert_present(a, {**shared, **newer})
+        c = RawClient(a.url)
+        values = {r.value.decode() for p in range(PARTITIONS) for r in c.fetch_all("rep", p)}
+        c.close()
+        assert not any(v.startswith("only-on-a") for v in values)
+    finally:
+        a.stop(), b.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_slave_refuses_a_strangers_stream(tmp_path):
+    a = master(tmp_path, "a")
+    b = slave(tmp_path, "b", a, cluster="someone-else")
+    try:
+        c = RawClient(a.url)
+        assert c.produce("rep", 0, [batch.encode_batch([b"private"])]).code == 0
+        md = c.call(m.Metadata(id=c.next_id(), topics=[]))[0]
+        c.close()
+        wait_until(lambda: stats(b).get("replication_state") == "refused", 30, "the refusal")
+        assert "cluster" in stats(b)["replication_detail"]
+        assert stats(a).get("replication_slaves") == 0
+        # the master refuses a stranger's handshake too
+        import zmq
+
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(md.replication[1])
+        s.send(rm.encoder.encode(rm.Hello(cluster_id="intruder", slave_id=9, max_epoch=0)))
+        assert s.poll(5000)
+        reply = rm.from_master.decode(s.recv())
+        s.close()
+        assert isinstance(reply, rm.Refused) and "cluster id" in reply.reason
+        sc = RawClient(b.url)
+        rep, data = sc.fetch("rep", 0, 0)
+        assert rep.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION or data == b""
+        sc.close()
+    finally:
+        b.stop(), a.stop()

@@ -1,0 +1,34 @@
+"""A signal delivered while a process sleeps on a ring's semaphore must not
+kill it: the broker's writers get SIGTERM (stop) and SIGUSR2 (promotion)
+exactly while they wait for records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import posix_ipc
+
+from hpbroker.ring import SemaphoreSignal
+
+
+def test_semaphore_wait_interrupted_by_a_signal_returns_instead_of_raising():
+    name = f"/hpb.testsig{os.getpid()}.bell"
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
+    seen = []
+    old = signal.signal(signal.SIGUSR2, lambda s, f: seen.append(s))
+    try:
+        sig = SemaphoreSignal(sem)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+        t = time.monotonic()
+        assert sig.wait(5.0) is False
+        assert seen == [signal.SIGUSR2]
+        assert time.monotonic() - t < 4.0  # it returned because of the signal, not the timeout
+        sig.post()
+        assert sig.wait(1.0) is True
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+        sem.unlink()
+        sem.close()
