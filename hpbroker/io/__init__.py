@@ -4,7 +4,8 @@ Public names::
 
     Storage(data_dir, log_config, clock=time.time, fs=None)   # partitions of one data dir
     PartitionLog                                               # one partition's log (writer side)
-    GroupCommit(log_config, clock=time.monotonic)              # flush policy over many partitions
+    GroupCommit(log_config, clock=time.monotonic, on_io_done=None)  # flush policy over many partitions;
+                                                               # flush() blocks, start_flush()/poll() pipeline
     PartitionReader(dir)                                       # read-only, any process
     StorageError, PartitionFenced, DiskFull, OffsetOutOfRange
     FileSystem, FaultyFileSystem                               # the syscall layer (fault injection)
