@@ -6,7 +6,11 @@ in the transport's ``zmq.Poller``.  The I/O thread owns the zmq sockets: it
 seals batches when they are full or ``linger_ms`` old, encodes them with
 :func:`hpbroker.batch.encode_batch` (one call per batch), sends them
 (at most ``max_in_flight`` unanswered requests per acceptor), and resolves
-the futures when the acks come back.  Retriable errors are retried
+the batch's future when the ack comes back.  Each batch has one
+``concurrent.futures.Future``; ``send`` returns a light
+:class:`FutureRecordMetadata` over it (the batch future plus the message's
+index), so the per-message cost is a few list appends under the lock.
+Retriable errors are retried
 ``retries`` times after ``retry_backoff_ms``; a retry goes to the front of
 its acceptor's queue, but with ``max_in_flight > 1`` a retried batch can
 still land after a later one (as in Kafka).
@@ -72,33 +76,38 @@ class _Waker:
 
 class _Batch:
     """One produce request's worth of work: encoded batch frames plus the
-    futures to resolve.  ``acc`` holds the raw messages until encoded."""
+    one future to resolve (with the RecordMetadata of its first record).
+    ``acc`` holds the raw messages until encoded."""
 
-    __slots__ = ("topic", "partition", "frames", "futures", "single", "nbytes", "attempts", "acc")
+    __slots__ = ("topic", "partition", "frames", "future", "nbytes", "attempts", "acc")
 
-    def __init__(self, topic, partition, frames, futures, single, nbytes, acc=None):
+    def __init__(self, topic, partition, frames, future, nbytes, acc=None):
         self.topic = topic
         self.partition = partition
         self.frames = frames
-        self.futures = futures
-        self.single = single
+        self.future = future
         self.nbytes = nbytes
         self.attempts = 0
         self.acc = acc
 
 
 class _Acc:
-    """The open batch of one topic-partition (send() appends here)."""
+    """The open batch of one topic-partition (send() appends here).
 
-    __slots__ = ("values", "keys", "has_keys", "ts", "futures", "nbytes", "created", "created_ms")
+    ``keys`` and ``ts`` stay None until a message brings a key or an
+    explicit timestamp (then they are back-filled), so the common
+    value-only send appends to one list.  ``nbytes`` starts at the batch
+    header size: it is the encoded size, kept within ``limit``."""
 
-    def __init__(self):
+    __slots__ = ("values", "keys", "ts", "future", "nbytes", "limit", "created", "created_ms")
+
+    def __init__(self, limit: int):
         self.values: list = []
-        self.keys: list = []
-        self.has_keys = False
+        self.keys: list | None = None
         self.ts: list | None = None
-        self.futures: list = []
-        self.nbytes = 0
+        self.future = Future()
+        self.nbytes = batch.HEADER_SIZE
+        self.limit = limit
         self.created = time.monotonic()
         self.created_ms = batch.now_ms()
 
@@ -137,6 +146,7 @@ class Producer:
         self._space = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._open: dict[tuple[str, int], _Acc] = {}
+        self._by_topic: dict[str, dict[int, _Acc]] = {}  # the same accumulators, for send()'s lookup
         self._sealed: deque = deque()  # _Batch, in send order
         self._commands: deque = deque()  # (topic, Future) metadata lookups
         self._used = 0
@@ -160,42 +170,47 @@ class Producer:
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
              timestamp_ms: int | None = None, callback=None) -> FutureRecordMetadata:
         """Queue one message; the future resolves to its RecordMetadata.
-        ``callback(metadata, exception)`` runs on the I/O thread when done."""
+        ``callback(metadata, exception)`` runs on the I/O thread when done.
+
+        ``value`` and ``key`` are bytes (a bytearray or memoryview is
+        copied); anything else raises TypeError here, not in the I/O thread."""
+        if value.__class__ is not bytes:
+            value = _as_bytes(value, "value")
+        size = len(value) + _ENTRY
+        if key is not None:
+            if key.__class__ is not bytes:
+                key = _as_bytes(key, "key")
+            size += len(key)
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
             partition = crc32c(key) % n if key is not None else next(self._rr) % n
-        size = len(value) + (len(key) if key is not None else 0) + batch.ENTRY_SIZE
-        fut = FutureRecordMetadata()
-        if callback is not None:
-            _attach(fut, callback)
-        limit = min(self.batch_size, self._t.max_batch_bytes)
-        wake = False
         with self._lock:
-            self._reserve(size)
-            tp = (topic, partition)
-            acc = self._open.get(tp)
-            if acc is not None and acc.nbytes + size > limit:
-                self._seal(tp, acc)
-                acc = None
-            if acc is None:
-                acc = self._open[tp] = _Acc()
-                self._outstanding += 1
-                wake = True
-            acc.values.append(value)
-            acc.keys.append(key)
-            if key is not None:
-                acc.has_keys = True
-            if timestamp_ms is not None and acc.ts is None:
-                acc.ts = [acc.created_ms] * (len(acc.values) - 1)
-            if acc.ts is not None:
+            if self._used + size > self.buffer_memory or self._stop:
+                self._reserve(size)
+            else:
+                self._used += size
+            by_part = self._by_topic.get(topic)
+            acc = by_part.get(partition) if by_part is not None else None
+            if acc is None or acc.nbytes + size > acc.limit:
+                acc = self._new_acc(topic, partition, acc)
+            values = acc.values
+            i = len(values)
+            values.append(value)
+            if key is not None or acc.keys is not None:
+                if acc.keys is None:
+                    acc.keys = [None] * i
+                acc.keys.append(key)
+            if timestamp_ms is not None or acc.ts is not None:
+                if acc.ts is None:
+                    acc.ts = [acc.created_ms] * i
                 acc.ts.append(acc.created_ms if timestamp_ms is None else timestamp_ms)
-            acc.futures.append(fut)
             acc.nbytes += size
-            if acc.nbytes >= limit:
-                self._seal(tp, acc)
-                wake = True
-        if wake:
-            self._waker.wake()
+            fut = FutureRecordMetadata(acc.future, i)
+            if callback is not None:
+                _attach(fut, callback)  # under the lock: the batch cannot be done yet
+            if acc.nbytes >= acc.limit:
+                self._seal((topic, partition), acc)
+                self._waker.wake()
         return fut
 
     def send_batch(self, topic: str, values: Sequence[bytes], partition: int | None = None,
@@ -214,12 +229,13 @@ class Producer:
         if partition is None:
             partition = next(self._rr) % n
         requests = self._encode_requests(values, keys, timestamp_ms)
-        fut = FutureRecordMetadata()
+        whole: Future = Future()
+        fut = FutureRecordMetadata(whole, 0)
         if callback is not None:
             _attach(fut, callback)
-        parts = [Future() for _ in requests] if len(requests) > 1 else [fut]
+        parts = [Future() for _ in requests] if len(requests) > 1 else [whole]
         if len(parts) > 1:
-            _join(fut, parts)
+            _join(whole, parts)
         with self._lock:
             tp = (topic, partition)
             acc = self._open.get(tp)
@@ -228,7 +244,7 @@ class Producer:
             for frames, f in zip(requests, parts):
                 nbytes = sum(map(len, frames))
                 self._reserve(nbytes)
-                self._sealed.append(_Batch(topic, partition, frames, f, True, nbytes))
+                self._sealed.append(_Batch(topic, partition, frames, f, nbytes))
                 self._outstanding += 1
         self._waker.wake()
         return fut
@@ -292,9 +308,21 @@ class Producer:
                 raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
         self._used += size
 
+    def _new_acc(self, topic: str, partition: int, full: _Acc | None) -> _Acc:
+        """Open a batch for (topic, partition), sealing ``full`` first (lock held)."""
+        tp = (topic, partition)
+        if full is not None:
+            self._seal(tp, full)
+        acc = self._open[tp] = _Acc(min(self.batch_size, self._t.max_batch_bytes))
+        self._by_topic.setdefault(topic, {})[partition] = acc
+        self._outstanding += 1
+        self._waker.wake()
+        return acc
+
     def _seal(self, tp, acc: _Acc) -> None:
         del self._open[tp]
-        self._sealed.append(_Batch(tp[0], tp[1], None, acc.futures, False, acc.nbytes, acc))
+        del self._by_topic[tp[0]][tp[1]]
+        self._sealed.append(_Batch(tp[0], tp[1], None, acc.future, acc.nbytes - batch.HEADER_SIZE, acc))
 
     def _encode_requests(self, values, keys, timestamp_ms) -> list[list]:
         """Encode ``values`` into batches of at most max_batch_bytes, grouped
@@ -414,9 +442,12 @@ class Producer:
         for b in ready:
             if b.acc is not None:
                 a = b.acc
-                b.frames = [batch.encode_batch(a.values, a.keys if a.has_keys else None,
-                                               timestamp_ms=a.created_ms, timestamps_ms=a.ts)]
                 b.acc = None
+                try:
+                    b.frames = [batch.encode_batch(a.values, a.keys, timestamp_ms=a.created_ms, timestamps_ms=a.ts)]
+                except Exception as e:  # never let one bad batch stop the I/O thread
+                    self._fail(b, BrokerError(ErrorCode.BAD_REQUEST, f"could not encode the batch: {e}"))
+                    continue
             ep = self._t.endpoint_for(b.partition)
             q = self._queues.get(ep)
             if q is None:
@@ -469,22 +500,16 @@ class Producer:
 
     def _complete(self, b: _Batch, base: int | None, rep) -> None:
         if rep is not None:
-            err = BrokerError(rep.code, rep.message)
-            if b.single:
-                b.futures.set_exception(err)
-            else:
-                for f in b.futures:
-                    f.set_exception(err)
-        elif b.single:
-            b.futures.set_result(RecordMetadata(b.topic, b.partition, base))
-        elif base == -1:
-            md = RecordMetadata(b.topic, b.partition, -1)
-            for f in b.futures:
-                f.set_result(md)
-        else:
-            topic, p = b.topic, b.partition
-            for i, f in enumerate(b.futures):
-                f.set_result(RecordMetadata(topic, p, base + i))
+            self._fail(b, BrokerError(rep.code, rep.message))
+            return
+        b.future.set_result(RecordMetadata(b.topic, b.partition, base))
+        self._release(b)
+
+    def _fail(self, b: _Batch, err: BrokerError) -> None:
+        b.future.set_exception(err)
+        self._release(b)
+
+    def _release(self, b: _Batch) -> None:
         with self._lock:
             self._used -= b.nbytes
             self._outstanding -= 1
@@ -504,9 +529,10 @@ class Producer:
                 if call.on_reply is not None:
                     call.on_reply(gone, [])
             with self._lock:
-                left = list(self._sealed) + [_Batch(tp[0], tp[1], None, a.futures, False, a.nbytes, a) for tp, a in self._open.items()]
+                for tp, a in list(self._open.items()):
+                    self._seal(tp, a)
+                left = list(self._sealed)
                 self._sealed.clear()
-                self._open.clear()
                 for _, fut in self._commands:
                     fut.set_exception(BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed"))
                 self._commands.clear()
@@ -520,7 +546,16 @@ class Producer:
                 self._idle.notify_all()
 
 
-def _attach(fut: Future, callback) -> None:
+_ENTRY = batch.ENTRY_SIZE
+
+
+def _as_bytes(v, what: str) -> bytes:
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)  # a copy: the caller may reuse its buffer before the batch is encoded
+    raise TypeError(f"{what} must be bytes, got {type(v).__name__}")
+
+
+def _attach(fut: FutureRecordMetadata, callback) -> None:
     def done(f):
         exc = f.exception()
         callback(None if exc else f.result(), exc)

@@ -40,28 +40,82 @@ class RawBatches(NamedTuple):
     start_offset: int
 
 
-class FutureRecordMetadata(Future):
-    """A ``concurrent.futures.Future`` resolving to :class:`RecordMetadata`
-    or raising :class:`hpbroker.BrokerError`, with kafka-python's
-    ``get``/``add_callback``/``add_errback``.  Callbacks run on the
-    producer's I/O thread: keep them short and never call ``flush`` from
-    one."""
+class FutureRecordMetadata:
+    """The result of one ``Producer.send`` (or of a ``send_batch``): resolves
+    to :class:`RecordMetadata` or raises :class:`hpbroker.BrokerError`.
+
+    It has the ``concurrent.futures.Future`` methods a caller uses
+    (``result``, ``exception``, ``done``, ``add_done_callback``) plus
+    kafka-python's ``get``, ``add_callback`` and ``add_errback``, but it is
+    a light view, not a ``Future``: every message of a batch shares the
+    batch's one ``Future`` (resolving to the RecordMetadata of the batch's
+    first record) and this object only holds that and the message's index,
+    so ``send`` allocates no lock or condition per message.  Because of
+    that, ``concurrent.futures.wait``/``as_completed`` do not take it; use
+    ``result``/``get`` or ``Producer.flush``.
+
+    Callbacks run on the producer's I/O thread (or at once, on the calling
+    thread, when the future is already done): keep them short and never
+    call ``flush`` from one.  ``cancel`` always fails: a message handed to
+    ``send`` is on its way.
+    """
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: Future, index: int = 0):
+        self._batch = batch
+        self._index = index
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """The message's metadata; ``concurrent.futures.TimeoutError`` after
+        ``timeout`` seconds, the BrokerError when its batch failed."""
+        md = self._batch.result(timeout)
+        i = self._index
+        if i == 0 or md.offset < 0:
+            return md
+        return RecordMetadata(md.topic, md.partition, md.offset + i)
 
     def get(self, timeout: float | None = None) -> RecordMetadata:
         return self.result(timeout)
 
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._batch.exception(timeout)
+
+    def done(self) -> bool:
+        return self._batch.done()
+
+    def running(self) -> bool:
+        return not self._batch.done()
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_done_callback(self, fn) -> None:
+        """``fn(this_future)`` once the message's batch is done."""
+        self._batch.add_done_callback(lambda _b: fn(self))
+
     def add_callback(self, fn, *args, **kwargs) -> "FutureRecordMetadata":
+        """``fn(*args, metadata, **kwargs)`` on success."""
         def cb(f):
-            if not f.cancelled() and f.exception() is None:
+            if f.exception() is None:
                 fn(*args, f.result(), **kwargs)
 
         self.add_done_callback(cb)
         return self
 
     def add_errback(self, fn, *args, **kwargs) -> "FutureRecordMetadata":
+        """``fn(*args, exception, **kwargs)`` on failure."""
         def cb(f):
-            if not f.cancelled() and f.exception() is not None:
-                fn(*args, f.exception(), **kwargs)
+            exc = f.exception()
+            if exc is not None:
+                fn(*args, exc, **kwargs)
 
         self.add_done_callback(cb)
         return self
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._batch.done() else ("failed" if self._batch.exception() else "done")
+        return f"<FutureRecordMetadata {state} index={self._index}>"
