@@ -136,3 +136,91 @@ def test_several_acceptors_and_writers(tmp_path):
             (part, b"%d-%d" % (part, i)) for part in range(4) for i in range(50))
     finally:
         b.stop()
+
+
+def test_futures_and_callbacks(broker):
+    """send() returns a light future over its batch's one Future: results,
+    callbacks (on the I/O thread, in send order) and errbacks per message."""
+    import threading
+
+    seen, threads, errors = [], set(), []
+
+    def cb(md, exc):
+        threads.add(threading.current_thread().name)
+        seen.append((md, exc))
+
+    with Producer(broker.url, linger_ms=50) as p:
+        futs = [p.send("cb", b"m%d" % i, partition=1, callback=cb) for i in range(10)]
+        also = []
+        futs[3].add_callback(also.append).add_errback(errors.append)
+        done_with = []
+        futs[4].add_done_callback(done_with.append)
+        p.flush(60)
+        late = []
+        futs[5].add_callback(late.append)  # already done: runs now, on this thread
+    assert [f.result(10) for f in futs] == [RecordMetadata("cb", 1, i) for i in range(10)]
+    assert [f.get(10).offset for f in futs] == list(range(10))
+    assert all(f.done() and f.exception() is None and not f.cancel() for f in futs)
+    assert seen == [(RecordMetadata("cb", 1, i), None) for i in range(10)]
+    assert threads == {"hpbroker-producer-io"}
+    assert also == [RecordMetadata("cb", 1, 3)] and errors == []
+    assert done_with == [futs[4]]
+    assert late == [RecordMetadata("cb", 1, 5)]
+
+
+def test_acks_zero_callbacks_get_offset_minus_one(broker):
+    seen = []
+    with Producer(broker.url, acks=0) as p:
+        f = p.send("z", b"x", partition=2, callback=lambda md, exc: seen.append((md, exc)))
+        f.add_callback(lambda md: seen.append(("cb", md)))
+        p.flush(30)
+    assert f.result() == RecordMetadata("z", 2, -1)
+    assert seen == [(RecordMetadata("z", 2, -1), None), ("cb", RecordMetadata("z", 2, -1))]
+
+
+def test_send_takes_bytes_and_copies_buffers(broker):
+    buf = bytearray(b"before")
+    with Producer(broker.url, linger_ms=50) as p:
+        with pytest.raises(TypeError):
+            p.send("bytes", "text", partition=0)
+        with pytest.raises(TypeError):
+            p.send("bytes", b"v", key="text", partition=0)
+        f = p.send("bytes", buf, key=memoryview(b"k"), partition=0)
+        buf[:] = b"after!"  # the producer took a copy
+        assert f.result(30).offset == 0
+    with Consumer(broker.url, "bytes", partitions=[0], auto_offset_reset="earliest") as c:
+        (m,) = _drain(c, 1)
+    assert (m.key, m.value) == (b"k", b"before")
+
+
+def test_long_poll_wakes_on_new_data(broker):
+    """The fetch waits at the broker (up to a minute here); new data must
+    answer it at once, well within the 30 s poll below."""
+    with Consumer(broker.url, "lp", partitions=[3], auto_offset_reset="latest", fetch_max_wait_ms=60_000) as c:
+        assert c.poll(timeout_ms=50) == []  # the long-poll fetch is now parked at the broker
+        with Producer(broker.url) as p:
+            p.send("lp", b"hello", partition=3).result(30)
+        got = c.poll(timeout_ms=30_000)
+    assert [(m.offset, m.value) for m in got] == [(0, b"hello")]
+
+
+def test_unreachable_broker_is_reported():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here now
+    url = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(BrokerError) as ei:
+        Consumer(url, "x", connect_timeout_ms=300)
+    assert ei.value.code == ErrorCode.REQUEST_TIMED_OUT
+    with pytest.raises(BrokerError) as ei:
+        Admin(url, connect_timeout_ms=300).list_topics()
+    assert ei.value.code == ErrorCode.REQUEST_TIMED_OUT
+    p = Producer(url, connect_timeout_ms=300)
+    try:
+        with pytest.raises(BrokerError) as ei:
+            p.send("x", b"y")
+        assert ei.value.code == ErrorCode.REQUEST_TIMED_OUT
+    finally:
+        p.close(1)
