@@ -81,6 +81,47 @@ def test_redis_baseline_skips_or_runs(tmp_path):
         assert b["redis_benchmark"].get("msgs_per_s", 0) > 0 or "skipped" in b["redis_benchmark"]
 
 
+def _gone(pids: dict) -> None:
+    for name, pid in pids.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_replica_run_against_a_same_run_standalone_baseline(tmp_path, mode):
+    res = run_bench(tmp_path, "--replica", mode)
+    assert res["replica"] == mode and res["acks"] == "all"
+    rep = res["replication"]
+    assert rep["mode"] == mode
+    # the slave caught up: its final LATEST offsets are the master's, which hold every message
+    assert rep["caught_up"] is True and rep["catch_up_seconds"] >= 0
+    assert rep["slave_offsets"] == rep["master_offsets"]
+    assert sum(rep["master_offsets"]) == res["messages_in_log"] == 20000
+    assert {"insync", "lag_messages", "lag_bytes", "lag_seconds"} <= set(rep["lag_at_produce_end"])
+    assert rep["insync_wait_seconds"] >= 0
+    assert res["slave_exit_code"] == 0
+    # CPU covers the slave's processes too, and they are all gone (run_bench checked broker_pids)
+    assert rep["slave_pids"] and set(rep["slave_pids"]) <= set(res["broker_pids"])
+    assert {"slave.supervisor", "slave.writer0"} <= set(res["cpu_percent"])
+    # the standalone run of the same workload, same invocation
+    sa = res["baselines"]["standalone"]
+    assert sa["ok"] is True and sa["replica"] is None and sa["acks"] == "all"
+    assert sa["messages_sent"] == sa["messages_acked"] == sa["messages_in_log"] == 20000
+    assert sa["broker_exit_code"] == 0 and sa["shm_left_behind"] == []
+    assert sa["ratio"] > 0 and res["replica_vs_standalone"] == sa["ratio"]
+    assert sa["p50_ms"] is not None and sa["p99_ms"] is not None
+    _gone(sa["broker_pids"])
+
+
+def test_fsync_baseline(tmp_path):
+    res = run_bench(tmp_path, "--baseline", "fsync", "--fsync-iterations", "50")
+    f = res["baselines"]["fsync"]
+    assert 0 < f["iterations"] <= 50
+    assert f["write_bytes"] == 256 << 10
+    assert 0 < f["p50_ms"] <= f["p99_ms"] <= f["p999_ms"] <= f["max_ms"]
+    assert f["ack_p99_over_fsync_p99"] > 0
+    assert isinstance(f["direct"], bool)
+
+
 def test_component_suites_still_parse():
     from hpbroker.bench import build_parser, with_default_suite
 

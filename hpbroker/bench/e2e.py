@@ -17,15 +17,27 @@ in its own session on a free loopback port, data in a temp dir under
 each broker process (supervisor, acceptors, writers) is taken from their
 CPU times over the produce phase (psutil), with the peak RSS.
 
-Baselines (``--baseline disk|redis|all``, repeatable), same run, same
-message count and size: ``disk`` is a plain sequential O_DIRECT write of
-the bytes the broker wrote (``hpbroker.bench.log.disk_baseline``);
+Baselines (``--baseline disk|redis|fsync|all``, repeatable), same run,
+same message count and size: ``disk`` is a plain sequential O_DIRECT write
+of the bytes the broker wrote (``hpbroker.bench.log.disk_baseline``);
 ``redis`` is Redis Streams XADD with appendonly yes + appendfsync always,
-through redis-benchmark (C, pipelined) and redis-py (pipelined).
+through redis-benchmark (C, pipelined) and redis-py (pipelined); ``fsync``
+is the device's latency floor: a loop of one-batch O_DIRECT appends, each
+followed by fdatasync, in the broker's temp dir, with p50/p99/p999 of the
+write+fdatasync time (``_e2e_fsync``), printed beside the ack latency.
+
+``--replica sync|async`` runs the same workload twice in one invocation:
+first against a private standalone broker (the baseline, reported under
+``baselines.standalone``), then against a private master with a slave in
+that replication mode (the top-level figures), ``--acks all`` unless
+``--acks`` is given.  The replicated run starts once the master reports the
+slave in sync; at the end of its produce phase the master's lag counters
+are read and the slave's catch-up (its LATEST offsets equal to the
+master's on every partition) is timed (``_e2e_replica``).
 
     hpbroker-bench [--messages N | --duration S] [--size B] [--producers P]
-                   [--consumers C] [--rate R] [--baseline disk|redis|all]
-                   [--json] [--plot FILE.png] [--broker URL]
+                   [--consumers C] [--rate R] [--baseline disk|redis|fsync|all]
+                   [--replica sync|async] [--json] [--plot FILE.png] [--broker URL]
 """
 
 from __future__ import annotations
@@ -56,7 +68,8 @@ def add_arguments(p) -> None:
     p.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
     p.add_argument("--consumers", type=int, default=0, help="consumer processes reading live via poll_batches (default 0)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the bench topic (default 4)")
-    p.add_argument("--acks", choices=["0", "1", "all"], default="1", help="default 1 (after the durable commit)")
+    p.add_argument("--acks", choices=["0", "1", "all"], default=None,
+                   help="default 1 (after the durable commit); all with --replica")
     p.add_argument("--flush-mode", choices=["durable", "async"], default=None,
                    help="passed to serve (the broker's default is durable)")
     p.add_argument("--acceptors", type=int, help="passed to serve")
@@ -70,8 +83,14 @@ def add_arguments(p) -> None:
                    help="producer: Producer.send_batch (default); raw: Produce requests on bare DEALER sockets")
     p.add_argument("--fetch-max-bytes", type=int, default=8 << 20, help="consumer fetch_max_bytes (default 8 MiB)")
     p.add_argument("--no-replay", action="store_true", help="consumers skip the catch-up re-read from offset 0")
-    p.add_argument("--baseline", action="append", choices=["disk", "redis", "all"], default=[],
+    p.add_argument("--baseline", action="append", choices=["disk", "redis", "fsync", "all"], default=[],
                    help="same-run baseline (repeatable, or all)")
+    p.add_argument("--fsync-iterations", type=int, default=2000,
+                   help="--baseline fsync: at most this many write+fdatasync (default 2000; also stops after "
+                        "the produce phase's duration, at least 5 s)")
+    p.add_argument("--replica", choices=["sync", "async"],
+                   help="run the workload on a standalone broker, then on a master + slave in this replication "
+                        "mode (acks=all), and report the replicated figures relative to the standalone ones")
     p.add_argument("--redis-messages", type=int, help="messages for the Redis baselines (default: the same count)")
     p.add_argument("--dir", help="where the temp data dir goes (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -97,43 +116,28 @@ def _progress(args, total):
 def run(args) -> int:
     if args.size < 1 or args.producers < 1 or args.partitions < 1 or args.consumers < 0:
         raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
+    if args.replica and args.broker:
+        raise ValueError("--replica starts its own standalone broker, master and slave; it cannot use --broker")
     if args.messages is None and args.duration is None:
         args.messages = DEFAULT_MESSAGES
+    if args.acks is None:
+        args.acks = "all" if args.replica else "1"
     baselines = set(args.baseline)
     if "all" in baselines:
-        baselines = {"disk", "redis"}
-    from hpbroker.bench import _e2e_broker as EB
-
-    broker = None
-    result: dict = {}
-    try:
-        if args.broker:
-            url = args.broker
-            procs = EB.remote_processes(url)
-        else:
-            serve = ["--partitions", str(args.partitions)]
-            if args.flush_mode:
-                serve += ["--flush-mode", args.flush_mode]
-            if args.acceptors:
-                serve += ["--acceptors", str(args.acceptors)]
-            if args.writers:
-                serve += ["--writers", str(args.writers)]
-            broker = EB.LocalBroker(args.dir, serve).start()
-            url = broker.url
-            procs = broker.processes()
-        result = measure(args, url, procs, broker)
-        root = broker.root if broker else (args.dir or os.getcwd())
-        result["baselines"] = run_baselines(args, baselines, root, result)
-    finally:
-        if broker is not None:
-            rc = broker.stop()
-            left = broker.cleanup()
-            if result:
-                result["broker_exit_code"] = rc
-                result["shm_left_behind"] = left
-            if left:
-                print(f"hpbroker-bench: the broker left {len(left)} shared-memory objects; unlinked: {left}",
-                      file=sys.stderr)
+        baselines = {"disk", "redis", "fsync"}
+    standalone = None
+    if args.replica:
+        # the same workload against a standalone broker first: the same-run baseline
+        standalone = run_once(args, None, set())
+        for k in ("_timeline", "_lat", "_e2e_lat"):
+            standalone.pop(k, None)
+        if not args.no_progress:
+            print(f"standalone baseline: {standalone['msgs_per_s']:,.0f} msgs/s; now the {args.replica} replica run",
+                  file=sys.stderr)
+    result = run_once(args, args.replica, baselines)
+    if standalone is not None:
+        result.setdefault("baselines", {})["standalone"] = standalone
+        result["ok"] = bool(result.get("ok") and standalone.get("ok"))
     _ratios(result)
     if args.plot:
         plot(result, args.plot)
@@ -148,7 +152,101 @@ def run(args) -> int:
     return 0 if result.get("ok") else 1
 
 
-def measure(args, url: str, procs: dict, broker) -> dict:
+def _serve_args(args) -> list[str]:
+    serve = ["--partitions", str(args.partitions)]
+    if args.flush_mode:
+        serve += ["--flush-mode", args.flush_mode]
+    if args.acceptors:
+        serve += ["--acceptors", str(args.acceptors)]
+    if args.writers:
+        serve += ["--writers", str(args.writers)]
+    return serve
+
+
+def run_once(args, replica: str | None, baselines: set) -> dict:
+    """One measured run: start the private broker (or master + slave when
+    ``replica``), measure, run the ``baselines`` on its filesystem, stop
+    everything by pid and remove the temp dirs."""
+    from hpbroker.bench import _e2e_broker as EB
+
+    broker = pair = hooks = None
+    result: dict = {}
+    try:
+        if args.broker:
+            url = args.broker
+            procs = EB.remote_processes(url)
+        elif replica:
+            from hpbroker.bench._e2e_replica import ReplicaPair
+
+            pair = ReplicaPair(args.dir, _serve_args(args), replica).start()
+            broker = pair.master
+            url = broker.url
+            procs = pair.processes()
+            hooks = _ReplicaHooks(pair)
+        else:
+            broker = EB.LocalBroker(args.dir, _serve_args(args)).start()
+            url = broker.url
+            procs = broker.processes()
+        result = measure(args, url, procs, broker, hooks)
+        if hooks is not None:
+            result["replication"] = rep = hooks.report()
+            rep["slave_pids"] = {n: p.pid for n, p in procs.items() if n.startswith("slave.")}
+            result["ok"] = bool(result["ok"] and rep.get("caught_up")
+                                and sum(rep["master_offsets"]) == result["messages_in_log"])
+        root = broker.root if broker else (args.dir or os.getcwd())
+        result["baselines"] = run_baselines(args, baselines, root, result)
+    finally:
+        if pair is not None:
+            rcs = pair.stop()
+            lefts = pair.cleanup()
+            if result:
+                result["broker_exit_code"] = rcs["master"]
+                result["slave_exit_code"] = rcs["slave"]
+                result["shm_left_behind"] = lefts["master"] + lefts["slave"]
+            for who, left in lefts.items():
+                if left:
+                    print(f"hpbroker-bench: the {who} left {len(left)} shared-memory objects; unlinked: {left}",
+                          file=sys.stderr)
+        elif broker is not None:
+            rc = broker.stop()
+            left = broker.cleanup()
+            if result:
+                result["broker_exit_code"] = rc
+                result["shm_left_behind"] = left
+            if left:
+                print(f"hpbroker-bench: the broker left {len(left)} shared-memory objects; unlinked: {left}",
+                      file=sys.stderr)
+    return result
+
+
+class _ReplicaHooks:
+    """What :func:`measure` does around the produce phase of a replicated run."""
+
+    def __init__(self, pair):
+        self.pair = pair
+        self.out: dict = {"mode": pair.mode}
+
+    def before_go(self, topic: str, nparts: int) -> None:
+        self.out["insync_wait_seconds"] = self.pair.wait_insync()
+        self.out["lag_before"] = self._lag()
+
+    def after_produce(self, topic: str, nparts: int) -> None:
+        self.out["lag_at_produce_end"] = self._lag()
+        self.out.update(self.pair.wait_caught_up(topic, nparts))
+
+    def _lag(self) -> dict:
+        from hpbroker.bench._e2e_replica import lag_stats
+
+        try:
+            return lag_stats(self.pair.master.url)
+        except Exception as e:  # noqa: BLE001 - report, do not lose the run
+            return {"error": repr(e)}
+
+    def report(self) -> dict:
+        return self.out
+
+
+def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
     from hpbroker.bench import _e2e_broker as EB
     from hpbroker.bench import _e2e_workers as W
     from hpbroker.client import Admin
@@ -194,6 +292,8 @@ def measure(args, url: str, procs: dict, broker) -> dict:
             kind, idx, err = ready_q.get(timeout=120)
             if kind == "error":
                 raise RuntimeError(f"bench worker {idx} failed to start: {err}")
+        if hooks is not None:
+            hooks.before_go(topic, nparts)
         sampler = EB.CpuSampler({**procs, **wprocs})
         total = args.messages
         bar = _progress(args, total)
@@ -214,6 +314,8 @@ def measure(args, url: str, procs: dict, broker) -> dict:
                 if r["kind"] == "producer" and len(results["producer"]) == P:
                     t_prod_done = time.perf_counter()
                     sampler.stop()
+                    if hooks is not None:
+                        hooks.after_produce(topic, nparts)
                     with Admin(url) as adm:
                         for p in range(nparts):
                             ends[p] = adm.list_offsets(topic, p, -1)
@@ -263,8 +365,10 @@ def measure(args, url: str, procs: dict, broker) -> dict:
         "what": "end to end: producer process(es) -> broker (acceptor -> ring -> writer -> fdatasync) -> ack; "
                 "ack latency per batch from send to ack",
         "url": url if broker is None else "private broker",
-        "broker": "private (python -m hpbroker serve)" if broker is not None else url,
+        "broker": url if broker is None else "private (python -m hpbroker serve)" + (
+            f", master + slave, replication mode {hooks.pair.mode}" if hooks is not None else ""),
         "client": args.client,
+        "replica": hooks.pair.mode if hooks is not None else None,
         "messages": acked,
         "messages_sent": sent,
         "messages_acked": acked,
@@ -293,6 +397,7 @@ def measure(args, url: str, procs: dict, broker) -> dict:
         "cpu_percent": {n: v for n, v in cpu.items() if not n.startswith("bench-")},
         "bench_cpu_percent": {n: v for n, v in cpu.items() if n.startswith("bench-")},
         "broker_pids": {n: p.pid for n, p in procs.items()},
+        "topic": topic,
         "broker_peak_rss_mb": round(sum(v for n, v in sampler.peak_rss.items() if not n.startswith("bench-")) / 2**20, 1),
         "_timeline": timeline,
         "_lat": lat,
@@ -332,6 +437,11 @@ def run_baselines(args, which: set, root: str, res: dict) -> dict:
         d = disk_baseline(root, nbytes)
         d["what"] = "plain sequential O_DIRECT write of the bytes the broker wrote, 4 MiB chunks, one fdatasync"
         out["disk"] = d
+    if "fsync" in which:
+        from hpbroker.bench._e2e_fsync import fsync_baseline
+
+        out["fsync"] = fsync_baseline(root, args.batch_bytes, args.fsync_iterations,
+                                      max_seconds=max(res.get("seconds") or 0.0, 5.0))
     if "redis" in which:
         from hpbroker.bench import _redis_baseline as R
 
@@ -356,6 +466,16 @@ def _ratios(res: dict) -> None:
     for k in ("redis_benchmark", "redis_py"):
         if k in b and b[k].get("msgs_per_s"):
             b[k]["ratio"] = res["msgs_per_s"] / b[k]["msgs_per_s"]
+    if "fsync" in b and res.get("p99_ms") and b["fsync"].get("p99_ms"):
+        # how many device write+fdatasync tails the broker's ack tail is
+        b["fsync"]["ack_p99_over_fsync_p99"] = res["p99_ms"] / b["fsync"]["p99_ms"]
+    sa = b.get("standalone")
+    if sa and sa.get("msgs_per_s"):
+        sa["ratio"] = res["msgs_per_s"] / sa["msgs_per_s"]
+        res["replica_vs_standalone"] = sa["ratio"]
+        for k in ("p50_ms", "p99_ms", "p999_ms"):
+            if res.get(k) and sa.get(k):
+                sa[k.replace("_ms", "_ratio")] = res[k] / sa[k]
 
 
 def _f(v, fmt="{:,.0f}", none="-"):
@@ -363,12 +483,35 @@ def _f(v, fmt="{:,.0f}", none="-"):
 
 
 def print_table(r: dict) -> None:
-    rows = [
+    b = r.get("baselines") or {}
+    sa = b.get("standalone")
+    lat3 = ("p50_ms", "p99_ms", "p999_ms")
+    rows = []
+    if sa:
+        rows.append(("run", f"{r['replication']['mode']} replica (master + slave), acks={r['acks']}; "
+                            f"baseline: standalone, same workload, same invocation"))
+    rows += [
         ("messages acked", _f(r["messages_acked"]) + f" x {r['size']} B in {r['seconds']:.2f} s"),
         ("messages/s", _f(r["msgs_per_s"])),
         ("MB/s (payload)", _f(r["mb_per_s"], "{:,.1f}")),
-        ("ack latency p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in ("p50_ms", "p99_ms", "p999_ms"))),
+        ("ack latency p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in lat3)),
     ]
+    if "fsync" in b:
+        d = b["fsync"]
+        rows.append((f"baseline device write+fdatasync p50 / p99 / p999 ms",
+                     " / ".join(_f(d[k], "{:.2f}") for k in lat3)
+                     + f"  ({d['iterations']} x {d['write_bytes'] >> 10} KiB{' O_DIRECT' if d['direct'] else ' buffered'})"))
+    if sa:
+        rows.append(("baseline standalone messages/s", f"{sa['msgs_per_s']:,.0f}  (replica / standalone = "
+                                                       f"{sa.get('ratio', 0):.2f})"))
+        rows.append(("baseline standalone ack p50 / p99 / p999 ms", " / ".join(_f(sa[k], "{:.2f}") for k in lat3)))
+        rep = r["replication"]
+        lag = rep.get("lag_at_produce_end") or {}
+        rows.append(("slave in sync before the run", f"after {_f(rep.get('insync_wait_seconds'), '{:.2f}')} s"))
+        rows.append(("slave lag at produce end", ", ".join(f"{k} {v}" for k, v in lag.items()) or "-"))
+        rows.append(("slave catch-up after produce",
+                     f"{rep['catch_up_seconds'] * 1000:.0f} ms" if rep.get("caught_up")
+                     else f"NOT caught up (master {rep.get('master_offsets')}, slave {rep.get('slave_offsets')})"))
     for n, v in r["cpu_percent"].items():
         rows.append((f"CPU% {n} (pid {r['broker_pids'].get(n)})", _f(v, "{:.0f}%")))
     for n, v in r["bench_cpu_percent"].items():
@@ -380,7 +523,6 @@ def print_table(r: dict) -> None:
         rows.append(("produce->consume p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in ("e2e_p50_ms", "e2e_p99_ms", "e2e_p999_ms"))))
         if r.get("replay_msgs_per_s"):
             rows.append(("catch-up re-read msgs/s", f"{r['replay_msgs_per_s']:,.0f} ({r['replay_mb_per_s']:,.0f} MB/s)"))
-    b = r.get("baselines") or {}
     if "disk" in b:
         d = b["disk"]
         rows.append(("baseline disk O_DIRECT MB/s", f"{d['mb_per_s']:,.0f}  (hpbroker log MB/s / disk = {d.get('ratio', 0):.2f})"))
