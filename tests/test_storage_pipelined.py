@@ -15,7 +15,10 @@ import pytest
 
 from hpbroker.config import LogConfig
 from hpbroker.io import DiskFull, FaultyFileSystem, GroupCommit, PartitionFenced, PartitionLog, Storage
+from hpbroker.io.inspect import inspect_partition
+from hpbroker.io.offset_index import OffsetIndex
 from hpbroker.io.testing import make_batch, read_all
+from hpbroker.io.time_index import TimeIndex
 
 SMALL = LogConfig(segment_bytes=1 << 18, write_buffer_bytes=1 << 16, flush_batches=0, flush_bytes=0)
 
@@ -82,6 +85,21 @@ def test_pipelined_round_trip_rolls_and_large_batches(tmp_path):
     with PartitionLog(str(tmp_path / "t-0"), SMALL) as log:
         assert log.fenced is None and log.recovered_truncated_bytes == 0
         assert log.log_end_offset == expect and contiguous(log) == expect
+    items = list(inspect_partition(str(tmp_path / "t-0")))  # every batch CRC-checked, across buffer switches
+    assert len(items) == 300 and all(it.problem is None for it in items)
+
+
+def test_take_pending_below_keeps_later_entries_for_rollback():
+    idx, tidx = OffsetIndex(), TimeIndex()
+    for rel in (10, 20, 30):
+        idx.append(rel, rel * 100)
+        tidx.maybe_append(rel, rel)
+    assert idx.take_pending(25) == OffsetIndex.from_bytes(idx.to_bytes()[:16]).to_bytes()
+    assert len(tidx.take_pending(25)) == 24
+    idx.truncate_from(30)  # still pending, so a rollback may drop it
+    tidx.truncate_from(30)
+    assert idx.take_pending() == b"" and tidx.take_pending() == b""
+    assert list(idx.rel) == [10, 20] and list(tidx.rel) == [10, 20]
 
 
 def test_fsync_failure_while_io_thread_busy_fails_everything_waiting(tmp_path):
