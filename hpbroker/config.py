@@ -12,7 +12,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from hpbroker.ring import layout as ring_layout
+
 M = msgspec.Meta
+
+#: routing header of a ring record (hpbroker/net/handoff.py) with the longest topic name
+HANDOFF_HEADROOM = 512
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -70,8 +75,8 @@ class BrokerConfig(_Section):
     broker_id: Annotated[int, M(ge=0, description="This broker's id in metadata.")] = 0
     auto_create_topics: Annotated[bool, M(description="Create an unknown topic on its first metadata request or produce.")] = True
     default_partitions: Annotated[int, M(ge=1, le=4096, description="Partitions of an automatically created topic.")] = 4
-    max_batch_bytes: Annotated[int, M(ge=1024, description="Largest record batch a producer may send (MESSAGE_TOO_LARGE above it).")] = 8 << 20
-    max_request_bytes: Annotated[int, M(ge=1024, description="Largest produce request (all its batches); ZMQ_MAXMSGSIZE on client sockets is set a little above it. Must fit a quarter of a ring.")] = 16 << 20
+    max_batch_bytes: Annotated[int, M(ge=1024, description="Largest record batch a producer may send (MESSAGE_TOO_LARGE above it).")] = 4 << 20
+    max_request_bytes: Annotated[int, M(ge=1024, description="Largest produce request (all its batches); ZMQ_MAXMSGSIZE on client sockets is set a little above it. A request travels as one ring record, so it must fit the ring's largest record (an eighth of ring.capacity_bytes, less 512 bytes of routing header).")] = 4 << 20
     max_fetch_bytes: Annotated[int, M(ge=1024, description="Upper bound on the bytes one fetch reply carries.")] = 8 << 20
     max_pending_requests: Annotated[int, M(ge=1, description="Produce requests an acceptor holds while waiting for durability; beyond it producers get BUSY.")] = 65536
     cpu_affinity: Annotated[Literal["auto", "off"], M(description="auto: pin acceptors and writers to distinct cores (writers from the last core down) and place each ring on its writer's NUMA node; off: let the OS schedule.")] = "off"
@@ -115,9 +120,11 @@ class Config(_Section):
         cap = self.ring.capacity_bytes
         if cap & (cap - 1):
             raise ValueError(f"ring.capacity_bytes must be a power of two, got {cap}")
-        if self.broker.max_request_bytes > cap // 4:
+        limit = ring_layout.max_payload(cap) - HANDOFF_HEADROOM
+        if self.broker.max_request_bytes > limit:
             raise ValueError(
-                f"broker.max_request_bytes ({self.broker.max_request_bytes}) must fit a quarter of ring.capacity_bytes ({cap})"
+                f"broker.max_request_bytes ({self.broker.max_request_bytes}) must fit one ring record: at most {limit} "
+                f"with ring.capacity_bytes = {cap} (raise the ring or lower the request limit)"
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")

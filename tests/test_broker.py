@@ -153,7 +153,7 @@ def test_oversized_frames(tmp_path):
 
 def _small_limits(tmp_path):
     p = tmp_path / "small.toml"
-    p.write_text("[broker]\nmax_batch_bytes = 65536\nmax_request_bytes = 1048576\n[ring]\ncapacity_bytes = 4194304\n")
+    p.write_text("[broker]\nmax_batch_bytes = 65536\nmax_request_bytes = 262144\n[ring]\ncapacity_bytes = 4194304\n")
     return p
 
 

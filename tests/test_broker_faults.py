@@ -30,7 +30,7 @@ def child_pid(b: BrokerProcess, name: str) -> int:
 def test_slow_disk_gives_busy_not_unbounded_memory(tmp_path):
     cfg = tmp_path / "bp.toml"
     cfg.write_text(
-        "[broker]\nmax_batch_bytes = 262144\nmax_request_bytes = 262144\n"
+        "[broker]\nmax_batch_bytes = 122880\nmax_request_bytes = 122880\n"
         "[ring]\ncapacity_bytes = 1048576\nfull_timeout_ms = 200\ndead_after_ms = 120000\n"
     )
     b = BrokerProcess(tmp_path / "data", args=("--config", str(cfg))).start()

@@ -39,6 +39,7 @@ def test_toml_overrides_and_flags(tmp_path):
         ("[nosuchsection]\n", "nosuchsection"),
         ('[log]\nflush_mode = "sometimes"\n', "flush_mode"),
         ("[ring]\ncapacity_bytes = 100000\n", "power of two"),
+        ("[ring]\ncapacity_bytes = 1048576\n", "must fit one ring record"),
         ("[broker]\nport = 0\n", "port"),
         ("this is not toml", "b.toml"),
     ],
