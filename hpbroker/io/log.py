@@ -253,8 +253,7 @@ class PartitionLog:
         self._written = self._synced = max(self._written, leo)
         self._writer.synced = max(self._writer.synced, end)
         self._pending_snap = max(self._pending_snap, snap)
-        if self._durable:
-            self._acked(snap, leo)
+        self._acked(snap, leo)  # written and synced: acknowledged in either mode
         self._result = self.high_watermark
 
     def _acked(self, snap=None, upto: int | None = None) -> None:
