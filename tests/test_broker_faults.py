@@ -92,3 +92,24 @@ def test_a_dead_writer_stops_the_broker_and_loses_nothing_acked(tmp_path):
         c.close()
     finally:
         assert b2.stop() == 0
+
+
+def test_children_do_not_outlive_a_killed_supervisor(tmp_path):
+    b = BrokerProcess(tmp_path / "data").start()
+    c = RawClient(b.url)
+    assert c.produce("orphan", 0, [batch.encode_batch([b"kept"])]).code == 0
+    c.close()
+    children = psutil.Process(b.pid).children(recursive=True)
+    assert len(children) >= 2
+    os.kill(b.pid, signal.SIGKILL)  # only the supervisor
+    b.proc.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"children outlived the supervisor: {[p.pid for p in alive]}"
+    b.stop()
+    b2 = BrokerProcess(tmp_path / "data", port=b.port).start()  # and the next start cleans up after it
+    try:
+        c = RawClient(b2.url)
+        assert [r.value for r in c.fetch_all("orphan", 0)] == [b"kept"]
+        c.close()
+    finally:
+        assert b2.stop() == 0

@@ -30,6 +30,7 @@ import zmq
 
 from hpbroker import batch
 from hpbroker import config as config_mod
+from hpbroker.procutil import die_with_parent
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.net import control, handoff
@@ -273,6 +274,7 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     import psutil
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
+    die_with_parent()
     cfg = config_mod.loads(cfg_bytes)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s writer{index} %(levelname)s %(message)s")
     if cpus:

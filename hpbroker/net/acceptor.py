@@ -29,6 +29,7 @@ import psutil
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker.procutil import die_with_parent
 from hpbroker.net import control, handoff
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
@@ -406,6 +407,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
          control_ep: str, view_ep: str, repl_state_ep: str, cpus: list[int] | None) -> None:
     """Entry point of an acceptor process (spawned by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
+    die_with_parent()
     cfg = config_mod.loads(cfg_toml)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s acceptor{index} %(levelname)s %(message)s")
     if cpus:
