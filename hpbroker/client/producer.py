@@ -49,6 +49,7 @@ class _Waker:
     """An fd the I/O thread polls; any thread may ``wake()`` it."""
 
     def __init__(self):
+        self._armed = False  # a wake-up is already pending: later wake() calls cost nothing
         if hasattr(os, "eventfd"):
             self.rfd = self.wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         else:  # pragma: no cover - non-Linux
@@ -57,12 +58,18 @@ class _Waker:
             os.set_blocking(self.wfd, False)
 
     def wake(self) -> None:
+        if self._armed:
+            return
+        self._armed = True
         try:
             os.write(self.wfd, (1).to_bytes(8, "little"))
         except BlockingIOError:
             pass  # already signalled
 
     def drain(self) -> None:
+        # Disarm before reading: a wake() racing with us then writes again and
+        # the fd stays readable, so no wake-up is lost.
+        self._armed = False
         try:
             os.read(self.rfd, 4096)
         except BlockingIOError:
@@ -330,12 +337,13 @@ class Producer:
         per batch; chunk bounds come from a cumsum, not a Python loop)."""
         max_batch = self._t.max_batch_bytes
         n = len(values)
-        sizes = np.fromiter(map(len, values), dtype=np.int64, count=n) + batch.ENTRY_SIZE
+        vlen = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        sizes = vlen + batch.ENTRY_SIZE
         if keys is not None:
             sizes += np.fromiter((0 if k is None else len(k) for k in keys), dtype=np.int64, count=n)
         cum = np.cumsum(sizes)
         if int(cum[-1]) + batch.HEADER_SIZE <= max_batch:
-            return [[batch.encode_batch(values, keys, timestamp_ms=timestamp_ms)]]
+            return [[batch.encode_batch(values, keys, timestamp_ms=timestamp_ms, value_lengths=vlen)]]
         frames = []
         start = 0
         room = max_batch - batch.HEADER_SIZE
@@ -343,7 +351,7 @@ class Producer:
             before = int(cum[start - 1]) if start else 0
             end = max(start + 1, int(np.searchsorted(cum, before + room, side="right")))
             frames.append(batch.encode_batch(values[start:end], None if keys is None else keys[start:end],
-                                             timestamp_ms=timestamp_ms))
+                                             timestamp_ms=timestamp_ms, value_lengths=vlen[start:end]))
             start = end
         max_request = max(self._t.max_request_bytes, max_batch)
         requests, cur, size = [], [], 0

@@ -136,7 +136,7 @@ class Master:
             now = self.clock()
             if now >= next_state:
                 self._broadcast(force=True)
-                next_state = now + 0.5
+                next_state = now + 0.2
 
     def _drain_feed(self) -> None:
         now = self.clock()
