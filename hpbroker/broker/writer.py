@@ -90,6 +90,13 @@ class Writer:
         self.handlers = {r: (lambda t, b, a=a: self.on_record(a, t, b)) for a, r in enumerate(group.readers)}
         self.moved: set = set()  # logs whose watermarks changed since the last report
         self.epochs: dict[tuple[str, int], EpochCache] = {}
+        self.io_done = False  # set by the I/O thread when a pipelined flush finished
+        self.bell_post = lambda: None  # wakes our own wait (the writer's doorbell)
+
+    def on_io_done(self) -> None:
+        """Called on the I/O thread: wake the loop to acknowledge."""
+        self.io_done = True
+        self.bell_post()
 
     def partition(self, topic: str, partition: int):
         plog = self.storage.partition(topic, partition, create=True)
@@ -135,8 +142,7 @@ class Writer:
 
     def _truncate(self, plog, offset: int) -> None:
         """A slave cutting its divergent tail (after flushing what is staged)."""
-        if self.gc.pending_batches:
-            self.commit()
+        self.commit_now()
         topic, partition = plog.key
         plog = self.storage.truncate(topic, partition, offset)
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
@@ -170,13 +176,33 @@ class Writer:
     # -- commit and tell --------------------------------------------------------------------
 
     def commit(self) -> None:
-        results = self.gc.flush()
+        """Start a group commit on the I/O thread (the loop keeps draining the
+        rings meanwhile); its batches are acknowledged when it completes."""
+        self.after_flush(self.gc.start_flush())
+
+    def commit_now(self) -> None:
+        """A blocking group commit, in-flight ones included (stop, truncate)."""
+        self.after_flush(self.gc.flush())
+        self.after_flush(self.gc.poll(wait=True))
+
+    def poll_flushes(self) -> None:
+        self.io_done = False
+        if self.gc.inflight_batches:
+            res = self.gc.poll()
+            if res:
+                self.after_flush(res)
+
+    def after_flush(self, results) -> None:
         for key, r in results.items():
             if isinstance(r, PartitionFenced):
                 log.error("partition %s/%d fenced: %s", key[0], key[1], r)
+            plog = self.storage.find(*key)
+            if plog is not None:
+                self.moved.add(plog)  # its high watermark moved (or it failed): tell the acceptors
         if self.published:
             self._publish(results)
-        self.report()
+        if results or any(self.done):
+            self.report()
 
     def _publish(self, results) -> None:
         """Hand the batches this flush made durable to the replicator, one
@@ -224,6 +250,8 @@ class Writer:
             for r in self.group.readers:
                 got += r.drain(self.handlers[r])
             now = self.clock()
+            if self.io_done or self.gc.inflight_batches:
+                self.poll_flushes()
             if self.gc.pending_batches and (got == 0 or self.gc.due(now)):
                 self.commit()
             elif any(self.done):
@@ -242,15 +270,16 @@ class Writer:
             deadline = self.gc.deadline()
             timeout = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
             self._wait(timeout)
-        self.gc.sync_all()
-        self.report()
+        self.commit_now()
+        self.after_flush(self.gc.sync_all())
+        self.after_flush(self.gc.close())
 
     def _wait(self, timeout: float) -> None:
         if not self.group.readers:
-            time.sleep(timeout)
+            time.sleep(min(timeout, 0.005) if self.gc.inflight_batches else timeout)
             return
         try:
-            self.group.wait(timeout)
+            self.group.wait(timeout, also=lambda: self.io_done)
         except (PeerDead, RingClosed) as e:
             reader = getattr(e, "reader", None)
             if isinstance(e, PeerDead):
@@ -299,8 +328,10 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         feed.setsockopt(zmq.LINGER, 0)
         feed.setsockopt(zmq.SNDHWM, 1000)  # beyond it batches are dropped; slaves catch up from the files
         feed.connect(feed_ep)
-    w = Writer(index, storage, GroupCommit(cfg.log), group, pushes, feed=feed,
+    w = Writer(index, storage, None, group, pushes, feed=feed,
                retention_check_s=cfg.log.retention_check_ms / 1000.0)
+    w.bell_post = bell.signal.post
+    w.gc = GroupCommit(cfg.log, on_io_done=w.on_io_done)
     w.feed_on = feed_on
 
     def on_term(signum, frame):

@@ -39,6 +39,10 @@ class Storage:
             self._logs[key] = log
         return log
 
+    def find(self, topic: str, partition: int) -> PartitionLog | None:
+        """The open log of ``topic``-``partition``, or None (never opens one)."""
+        return self._logs.get((topic, int(partition)))
+
     def partitions(self) -> list[tuple[str, int]]:
         """Every partition on disk or open, sorted."""
         return sorted(set(layout.list_partitions(self.data_dir)) | set(self._logs))

@@ -52,10 +52,13 @@ class ReaderGroup:
                 e.reader = r  # the caller drops this reader and carries on
                 raise
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until any ring has a record.  A dead or closed, fully drained
-        producer raises PeerDead/RingClosed with ``.reader`` set to its reader."""
-        return self.wait_strategy.wait(self.available, self._arm, self._disarm, self._check, timeout)
+    def wait(self, timeout: float | None = None, also=None) -> bool:
+        """Block until any ring has a record, or ``also()`` is true (another
+        event that posts the same doorbell, e.g. a finished disk flush).  A
+        dead or closed, fully drained producer raises PeerDead/RingClosed
+        with ``.reader`` set to its reader."""
+        ready = self.available if also is None else (lambda: also() or self.available())
+        return self.wait_strategy.wait(ready, self._arm, self._disarm, self._check, timeout)
 
     def drain(self, handler, limit: int | None = None) -> int:
         """``reader.drain(handler, limit)`` on every ring; the number of records handled."""
