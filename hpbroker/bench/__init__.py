@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 
@@ -47,6 +48,11 @@ def with_default_suite(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = with_default_suite(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt  # unwind through the cleanup: stop the private broker, remove temp dirs
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

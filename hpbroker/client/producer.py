@@ -67,13 +67,17 @@ class _Waker:
             pass  # already signalled
 
     def drain(self) -> None:
-        # Disarm before reading: a wake() racing with us then writes again and
-        # the fd stays readable, so no wake-up is lost.
-        self._armed = False
+        # Read, then disarm, and only then look at the queues (the caller
+        # does that next).  A wake() that returned early because we were
+        # armed queued its work before we disarmed, so the caller sees it;
+        # a wake() after the disarm writes again.  Disarming before the read
+        # could swallow that write and leave us armed with an empty fd:
+        # every later wake() would then be skipped (a hang).
         try:
             os.read(self.rfd, 4096)
         except BlockingIOError:
             pass
+        self._armed = False
 
     def close(self) -> None:
         os.close(self.rfd)
