@@ -22,3 +22,22 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         return
     if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
         os.kill(os.getpid(), sig)
+
+
+def child_setup(name: str, cfg_bytes: bytes, cpus: list[int] | None):
+    """What every broker child does first: leave SIGINT to the supervisor
+    (it coordinates shutdown), die with it, decode the config it passed,
+    log under its own name, and pin itself to its CPUs.  Returns the Config."""
+    import logging
+
+    import psutil
+
+    from hpbroker import config as config_mod
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    cfg = config_mod.loads(cfg_bytes)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    if cpus:
+        psutil.Process().cpu_affinity(cpus)
+    return cfg

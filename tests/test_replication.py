@@ -8,7 +8,6 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from brokerproc import BrokerProcess, free_port
 from hpbroker import batch

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from hpbroker import batch as B
 from hpbroker.config import LogConfig
 from hpbroker.io import GroupCommit, OffsetOutOfRange, PartitionLog, PartitionReader, Storage
 from hpbroker.io import layout

@@ -23,14 +23,12 @@ import logging
 import os
 import signal
 import time
-from collections import defaultdict
 
 import msgspec
 import zmq
 
 from hpbroker import batch
-from hpbroker import config as config_mod
-from hpbroker.procutil import die_with_parent
+from hpbroker.procutil import child_setup
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.net import control, handoff
@@ -300,14 +298,7 @@ def recover_owned(storage: Storage, index: int, writers: int) -> None:
 def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doorbell: str, push_eps: list[str],
          control_ep: str, cpus: list[int] | None, feed_ep: str | None = None, feed_on: bool = False) -> None:
     """Entry point of a writer process (spawned by the supervisor)."""
-    import psutil
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
-    die_with_parent()
-    cfg = config_mod.loads(cfg_bytes)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s writer{index} %(levelname)s %(message)s")
-    if cpus:
-        psutil.Process().cpu_affinity(cpus)
+    cfg = child_setup(f"writer{index}", cfg_bytes, cpus)
     ctx = zmq.Context()
     pushes = []
     for ep in push_eps:

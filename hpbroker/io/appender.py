@@ -29,10 +29,8 @@ buffer) and before any synchronous write.
 
 from __future__ import annotations
 
-import os
-
 from hpbroker import batch as B
-from hpbroker.io.direct import BLOCK, ZEROS, align_down, align_up, aligned_buffer
+from hpbroker.io.direct import BLOCK, ZEROS, align_down, align_up
 from hpbroker.io.fs import FileSystem
 
 

@@ -25,11 +25,10 @@ import signal
 import time
 from itertools import count
 
-import psutil
 import zmq
 
 from hpbroker import config as config_mod
-from hpbroker.procutil import die_with_parent
+from hpbroker.procutil import child_setup
 from hpbroker.net import control, handoff
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
@@ -406,12 +405,7 @@ def _error_reply(req, e: BrokerError):
 def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endpoint: str, completions_ep: str,
          control_ep: str, view_ep: str, repl_state_ep: str, cpus: list[int] | None) -> None:
     """Entry point of an acceptor process (spawned by the supervisor)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
-    die_with_parent()
-    cfg = config_mod.loads(cfg_toml)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s acceptor{index} %(levelname)s %(message)s")
-    if cpus:
-        psutil.Process().cpu_affinity(cpus)
+    cfg = child_setup(f"acceptor{index}", cfg_toml, cpus)
     ctx = zmq.Context()
     r = cfg.ring
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]

@@ -4,27 +4,18 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 
 import zmq
 
-from hpbroker import config as config_mod
-from hpbroker.procutil import die_with_parent
+from hpbroker.procutil import child_setup
 from hpbroker.net import control
 
 
 def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: list[str], feed_ep: str,
          completions_ep: str, state_ep: str, control_ep: str, cpus: list[int] | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
-    die_with_parent()
-    cfg = config_mod.loads(cfg_bytes)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s replicator({role}) %(levelname)s %(message)s")
-    if cpus:
-        import psutil
-
-        psutil.Process().cpu_affinity(cpus)
+    cfg = child_setup(f"replicator({role})", cfg_bytes, cpus)
     ctx = zmq.Context()
     ctl = ctx.socket(zmq.DEALER)
     ctl.setsockopt(zmq.LINGER, 1000)
