@@ -292,3 +292,35 @@ def test_a_slave_refuses_a_strangers_stream(tmp_path):
         sc.close()
     finally:
         b.stop(), a.stop()
+
+
+def test_a_corrupt_batch_on_the_master_is_never_copied(tmp_path):
+    a = master(tmp_path, "a", mode="async")
+    b = None
+    try:
+        c = RawClient(a.url)
+        batches = [batch.encode_batch([b"%d-%d" % (i, j) for j in range(50)]) for i in range(3)]
+        for x in batches:
+            assert c.produce("rep", 0, [x]).code == 0
+        # the middle batch rots on the master's disk after it was acknowledged
+        seg = tmp_path / "a" / "rep-0" / f"{0:020d}.log"
+        with open(seg, "r+b") as f:
+            f.seek(len(batches[0]) + 200)
+            byte = f.read(1)
+            f.seek(len(batches[0]) + 200)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        b = slave(tmp_path, "b", a, mode="async")
+        wait_until(lambda: "rep/0" in stats(b).get("replication_stopped_partitions", ""), 30, "the slave to stop rep/0")
+        assert c.produce("rep", 1, [batch.encode_batch([b"fine"])]).code == 0
+        wait_until(lambda: RawClient(b.url).fetch("rep", 1, 0)[0].high_watermark == 1, 30, "rep/1 to replicate")
+        s = RawClient(b.url)
+        assert [r.offset for r in s.fetch_all("rep", 0)] == list(range(50))  # up to the corrupt batch, not past it
+        s.close()
+        c.close()
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(tmp_path / "b")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -27,6 +27,7 @@ from hpbroker.io.layout import partition_dir
 from hpbroker.net import control, handoff
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
+from hpbroker.protocol.errors import ErrorCode
 from hpbroker.replication import messages as rm
 from hpbroker.ring import RingFull, SharedRing
 
@@ -73,6 +74,7 @@ class Slave:
         self.heard_from: set[int] = set()
         self.known_topics: dict[str, int] = {}
         self.gaps = 0
+        self.stopped: dict[str, str] = {}  # partitions not followed any more, and why
         self._stalled: dict[str, int] = {}
         self.stopping = False
         self._ack_dirty = True
@@ -104,7 +106,10 @@ class Slave:
                 if key is None:
                     continue
                 self.inflight[key] -= 1
-                if code:
+                if code == ErrorCode.PARTITION_FENCED:
+                    log.error("not following %s: the local partition is fenced (%s)", key, message)
+                    self.stopped[key] = f"local partition fenced: {message}"
+                elif code:
                     log.warning("local writer refused replicated data for %s: %s; catching up", key, message)
                     self.paused.add(key)
             for k, v in c.hwm.items():
@@ -145,6 +150,8 @@ class Slave:
         """Hand whole batches to the writer, skipping what it already has;
         a batch past the expected offset means a gap."""
         key = handoff.tp_key(topic, partition)
+        if key in self.stopped:
+            return
         exp = self.expected.get(key, 0)
         out = []
         for v in views:
@@ -155,6 +162,14 @@ class Slave:
             if base != exp:
                 self.gaps += 1
                 self._want_catch_up(key)
+                break
+            try:
+                batch.check_batch(v, 0, len(v))
+            except batch.CorruptBatch as e:
+                # never copy corruption: stop following this partition here
+                log.error("%s: the master sent a corrupt batch at offset %d (%s); not replicating this "
+                          "partition past offset %d until the master's copy is repaired", key, base, e, exp)
+                self.stopped[key] = f"corrupt batch from the master at offset {base}"
                 break
             out.append(v)
             exp = end
@@ -273,7 +288,7 @@ class Slave:
                 self._drain_completions()
 
     def _want_catch_up(self, key: str) -> None:
-        if key not in self.catching and key != self.catch_inflight and key not in self.paused:
+        if key not in self.catching and key != self.catch_inflight and key not in self.paused and key not in self.stopped:
             self.catching.append(key)
 
     def _next_catch_up(self) -> None:
@@ -422,6 +437,7 @@ class Slave:
             "replication_received_batches": self._received,
             "replication_gaps": self.gaps,
             "replication_paused": len(self.paused),
+            "replication_stopped_partitions": "; ".join(f"{k}: {v}" for k, v in sorted(self.stopped.items())),
         }
         self.state_pub.send(rm.state_encoder.encode(rm.ReplicaState(role="slave", insync=0, replicated={}, stats=stats)))
 
