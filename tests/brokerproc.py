@@ -8,6 +8,7 @@ stopped by pid (SIGTERM, then SIGKILL of its process group), never by name.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -77,6 +78,18 @@ class BrokerProcess:
                 s.close()
             time.sleep(0.1)
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
+
+    def child_pid(self, name: str, timeout: float = 30.0) -> int:
+        """The pid of child ``name`` (e.g. "writer0", "acceptor0",
+        "replicator"), from the supervisor's "started ..." log line (the
+        newest one: a replicator is started again at promotion)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.findall(rf"started {name} \(pid (\d+)\)", self.log())
+            if found:
+                return int(found[-1])
+            time.sleep(0.1)
+        raise AssertionError(f"no {name} in the broker log:\n{self.log()}")
 
     def log(self) -> str:
         try:

@@ -17,15 +17,6 @@ from hpbroker.protocol.errors import ErrorCode
 from rawclient import RawClient
 
 
-def child_pid(b: BrokerProcess, name: str) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = re.search(rf"started {name} \(pid (\d+)\)", b.log())
-        if found:
-            return int(found.group(1))
-        time.sleep(0.1)
-    raise AssertionError(f"no {name} in the broker log:\n{b.log()}")
-
 
 def test_slow_disk_gives_busy_not_unbounded_memory(tmp_path):
     cfg = tmp_path / "bp.toml"
@@ -35,8 +26,8 @@ def test_slow_disk_gives_busy_not_unbounded_memory(tmp_path):
     )
     b = BrokerProcess(tmp_path / "data", args=("--config", str(cfg))).start()
     try:
-        writer = psutil.Process(child_pid(b, "writer0"))
-        acceptor = psutil.Process(child_pid(b, "acceptor0"))
+        writer = psutil.Process(b.child_pid("writer0"))
+        acceptor = psutil.Process(b.child_pid("acceptor0"))
         c = RawClient(b.url, timeout_ms=60_000)
         one = batch.encode_batch([b"p" * 1000] * 60)  # ~60 KiB
         assert c.produce("bp", 0, [one]).code == 0
@@ -77,7 +68,7 @@ def test_a_dead_writer_stops_the_broker_and_loses_nothing_acked(tmp_path):
     r = c.produce("dw", 1, [batch.encode_batch([b"before"] * 5)])
     assert r.code == 0
     children = psutil.Process(b.pid).children(recursive=True)
-    os.kill(child_pid(b, "writer0"), signal.SIGKILL)
+    os.kill(b.child_pid("writer0"), signal.SIGKILL)
     assert b.proc.wait(60) == 1
     assert re.search(r"writer0 \(pid \d+\) died with signal 9; stopping the broker", b.log())
     time.sleep(0.2)

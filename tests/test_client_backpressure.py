@@ -13,8 +13,6 @@ fixture stops the broker.
 
 from __future__ import annotations
 
-import re
-import time
 
 import psutil
 import pytest
@@ -32,21 +30,12 @@ VALUE = b"p" * 1000
 PER_BATCH = 60  # ~60 KiB per send_batch: the 1 MiB ring holds about 16 of them
 
 
-def child_pid(b: BrokerProcess, name: str) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(rf"started {name} \(pid (\d+)\)", b.log())
-        if found:
-            return int(found.group(1))
-        time.sleep(0.1)
-    raise AssertionError(f"no {name} in the broker log:\n{b.log()}")
-
 
 class SlowDisk:
     """The broker's writer process, suspended inside ``with``."""
 
     def __init__(self, b: BrokerProcess):
-        self.writer = psutil.Process(child_pid(b, "writer0"))
+        self.writer = psutil.Process(b.child_pid("writer0"))
 
     def __enter__(self):
         self.writer.suspend()

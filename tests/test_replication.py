@@ -200,10 +200,6 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
         b.stop(), a.stop()
 
 
-def replicator_pid(b: BrokerProcess) -> int:
-    return int(re.findall(r"started replicator \(pid (\d+)\)", b.log())[-1])
-
-
 def test_async_lag_gap_and_restart_catch_up(tmp_path):
     a = master(tmp_path, "a", mode="async", extra="pub_hwm = 2")
     b = slave(tmp_path, "b", a, mode="async")
@@ -211,7 +207,7 @@ def test_async_lag_gap_and_restart_catch_up(tmp_path):
         wait_until(lambda: stats(a).get("replication_slaves") == 1, 30, "the slave to join")
         before = produce_stream(a.url, "warm", 0.5, acks=-1)  # async: acks=all = local durability
         wait_until(lambda: caught_up(a, b), 30, "catch-up")
-        rep_proc = psutil.Process(replicator_pid(b))
+        rep_proc = psutil.Process(b.child_pid("replicator"))
         rep_proc.suspend()  # the slave stops reading: PUB drops past its high-water mark
         try:
             during = produce_stream(a.url, "gap", 1.0, acks=-1)
