@@ -21,13 +21,17 @@ import bisect
 import struct
 from array import array
 
+from hpbroker.io.pending_entries import PendingEntries
+
 ENTRY = struct.Struct("<II")
 ENTRY_SIZE = ENTRY.size
 
 
-class OffsetIndex:
+class OffsetIndex(PendingEntries):
     """Entries in memory (two compact arrays), appended to the file lazily."""
 
+    ENTRY_SIZE = ENTRY_SIZE
+    _columns = ("rel", "pos")
     __slots__ = ("rel", "pos", "_pending")
 
     def __init__(self):
@@ -49,30 +53,6 @@ class OffsetIndex:
         if i < 0:
             return 0, 0
         return self.rel[i], self.pos[i]
-
-    def truncate_from(self, rel: int) -> None:
-        """Drop entries with relative offset >= ``rel`` (not yet written ones only)."""
-        i = bisect.bisect_left(self.rel, rel)
-        drop = len(self.rel) - i
-        if drop <= 0:
-            return
-        if drop * ENTRY_SIZE > len(self._pending):
-            raise AssertionError("truncating index entries already written to the file")
-        del self.rel[i:]
-        del self.pos[i:]
-        del self._pending[len(self._pending) - drop * ENTRY_SIZE:]
-
-    def take_pending(self, below_rel: int | None = None) -> bytes:
-        """Pending (unwritten) entries, oldest first; with ``below_rel`` only those below it."""
-        if below_rel is None:
-            p = bytes(self._pending)
-            self._pending.clear()
-            return p
-        later = len(self.rel) - bisect.bisect_left(self.rel, below_rel)  # entries to keep pending
-        take = max(0, len(self._pending) - later * ENTRY_SIZE)
-        p = bytes(self._pending[:take])
-        del self._pending[:take]
-        return p
 
     def to_bytes(self) -> bytes:
         out = bytearray(len(self.rel) * ENTRY_SIZE)

@@ -23,11 +23,15 @@ import bisect
 import struct
 from array import array
 
+from hpbroker.io.pending_entries import PendingEntries
+
 ENTRY = struct.Struct("<qI")
 ENTRY_SIZE = ENTRY.size
 
 
-class TimeIndex:
+class TimeIndex(PendingEntries):
+    ENTRY_SIZE = ENTRY_SIZE
+    _columns = ("ts", "rel")
     __slots__ = ("ts", "rel", "_pending")
 
     def __init__(self):
@@ -53,29 +57,6 @@ class TimeIndex:
         batch up to it is older than ``ts``, so a search may start after it."""
         i = bisect.bisect_left(self.ts, ts) - 1
         return self.rel[i] if i >= 0 else None
-
-    def truncate_from(self, rel: int) -> None:
-        i = bisect.bisect_left(self.rel, rel)
-        drop = len(self.rel) - i
-        if drop <= 0:
-            return
-        if drop * ENTRY_SIZE > len(self._pending):
-            raise AssertionError("truncating time index entries already written to the file")
-        del self.ts[i:]
-        del self.rel[i:]
-        del self._pending[len(self._pending) - drop * ENTRY_SIZE:]
-
-    def take_pending(self, below_rel: int | None = None) -> bytes:
-        """Pending (unwritten) entries, oldest first; with ``below_rel`` only those below it."""
-        if below_rel is None:
-            p = bytes(self._pending)
-            self._pending.clear()
-            return p
-        later = len(self.rel) - bisect.bisect_left(self.rel, below_rel)  # entries to keep pending
-        take = max(0, len(self._pending) - later * ENTRY_SIZE)
-        p = bytes(self._pending[:take])
-        del self._pending[:take]
-        return p
 
     def to_bytes(self) -> bytes:
         return b"".join(ENTRY.pack(t, r) for t, r in zip(self.ts, self.rel))

@@ -283,12 +283,7 @@ class Acceptor:
 
     def _drain_completions(self) -> None:
         moved: list[str] = []
-        while True:
-            try:
-                raw = self.completions.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            c = handoff.completions_decoder.decode(raw.buffer)
+        for c in handoff.drain_completions(self.completions):
             self.heard_from.add(c.writer)
             for token, code, message, offsets, last in c.done:
                 w = self.pending.complete(token)

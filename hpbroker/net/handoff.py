@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Iterator
 
 import msgspec
+import zmq
 
 PRODUCE = 1
 REPLICA = 2
@@ -99,6 +101,16 @@ class Completions(msgspec.Struct, array_like=True, frozen=True):
 
 completions_encoder = msgspec.msgpack.Encoder()
 completions_decoder = msgspec.msgpack.Decoder(Completions)
+
+
+def drain_completions(sock) -> Iterator[Completions]:
+    """Every Completions message waiting on ``sock`` (a PULL), without blocking."""
+    while True:
+        try:
+            raw = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        yield completions_decoder.decode(raw.buffer)
 
 
 def tp_key(topic: str, partition: int) -> str:

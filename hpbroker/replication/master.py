@@ -160,12 +160,7 @@ class Master:
                 pass  # a slow slave: it sees the gap by offset and catches up from the files
 
     def _drain_completions(self) -> None:
-        while True:
-            try:
-                raw = self.comp.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            c = handoff.completions_decoder.decode(raw.buffer)
+        for c in handoff.drain_completions(self.comp):
             for k, v in c.hwm.items():
                 if v > self.hwm.get(k, -1):
                     self.hwm[k] = v

@@ -94,12 +94,7 @@ class Slave:
             self.expected.setdefault(k, v)
 
     def _drain_completions(self) -> None:
-        while True:
-            try:
-                raw = self.comp.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            c = handoff.completions_decoder.decode(raw.buffer)
+        for c in handoff.drain_completions(self.comp):
             self.heard_from.add(c.writer)
             for token, code, message, offsets, last in c.done:
                 key = self.tokens.pop(token, None)
