@@ -198,6 +198,9 @@ def record_table(buf, pos: int, count: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=ENTRY_DTYPE, count=count, offset=pos + HEADER_SIZE)
 
 
+_BLANK_HEADER = bytes(HEADER_SIZE)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -247,13 +250,14 @@ def encode_batch(
         table["ts_delta"] = ts - first
     else:
         first = last = now_ms() if timestamp_ms is None else int(timestamp_ms)
-    data = b"".join(parts)
-    total = HEADER_SIZE + n * ENTRY_SIZE + len(data)
+    # One copy of the values: bytearray.join writes header room, table and
+    # values straight into the (mutable) result.
+    if not isinstance(parts, list):
+        parts = list(parts)
+    out = bytearray().join([_BLANK_HEADER, table.tobytes(), *parts])
+    total = len(out)
     if total > 0xFFFFFFFF:
         raise ValueError("batch larger than 4 GiB")
-    out = bytearray(total)
-    out[HEADER_SIZE : HEADER_SIZE + n * ENTRY_SIZE] = table.tobytes()
-    out[HEADER_SIZE + n * ENTRY_SIZE :] = data
     _HEADER.pack_into(out, 0, 0, total, 0, MAGIC, 0, attributes, n, first, last, producer_id, base_sequence)
     _I.pack_into(out, CRC_AT, crc32c(memoryview(out)[CRC_START:]))
     return out
