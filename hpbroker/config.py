@@ -36,7 +36,8 @@ class LogConfig(_Section):
     ] = "durable"
     flush_bytes: Annotated[int, M(ge=0, description="Group commit: fdatasync once this many bytes are pending (0 = no byte trigger).")] = 4 << 20
     flush_batches: Annotated[int, M(ge=0, description="Group commit: fdatasync once this many batches are pending (0 = no count trigger).")] = 1024
-    flush_delay_us: Annotated[int, M(ge=0, description="Group commit: fdatasync at most this many microseconds after the oldest pending batch arrived. The writer also syncs whenever its input queue drains.")] = 2000
+    flush_delay_us: Annotated[int, M(ge=0, description="Group commit: fdatasync at most this many microseconds after the oldest pending batch arrived, or as soon as the round in flight finished when that takes longer. The writer also starts a round whenever its input queue drains and no round is in flight.")] = 2000
+    io_threads: Annotated[int, M(ge=1, le=64, description="I/O threads per writer process. A group-commit round writes and fdatasyncs up to this many partitions at once, so the device sees that queue depth; each partition always uses the same thread, so its writes never reorder.")] = 4
     async_fsync_interval_ms: Annotated[int, M(ge=1, description="async mode: the longest time written data may stay un-synced (the documented loss window).")] = 1000
     direct_io: Annotated[bool, M(description="Append with O_DIRECT from page-aligned buffers where the filesystem allows it; fall back to buffered writes (logged once) where it does not.")] = True
     write_buffer_bytes: Annotated[int, M(ge=1 << 16, description="Size of the page-aligned staging buffer each partition appends through.")] = 8 << 20
@@ -84,6 +85,8 @@ class BrokerConfig(_Section):
     writer_cpus: Annotated[list[int], M(description="Explicit CPU for each writer (overrides auto).")] = []
     shutdown_timeout_ms: Annotated[int, M(ge=0, description="On SIGTERM, how long to wait for in-flight batches to become durable before answering them with an error.")] = 10_000
     zmq_hwm: Annotated[int, M(ge=0, description="ZeroMQ send/receive high-water mark (messages) on client sockets.")] = 10_000
+    malloc_mmap_threshold_bytes: Annotated[int, M(ge=0, le=32 << 20, description="glibc only: every broker process serves allocations below this size from its reusable heap (mallopt M_MMAP_THRESHOLD, and M_TRIM_THRESHOLD at four times it) instead of fresh mmap'd pages, so the 1 MiB buffers ZeroMQ allocates per message are not faulted in page by page each time. 0 leaves glibc's default.")] = 32 << 20
+    gil_switch_interval_us: Annotated[int, M(ge=0, description="sys.setswitchinterval of every broker process: how long a thread may keep the GIL while another waits for it. A writer's I/O threads need the GIL after each pwrite and fdatasync while the loop thread copies batches; Python's default is 5000. 0 leaves Python's default.")] = 200
 
 
 class ReplicationConfig(_Section):

@@ -24,6 +24,39 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(mmap_threshold: int = 32 << 20) -> bool:
+    """glibc: serve allocations below ``mmap_threshold`` (at most 32 MiB) from
+    the heap and keep up to four times that free there before trimming.
+
+    By default glibc gives every allocation over 128 KiB fresh mmap'd pages
+    and unmaps them on free, so each 1 MiB buffer (a ZeroMQ message, an
+    encoded batch) is faulted in page by page: 1.1 ms per MiB on this VM
+    against 0.06 ms from the heap.  Returns False where mallopt is missing
+    (not glibc) or refused the value."""
+    if mmap_threshold <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    return mallopt(_M_TRIM_THRESHOLD, int(mmap_threshold) * 4) == 1 and ok
+
+
+def tune_runtime(mmap_threshold: int, switch_interval_us: int) -> None:
+    """The process-wide settings of ``[broker]`` (see docs/config.md)."""
+    import sys
+
+    tune_malloc(mmap_threshold)
+    if switch_interval_us > 0:
+        sys.setswitchinterval(switch_interval_us / 1e6)
+
+
 def child_setup(name: str, cfg_bytes: bytes, cpus: list[int] | None):
     """What every broker child does first: leave SIGINT to the supervisor
     (it coordinates shutdown), die with it, decode the config it passed,
@@ -40,4 +73,5 @@ def child_setup(name: str, cfg_bytes: bytes, cpus: list[int] | None):
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     if cpus:
         psutil.Process().cpu_affinity(cpus)
+    tune_runtime(cfg.broker.malloc_mmap_threshold_bytes, cfg.broker.gil_switch_interval_us)
     return cfg

@@ -54,6 +54,9 @@ def _stamped(template: bytes, size: int) -> bytes:
 
 
 def producer_main(idx, url, topic, nparts, cfg, counters, go, ready_q, result_q) -> None:
+    from hpbroker.procutil import tune_malloc
+
+    tune_malloc()  # as the broker does: batch-sized buffers come from the heap, not fresh pages
     try:
         if cfg["client"] == "raw":
             res = _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q)

@@ -33,6 +33,7 @@ from pathlib import Path
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker.procutil import tune_runtime
 from hpbroker.broker import layout
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
@@ -361,6 +362,7 @@ class ChildDied(RuntimeError):
 
 def run(cfg: config_mod.Config) -> int:
     """Run a broker in the foreground until SIGTERM/SIGINT; the exit code."""
+    tune_runtime(cfg.broker.malloc_mmap_threshold_bytes, cfg.broker.gil_switch_interval_us)
     sup = Supervisor(cfg)
 
     def on_signal(signum, frame):
