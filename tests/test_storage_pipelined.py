@@ -205,3 +205,55 @@ def test_blocking_flush_after_start_flush_reports_once(tmp_path):
         assert calls == [(None, 0, 4), (None, 5, 9)]
         assert gc.flush() == {} and gc.poll(wait=True) == {}
         assert log.synced_offset == log.written_offset == 10
+
+
+class PathGatedFS(FaultyFileSystem):
+    """Holds fdatasync only for files whose path contains ``path``."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.threads: dict[str, set[str]] = {}
+
+    def fdatasync(self, fd):
+        p = self._paths.get(fd, "")
+        self.threads.setdefault(p, set()).add(threading.current_thread().name)
+        if self.path in p:
+            self.entered.set()
+            assert self.gate.wait(10)
+        super().fdatasync(fd)
+
+
+def test_partitions_flush_in_parallel_and_each_keeps_its_io_thread(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 18, write_buffer_bytes=1 << 16, flush_batches=0, flush_bytes=0, io_threads=3)
+    fs = PathGatedFS("t-0")
+    with Storage(tmp_path, cfg, fs=fs) as st:
+        logs = [st.partition("t", p) for p in range(5)]
+        gc = GroupCommit(cfg)
+        got: dict[int, list] = {p: [] for p in range(5)}
+        for rnd in range(3):
+            for p, log in enumerate(logs):
+                gc.append(log, make_batch(2), 0, callback=lambda e, b, l, p=p: got[p].append((e, b, l)))
+            if rnd == 0:  # partition 0's fdatasync is held; the others still finish
+                gc.start_flush()
+                assert fs.entered.wait(5)
+                res = {}
+                for _ in range(500):
+                    res.update(gc.poll())
+                    if len(res) == 3:  # t-3 waits behind t-0 on the same thread (3 threads, 5 partitions)
+                        break
+                    threading.Event().wait(0.01)
+                assert set(res) == {("t", 1), ("t", 2), ("t", 4)} and all(v == 2 for v in res.values())
+                assert got[0] == [] and got[3] == [] and gc.inflight_batches == 2
+                fs.gate.set()
+            else:
+                gc.flush()
+        gc.close()
+        for p, log in enumerate(logs):
+            assert [(e, b, l) for e, b, l in got[p]] == [(None, 0, 1), (None, 2, 3), (None, 4, 5)]
+            assert log.high_watermark == 6 and contiguous(log) == 6
+        pipelined = {p: {n for n in t if n.startswith("hpbroker-io")} for p, t in fs.threads.items()}
+        assert len(pipelined) == 5 and all(len(t) == 1 for t in pipelined.values())  # one I/O thread per partition
+        assert len({n for t in pipelined.values() for n in t}) == 3  # spread over io_threads

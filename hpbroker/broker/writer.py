@@ -6,8 +6,12 @@ their files.  Its loop:
 
 1. drain every input ring (one per acceptor); each record is one produce
    request: append its batches (stamping offsets) and remember the token;
-2. when the group-commit policy says so, or when the rings ran dry, flush:
-   fdatasync every dirty partition (``durable`` mode);
+2. when no group-commit round is in flight and the policy says so, or the
+   rings ran dry, start a round: every dirty partition is written and
+   fdatasync'd (``durable`` mode) on the I/O threads while the loop goes on
+   draining.  Rounds never overlap, so while the disk works the next round
+   grows by itself: the batch size adapts to the load (the group commit of
+   databases and of MetaQ's GroupCommitService);
 3. tell each acceptor which of its tokens are now durable, at which base
    offsets, plus every changed high watermark;
 4. sleep on the writer's doorbell semaphore until an acceptor rings or the
@@ -250,7 +254,8 @@ class Writer:
             now = self.clock()
             if self.io_done or self.gc.inflight_batches:
                 self.poll_flushes()
-            if self.gc.pending_batches and (got == 0 or self.gc.due(now)):
+            inflight = self.gc.inflight_batches
+            if self.gc.pending_batches and not inflight and (got == 0 or self.gc.due(now)):
                 self.commit()
             elif any(self.done):
                 self.report()
@@ -265,7 +270,9 @@ class Writer:
                 if self.storage.apply_retention():
                     self.report(self.storage.logs())
                 next_retention = now + self.retention_check_s
-            deadline = self.gc.deadline()
+            # With a round in flight its end wakes us (bell_post); the next
+            # round then takes everything that arrived meanwhile.
+            deadline = None if inflight else self.gc.deadline()
             timeout = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
             self._wait(timeout)
         self.commit_now()
@@ -349,3 +356,5 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
                 s.close()
             bell.close()
             ctx.destroy(linger=1000)
+
+
