@@ -57,6 +57,18 @@ def tune_runtime(mmap_threshold: int, switch_interval_us: int) -> None:
         sys.setswitchinterval(switch_interval_us / 1e6)
 
 
+def freeze_heap() -> None:
+    """Call once startup is done: move every object alive now (modules,
+    classes, config) out of the cyclic GC's reach.  A full collection of a
+    process with numpy and zmq imported walks ~30 k objects and stalls it
+    4-6 ms on this VM; after the freeze it costs microseconds, and only the
+    objects made while serving are scanned."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def child_setup(name: str, cfg_bytes: bytes, cpus: list[int] | None):
     """What every broker child does first: leave SIGINT to the supervisor
     (it coordinates shutdown), die with it, decode the config it passed,

@@ -33,7 +33,7 @@ from pathlib import Path
 import zmq
 
 from hpbroker import config as config_mod
-from hpbroker.procutil import tune_runtime
+from hpbroker.procutil import freeze_heap, tune_runtime
 from hpbroker.broker import layout
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
@@ -375,6 +375,7 @@ def run(cfg: config_mod.Config) -> int:
     code = 0
     try:
         sup.start()
+        freeze_heap()
         sup.serve()
     except (StartupError, ChildDied) as e:
         log.error("%s", e)

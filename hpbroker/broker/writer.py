@@ -32,7 +32,7 @@ import msgspec
 import zmq
 
 from hpbroker import batch
-from hpbroker.procutil import child_setup
+from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.net import control, handoff
@@ -347,6 +347,8 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         recover_owned(storage, index, cfg.broker.writers)
         w.report(storage.logs())
         ctl.send(control.encoder.encode(control.WriterReady(writer=index, pid=os.getpid())))
+        w.gc.start_io_threads()
+        freeze_heap()
         w.run()
     finally:
         try:

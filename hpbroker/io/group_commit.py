@@ -225,6 +225,14 @@ class GroupCommit:
         out.update(self.poll())
         return out
 
+    def start_io_threads(self) -> None:
+        """Start all ``io_threads`` now (a writer does at startup), so the first
+        group commit does not pay for creating them."""
+        while len(self._io) < self._io_threads:
+            t = IOThread(name=f"hpbroker-io{len(self._io)}", on_done=self._on_io_done)
+            t.start()
+            self._io.append(t)
+
     def _io_for(self, log: PartitionLog) -> IOThread:
         """The I/O thread of ``log``: assigned round-robin at its first flush
         and kept, so one partition's jobs run in submission order while

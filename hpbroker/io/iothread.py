@@ -61,14 +61,18 @@ class IOThread:
         self._lock = threading.Lock()
         self._last: Job | None = None
 
-    def submit(self, fn, *args) -> Job:
-        job = Job(fn, args)
+    def start(self) -> None:
+        """Start the thread now (``submit`` starts it otherwise)."""
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
                     t = threading.Thread(target=self._run, name=self._name, daemon=True)
                     t.start()
                     self._thread = t
+
+    def submit(self, fn, *args) -> Job:
+        job = Job(fn, args)
+        self.start()
         idle = self._last is None or self._last.done
         self._last = job
         self._q.put(job)

@@ -28,7 +28,7 @@ from itertools import count
 import zmq
 
 from hpbroker import config as config_mod
-from hpbroker.procutil import child_setup
+from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.net import control, handoff
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
@@ -417,6 +417,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     try:
         acc.await_writers(cfg.broker.writers)
         acc.hello()
+        freeze_heap()
         acc.run()
     finally:
         for s in shared:

@@ -9,7 +9,7 @@ import signal
 
 import zmq
 
-from hpbroker.procutil import child_setup
+from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.net import control
 
 
@@ -39,6 +39,7 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
     signal.signal(signal.SIGTERM, on_term)
     try:
         ctl.send(control.encoder.encode(control.ReplicatorReady(pid=os.getpid(), endpoints=endpoints)))
+        freeze_heap()
         node.run()
     finally:
         if hasattr(node, "close"):
