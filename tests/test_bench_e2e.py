@@ -18,7 +18,7 @@ KEYS = {"msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "messages", "si
         "cpu_percent", "bytes_on_disk", "broker_pids"}
 
 
-def run_bench(tmp_path, *args, timeout=300) -> dict:
+def run_bench(tmp_path, *args, timeout=300, warmed=False) -> dict:
     cmd = [sys.executable, "-m", "hpbroker.bench", "--messages", "20000", "--json", "--no-progress",
            "--dir", str(tmp_path), *args]
     before = set(os.listdir("/dev/shm"))
@@ -27,7 +27,11 @@ def run_bench(tmp_path, *args, timeout=300) -> dict:
     res = json.loads(out.stdout)
     assert KEYS <= set(res), sorted(KEYS - set(res))
     assert res["ok"] is True
-    assert res["messages"] == res["messages_sent"] == res["messages_acked"] == res["messages_in_log"] == 20000
+    assert res["messages"] == res["messages_sent"] == res["messages_acked"] == 20000
+    if warmed:  # the warm-up's batches are in the log, not in the figures
+        assert res["messages_in_log"] > 20000
+    else:
+        assert res["messages_in_log"] == 20000
     assert res["errors"] == 0
     assert res["size"] == 100
     assert res["bytes_on_disk"] > 20000 * 100
@@ -129,3 +133,17 @@ def test_component_suites_still_parse():
     assert with_default_suite(["--json"]) == ["e2e", "--json"]
     assert with_default_suite(["log", "--json"]) == ["log", "--json"]
     assert build_parser().parse_args(["ring", "--json"]).suite == "ring"
+
+
+def test_warmup_is_sent_but_not_counted(tmp_path):
+    res = run_bench(tmp_path, "--warmup", "0.5", "--rate", "200000", warmed=True)
+    assert res["warmup_s"] == 0.5
+    # 0.5 s at 200 k msgs/s went before the 20 000 measured messages
+    assert res["messages_in_log"] >= 20000 + 50000
+
+
+def test_bad_warmup_is_one_line_and_nonzero(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hpbroker.bench", "--warmup", "-1"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "--warmup" in out.stderr

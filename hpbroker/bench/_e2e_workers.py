@@ -54,9 +54,12 @@ def _stamped(template: bytes, size: int) -> bytes:
 
 
 def producer_main(idx, url, topic, nparts, cfg, counters, go, ready_q, result_q) -> None:
-    from hpbroker.procutil import tune_malloc
+    from hpbroker.procutil import tune_runtime
 
-    tune_malloc()  # as the broker does: batch-sized buffers come from the heap, not fresh pages
+    # As the broker does: batch-sized buffers come from the heap, not fresh
+    # pages, and the Producer's I/O thread gets the GIL within 200 us of
+    # asking while this thread encodes the next batch (docs/client.md).
+    tune_runtime(32 << 20, 200)
     try:
         if cfg["client"] == "raw":
             res = _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q)
@@ -79,6 +82,7 @@ def _schedule(cfg):
 
 def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     from hpbroker.client import Producer
+    from hpbroker.procutil import freeze_heap
 
     size, n = cfg["size"], cfg["per_batch"]
     pool = _value_pool(size, n)
@@ -86,7 +90,7 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
     max_batches = (total + n - 1) // n if total is not None else 1 << 20
     lat = np.zeros(max_batches, dtype=np.float64)
     sent_at = np.zeros_like(lat)
-    state = {"acked": 0, "errors": 0, "first_error": None}
+    state = {"acked": 0, "errors": 0, "first_error": None, "warmup_sent": 0, "warmup_acked": 0}
     from hpbroker.client.transport import Transport
 
     t = Transport(url)
@@ -101,14 +105,16 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
                  request_timeout_ms=60_000)
     try:
         p.partitions_for(topic)  # metadata before the clock starts
+        freeze_heap()  # no 4-6 ms full collections of the startup heap while measuring
         ready_q.put(("ready", idx, None))
         go.wait()
         perf = time.perf_counter
+        part = idx % nparts
+        part = _warm_up(p, topic, nparts, part, pool, size, n, cfg.get("warmup") or 0.0, interval, state)
         t0 = perf()
         end_t = t0 + duration if duration else None
         sent = 0
         i = 0
-        part = idx % nparts
 
         def make_cb(i, k):
             def cb(md, exc):
@@ -152,8 +158,42 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
         p.close(10)
     counters[idx] = state["acked"]
     return {"sent": sent, "acked": state["acked"] if cfg["acks"] != 0 else sent, "batches": i,
+            "warmup_sent": state["warmup_sent"], "warmup_acked": state["warmup_acked"] if cfg["acks"] != 0 else state["warmup_sent"],
             "errors": state["errors"], "first_error": state["first_error"], "seconds": t1 - t0,
             "send_seconds": t_sent - t0, "lat_s": lat[:i] if cfg["acks"] != 0 else None}
+
+
+def _warm_up(p, topic, nparts, part, pool, size, n, seconds, interval, state) -> int:
+    """Send as the measured phase will (same batches, same pacing) for
+    ``seconds``, counting only into ``state["warmup_sent"/"warmup_acked"]``
+    (errors count as errors), then go straight on: no flush, so the measured
+    phase starts in steady state.  Returns the next partition."""
+    if seconds <= 0:
+        return part
+
+    def cb(md, exc):
+        if exc is not None:
+            state["errors"] += 1
+            if state["first_error"] is None:
+                state["first_error"] = f"during warm-up: {exc!r}"
+        else:
+            state["warmup_acked"] += n
+
+    perf = time.perf_counter
+    t0 = perf()
+    i = 0
+    while perf() < t0 + seconds:
+        if interval is not None:
+            due = t0 + i * interval
+            while (now := perf()) < due:
+                time.sleep(min(due - now, 0.001) if due - now > 0.0002 else 0)
+        vals = pool[i % len(pool)]
+        vals[0] = _stamped(vals[0], size)
+        p.send_batch(topic, vals, partition=part, callback=cb)
+        state["warmup_sent"] += n
+        part = (part + 1) % nparts
+        i += 1
+    return part
 
 
 def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
@@ -194,6 +234,9 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     first_error = None
     window = cfg["in_flight"]
     del md
+    from hpbroker.procutil import freeze_heap
+
+    freeze_heap()
     ready_q.put(("ready", idx, None))
     go.wait()
     perf = time.perf_counter

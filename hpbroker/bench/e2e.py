@@ -76,6 +76,10 @@ def add_arguments(p) -> None:
     p.add_argument("--writers", type=int, help="passed to serve")
     p.add_argument("--broker", metavar="URL", help="use this running broker instead of starting one")
     p.add_argument("--rate", type=float, metavar="R", help="offered load in messages/s over all producers (paced batches)")
+    p.add_argument("--warmup", type=float, default=0.0, metavar="S",
+                   help="producers first send for S seconds as they will when measured (same batches and pacing), "
+                        "uncounted: the figures then describe the steady state, without connection set-up and first "
+                        "page faults (default 0)")
     p.add_argument("--batch-bytes", type=int, default=256 << 10, help="producer batch size in bytes (default 256 KiB)")
     p.add_argument("--linger-ms", type=float, default=2.0, help="Producer linger_ms (default 2)")
     p.add_argument("--in-flight", type=int, default=16, help="unacknowledged requests per acceptor and producer (default 16)")
@@ -118,6 +122,8 @@ def run(args) -> int:
         raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
     if args.replica and args.broker:
         raise ValueError("--replica starts its own standalone broker, master and slave; it cannot use --broker")
+    if args.warmup < 0 or (args.warmup and args.client == "raw"):
+        raise ValueError("--warmup must be >= 0 and needs --client producer")
     if args.messages is None and args.duration is None:
         args.messages = DEFAULT_MESSAGES
     if args.acks is None:
@@ -277,7 +283,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
             share = args.messages // P + (1 if i < args.messages % P else 0)
         cfg = {"client": args.client, "size": args.size, "per_batch": per_batch, "batch_bytes": args.batch_bytes,
                "linger_ms": args.linger_ms, "acks": args.acks if args.acks == "all" else int(args.acks),
-               "in_flight": args.in_flight, "messages": share, "duration": args.duration,
+               "in_flight": args.in_flight, "warmup": args.warmup, "messages": share, "duration": args.duration,
                "rate": args.rate / P if args.rate else None}
         w = mp.Process(target=W.producer_main, args=(i, url, topic, nparts, cfg, pcount, go, ready_q, result_q),
                        name=f"bench-producer{i}", daemon=True)
@@ -384,6 +390,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         "acks": args.acks,
         "flush_mode": args.flush_mode or "durable (broker default)",
         "in_flight": args.in_flight,
+        "warmup_s": args.warmup,
         "offered_rate": args.rate,
         "seconds": secs,
         "msgs_per_s": acked / secs,
@@ -402,7 +409,9 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         "_timeline": timeline,
         "_lat": lat,
     }
-    ok = errors == 0 and acked == sent and (args.acks == "0" or log_end == acked)
+    warm = sum(r.get("warmup_acked", 0) for r in prs)
+    out["messages_warmup"] = warm
+    ok = errors == 0 and acked == sent and (args.acks == "0" or log_end == acked + warm)
     crs = results["consumer"]
     if C:
         consumed = sum(r["consumed"] for r in crs)
@@ -492,6 +501,8 @@ def print_table(r: dict) -> None:
                             f"baseline: standalone, same workload, same invocation"))
     rows += [
         ("messages acked", _f(r["messages_acked"]) + f" x {r['size']} B in {r['seconds']:.2f} s"),
+        *([("warm-up before it (uncounted)", f"{r['warmup_s']:g} s, {r['messages_warmup']:,} messages")]
+          if r.get("warmup_s") else []),
         ("messages/s", _f(r["msgs_per_s"])),
         ("MB/s (payload)", _f(r["mb_per_s"], "{:,.1f}")),
         ("ack latency p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in lat3)),
