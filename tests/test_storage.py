@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
 
 import pytest
 
 from hpbroker.config import LogConfig
-from hpbroker.io import GroupCommit, OffsetOutOfRange, PartitionLog, PartitionReader, Storage
+from hpbroker.io import FaultyFileSystem, GroupCommit, OffsetOutOfRange, PartitionLog, PartitionReader, Storage
 from hpbroker.io import layout
 from hpbroker.io.offset_index import OffsetIndex
 from hpbroker.io.testing import batches, make_batch, read_all
@@ -297,3 +298,46 @@ def test_stamp_does_not_touch_the_producer_buffer(tmp_path):
         log.flush()
         h = batches(log.read(1, 100))[0]
         assert (h.base_offset, h.leader_epoch) == (1, 9)
+
+
+class GatedUnlinkFS(FaultyFileSystem):
+    """Holds every unlink of a ``.deleted`` file until ``gate`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.threads: set[str] = set()
+
+    def unlink(self, path):
+        if path.endswith(layout.DELETED_SUFFIX):
+            self.threads.add(threading.current_thread().name)
+            assert self.gate.wait(10)
+        super().unlink(path)
+
+
+def test_retention_unlinks_in_the_background_and_recovery_finishes_the_job(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=2 << 16)
+    fs = GatedUnlinkFS()
+    st = Storage(tmp_path, cfg, fs=fs)
+    log = st.partition("t", 0)
+    fill(log, 400)
+    before = len(log.segments())
+    deleted = st.apply_retention()[("t", 0)]  # returns while every unlink is held
+    assert deleted and len(log.segments()) == before - len(deleted)
+    for base in deleted:  # out of the log and of readers' listings at once, still on disk meanwhile
+        assert not os.path.exists(layout.log_path(log.dir, base))
+        assert os.path.exists(layout.log_path(log.dir, base) + layout.DELETED_SUFFIX)
+    assert layout.list_segments(log.dir) == [s.base for s in log.segments()]
+    assert check_contiguous(read_all(log, start=log.earliest_offset), log.earliest_offset) == log.log_end_offset
+    fs.gate.set()
+    st.close()  # waits for the background unlinks
+    assert fs.threads == {"hpbroker-delete"}
+    assert not [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
+    # a crash between the rename and the unlink: the next open removes the leftover
+    leftover = layout.log_path(log.dir, 0) + layout.DELETED_SUFFIX
+    with open(leftover, "wb") as f:
+        f.write(b"x" * 4096)
+    with Storage(tmp_path, cfg) as st2:
+        log2 = st2.partition("t", 0)
+        assert not os.path.exists(leftover)
+        assert log2.earliest_offset == log.earliest_offset and log2.log_end_offset == log.log_end_offset

@@ -9,6 +9,7 @@
         00000000000000000000.timeindex      sparse time index (time_index.py)
         00000000000000368769.log            next segment: name = its base offset
         ...
+        00000000000000000000.log.deleted    retention took it out; unlinked in the background
         recovery-point                      checkpoint (checkpoint.py)
         archive/                            archived segments (default archive_dir)
 
@@ -25,6 +26,8 @@ LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
 CHECKPOINT_NAME = "recovery-point"
+#: a segment file retention has taken out of the log, waiting to be unlinked (recovery unlinks leftovers)
+DELETED_SUFFIX = ".deleted"
 _SEG_RE = re.compile(r"^(\d{20})\.log$")
 _DIR_RE = re.compile(r"^(.+)-(\d+)$")
 

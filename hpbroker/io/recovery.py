@@ -46,10 +46,11 @@ class Recovered:
 
 
 def _cleanup(d: str, fs: FileSystem) -> None:
-    """Remove temp files and index files whose .log is gone (an interrupted delete)."""
+    """Remove temp files, segment files retention had taken out (``.deleted``)
+    and index files whose .log is gone (an interrupted delete)."""
     names = set(os.listdir(d))
     for n in names:
-        if n.endswith(".tmp"):
+        if n.endswith((".tmp", layout.DELETED_SUFFIX)):
             fs.unlink(os.path.join(d, n))
         elif n.endswith((layout.INDEX_SUFFIX, layout.TIMEINDEX_SUFFIX)):
             stem = n.rsplit(".", 1)[0]

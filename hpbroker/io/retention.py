@@ -69,8 +69,10 @@ def archive_dir_for(plog, cfg: LogConfig) -> str:
     return os.path.join(plog.dir, "archive")
 
 
-def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = None) -> list[int]:
-    """Remove the expired segments of ``plog``; returns their base offsets."""
+def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = None, later=None) -> list[int]:
+    """Remove the expired segments of ``plog``; returns their base offsets.
+    ``later(paths)``, when given, unlinks the removed files in the background
+    (see :meth:`Segment.delete`); archiving itself still happens here."""
     fs = fs or FileSystem()
     n = expired(plog, cfg, now_ms)
     out = []
@@ -83,6 +85,6 @@ def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = N
                 log.error("%s: archiving %s failed (%s); the segment is kept", plog.dir, seg.log_path, e)
                 break
             log.info("%s: archived %s to %s", plog.dir, seg.log_path, path)
-        plog.delete_oldest_segment()
+        plog.delete_oldest_segment(later)
         out.append(seg.base)
     return out

@@ -7,14 +7,28 @@ thread-safe.  Retention is applied with :meth:`Storage.apply_retention`
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from hpbroker.config import LogConfig
 from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
+from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 from hpbroker.io.retention import apply_retention
+
+log = logging.getLogger("hpbroker.io")
+
+
+def _unlink_all(fs: FileSystem, paths: list[str]) -> None:
+    for p in paths:
+        try:
+            fs.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # recovery unlinks it at the next start
+            log.warning("could not unlink %s: %s", p, e)
 
 
 class Storage:
@@ -24,6 +38,7 @@ class Storage:
         self._clock = clock
         self._fs = fs or FileSystem()
         self._logs: dict[tuple[str, int], PartitionLog] = {}
+        self._deleter: IOThread | None = None  # unlinks what retention took out, off the caller's thread
         os.makedirs(self.data_dir, exist_ok=True)
 
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
@@ -67,13 +82,25 @@ class Storage:
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         out = {}
         for key, log in self._logs.items():
-            deleted = apply_retention(log, self.config, now, fs=self._fs)
+            deleted = apply_retention(log, self.config, now, fs=self._fs, later=self._delete_later)
             if deleted:
                 out[key] = deleted
         return out
 
+    def _delete_later(self, paths: list[str]) -> None:
+        if self._deleter is None:
+            self._deleter = IOThread(name="hpbroker-delete")
+        self._deleter.submit(_unlink_all, self._fs, paths)
+
+    def wait_deletes(self) -> None:
+        """Block until every background unlink submitted so far has run."""
+        if self._deleter is not None:
+            self._deleter.close()
+            self._deleter = None
+
     def close(self) -> None:
-        """Close every log (each syncs what it staged); raises the first error after closing all."""
+        """Close every log (each syncs what it staged) and finish the
+        background unlinks; raises the first error after closing all."""
         first = None
         for log in self._logs.values():
             try:
@@ -81,6 +108,7 @@ class Storage:
             except Exception as e:  # noqa: BLE001 - close the rest, then report
                 first = first or e
         self._logs.clear()
+        self.wait_deletes()
         if first is not None:
             raise first
 
