@@ -200,6 +200,8 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     import zmq
     from crc32c import crc32c
 
+    from hpbroker.procutil import freeze_heap
+
     from hpbroker.client.transport import Transport
     from hpbroker.protocol import codec
     from hpbroker.protocol.messages import Produce
@@ -234,8 +236,6 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     first_error = None
     window = cfg["in_flight"]
     del md
-    from hpbroker.procutil import freeze_heap
-
     freeze_heap()
     ready_q.put(("ready", idx, None))
     go.wait()

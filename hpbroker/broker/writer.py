@@ -358,5 +358,3 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
                 s.close()
             bell.close()
             ctx.destroy(linger=1000)
-
-
