@@ -14,12 +14,16 @@ fixture stops the broker.
 from __future__ import annotations
 
 
+import time
+
 import psutil
 import pytest
 
 from brokerproc import BrokerProcess
 from hpbroker import batch
 from hpbroker.client import BrokerError, Consumer, ErrorCode, Producer, RecordMetadata
+from hpbroker.client.request import request
+from hpbroker.protocol.messages import Stats
 
 LIMIT = 65536  # broker.max_batch_bytes and max_request_bytes below
 SMALL_LIMITS = (
@@ -66,6 +70,24 @@ def _consume(url: str, topic: str, partition: int, n: int) -> list:
     return got
 
 
+def _wait_until_the_ring_is_full(url: str, timeout_s: float = 60) -> int:
+    """Wait until the acceptor's ring is full: the requests it holds for the
+    suspended writer (``pending_requests``) stop growing for a second while
+    the producer keeps retrying.  Before that, a probe could still fit in the
+    ring (it is fair-queued with the producer's requests) and then wait for
+    the suspended disk instead of getting BUSY."""
+    last, since = -1, time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() < deadline:
+        n = request(url, lambda i: Stats(id=i), 10_000).stats["pending_requests"]
+        if n != last:
+            last, since = n, time.monotonic()
+        elif n > 0 and time.monotonic() - since >= 1.0:
+            return n
+        time.sleep(0.05)
+    raise AssertionError(f"the ring never filled: {last} requests pending after {timeout_s} s")
+
+
 def _busy_reply_seen(url: str, topic: str) -> BrokerError:
     """A retries=0 probe behind the ring-filling traffic: the broker's answer."""
     with Producer(url, retries=0, request_timeout_ms=120_000) as probe:
@@ -81,6 +103,7 @@ def test_busy_is_retried_and_every_message_lands_once(small):
         with SlowDisk(small):
             futs = [p.send_batch("retry", [b"%d-%d" % (j, i) + VALUE for i in range(PER_BATCH)], partition=0)
                     for j in range(n)]
+            assert 0 < _wait_until_the_ring_is_full(small.url) < n
             err = _busy_reply_seen(small.url, "retry")
             assert isinstance(err, BrokerError) and err.code == ErrorCode.BUSY, err
             assert not all(f.done() for f in futs)
