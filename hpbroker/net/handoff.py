@@ -119,5 +119,10 @@ def tp_key(topic: str, partition: int) -> str:
 
 def owner_of(topic: str, partition: int, writers: int) -> int:
     """The writer that owns a partition: stable across processes and runs
-    (zlib.crc32, not Python's salted hash)."""
-    return zlib.crc32(f"{topic}/{partition}".encode()) % writers
+    (zlib.crc32, not Python's salted hash).  A topic's partitions go round
+    robin from a start its name picks, so any N consecutive partitions land
+    on N different writers (Kafka assigns replicas the same way).  Hashing
+    "topic/partition" instead did not spread them: CRC32 is linear, so names
+    that differ in one low bit hash to the same parity, and with two writers
+    every partition 0-3 of every topic went to one of them."""
+    return (zlib.crc32(topic.encode()) + partition) % writers
