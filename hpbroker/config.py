@@ -104,7 +104,7 @@ class ReplicationConfig(_Section):
     min_insync_replicas: Annotated[int, M(ge=1, le=2, description="sync mode: replicas (master included) that must be in sync for acks=all; with fewer, acks=all produces fail with NOT_ENOUGH_REPLICAS. 1 allows acks=all without a slave.")] = 2
     replica_lag_max_ms: Annotated[int, M(ge=10, description="A slave that has not caught up with the master's high watermark within this long, or not reported for this long, is out of sync.")] = 10_000
     ack_interval_ms: Annotated[int, M(ge=1, description="slave: report the durable offsets at least this often even when nothing changed (liveness).")] = 200
-    pub_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PUB socket that streams committed batches (0 = chosen by the OS, advertised in metadata).")] = 0
+    pub_port: Annotated[int, M(ge=0, le=65535, description="Port of writer 0's PUB socket that streams its committed batches to slaves; writer i binds pub_port + i (0 = each chosen by the OS; all are advertised in metadata). Bound by the writers of a master and of a slave, which publishes once promoted.")] = 0
     fetch_port: Annotated[int, M(ge=0, le=65535, description="master: port of the ROUTER socket for the handshake and catch-up reads (0 = chosen by the OS).")] = 0
     ack_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PULL socket that receives slaves' durable offsets (0 = chosen by the OS).")] = 0
     pub_hwm: Annotated[int, M(ge=1, description="master: PUB high-water mark in messages; a slave that falls further behind misses messages, detects the gap by offset and catches up from the log files.")] = 10_000
@@ -131,6 +131,9 @@ class Config(_Section):
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+        if self.replication.pub_port and self.replication.pub_port + self.broker.writers - 1 > 65535:
+            raise ValueError(f"replication.pub_port ({self.replication.pub_port}) + broker.writers - 1 must be a port "
+                             "number (writer i publishes on pub_port + i)")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
 

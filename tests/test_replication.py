@@ -30,17 +30,17 @@ def config(tmp_path, name: str, mode: str = "sync", extra: str = "") -> str:
     return str(p)
 
 
-def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1) -> BrokerProcess:
+def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1, writers=1) -> BrokerProcess:
     return BrokerProcess(tmp_path / name, port=port, args=(
         "--config", config(tmp_path, name, mode, extra), "--role", "master", "--broker-id", str(broker_id),
-        "--partitions", str(PARTITIONS))).start()
+        "--partitions", str(PARTITIONS), "--writers", str(writers))).start()
 
 
 def slave(tmp_path, name: str, of: BrokerProcess | str, port=None, mode="sync", extra="", broker_id=2,
-          cluster=None) -> BrokerProcess:
+          cluster=None, writers=1) -> BrokerProcess:
     url = of if isinstance(of, str) else of.url
     args = ["--config", config(tmp_path, name, mode, extra), "--role", "slave", "--master", url,
-            "--broker-id", str(broker_id), "--partitions", str(PARTITIONS)]
+            "--broker-id", str(broker_id), "--partitions", str(PARTITIONS), "--writers", str(writers)]
     if cluster:
         args += ["--cluster-id", cluster]
     return BrokerProcess(tmp_path / name, port=port, args=tuple(args)).start()
@@ -200,6 +200,29 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
         b.stop(), a.stop()
 
 
+def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
+    """Writers publish committed batches themselves, one PUB socket each; the
+    slave follows all of them live, without falling back to catch-up reads."""
+    a = master(tmp_path, "a", writers=2)
+    b = slave(tmp_path, "b", a, writers=3)  # the slave's own writer count does not matter
+    try:
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+        md = request(a.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
+        fetch, ack, *pubs = md.replication
+        assert len(pubs) == 2 and len(set(md.replication)) == 4 and all(e.startswith("tcp://") for e in pubs)
+        acked = produce_stream(a.url, "live", 1.0, acks=-1)
+        assert {p for p, _ in acked} == set(range(PARTITIONS)), "acks=all must succeed on both writers' partitions"
+        wait_until(lambda: caught_up(a, b), 30, "the slave to hold everything")
+        st = stats(b)
+        assert st["replication_gaps"] == 0 and st["replication_catch_up_reads"] == 0, st
+        assert stats(a)["replication_published_messages"] > 0
+        assert_present(b, acked)
+    finally:
+        b.stop(), a.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_async_lag_gap_and_restart_catch_up(tmp_path):
     a = master(tmp_path, "a", mode="async", extra="pub_hwm = 2")
     b = slave(tmp_path, "b", a, mode="async")
@@ -276,7 +299,7 @@ def test_a_slave_refuses_a_strangers_stream(tmp_path):
 
         s = zmq.Context.instance().socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(md.replication[1])
+        s.connect(md.replication[0])  # fetch
         s.send(rm.encoder.encode(rm.Hello(cluster_id="intruder", slave_id=9, max_epoch=0)))
         assert s.poll(5000)
         reply = rm.from_master.decode(s.recv())

@@ -71,7 +71,8 @@ class Supervisor:
         self.role = cfg.replication.role
         self.epoch = 0
         self.leader_id = cfg.broker.broker_id if self.role != "slave" else -1
-        self.replication_endpoints: list[str] | None = []
+        self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
+        self.pub_endpoints: list[str] = [""] * cfg.broker.writers  # each writer's PUB to the slaves
 
     # -- start ------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Supervisor:
             pushes = [self._ipc(f"acc{a}") for a in range(b.acceptors)] + ([self._ipc("repl-comp")] if replicated else [])
             self._spawn(mp, f"writer{w}", writer_mod.main,
                         (w, cfg_bytes, self.instance, rings, self._bell(w), pushes, self._ipc("control"), pl.cpus,
-                         self._ipc("repl-feed") if replicated else None, self.role == "master"))
+                         self._ipc("repl-feed") if replicated else None, self.role == "master", self._pub_bind(w)))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
         if replicated:
             self._start_replicator(self.role)
@@ -153,6 +154,10 @@ class Supervisor:
                  self.role, self.epoch)
 
     # -- replication -----------------------------------------------------------------
+
+    def _pub_bind(self, w: int) -> str:
+        port = self.cfg.replication.pub_port
+        return f"tcp://{self.cfg.broker.bind}:{port + w if port else '*'}"
 
     def _replica_ring(self, w: int) -> str:
         return f"rw{w}"
@@ -247,7 +252,14 @@ class Supervisor:
         return control.ClusterView(cluster_id=self.cfg.broker.cluster_id, broker_id=self.cfg.broker.broker_id,
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
-                                   replication=list(self.replication_endpoints or []) if self.role == "master" else [])
+                                   replication=self._replication_view())
+
+    def _replication_view(self) -> list[str]:
+        """A master's replication endpoints for its metadata: [fetch, ack, pub
+        of writer 0, pub of writer 1, ...]; empty unless master."""
+        if self.role != "master" or not self.replication_endpoints:
+            return []
+        return [*self.replication_endpoints, *self.pub_endpoints]
 
     def publish_view(self) -> None:
         self.view_pub.send(control.encoder.encode(self.view()))
@@ -269,6 +281,8 @@ class Supervisor:
         match msg:
             case control.WriterReady():
                 self._ready.add(f"writer{msg.writer}")
+                if 0 <= msg.writer < len(self.pub_endpoints):
+                    self.pub_endpoints[msg.writer] = msg.pub_endpoint
                 return None
             case control.AcceptorHello():
                 self.endpoints[msg.acceptor] = msg.endpoint

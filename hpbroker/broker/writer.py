@@ -1,7 +1,7 @@
 """The disk-writer process: rings in, appends and group commits, completions out.
 
 A writer owns the partitions hashed to it (see
-:func:`hpbroker.net.acceptor.owner_of`) and is the only process that writes
+:func:`hpbroker.net.handoff.owner_of`) and is the only process that writes
 their files.  Its loop:
 
 1. drain every input ring (one per acceptor); each record is one produce
@@ -75,13 +75,14 @@ class ReplicaGap(ValueError):
 
 class Writer:
     def __init__(self, index: int, storage: Storage, committer: GroupCommit, group: ReaderGroup,
-                 pushes: list, *, feed=None, retention_check_s: float = 60.0, clock=time.monotonic):
+                 pushes: list, *, feed=None, pub=None, retention_check_s: float = 60.0, clock=time.monotonic):
         self.index = index
         self.storage = storage
         self.gc = committer
         self.group = group
         self.pushes = pushes
-        self.feed = feed  # PUSH socket to the replicator, which publishes committed batches to slaves
+        self.pub = pub  # PUB socket: committed batches straight to the slaves
+        self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
         self.published: list[tuple[tuple[str, int], int, int, bytearray]] = []
         self.clock = clock
@@ -207,19 +208,25 @@ class Writer:
             self.report()
 
     def _publish(self, results) -> None:
-        """Hand the batches this flush made durable to the replicator, one
-        message per partition: [meta, batch, batch, ...]."""
+        """Stream the batches this flush made durable to the slaves, one PUB
+        message per partition: [b"B", meta, batch, batch, ...].  The writer
+        publishes itself, so committed data crosses no other process on the
+        master; the replicator only hears what was published (meta and byte
+        count), for the slaves' lag in bytes and seconds."""
         by_key: dict[tuple[str, int], list[bytearray]] = {}
         for key, base, last, copy in self.published:
             by_key.setdefault(key, []).append(copy)
         self.published = []
         for (topic, partition), copies in by_key.items():
             hwm = results.get((topic, partition))
-            meta = feed_encoder.encode((topic, partition, hwm if isinstance(hwm, int) else -1))
+            hwm = hwm if isinstance(hwm, int) else -1
+            # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
+            # by offset and catches up from the files
+            self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *copies], copy=False)
             try:
-                self.feed.send_multipart([meta, *copies], copy=False, flags=zmq.NOBLOCK)
+                self.feed.send(feed_encoder.encode((topic, partition, hwm, sum(len(c) for c in copies))), zmq.NOBLOCK)
             except zmq.Again:
-                pass  # the replicator is behind; slaves detect the gap and catch up from the files
+                pass  # the replicator is behind: its lag in bytes under-reports for a moment
 
     def report(self, logs=None) -> None:
         """Send each acceptor its finished requests and the moved watermarks."""
@@ -303,7 +310,8 @@ def recover_owned(storage: Storage, index: int, writers: int) -> None:
 
 
 def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doorbell: str, push_eps: list[str],
-         control_ep: str, cpus: list[int] | None, feed_ep: str | None = None, feed_on: bool = False) -> None:
+         control_ep: str, cpus: list[int] | None, feed_ep: str | None = None, feed_on: bool = False,
+         pub_bind: str | None = None) -> None:
     """Entry point of a writer process (spawned by the supervisor)."""
     cfg = child_setup(f"writer{index}", cfg_bytes, cpus)
     ctx = zmq.Context()
@@ -320,13 +328,19 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     readers = [s.reader(spin_us=r.spin_us, dead_after_ms=r.dead_after_ms) for s in shared]
     group = ReaderGroup(readers, bell.signal, spin_us=r.spin_us)
     storage = Storage(cfg.broker.data_dir, cfg.log)
-    feed = None
-    if feed_ep is not None:
+    feed = pub = None
+    pub_endpoint = ""
+    if feed_ep is not None:  # replicated (master, or a slave that may be promoted): publish from here
         feed = ctx.socket(zmq.PUSH)
         feed.setsockopt(zmq.LINGER, 0)
-        feed.setsockopt(zmq.SNDHWM, 1000)  # beyond it batches are dropped; slaves catch up from the files
+        feed.setsockopt(zmq.SNDHWM, 10_000)
         feed.connect(feed_ep)
-    w = Writer(index, storage, None, group, pushes, feed=feed,
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, cfg.replication.pub_hwm)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(pub_bind or f"tcp://{cfg.broker.bind}:*")
+        pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    w = Writer(index, storage, None, group, pushes, feed=feed, pub=pub,
                retention_check_s=cfg.log.retention_check_ms / 1000.0)
     w.bell_post = bell.signal.post
     w.gc = GroupCommit(cfg.log, on_io_done=w.on_io_done)
@@ -346,7 +360,7 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     try:
         recover_owned(storage, index, cfg.broker.writers)
         w.report(storage.logs())
-        ctl.send(control.encoder.encode(control.WriterReady(writer=index, pid=os.getpid())))
+        ctl.send(control.encoder.encode(control.WriterReady(writer=index, pid=os.getpid(), pub_endpoint=pub_endpoint)))
         w.gc.start_io_threads()
         freeze_heap()
         w.run()

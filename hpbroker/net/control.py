@@ -18,6 +18,7 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
 class WriterReady(_Msg, tag="writer_ready"):
     writer: int
     pid: int
+    pub_endpoint: str = ""  # replicated: where this writer publishes committed batches to slaves
 
 
 class AcceptorHello(_Msg, tag="acceptor_hello"):
@@ -47,7 +48,7 @@ class SeenEpoch(_Msg, tag="seen_epoch"):
 
 class ReplicatorReady(_Msg, tag="replicator_ready"):
     pid: int
-    endpoints: list[str]  # master: [pub, fetch, ack]; slave: []
+    endpoints: list[str]  # master: [fetch, ack]; slave: []
 
 
 class Promote(_Msg, tag="promote"):

@@ -154,7 +154,7 @@ class MetadataReply(_Reply):
     #: "standalone", "master" or "slave".  A slave refuses produce with
     #: NOT_LEADER; its partitions' ``leader`` is the master's broker id.
     role: str = ""
-    #: a master's replication endpoints [pub, fetch, ack]; else empty.
+    #: a master's replication endpoints [fetch, ack, pub of each writer...]; else empty.
     replication: list[str] = []
 
 

@@ -1,11 +1,14 @@
 """The master's replicator: publish committed batches, serve catch-up, track slaves.
 
-Inputs: the writers' feed of batches each flush made durable (ipc PULL) and
-their watermark reports (ipc PULL, the same Completions acceptors get).
-Outputs: the PUB stream to slaves, the catch-up ROUTER (reads the log files
-read-only, never past the high watermark) and, to this broker's acceptors,
-a :class:`ReplicaState` whenever what the slaves hold changes, which is what
-releases ``acks=all`` in sync mode.
+The committed batches themselves go from each writer's own PUB socket to
+the slaves (see :meth:`hpbroker.broker.writer.Writer._publish`); they never
+pass through this process.  Inputs here: the writers' note of what they
+published (ipc PULL: partition, high watermark, bytes) and their watermark
+reports (ipc PULL, the same Completions acceptors get).  Outputs: the
+catch-up ROUTER (reads the log files read-only, never past the high
+watermark) and, to this broker's acceptors, a :class:`ReplicaState`
+whenever what the slaves hold changes, which is what releases ``acks=all``
+in sync mode.
 """
 
 from __future__ import annotations
@@ -94,16 +97,12 @@ class Master:
         self.comp.bind(completions_ep)
         self.state_pub = ctx.socket(zmq.PUB)
         self.state_pub.bind(state_ep)
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, r.pub_hwm)
-        self.pub.setsockopt(zmq.LINGER, 0)
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         self.acks = ctx.socket(zmq.PULL)
         self.acks.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
-        self.endpoints = [self._bind(self.pub, bind, r.pub_port), self._bind(self.router, bind, r.fetch_port),
-                          self._bind(self.acks, bind, r.ack_port)]
+        self.endpoints = [self._bind(self.router, bind, r.fetch_port), self._bind(self.acks, bind, r.ack_port)]
         self.hwm: dict[str, int] = {}
         self.slaves: dict[int, SlaveInfo] = {}
         self.readers: dict[str, PartitionReader] = {}
@@ -142,22 +141,17 @@ class Master:
         now = self.clock()
         while True:
             try:
-                frames = self.feed.recv_multipart(zmq.NOBLOCK, copy=False)
+                raw = self.feed.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            topic, partition, hwm = rm.feed_meta.decode(frames[0].buffer)
+            topic, partition, hwm, nbytes = rm.published_meta.decode(raw)
             key = handoff.tp_key(topic, partition)
-            nbytes = sum(len(f.buffer) for f in frames[1:])
             end = hwm if hwm >= 0 else self.hwm.get(key, 0)
             for s in self.slaves.values():
                 s.lag.setdefault(key, Lag()).committed(end, nbytes, now)
             if hwm > self.hwm.get(key, -1):
                 self.hwm[key] = hwm
-            try:
-                self.pub.send_multipart([b"B", frames[0], *frames[1:]], copy=False, flags=zmq.NOBLOCK)
-                self._published += 1
-            except zmq.Again:
-                pass  # a slow slave: it sees the gap by offset and catches up from the files
+            self._published += 1
 
     def _drain_completions(self) -> None:
         for c in handoff.drain_completions(self.comp):

@@ -86,7 +86,8 @@ FromMaster = Welcome | Refused | EpochEndReply | CatchUpReply
 encoder = msgspec.msgpack.Encoder()
 to_master = msgspec.msgpack.Decoder(ToMaster)
 from_master = msgspec.msgpack.Decoder(FromMaster)
-feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])
+feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
+published_meta = msgspec.msgpack.Decoder(tuple[str, int, int, int])  # writer -> replicator: ... and bytes
 
 
 class ReplicaState(msgspec.Struct, frozen=True):

@@ -74,6 +74,7 @@ class Slave:
         self.heard_from: set[int] = set()
         self.known_topics: dict[str, int] = {}
         self.gaps = 0
+        self.catch_up_reads = 0  # CatchUp requests sent (history, gaps, lost PUB messages)
         self.stopped: dict[str, str] = {}  # partitions not followed any more, and why
         self._stalled: dict[str, int] = {}
         self.stopping = False
@@ -175,13 +176,14 @@ class Slave:
 
     # -- master side ----------------------------------------------------------------------
 
-    def _socket(self, name: str, kind: int, endpoint: str) -> zmq.Socket:
+    def _socket(self, name: str, kind: int, *endpoints: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
         if kind == zmq.SUB:
             s.setsockopt(zmq.SUBSCRIBE, b"B")
             s.setsockopt(zmq.RCVHWM, self.cfg.replication.pub_hwm)
-        s.connect(endpoint)
+        for endpoint in endpoints:
+            s.connect(endpoint)
         self.sockets[name] = s
         return s
 
@@ -215,11 +217,11 @@ class Slave:
         if not boot.poll(2000):
             raise TimeoutError(f"no answer from the master at {self.cfg.replication.master}")
         rep, _ = codec.decode_reply(boot.recv_multipart())
-        if not isinstance(rep, m.MetadataReply) or len(rep.replication) != 3:
+        if not isinstance(rep, m.MetadataReply) or len(rep.replication) < 3 or not all(rep.replication):
             raise Refusal(f"{self.cfg.replication.master} does not serve replication (is it a master?)")
         if rep.cluster_id != self.cfg.broker.cluster_id:
             raise Refusal(f"{self.cfg.replication.master} belongs to cluster {rep.cluster_id!r}, not {self.cfg.broker.cluster_id!r}")
-        pub, fetch, ack = rep.replication
+        fetch, ack, *pubs = rep.replication  # one PUB per master writer
         self._socket("fetch", zmq.DEALER, fetch)
         self._socket("ack", zmq.PUSH, ack).setsockopt(zmq.SNDHWM, 100)
         w = self._request(rm.Hello(cluster_id=self.cfg.broker.cluster_id, slave_id=self.cfg.broker.broker_id,
@@ -235,7 +237,7 @@ class Slave:
         self._tell_supervisor(control.SeenEpoch(epoch=w.epoch, master_id=w.master_id))
         self._learn_topics(w.topics)
         self._truncate_divergent()
-        self._socket("sub", zmq.SUB, pub)
+        self._socket("sub", zmq.SUB, *pubs)
         self.master_hwm.update(w.hwm)
         for k, v in w.hwm.items():
             if v > self.expected.get(k, 0):
@@ -292,6 +294,7 @@ class Slave:
         key = self.catching.popleft()
         topic, _, p = key.rpartition("/")
         self.catch_inflight = key
+        self.catch_up_reads += 1
         self.sockets["fetch"].send(rm.encoder.encode(rm.CatchUp(
             topic=topic, partition=int(p), offset=self.expected.get(key, 0), max_bytes=self.cfg.replication.catchup_bytes)))
 
@@ -431,6 +434,7 @@ class Slave:
             "replication_catching_up": len(self.catching) + (1 if self.catch_inflight else 0),
             "replication_received_batches": self._received,
             "replication_gaps": self.gaps,
+            "replication_catch_up_reads": self.catch_up_reads,
             "replication_paused": len(self.paused),
             "replication_stopped_partitions": "; ".join(f"{k}: {v}" for k, v in sorted(self.stopped.items())),
         }
