@@ -147,3 +147,21 @@ def test_bad_warmup_is_one_line_and_nonzero(tmp_path):
                          timeout=60, cwd=tmp_path)
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and "--warmup" in out.stderr
+
+
+def test_rate_as_a_fraction_of_the_same_runs_peak(tmp_path):
+    """--rate 50%: the unpaced peak is measured first, then half of it is offered."""
+    res = run_bench(tmp_path, "--rate", "50%")
+    peak = res["baselines"]["peak"]
+    assert peak["ok"] is True and peak["messages_acked"] == 20000 and peak["fraction"] == 0.5
+    assert res["offered_rate"] == pytest.approx(peak["msgs_per_s"] / 2)
+    assert peak["broker_pids"]["writer0"] != res["broker_pids"]["writer0"], "each run has its own private broker"
+    assert peak["ratio"] == pytest.approx(res["msgs_per_s"] / peak["msgs_per_s"])
+
+
+@pytest.mark.parametrize("rate", ["150%", "-5", "fast", "0%"])
+def test_bad_rate_is_one_line_and_nonzero(tmp_path, rate):
+    out = subprocess.run([sys.executable, "-m", "hpbroker.bench", "--rate", rate], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "--rate" in out.stderr

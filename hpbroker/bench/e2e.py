@@ -35,8 +35,13 @@ slave in sync; at the end of its produce phase the master's lag counters
 are read and the slave's catch-up (its LATEST offsets equal to the
 master's on every partition) is timed (``_e2e_replica``).
 
+``--rate P%`` (for example ``50%``) runs the workload unpaced first, on its
+own private broker (or on ``--broker``), and then offers P % of the peak it
+measured: latency at a chosen fraction of the peak, in one invocation. The
+peak run is reported under ``baselines.peak``.
+
     hpbroker-bench [--messages N | --duration S] [--size B] [--producers P]
-                   [--consumers C] [--rate R] [--baseline disk|redis|fsync|all]
+                   [--consumers C] [--rate R|P%] [--baseline disk|redis|fsync|all]
                    [--replica sync|async] [--json] [--plot FILE.png] [--broker URL]
 """
 
@@ -79,7 +84,10 @@ def add_arguments(p) -> None:
     p.add_argument("--acceptors", type=int, help="passed to serve")
     p.add_argument("--writers", type=int, help="passed to serve")
     p.add_argument("--broker", metavar="URL", help="use this running broker instead of starting one")
-    p.add_argument("--rate", type=float, metavar="R", help="offered load in messages/s over all producers (paced batches)")
+    p.add_argument("--rate", metavar="R|P%",
+                   help="offered load over all producers (paced batches): R messages/s, or P%% of the peak, which "
+                        "is then measured first in the same invocation (the same workload unpaced, on its own "
+                        "private broker) and reported as baselines.peak")
     p.add_argument("--warmup", type=float, default=0.0, metavar="S",
                    help="producers first send for S seconds as they will when measured (same batches and pacing), "
                         "uncounted: the figures then describe the steady state, without connection set-up and first "
@@ -106,6 +114,21 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _rate(text: str | None) -> float | str | None:
+    """``--rate``: messages/s (float), or "P%" of the same run's peak (kept as text)."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    pct = t.endswith("%")
+    try:
+        v = float(t[:-1] if pct else t)
+    except ValueError:
+        raise ValueError(f"--rate: expected messages/s or a percentage of the peak such as 50%, got {text!r}") from None
+    if not v > 0 or (pct and v > 100):
+        raise ValueError(f"--rate must be > 0 messages/s, or a percentage of the peak in (0%, 100%]; got {text!r}")
+    return t if pct else v
+
+
 def _pct(a, q) -> float | None:
     if a is None or len(a) == 0:
         return None
@@ -128,6 +151,7 @@ def run(args) -> int:
         raise ValueError("--replica starts its own standalone broker, master and slave; it cannot use --broker")
     if args.warmup < 0 or (args.warmup and args.client == "raw"):
         raise ValueError("--warmup must be >= 0 and needs --client producer")
+    args.rate = _rate(args.rate)
     if args.messages is None and args.duration is None:
         args.messages = DEFAULT_MESSAGES
     if args.acks is None:
@@ -135,6 +159,23 @@ def run(args) -> int:
     baselines = set(args.baseline)
     if "all" in baselines:
         baselines = {"disk", "redis", "fsync"}
+    peak = None
+    if isinstance(args.rate, str):
+        if args.replica:
+            raise ValueError("--rate P% measures the peak on a standalone broker; give --replica an absolute --rate")
+        fraction = float(args.rate[:-1]) / 100.0
+        args.rate = None
+        peak = run_once(args, None, set())  # the same workload, unpaced: the peak it is a fraction of
+        for k in ("_timeline", "_lat", "_e2e_lat"):
+            peak.pop(k, None)
+        if not peak.get("ok") or not peak.get("msgs_per_s"):
+            raise RuntimeError(f"the peak run failed (errors {peak.get('errors')}: {peak.get('first_error')}); "
+                               "no rate to offer")
+        peak["fraction"] = fraction
+        args.rate = peak["msgs_per_s"] * fraction
+        if not args.no_progress:
+            print(f"peak: {peak['msgs_per_s']:,.0f} msgs/s; now {fraction:.0%} of it, {args.rate:,.0f} msgs/s offered",
+                  file=sys.stderr)
     standalone = None
     if args.replica:
         # the same workload against a standalone broker first: the same-run baseline
@@ -145,6 +186,9 @@ def run(args) -> int:
             print(f"standalone baseline: {standalone['msgs_per_s']:,.0f} msgs/s; now the {args.replica} replica run",
                   file=sys.stderr)
     result = run_once(args, args.replica, baselines)
+    if peak is not None:
+        result.setdefault("baselines", {})["peak"] = peak
+        result["ok"] = bool(result.get("ok") and peak.get("ok"))
     if standalone is not None:
         result.setdefault("baselines", {})["standalone"] = standalone
         result["ok"] = bool(result.get("ok") and standalone.get("ok"))
@@ -490,6 +534,9 @@ def _ratios(res: dict) -> None:
     if "fsync" in b and res.get("p99_ms") and b["fsync"].get("p99_ms"):
         # how many device write+fdatasync tails the broker's ack tail is
         b["fsync"]["ack_p99_over_fsync_p99"] = res["p99_ms"] / b["fsync"]["p99_ms"]
+    pk = b.get("peak")
+    if pk and pk.get("msgs_per_s"):
+        pk["ratio"] = res["msgs_per_s"] / pk["msgs_per_s"]  # achieved, as a fraction of the peak
     sa = b.get("standalone")
     if sa and sa.get("msgs_per_s"):
         sa["ratio"] = res["msgs_per_s"] / sa["msgs_per_s"]
@@ -519,6 +566,12 @@ def print_table(r: dict) -> None:
         ("MB/s (payload)", _f(r["mb_per_s"], "{:,.1f}")),
         ("ack latency p50 / p99 / p999 ms", " / ".join(_f(r[k], "{:.2f}") for k in lat3)),
     ]
+    if "peak" in b:
+        pk = b["peak"]
+        rows.append(("offered rate", f"{r['offered_rate']:,.0f} msgs/s = {pk['fraction']:.0%} of the peak below; "
+                                     f"achieved {pk.get('ratio', 0):.1%} of the peak"))
+        rows.append(("baseline peak messages/s", f"{pk['msgs_per_s']:,.0f}  (same workload unpaced, same invocation)"))
+        rows.append(("baseline peak ack p50 / p99 / p999 ms", " / ".join(_f(pk[k], "{:.2f}") for k in lat3)))
     if "fsync" in b:
         d = b["fsync"]
         rows.append((f"baseline device write+fdatasync p50 / p99 / p999 ms",
