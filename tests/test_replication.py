@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -203,9 +204,11 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
 def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
     """Writers publish committed batches themselves, one PUB socket each; the
     slave follows all of them live, without falling back to catch-up reads."""
-    a = master(tmp_path, "a", writers=2)
-    b = slave(tmp_path, "b", a, writers=3)  # the slave's own writer count does not matter
-    try:
+    with contextlib.ExitStack() as running:  # stops whatever started, even if a start fails
+        a = master(tmp_path, "a", writers=2)
+        running.callback(a.stop)
+        b = slave(tmp_path, "b", a, writers=3)  # the slave's own writer count does not matter
+        running.callback(b.stop)
         wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
         md = request(a.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
         fetch, ack, *pubs = md.replication
@@ -217,10 +220,40 @@ def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
         assert st["replication_gaps"] == 0 and st["replication_catch_up_reads"] == 0, st
         assert stats(a)["replication_published_messages"] > 0
         assert_present(b, acked)
-    finally:
-        b.stop(), a.stop()
     r = compare(tmp_path / "a", tmp_path / "b")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_slave_binds_no_replication_port_until_promoted(tmp_path):
+    """Master and slave on one host with the same fixed pub_port: the slave
+    binds nothing it does not serve, so both start; promoted while the old
+    master still holds the port, its writer publishes on another one, which
+    its metadata names, and a new slave follows it there."""
+    port = free_port()
+    with contextlib.ExitStack() as running:  # stops whatever started, even if a start fails
+        a = master(tmp_path, "a", extra=f"pub_port = {port}")
+        running.callback(a.stop)
+        b = slave(tmp_path, "b", a, extra=f"pub_port = {port}")
+        running.callback(b.stop)
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+        md = request(a.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
+        assert md.replication[2:] == [f"tcp://127.0.0.1:{port}"]
+        assert request(b.url, lambda i: m.Metadata(id=i, topics=[]), 5000).replication == []
+        writer = psutil.Process(b.child_pid("writer0"))
+        assert not [s for s in writer.net_connections(kind="tcp") if s.status == psutil.CONN_LISTEN]
+        before = produce_stream(a.url, "before", 0.3, acks=-1)
+        wait_until(lambda: caught_up(a, b), 30, "the slave to hold everything")
+        promote(b)
+        md = request(b.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
+        fetch, ack, *pubs = md.replication
+        assert len(pubs) == 1 and pubs[0].startswith("tcp://127.0.0.1:") and pubs[0] != f"tcp://127.0.0.1:{port}"
+        c = slave(tmp_path, "c", b, broker_id=3)
+        running.callback(c.stop)
+        wait_until(lambda: stats(b).get("slave_3_insync") == 1, 30, "a new slave of the promoted broker")
+        after = produce_stream(b.url, "after", 0.3, acks=-1)
+        assert after, "acks=all on the promoted broker with its new slave in sync"
+        wait_until(lambda: caught_up(b, c), 30, "the new slave to hold everything")
+        assert_present(c, {**before, **after})
 
 
 def test_async_lag_gap_and_restart_catch_up(tmp_path):

@@ -184,10 +184,12 @@ class Supervisor:
         broker_state.save_epoch(self.data_dir, self.epoch)
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id
+        self.pub_endpoints = [""] * self.cfg.broker.writers
         for name, child in self.children.items():
             if name.startswith("writer"):
-                os.kill(child.pid, signal.SIGUSR2)  # start feeding committed batches to the replicator
+                os.kill(child.pid, signal.SIGUSR2)  # bind a PUB socket and publish committed batches
         self._start_replicator("master")
+        self._await(lambda: all(self.pub_endpoints), "the writers to open their replication PUB sockets")
         self.publish_view()
         log.warning("promoted to master with leader epoch %d", self.epoch)
         return control.Ack(code=0, message="", epoch=self.epoch)
@@ -257,8 +259,8 @@ class Supervisor:
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub
         of writer 0, pub of writer 1, ...]; empty unless master."""
-        if self.role != "master" or not self.replication_endpoints:
-            return []
+        if self.role != "master" or not self.replication_endpoints or not all(self.pub_endpoints):
+            return []  # not (yet) a master serving slaves
         return [*self.replication_endpoints, *self.pub_endpoints]
 
     def publish_view(self) -> None:
@@ -283,6 +285,12 @@ class Supervisor:
                 self._ready.add(f"writer{msg.writer}")
                 if 0 <= msg.writer < len(self.pub_endpoints):
                     self.pub_endpoints[msg.writer] = msg.pub_endpoint
+                return None
+            case control.WriterPublishing():
+                if 0 <= msg.writer < len(self.pub_endpoints):
+                    self.pub_endpoints[msg.writer] = msg.endpoint
+                    if self._replication_view():
+                        self.publish_view()  # the last one after a promotion completes the metadata
                 return None
             case control.AcceptorHello():
                 self.endpoints[msg.acceptor] = msg.endpoint

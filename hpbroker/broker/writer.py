@@ -82,6 +82,7 @@ class Writer:
         self.group = group
         self.pushes = pushes
         self.pub = pub  # PUB socket: committed batches straight to the slaves
+        self.open_pub = None  # binds self.pub once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
         self.published: list[tuple[tuple[str, int], int, int, bytearray]] = []
@@ -213,6 +214,8 @@ class Writer:
         publishes itself, so committed data crosses no other process on the
         master; the replicator only hears what was published (meta and byte
         count), for the slaves' lag in bytes and seconds."""
+        if self.pub is None:
+            self.open_pub()  # promoted between the loop's check and this flush
         by_key: dict[tuple[str, int], list[bytearray]] = {}
         for key, base, last, copy in self.published:
             by_key.setdefault(key, []).append(copy)
@@ -255,6 +258,8 @@ class Writer:
         next_state = now
         next_retention = now + self.retention_check_s
         while True:
+            if self.feed_on and self.pub is None:
+                self.open_pub()  # a slave's writer, promoted: bind and announce where it publishes
             got = 0
             for r in self.group.readers:
                 got += r.drain(self.handlers[r])
@@ -328,23 +333,45 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     readers = [s.reader(spin_us=r.spin_us, dead_after_ms=r.dead_after_ms) for s in shared]
     group = ReaderGroup(readers, bell.signal, spin_us=r.spin_us)
     storage = Storage(cfg.broker.data_dir, cfg.log)
-    feed = pub = None
-    pub_endpoint = ""
-    if feed_ep is not None:  # replicated (master, or a slave that may be promoted): publish from here
+    feed = None
+    if feed_ep is not None:  # replicated: this writer publishes its committed batches to the slaves itself
         feed = ctx.socket(zmq.PUSH)
         feed.setsockopt(zmq.LINGER, 0)
         feed.setsockopt(zmq.SNDHWM, 10_000)
         feed.connect(feed_ep)
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, cfg.replication.pub_hwm)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(pub_bind or f"tcp://{cfg.broker.bind}:*")
-        pub_endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-    w = Writer(index, storage, None, group, pushes, feed=feed, pub=pub,
+    w = Writer(index, storage, None, group, pushes, feed=feed,
                retention_check_s=cfg.log.retention_check_ms / 1000.0)
     w.bell_post = bell.signal.post
     w.gc = GroupCommit(cfg.log, on_io_done=w.on_io_done)
     w.feed_on = feed_on
+    ctl = ctx.socket(zmq.DEALER)
+    ctl.setsockopt(zmq.LINGER, 1000)
+    ctl.connect(control_ep)
+    pub_at = pub_bind or f"tcp://{cfg.broker.bind}:*"
+
+    def open_pub(promoted: bool) -> str:
+        """Bind the PUB socket slaves subscribe to: a master's writer at start,
+        a slave's only once promoted (a slave holds no port it does not serve)."""
+        pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, cfg.replication.pub_hwm)
+        pub.setsockopt(zmq.LINGER, 0)
+        try:
+            pub.bind(pub_at)
+        except zmq.ZMQError as e:
+            if not promoted:
+                pub.close(0)
+                raise RuntimeError(f"writer{index}: cannot bind the replication PUB socket at {pub_at}: {e}") from e
+            # serving now matters more than the port: metadata tells slaves where
+            log.warning("writer%d: cannot bind %s (%s); publishing on a port the OS chooses", index, pub_at, e)
+            pub.bind(f"tcp://{cfg.broker.bind}:*")
+        w.pub = pub
+        return pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def publish_once_promoted() -> None:
+        endpoint = open_pub(promoted=True)
+        ctl.send(control.encoder.encode(control.WriterPublishing(writer=index, endpoint=endpoint)))
+
+    w.open_pub = publish_once_promoted
 
     def on_term(signum, frame):
         w.stopping = True
@@ -354,10 +381,8 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR2, on_promoted)
-    ctl = ctx.socket(zmq.DEALER)
-    ctl.setsockopt(zmq.LINGER, 1000)
-    ctl.connect(control_ep)
     try:
+        pub_endpoint = open_pub(promoted=False) if feed is not None and feed_on else ""
         recover_owned(storage, index, cfg.broker.writers)
         w.report(storage.logs())
         ctl.send(control.encoder.encode(control.WriterReady(writer=index, pid=os.getpid(), pub_endpoint=pub_endpoint)))

@@ -18,7 +18,14 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
 class WriterReady(_Msg, tag="writer_ready"):
     writer: int
     pid: int
-    pub_endpoint: str = ""  # replicated: where this writer publishes committed batches to slaves
+    pub_endpoint: str = ""  # a master's writer: where it publishes committed batches to slaves
+
+
+class WriterPublishing(_Msg, tag="writer_publishing"):
+    """A slave's writer, promoted, has bound its PUB socket for the new slaves."""
+
+    writer: int
+    endpoint: str
 
 
 class AcceptorHello(_Msg, tag="acceptor_hello"):
@@ -78,7 +85,7 @@ class Ack(_Msg, tag="ack"):
     epoch: int = -1
 
 
-ToSupervisor = WriterReady | AcceptorHello | EnsureTopic | SeenEpoch | ReplicatorReady | Promote
+ToSupervisor = WriterReady | WriterPublishing | AcceptorHello | EnsureTopic | SeenEpoch | ReplicatorReady | Promote
 FromSupervisor = ClusterView | TopicResult | Ack
 
 encoder = msgspec.msgpack.Encoder()
