@@ -213,6 +213,7 @@ def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
         md = request(a.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
         fetch, ack, *pubs = md.replication
         assert len(pubs) == 2 and len(set(md.replication)) == 4 and all(e.startswith("tcp://") for e in pubs)
+        assert stats(a)["replication_endpoints"].split() == md.replication
         acked = produce_stream(a.url, "live", 1.0, acks=-1)
         assert {p for p, _ in acked} == set(range(PARTITIONS)), "acks=all must succeed on both writers' partitions"
         wait_until(lambda: caught_up(a, b), 30, "the slave to hold everything")

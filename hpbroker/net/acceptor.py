@@ -327,6 +327,8 @@ class Acceptor:
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
         out.update(self.replica.stats)
+        if self.view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
+            out["replication_endpoints"] = " ".join(self.view.replication)
         return out
 
     def _expire(self, now: float) -> None:

@@ -274,7 +274,7 @@ class Master:
             "replication_role": "master",
             "replication_mode": self.cfg.replication.mode,
             "replication_epoch": self.epoch,
-            "replication_endpoints": " ".join(self.endpoints),
+            "replication_endpoints": " ".join(self.endpoints),  # acceptors add the writers' PUBs from metadata
             "replication_slaves": len(self.slaves),
             "replication_published_messages": self._published,
         }
