@@ -347,6 +347,44 @@ def test_a_slave_refuses_a_strangers_stream(tmp_path):
         b.stop(), a.stop()
 
 
+def test_a_slave_refuses_a_master_of_another_replication_version(tmp_path):
+    """A master of the release before the writers published answers Metadata
+    with the old endpoint layout and no version: the slave says so plainly
+    instead of connecting its sockets to the wrong endpoints."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context.instance()
+    old_master = ctx.socket(zmq.ROUTER)
+    old_master.setsockopt(zmq.LINGER, 0)
+    port = old_master.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def answer():  # the older release's metadata: [pub, fetch, ack], no replication_version
+        while not stop.is_set():
+            if old_master.poll(100):
+                ident, *frames = old_master.recv_multipart()
+                req, _ = codec.decode_request(frames)
+                old = m.MetadataReply(id=req.id, cluster_id="hpbroker", broker_id=1, role="master",
+                                      replication=[f"tcp://127.0.0.1:{free_port()}" for _ in range(3)])
+                old_master.send_multipart([ident, *codec.encode_reply(old)])
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    b = None
+    try:
+        b = slave(tmp_path, "b", f"tcp://127.0.0.1:{port}")
+        wait_until(lambda: stats(b).get("replication_state") == "refused", 30, "the refusal")
+        assert "replication version 0" in stats(b)["replication_detail"]
+    finally:
+        if b is not None:
+            b.stop()
+        stop.set()
+        t.join(5)
+        old_master.close(0)
+
+
 def test_a_corrupt_batch_on_the_master_is_never_copied(tmp_path):
     a = master(tmp_path, "a", mode="async")
     b = None

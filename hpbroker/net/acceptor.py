@@ -391,7 +391,8 @@ class Acceptor:
                                acceptors=self.view.acceptors, topics=topics,
                                max_batch_bytes=self.cfg.broker.max_batch_bytes,
                                max_request_bytes=self.cfg.broker.max_request_bytes,
-                               role=self.view.role, replication=self.view.replication)
+                               role=self.view.role, replication=self.view.replication,
+                               replication_version=rm.VERSION if self.view.replication else 0)
 
 
 def _error_reply(req, e: BrokerError):

@@ -156,6 +156,9 @@ class MetadataReply(_Reply):
     role: str = ""
     #: a master's replication endpoints [fetch, ack, pub of each writer...]; else empty.
     replication: list[str] = []
+    #: the layout of ``replication`` and of the streams behind it; a slave
+    #: follows only a master that speaks its version (0 = before writers published).
+    replication_version: int = 0
 
 
 class ProduceReply(_Reply):

@@ -86,6 +86,10 @@ FromMaster = Welcome | Refused | EpochEndReply | CatchUpReply
 encoder = msgspec.msgpack.Encoder()
 to_master = msgspec.msgpack.Decoder(ToMaster)
 from_master = msgspec.msgpack.Decoder(FromMaster)
+#: MetadataReply.replication_version this release speaks: 1 = [fetch, ack, pub
+#: of each writer] (the writers publish); 0 (absent) = [pub, fetch, ack].
+VERSION = 1
+
 feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
 published_meta = msgspec.msgpack.Decoder(tuple[str, int, int, int])  # writer -> replicator: ... and bytes
 

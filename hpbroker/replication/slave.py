@@ -219,6 +219,9 @@ class Slave:
         rep, _ = codec.decode_reply(boot.recv_multipart())
         if not isinstance(rep, m.MetadataReply) or len(rep.replication) < 3 or not all(rep.replication):
             raise Refusal(f"{self.cfg.replication.master} does not serve replication (is it a master?)")
+        if rep.replication_version != rm.VERSION:
+            raise Refusal(f"{self.cfg.replication.master} speaks replication version {rep.replication_version}, this "
+                          f"slave {rm.VERSION}: run the same hpbroker release on master and slave")
         if rep.cluster_id != self.cfg.broker.cluster_id:
             raise Refusal(f"{self.cfg.replication.master} belongs to cluster {rep.cluster_id!r}, not {self.cfg.broker.cluster_id!r}")
         fetch, ack, *pubs = rep.replication  # one PUB per master writer
