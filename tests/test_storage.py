@@ -184,19 +184,78 @@ def test_retention_by_age_and_size(tmp_path):
         assert len(log.segments()) >= 2
 
 
+class GatedFS(FaultyFileSystem):
+    """Holds every ``op`` ("unlink" or "rename") of a path ending in
+    ``suffix`` until ``gate`` is set, and records which threads made them."""
+
+    def __init__(self, op: str, suffix: str):
+        super().__init__()
+        self.op, self.suffix = op, suffix
+        self.gate = threading.Event()
+        self.threads: set[str] = set()
+
+    def _hold(self, op: str, path: str) -> None:
+        if op == self.op and path.endswith(self.suffix):
+            self.threads.add(threading.current_thread().name)
+            assert self.gate.wait(10)
+
+    def unlink(self, path):
+        self._hold("unlink", path)
+        super().unlink(path)
+
+    def rename(self, src, dst):
+        self._hold("rename", src)
+        super().rename(src, dst)
+
+
 def test_retention_archive(tmp_path):
+    """The archive policy: segments leave the log at once; the gzip runs on
+    the background thread; each .log goes only once its copy is durable."""
     cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
                     retention_policy="archive", archive_dir=str(tmp_path / "arch"))
+    fs = GatedFS("rename", ".gz.tmp")  # each archive's final rename
+    st = Storage(tmp_path / "data", cfg, fs=fs)
+    log = st.partition("t", 3)
+    fill(log, 200)
+    segs = log.segments()
+    originals = {s.base: open(s.log_path, "rb").read() for s in segs[:-1]}
+    deleted = st.apply_retention()[("t", 3)]  # returns while the archives are held
+    assert sorted(deleted) == sorted(originals)
+    assert [s.base for s in log.segments()] == [segs[-1].base]
+    for base in originals:  # out of the log and of readers' listings, kept until archived
+        assert os.path.exists(layout.log_path(log.dir, base) + layout.ARCHIVING_SUFFIX)
+    assert layout.list_segments(log.dir) == [segs[-1].base]
+    fs.gate.set()
+    st.close()  # waits for the background work
+    assert fs.threads == {"hpbroker-delete"}
+    for base, data in originals.items():
+        p = tmp_path / "arch" / "t-3" / (layout.segment_name(base) + ".log.gz")
+        assert gzip.decompress(p.read_bytes()) == data
+    left = [n for n in os.listdir(log.dir) if n.endswith((layout.ARCHIVING_SUFFIX, layout.DELETED_SUFFIX))]
+    assert not left, left
+
+
+def test_archiving_that_fails_keeps_the_segment_file_and_the_next_start_finishes_it(tmp_path):
+    arch = tmp_path / "arch"
+    arch.write_bytes(b"not a directory")  # the archive cannot be written: makedirs fails
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
+                    retention_policy="archive", archive_dir=str(arch))
     with Storage(tmp_path / "data", cfg) as st:
-        log = st.partition("t", 3)
-        fill(log, 200)
-        segs = log.segments()
-        originals = {s.base: open(s.log_path, "rb").read() for s in segs[:-1]}
-        deleted = st.apply_retention()[("t", 3)]
-        assert sorted(deleted) == sorted(originals)
-        for base, data in originals.items():
-            p = tmp_path / "arch" / "t-3" / (layout.segment_name(base) + ".log.gz")
-            assert gzip.decompress(p.read_bytes()) == data
+        log = st.partition("t", 0)
+        fill(log, 120)
+        end = log.log_end_offset
+        originals = {s.base: open(s.log_path, "rb").read() for s in log.segments()[:-1]}
+        assert st.apply_retention()[("t", 0)]
+    kept = sorted(n for n in os.listdir(log.dir) if n.endswith(layout.ARCHIVING_SUFFIX))
+    assert kept == sorted(layout.segment_name(b) + ".log" + layout.ARCHIVING_SUFFIX for b in originals)
+    # a crash before the archive was durable looks the same; the next open finishes the job
+    arch.unlink()
+    with Storage(tmp_path / "data", cfg) as st2:
+        log2 = st2.partition("t", 0)
+        assert log2.log_end_offset == end and log2.earliest_offset == log.earliest_offset
+    for base, data in originals.items():
+        assert gzip.decompress((arch / "t-0" / (layout.segment_name(base) + ".log.gz")).read_bytes()) == data
+    assert not [n for n in os.listdir(log.dir) if n.endswith(layout.ARCHIVING_SUFFIX)]
 
 
 def test_group_commit_many_partitions(tmp_path):
@@ -300,24 +359,9 @@ def test_stamp_does_not_touch_the_producer_buffer(tmp_path):
         assert (h.base_offset, h.leader_epoch) == (1, 9)
 
 
-class GatedUnlinkFS(FaultyFileSystem):
-    """Holds every unlink of a ``.deleted`` file until ``gate`` is set."""
-
-    def __init__(self):
-        super().__init__()
-        self.gate = threading.Event()
-        self.threads: set[str] = set()
-
-    def unlink(self, path):
-        if path.endswith(layout.DELETED_SUFFIX):
-            self.threads.add(threading.current_thread().name)
-            assert self.gate.wait(10)
-        super().unlink(path)
-
-
 def test_retention_unlinks_in_the_background_and_recovery_finishes_the_job(tmp_path):
     cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=2 << 16)
-    fs = GatedUnlinkFS()
+    fs = GatedFS("unlink", layout.DELETED_SUFFIX)
     st = Storage(tmp_path, cfg, fs=fs)
     log = st.partition("t", 0)
     fill(log, 400)

@@ -28,6 +28,9 @@ TIMEINDEX_SUFFIX = ".timeindex"
 CHECKPOINT_NAME = "recovery-point"
 #: a segment file retention has taken out of the log, waiting to be unlinked (recovery unlinks leftovers)
 DELETED_SUFFIX = ".deleted"
+#: a segment's .log retention has taken out under the archive policy, waiting
+#: for its gzip copy to be durable (recovery finishes the job)
+ARCHIVING_SUFFIX = ".archiving"
 _SEG_RE = re.compile(r"^(\d{20})\.log$")
 _DIR_RE = re.compile(r"^(.+)-(\d+)$")
 

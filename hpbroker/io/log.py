@@ -376,14 +376,14 @@ class PartitionLog:
         if self._segments[-1].size:
             self._roll()
 
-    def delete_oldest_segment(self, later=None) -> Segment:
+    def delete_oldest_segment(self, later=None, archive=None) -> Segment:
         """Drop the oldest closed segment (retention); the active one is never
-        deleted.  ``later``: see :meth:`Segment.delete`."""
+        deleted.  ``later``, ``archive``: see :meth:`Segment.delete`."""
         if len(self._segments) < 2:
             raise ValueError("only the active segment is left")
         seg = self._segments.pop(0)
         self._bases.pop(0)
-        seg.delete(self._fs, later)
+        seg.delete(self._fs, later, archive)
         return seg
 
     # -- reads ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from hpbroker.config import LogConfig
 from hpbroker.io import checkpoint, layout
 from hpbroker.io.errors import PartitionFenced
 from hpbroker.io.fs import FileSystem
+from hpbroker.io.retention import archive_dir_of, finish_archiving
 from hpbroker.io.offset_index import OffsetIndex
 from hpbroker.io.scan import find_valid_batch_after, scan
 from hpbroker.io.segment import Segment
@@ -45,13 +46,17 @@ class Recovered:
     truncated_bytes: int = 0
 
 
-def _cleanup(d: str, fs: FileSystem) -> None:
+def _cleanup(d: str, fs: FileSystem, cfg: LogConfig) -> None:
     """Remove temp files, segment files retention had taken out (``.deleted``)
-    and index files whose .log is gone (an interrupted delete)."""
+    and index files whose .log is gone (an interrupted delete); archive what
+    retention had set aside for archiving (``.archiving``) and remove it once
+    the copy is durable, or keep it if that fails."""
     names = set(os.listdir(d))
     for n in names:
         if n.endswith((".tmp", layout.DELETED_SUFFIX)):
             fs.unlink(os.path.join(d, n))
+        elif n.endswith(layout.ARCHIVING_SUFFIX):
+            finish_archiving(os.path.join(d, n), archive_dir_of(d, cfg), fs)
         elif n.endswith((layout.INDEX_SUFFIX, layout.TIMEINDEX_SUFFIX)):
             stem = n.rsplit(".", 1)[0]
             if stem + layout.LOG_SUFFIX not in names:
@@ -66,7 +71,7 @@ def _rebuild(seg: Segment, fd: int, size: int, check: bool):
 
 
 def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
-    _cleanup(d, fs)
+    _cleanup(d, fs, cfg)
     bases = layout.list_segments(d)
     rp = checkpoint.read(d)
     segs: list[Segment] = []

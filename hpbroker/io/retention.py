@@ -6,10 +6,15 @@
 * Size: while the partition is larger than ``retention_bytes``, the oldest
   closed segment goes.
 * The active segment is never removed.
-* ``retention_policy = "archive"`` first writes ``<base>.log.gz`` (gzip,
+* ``retention_policy = "archive"`` writes ``<base>.log.gz`` (gzip,
   stdlib) under ``archive_dir/<topic>-<partition>/`` (default
   ``<partition dir>/archive/``) - temp file, fsync, rename, fsync of the
-  directory - and deletes the segment only once that copy is durable.
+  directory - and deletes the segment file only once that copy is durable.
+  With a background runner (``archive_later``, what the writer passes) the
+  segment leaves the log at once, its .log renamed to ``.log.archiving``,
+  and the gzip runs off the writer's loop: gzip -1 of a 1 GiB segment takes
+  seconds, and every partition of the writer would wait.  A crash in
+  between leaves the ``.archiving`` file; recovery archives it then.
 
 Readers in other processes cope with a segment vanishing: they re-list the
 directory (see :mod:`hpbroker.io.reader`).
@@ -23,6 +28,7 @@ import os
 import shutil
 
 from hpbroker.config import LogConfig
+from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 
 log = logging.getLogger("hpbroker.io")
@@ -50,10 +56,15 @@ def expired(plog, cfg: LogConfig, now_ms: int) -> int:
 
 
 def archive_segment(seg, dest_dir: str, fs: FileSystem) -> str:
+    return archive_file(seg.log_path, os.path.basename(seg.log_path), dest_dir, fs)
+
+
+def archive_file(src_path: str, name: str, dest_dir: str, fs: FileSystem) -> str:
+    """gzip ``src_path`` to ``dest_dir/<name>.gz`` durably; returns that path."""
     os.makedirs(dest_dir, exist_ok=True)
-    dest = os.path.join(dest_dir, os.path.basename(seg.log_path) + ".gz")
+    dest = os.path.join(dest_dir, name + ".gz")
     tmp = dest + ".tmp"
-    with open(seg.log_path, "rb") as src, open(tmp, "wb") as raw:
+    with open(src_path, "rb") as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             shutil.copyfileobj(src, gz, 1 << 20)
         raw.flush()
@@ -64,20 +75,49 @@ def archive_segment(seg, dest_dir: str, fs: FileSystem) -> str:
 
 
 def archive_dir_for(plog, cfg: LogConfig) -> str:
+    return archive_dir_of(plog.dir, cfg)
+
+
+def archive_dir_of(partition_dir: str, cfg: LogConfig) -> str:
     if cfg.archive_dir:
-        return os.path.join(cfg.archive_dir, os.path.basename(os.path.normpath(plog.dir)))
-    return os.path.join(plog.dir, "archive")
+        return os.path.join(cfg.archive_dir, os.path.basename(os.path.normpath(partition_dir)))
+    return os.path.join(partition_dir, "archive")
 
 
-def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = None, later=None) -> list[int]:
+def finish_archiving(path: str, dest_dir: str, fs: FileSystem) -> bool:
+    """Archive a ``.log.archiving`` file, then unlink it; on failure keep it
+    (the next start tries again) and say so.  True when done."""
+    name = os.path.basename(path)[: -len(layout.ARCHIVING_SUFFIX)]
+    try:
+        dest = archive_file(path, name, dest_dir, fs)
+    except OSError as e:
+        log.error("archiving %s failed (%s); the file is kept and archived again at the next start", path, e)
+        return False
+    try:
+        fs.unlink(path)
+    except OSError as e:  # the copy is durable: recovery archives it again and removes it
+        log.warning("could not unlink %s after archiving it: %s", path, e)
+    log.info("archived %s to %s", path, dest)
+    return True
+
+
+def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = None, later=None,
+                    archive_later=None) -> list[int]:
     """Remove the expired segments of ``plog``; returns their base offsets.
     ``later(paths)``, when given, unlinks the removed files in the background
-    (see :meth:`Segment.delete`); archiving itself still happens here."""
+    (see :meth:`Segment.delete`).  ``archive_later(path, dest_dir)``, when
+    given with ``later``, archives and unlinks a ``.log.archiving`` file in
+    the background; without it archiving happens here, before the delete."""
     fs = fs or FileSystem()
     n = expired(plog, cfg, now_ms)
     out = []
     for _ in range(n):
         seg = plog.segments()[0]
+        if cfg.retention_policy == "archive" and later is not None and archive_later is not None:
+            dest_dir = archive_dir_for(plog, cfg)
+            plog.delete_oldest_segment(later, archive=lambda path, d=dest_dir: archive_later(path, d))
+            out.append(seg.base)
+            continue
         if cfg.retention_policy == "archive":
             try:
                 path = archive_segment(seg, archive_dir_for(plog, cfg), fs)

@@ -16,7 +16,7 @@ from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
-from hpbroker.io.retention import apply_retention
+from hpbroker.io.retention import apply_retention, finish_archiving
 
 log = logging.getLogger("hpbroker.io")
 
@@ -82,18 +82,26 @@ class Storage:
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         out = {}
         for key, log in self._logs.items():
-            deleted = apply_retention(log, self.config, now, fs=self._fs, later=self._delete_later)
+            deleted = apply_retention(log, self.config, now, fs=self._fs, later=self._delete_later,
+                                      archive_later=self._archive_later)
             if deleted:
                 out[key] = deleted
         return out
 
     def _delete_later(self, paths: list[str]) -> None:
+        self._background().submit(_unlink_all, self._fs, paths)
+
+    def _archive_later(self, path: str, dest_dir: str) -> None:
+        self._background().submit(finish_archiving, path, dest_dir, self._fs)
+
+    def _background(self) -> IOThread:
+        """One thread, first in first out, for what retention leaves to do."""
         if self._deleter is None:
             self._deleter = IOThread(name="hpbroker-delete")
-        self._deleter.submit(_unlink_all, self._fs, paths)
+        return self._deleter
 
     def wait_deletes(self) -> None:
-        """Block until every background unlink submitted so far has run."""
+        """Block until every background unlink and archive submitted so far has run."""
         if self._deleter is not None:
             self._deleter.close()
             self._deleter = None
