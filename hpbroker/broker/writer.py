@@ -75,14 +75,14 @@ class ReplicaGap(ValueError):
 
 class Writer:
     def __init__(self, index: int, storage: Storage, committer: GroupCommit, group: ReaderGroup,
-                 pushes: list, *, feed=None, pub=None, retention_check_s: float = 60.0, clock=time.monotonic):
+                 pushes: list, *, feed=None, retention_check_s: float = 60.0, clock=time.monotonic):
         self.index = index
         self.storage = storage
         self.gc = committer
         self.group = group
         self.pushes = pushes
-        self.pub = pub  # PUB socket: committed batches straight to the slaves
-        self.open_pub = None  # binds self.pub once a slave's writer is promoted (set by main)
+        self.pub = None  # PUB socket: committed batches straight to the slaves (bound by open_pub)
+        self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
         self.published: list[tuple[tuple[str, int], int, int, bytearray]] = []

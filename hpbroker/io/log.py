@@ -376,7 +376,7 @@ class PartitionLog:
         if self._segments[-1].size:
             self._roll()
 
-    def delete_oldest_segment(self, later=None, archive=None) -> Segment:
+    def delete_oldest_segment(self, later, archive=None) -> Segment:
         """Drop the oldest closed segment (retention); the active one is never
         deleted.  ``later``, ``archive``: see :meth:`Segment.delete`."""
         if len(self._segments) < 2:

@@ -10,10 +10,10 @@
   stdlib) under ``archive_dir/<topic>-<partition>/`` (default
   ``<partition dir>/archive/``) - temp file, fsync, rename, fsync of the
   directory - and deletes the segment file only once that copy is durable.
-  With a background runner (``archive_later``, what the writer passes) the
-  segment leaves the log at once, its .log renamed to ``.log.archiving``,
-  and the gzip runs off the writer's loop: gzip -1 of a 1 GiB segment takes
-  seconds, and every partition of the writer would wait.  A crash in
+  The segment leaves the log at once, its .log renamed to
+  ``.log.archiving``, and the gzip runs off the writer's loop: gzip -1 of a
+  256 MiB segment takes about a second, and every partition of the writer
+  would wait.  A crash in
   between leaves the ``.archiving`` file; recovery archives it then.
 
 Readers in other processes cope with a segment vanishing: they re-list the
@@ -53,10 +53,6 @@ def expired(plog, cfg: LogConfig, now_ms: int) -> int:
             total -= s.size
             n += 1
     return n
-
-
-def archive_segment(seg, dest_dir: str, fs: FileSystem) -> str:
-    return archive_file(seg.log_path, os.path.basename(seg.log_path), dest_dir, fs)
 
 
 def archive_file(src_path: str, name: str, dest_dir: str, fs: FileSystem) -> str:
@@ -101,30 +97,17 @@ def finish_archiving(path: str, dest_dir: str, fs: FileSystem) -> bool:
     return True
 
 
-def apply_retention(plog, cfg: LogConfig, now_ms: int, fs: FileSystem | None = None, later=None,
-                    archive_later=None) -> list[int]:
-    """Remove the expired segments of ``plog``; returns their base offsets.
-    ``later(paths)``, when given, unlinks the removed files in the background
-    (see :meth:`Segment.delete`).  ``archive_later(path, dest_dir)``, when
-    given with ``later``, archives and unlinks a ``.log.archiving`` file in
-    the background; without it archiving happens here, before the delete."""
-    fs = fs or FileSystem()
-    n = expired(plog, cfg, now_ms)
+def apply_retention(plog, cfg: LogConfig, now_ms: int, later, archive_later) -> list[int]:
+    """Take the expired segments of ``plog`` out of the log; returns their
+    base offsets.  The slow part runs off the caller's thread: ``later(paths)``
+    unlinks the renamed files (see :meth:`Segment.delete`), and under the
+    archive policy ``archive_later(path, dest_dir)`` archives, then unlinks,
+    each ``.log.archiving`` file (:func:`finish_archiving`)."""
+    archive = None
+    if cfg.retention_policy == "archive":
+        dest_dir = archive_dir_for(plog, cfg)
+        archive = lambda path: archive_later(path, dest_dir)  # noqa: E731
     out = []
-    for _ in range(n):
-        seg = plog.segments()[0]
-        if cfg.retention_policy == "archive" and later is not None and archive_later is not None:
-            dest_dir = archive_dir_for(plog, cfg)
-            plog.delete_oldest_segment(later, archive=lambda path, d=dest_dir: archive_later(path, d))
-            out.append(seg.base)
-            continue
-        if cfg.retention_policy == "archive":
-            try:
-                path = archive_segment(seg, archive_dir_for(plog, cfg), fs)
-            except OSError as e:
-                log.error("%s: archiving %s failed (%s); the segment is kept", plog.dir, seg.log_path, e)
-                break
-            log.info("%s: archived %s to %s", plog.dir, seg.log_path, path)
-        plog.delete_oldest_segment(later)
-        out.append(seg.base)
+    for _ in range(expired(plog, cfg, now_ms)):
+        out.append(plog.delete_oldest_segment(later, archive).base)
     return out

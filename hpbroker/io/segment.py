@@ -125,14 +125,13 @@ class Segment:
             fs.close(fd)
         self.closed = True
 
-    def delete(self, fs: FileSystem, later=None, archive=None) -> None:
+    def delete(self, fs: FileSystem, later, archive=None) -> None:
         """Take the segment out: the log first (readers list segments by their
-        .log), then the indexes.  Without ``later`` each file is unlinked here.
-        With it, each is renamed to ``<name>.deleted`` (a metadata update) and
-        ``later(paths)`` unlinks them off the caller's thread: unlinking a
-        256 MiB segment took ~50 ms on ext4, and the writer's loop must not
-        stop for it.  Recovery unlinks ``.deleted`` leftovers of a crash.
-        With ``archive`` too (and ``later``), the .log becomes
+        .log), then the indexes.  Each file is renamed to ``<name>.deleted``
+        (a metadata update) and ``later(paths)`` unlinks them off the caller's
+        thread: unlinking a 256 MiB segment took ~50 ms on ext4, and the
+        writer's loop must not stop for it.  Recovery unlinks ``.deleted``
+        leftovers of a crash.  With ``archive``, the .log becomes
         ``<name>.archiving`` instead and ``archive(path)`` archives and
         unlinks it off the caller's thread; recovery archives leftovers."""
         self.close(fs)
@@ -140,9 +139,7 @@ class Segment:
         archiving = None
         for p in (self.log_path, self.index_path, self.timeindex_path):
             try:
-                if later is None:
-                    fs.unlink(p)
-                elif archive is not None and p == self.log_path:
+                if archive is not None and p == self.log_path:
                     fs.rename(p, p + layout.ARCHIVING_SUFFIX)
                     archiving = p + layout.ARCHIVING_SUFFIX
                 else:

@@ -82,8 +82,7 @@ class Storage:
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         out = {}
         for key, log in self._logs.items():
-            deleted = apply_retention(log, self.config, now, fs=self._fs, later=self._delete_later,
-                                      archive_later=self._archive_later)
+            deleted = apply_retention(log, self.config, now, self._delete_later, self._archive_later)
             if deleted:
                 out[key] = deleted
         return out
