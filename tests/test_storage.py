@@ -145,6 +145,7 @@ def test_reader_survives_retention_and_lagging_index(tmp_path):
         fill(log, 400)
         r = PartitionReader(log.dir)
         r.refresh()
+        st.wait_background()  # retention skips a segment whose roll is still finishing
         st.apply_retention()
         first = log.earliest_offset
         assert first > 0
@@ -167,6 +168,7 @@ def test_retention_by_age_and_size(tmp_path):
     with Storage(tmp_path, cfg, clock=lambda: now[0]) as st:
         log = st.partition("t", 0)
         fill(log, 400, ts0=1_000_000_000)  # ms timestamps ~ clock 1e6 s
+        st.wait_background()  # the last roll's indexes (retention skips a segment until then)
         nseg = len(log.segments())
         assert nseg > 2
         assert st.apply_retention(now_ms=1_000_000_000 + 30_000) == {}
@@ -179,6 +181,7 @@ def test_retention_by_age_and_size(tmp_path):
     with Storage(tmp_path / "b", cfg) as st:
         log = st.partition("t", 0)
         fill(log, 300)
+        st.wait_background()
         st.apply_retention()
         assert sum(s.size for s in log.segments()) <= 2 << 16
         assert len(log.segments()) >= 2
@@ -188,15 +191,17 @@ class GatedFS(FaultyFileSystem):
     """Holds every ``op`` ("unlink" or "rename") of a path ending in
     ``suffix`` until ``gate`` is set, and records which threads made them."""
 
-    def __init__(self, op: str, suffix: str):
+    def __init__(self, op: str, suffix: str, thread: str | None = None):
         super().__init__()
-        self.op, self.suffix = op, suffix
+        self.op, self.suffix, self.thread = op, suffix, thread
         self.gate = threading.Event()
+        self.held = threading.Event()  # set once an op is being held
         self.threads: set[str] = set()
 
     def _hold(self, op: str, path: str) -> None:
-        if op == self.op and path.endswith(self.suffix):
+        if op == self.op and path.endswith(self.suffix) and self.thread in (None, threading.current_thread().name):
             self.threads.add(threading.current_thread().name)
+            self.held.set()
             assert self.gate.wait(10)
 
     def unlink(self, path):
@@ -206,6 +211,71 @@ class GatedFS(FaultyFileSystem):
     def rename(self, src, dst):
         self._hold("rename", src)
         super().rename(src, dst)
+
+
+def test_a_roll_finishes_its_indexes_and_checkpoint_off_the_callers_thread(tmp_path):
+    """The roll returns before the old segment's index fsyncs and the
+    checkpoint; until they are done the old recovery point stands and
+    retention leaves the segment alone; then both land, in that order."""
+    from hpbroker.io import checkpoint
+
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, index_interval_bytes=512,
+                    retention_ms=-1, retention_bytes=0)
+    fs = GatedFS("rename", layout.CHECKPOINT_NAME + ".tmp")  # each checkpoint's rename
+    st = Storage(tmp_path, cfg, fs=fs)
+    log = st.partition("t", 0)
+    log.append(memoryview(make_batch(3, 100, ts=1, tag=0)).toreadonly(), 7)
+    log.flush()
+    while len(log.segments()) < 2:  # returns with the roll's checkpoint held
+        log.append(memoryview(make_batch(40, 100, ts=2, tag=1)).toreadonly(), 7)
+        log.flush()
+    old, active = log.segments()
+    assert old.finishing
+    assert checkpoint.read(log.dir) == 0  # not moved past indexes that are not synced yet
+    assert st.apply_retention() == {}  # retention_bytes=0 would take it, but not while finishing
+    assert fs.held.wait(10)
+    assert fs.threads == {"hpbroker-storage"}
+    fs.gate.set()
+    st.wait_background()
+    assert not old.finishing
+    assert checkpoint.read(log.dir) == active.base
+    assert OffsetIndex.load(old.index_path).rel.tolist() == old.index.rel.tolist() and len(old.index)
+    assert st.apply_retention() == {("t", 0): [old.base]}
+    st.close()
+
+
+def test_truncation_waits_for_a_finishing_roll(tmp_path):
+    """A slave cutting a divergent tail must not see a roll's late checkpoint
+    land past the cut (recovery would trust offsets that are gone)."""
+    from hpbroker.io import checkpoint
+
+    fs = GatedFS("rename", layout.CHECKPOINT_NAME + ".tmp", thread="hpbroker-storage")  # only the roll's
+    st = Storage(tmp_path, SMALL, fs=fs)
+    log = st.partition("t", 0)
+    while len(log.segments()) < 2:
+        log.append(memoryview(make_batch(40, 100, ts=2, tag=1)).toreadonly(), 7)
+        log.flush()
+    active = log.segments()[-1].base
+    cut = max(h.base_offset for h in read_all(log) if h.base_offset < active)  # inside the rolled segment
+    errors = []
+
+    def truncate():
+        try:
+            st.truncate("t", 0, cut)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=truncate)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive()  # waiting for the background thread
+    fs.gate.set()
+    t.join(10)
+    assert not t.is_alive() and not errors, errors
+    log = st.partition("t", 0)
+    assert log.log_end_offset == cut
+    assert checkpoint.read(log.dir) <= cut
+    st.close()
 
 
 def test_retention_archive(tmp_path):
@@ -219,6 +289,7 @@ def test_retention_archive(tmp_path):
     fill(log, 200)
     segs = log.segments()
     originals = {s.base: open(s.log_path, "rb").read() for s in segs[:-1]}
+    st.wait_background()  # retention skips a segment whose roll is still finishing
     deleted = st.apply_retention()[("t", 3)]  # returns while the archives are held
     assert sorted(deleted) == sorted(originals)
     assert [s.base for s in log.segments()] == [segs[-1].base]
@@ -227,7 +298,7 @@ def test_retention_archive(tmp_path):
     assert layout.list_segments(log.dir) == [segs[-1].base]
     fs.gate.set()
     st.close()  # waits for the background work
-    assert fs.threads == {"hpbroker-delete"}
+    assert fs.threads == {"hpbroker-storage"}
     for base, data in originals.items():
         p = tmp_path / "arch" / "t-3" / (layout.segment_name(base) + ".log.gz")
         assert gzip.decompress(p.read_bytes()) == data
@@ -245,6 +316,7 @@ def test_archiving_that_fails_keeps_the_segment_file_and_the_next_start_finishes
         fill(log, 120)
         end = log.log_end_offset
         originals = {s.base: open(s.log_path, "rb").read() for s in log.segments()[:-1]}
+        st.wait_background()  # retention skips a segment whose roll is still finishing
         assert st.apply_retention()[("t", 0)]
     kept = sorted(n for n in os.listdir(log.dir) if n.endswith(layout.ARCHIVING_SUFFIX))
     assert kept == sorted(layout.segment_name(b) + ".log" + layout.ARCHIVING_SUFFIX for b in originals)
@@ -366,6 +438,7 @@ def test_retention_unlinks_in_the_background_and_recovery_finishes_the_job(tmp_p
     log = st.partition("t", 0)
     fill(log, 400)
     before = len(log.segments())
+    st.wait_background()  # retention skips a segment whose roll is still finishing
     deleted = st.apply_retention()[("t", 0)]  # returns while every unlink is held
     assert deleted and len(log.segments()) == before - len(deleted)
     for base in deleted:  # out of the log and of readers' listings at once, still on disk meanwhile
@@ -375,7 +448,7 @@ def test_retention_unlinks_in_the_background_and_recovery_finishes_the_job(tmp_p
     assert check_contiguous(read_all(log, start=log.earliest_offset), log.earliest_offset) == log.log_end_offset
     fs.gate.set()
     st.close()  # waits for the background unlinks
-    assert fs.threads == {"hpbroker-delete"}
+    assert fs.threads == {"hpbroker-storage"}
     assert not [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
     # a crash between the rename and the unlink: the next open removes the leftover
     leftover = layout.log_path(log.dir, 0) + layout.DELETED_SUFFIX

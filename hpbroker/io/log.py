@@ -26,6 +26,10 @@ applies the outcome on the writer thread, exactly as :meth:`sync` would
 synchronous operation (write, sync, roll, close, an append that overflows
 the buffer) first waits for it and applies it.
 
+Rolls: the old segment's data is made durable on the caller's thread; its
+index rewrite and the checkpoint go to ``background`` (``Storage`` passes
+its thread; docs/storage.md, "What a roll does, and where").
+
 Not thread-safe: append, write, sync, read and close belong to the writer
 thread.  Other processes read with :class:`hpbroker.io.reader.PartitionReader`.
 """
@@ -58,14 +62,17 @@ _MAX_POS = 0xFFFFFFFF
 
 class PartitionLog:
     def __init__(self, d: str, cfg: LogConfig | None = None, *, clock=time.time, fs: FileSystem | None = None,
-                 topic: str | None = None, partition: int | None = None):
+                 topic: str | None = None, partition: int | None = None, background=None):
         self.dir = d
+        # background(fn, *args): where a roll's index rewrite and checkpoint
+        # run (Storage's thread); None runs them inline
         tp = layout.parse_partition_dir(os.path.basename(os.path.normpath(d))) or (d, 0)
         self.topic = tp[0] if topic is None else topic
         self.partition = tp[1] if partition is None else partition
         self._cfg = cfg = cfg or LogConfig()
         self._clock = clock
         self._fs = fs = fs or FileSystem()
+        self._background = background
         self._durable = cfg.flush_mode == "durable"
         self._seg_limit = min(cfg.segment_bytes, _MAX_POS)
         self._seg_ms = cfg.segment_ms
@@ -345,12 +352,6 @@ class PartitionLog:
                 raise DiskFull(f"{self.dir}: no space to create a new segment", self.dir, e, self._leo) from e
             raise self._fence(f"creating a segment failed: {e}", e) from e
         old.seal()
-        indexes_ok = True
-        try:
-            old.rewrite_indexes(self._fs, sync=True)
-        except OSError as e:
-            indexes_ok = False
-            log.warning("%s: writing the indexes of %s failed (%s); recovery rebuilds them", self.dir, old.log_path, e)
         old.closed = True
         w.close()
         self._writer = None
@@ -360,8 +361,27 @@ class PartitionLog:
             raise self._fence(f"opening {seg.log_path} failed: {e}", e) from e
         self._bases.append(seg.base)
         self._snap = self._pending_snap = self._snapshot()
-        if indexes_ok:
-            self._checkpoint(seg.base)
+        if self._background is None:
+            self._finish_segment(old, seg.base)
+        else:
+            # Four more fsyncs (two index files, checkpoint file and directory)
+            # would stop every partition of this writer: they run off the loop.
+            # Until they are done, the old recovery point stands (recovery
+            # scans one more segment) and retention leaves the segment alone.
+            old.finishing = True
+            self._background(self._finish_segment, old, seg.base)
+
+    def _finish_segment(self, old: Segment, recovery_point: int) -> None:
+        """A rolled segment's last step: its indexes rewritten and synced, then
+        the checkpoint moved past it (only then: recovery trusts indexes below it)."""
+        try:
+            old.rewrite_indexes(self._fs, sync=True)
+        except OSError as e:
+            log.warning("%s: writing the indexes of %s failed (%s); recovery rebuilds them", self.dir, old.log_path, e)
+        else:
+            self._checkpoint(recovery_point)
+        finally:
+            old.finishing = False
 
     def _checkpoint(self, rp: int) -> None:
         try:

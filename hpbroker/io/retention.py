@@ -5,7 +5,8 @@
   the walk stops at the first one that is young enough.
 * Size: while the partition is larger than ``retention_bytes``, the oldest
   closed segment goes.
-* The active segment is never removed.
+* The active segment is never removed, nor one whose roll is still
+  finishing (indexes and checkpoint written off the writer's loop).
 * ``retention_policy = "archive"`` writes ``<base>.log.gz`` (gzip,
   stdlib) under ``archive_dir/<topic>-<partition>/`` (default
   ``<partition dir>/archive/``) - temp file, fsync, rename, fsync of the
@@ -37,6 +38,10 @@ log = logging.getLogger("hpbroker.io")
 def expired(plog, cfg: LogConfig, now_ms: int) -> int:
     """How many of the oldest segments retention removes now."""
     segs = plog.segments()[:-1]  # never the active one
+    for i, s in enumerate(segs):
+        if s.finishing:  # its indexes are still being written off the loop: next check
+            segs = segs[:i]
+            break
     n = 0
     if cfg.retention_ms >= 0:
         for s in segs:

@@ -19,7 +19,8 @@ from hpbroker.io.time_index import TimeIndex
 
 class Segment:
     __slots__ = ("dir", "base", "size", "next_offset", "max_ts", "last_rel", "since_index",
-                 "interval", "created_ms", "index", "tindex", "_read_fd", "_idx_fd", "_tidx_fd", "closed")
+                 "interval", "created_ms", "index", "tindex", "_read_fd", "_idx_fd", "_tidx_fd", "closed",
+                 "finishing")
 
     def __init__(self, d: str, base: int, interval: int, created_ms: int):
         self.dir = d
@@ -37,6 +38,7 @@ class Segment:
         self._idx_fd = -1
         self._tidx_fd = -1
         self.closed = False
+        self.finishing = False  # rolled, indexes and checkpoint not yet written (off the writer's loop)
 
     @property
     def log_path(self) -> str:

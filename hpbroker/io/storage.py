@@ -3,6 +3,11 @@
 Opening a partition runs its recovery.  Owned by one writer process; not
 thread-safe.  Retention is applied with :meth:`Storage.apply_retention`
 (the writer calls it every ``retention_check_ms``).
+
+One background thread (``hpbroker-storage``) takes the slow file work off
+the caller's thread, first in first out: a roll's index rewrite and
+checkpoint (four fsyncs), and retention's unlinks and archiving.  Whatever
+would race with it (truncation, close) waits for it first.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Storage:
         self._clock = clock
         self._fs = fs or FileSystem()
         self._logs: dict[tuple[str, int], PartitionLog] = {}
-        self._deleter: IOThread | None = None  # unlinks what retention took out, off the caller's thread
+        self._bg: IOThread | None = None  # see the module docstring
         os.makedirs(self.data_dir, exist_ok=True)
 
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
@@ -50,7 +55,8 @@ class Storage:
             d = layout.partition_dir(self.data_dir, topic, partition)
             if not create and not os.path.isdir(d):
                 raise KeyError(key)
-            log = PartitionLog(d, self.config, clock=self._clock, fs=self._fs, topic=topic, partition=int(partition))
+            log = PartitionLog(d, self.config, clock=self._clock, fs=self._fs, topic=topic, partition=int(partition),
+                               background=self._submit)
             self._logs[key] = log
         return log
 
@@ -68,6 +74,7 @@ class Storage:
         from hpbroker.io.truncate import truncate_dir
 
         key = (topic, int(partition))
+        self.wait_background()  # a roll finishing there would write a checkpoint past the cut
         log = self._logs.pop(key, None)
         if log is not None:
             log.close()
@@ -88,34 +95,34 @@ class Storage:
         return out
 
     def _delete_later(self, paths: list[str]) -> None:
-        self._background().submit(_unlink_all, self._fs, paths)
+        self._submit(_unlink_all, self._fs, paths)
 
     def _archive_later(self, path: str, dest_dir: str) -> None:
-        self._background().submit(finish_archiving, path, dest_dir, self._fs)
+        self._submit(finish_archiving, path, dest_dir, self._fs)
 
-    def _background(self) -> IOThread:
-        """One thread, first in first out, for what retention leaves to do."""
-        if self._deleter is None:
-            self._deleter = IOThread(name="hpbroker-delete")
-        return self._deleter
+    def _submit(self, fn, *args) -> None:
+        if self._bg is None:
+            self._bg = IOThread(name="hpbroker-storage")
+        self._bg.submit(fn, *args)
 
-    def wait_deletes(self) -> None:
-        """Block until every background unlink and archive submitted so far has run."""
-        if self._deleter is not None:
-            self._deleter.close()
-            self._deleter = None
+    def wait_background(self) -> None:
+        """Block until everything submitted to the background thread so far has run."""
+        if self._bg is not None:
+            self._bg.close()
+            self._bg = None
 
     def close(self) -> None:
         """Close every log (each syncs what it staged) and finish the
         background unlinks; raises the first error after closing all."""
         first = None
+        self.wait_background()  # a finishing roll's checkpoint must not land after close's own
         for log in self._logs.values():
             try:
                 log.close()
             except Exception as e:  # noqa: BLE001 - close the rest, then report
                 first = first or e
         self._logs.clear()
-        self.wait_deletes()
+        self.wait_background()
         if first is not None:
             raise first
 
