@@ -278,6 +278,64 @@ def test_truncation_waits_for_a_finishing_roll(tmp_path):
     st.close()
 
 
+class CutRecorder(FaultyFileSystem):
+    """Records every ftruncate (path, new size, thread) and unlink."""
+
+    def __init__(self):
+        super().__init__()
+        self.cuts: list[tuple[str, int, str]] = []
+        self.unlinked: list[str] = []
+
+    def ftruncate(self, fd, length):
+        self.cuts.append((self._paths.get(fd), length, threading.current_thread().name))
+        super().ftruncate(fd, length)
+
+    def unlink(self, path):
+        self.unlinked.append(path)
+        super().unlink(path)
+
+
+def test_remove_gradually_cuts_from_the_end_then_unlinks(tmp_path):
+    from hpbroker.io.retention import remove_gradually
+
+    p = str(tmp_path / "big.log.deleted")
+    size = 5 * 4096 + 100
+    with open(p, "wb") as f:
+        f.write(b"x" * size)
+    fs, slept = CutRecorder(), []
+    remove_gradually(fs, p, 4096, 0.005, sleep=slept.append)
+    assert [n for _, n, _ in fs.cuts] == [size - 4096 * k for k in range(1, 6)]  # ends at 100 bytes
+    assert slept == [0.005] * 5
+    assert fs.unlinked == [p] and not os.path.exists(p)
+    with open(p, "wb") as f:
+        f.write(b"x" * size)
+    fs = CutRecorder()
+    remove_gradually(fs, p, 0, 0.005, sleep=slept.append)  # 0: unlink at once
+    assert fs.cuts == [] and fs.unlinked == [p] and not os.path.exists(p)
+
+
+@pytest.mark.parametrize("policy", ["delete", "archive"])
+def test_retention_removes_segments_in_cuts_on_the_background_thread(tmp_path, policy):
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
+                    retention_policy=policy, delete_chunk_bytes=1 << 13, delete_chunk_pause_ms=0)
+    fs = CutRecorder()
+    with Storage(tmp_path, cfg, fs=fs) as st:
+        log = st.partition("t", 0)
+        fill(log, 400)
+        st.wait_background()  # retention skips a segment whose roll is still finishing
+        deleted = st.apply_retention()[("t", 0)]
+        st.wait_background()
+    assert deleted
+    suffix = layout.ARCHIVING_SUFFIX if policy == "archive" else layout.DELETED_SUFFIX
+    for base in deleted:
+        path = layout.log_path(log.dir, base) + suffix
+        cuts = [(n, t) for p, n, t in fs.cuts if p == path]
+        assert len(cuts) >= 3 and all(t == "hpbroker-storage" for _, t in cuts)
+        sizes = [n for n, _ in cuts]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] <= 1 << 13
+        assert path in fs.unlinked and not os.path.exists(path)
+
+
 def test_retention_archive(tmp_path):
     """The archive policy: segments leave the log at once; the gzip runs on
     the background thread; each .log goes only once its copy is durable."""

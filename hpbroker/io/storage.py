@@ -21,15 +21,15 @@ from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
-from hpbroker.io.retention import apply_retention, finish_archiving
+from hpbroker.io.retention import apply_retention, finish_archiving, remover
 
 log = logging.getLogger("hpbroker.io")
 
 
-def _unlink_all(fs: FileSystem, paths: list[str]) -> None:
+def _remove_all(remove, paths: list[str]) -> None:
     for p in paths:
         try:
-            fs.unlink(p)
+            remove(p)
         except FileNotFoundError:
             pass
         except OSError as e:  # recovery unlinks it at the next start
@@ -44,6 +44,7 @@ class Storage:
         self._fs = fs or FileSystem()
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._bg: IOThread | None = None  # see the module docstring
+        self._remove = remover(self._fs, self.config)  # a big file goes in cuts (retention.remove_gradually)
         os.makedirs(self.data_dir, exist_ok=True)
 
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
@@ -95,10 +96,10 @@ class Storage:
         return out
 
     def _delete_later(self, paths: list[str]) -> None:
-        self._submit(_unlink_all, self._fs, paths)
+        self._submit(_remove_all, self._remove, paths)
 
     def _archive_later(self, path: str, dest_dir: str) -> None:
-        self._submit(finish_archiving, path, dest_dir, self._fs)
+        self._submit(finish_archiving, path, dest_dir, self._fs, self._remove)
 
     def _submit(self, fn, *args) -> None:
         if self._bg is None:
