@@ -336,6 +336,53 @@ def test_retention_removes_segments_in_cuts_on_the_background_thread(tmp_path, p
         assert path in fs.unlinked and not os.path.exists(path)
 
 
+def test_a_deleted_segment_stays_readable_for_delete_delay_ms_then_goes(tmp_path):
+    """Kafka's file.delete.delay.ms: a fetch that opened the segment just
+    before retention took it keeps reading whole batches; only after the
+    delay is the file cut down and unlinked."""
+    now = [1000.0]
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
+                    delete_delay_ms=5000, delete_chunk_bytes=1 << 12, delete_chunk_pause_ms=0)
+    st = Storage(tmp_path, cfg, clock=lambda: now[0])
+    log = st.partition("t", 0)
+    fill(log, 400)
+    st.wait_background()
+    hw = log.high_watermark
+    r = PartitionReader(log.dir)
+    before = r.read(0, 1 << 20, hw)  # opens segment 0
+    assert before and check_contiguous(batches(before)) > 0
+    deleted = st.apply_retention()[("t", 0)]
+    assert 0 in deleted
+    gone = layout.log_path(log.dir, 0) + layout.DELETED_SUFFIX
+    st.wait_background()
+    assert os.path.exists(gone) and os.path.getsize(gone) >= len(before)
+    assert r.read(0, 1 << 20, hw) == before  # the open reader is not cut short
+    now[0] += 4.9
+    st.remove_due()
+    st.wait_background()
+    assert os.path.exists(gone)
+    now[0] += 0.2
+    st.remove_due()
+    st.wait_background()
+    assert not os.path.exists(gone)
+    assert not [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
+    r.close()
+    st.close()
+
+
+def test_close_removes_what_waits_for_delete_delay_ms(tmp_path):
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
+                    delete_delay_ms=3_600_000)
+    st = Storage(tmp_path, cfg)
+    log = st.partition("t", 0)
+    fill(log, 200)
+    st.wait_background()
+    assert st.apply_retention()[("t", 0)]
+    assert [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
+    st.close()
+    assert not [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
+
+
 def test_retention_archive(tmp_path):
     """The archive policy: segments leave the log at once; the gzip runs on
     the background thread; each .log goes only once its copy is durable."""

@@ -277,6 +277,7 @@ class Writer:
                 break
             if now >= next_state:
                 self.report(self.storage.logs())
+                self.storage.remove_due()  # retention's .deleted files whose delete_delay_ms has passed
                 next_state = now + STATE_EVERY_S
             if now >= next_retention:
                 if self.storage.apply_retention():

@@ -8,6 +8,13 @@ One background thread (``hpbroker-storage``) takes the slow file work off
 the caller's thread, first in first out: a roll's index rewrite and
 checkpoint (four fsyncs), and retention's unlinks and archiving.  Whatever
 would race with it (truncation, close) waits for it first.
+
+Files that retention renamed to ``.deleted`` wait ``delete_delay_ms``
+before they go to that thread (:meth:`Storage.remove_due`, which the writer
+calls about once a second): a reader that opened the segment just before
+keeps reading it, and the removal cuts the file down in steps
+(:func:`hpbroker.io.retention.remove_gradually`).  ``close()`` removes
+whatever is still waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 
 from hpbroker.config import LogConfig
 from hpbroker.io import layout
@@ -45,6 +53,7 @@ class Storage:
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._bg: IOThread | None = None  # see the module docstring
         self._remove = remover(self._fs, self.config)  # a big file goes in cuts (retention.remove_gradually)
+        self._delayed: deque[tuple[int, list[str]]] = deque()  # (due ms, paths) waiting for delete_delay_ms
         os.makedirs(self.data_dir, exist_ok=True)
 
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
@@ -88,15 +97,25 @@ class Storage:
     def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
         """Run retention on every open partition; returns the deleted segment bases."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
+        self.remove_due(now)
+        due = now + self.config.delete_delay_ms
         out = {}
         for key, log in self._logs.items():
-            deleted = apply_retention(log, self.config, now, self._delete_later, self._archive_later)
+            deleted = apply_retention(log, self.config, now, lambda paths: self._delayed.append((due, paths)),
+                                      self._archive_later)
             if deleted:
                 out[key] = deleted
+        self.remove_due(now)  # delete_delay_ms = 0: now
         return out
 
-    def _delete_later(self, paths: list[str]) -> None:
-        self._submit(_remove_all, self._remove, paths)
+    def remove_due(self, now_ms: int | None = None, everything: bool = False) -> None:
+        """Hand the ``.deleted`` files whose ``delete_delay_ms`` has passed
+        (``everything``: all of them) to the background thread."""
+        d = self._delayed
+        if d:
+            now = int(self._clock() * 1000) if now_ms is None else now_ms
+            while d and (everything or d[0][0] <= now):
+                self._submit(_remove_all, self._remove, d.popleft()[1])
 
     def _archive_later(self, path: str, dest_dir: str) -> None:
         self._submit(finish_archiving, path, dest_dir, self._fs, self._remove)
@@ -116,6 +135,7 @@ class Storage:
         """Close every log (each syncs what it staged) and finish the
         background unlinks; raises the first error after closing all."""
         first = None
+        self.remove_due(everything=True)  # a clean stop leaves nothing for recovery to unlink
         self.wait_background()  # a finishing roll's checkpoint must not land after close's own
         for log in self._logs.values():
             try:
