@@ -6,7 +6,23 @@ import ctypes
 import os
 import signal
 
+import setproctitle
+
 _PR_SET_PDEATHSIG = 1
+
+
+def run_child(role: str, instance: str, target, *args):
+    """Process target for the supervisor's children: name the process after
+    its role, then run ``target(*args)``.
+
+    ``ps``/``top -c`` show ``hpbroker: writer0 (p9092)`` instead of a
+    ``python -c "from multiprocessing.spawn ..."`` line per child, and
+    ``/proc/PID/comm`` (``top``, ``ps -o comm``, ``pgrep``; 15 bytes) holds
+    ``hpb-writer0``: what an operator needs to pin a process to a core or
+    read its CPU share."""
+    setproctitle.setproctitle(f"hpbroker: {role} ({instance})")
+    setproctitle.setthreadtitle(f"hpb-{role}"[:15])
+    return target(*args)
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

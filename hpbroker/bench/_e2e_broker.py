@@ -168,10 +168,15 @@ def dir_bytes(path: str) -> int:
     return total
 
 
+_TITLE = re.compile(r"hpbroker: (\S+) \(")
+
+
 def remote_processes(url: str) -> dict[str, psutil.Process]:
     """The processes of a broker on this machine reached at ``url``: the
-    process listening on its port is acceptor 0, its parent the supervisor;
-    the supervisor's children that listen on TCP are acceptors, the others
+    process listening on its port is acceptor 0, its parent the supervisor.
+    Each child names its role in its title (``hpbroker: writer0 (p9092)``,
+    see :func:`hpbroker.procutil.run_child`); for a broker too old for that,
+    children that listen on TCP count as acceptors and the others as
     writers.  {} when it cannot be found (another host, no permission)."""
     from urllib.parse import urlsplit
 
@@ -191,6 +196,10 @@ def remote_processes(url: str) -> dict[str, psutil.Process]:
             try:
                 cmd = " ".join(ch.cmdline())
                 if "resource_tracker" in cmd:
+                    continue
+                titled = _TITLE.match(cmd)
+                if titled:
+                    out[titled.group(1)] = ch
                     continue
                 listens = any(c.status == psutil.CONN_LISTEN for c in ch.net_connections(kind="tcp"))
             except psutil.Error:

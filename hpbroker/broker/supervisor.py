@@ -33,7 +33,7 @@ from pathlib import Path
 import zmq
 
 from hpbroker import config as config_mod
-from hpbroker.procutil import freeze_heap, tune_runtime
+from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
@@ -231,7 +231,8 @@ class Supervisor:
                                                         heartbeat_ms=r.heartbeat_ms))
 
     def _spawn(self, mp, name: str, target, args) -> None:
-        p = mp.Process(target=target, args=args, name=f"hpbroker-{name}", daemon=False)
+        p = mp.Process(target=run_child, args=(name, self.instance, target, *args), name=f"hpbroker-{name}",
+                       daemon=False)
         p.start()
         self.children[name] = p
         log.info("started %s (pid %d)", name, p.pid)
