@@ -87,9 +87,9 @@ def remove_gradually(fs: FileSystem, path: str, chunk: int, pause_s: float, slee
     fs.unlink(path)
 
 
-def remover(fs: FileSystem, cfg: LogConfig, sleep=time.sleep):
+def remover(fs: FileSystem, cfg: LogConfig):
     """``remove(path)`` as ``cfg`` asks (see :func:`remove_gradually`)."""
-    return lambda path: remove_gradually(fs, path, cfg.delete_chunk_bytes, cfg.delete_chunk_pause_ms / 1000, sleep)
+    return lambda path: remove_gradually(fs, path, cfg.delete_chunk_bytes, cfg.delete_chunk_pause_ms / 1000)
 
 
 def archive_file(src_path: str, name: str, dest_dir: str, fs: FileSystem) -> str:

@@ -34,6 +34,15 @@ from hpbroker.io.retention import apply_retention, finish_archiving, remover
 log = logging.getLogger("hpbroker.io")
 
 
+def _logged(fn, args) -> None:
+    """Run a background job; what it did not handle itself is logged, not
+    left unseen on a Job nobody waits for."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("background storage job %s failed", getattr(fn, "__name__", fn))
+
+
 def _remove_all(remove, paths: list[str]) -> None:
     for p in paths:
         try:
@@ -97,7 +106,6 @@ class Storage:
     def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
         """Run retention on every open partition; returns the deleted segment bases."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
-        self.remove_due(now)
         due = now + self.config.delete_delay_ms
         out = {}
         for key, log in self._logs.items():
@@ -105,7 +113,7 @@ class Storage:
                                       self._archive_later)
             if deleted:
                 out[key] = deleted
-        self.remove_due(now)  # delete_delay_ms = 0: now
+        self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0
         return out
 
     def remove_due(self, now_ms: int | None = None, everything: bool = False) -> None:
@@ -123,7 +131,7 @@ class Storage:
     def _submit(self, fn, *args) -> None:
         if self._bg is None:
             self._bg = IOThread(name="hpbroker-storage")
-        self._bg.submit(fn, *args)
+        self._bg.submit(_logged, fn, args)
 
     def wait_background(self) -> None:
         """Block until everything submitted to the background thread so far has run."""
