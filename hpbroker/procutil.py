@@ -20,9 +20,15 @@ def run_child(role: str, instance: str, target, *args):
     ``/proc/PID/comm`` (``top``, ``ps -o comm``, ``pgrep``; 15 bytes) holds
     ``hpb-writer0``: what an operator needs to pin a process to a core or
     read its CPU share."""
-    setproctitle.setproctitle(f"hpbroker: {role} ({instance})")
-    setproctitle.setthreadtitle(f"hpb-{role}"[:15])
+    name_process(f"hpbroker: {role} ({instance})", f"hpb-{role}")
     return target(*args)
+
+
+def name_process(title: str, comm: str) -> None:
+    """Set this process's title (``ps``, ``/proc/PID/cmdline``) and its
+    comm (``top``, ``pgrep``; cut to 15 bytes)."""
+    setproctitle.setproctitle(title)
+    setproctitle.setthreadtitle(comm[:15])
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

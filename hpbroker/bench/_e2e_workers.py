@@ -68,7 +68,9 @@ def _next_values(pool, i: int, size: int) -> list[bytes]:
 
 
 def producer_main(idx, url, topic, nparts, cfg, counters, go, ready_q, result_q) -> None:
-    from hpbroker.procutil import tune_runtime
+    from hpbroker.procutil import name_process, tune_runtime
+
+    name_process(f"hpbroker-bench: producer{idx}", f"hpb-bench-p{idx}")
 
     # As the broker does: batch-sized buffers come from the heap, not fresh
     # pages, and the Producer's I/O thread gets the GIL within 200 us of
@@ -337,6 +339,9 @@ def consumer_main(idx, url, topic, parts, cfg, counters, ends, go, ready_q, resu
     partition reaches ``ends[p]`` (set by the parent once the producers are
     done); then, with ``cfg['replay']``, read the same data again from the
     beginning as fast as possible (catch-up throughput)."""
+    from hpbroker.procutil import name_process
+
+    name_process(f"hpbroker-bench: consumer{idx}", f"hpb-bench-c{idx}")
     try:
         res = _consume(idx, url, topic, parts, cfg, counters, ends, go, ready_q)
         res.update(kind="consumer", idx=idx)
