@@ -49,7 +49,7 @@ class LogConfig(_Section):
     ] = "delete"
     archive_dir: Annotated[str, M(description="Where archived segments go; empty means '<partition dir>/archive'.")] = ""
     retention_check_ms: Annotated[int, M(ge=100, description="How often the writer checks retention.")] = 60_000
-    delete_delay_ms: Annotated[int, M(ge=0, description="How long a segment that retention took out of the log (renamed to *.deleted, out of every listing) stays on disk before it is removed, so a fetch that opened it just before can finish, as Kafka's file.delete.delay.ms (0 = remove at once). Checked about once a second.")] = 60_000
+    delete_delay_ms: Annotated[int, M(ge=0, description="How long a segment that retention took out of the log (renamed to *.deleted, out of every listing) stays on disk before it is removed (or archived, then removed), so a fetch that opened it just before can finish, as Kafka's file.delete.delay.ms (0 = remove at once). Checked about once a second.")] = 60_000
     delete_chunk_bytes: Annotated[int, M(ge=0, description="A segment file that retention removes (or has archived) is shrunk this many bytes at a time from its end before the unlink, so the filesystem frees its blocks - and on a 'discard' mount trims them - over many small journal commits instead of one that every partition's fdatasync waits for (0 = unlink at once).")] = 16 << 20
     delete_chunk_pause_ms: Annotated[float, M(ge=0, description="Pause between two delete_chunk_bytes steps, so other commits get in between.")] = 5.0
 

@@ -336,13 +336,15 @@ def test_retention_removes_segments_in_cuts_on_the_background_thread(tmp_path, p
         assert path in fs.unlinked and not os.path.exists(path)
 
 
-def test_a_deleted_segment_stays_readable_for_delete_delay_ms_then_goes(tmp_path):
+@pytest.mark.parametrize("policy", ["delete", "archive"])
+def test_a_deleted_segment_stays_readable_for_delete_delay_ms_then_goes(tmp_path, policy):
     """Kafka's file.delete.delay.ms: a fetch that opened the segment just
     before retention took it keeps reading whole batches; only after the
-    delay is the file cut down and unlinked."""
+    delay is the file archived (archive policy), cut down and unlinked."""
     now = [1000.0]
     cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, retention_ms=-1, retention_bytes=0,
-                    delete_delay_ms=5000, delete_chunk_bytes=1 << 12, delete_chunk_pause_ms=0)
+                    delete_delay_ms=5000, delete_chunk_bytes=1 << 12, delete_chunk_pause_ms=0,
+                    retention_policy=policy, archive_dir=str(tmp_path / "arch"))
     st = Storage(tmp_path, cfg, clock=lambda: now[0])
     log = st.partition("t", 0)
     fill(log, 400)
@@ -353,7 +355,8 @@ def test_a_deleted_segment_stays_readable_for_delete_delay_ms_then_goes(tmp_path
     assert before and check_contiguous(batches(before)) > 0
     deleted = st.apply_retention()[("t", 0)]
     assert 0 in deleted
-    gone = layout.log_path(log.dir, 0) + layout.DELETED_SUFFIX
+    gone = layout.log_path(log.dir, 0) + (layout.ARCHIVING_SUFFIX if policy == "archive" else layout.DELETED_SUFFIX)
+    original = open(gone, "rb").read()
     st.wait_background()
     assert os.path.exists(gone) and os.path.getsize(gone) >= len(before)
     assert r.read(0, 1 << 20, hw) == before  # the open reader is not cut short
@@ -365,7 +368,10 @@ def test_a_deleted_segment_stays_readable_for_delete_delay_ms_then_goes(tmp_path
     st.remove_due()
     st.wait_background()
     assert not os.path.exists(gone)
-    assert not [n for n in os.listdir(log.dir) if n.endswith(layout.DELETED_SUFFIX)]
+    assert not [n for n in os.listdir(log.dir) if n.endswith((layout.DELETED_SUFFIX, layout.ARCHIVING_SUFFIX))]
+    if policy == "archive":
+        gz = tmp_path / "arch" / "t-0" / (layout.segment_name(0) + ".log.gz")
+        assert gzip.decompress(gz.read_bytes()) == original
     r.close()
     st.close()
 

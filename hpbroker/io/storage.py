@@ -9,8 +9,8 @@ the caller's thread, first in first out: a roll's index rewrite and
 checkpoint (four fsyncs), and retention's unlinks and archiving.  Whatever
 would race with it (truncation, close) waits for it first.
 
-Files that retention renamed to ``.deleted`` wait ``delete_delay_ms``
-before they go to that thread (:meth:`Storage.remove_due`, which the writer
+Files that retention renamed (``.deleted``, or ``.archiving`` under the
+archive policy) wait ``delete_delay_ms`` before they go to that thread (:meth:`Storage.remove_due`, which the writer
 calls about once a second): a reader that opened the segment just before
 keeps reading it, and the removal cuts the file down in steps
 (:func:`hpbroker.io.retention.remove_gradually`).  ``close()`` removes
@@ -62,7 +62,7 @@ class Storage:
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._bg: IOThread | None = None  # see the module docstring
         self._remove = remover(self._fs, self.config)  # a big file goes in cuts (retention.remove_gradually)
-        self._delayed: deque[tuple[int, list[str]]] = deque()  # (due ms, paths) waiting for delete_delay_ms
+        self._delayed: deque[tuple] = deque()  # (due ms, fn, args): retention's work waiting for delete_delay_ms
         os.makedirs(self.data_dir, exist_ok=True)
 
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
@@ -107,26 +107,31 @@ class Storage:
         """Run retention on every open partition; returns the deleted segment bases."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
+        delayed = self._delayed
+
+        def delete_later(paths):
+            delayed.append((due, _remove_all, (self._remove, paths)))
+
+        def archive_later(path, dest_dir):
+            delayed.append((due, finish_archiving, (path, dest_dir, self._fs, self._remove)))
+
         out = {}
         for key, log in self._logs.items():
-            deleted = apply_retention(log, self.config, now, lambda paths: self._delayed.append((due, paths)),
-                                      self._archive_later)
+            deleted = apply_retention(log, self.config, now, delete_later, archive_later)
             if deleted:
                 out[key] = deleted
         self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0
         return out
 
     def remove_due(self, now_ms: int | None = None, everything: bool = False) -> None:
-        """Hand the ``.deleted`` files whose ``delete_delay_ms`` has passed
-        (``everything``: all of them) to the background thread."""
+        """Hand the removals (and archivings) whose ``delete_delay_ms`` has
+        passed (``everything``: all of them) to the background thread."""
         d = self._delayed
         if d:
             now = int(self._clock() * 1000) if now_ms is None else now_ms
             while d and (everything or d[0][0] <= now):
-                self._submit(_remove_all, self._remove, d.popleft()[1])
-
-    def _archive_later(self, path: str, dest_dir: str) -> None:
-        self._submit(finish_archiving, path, dest_dir, self._fs, self._remove)
+                _, fn, args = d.popleft()
+                self._submit(fn, *args)
 
     def _submit(self, fn, *args) -> None:
         if self._bg is None:
