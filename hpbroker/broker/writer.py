@@ -85,7 +85,14 @@ class Writer:
         self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
-        self.published: list[tuple[tuple[str, int], int, int, bytearray]] = []
+        # Committed bytes wait for their flush here, stamped, in one growing
+        # buffer per partition (its "arena") rather than one copy per batch:
+        # the ring slot is reused once drained.  A resolved batch is listed in
+        # ``published`` as (key, arena, start, end); an arena that has
+        # published anything is sealed (new batches start another one), so
+        # ZeroMQ can send slices of it without copying while it stays as is.
+        self.arenas: dict[tuple[str, int], bytearray] = {}
+        self.published: list[tuple[tuple[str, int], bytearray, int, int]] = []
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
@@ -131,7 +138,10 @@ class Writer:
                     if epoch > cache.latest_epoch:
                         cache.assign(epoch, plog.log_end_offset)
                     req.remaining += 1
-                    base, last = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, view, epoch, plog.key))
+                    if self.feed_on:
+                        self._append_published(plog, view, epoch, req, i)
+                    else:
+                        self.gc.append(plog, view, epoch, callback=self._ticket(req, i))
                     pos += n
             self.moved.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
@@ -152,9 +162,8 @@ class Writer:
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
         self.moved.add(plog)
 
-    def _ticket(self, req: _Request, i: int, view, epoch: int, key: tuple[str, int]):
-        copy = bytearray(view) if self.feed_on else None  # the ring slot is reused after drain
-
+    def _ticket(self, req: _Request, i: int, arena: bytearray | None = None, start: int = 0, end: int = 0,
+                key: tuple[str, int] | None = None):
         def resolved(err, base, last):
             req.remaining -= 1
             if err is not None:
@@ -163,12 +172,27 @@ class Writer:
             else:
                 req.offsets[i] = base
                 req.last = max(req.last, last)
-                if copy is not None:
-                    batch.stamp(copy, base, epoch)
-                    self.published.append((key, base, last, copy))
+                if arena is not None:
+                    self.published.append((key, arena, start, end))
             self._maybe_done(req)
 
         return resolved
+
+    def _append_published(self, plog, view, epoch: int, req: _Request, i: int) -> None:
+        """Append a batch a slave will be sent once it is durable: copy it into
+        the partition's arena now and stamp it there like the log does."""
+        key = plog.key
+        arena = self.arenas.get(key)
+        if arena is None:
+            arena = self.arenas[key] = bytearray()
+        start = len(arena)
+        arena += view
+        try:
+            base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, arena, start, len(arena), key))
+        except BaseException:
+            del arena[start:]  # never published: nothing refers to these bytes
+            raise
+        batch.stamp(arena, base, epoch, start)
 
     def _maybe_done(self, req: _Request) -> None:
         if req.closed and req.remaining == 0:
@@ -210,24 +234,33 @@ class Writer:
 
     def _publish(self, results) -> None:
         """Stream the batches this flush made durable to the slaves, one PUB
-        message per partition: [b"B", meta, batch, batch, ...].  The writer
-        publishes itself, so committed data crosses no other process on the
-        master; the replicator only hears what was published (meta and byte
-        count), for the slaves' lag in bytes and seconds."""
+        message per partition: [b"B", meta, chunk, ...], each chunk whole
+        batches laid end to end (usually one chunk: a flush's batches of a
+        partition are contiguous in its arena).  The writer publishes itself,
+        so committed data crosses no other process on the master; the
+        replicator only hears what was published (meta and byte count), for
+        the slaves' lag in bytes and seconds."""
         if self.pub is None:
             self.open_pub()  # promoted between the loop's check and this flush
-        by_key: dict[tuple[str, int], list[bytearray]] = {}
-        for key, base, last, copy in self.published:
-            by_key.setdefault(key, []).append(copy)
+        by_key: dict[tuple[str, int], list] = {}
+        for key, arena, start, end in self.published:
+            runs = by_key.setdefault(key, [])
+            if runs and runs[-1][0] is arena and runs[-1][2] == start:
+                runs[-1][2] = end
+            else:
+                runs.append([arena, start, end])
+            if self.arenas.get(key) is arena:
+                del self.arenas[key]  # sealed: slices of it are about to be sent without a copy
         self.published = []
-        for (topic, partition), copies in by_key.items():
+        for (topic, partition), runs in by_key.items():
             hwm = results.get((topic, partition))
             hwm = hwm if isinstance(hwm, int) else -1
+            chunks = [memoryview(arena)[start:end] for arena, start, end in runs]
             # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
             # by offset and catches up from the files
-            self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *copies], copy=False)
+            self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *chunks], copy=False)
             try:
-                self.feed.send(feed_encoder.encode((topic, partition, hwm, sum(len(c) for c in copies))), zmq.NOBLOCK)
+                self.feed.send(feed_encoder.encode((topic, partition, hwm, sum(len(c) for c in chunks))), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # the replicator is behind: its lag in bytes under-reports for a moment
 

@@ -48,7 +48,8 @@ class ReplicaView:
         """-> (released, failed) after a replicator state message."""
         self.insync = state.insync
         self.replicated = state.replicated
-        self.stats = dict(state.stats)
+        if state.stats is not None:
+            self.stats = dict(state.stats)
         released, failed = [], []
         enough = 1 + self.insync >= self.min_insync
         for key, held in self._held.items():

@@ -262,12 +262,17 @@ class Master:
         if insync:
             for k in set(self.hwm) | {k for s in insync for k in s.durable}:
                 replicated[k] = min(s.durable.get(k, 0) for s in insync)
-        stats = self.stats(now)
-        state = rm.ReplicaState(role="master", insync=len(insync), replicated=replicated, stats=stats)
-        key = (state.insync, tuple(sorted(replicated.items())))
-        if force or key != self._last_state:
-            self._last_state = key
-            self.state_pub.send(rm.state_encoder.encode(state))
+        key = (len(insync), tuple(sorted(replicated.items())))
+        if not force and key == self._last_state:
+            return
+        # The stats (lag sums over every partition) ride along on the periodic
+        # broadcast and when the in-sync count changes, not on every slave ack:
+        # under load acks come hundreds of times a second and only release acks.
+        full = force or self._last_state is None or key[0] != self._last_state[0]
+        self._last_state = key
+        state = rm.ReplicaState(role="master", insync=len(insync), replicated=replicated,
+                                stats=self.stats(now) if full else None)
+        self.state_pub.send(rm.state_encoder.encode(state))
 
     def stats(self, now: float) -> dict:
         out: dict[str, int | float | str] = {

@@ -86,9 +86,10 @@ FromMaster = Welcome | Refused | EpochEndReply | CatchUpReply
 encoder = msgspec.msgpack.Encoder()
 to_master = msgspec.msgpack.Decoder(ToMaster)
 from_master = msgspec.msgpack.Decoder(FromMaster)
-#: MetadataReply.replication_version this release speaks: 1 = [fetch, ack, pub
-#: of each writer] (the writers publish); 0 (absent) = [pub, fetch, ack].
-VERSION = 1
+#: MetadataReply.replication_version this release speaks: 2 = [fetch, ack, pub
+#: of each writer], PUB frames are chunks of whole batches; 1 = the same
+#: endpoints, one batch per PUB frame; 0 (absent) = [pub, fetch, ack].
+VERSION = 2
 
 feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
 published_meta = msgspec.msgpack.Decoder(tuple[str, int, int, int])  # writer -> replicator: ... and bytes
@@ -99,13 +100,15 @@ class ReplicaState(msgspec.Struct, frozen=True):
 
     master: ``insync`` slaves and, per partition, the offset every in-sync
     slave has made durable (``replicated``); ``stats`` for the stats
-    command.  slave: ``insync`` is 0 and ``stats`` says how it follows.
+    command, or None when they did not change enough to resend (a master
+    resends them every 200 ms and when the in-sync count changes).  slave:
+    ``insync`` is 0 and ``stats`` says how it follows.
     """
 
     role: str
     insync: int
     replicated: dict[str, int]
-    stats: dict[str, int | float | str]
+    stats: dict[str, int | float | str] | None = None
 
 
 state_encoder = msgspec.msgpack.Encoder()

@@ -1,0 +1,181 @@
+"""A master's writer publishing what it made durable, and a slave splitting it.
+
+Real storage (O_DIRECT where the filesystem allows it), a real group commit
+and real ZeroMQ PUB/SUB/PULL sockets over inproc; the ring is left out: ring
+records are built with the same handoff code the acceptors use and handed
+to :meth:`Writer.on_record` directly."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import zmq
+
+from hpbroker import batch as B
+from hpbroker.broker.writer import Writer
+from hpbroker.config import LogConfig
+from hpbroker.io import FaultyFileSystem, GroupCommit, Storage
+from hpbroker.io.testing import make_batch
+from hpbroker.net import handoff
+from hpbroker.replication import messages as rm
+from hpbroker.replication.slave import split_batches
+from hpbroker.ring import ReaderGroup
+
+CFG = LogConfig(segment_bytes=1 << 20, write_buffer_bytes=1 << 18, flush_batches=0, flush_bytes=0)
+
+
+class Rig:
+    def __init__(self, tmp_path, fs=None):
+        self.ctx = zmq.Context()
+        self.storage = Storage(tmp_path, CFG, fs=fs)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"B")
+        self.feed_in = self.ctx.socket(zmq.PULL)
+        pub = self.ctx.socket(zmq.PUB)
+        pub.bind("inproc://pub")
+        self.sub.connect("inproc://pub")
+        self.feed_in.bind("inproc://feed")
+        feed = self.ctx.socket(zmq.PUSH)
+        feed.connect("inproc://feed")
+        self.comp_in = self.ctx.socket(zmq.PULL)
+        self.comp_in.bind("inproc://comp")
+        push = self.ctx.socket(zmq.PUSH)
+        push.connect("inproc://comp")
+        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), [push], feed=feed)
+        self.w.pub = pub
+        self.w.feed_on = True
+        self.token = 0
+
+    def produce(self, partition: int, *batches: bytes, epoch: int = 3) -> int:
+        self.token += 1
+        size = handoff.record_size(b"t", sum(len(b) for b in batches))
+        buf = bytearray(size)
+        handoff.write_record(buf, self.token, b"t", partition, list(batches), epoch=epoch)
+        self.w.on_record(0, handoff.PRODUCE, memoryview(buf))
+        return self.token
+
+    def completions(self) -> dict[int, int]:
+        """token -> error code (0 = durable) of every request reported so far."""
+        out = {}
+        while self.comp_in.poll(100):
+            for token, code, *_ in handoff.completions_decoder.decode(self.comp_in.recv()).done:
+                out[token] = code
+        return out
+
+    def published(self) -> list[tuple]:
+        out = []
+        while self.sub.poll(200):
+            frames = self.sub.recv_multipart()
+            out.append((frames[1], frames[2:]))
+        return out
+
+    def close(self):
+        self.storage.close()
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def log_bytes(storage, partition: int) -> bytes:
+    plog = storage.partition("t", partition)
+    return bytes(plog.read(0, 1 << 22, plog.high_watermark))
+
+
+def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
+    sent = [make_batch(5, tag=i) for i in range(6)]
+    rig.produce(0, sent[0], sent[1])
+    rig.produce(1, sent[2])
+    rig.produce(0, sent[3], sent[4])
+    rig.w.commit_now()
+    msgs = rig.published()
+    assert len(msgs) == 2  # one message per partition for the whole round
+    by_partition = {}
+    for meta, chunks in msgs:
+        topic, partition, hwm = handoff_meta(meta)
+        assert len(chunks) == 1  # the round's batches are contiguous in the partition's arena
+        by_partition[partition] = (hwm, chunks[0])
+    hwm0, chunk0 = by_partition[0]
+    assert hwm0 == 20
+    # byte for byte what the master's log holds: offsets and epochs stamped, CRCs intact
+    assert chunk0 == log_bytes(rig.storage, 0)
+    views = split_batches([chunk0])
+    assert [B.peek_base_offset(v) for v in views] == [0, 5, 10, 15]
+    assert all(B.peek_epoch(v) == 3 for v in views)
+    for v in views:
+        B.check_batch(v, 0, len(v))
+    assert by_partition[1] == (5, log_bytes(rig.storage, 1))
+    assert rig.w.arenas == {}  # published arenas are sealed: the next round starts new ones
+    # the replicator hears what was published, byte counts included
+    feeds = sorted(B_meta(rig.feed_in.recv()) for _ in range(2))
+    assert feeds == [("t", 0, 20, len(chunk0)), ("t", 1, 5, len(by_partition[1][1]))]
+
+    # a second round: only its own batches, starting where the first ended
+    rig.produce(0, sent[5])
+    rig.w.commit_now()
+    (meta, chunks), = rig.published()
+    assert handoff_meta(meta) == ("t", 0, 25)
+    assert [B.peek_base_offset(v) for v in split_batches(chunks)] == [20]
+    assert b"".join(chunks) == log_bytes(rig.storage, 0)[len(chunk0):]
+
+
+def test_a_failed_flush_publishes_nothing(tmp_path):
+    fs = FaultyFileSystem()
+    rig = Rig(tmp_path, fs)
+    try:
+        rig.produce(0, make_batch(2))
+        rig.produce(1, make_batch(2))
+        rig.w.commit_now()
+        assert len(rig.published()) == 2
+        rig.feed_in.recv(), rig.feed_in.recv()
+        fs.fail("fdatasync", errno.EIO, path="t-0")
+        t0 = rig.produce(0, make_batch(3, tag=1))
+        t1 = rig.produce(1, make_batch(3, tag=2))
+        rig.w.commit_now()
+        msgs = rig.published()
+        # the fenced partition's batch never reaches a slave; the other one does
+        assert [handoff_meta(meta)[1] for meta, _ in msgs] == [1]
+        assert [B.peek_base_offset(v) for v in split_batches(msgs[0][1])] == [2]
+        codes = rig.completions()
+        assert codes[t0] != 0 and codes[t1] == 0
+    finally:
+        rig.close()
+
+
+def test_split_batches_yields_each_batch_and_a_torn_rest_as_one_piece():
+    a, b = make_batch(2), make_batch(7, tag=1)
+    views = split_batches([a + b, b])
+    assert [bytes(v) for v in views] == [a, b, b]
+    torn = split_batches([a + b[:100]])
+    assert [len(v) for v in torn] == [len(a), 100]
+    with pytest.raises(B.CorruptBatch):
+        B.check_batch(torn[1], 0, len(torn[1]), table=False)
+    assert [len(v) for v in split_batches([a + b"\0" * 10])] == [len(a), 10]
+
+
+def test_a_replica_check_is_the_crc_not_the_record_table():
+    good = bytearray(make_batch(3))
+    # a record table whose lengths do not add up, under a CRC recomputed to match
+    bad = bytearray(good)
+    B._I.pack_into(bad, B.HEADER_SIZE + 8, 5)  # first record's value_length
+    B._I.pack_into(bad, B.CRC_AT, B.compute_crc(bad))
+    with pytest.raises(B.CorruptBatch, match="record table"):
+        B.check_batch(bad, 0, len(bad))
+    assert B.check_batch(bad, 0, len(bad), table=False).record_count == 3  # the master's acceptor's job
+    flipped = bytearray(good)
+    flipped[-1] ^= 1
+    with pytest.raises(B.CorruptBatch, match="CRC32C"):
+        B.check_batch(flipped, 0, len(flipped), table=False)
+
+
+def handoff_meta(meta: bytes):
+    return tuple(rm.feed_meta.decode(meta))
+
+
+def B_meta(raw: bytes):
+    return tuple(rm.published_meta.decode(raw))
