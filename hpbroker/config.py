@@ -110,6 +110,7 @@ class ReplicationConfig(_Section):
     pub_port: Annotated[int, M(ge=0, le=65535, description="Port of writer 0's PUB socket that streams its committed batches to slaves; writer i binds pub_port + i (0 = each chosen by the OS; all are advertised in metadata). A slave's writers bind only once promoted (if pub_port + i is taken then, an OS-chosen port; metadata names it).")] = 0
     fetch_port: Annotated[int, M(ge=0, le=65535, description="master: port of the ROUTER socket for the handshake and catch-up reads (0 = chosen by the OS).")] = 0
     ack_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PULL socket that receives slaves' durable offsets (0 = chosen by the OS).")] = 0
+    acceptor_ack_port: Annotated[int, M(ge=0, le=65535, description="Port of acceptor 0's PULL socket on which slaves' writers report what they made durable, straight after each of their flushes, so a sync acks=all is released without passing through either replicator; acceptor i binds acceptor_ack_port + i (0 = each chosen by the OS; all are advertised in metadata). Bound by masters and slaves alike, so a promotion opens no new port.")] = 0
     pub_hwm: Annotated[int, M(ge=1, description="master: PUB high-water mark in messages; a slave that falls further behind misses messages, detects the gap by offset and catches up from the log files.")] = 10_000
     catchup_bytes: Annotated[int, M(ge=4096, description="Bytes per catch-up read from the master's log files.")] = 4 << 20
 
@@ -137,6 +138,9 @@ class Config(_Section):
         if self.replication.pub_port and self.replication.pub_port + self.broker.writers - 1 > 65535:
             raise ValueError(f"replication.pub_port ({self.replication.pub_port}) + broker.writers - 1 must be a port "
                              "number (writer i publishes on pub_port + i)")
+        if self.replication.acceptor_ack_port and self.replication.acceptor_ack_port + self.broker.acceptors - 1 > 65535:
+            raise ValueError(f"replication.acceptor_ack_port ({self.replication.acceptor_ack_port}) + broker.acceptors - 1 "
+                             "must be a port number (acceptor i binds acceptor_ack_port + i)")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
 

@@ -47,6 +47,15 @@ def slave(tmp_path, name: str, of: BrokerProcess | str, port=None, mode="sync", 
     return BrokerProcess(tmp_path / name, port=port, args=tuple(args)).start()
 
 
+def zmq_push(endpoint: str):
+    import zmq
+
+    s = zmq.Context.instance().socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
 def stats(b: BrokerProcess) -> dict:
     return request(b.url, lambda i: m.Stats(id=i), 5000).stats
 
@@ -186,6 +195,15 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
         wait_until(lambda: stats(a).get("slave_2_insync") == 0, 30, "the master to notice")
         rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=-1), [batch.encode_batch([b"y"])])[0]
         assert rep.code == ErrorCode.NOT_ENOUGH_REPLICAS and "min_insync_replicas" in rep.message
+        # a report in the slave's name while it is out of sync counts for nothing
+        md = request(a.url, lambda i: m.Metadata(id=i, topics=["rep"]), 5000)
+        forged = zmq_push(md.replication_acks[0])
+        refused = stats(a)["replication_direct_acks_refused"]
+        epoch = md.topics[0].partitions[0].leader_epoch  # the right epoch, the right slave id: still out of sync
+        forged.send(rm.encoder.encode(rm.SlaveAck(slave_id=2, epoch=epoch, durable={"rep/0": 10**9})))
+        forged.send(b"not msgpack at all")
+        wait_until(lambda: stats(a)["replication_direct_acks_refused"] == refused + 2, 10, "the forged reports to be refused")
+        forged.close(0)
         rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=1), [batch.encode_batch([b"z"])])[0]
         assert rep.code == 0
         b = slave(tmp_path, "b", a, port=b.port)
@@ -214,12 +232,16 @@ def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
         fetch, ack, *pubs = md.replication
         assert len(pubs) == 2 and len(set(md.replication)) == 4 and all(e.startswith("tcp://") for e in pubs)
         assert stats(a)["replication_endpoints"].split() == md.replication
+        assert len(md.replication_acks) == 1 and md.replication_acks[0].startswith("tcp://127.0.0.1:")
         acked = produce_stream(a.url, "live", 1.0, acks=-1)
         assert {p for p, _ in acked} == set(range(PARTITIONS)), "acks=all must succeed on both writers' partitions"
         wait_until(lambda: caught_up(a, b), 30, "the slave to hold everything")
         st = stats(b)
         assert st["replication_gaps"] == 0 and st["replication_catch_up_reads"] == 0, st
-        assert stats(a)["replication_published_messages"] > 0
+        st = stats(a)
+        assert st["replication_published_messages"] > 0
+        # the slave's three writers reported their flushes to the acceptor directly
+        assert st["replication_direct_acks"] > 0 and st["replication_direct_acks_refused"] == 0, st
         assert_present(b, acked)
     r = compare(tmp_path / "a", tmp_path / "b")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -253,6 +275,7 @@ def test_a_slave_binds_no_replication_port_until_promoted(tmp_path):
         wait_until(lambda: stats(b).get("slave_3_insync") == 1, 30, "a new slave of the promoted broker")
         after = produce_stream(b.url, "after", 0.3, acks=-1)
         assert after, "acks=all on the promoted broker with its new slave in sync"
+        assert stats(b)["replication_direct_acks"] > 0  # its acceptor was bound before the promotion
         wait_until(lambda: caught_up(b, c), 30, "the new slave to hold everything")
         assert_present(c, {**before, **after})
 

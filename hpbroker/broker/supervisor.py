@@ -73,6 +73,7 @@ class Supervisor:
         self.leader_id = cfg.broker.broker_id if self.role != "slave" else -1
         self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
         self.pub_endpoints: list[str] = [""] * cfg.broker.writers  # each writer's PUB to the slaves
+        self.ack_endpoints: list[str] = [""] * cfg.broker.acceptors  # each acceptor's PULL for slaves' writers
 
     # -- start ------------------------------------------------------------------
 
@@ -255,7 +256,8 @@ class Supervisor:
         return control.ClusterView(cluster_id=self.cfg.broker.cluster_id, broker_id=self.cfg.broker.broker_id,
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
-                                   replication=self._replication_view())
+                                   replication=self._replication_view(),
+                                   replication_acks=list(self.ack_endpoints) if self._replication_view() else [])
 
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub
@@ -295,6 +297,7 @@ class Supervisor:
                 return None
             case control.AcceptorHello():
                 self.endpoints[msg.acceptor] = msg.endpoint
+                self.ack_endpoints[msg.acceptor] = msg.ack_endpoint
                 return self.view()
             case control.EnsureTopic():
                 return self._ensure_topic(msg)

@@ -37,6 +37,7 @@ from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.net import control, handoff
 from hpbroker.protocol.errors import ErrorCode
+from hpbroker.replication import messages as rm
 from hpbroker.ring import Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing
 
 log = logging.getLogger("hpbroker.writer")
@@ -102,6 +103,11 @@ class Writer:
         self.moved: set = set()  # logs whose watermarks changed since the last report
         self.epochs: dict[tuple[str, int], EpochCache] = {}
         self.io_done = False  # set by the I/O thread when a pipelined flush finished
+        # A slave's writer reports each flush straight to the master's
+        # acceptors (see handoff.ACK_TO); connect_acks(endpoints) -> sockets.
+        self.connect_acks = None
+        self.acks_out: list = []
+        self.ack_as: tuple[int, int] = (0, -1)  # (slave id, master epoch)
         self.bell_post = lambda: None  # wakes our own wait (the writer's doorbell)
 
     def on_io_done(self) -> None:
@@ -119,6 +125,9 @@ class Writer:
 
     def on_record(self, sender: int, type_id: int, buf: memoryview) -> None:
         token, topic, partition, count, epoch, arg, pos = handoff.read_record(buf)
+        if type_id == handoff.ACK_TO:
+            self._ack_to(handoff.ack_to_decoder.decode(buf[pos:]))
+            return
         req = _Request(sender, token, count)
         try:
             plog = self.partition(topic, partition)
@@ -153,6 +162,25 @@ class Writer:
                 req.error = (_error_code(e), f"{topic}/{partition}: {e}")
         req.closed = True
         self._maybe_done(req)
+
+    def _ack_to(self, msg: handoff.AckTo) -> None:
+        for s in self.acks_out:
+            s.close(0)
+        self.acks_out = self.connect_acks(msg.endpoints) if msg.endpoints and self.connect_acks else []
+        self.ack_as = (msg.slave_id, msg.epoch)
+
+    def _ack_master(self, results) -> None:
+        """Tell the master's acceptors what this flush made durable: the same
+        SlaveAck the replicator sends, minus two process hops."""
+        durable = {handoff.tp_key(*key): hwm for key, hwm in results.items() if isinstance(hwm, int)}
+        if not durable:
+            return
+        raw = rm.encoder.encode(rm.SlaveAck(slave_id=self.ack_as[0], epoch=self.ack_as[1], durable=durable))
+        for s in self.acks_out:
+            try:
+                s.send(raw, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # that acceptor is not reachable now; the replicator's SlaveAck still gets through
 
     def _truncate(self, plog, offset: int) -> None:
         """A slave cutting its divergent tail (after flushing what is staged)."""
@@ -229,6 +257,8 @@ class Writer:
                 self.moved.add(plog)  # its high watermark moved (or it failed): tell the acceptors
         if self.published:
             self._publish(results)
+        if self.acks_out and results:
+            self._ack_master(results)
         if results or any(self.done):
             self.report()
 
@@ -406,6 +436,18 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         ctl.send(control.encoder.encode(control.WriterPublishing(writer=index, endpoint=endpoint)))
 
     w.open_pub = publish_once_promoted
+
+    def connect_acks(endpoints: list[str]) -> list:
+        socks = []
+        for ep in endpoints:
+            s = ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 100)
+            s.connect(ep)
+            socks.append(s)
+        return socks
+
+    w.connect_acks = connect_acks
 
     def on_term(signum, frame):
         w.stopping = True

@@ -25,6 +25,7 @@ import signal
 import time
 from itertools import count
 
+import msgspec
 import zmq
 
 from hpbroker import config as config_mod
@@ -78,6 +79,15 @@ class Acceptor:
         if repl_state_ep:
             self.repl_sub.connect(repl_state_ep)
         self.replica = ReplicaView(cfg.replication)
+        self.slave_acks = None  # PULL: slaves' writers report their flushes here (replicated brokers)
+        self.ack_endpoint = ""
+        if cfg.replication.role != "standalone":
+            self.slave_acks = ctx.socket(zmq.PULL)
+            self.slave_acks.setsockopt(zmq.LINGER, 0)
+            self.slave_acks.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            port = cfg.replication.acceptor_ack_port
+            self.slave_acks.bind(f"tcp://{cfg.broker.bind}:{port + index if port else '*'}")
+            self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pending = Pending(cfg.broker.max_pending_requests)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
         self._rr = count()
@@ -93,7 +103,8 @@ class Acceptor:
         return control.from_supervisor.decode(self.control.recv())
 
     def hello(self) -> None:
-        reply = self._ask(control.AcceptorHello(acceptor=self.index, pid=os.getpid(), endpoint=self.endpoint))
+        reply = self._ask(control.AcceptorHello(acceptor=self.index, pid=os.getpid(), endpoint=self.endpoint,
+                                                ack_endpoint=self.ack_endpoint))
         assert isinstance(reply, control.ClusterView), reply
         self.view = reply
 
@@ -126,6 +137,8 @@ class Acceptor:
         poller.register(self.completions, zmq.POLLIN)
         poller.register(self.view_sub, zmq.POLLIN)
         poller.register(self.repl_sub, zmq.POLLIN)
+        if self.slave_acks is not None:
+            poller.register(self.slave_acks, zmq.POLLIN)
         stop_deadline = None
         while True:
             if self.stopping and stop_deadline is None:
@@ -146,6 +159,8 @@ class Acceptor:
                         self.view = v
             if self.repl_sub in events:
                 self._drain_replica_state()
+            if self.slave_acks is not None and self.slave_acks in events:
+                self._drain_slave_acks()
             if self.client in events:
                 self._drain_client()
             self._expire(time.monotonic())
@@ -315,6 +330,24 @@ class Acceptor:
                                                    message="durable on the master, but the slave fell out of sync before "
                                                            "confirming it (min_insync_replicas not met)"))
 
+    def _drain_slave_acks(self) -> None:
+        """A slave's writer made a flush durable: release what that covers."""
+        while True:
+            try:
+                raw = self.slave_acks.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                ack = rm.to_master.decode(raw)
+            except msgspec.DecodeError:
+                self.replica.direct_refused += 1  # a stranger's bytes: counted, never trusted
+                continue
+            if not isinstance(ack, rm.SlaveAck) or self.view.role != "master":
+                self.replica.direct_refused += 1
+                continue
+            for w in self.replica.direct_ack(ack.slave_id, ack.epoch, ack.durable, self.view.leader_epoch):
+                self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
+
     def _stats(self) -> dict:
         out = {
             "role": self.view.role,
@@ -327,6 +360,9 @@ class Acceptor:
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
         out.update(self.replica.stats)
+        if self.slave_acks is not None:
+            out["replication_direct_acks"] = self.replica.direct_acks
+            out["replication_direct_acks_refused"] = self.replica.direct_refused
         if self.view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(self.view.replication)
         return out
@@ -392,7 +428,8 @@ class Acceptor:
                                max_batch_bytes=self.cfg.broker.max_batch_bytes,
                                max_request_bytes=self.cfg.broker.max_request_bytes,
                                role=self.view.role, replication=self.view.replication,
-                               replication_version=rm.VERSION if self.view.replication else 0)
+                               replication_version=rm.VERSION if self.view.replication else 0,
+                               replication_acks=self.view.replication_acks)
 
 
 def _error_reply(req, e: BrokerError):

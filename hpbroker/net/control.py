@@ -32,6 +32,7 @@ class AcceptorHello(_Msg, tag="acceptor_hello"):
     acceptor: int
     pid: int
     endpoint: str
+    ack_endpoint: str = ""  # replicated brokers: where slaves' writers report their durable offsets
 
 
 class EnsureTopic(_Msg, tag="ensure_topic"):
@@ -71,6 +72,7 @@ class ClusterView(_Msg, tag="view"):
     role: str = "standalone"
     leader_id: int = 0
     replication: list[str] = []
+    replication_acks: list[str] = []  # a master's acceptors' slave-ack endpoints, by acceptor
 
 
 class TopicResult(_Msg, tag="topic_result"):

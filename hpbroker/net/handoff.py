@@ -32,6 +32,10 @@ Record types (the ring's type id):
   and refuses a batch whose base offset is not its log end (a gap).
 * ``TRUNCATE`` - a slave cutting its divergent tail back to ``arg`` after
   the epoch handshake with a (new) master; no batches.
+* ``ACK_TO`` - a slave's replicator telling its writer where to report each
+  flush (the master's acceptors), once the handshake is done, and again with
+  no endpoints when it loses the master.  Empty topic, partition 0, one
+  "batch": an :class:`AckTo` in msgpack.  Never answered.
 
 One ring record carries one whole request, so a request is either
 entirely in the ring or (when the ring is full) entirely refused.
@@ -49,6 +53,7 @@ import zmq
 PRODUCE = 1
 REPLICA = 2
 TRUNCATE = 3
+ACK_TO = 4
 
 _HEAD = struct.Struct("<QiHHi4xq")
 HEAD_SIZE = _HEAD.size  # 32
@@ -80,6 +85,19 @@ def read_record(buf) -> tuple[int, str, int, int, int, int, int]:
     token, partition, tl, count, epoch, arg = _HEAD.unpack_from(buf, 0)
     topic = bytes(buf[HEAD_SIZE : HEAD_SIZE + tl]).decode()
     return token, topic, partition, count, epoch, arg, HEAD_SIZE + _pad8(tl)
+
+
+class AckTo(msgspec.Struct, array_like=True, frozen=True):
+    """The payload of an ``ACK_TO`` record: report flushes to ``endpoints``
+    as slave ``slave_id`` of the master of leader epoch ``epoch``."""
+
+    epoch: int
+    slave_id: int
+    endpoints: list[str]
+
+
+ack_to_encoder = msgspec.msgpack.Encoder()
+ack_to_decoder = msgspec.msgpack.Decoder(AckTo)
 
 
 class Completions(msgspec.Struct, array_like=True, frozen=True):

@@ -2,9 +2,14 @@
 
 In sync mode a master acknowledges an ``acks=all`` produce only once every
 in-sync slave has made the batch durable.  The replicator publishes, on
-every change, how many slaves are in sync and up to which offset each
+every change, which slaves are in sync and up to which offset each
 partition is replicated; this object turns that into released or failed
-requests.  No sockets here.
+requests.  The slaves' writers also report each flush straight to the
+acceptors (:meth:`direct_ack`), which releases a request without waiting
+for the two replicators to pass the news on; such a report counts only from
+a slave the replicator calls in sync, for the current leader epoch.  Both
+sources only ever say what a slave holds, so the larger of the two is used.
+No sockets here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ class ReplicaView:
         self.insync = 0
         self.replicated: dict[str, int] = {}
         self.stats: dict = {"replication_role": rcfg.role}
+        self.insync_ids: list[int] = []
+        self.direct: dict[int, dict[str, int]] = {}  # slave id -> what its writers reported durable
+        self.direct_acks = 0  # reports counted
+        self.direct_refused = 0  # reports from a slave not in sync, or for another epoch
         self._held: dict[str, list] = {}
 
     @property
@@ -44,10 +53,44 @@ class ReplicaView:
         self._held.setdefault(w.key, []).append(w)
         return True
 
+    def _direct_min(self, key: str) -> int:
+        """What every in-sync slave reported durable for ``key`` itself (0 if any did not)."""
+        if not self.insync_ids:
+            return 0
+        return min(self.direct.get(i, {}).get(key, 0) for i in self.insync_ids)
+
+    def direct_ack(self, slave_id: int, epoch: int, durable: dict[str, int], leader_epoch: int) -> list:
+        """A slave's writer reported a flush; -> the requests that releases."""
+        if slave_id not in self.insync_ids or epoch != leader_epoch:
+            self.direct_refused += 1
+            return []
+        self.direct_acks += 1
+        self.direct.setdefault(slave_id, {}).update(durable)
+        if 1 + self.insync < self.min_insync:
+            return []  # the replicator's next state fails them
+        released = []
+        for key in durable:
+            upto = self._direct_min(key)
+            if upto <= self.replicated.get(key, 0):
+                continue
+            self.replicated[key] = upto
+            held = self._held.get(key)
+            if held:
+                keep = []
+                for w in held:
+                    (released if upto > w.last else keep).append(w)
+                held[:] = keep
+        return released
+
     def update(self, state) -> tuple[list, list]:
         """-> (released, failed) after a replicator state message."""
         self.insync = state.insync
-        self.replicated = state.replicated
+        self.insync_ids = list(state.insync_ids)
+        self.replicated = dict(state.replicated)
+        for key in {k for d in self.direct.values() for k in d}:
+            upto = self._direct_min(key)
+            if upto > self.replicated.get(key, 0):
+                self.replicated[key] = upto  # the writers' reports can be ahead of the replicator's view
         if state.stats is not None:
             self.stats = dict(state.stats)
         released, failed = [], []

@@ -159,6 +159,9 @@ class MetadataReply(_Reply):
     #: the layout of ``replication`` and of the streams behind it; a slave
     #: follows only a master that speaks its version (0 = before writers published).
     replication_version: int = 0
+    #: a master's acceptors' PULL endpoints (by acceptor) where slaves' writers
+    #: report what they made durable; empty when not a master.
+    replication_acks: list[str] = []
 
 
 class ProduceReply(_Reply):

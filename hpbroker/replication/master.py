@@ -262,7 +262,8 @@ class Master:
         if insync:
             for k in set(self.hwm) | {k for s in insync for k in s.durable}:
                 replicated[k] = min(s.durable.get(k, 0) for s in insync)
-        key = (len(insync), tuple(sorted(replicated.items())))
+        ids = sorted(s.slave_id for s in insync)
+        key = (len(insync), tuple(sorted(replicated.items())), tuple(ids))
         if not force and key == self._last_state:
             return
         # The stats (lag sums over every partition) ride along on the periodic
@@ -271,7 +272,7 @@ class Master:
         full = force or self._last_state is None or key[0] != self._last_state[0]
         self._last_state = key
         state = rm.ReplicaState(role="master", insync=len(insync), replicated=replicated,
-                                stats=self.stats(now) if full else None)
+                                stats=self.stats(now) if full else None, insync_ids=ids)
         self.state_pub.send(rm.state_encoder.encode(state))
 
     def stats(self, now: float) -> dict:

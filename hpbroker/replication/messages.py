@@ -2,18 +2,22 @@
 
 Sockets (the master binds, the slave connects):
 
-============  ==================  =========================================
-master        slave               carries
-============  ==================  =========================================
-PUB           SUB                 committed batches: [b"B", meta, batch...]
-ROUTER        DEALER              Hello/Welcome, EpochEnd, CatchUp (+ data)
-PULL          PUSH                SlaveAck: the slave's durable offsets
-============  ==================  =========================================
+==============  ==================  =======================================
+master          slave               carries
+==============  ==================  =======================================
+PUB             SUB                 committed batches: [b"B", meta, chunk...]
+ROUTER          DEALER              Hello/Welcome, EpochEnd, CatchUp (+ data)
+PULL            PUSH                SlaveAck: the slave's durable offsets
+acceptor PULL   writer PUSH         SlaveAck after each of the slave
+                                    writer's flushes (the fast path that
+                                    releases acks=all)
+==============  ==================  =======================================
 
 Headers are msgpack maps with a ``t`` tag, like the client protocol.  The
 PUB stream's ``meta`` frame is ``[topic, partition, master_hwm]`` and every
-batch frame is a record batch already stamped with its master offsets and
-leader epoch, byte for byte what the master's log holds.
+chunk frame holds whole record batches laid end to end, already stamped with
+their master offsets and leader epochs, byte for byte what the master's log
+holds (usually one chunk per message: what one flush made durable).
 """
 
 from __future__ import annotations
@@ -87,8 +91,9 @@ encoder = msgspec.msgpack.Encoder()
 to_master = msgspec.msgpack.Decoder(ToMaster)
 from_master = msgspec.msgpack.Decoder(FromMaster)
 #: MetadataReply.replication_version this release speaks: 2 = [fetch, ack, pub
-#: of each writer], PUB frames are chunks of whole batches; 1 = the same
-#: endpoints, one batch per PUB frame; 0 (absent) = [pub, fetch, ack].
+#: of each writer] plus replication_acks, PUB frames are chunks of whole
+#: batches; 1 = the same endpoints, one batch per PUB frame, no
+#: replication_acks; 0 (absent) = [pub, fetch, ack].
 VERSION = 2
 
 feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
@@ -109,6 +114,9 @@ class ReplicaState(msgspec.Struct, frozen=True):
     insync: int
     replicated: dict[str, int]
     stats: dict[str, int | float | str] | None = None
+    #: master: the broker ids of the in-sync slaves; their writers' direct
+    #: reports (SlaveAck to the acceptors, same epoch) count, nobody else's.
+    insync_ids: list[int] = []
 
 
 state_encoder = msgspec.msgpack.Encoder()

@@ -101,6 +101,7 @@ class Slave:
         self._last_hello_reply = 0.0
         self._received = 0
         self._polled: tuple = ()
+        self._acking_to: list[str] = []  # where the local writers report their flushes
         self._poll: zmq.Poller | None = None
 
     # -- writer side --------------------------------------------------------------------
@@ -163,6 +164,25 @@ class Slave:
         self.tokens[token] = key
         self.inflight[key] = self.inflight.get(key, 0) + 1
 
+    def _tell_writers_ack_to(self, endpoints: list[str]) -> None:
+        """Have the local writers report each flush straight to the master's
+        acceptors (or stop, with no endpoints).  Best effort: the SlaveAck
+        this process sends stays the authoritative report."""
+        if not endpoints and not self._acking_to:
+            return
+        payload = handoff.ack_to_encoder.encode(handoff.AckTo(epoch=self.master_epoch, slave_id=self.cfg.broker.broker_id,
+                                                               endpoints=list(endpoints)))
+        size = handoff.record_size(b"", len(payload))
+        for ring in self.rings:
+            try:
+                buf = ring.claim(size, handoff.ACK_TO, 0.5)
+            except Exception as e:  # noqa: BLE001 - a full or closed ring: the replicator's acks still flow
+                log.warning("could not tell a writer where to report its flushes (%s)", e)
+                continue
+            handoff.write_record(buf, 0, b"", 0, [payload])
+            ring.commit()
+        self._acking_to = list(endpoints)
+
     def _forward(self, topic: str, partition: int, views: list[memoryview]) -> None:
         """Hand whole batches to the writer, skipping what it already has;
         a batch past the expected offset means a gap."""
@@ -216,6 +236,8 @@ class Slave:
         return s
 
     def _close_master(self) -> None:
+        if not self.stopping:
+            self._tell_writers_ack_to([])
         for s in self.sockets.values():
             s.close(0)
         self.sockets.clear()
@@ -273,6 +295,7 @@ class Slave:
         for k, v in w.hwm.items():
             if v > self.expected.get(k, 0):
                 self._want_catch_up(k)
+        self._tell_writers_ack_to(rep.replication_acks)
         self._last_hello_reply = self.clock()
         self.state, self.detail = "streaming", ""
         log.info("following master %s (broker %d, epoch %d)", self.cfg.replication.master, w.master_id, w.epoch)
@@ -381,7 +404,10 @@ class Slave:
                     self.state, self.detail = "disconnected", "the master stopped answering"
                     log.warning("lost the master at %s; reconnecting", self.cfg.replication.master)
                     self._close_master()
-                elif self._ack_dirty or now >= next_ack:
+                elif (self._ack_dirty and not self._acking_to) or now >= next_ack:
+                    # While the writers report each flush to the master's acceptors
+                    # themselves, this report is the slower, authoritative one (in-sync
+                    # state, lag): every ack_interval_ms is enough.
                     self._ack()
                     next_ack = now + self.cfg.replication.ack_interval_ms / 1000.0
             if now >= next_state:
