@@ -110,7 +110,6 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
     for v in views:
         B.check_batch(v, 0, len(v))
     assert by_partition[1] == (5, log_bytes(rig.storage, 1))
-    assert rig.w.arenas == {}  # published arenas are sealed: the next round starts new ones
     # the replicator hears what was published, byte counts included
     feeds = sorted(B_meta(rig.feed_in.recv()) for _ in range(2))
     assert feeds == [("t", 0, 20, len(chunk0)), ("t", 1, 5, len(by_partition[1][1]))]
@@ -122,6 +121,18 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
     assert handoff_meta(meta) == ("t", 0, 25)
     assert [B.peek_base_offset(v) for v in split_batches(chunks)] == [20]
     assert b"".join(chunks) == log_bytes(rig.storage, 0)[len(chunk0):]
+
+
+def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(rig):
+    big = [make_batch(200, size=300, tag=i) for i in range(8)]  # ~62 KiB each; the arenas hold 256 KiB
+    for b in big:
+        rig.produce(2, b)
+    rig.w.commit_now()
+    (meta, chunks), = rig.published()
+    assert handoff_meta(meta) == ("t", 2, 1600)
+    assert len(chunks) == 2  # the fifth batch did not fit the first arena
+    assert b"".join(chunks) == log_bytes(rig.storage, 2)
+    assert [B.peek_base_offset(v) for v in split_batches(chunks)] == [200 * i for i in range(8)]
 
 
 def test_a_failed_flush_publishes_nothing(tmp_path):

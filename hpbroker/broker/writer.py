@@ -29,6 +29,7 @@ import signal
 import time
 
 import msgspec
+import numpy as np
 import zmq
 
 from hpbroker import batch
@@ -86,14 +87,17 @@ class Writer:
         self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
-        # Committed bytes wait for their flush here, stamped, in one growing
-        # buffer per partition (its "arena") rather than one copy per batch:
-        # the ring slot is reused once drained.  A resolved batch is listed in
-        # ``published`` as (key, arena, start, end); an arena that has
-        # published anything is sealed (new batches start another one), so
-        # ZeroMQ can send slices of it without copying while it stays as is.
-        self.arenas: dict[tuple[str, int], bytearray] = {}
-        self.published: list[tuple[tuple[str, int], bytearray, int, int]] = []
+        # Batches a slave will be sent wait for their flush here, copied at
+        # append (the ring slot is reused once drained) and stamped, end to
+        # end in a fixed-size buffer per partition (its "arena", uninitialised
+        # numpy memory) rather than one allocation per batch.  A resolved
+        # batch is listed in ``published`` as (key, arena, start, end).
+        # ZeroMQ sends slices of an arena without copying while later
+        # batches fill the rest of it (disjoint bytes); a full arena is left
+        # to the garbage collector and a new one started.
+        self.arena_bytes = storage.config.write_buffer_bytes
+        self.arenas: dict[tuple[str, int], list] = {}  # key -> [arena memoryview, fill]
+        self.published: list[tuple[tuple[str, int], memoryview, int, int]] = []
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
@@ -190,7 +194,7 @@ class Writer:
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
         self.moved.add(plog)
 
-    def _ticket(self, req: _Request, i: int, arena: bytearray | None = None, start: int = 0, end: int = 0,
+    def _ticket(self, req: _Request, i: int, arena: memoryview | None = None, start: int = 0, end: int = 0,
                 key: tuple[str, int] | None = None):
         def resolved(err, base, last):
             req.remaining -= 1
@@ -210,16 +214,15 @@ class Writer:
         """Append a batch a slave will be sent once it is durable: copy it into
         the partition's arena now and stamp it there like the log does."""
         key = plog.key
-        arena = self.arenas.get(key)
-        if arena is None:
-            arena = self.arenas[key] = bytearray()
-        start = len(arena)
-        arena += view
-        try:
-            base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, arena, start, len(arena), key))
-        except BaseException:
-            del arena[start:]  # never published: nothing refers to these bytes
-            raise
+        n = len(view)
+        cur = self.arenas.get(key)
+        if cur is None or cur[1] + n > len(cur[0]):
+            cur = self.arenas[key] = [memoryview(np.empty(max(self.arena_bytes, n), np.uint8)), 0]
+        arena, start = cur
+        end = start + n
+        arena[start:end] = view
+        base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, arena, start, end, key))
+        cur[1] = end  # only now: a batch the log refused leaves its bytes to be overwritten
         batch.stamp(arena, base, epoch, start)
 
     def _maybe_done(self, req: _Request) -> None:
@@ -279,13 +282,11 @@ class Writer:
                 runs[-1][2] = end
             else:
                 runs.append([arena, start, end])
-            if self.arenas.get(key) is arena:
-                del self.arenas[key]  # sealed: slices of it are about to be sent without a copy
         self.published = []
         for (topic, partition), runs in by_key.items():
             hwm = results.get((topic, partition))
             hwm = hwm if isinstance(hwm, int) else -1
-            chunks = [memoryview(arena)[start:end] for arena, start, end in runs]
+            chunks = [arena[start:end] for arena, start, end in runs]
             # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
             # by offset and catches up from the files
             self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *chunks], copy=False)
