@@ -42,7 +42,11 @@ class Rig:
         self.comp_in.bind("inproc://comp")
         push = self.ctx.socket(zmq.PUSH)
         push.connect("inproc://comp")
-        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), [push], feed=feed)
+        self.repl_comp = self.ctx.socket(zmq.PULL)  # a master's replicator: the last push
+        self.repl_comp.bind("inproc://repl-comp")
+        to_repl = self.ctx.socket(zmq.PUSH)
+        to_repl.connect("inproc://repl-comp")
+        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), [push, to_repl], feed=feed)
         self.w.pub = pub
         self.w.feed_on = True
         self.token = 0
@@ -110,9 +114,14 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
     for v in views:
         B.check_batch(v, 0, len(v))
     assert by_partition[1] == (5, log_bytes(rig.storage, 1))
-    # the replicator hears what was published, byte counts included
-    feeds = sorted(B_meta(rig.feed_in.recv()) for _ in range(2))
-    assert feeds == [("t", 0, 20, len(chunk0)), ("t", 1, 5, len(by_partition[1][1]))]
+    # the replicator hears what was published, one note per flush, byte counts included
+    assert sorted(rm.published_meta.decode(rig.feed_in.recv())) == [("t", 0, 20, len(chunk0)),
+                                                                     ("t", 1, 5, len(by_partition[1][1]))]
+
+    # the acceptor hears of every flush; a master's replicator only from the publish note above
+    assert rig.comp_in.poll(200) and not rig.repl_comp.poll(200)
+    rig.w.report(rig.storage.logs())  # the periodic full report still reaches it
+    assert rig.repl_comp.poll(1000)
 
     # a second round: only its own batches, starting where the first ended
     rig.produce(0, sent[5])
@@ -124,7 +133,8 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
 
 
 def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(rig):
-    big = [make_batch(200, size=300, tag=i) for i in range(8)]  # ~62 KiB each; the arenas hold 256 KiB
+    rig.w.arena_bytes = 256 << 10
+    big = [make_batch(200, size=300, tag=i) for i in range(8)]  # ~62 KiB each
     for b in big:
         rig.produce(2, b)
     rig.w.commit_now()
@@ -143,7 +153,7 @@ def test_a_failed_flush_publishes_nothing(tmp_path):
         rig.produce(1, make_batch(2))
         rig.w.commit_now()
         assert len(rig.published()) == 2
-        rig.feed_in.recv(), rig.feed_in.recv()
+        rig.feed_in.recv()
         fs.fail("fdatasync", errno.EIO, path="t-0")
         t0 = rig.produce(0, make_batch(3, tag=1))
         t1 = rig.produce(1, make_batch(3, tag=2))
@@ -187,6 +197,3 @@ def test_a_replica_check_is_the_crc_not_the_record_table():
 def handoff_meta(meta: bytes):
     return tuple(rm.feed_meta.decode(meta))
 
-
-def B_meta(raw: bytes):
-    return tuple(rm.published_meta.decode(raw))

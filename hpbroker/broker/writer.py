@@ -45,6 +45,7 @@ log = logging.getLogger("hpbroker.writer")
 
 feed_encoder = msgspec.msgpack.Encoder()
 
+ARENA_BYTES = 2 << 20  # see Writer.arenas
 STATE_EVERY_S = 1.0  # full watermark broadcast, so late or restarted acceptors catch up
 
 
@@ -94,8 +95,11 @@ class Writer:
         # batch is listed in ``published`` as (key, arena, start, end).
         # ZeroMQ sends slices of an arena without copying while later
         # batches fill the rest of it (disjoint bytes); a full arena is left
-        # to the garbage collector and a new one started.
-        self.arena_bytes = storage.config.write_buffer_bytes
+        # to the garbage collector and a new one started.  An arena stays
+        # alive while any slice of it waits in ZeroMQ's queue, so its size is
+        # memory held beyond the bytes queued (8 MiB arenas added 78 MiB to
+        # the master's RSS in the sync bench; docs/performance.md).
+        self.arena_bytes = ARENA_BYTES
         self.arenas: dict[tuple[str, int], list] = {}  # key -> [arena memoryview, fill]
         self.published: list[tuple[tuple[str, int], memoryview, int, int]] = []
         self.clock = clock
@@ -110,6 +114,7 @@ class Writer:
         # A slave's writer reports each flush straight to the master's
         # acceptors (see handoff.ACK_TO); connect_acks(endpoints) -> sockets.
         self.connect_acks = None
+        self.replicator_push = len(pushes) - 1 if feed is not None else -1  # the replicator is the last push
         self.acks_out: list = []
         self.ack_as: tuple[int, int] = (0, -1)  # (slave id, master epoch)
         self.bell_post = lambda: None  # wakes our own wait (the writer's doorbell)
@@ -283,6 +288,7 @@ class Writer:
             else:
                 runs.append([arena, start, end])
         self.published = []
+        sizes = []
         for (topic, partition), runs in by_key.items():
             hwm = results.get((topic, partition))
             hwm = hwm if isinstance(hwm, int) else -1
@@ -290,10 +296,11 @@ class Writer:
             # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
             # by offset and catches up from the files
             self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *chunks], copy=False)
-            try:
-                self.feed.send(feed_encoder.encode((topic, partition, hwm, sum(len(c) for c in chunks))), zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the replicator is behind: its lag in bytes under-reports for a moment
+            sizes.append((topic, partition, hwm, sum(len(c) for c in chunks)))
+        try:
+            self.feed.send(feed_encoder.encode(sizes), zmq.NOBLOCK)  # one note per flush
+        except zmq.Again:
+            pass  # the replicator is behind: its lag in bytes under-reports for a moment
 
     def report(self, logs=None) -> None:
         """Send each acceptor its finished requests and the moved watermarks."""
@@ -301,6 +308,8 @@ class Writer:
         self.moved = set()
         for a, push in enumerate(self.pushes):
             done, self.done[a] = self.done[a], []
+            if a == self.replicator_push and self.feed_on and not done and logs is None:
+                continue  # a master's replicator learns each flush from the publish note; full reports still go
             if done or hwm or logs is not None:
                 msg = handoff.Completions(v=1, writer=self.index, done=done, hwm=hwm, log_start=start)
                 push.send(handoff.completions_encoder.encode(msg), copy=False)

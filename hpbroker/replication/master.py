@@ -144,14 +144,14 @@ class Master:
                 raw = self.feed.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            topic, partition, hwm, nbytes = rm.published_meta.decode(raw)
-            key = handoff.tp_key(topic, partition)
-            end = hwm if hwm >= 0 else self.hwm.get(key, 0)
-            for s in self.slaves.values():
-                s.lag.setdefault(key, Lag()).committed(end, nbytes, now)
-            if hwm > self.hwm.get(key, -1):
-                self.hwm[key] = hwm
-            self._published += 1
+            for topic, partition, hwm, nbytes in rm.published_meta.decode(raw):
+                key = handoff.tp_key(topic, partition)
+                end = hwm if hwm >= 0 else self.hwm.get(key, 0)
+                for s in self.slaves.values():
+                    s.lag.setdefault(key, Lag()).committed(end, nbytes, now)
+                if hwm > self.hwm.get(key, -1):
+                    self.hwm[key] = hwm
+                self._published += 1
 
     def _drain_completions(self) -> None:
         for c in handoff.drain_completions(self.comp):

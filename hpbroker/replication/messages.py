@@ -97,7 +97,8 @@ from_master = msgspec.msgpack.Decoder(FromMaster)
 VERSION = 2
 
 feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
-published_meta = msgspec.msgpack.Decoder(tuple[str, int, int, int])  # writer -> replicator: ... and bytes
+#: writer -> replicator, one note per flush: (topic, partition, hwm, bytes published) for each partition
+published_meta = msgspec.msgpack.Decoder(list[tuple[str, int, int, int]])
 
 
 class ReplicaState(msgspec.Struct, frozen=True):
