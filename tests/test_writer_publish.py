@@ -197,3 +197,39 @@ def test_a_replica_check_is_the_crc_not_the_record_table():
 def handoff_meta(meta: bytes):
     return tuple(rm.feed_meta.decode(meta))
 
+
+
+def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promoted(tmp_path):
+    rig = Rig(tmp_path)
+    try:
+        acks_in = rig.ctx.socket(zmq.PULL)
+        acks_in.bind("inproc://acceptor-acks")
+        w = rig.w
+        w.feed_on = False  # a slave's writer
+        w.connect_acks = lambda eps: [connect_push(rig.ctx, ep) for ep in eps]
+        w.on_record(0, handoff.ACK_TO, ack_to_record(handoff.AckTo(epoch=4, slave_id=2, endpoints=["inproc://acceptor-acks"])))
+        rig.produce(0, make_batch(3))
+        rig.produce(1, make_batch(2))
+        w.commit_now()
+        assert acks_in.poll(1000)
+        ack = rm.to_master.decode(acks_in.recv())
+        assert ack == rm.SlaveAck(slave_id=2, epoch=4, durable={"t/0": 3, "t/1": 2})
+        w.feed_on = True  # promoted: it must stop speaking as a slave
+        rig.produce(0, make_batch(1))
+        w.commit_now()
+        assert not acks_in.poll(300) and w.acks_out == []
+    finally:
+        rig.close()
+
+
+def connect_push(ctx, endpoint):
+    s = ctx.socket(zmq.PUSH)
+    s.connect(endpoint)
+    return s
+
+
+def ack_to_record(msg) -> memoryview:
+    payload = handoff.ack_to_encoder.encode(msg)
+    buf = bytearray(handoff.record_size(b"", len(payload)))
+    handoff.write_record(buf, 0, b"", 0, [payload])
+    return memoryview(buf)

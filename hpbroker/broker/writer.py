@@ -181,6 +181,9 @@ class Writer:
     def _ack_master(self, results) -> None:
         """Tell the master's acceptors what this flush made durable: the same
         SlaveAck the replicator sends, minus two process hops."""
+        if self.feed_on:  # promoted: this log is a master's now, and no slave's report
+            self._ack_to(handoff.AckTo(epoch=-1, slave_id=0, endpoints=[]))
+            return
         durable = {handoff.tp_key(*key): hwm for key, hwm in results.items() if isinstance(hwm, int)}
         if not durable:
             return
