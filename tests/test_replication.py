@@ -285,6 +285,8 @@ def test_async_lag_gap_and_restart_catch_up(tmp_path):
     b = slave(tmp_path, "b", a, mode="async")
     try:
         wait_until(lambda: stats(a).get("replication_slaves") == 1, 30, "the slave to join")
+        # an async master releases no acks=all on a slave's word: it asks for no direct reports
+        assert request(a.url, lambda i: m.Metadata(id=i, topics=[]), 5000).replication_acks == []
         before = produce_stream(a.url, "warm", 0.5, acks=-1)  # async: acks=all = local durability
         wait_until(lambda: caught_up(a, b), 30, "catch-up")
         rep_proc = psutil.Process(b.child_pid("replicator"))

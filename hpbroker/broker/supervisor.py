@@ -257,7 +257,7 @@ class Supervisor:
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
                                    replication=self._replication_view(),
-                                   replication_acks=list(self.ack_endpoints) if self._replication_view() else [])
+                                   replication_acks=self._replication_acks())
 
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub
@@ -265,6 +265,13 @@ class Supervisor:
         if self.role != "master" or not self.replication_endpoints or not all(self.pub_endpoints):
             return []  # not (yet) a master serving slaves
         return [*self.replication_endpoints, *self.pub_endpoints]
+
+    def _replication_acks(self) -> list[str]:
+        """Where a sync master's acceptors take slave writers' reports; an
+        async master holds no acks=all back, so it asks for none."""
+        if self.cfg.replication.mode != "sync" or not self._replication_view():
+            return []
+        return list(self.ack_endpoints)
 
     def publish_view(self) -> None:
         self.view_pub.send(control.encoder.encode(self.view()))
