@@ -71,16 +71,20 @@ class ReplicaView:
         released = []
         for key in durable:
             upto = self._direct_min(key)
-            if upto <= self.replicated.get(key, 0):
-                continue
-            self.replicated[key] = upto
-            held = self._held.get(key)
-            if held:
-                keep = []
-                for w in held:
-                    (released if upto > w.last else keep).append(w)
-                held[:] = keep
+            if upto > self.replicated.get(key, 0):
+                self.replicated[key] = upto
+                self._release(key, released)
         return released
+
+    def _release(self, key: str, released: list) -> None:
+        """Move the requests of ``key`` that its replicated offset covers to ``released``."""
+        held = self._held.get(key)
+        if held:
+            upto = self.replicated.get(key, 0)
+            keep = []
+            for w in held:
+                (released if upto > w.last else keep).append(w)
+            held[:] = keep
 
     def update(self, state) -> tuple[list, list]:
         """-> (released, failed) after a replicator state message."""
@@ -96,17 +100,11 @@ class ReplicaView:
         released, failed = [], []
         enough = 1 + self.insync >= self.min_insync
         for key, held in self._held.items():
-            if not held:
-                continue
             if not enough:
                 failed += held
                 held.clear()
-                continue
-            upto = self.replicated.get(key, 0)
-            keep = []
-            for w in held:
-                (released if upto > w.last else keep).append(w)
-            held[:] = keep
+            else:
+                self._release(key, released)
         return released, failed
 
     def expired(self, now: float) -> list:

@@ -263,11 +263,11 @@ class Master:
             for k in set(self.hwm) | {k for s in insync for k in s.durable}:
                 replicated[k] = min(s.durable.get(k, 0) for s in insync)
         ids = sorted(s.slave_id for s in insync)
-        key = (len(insync), tuple(sorted(replicated.items())), tuple(ids))
+        key = (tuple(ids), tuple(sorted(replicated.items())))
         if not force and key == self._last_state:
             return
         # The stats (lag sums over every partition) ride along on the periodic
-        # broadcast and when the in-sync count changes, not on every slave ack:
+        # broadcast and when the in-sync slaves change, not on every slave ack:
         # under load acks come hundreds of times a second and only release acks.
         full = force or self._last_state is None or key[0] != self._last_state[0]
         self._last_state = key

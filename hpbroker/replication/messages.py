@@ -107,7 +107,7 @@ class ReplicaState(msgspec.Struct, frozen=True):
     master: ``insync`` slaves and, per partition, the offset every in-sync
     slave has made durable (``replicated``); ``stats`` for the stats
     command, or None when they did not change enough to resend (a master
-    resends them every 200 ms and when the in-sync count changes).  slave:
+    resends them every 200 ms and when the in-sync slaves change).  slave:
     ``insync`` is 0 and ``stats`` says how it follows.
     """
 

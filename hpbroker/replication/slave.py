@@ -46,14 +46,12 @@ def split_batches(frames) -> list[memoryview]:
     out = []
     for f in frames:
         mv = f.buffer if isinstance(f, zmq.Frame) else memoryview(f)
-        pos, n = 0, len(mv)
-        while pos < n:
-            length = batch.peek_length(mv, pos) if n - pos >= batch.HEADER_SIZE else 0
-            if length < batch.HEADER_SIZE or pos + length > n:
-                out.append(mv[pos:])
-                break
-            out.append(mv[pos : pos + length])
-            pos += length
+        end = 0
+        for pos, h in batch.iter_batches(mv):
+            end = pos + h.batch_length
+            out.append(mv[pos:end])
+        if end < len(mv):
+            out.append(mv[end:])
     return out
 
 
