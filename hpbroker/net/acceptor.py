@@ -143,7 +143,6 @@ class Acceptor:
         while True:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
-                poller.unregister(self.client)
                 self._answer_parked_fetches()
             if stop_deadline is not None and (self.abandon or not (self.pending.waiting() or self.replica.waiting)
                                               or time.monotonic() >= stop_deadline):
@@ -162,7 +161,10 @@ class Acceptor:
             if self.slave_acks is not None and self.slave_acks in events:
                 self._drain_slave_acks()
             if self.client in events:
-                self._drain_client()
+                if stop_deadline is None:
+                    self._drain_client()
+                else:  # draining: new requests are answered at once, not left unread
+                    self._drain_client_shutdown(256)
             self._expire(time.monotonic())
         for token, w in self.pending.waiting():
             self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN,
@@ -171,7 +173,13 @@ class Acceptor:
         for w in self.replica.take_all():
             self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN, partition=w.partition,
                                                message="broker stopped before the slave confirmed; durable on the master only"))
+        # Requests still on their way in (in the kernel or ZeroMQ's I/O thread
+        # when the last ones were read) get an answer too, not silence: keep
+        # answering until the socket has been quiet for 50 ms (at most 2 s).
+        quiet_by = time.monotonic() + 2.0
         self._drain_client_shutdown()
+        while time.monotonic() < quiet_by and self.client.poll(50):
+            self._drain_client_shutdown()
 
     def _poll_timeout(self) -> int:
         d = self.fetch.next_deadline()
@@ -187,8 +195,11 @@ class Acceptor:
                 return
             self._handle(frames[0].bytes, frames[1:])
 
-    def _drain_client_shutdown(self) -> None:
-        while True:
+    def _drain_client_shutdown(self, limit: int | None = None) -> None:
+        """Answer waiting requests with BROKER_SHUTTING_DOWN (all, or ``limit``)."""
+        n = 0
+        while limit is None or n < limit:
+            n += 1
             try:
                 frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -459,6 +470,10 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
         acc.hello()
         freeze_heap()
         acc.run()
+        # the last answers may still sit in ZeroMQ's queue: give them a moment
+        # to reach connected clients before the socket goes (a gone client
+        # costs at most this long)
+        acc.client.close(linger=1000)
     finally:
         for s in shared:
             s.close()
