@@ -16,7 +16,11 @@ Offsets the log publishes:
 Failures (see :mod:`hpbroker.io.errors`): ENOSPC on a write rolls the log
 back to the high watermark and raises :class:`DiskFull` (the partition stays
 writable); any other write error, and any fsync error, fences the partition
-with :class:`PartitionFenced`.  Nothing is retried.
+with :class:`PartitionFenced`.  Nothing is retried.  A log whose batches
+may be read by others before they are durable - a replication master's,
+whose writer publishes a round to the slaves as the round starts - sets
+``rollback_on_enospc = False``: ENOSPC then fences too, because rolling
+back would assign the offsets the slaves already hold to other batches.
 
 Pipelined flushes: :meth:`begin_flush` hands everything staged to an
 :class:`hpbroker.io.iothread.IOThread` (pwrite + fdatasync there) and the
@@ -87,6 +91,7 @@ class PartitionLog:
         self._result = None  # outcome of the last applied pipelined flush, until flush_result() takes it
         self._writer: SegmentWriter | None = None
         self.direct = False
+        self.rollback_on_enospc = True  # see the module docstring, "Failures"
         if not self._segments:
             if self._fenced is None:
                 self._create_segment(rec.recovery_point)
@@ -280,7 +285,7 @@ class PartitionLog:
     # -- failures ------------------------------------------------------------
 
     def _io_failed(self, e: OSError, what: str):
-        if e.errno in _NOSPACE and what == "write":
+        if e.errno in _NOSPACE and what == "write" and self.rollback_on_enospc:
             to = self._rollback(e)
             err = DiskFull(f"{self.dir}: no space left on device during {what}; the batches from offset {to} "
                            "failed and the log went back to it", self.dir, e, rolled_back_to=to)
