@@ -138,6 +138,7 @@ class Writer:
             self._ack_to(handoff.ack_to_decoder.decode(buf[pos:]))
             return
         req = _Request(sender, token, count)
+        ticketed = False  # does the batch being appended hold a ticket yet?
         try:
             plog = self.partition(topic, partition)
             if type_id == handoff.TRUNCATE:
@@ -146,6 +147,7 @@ class Writer:
             else:
                 cache = self.epochs[plog.key]
                 for i in range(count):
+                    ticketed = False
                     n = batch.peek_length(buf, pos)
                     view = buf[pos : pos + n]
                     if type_id == handoff.REPLICA:
@@ -156,6 +158,7 @@ class Writer:
                     if epoch > cache.latest_epoch:
                         cache.assign(epoch, plog.log_end_offset)
                     req.remaining += 1
+                    ticketed = True
                     if self.feed_on:
                         self._append_published(plog, view, epoch, req, i)
                     else:
@@ -165,7 +168,7 @@ class Writer:
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap)):
                 log.exception("appending to %s/%d failed", topic, partition)
-            if type_id != handoff.TRUNCATE:
+            if ticketed:
                 req.remaining -= 1  # the batch that raised holds no ticket
             if req.error is None:
                 req.error = (_error_code(e), f"{topic}/{partition}: {e}")
