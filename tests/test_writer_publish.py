@@ -1,4 +1,4 @@
-"""A master's writer publishing what it made durable, and a slave splitting it.
+"""A master's writer publishing each group-commit round as it starts, and a slave splitting it.
 
 Real storage (O_DIRECT where the filesystem allows it), a real group commit
 and real ZeroMQ PUB/SUB/PULL sockets over inproc; the ring is left out: ring
@@ -8,6 +8,7 @@ to :meth:`Writer.on_record` directly."""
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 import zmq
@@ -15,9 +16,10 @@ import zmq
 from hpbroker import batch as B
 from hpbroker.broker.writer import Writer
 from hpbroker.config import LogConfig
-from hpbroker.io import FaultyFileSystem, GroupCommit, Storage
+from hpbroker.io import FaultyFileSystem, GroupCommit, PartitionFenced, Storage
 from hpbroker.io.testing import make_batch
 from hpbroker.net import handoff
+from hpbroker.protocol.errors import ErrorCode
 from hpbroker.replication import messages as rm
 from hpbroker.replication.slave import split_batches
 from hpbroker.ring import ReaderGroup
@@ -51,12 +53,12 @@ class Rig:
         self.w.feed_on = True
         self.token = 0
 
-    def produce(self, partition: int, *batches: bytes, epoch: int = 3) -> int:
+    def produce(self, partition: int, *batches: bytes, epoch: int = 3, kind: int = handoff.PRODUCE) -> int:
         self.token += 1
         size = handoff.record_size(b"t", sum(len(b) for b in batches))
         buf = bytearray(size)
         handoff.write_record(buf, self.token, b"t", partition, list(batches), epoch=epoch)
-        self.w.on_record(0, handoff.PRODUCE, memoryview(buf))
+        self.w.on_record(0, kind, memoryview(buf))
         return self.token
 
     def completions(self) -> dict[int, int]:
@@ -145,7 +147,7 @@ def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(rig):
     assert [B.peek_base_offset(v) for v in split_batches(chunks)] == [200 * i for i in range(8)]
 
 
-def test_a_failed_flush_publishes_nothing(tmp_path):
+def test_a_round_goes_out_as_it_starts_and_a_failed_one_is_never_acknowledged(tmp_path):
     fs = FaultyFileSystem()
     rig = Rig(tmp_path, fs)
     try:
@@ -157,13 +159,115 @@ def test_a_failed_flush_publishes_nothing(tmp_path):
         fs.fail("fdatasync", errno.EIO, path="t-0")
         t0 = rig.produce(0, make_batch(3, tag=1))
         t1 = rig.produce(1, make_batch(3, tag=2))
-        rig.w.commit_now()
+        rig.w.commit()  # pipelined: the round is published as the I/O threads start on it
         msgs = rig.published()
-        # the fenced partition's batch never reaches a slave; the other one does
-        assert [handoff_meta(meta)[1] for meta, _ in msgs] == [1]
-        assert [B.peek_base_offset(v) for v in split_batches(msgs[0][1])] == [2]
+        assert sorted(handoff_meta(meta) for meta, _ in msgs) == [("t", 0, 5), ("t", 1, 5)]
+        rig.w.commit_now()  # collect the round's outcome
         codes = rig.completions()
+        # the slaves got partition 0's round, but the master acknowledges none of it
         assert codes[t0] != 0 and codes[t1] == 0
+        assert rig.storage.partition("t", 0).fenced is not None
+        # the fenced partition takes nothing more and sends nothing more
+        t2 = rig.produce(0, make_batch(1, tag=3))
+        rig.w.commit_now()
+        assert rig.completions()[t2] != 0
+        assert rig.published() == []
+        # the replicator hears the fenced partition's round failed (hwm -1) and the other's hwm
+        notes = sorted(rm.published_meta.decode(rig.feed_in.recv()))
+        assert [(t, p, hwm) for t, p, hwm, _ in notes] == [("t", 0, -1), ("t", 1, 5)]
+    finally:
+        rig.close()
+
+
+class GatedFileSystem(FaultyFileSystem):
+    """Faults plus a gate: pwrite waits while ``gate`` is clear, so a test can
+    see what the writer does while the I/O thread is still on a round."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def pwrite(self, fd, buf, pos):
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().pwrite(fd, buf, pos)
+
+
+def test_enospc_fences_a_publishing_partition_instead_of_reusing_its_offsets(tmp_path):
+    """ENOSPC normally rolls a log back and keeps it writable (test_storage_faults);
+    a master's round may be at the slaves already, so assigning its offsets to
+    other batches would fork the two logs inside one epoch: fence instead."""
+    fs = GatedFileSystem()
+    rig = Rig(tmp_path, fs)
+    try:
+        rig.produce(0, make_batch(2))
+        rig.w.commit_now()
+        assert len(rig.published()) == 1
+        fs.fail("pwrite", errno.ENOSPC, path="t-0")
+        fs.gate.clear()  # hold the I/O thread's pwrite until the round is out
+        t1 = rig.produce(0, make_batch(3, tag=1))
+        rig.w.commit()  # pipelined: published as the I/O thread starts on it
+        (meta, chunks), = rig.published()
+        assert handoff_meta(meta) == ("t", 0, 5)  # went out before the disk refused it
+        fs.gate.set()
+        rig.w.commit_now()  # collect the round's outcome
+        assert rig.completions()[t1] != 0
+        plog = rig.storage.partition("t", 0)
+        assert isinstance(plog.fenced, PartitionFenced) and plog.high_watermark == 2
+        t2 = rig.produce(0, make_batch(1, tag=2))
+        rig.w.commit_now()
+        assert rig.completions()[t2] != 0 and rig.published() == []  # offset 2 is never assigned again
+    finally:
+        rig.close()
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path):
+    rig = Rig(tmp_path)
+    try:
+        w = rig.w
+        clock = w.clock = FakeClock()
+        w.report_every_s = 0.005
+        # a master: its acceptor hears every flush at once; the replicator's notes wait
+        rig.produce(0, make_batch(2))
+        w.commit_now()
+        rig.produce(0, make_batch(3, tag=1))
+        w.commit_now()
+        assert len(rig.completions()) == 2
+        assert not rig.feed_in.poll(100)
+        clock.t += 0.005
+        w.report()
+        (note,) = rm.published_meta.decode(rig.feed_in.recv())
+        assert note[:3] == ("t", 0, 5) and note[3] == len(log_bytes(rig.storage, 0))  # both rounds, one note
+        assert not rig.feed_in.poll(100)
+
+        # a slave: what its writer tells its own acceptors and replicator waits too
+        w.feed_on = False
+        t1 = rig.produce(1, make_batch(2))
+        w.commit_now()
+        t2 = rig.produce(1, make_batch(2, tag=1))
+        w.commit_now()
+        assert not rig.comp_in.poll(100) and not rig.repl_comp.poll(100)
+        clock.t += 0.005
+        w.report()
+        c = handoff.completions_decoder.decode(rig.comp_in.recv())  # both requests, one report
+        assert [d[0] for d in c.done] == [t1, t2] and c.hwm["t/1"] == 4
+        c = handoff.completions_decoder.decode(rig.repl_comp.recv())  # the watermark, once
+        assert c.done == [] and c.hwm["t/1"] == 4
+        assert not rig.comp_in.poll(100) and not rig.repl_comp.poll(100)
+        # an error is not held back: a replicated batch that does not start at the log end
+        t3 = rig.produce(1, make_batch(1), kind=handoff.REPLICA)
+        w.report()
+        assert rig.comp_in.poll(2000), "the failed request was never answered"
+        c = handoff.completions_decoder.decode(rig.comp_in.recv())
+        assert [(d[0], d[1]) for d in c.done] == [(t3, ErrorCode.OFFSET_OUT_OF_RANGE)]
     finally:
         rig.close()
 

@@ -78,7 +78,8 @@ class ReplicaGap(ValueError):
 
 class Writer:
     def __init__(self, index: int, storage: Storage, committer: GroupCommit, group: ReaderGroup,
-                 pushes: list, *, feed=None, retention_check_s: float = 60.0, clock=time.monotonic):
+                 pushes: list, *, feed=None, retention_check_s: float = 60.0, report_every_s: float = 0.0,
+                 clock=time.monotonic):
         self.index = index
         self.storage = storage
         self.gc = committer
@@ -88,11 +89,11 @@ class Writer:
         self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
-        # Batches a slave will be sent wait for their flush here, copied at
-        # append (the ring slot is reused once drained) and stamped, end to
-        # end in a fixed-size buffer per partition (its "arena", uninitialised
-        # numpy memory) rather than one allocation per batch.  A resolved
-        # batch is listed in ``published`` as (key, arena, start, end).
+        # Batches a slave will be sent wait for their round to start here,
+        # copied at append (the ring slot is reused once drained) and stamped,
+        # end to end in a fixed-size buffer per partition (its "arena",
+        # uninitialised numpy memory) rather than one allocation per batch.
+        # An appended batch is listed in ``published`` as (key, arena, start, end).
         # ZeroMQ sends slices of an arena without copying while later
         # batches fill the rest of it (disjoint bytes); a full arena is left
         # to the garbage collector and a new one started.  An arena stays
@@ -102,6 +103,16 @@ class Writer:
         self.arena_bytes = ARENA_BYTES
         self.arenas: dict[tuple[str, int], list] = {}  # key -> [arena memoryview, fill]
         self.published: list[tuple[tuple[str, int], memoryview, int, int]] = []
+        # Reports no acknowledgement waits for - a slave's to its replicator
+        # and acceptors, a master's publish notes to its replicator - go out at
+        # most every ``report_every_s`` (replication.writer_report_ms) instead
+        # of after every flush; errors go at once.  Until then they are held
+        # here: push index -> [done, hwm, log_start].
+        self.report_every_s = report_every_s
+        self.report_due: float | None = None
+        self.held: dict[int, list] = {}
+        self.in_round: dict[tuple[str, int], int] = {}  # bytes published by the round in flight, per partition
+        self.note: dict[tuple[str, int], list] = {}  # key -> [high watermark, bytes]: the next note to the replicator
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
@@ -205,8 +216,7 @@ class Writer:
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
         self.moved.add(plog)
 
-    def _ticket(self, req: _Request, i: int, arena: memoryview | None = None, start: int = 0, end: int = 0,
-                key: tuple[str, int] | None = None):
+    def _ticket(self, req: _Request, i: int):
         def resolved(err, base, last):
             req.remaining -= 1
             if err is not None:
@@ -215,16 +225,15 @@ class Writer:
             else:
                 req.offsets[i] = base
                 req.last = max(req.last, last)
-                if arena is not None:
-                    self.published.append((key, arena, start, end))
             self._maybe_done(req)
 
         return resolved
 
     def _append_published(self, plog, view, epoch: int, req: _Request, i: int) -> None:
-        """Append a batch a slave will be sent once it is durable: copy it into
-        the partition's arena now and stamp it there like the log does."""
+        """Append a batch the slaves will be sent when its round starts: copy it
+        into the partition's arena now and stamp it there like the log does."""
         key = plog.key
+        plog.rollback_on_enospc = False  # the slaves may hold a round the disk refused: fence, never reuse its offsets
         n = len(view)
         cur = self.arenas.get(key)
         if cur is None or cur[1] + n > len(cur[0]):
@@ -232,9 +241,10 @@ class Writer:
         arena, start = cur
         end = start + n
         arena[start:end] = view
-        base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i, arena, start, end, key))
+        base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i))
         cur[1] = end  # only now: a batch the log refused leaves its bytes to be overwritten
         batch.stamp(arena, base, epoch, start)
+        self.published.append((key, arena, start, end))
 
     def _maybe_done(self, req: _Request) -> None:
         if req.closed and req.remaining == 0:
@@ -247,12 +257,20 @@ class Writer:
 
     def commit(self) -> None:
         """Start a group commit on the I/O thread (the loop keeps draining the
-        rings meanwhile); its batches are acknowledged when it completes."""
-        self.after_flush(self.gc.start_flush())
+        rings meanwhile); its batches are acknowledged when it completes.  A
+        master publishes the round to its slaves as it starts, so they write
+        and fdatasync it while this broker does (docs/replication.md)."""
+        results = self.gc.start_flush()
+        if self.published:
+            self._publish()
+        self.after_flush(results)
 
     def commit_now(self) -> None:
         """A blocking group commit, in-flight ones included (stop, truncate)."""
-        self.after_flush(self.gc.flush())
+        results = self.gc.flush()
+        if self.published:
+            self._publish()
+        self.after_flush(results)
         self.after_flush(self.gc.poll(wait=True))
 
     def poll_flushes(self) -> None:
@@ -269,21 +287,27 @@ class Writer:
             plog = self.storage.find(*key)
             if plog is not None:
                 self.moved.add(plog)  # its high watermark moved (or it failed): tell the acceptors
-        if self.published:
-            self._publish(results)
+        if self.in_round and results:
+            self._note(results)
         if self.acks_out and results:
             self._ack_master(results)
         if results or any(self.done):
             self.report()
 
-    def _publish(self, results) -> None:
-        """Stream the batches this flush made durable to the slaves, one PUB
-        message per partition: [b"B", meta, chunk, ...], each chunk whole
-        batches laid end to end (usually one chunk: a flush's batches of a
-        partition are contiguous in its arena).  The writer publishes itself,
-        so committed data crosses no other process on the master; the
-        replicator only hears what was published (meta and byte count), for
-        the slaves' lag in bytes and seconds."""
+    def _publish(self) -> None:
+        """Stream the round just handed to the disk to the slaves, one PUB
+        message per partition: [b"B", (topic, partition, end offset), chunk,
+        ...], each chunk whole batches laid end to end (usually one chunk: a
+        round's batches of a partition are contiguous in its arena).  The
+        writer publishes itself, so the batches cross no other process on the
+        master; the replicator only hears, once the round is durable, what was
+        published (high watermark and byte count), for the slaves' lag.
+
+        Published before it is durable here, a round can reach a slave and
+        then fail on this disk.  Nothing of it is acknowledged, the partition
+        is fenced (``rollback_on_enospc`` is off, so even ENOSPC fences and no
+        offset is ever assigned twice), and the epoch this broker takes at its
+        next start makes the slave truncate it at the handshake."""
         if self.pub is None:
             self.open_pub()  # promoted between the loop's check and this flush
         by_key: dict[tuple[str, int], list] = {}
@@ -294,31 +318,76 @@ class Writer:
             else:
                 runs.append([arena, start, end])
         self.published = []
-        sizes = []
-        for (topic, partition), runs in by_key.items():
-            hwm = results.get((topic, partition))
-            hwm = hwm if isinstance(hwm, int) else -1
+        for key, runs in by_key.items():
+            plog = self.storage.find(*key)
+            if plog is None or plog.fenced is not None:
+                continue  # its flush did not start: nothing of it goes out
             chunks = [arena[start:end] for arena, start, end in runs]
             # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
             # by offset and catches up from the files
-            self.pub.send_multipart([b"B", feed_encoder.encode((topic, partition, hwm)), *chunks], copy=False)
-            sizes.append((topic, partition, hwm, sum(len(c) for c in chunks)))
+            self.pub.send_multipart([b"B", feed_encoder.encode((*key, plog.log_end_offset)), *chunks], copy=False)
+            self.in_round[key] = self.in_round.get(key, 0) + sum(len(c) for c in chunks)
+
+    def _note(self, results) -> None:
+        """Add the published partitions this flush finished to the next note
+        to the replicator (sent when reports are due, see report_every_s)."""
+        for key, r in results.items():
+            n = self.in_round.pop(key, None)
+            if n is not None:
+                cur = self.note.setdefault(key, [-1, 0])
+                cur[0] = r if isinstance(r, int) else -1
+                cur[1] += n
+        if self.note:
+            self._due()
+
+    def _send_note(self) -> None:
+        """One note to the replicator: per partition, high watermark and bytes published."""
+        sizes = [(k[0], k[1], hwm, n) for k, (hwm, n) in self.note.items()]
+        self.note = {}
         try:
-            self.feed.send(feed_encoder.encode(sizes), zmq.NOBLOCK)  # one note per flush
+            self.feed.send(feed_encoder.encode(sizes), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the replicator is behind: its lag in bytes under-reports for a moment
+
+    def _lazy(self, a: int) -> bool:
+        """Does push ``a`` wait for report_every_s?  On a slave every push (its
+        acceptors acknowledge nothing; the master's acceptors hear each flush
+        from _ack_master), on a master none (its replicator gets notes)."""
+        return self.replicator_push >= 0 and not self.feed_on and self.report_every_s > 0
+
+    def _due(self) -> None:
+        if self.report_due is None:
+            self.report_due = self.clock() + self.report_every_s
 
     def report(self, logs=None) -> None:
         """Send each acceptor its finished requests and the moved watermarks."""
         hwm, start = self._watermarks(self.moved if logs is None else logs)
         self.moved = set()
+        now_due = logs is not None or (self.report_due is not None and self.clock() >= self.report_due)
         for a, push in enumerate(self.pushes):
             done, self.done[a] = self.done[a], []
+            held = self.held.pop(a, None)
+            if held is not None:
+                done = held[0] + done
+                hwm_a, start_a = {**held[1], **hwm}, {**held[2], **start}
+            else:
+                hwm_a, start_a = hwm, start
+            if not now_due and self._lazy(a) and not any(d[1] for d in done):
+                if done or hwm_a:
+                    self.held[a] = [done, hwm_a, start_a]
+                    self._due()
+                continue
             if a == self.replicator_push and self.feed_on and not done and logs is None:
                 continue  # a master's replicator learns each flush from the publish note; full reports still go
-            if done or hwm or logs is not None:
-                msg = handoff.Completions(v=1, writer=self.index, done=done, hwm=hwm, log_start=start)
+            if done or hwm_a or logs is not None:
+                msg = handoff.Completions(v=1, writer=self.index, done=done, hwm=hwm_a, log_start=start_a)
                 push.send(handoff.completions_encoder.encode(msg), copy=False)
+        if now_due:
+            if self.note:
+                self._send_note()
+            self.report_due = None
+            if self.held:
+                self._due()
 
     @staticmethod
     def _watermarks(logs) -> tuple[dict[str, int], dict[str, int]]:
@@ -348,7 +417,7 @@ class Writer:
             inflight = self.gc.inflight_batches
             if self.gc.pending_batches and not inflight and (got == 0 or self.gc.due(now)):
                 self.commit()
-            elif any(self.done):
+            elif any(self.done) or (self.report_due is not None and now >= self.report_due):
                 self.report()
             if got:
                 continue
@@ -365,11 +434,15 @@ class Writer:
             # With a round in flight its end wakes us (bell_post); the next
             # round then takes everything that arrived meanwhile.
             deadline = None if inflight else self.gc.deadline()
+            if self.report_due is not None:
+                deadline = self.report_due if deadline is None else min(deadline, self.report_due)
             timeout = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
             self._wait(timeout)
         self.commit_now()
         self.after_flush(self.gc.sync_all())
         self.after_flush(self.gc.close())
+        self.report_due = float("-inf")  # whatever reports are held go now
+        self.report()
 
     def _wait(self, timeout: float) -> None:
         if not self.group.readers:
@@ -420,7 +493,8 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         feed.setsockopt(zmq.SNDHWM, 10_000)
         feed.connect(feed_ep)
     w = Writer(index, storage, None, group, pushes, feed=feed,
-               retention_check_s=cfg.log.retention_check_ms / 1000.0)
+               retention_check_s=cfg.log.retention_check_ms / 1000.0,
+               report_every_s=cfg.replication.writer_report_ms / 1000.0)
     w.bell_post = bell.signal.post
     w.gc = GroupCommit(cfg.log, on_io_done=w.on_io_done)
     w.feed_on = feed_on

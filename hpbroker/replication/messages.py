@@ -96,8 +96,11 @@ from_master = msgspec.msgpack.Decoder(FromMaster)
 #: replication_acks; 0 (absent) = [pub, fetch, ack].
 VERSION = 2
 
-feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])  # PUB frame 1: topic, partition, master's hwm
-#: writer -> replicator, one note per flush: (topic, partition, hwm, bytes published) for each partition
+#: PUB frame 1: topic, partition, the end offset of the batches that follow (the
+#: master's log end when the round started; its high watermark once the round is durable)
+feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])
+#: writer -> replicator, at most every writer_report_ms: (topic, partition, hwm, bytes published) for each
+#: partition whose published rounds finished since the previous note
 published_meta = msgspec.msgpack.Decoder(list[tuple[str, int, int, int]])
 
 
