@@ -97,7 +97,7 @@ class ReplicationConfig(_Section):
 
     role: Annotated[
         Literal["standalone", "master", "slave"],
-        M(description="standalone: no replication. master: publish committed batches to slaves. slave: follow the master named by 'master'."),
+        M(description="standalone: no replication. master: stream every group-commit round to slaves. slave: follow the master named by 'master'."),
     ] = "standalone"
     master: Annotated[str, M(description="slave: the master's client bootstrap URL, e.g. tcp://10.0.0.1:7600; the replication endpoints are learned from its metadata.")] = ""
     mode: Annotated[
@@ -107,7 +107,7 @@ class ReplicationConfig(_Section):
     min_insync_replicas: Annotated[int, M(ge=1, le=2, description="sync mode: replicas (master included) that must be in sync for acks=all; with fewer, acks=all produces fail with NOT_ENOUGH_REPLICAS. 1 allows acks=all without a slave.")] = 2
     replica_lag_max_ms: Annotated[int, M(ge=10, description="A slave that has not caught up with the master's high watermark within this long, or not reported for this long, is out of sync.")] = 10_000
     ack_interval_ms: Annotated[int, M(ge=1, description="slave: report the durable offsets at least this often even when nothing changed (liveness).")] = 200
-    pub_port: Annotated[int, M(ge=0, le=65535, description="Port of writer 0's PUB socket that streams its committed batches to slaves; writer i binds pub_port + i (0 = each chosen by the OS; all are advertised in metadata). A slave's writers bind only once promoted (if pub_port + i is taken then, an OS-chosen port; metadata names it).")] = 0
+    pub_port: Annotated[int, M(ge=0, le=65535, description="Port of writer 0's PUB socket that streams each of its group-commit rounds to slaves (as the round starts); writer i binds pub_port + i (0 = each chosen by the OS; all are advertised in metadata). A slave's writers bind only once promoted (if pub_port + i is taken then, an OS-chosen port; metadata names it).")] = 0
     fetch_port: Annotated[int, M(ge=0, le=65535, description="master: port of the ROUTER socket for the handshake and catch-up reads (0 = chosen by the OS).")] = 0
     ack_port: Annotated[int, M(ge=0, le=65535, description="master: port of the PULL socket that receives slaves' durable offsets (0 = chosen by the OS).")] = 0
     acceptor_ack_port: Annotated[int, M(ge=0, le=65535, description="Port of acceptor 0's PULL socket on which slaves' writers report what they made durable, straight after each of their flushes, so a sync acks=all is released without passing through either replicator; acceptor i binds acceptor_ack_port + i (0 = each chosen by the OS; all are advertised in metadata). Bound by masters and slaves alike, so a promotion opens no new port.")] = 0

@@ -314,13 +314,20 @@ def test_async_lag_gap_and_restart_catch_up(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def replicate_some(a: BrokerProcess, b: BrokerProcess, tag: str) -> dict[tuple[int, str], int]:
+    """Half a second of acks=all produces to master ``a`` once slave ``b`` (broker
+    id 2) is in sync, then wait until ``b`` has them all; -> the acknowledged."""
+    wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+    acked = produce_stream(a.url, tag, 0.5, acks=-1)
+    wait_until(lambda: caught_up(a, b), 30, "catch-up")
+    return acked
+
+
 def test_divergent_tail_is_truncated_by_epoch(tmp_path):
     a = master(tmp_path, "a", broker_id=1)
     b = slave(tmp_path, "b", a, broker_id=2)
     try:
-        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
-        shared = produce_stream(a.url, "shared", 0.5, acks=-1)
-        wait_until(lambda: caught_up(a, b), 30, "catch-up")
+        shared = replicate_some(a, b, "shared")
         b.kill()
         lost = produce_stream(a.url, "only-on-a", 0.5, acks=1)  # never replicated
         assert lost
@@ -362,9 +369,7 @@ def test_a_slave_ahead_of_its_restarted_master_cuts_back_by_epoch(tmp_path):
     a = master(tmp_path, "a", broker_id=1)
     b = slave(tmp_path, "b", a, broker_id=2)
     try:
-        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
-        first = produce_stream(a.url, "first", 0.5, acks=-1)
-        wait_until(lambda: caught_up(a, b), 30, "catch-up")
+        first = replicate_some(a, b, "first")
         a.kill()
         end = sorted(off for (p, _), off in first.items() if p == 0)[-3]
         cut_log_tail(tmp_path / "a", 0, end)  # the last three acknowledged batches and any after them

@@ -188,7 +188,7 @@ class Supervisor:
         self.pub_endpoints = [""] * self.cfg.broker.writers
         for name, child in self.children.items():
             if name.startswith("writer"):
-                os.kill(child.pid, signal.SIGUSR2)  # bind a PUB socket and publish committed batches
+                os.kill(child.pid, signal.SIGUSR2)  # bind a PUB socket and publish each round
         self._start_replicator("master")
         self._await(lambda: all(self.pub_endpoints), "the writers to open their replication PUB sockets")
         self.publish_view()

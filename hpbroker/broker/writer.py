@@ -85,7 +85,7 @@ class Writer:
         self.gc = committer
         self.group = group
         self.pushes = pushes
-        self.pub = None  # PUB socket: committed batches straight to the slaves (bound by open_pub)
+        self.pub = None  # PUB socket: each round straight to the slaves (bound by open_pub)
         self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
         self.feed_on = False  # a master publishes; a slave starts to at promotion (SIGUSR2)
@@ -487,7 +487,7 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     group = ReaderGroup(readers, bell.signal, spin_us=r.spin_us)
     storage = Storage(cfg.broker.data_dir, cfg.log)
     feed = None
-    if feed_ep is not None:  # replicated: this writer publishes its committed batches to the slaves itself
+    if feed_ep is not None:  # replicated: this writer publishes its rounds to the slaves itself
         feed = ctx.socket(zmq.PUSH)
         feed.setsockopt(zmq.LINGER, 0)
         feed.setsockopt(zmq.SNDHWM, 10_000)

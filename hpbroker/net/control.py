@@ -18,7 +18,7 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
 class WriterReady(_Msg, tag="writer_ready"):
     writer: int
     pid: int
-    pub_endpoint: str = ""  # a master's writer: where it publishes committed batches to slaves
+    pub_endpoint: str = ""  # a master's writer: where it publishes its rounds to slaves
 
 
 class WriterPublishing(_Msg, tag="writer_publishing"):

@@ -1,6 +1,6 @@
-"""The master's replicator: publish committed batches, serve catch-up, track slaves.
+"""The master's replicator: serve handshakes and catch-up, track slaves.
 
-The committed batches themselves go from each writer's own PUB socket to
+The batches themselves go from each writer's own PUB socket to
 the slaves (see :meth:`hpbroker.broker.writer.Writer._publish`); they never
 pass through this process.  Inputs here: the writers' note of what they
 published (ipc PULL: partition, high watermark, bytes) and their watermark

@@ -5,7 +5,7 @@ Sockets (the master binds, the slave connects):
 ==============  ==================  =======================================
 master          slave               carries
 ==============  ==================  =======================================
-PUB             SUB                 committed batches: [b"B", meta, chunk...]
+PUB             SUB                 each round's batches: [b"B", meta, chunk...]
 ROUTER          DEALER              Hello/Welcome, EpochEnd, CatchUp (+ data)
 PULL            PUSH                SlaveAck: the slave's durable offsets
 acceptor PULL   writer PUSH         SlaveAck after each of the slave
