@@ -349,8 +349,8 @@ class Writer:
         except zmq.Again:
             pass  # the replicator is behind: its lag in bytes under-reports for a moment
 
-    def _lazy(self, a: int) -> bool:
-        """Does push ``a`` wait for report_every_s?  On a slave every push (its
+    def _lazy(self) -> bool:
+        """Do the pushes wait for report_every_s?  On a slave all of them (its
         acceptors acknowledge nothing; the master's acceptors hear each flush
         from _ack_master), on a master none (its replicator gets notes)."""
         return self.replicator_push >= 0 and not self.feed_on and self.report_every_s > 0
@@ -364,6 +364,7 @@ class Writer:
         hwm, start = self._watermarks(self.moved if logs is None else logs)
         self.moved = set()
         now_due = logs is not None or (self.report_due is not None and self.clock() >= self.report_due)
+        lazy = not now_due and self._lazy()
         for a, push in enumerate(self.pushes):
             done, self.done[a] = self.done[a], []
             held = self.held.pop(a, None)
@@ -372,7 +373,7 @@ class Writer:
                 hwm_a, start_a = {**held[1], **hwm}, {**held[2], **start}
             else:
                 hwm_a, start_a = hwm, start
-            if not now_due and self._lazy(a) and not any(d[1] for d in done):
+            if lazy and not any(d[1] for d in done):
                 if done or hwm_a:
                     self.held[a] = [done, hwm_a, start_a]
                     self._due()
