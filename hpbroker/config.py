@@ -104,6 +104,10 @@ class ReplicationConfig(_Section):
         Literal["sync", "async"],
         M(description="sync: acks=all is acknowledged only once the slave has fdatasync'd the batch too. async: acks=all equals acks=1; slave lag is reported in stats."),
     ] = "sync"
+    fetch_bound: Annotated[
+        Literal["auto", "replicated", "durable"],
+        M(description="How far a master lets consumers read. replicated: only what every in-sync slave has made durable too (Kafka's high watermark), so a failover never takes back a message a consumer saw; with no slave in sync, up to the master's own durable offset, and the bound never moves backwards. durable: up to the master's own durable offset (MetaQ's behaviour; a failover can take back the newest messages consumers saw). auto: replicated in sync mode, durable in async mode. A slave always serves up to its own durable offset."),
+    ] = "auto"
     min_insync_replicas: Annotated[int, M(ge=1, le=2, description="sync mode: replicas (master included) that must be in sync for acks=all; with fewer, acks=all produces fail with NOT_ENOUGH_REPLICAS. 1 allows acks=all without a slave.")] = 2
     replica_lag_max_ms: Annotated[int, M(ge=10, description="A slave that has not caught up with the master's high watermark within this long, or not reported for this long, is out of sync.")] = 10_000
     ack_interval_ms: Annotated[int, M(ge=1, description="slave: report the durable offsets at least this often even when nothing changed (liveness).")] = 200

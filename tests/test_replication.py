@@ -22,18 +22,18 @@ from rawclient import RawClient
 PARTITIONS = 4
 
 
-def config(tmp_path, name: str, mode: str = "sync", extra: str = "") -> str:
+def config(tmp_path, name: str, mode: str = "sync", extra: str = "", lag_ms: int = 1500) -> str:
     p = tmp_path / f"{name}.toml"
     p.write_text(
-        f'[replication]\nmode = "{mode}"\nreplica_lag_max_ms = 1500\nack_interval_ms = 50\n{extra}\n'
+        f'[replication]\nmode = "{mode}"\nreplica_lag_max_ms = {lag_ms}\nack_interval_ms = 50\n{extra}\n'
         "[ring]\ndead_after_ms = 60000\n"
     )
     return str(p)
 
 
-def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1, writers=1) -> BrokerProcess:
+def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1, writers=1, lag_ms=1500) -> BrokerProcess:
     return BrokerProcess(tmp_path / name, port=port, args=(
-        "--config", config(tmp_path, name, mode, extra), "--role", "master", "--broker-id", str(broker_id),
+        "--config", config(tmp_path, name, mode, extra, lag_ms), "--role", "master", "--broker-id", str(broker_id),
         "--partitions", str(PARTITIONS), "--writers", str(writers))).start()
 
 
@@ -70,7 +70,11 @@ def wait_until(pred, timeout=30.0, what="condition"):
 
 
 def caught_up(master_b: BrokerProcess, slave_b: BrokerProcess) -> bool:
-    """Every partition's high watermark is the same on both."""
+    """Every partition's high watermark is the same on both.  (A master's
+    ListOffsets says how far consumers may read, which in sync mode is what
+    the slave holds; its stats count every message it made durable.)"""
+    if stats(master_b).get("messages") != stats(slave_b).get("messages"):
+        return False
     mc, sc = RawClient(master_b.url), RawClient(slave_b.url)
     try:
         for p in range(PARTITIONS):

@@ -90,6 +90,8 @@ class Acceptor:
             self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pending = Pending(cfg.broker.max_pending_requests)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
+        r = cfg.replication
+        self._fetch_replicated = r.fetch_bound == "replicated" or (r.fetch_bound == "auto" and r.mode == "sync")
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
 
@@ -156,6 +158,7 @@ class Acceptor:
                     v = control.from_supervisor.decode(self.view_sub.recv())
                     if isinstance(v, control.ClusterView):
                         self.view = v
+                        self._bound_fetches()  # a promotion makes this a master's acceptor
             if self.repl_sub in events:
                 self._drain_replica_state()
             if self.slave_acks is not None and self.slave_acks in events:
@@ -334,6 +337,7 @@ class Acceptor:
             except zmq.Again:
                 break
             released, failed = self.replica.update(rm.state_decoder.decode(raw))
+            self._bound_fetches()
             for w in released:
                 self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
             for w in failed:
@@ -358,6 +362,19 @@ class Acceptor:
                 continue
             for w in self.replica.direct_ack(ack.slave_id, ack.epoch, ack.durable, self.view.leader_epoch):
                 self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
+            self._bound_fetches()
+
+    def _bound_fetches(self) -> None:
+        """Keep consumers of a master to what the in-sync slaves hold
+        (replication.fetch_bound), then answer the long polls that lets go."""
+        bound = None
+        if self._fetch_replicated and self.view is not None and self.view.role == "master" and self.replica.insync:
+            bound = self.replica.replicated
+        self.fetch.bound = bound
+        keys = self.fetch.parked_keys()
+        if keys:
+            for p in self.fetch.woken(keys):
+                self._serve_fetch(p.ident, p.req)
 
     def _stats(self) -> dict:
         out = {
@@ -394,7 +411,7 @@ class Acceptor:
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
         self.check_partition(req.topic, req.partition, auto=False)
         key = handoff.tp_key(req.topic, req.partition)
-        if req.max_wait_ms > 0 and not self.stopping and req.offset == self.fetch.hwm.get(key, 0):
+        if req.max_wait_ms > 0 and not self.stopping and self.fetch.nothing_yet(key, req.offset):
             self.fetch.park(ident, req, time.monotonic() + req.max_wait_ms / 1000.0)
             return
         self._serve_fetch(ident, req)
@@ -414,7 +431,7 @@ class Acceptor:
     def _list_offsets(self, req: m.ListOffsets) -> int:
         self.check_partition(req.topic, req.partition, auto=False)
         key = handoff.tp_key(req.topic, req.partition)
-        hwm = self.fetch.hwm.get(key, 0)
+        hwm = self.fetch.visible(key)  # "latest" is where consumers can read up to
         if req.spec == m.EARLIEST:
             return self.fetch.log_start.get(key, 0)
         if req.spec == m.LATEST:

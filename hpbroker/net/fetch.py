@@ -1,9 +1,13 @@
 """Fetch-side logic of an acceptor, free of sockets.
 
 Acceptors read segment files read-only and never past the high watermark
-the owning writer last published.  A fetch at the high watermark with a
-``max_wait_ms`` parks until the watermark moves or the wait runs out
-(a long poll, as Kafka's fetch.max.wait.ms).
+the owning writer last published.  A master in ``replicated`` fetch-bound
+mode reads less far: only what every in-sync slave holds too (``bound``,
+Kafka's high watermark as opposed to its log end), so a failover never
+takes back a message a consumer saw.  That visible end never moves
+backwards while the log does not shrink.  A fetch at the visible end with
+a ``max_wait_ms`` parks until it moves or the wait runs out (a long poll,
+as Kafka's fetch.max.wait.ms).
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ class FetchService:
     def __init__(self, data_dir: Path, max_fetch_bytes: int):
         self.data_dir = Path(data_dir)
         self.max_fetch_bytes = max_fetch_bytes
-        self.hwm: dict[str, int] = {}
+        self.hwm: dict[str, int] = {}  # the owning writer's high watermark: durable here
         self.log_start: dict[str, int] = {}
+        # None: consumers read up to hwm.  Else {key: replicated offset}, the
+        # most they may read (a master's replicated watermark, see visible()).
+        self.bound: dict[str, int] | None = None
+        self._shown: dict[str, int] = {}  # the visible end last given out, per key
         self._readers: dict[str, PartitionReader] = {}
         self._parked: dict[str, list[Parked]] = {}
         self._timeouts: list[Parked] = []
@@ -53,8 +61,30 @@ class FetchService:
         self.log_start.update(log_start)
         return moved
 
+    def visible(self, key: str) -> int:
+        """How far consumers may read ``key``: the high watermark, or less
+        while ``bound`` holds it back, but never less than was given out
+        before (a slave falling out of sync and back in must not hide what
+        consumers already read) unless the log itself shrank."""
+        hwm = self.hwm.get(key, 0)
+        if self.bound is None:
+            v = hwm
+        else:
+            v = min(hwm, max(self._shown.get(key, 0), self.bound.get(key, 0)))
+        self._shown[key] = v
+        return v
+
+    def nothing_yet(self, key: str, offset: int) -> bool:
+        """Would a fetch at ``offset`` find nothing to read, but no error
+        either?  (It is at or past the visible end, within the log.)"""
+        return self.log_start.get(key, 0) <= offset <= self.hwm.get(key, 0) and offset >= self.visible(key)
+
     def read(self, topic: str, partition: int, offset: int, max_bytes: int):
-        """-> (payload bytes, hwm, log_start); raises BrokerError."""
+        """-> (payload bytes, visible end, log_start); raises BrokerError.
+
+        An offset between the visible end and the high watermark is no
+        error: it reads nothing, as Kafka's fetch between high watermark and
+        log end does."""
         key = tp_key(topic, partition)
         hwm = self.hwm.get(key, 0)
         start = self.log_start.get(key, 0)
@@ -63,13 +93,14 @@ class FetchService:
                 ErrorCode.OFFSET_OUT_OF_RANGE,
                 f"offset {offset} is outside [{start}, {hwm}] for {topic}/{partition}",
             )
-        if offset == hwm:
-            return b"", hwm, start
+        end = self.visible(key)
+        if offset >= end:
+            return b"", end, start
         try:
-            data = self.reader(topic, partition).read(offset, min(max_bytes, self.max_fetch_bytes), hwm)
+            data = self.reader(topic, partition).read(offset, min(max_bytes, self.max_fetch_bytes), end)
         except OffsetOutOfRange as e:
             raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE, str(e)) from None
-        return data, hwm, start
+        return data, end, start
 
     # -- long polls ---------------------------------------------------------
 
@@ -78,14 +109,31 @@ class FetchService:
         self._parked.setdefault(tp_key(req.topic, req.partition), []).append(p)
         heapq.heappush(self._timeouts, p)
 
-    def woken(self, keys: list[str]) -> list[Parked]:
+    def woken(self, keys) -> list[Parked]:
+        """The parked fetches of ``keys`` that have something to read now
+        (or an error to hear); the rest stay parked."""
         out: list[Parked] = []
         for k in keys:
-            for p in self._parked.pop(k, ()):
-                if not p.done:
+            ps = self._parked.get(k)
+            if not ps:
+                continue
+            keep = []
+            for p in ps:
+                if p.done:
+                    continue
+                if self.nothing_yet(k, p.req.offset):
+                    keep.append(p)
+                else:
                     p.done = True
                     out.append(p)
+            if keep:
+                self._parked[k] = keep
+            else:
+                del self._parked[k]
         return out
+
+    def parked_keys(self) -> list[str]:
+        return list(self._parked)
 
     def timed_out(self, now: float) -> list[Parked]:
         out = []
