@@ -76,7 +76,7 @@ class BrokerConfig(_Section):
     instance: Annotated[str, M(description="Name prefix of this broker's shared memory and run directory; empty means 'p<port>', so brokers on different ports never collide.")] = ""
     run_dir: Annotated[str, M(description="Directory for the internal ipc:// sockets; empty means /tmp/hpbroker-<instance>.")] = ""
     cluster_id: Annotated[str, M(description="Cluster name reported in metadata and checked by replication handshakes.")] = "hpbroker"
-    broker_id: Annotated[int, M(ge=0, description="This broker's id in metadata.")] = 0
+    broker_id: Annotated[int, M(ge=0, le=1023, description="This broker's id in metadata, unique in its cluster (a slave with its master's id is refused). A broker only takes leader epochs congruent to its id modulo 1024, so two brokers that both believe they are master never share an epoch.")] = 0
     auto_create_topics: Annotated[bool, M(description="Create an unknown topic on its first metadata request or produce.")] = True
     default_partitions: Annotated[int, M(ge=1, le=4096, description="Partitions of an automatically created topic.")] = 4
     max_batch_bytes: Annotated[int, M(ge=1024, description="Largest record batch a producer may send (MESSAGE_TOO_LARGE above it).")] = 4 << 20

@@ -353,6 +353,45 @@ def test_divergent_tail_is_truncated_by_epoch(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def epoch_of(b: BrokerProcess) -> int:
+    return stats(b)["leader_epoch"]
+
+
+def test_two_masters_at_once_never_share_an_epoch_and_the_loser_is_cut_back(tmp_path):
+    """The old master, restarted with its old flags after its slave was
+    promoted, is master too: a split brain only a coordinator prevents.
+    Each took "the next" epoch; with owned epochs those differ, so when the
+    promoted one is then made a slave of the other it cuts its whole reign
+    at the right offset, instead of keeping a tail that shares an epoch
+    number with different batches and differing in the middle."""
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    try:
+        shared = replicate_some(a, b, "shared")
+        a.kill()
+        eb = promote(b)
+        on_b = produce_stream(b.url, "only-on-b", 0.3, acks=1)  # acknowledged by b, the loser below
+        a = master(tmp_path, "a", port=a.port, broker_id=1)  # restarted as it was: a second master
+        ea = epoch_of(a)
+        assert ea != eb and ea % 1024 == 1 and eb % 1024 == 2, (ea, eb)
+        on_a = produce_stream(a.url, "only-on-a", 1.0, acks=1)  # more than b has: a's log is the longer
+        assert on_a and on_b
+        b.stop()
+        b = slave(tmp_path, "b", a, port=b.port, broker_id=2)  # the operator keeps a's history
+        wait_until(lambda: caught_up(a, b), 60, "b to follow a")
+        assert "truncating" in b.log()
+        assert_present(b, {**shared, **on_a})
+        c = RawClient(b.url)
+        values = {r.value.decode() for p in range(PARTITIONS) for r in c.fetch_all("rep", p)}
+        c.close()
+        assert not any(v.startswith("only-on-b") for v in values)
+    finally:
+        a.stop(), b.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("SAME") == PARTITIONS
+
+
 def cut_log_tail(data_dir, partition: int, offset: int) -> None:
     """Cut a partition's (single) segment back to ``offset`` (a batch's base
     offset), as a power cut loses what the disk had not made durable."""

@@ -4,6 +4,16 @@ A master takes a new epoch at every start and at promotion, so batches of
 different reigns never share one; a slave remembers the newest epoch it has
 seen from a master, so a promotion always moves past it.  Written as temp
 file, fsync, rename, fsync of the directory.
+
+Epochs are owned: broker ``id`` only ever takes epochs ``e`` with
+``e % EPOCH_STRIDE == id`` (:func:`next_epoch`).  Without a coordinator two
+brokers can each believe they are master - a promoted slave, and its old
+master restarted with its old flags - and each takes "the next" epoch.
+Were both the same number, their batches would share an epoch, and
+truncation by epoch (which trusts that an epoch names one master's
+history) would keep a divergent tail: the replicas would differ in the
+middle, silently.  With owned epochs they never coincide, and whichever
+log is cut back later is cut at the right offset.
 """
 
 from __future__ import annotations
@@ -13,6 +23,13 @@ import os
 from pathlib import Path
 
 NAME = "broker-state.json"
+EPOCH_STRIDE = 1024  # broker ids are 0..EPOCH_STRIDE-1 (BrokerConfig.broker_id)
+
+
+def next_epoch(seen: int, broker_id: int) -> int:
+    """The smallest epoch above ``seen`` that broker ``broker_id`` owns."""
+    e = seen + 1
+    return e + (broker_id - e) % EPOCH_STRIDE
 
 
 def load_epoch(data_dir: Path) -> int:

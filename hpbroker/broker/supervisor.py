@@ -111,7 +111,9 @@ class Supervisor:
             raise StartupError(str(e)) from None
         self.epoch = broker_state.load_epoch(self.data_dir)
         if self.role == "master":
-            self.epoch += 1  # a new reign: batches of different masters never share an epoch
+            # a new reign: batches of different masters never share an epoch
+            self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
+                                                 self.cfg.broker.broker_id)
             broker_state.save_epoch(self.data_dir, self.epoch)
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
@@ -181,7 +183,8 @@ class Supervisor:
         if p.exitcode is None:
             p.kill()
             p.join(5)
-        self.epoch = max(self.epoch, broker_state.max_partition_epoch(self.data_dir)) + 1
+        self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
+                                             self.cfg.broker.broker_id)
         broker_state.save_epoch(self.data_dir, self.epoch)
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id

@@ -210,7 +210,9 @@ class Master:
                 if msg.slave_id == self.cfg.broker.broker_id:
                     return rm.Refused(reason=f"slave id {msg.slave_id} is this master's own broker id"), []
                 if msg.max_epoch > self.epoch:
-                    return rm.Refused(reason=f"the slave has seen epoch {msg.max_epoch}, newer than this master's {self.epoch}: this master is stale"), []
+                    return rm.Refused(reason=f"the slave has seen epoch {msg.max_epoch}, newer than this master's {self.epoch}: "
+                                             "this master is stale, or both were master at once (docs/replication.md, "
+                                             "\"Two masters\")"), []
                 now = self.clock()
                 if msg.slave_id not in self.slaves:
                     log.info("slave %d joined", msg.slave_id)
