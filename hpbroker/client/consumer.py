@@ -66,7 +66,10 @@ class Consumer:
         self.fetch_max_bytes = fetch_max_bytes
         self.fetch_min_bytes = fetch_min_bytes
         self.consumer_timeout_ms = consumer_timeout_ms
-        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes)
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes,
+                            readers=True)
+        self.connect_timeout_ms = connect_timeout_ms
+        self._lost = False  # a broker did not answer: with several, find the one to read from again
         self._parts: dict[int, _Part] = {}
         self._rr = 0
         try:
@@ -226,6 +229,9 @@ class Consumer:
         self._move(part, self._list_offset(part.partition, spec))
 
     def _fetch_all(self) -> None:
+        if self._lost:
+            self._lost = False
+            self._t.discover_now(self.connect_timeout_ms)  # None: try the same ones again
         for part in self._parts.values():
             if part.position is None:
                 self._reset(part)
@@ -249,6 +255,8 @@ class Consumer:
             part.position = None  # _fetch_all resets it
             return
         if rep.code in (ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BUSY, ErrorCode.BROKER_SHUTTING_DOWN, ErrorCode.NOT_LEADER):
+            if rep.code != ErrorCode.BUSY and self._t.several:
+                self._lost = True  # maybe failed over: ask every broker which one to read from
             return  # retried by the next _fetch_all
         if rep.code or not isinstance(rep, FetchReply):
             part.error = BrokerError(rep.code or ErrorCode.INTERNAL, rep.message or f"unexpected {type(rep).__name__}")

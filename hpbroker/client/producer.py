@@ -123,6 +123,9 @@ class _Acc:
         self.created_ms = batch.now_ms()
 
 
+_SILENCE = frozenset({ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BROKER_SHUTTING_DOWN})  # the broker may be gone
+
+
 class Producer:
     def __init__(
         self,
@@ -172,6 +175,10 @@ class Producer:
         self._inflight: dict[str, int] = {}
         self._retry: list = []
         self._retry_seq = itertools.count()
+        # several brokers: find the leader again after a NOT_LEADER or a silence
+        self._want_leader = False
+        self._discovering = False
+        self._discover_after = 0.0
         self._waker = _Waker()
         self._thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
         self._thread.start()
@@ -392,6 +399,7 @@ class Producer:
                 fired = t.poll(self._timeout_ms())
                 if fired:
                     self._waker.drain()
+                self._rediscover()
                 self._lookups()
                 self._collect()
                 self._release_retries()
@@ -404,8 +412,9 @@ class Producer:
     def _timeout_ms(self) -> float | None:
         now = time.monotonic()
         due = None
+        lookups = not (self._t.several and not self._t.acceptors)  # else they wait for _rediscover
         with self._lock:
-            if self._sealed or self._commands or self._stop:
+            if self._sealed or (self._commands and lookups) or self._stop:
                 return 0
             if self._open:
                 if self._flushing:
@@ -414,9 +423,47 @@ class Producer:
         if self._retry:
             r = self._retry[0][0]
             due = r if due is None else min(due, r)
+        if self._want_leader and not self._discovering:
+            due = self._discover_after if due is None else min(due, self._discover_after)
         return None if due is None else max(0.0, (due - now) * 1000.0)
 
+    def _rediscover(self) -> None:
+        """Several brokers: ask them all which one leads (after a NOT_LEADER
+        or a request nobody answered), then send everything queued there.
+        Batches wait while the question is out, not longer: with no leader
+        found they go on being retried where they were, and fail once their
+        retries are spent."""
+        if not self._want_leader or self._discovering or time.monotonic() < self._discover_after:
+            return
+        self._want_leader = False
+        self._discovering = True
+
+        def done(rep) -> None:
+            self._discovering = False
+            if rep is None:
+                self._discover_after = time.monotonic() + max(self.retry_backoff, 1.0)
+                self._want_leader = self._outstanding > 0 or bool(self._commands)  # keep looking while anything waits
+                return
+            moved = [b for q in self._queues.values() for b in q]
+            for q in self._queues.values():
+                q.clear()
+            for b in moved:  # each partition's batches keep their order
+                self._queue_for(b.partition).append(b)
+
+        self._t.discover(done, timeout_ms=self.connect_timeout_ms)
+
+    def _queue_for(self, partition: int) -> deque:
+        ep = self._t.endpoint_for(partition)
+        q = self._queues.get(ep)
+        if q is None:
+            q = self._queues[ep] = deque()
+            self._inflight[ep] = 0
+        return q
+
     def _lookups(self) -> None:
+        if self._t.several and not self._t.acceptors:
+            self._want_leader = True  # the first lookup: which of the brokers leads?
+            return
         with self._lock:
             cmds = list(self._commands)
             self._commands.clear()
@@ -460,22 +507,21 @@ class Producer:
                 except Exception as e:  # never let one bad batch stop the I/O thread
                     self._fail(b, BrokerError(ErrorCode.BAD_REQUEST, f"could not encode the batch: {e}"))
                     continue
-            ep = self._t.endpoint_for(b.partition)
-            q = self._queues.get(ep)
-            if q is None:
-                q = self._queues[ep] = deque()
-                self._inflight[ep] = 0
-            q.append(b)
+            self._queue_for(b.partition).append(b)
 
     def _release_retries(self) -> None:
+        if self._discovering:
+            return
         now = time.monotonic()
         back = []
         while self._retry and self._retry[0][0] <= now:
             back.append(heapq.heappop(self._retry)[2])
         for b in reversed(back):
-            self._queues[self._t.endpoint_for(b.partition)].appendleft(b)
+            self._queue_for(b.partition).appendleft(b)
 
     def _dispatch(self) -> None:
+        if self._discovering:
+            return
         for ep, q in self._queues.items():
             while q and (self.acks == 0 or self._inflight[ep] < self.max_in_flight):
                 self._send(ep, q.popleft())
@@ -505,6 +551,8 @@ class Producer:
             else:
                 self._complete(b, None, type(rep)(id=rep.id, code=int(ErrorCode.INTERNAL), message=f"unexpected reply {rep!r}"))
             return
+        if rep.code == ErrorCode.NOT_LEADER or (self._t.several and rep.code in _SILENCE):
+            self._want_leader = True
         if rep.code in RETRIABLE and b.attempts <= self.retries and not self._stop:
             heapq.heappush(self._retry, (time.monotonic() + self.retry_backoff, next(self._retry_seq), b))
             return

@@ -18,6 +18,14 @@ Socket options (one DEALER per acceptor endpoint):
 * ``SNDHWM``/``RCVHWM`` - bounded queues (``hwm`` messages).
 * ``MAXMSGSIZE`` - the largest reply accepted (``max_reply_bytes``); a
   larger one makes zmq drop the connection (the request then times out).
+
+Several brokers (``"tcp://a:7600,tcp://b:7600"``, as Kafka's
+bootstrap.servers): :meth:`discover` asks all of them for metadata at once
+and adopts the one that leads - a master (or standalone broker) with the
+highest leader epoch - so a client given a master and its slave follows a
+promotion by itself.  Its owners call it at start and again when a broker
+does not answer or says it does not lead (docs/replication.md, "Clients
+after a failover").
 """
 
 from __future__ import annotations
@@ -53,19 +61,32 @@ class _Call:
         self.endpoint = endpoint
 
 
+def parse_bootstrap(bootstrap) -> list[str]:
+    """``"tcp://a:1,tcp://b:2"`` or a list of URLs -> the URLs; ValueError naming a bad one."""
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    out = [b.strip() for b in items if b.strip()]
+    if not out:
+        raise ValueError("no broker URL given")
+    for b in out:
+        if not b.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"broker URL must look like tcp://HOST:PORT, got {b!r}")
+    return out
+
+
 class Transport:
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap,
         *,
         request_timeout_ms: int = 30_000,
         hwm: int = 10_000,
         max_reply_bytes: int = 64 << 20,
         context: zmq.Context | None = None,
+        readers: bool = False,
     ):
-        if not bootstrap.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"broker URL must look like tcp://HOST:PORT, got {bootstrap!r}")
-        self.bootstrap = bootstrap
+        self.bootstraps = parse_bootstrap(bootstrap)
+        self.readers = readers  # a consumer's: a slave will do when no broker leads (discover)
+        self.bootstrap = self.bootstraps[0]  # the broker whose metadata is in use
         self.request_timeout_ms = request_timeout_ms
         self.hwm = hwm
         self.max_reply_bytes = max_reply_bytes
@@ -246,7 +267,60 @@ class Transport:
             raise BrokerError(rep.code, rep.message)
         return rep, p
 
+    # -- several brokers --------------------------------------------------------------
+
+    @property
+    def several(self) -> bool:
+        return len(self.bootstraps) > 1
+
+    def discover(self, on_done: Callable[[MetadataReply | None], None], *, timeout_ms: int | None = None) -> None:
+        """Ask every bootstrap broker for metadata at once.  Once each has
+        answered or timed out, adopt the leader - a master or standalone
+        broker, the highest leader epoch first, then the order given - and
+        call ``on_done`` with its reply, or with None when none leads.  For
+        ``readers`` (consumers: a slave serves fetches) the first slave that
+        answered is adopted when no broker leads."""
+        answers: dict[str, MetadataReply] = {}
+        left = [len(self.bootstraps)]
+
+        def one(ep, rep, _p):
+            if rep.code == 0 and isinstance(rep, MetadataReply):
+                answers[ep] = rep
+            left[0] -= 1
+            if left[0] == 0:
+                on_done(self._adopt(answers))
+
+        for ep in self.bootstraps:
+            self.send(ep, Metadata(id=self.next_id(), topics=[]), on_reply=lambda r, p, ep=ep: one(ep, r, p),
+                      timeout_ms=timeout_ms)
+
+    def _adopt(self, answers: dict[str, MetadataReply]) -> MetadataReply | None:
+        order = {ep: i for i, ep in enumerate(self.bootstraps)}
+        leads = [(rep.leader_epoch, -order[ep], ep) for ep, rep in answers.items() if rep.role in ("master", "standalone")]
+        if leads:
+            ep = max(leads)[2]
+        elif self.readers and answers:
+            ep = min(answers, key=order.__getitem__)
+        else:
+            return None
+        if ep != self.bootstrap:
+            log.warning("using broker %s (%s, leader epoch %d)", ep, answers[ep].role, answers[ep].leader_epoch)
+        self.bootstrap = ep
+        self.apply_metadata(answers[ep])
+        return answers[ep]
+
+    def discover_now(self, timeout_ms: int | None = None) -> MetadataReply | None:
+        """:meth:`discover`, waiting for the outcome (Consumer, Admin)."""
+        box: list = []
+        self.discover(box.append, timeout_ms=timeout_ms)
+        while not box:
+            self.poll(None)
+        return box[0]
+
     def metadata(self, topics: list[str] | None = None, timeout_ms: int | None = None) -> MetadataReply:
+        if self.several and not self.acceptors and self.discover_now(timeout_ms) is None:
+            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"no broker of {', '.join(self.bootstraps)} "
+                              f"{'answered' if self.readers else 'leads (is a master or standalone) or answered'}")
         endpoint = self.acceptors[0] if self.acceptors else self.bootstrap
         rep, _ = self.call(endpoint, Metadata(id=self.next_id(), topics=topics), timeout_ms=timeout_ms)
         if not isinstance(rep, MetadataReply):

@@ -457,7 +457,7 @@ class Acceptor:
                                max_request_bytes=self.cfg.broker.max_request_bytes,
                                role=self.view.role, replication=self.view.replication,
                                replication_version=rm.VERSION if self.view.replication else 0,
-                               replication_acks=self.view.replication_acks)
+                               replication_acks=self.view.replication_acks, leader_epoch=self.view.leader_epoch)
 
 
 def _error_reply(req, e: BrokerError):

@@ -162,6 +162,9 @@ class MetadataReply(_Reply):
     #: a master's acceptors' PULL endpoints (by acceptor) where slaves' writers
     #: report what they made durable; empty when not a master.
     replication_acks: list[str] = []
+    #: the leader epoch this broker serves as master, or follows as a slave.
+    #: A client given several brokers writes to the master with the highest.
+    leader_epoch: int = 0
 
 
 class ProduceReply(_Reply):
