@@ -154,7 +154,7 @@ def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(rig):
 
 
 def test_a_round_goes_out_as_it_starts_and_a_failed_one_is_never_acknowledged(tmp_path):
-    fs = FaultyFileSystem()
+    fs = GatedFileSystem()
     rig = Rig(tmp_path, fs)
     try:
         rig.produce(0, make_batch(2))
@@ -165,9 +165,11 @@ def test_a_round_goes_out_as_it_starts_and_a_failed_one_is_never_acknowledged(tm
         fs.fail("fdatasync", errno.EIO, path="t-0")
         t0 = rig.produce(0, make_batch(3, tag=1))
         t1 = rig.produce(1, make_batch(3, tag=2))
+        fs.gate.clear()  # hold the I/O threads in pwrite, so the failure cannot come before the publish
         rig.w.commit()  # pipelined: the round is published as the I/O threads start on it
         msgs = rig.published()
         assert sorted(handoff_meta(meta) for meta, _ in msgs) == [("t", 0, 5), ("t", 1, 5)]
+        fs.gate.set()
         rig.w.commit_now()  # collect the round's outcome
         codes = rig.completions()
         # the slaves got partition 0's round, but the master acknowledges none of it
