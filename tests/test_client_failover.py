@@ -79,3 +79,30 @@ def test_a_producer_and_a_consumer_given_both_brokers_follow_a_promotion(tmp_pat
             c.close()
         b.stop(), a.stop()
         cleanup_stale(f"p{a.port}")  # the killed master's rings (a restart would remove them)
+
+
+def test_a_request_to_a_broker_that_dies_is_answered_at_once_not_at_its_deadline(tmp_path):
+    from brokerproc import BrokerProcess
+    from hpbroker.client.transport import Transport
+    from hpbroker.protocol import messages as m
+
+    b = BrokerProcess(tmp_path / "x", args=("--partitions", "1")).start()
+    t = Transport(b.url, request_timeout_ms=60_000)
+    try:
+        t.metadata(["t"], timeout_ms=10_000)
+        box = []
+        t.send(t.acceptors[0], m.Fetch(id=t.next_id(), topic="t", partition=0, offset=0, max_wait_ms=30_000),
+               on_reply=lambda rep, _p: box.append(rep))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            t.poll(50)  # the long poll is parked on the broker
+        assert box == []
+        b.kill()
+        t0 = time.monotonic()
+        while not box and time.monotonic() - t0 < 25:  # inside the 30 s long poll and the 60 s request timeout
+            t.poll(100)
+        assert box and box[0].code == ErrorCode.REQUEST_TIMED_OUT and "lost the connection" in box[0].message
+    finally:
+        t.close()
+        b.stop()
+        cleanup_stale(f"p{b.port}")

@@ -19,6 +19,13 @@ Socket options (one DEALER per acceptor endpoint):
 * ``MAXMSGSIZE`` - the largest reply accepted (``max_reply_bytes``); a
   larger one makes zmq drop the connection (the request then times out).
 
+Each DEALER has a monitor socket (``EVENT_DISCONNECTED``): when a broker's
+connection drops - the process died, the host went away - the requests
+still waiting on it are answered at once, locally, with REQUEST_TIMED_OUT
+("lost the connection"), instead of after their whole deadline.  Replies
+that arrived before the drop are read first.  Whether a request that lost
+its connection was carried out is unknown, as with any timeout.
+
 Several brokers (``"tcp://a:7600,tcp://b:7600"``, as Kafka's
 bootstrap.servers): :meth:`discover` asks all of them for metadata at once
 and adopts the one that leads - a master (or standalone broker) with the
@@ -38,6 +45,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
@@ -97,6 +105,7 @@ class Transport:
         self.poller = zmq.Poller()
         self.sockets: dict[str, zmq.Socket] = {}
         self._by_socket: dict[zmq.Socket, str] = {}
+        self._monitors: dict[zmq.Socket, zmq.Socket] = {}  # monitor socket -> the DEALER it watches
         self._backlog: dict[str, deque] = {}
         self.pending: dict[int, _Call] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -119,11 +128,14 @@ class Transport:
             s.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
             s.setsockopt(zmq.RECONNECT_IVL, 100)
             s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             s.connect(endpoint)
             self.sockets[endpoint] = s
             self._by_socket[s] = endpoint
             self._backlog[endpoint] = deque()
             self.poller.register(s, zmq.POLLIN)
+            self._monitors[mon] = s
+            self.poller.register(mon, zmq.POLLIN)
         return s
 
     def endpoint_for(self, partition: int) -> str:
@@ -209,16 +221,39 @@ class Transport:
             timeout_ms = until if timeout_ms is None else min(timeout_ms, until)
         events = self.poller.poll(None if timeout_ms is None else max(0, int(timeout_ms + 0.999)))
         fired = []
+        lost = []
         for s, ev in events:
             if not isinstance(s, zmq.Socket):
                 fired.append(s)
+                continue
+            if s in self._monitors:
+                lost.append(s)
                 continue
             if ev & zmq.POLLOUT:
                 self._flush_backlog(s)
             if ev & zmq.POLLIN:
                 self._receive(s)
+        for mon in lost:
+            self._on_monitor(mon)
         self._expire()
         return fired
+
+    def _on_monitor(self, mon: zmq.Socket) -> None:
+        dropped = False
+        while True:
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            dropped |= ev["event"] == zmq.EVENT_DISCONNECTED
+        if not dropped:
+            return
+        sock = self._monitors[mon]
+        endpoint = self._by_socket[sock]
+        self._receive(sock)  # replies that came before the drop are answers, not losses
+        msg = f"lost the connection to {endpoint} before the reply (the request may or may not have been carried out)"
+        for rid in [rid for rid, call in self.pending.items() if call.endpoint == endpoint]:
+            self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
 
     def _receive(self, sock: zmq.Socket, limit: int = 1024) -> None:
         for _ in range(limit):
@@ -340,7 +375,14 @@ class Transport:
             return
         self.closed = True
         for s in self.sockets.values():
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
             s.close(linger=0)
+        for mon in self._monitors:
+            mon.close(linger=0)
+        self._monitors.clear()
         self.sockets.clear()
 
 
