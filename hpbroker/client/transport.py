@@ -31,8 +31,8 @@ bootstrap.servers): :meth:`discover` asks all of them for metadata at once
 and adopts the one that leads - a master (or standalone broker) with the
 highest leader epoch - so a client given a master and its slave follows a
 promotion by itself.  Its owners call it at start and again when a broker
-does not answer or says it does not lead (docs/replication.md, "Clients
-after a failover").
+does not answer or says it does not lead (docs/client.md, "Several
+brokers: following a failover").
 """
 
 from __future__ import annotations
