@@ -135,6 +135,19 @@ def _pct(a, q) -> float | None:
     return float(np.percentile(a, q) * 1000.0)
 
 
+def cpu_per_m_msgs(r: dict) -> dict | None:
+    """CPU %·s per million messages acknowledged (100 = one core for one
+    second), for the broker's processes (a replicated run's slave included),
+    the bench's own, and all: on a machine the run keeps busy, throughput is
+    bounded by this, so it shows where a replicated run's ratio goes."""
+    n = r["messages_acked"] / 1e6
+    if not n:
+        return None
+    broker = sum(r["cpu_percent"].values()) * r["seconds"] / n
+    bench = sum(r["bench_cpu_percent"].values()) * r["seconds"] / n
+    return {"broker": broker, "bench": bench, "all": broker + bench}
+
+
 def _progress(args, total):
     if args.no_progress:
         return None
@@ -457,6 +470,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         "_timeline": timeline,
         "_lat": lat,
     }
+    out["cpu_per_m_msgs"] = cpu_per_m_msgs(out)
     warm = sum(r.get("warmup_acked", 0) for r in prs)
     out["messages_warmup"] = warm
     if warm and bytes_on_disk and log_end:
@@ -588,6 +602,11 @@ def print_table(r: dict) -> None:
         rows.append(("slave catch-up after produce",
                      f"{rep['catch_up_seconds'] * 1000:.0f} ms" if rep.get("caught_up")
                      else f"NOT caught up (master {rep.get('master_offsets')}, slave {rep.get('slave_offsets')})"))
+    cm = r.get("cpu_per_m_msgs")
+    if cm:
+        cs = (sa or {}).get("cpu_per_m_msgs")
+        rows.append(("CPU %·s per M msgs: broker / bench / all", " / ".join(f"{cm[k]:.1f}" for k in ("broker", "bench", "all"))
+                     + (f"  (standalone {' / '.join(f'{cs[k]:.1f}' for k in ('broker', 'bench', 'all'))})" if cs else "")))
     for n, v in r["cpu_percent"].items():
         rows.append((f"CPU% {n} (pid {r['broker_pids'].get(n)})", _f(v, "{:.0f}%")))
     for n, v in r["bench_cpu_percent"].items():
