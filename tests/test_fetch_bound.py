@@ -72,6 +72,7 @@ def test_a_parked_fetch_wakes_when_the_bound_moves_past_it_not_before(tmp_path):
     f.park(b"d", fetch_at(6), time.monotonic() + 10)
     f.update({K: 12}, {})
     assert f.woken([K]) == []  # the high watermark moved, the visible end did not
+    assert f.held_back() == 8
     f.bound[K] = 5
     assert [p.ident for p in f.woken(f.parked_keys())] == [b"c"]
     assert f.parked_keys() == [K]
@@ -111,7 +112,8 @@ def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
         # consumers do not see it, and "latest" stops before it
         assert [r.value for r in c.fetch_all("rep", 0)] == [b"both"]
         assert latest(c, 0) == 1
-        assert stats(a)["messages"] == 2
+        st = stats(a)
+        assert st["messages"] == 2 and st["messages_awaiting_replication"] == 1 and st["fetch_bound"] == "replicated"
         poll = send_fetch(c, 0, 1, 8000)
         time.sleep(0.3)
         os.kill(writer, signal.SIGCONT)  # the slave writes it: the long poll is answered with it
@@ -128,6 +130,7 @@ def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
         # its consumers read its own durable data again (acks=all fails meanwhile)
         wait_until(lambda: stats(a).get("slave_2_insync") == 0, 30, "the slave to fall out of sync")
         assert latest(c, 0) == 3
+        assert stats(a)["fetch_bound"].startswith("durable") and stats(a)["messages_awaiting_replication"] == 0
         assert [r.value for r in c.fetch_all("rep", 0)] == [b"both", b"master only", b"alone"]
         os.kill(writer, signal.SIGCONT)
         stopped = False

@@ -388,6 +388,9 @@ class Acceptor:
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
         out.update(self.replica.stats)
+        if self._fetch_replicated:
+            out["fetch_bound"] = "replicated" if self.fetch.bound is not None else "durable (no slave in sync)"
+            out["messages_awaiting_replication"] = self.fetch.held_back()
         if self.slave_acks is not None:
             out["replication_direct_acks"] = self.replica.direct_acks
             out["replication_direct_acks_refused"] = self.replica.direct_refused

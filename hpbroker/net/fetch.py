@@ -74,6 +74,12 @@ class FetchService:
         self._shown[key] = v
         return v
 
+    def held_back(self) -> int:
+        """Messages durable here that consumers may not read yet (``bound``)."""
+        if self.bound is None:
+            return 0
+        return sum(max(0, h - max(self._shown.get(k, 0), self.bound.get(k, 0))) for k, h in self.hwm.items())
+
     def nothing_yet(self, key: str, offset: int) -> bool:
         """Would a fetch at ``offset`` find nothing to read, but no error
         either?  (It is at or past the visible end, within the log.)"""
