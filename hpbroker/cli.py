@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "broker_several", None) is not None:
+            from hpbroker.client.cli import check_broker_arg
+
+            check_broker_arg(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"hpbroker {args.command}: {e}", file=sys.stderr)

@@ -63,3 +63,22 @@ def test_unreachable_broker_is_one_line_and_exit_1():
         r = hpb(*args, "--broker", url, "--connect-timeout-ms", "500", input=stdin, timeout=60)
         assert r.returncode == 1, (args, r.stderr)
         assert r.stderr.count(b"\n") == 1 and url.encode() in r.stderr, r.stderr
+
+
+def test_a_malformed_broker_url_is_one_line_and_exit_2():
+    for args in (["topics", "list", "--broker", "nonsense"], ["produce", "t", "--broker", "tcp://127.0.0.1:1,bad"],
+                 ["stats", "--broker", "tcp://127.0.0.1:1,tcp://127.0.0.1:2"]):
+        r = hpb(*args, input=b"x\n", timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count(b"\n") == 1 and b"--broker" in r.stderr, r.stderr
+
+
+def test_a_broker_list_finds_the_one_that_answers(broker):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    both = f"{dead},{broker.url}"
+    r = hpb("produce", "listed", "--broker", both, "--connect-timeout-ms", "1000", input=b"a\nb\n")
+    assert r.returncode == 0, r.stderr
+    r = hpb("consume", "listed", "--broker", both, "--connect-timeout-ms", "1000", "--from-beginning", "--max-messages", "2")
+    assert r.returncode == 0 and sorted(r.stdout.split()) == [b"a", b"b"], r.stderr

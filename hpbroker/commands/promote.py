@@ -12,7 +12,7 @@ from hpbroker.client.cli import add_broker_args, user_error
 
 def register(sub) -> None:
     p = sub.add_parser("promote", help="turn a slave into the master (new leader epoch)")
-    add_broker_args(p)
+    add_broker_args(p, several=False)
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ from hpbroker.client.cli import add_broker_args, user_error
 
 def register(sub) -> None:
     p = sub.add_parser("stats", help="print a running broker's counters (role, replication lag, ...)")
-    add_broker_args(p)
+    add_broker_args(p, several=False)
     p.add_argument("--json", action="store_true", help="one JSON object instead of STAT lines")
     p.set_defaults(func=run)
 
