@@ -114,10 +114,10 @@ def test_replica_run_against_a_same_run_standalone_baseline(tmp_path, mode):
     assert sa["ratio"] > 0 and res["replica_vs_standalone"] == sa["ratio"]
     assert sa["p50_ms"] is not None and sa["p99_ms"] is not None
     # CPU per message, both runs: the slave's processes count in the replicated one (a run this
-    # short may end before the sampler sees the producer process: bench CPU can be 0)
+    # short may end before the sampler takes a second reading: a figure can be 0)
     for r in (res, sa):
         cm = r["cpu_per_m_msgs"]
-        assert cm["broker"] > 0 and cm["bench"] >= 0 and cm["all"] == pytest.approx(cm["broker"] + cm["bench"])
+        assert cm["broker"] >= 0 and cm["bench"] >= 0 and cm["all"] == pytest.approx(cm["broker"] + cm["bench"])
         assert cm["broker"] == pytest.approx(sum(r["cpu_percent"].values()) * r["seconds"] / (r["messages_acked"] / 1e6))
     _gone(sa["broker_pids"])
 

@@ -9,6 +9,7 @@ master serves its own durable data again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -93,19 +94,46 @@ def latest(c: RawClient, partition: int) -> int:
     return rep.offset
 
 
-def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
-    a = master(tmp_path, "a", lag_ms=4000)
+class Paused:
+    """The slave's writer, stopped and continued with signals (continued at the end in any case)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.stopped = pid, False
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def cont(self) -> None:
+        if self.stopped:
+            os.kill(self.pid, signal.SIGCONT)
+            self.stopped = False
+
+
+@contextlib.contextmanager
+def pair(tmp_path, extra: str = ""):
+    """A sync master and its slave, in sync; yields (master, the slave's writer, a client of the master)."""
+    a = master(tmp_path, "a", extra=extra, lag_ms=4000)
     b = slave(tmp_path, "b", a)
-    writer = b.child_pid("writer0")
-    stopped = False
+    writer = Paused(b.child_pid("writer0"))
+    c = None
     try:
         wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
         c = RawClient(a.url, timeout_ms=10_000)
+        yield a, writer, c
+    finally:
+        writer.cont()
+        if c is not None:
+            c.close()
+        b.stop(), a.stop()
+
+
+def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
+    with pair(tmp_path) as (a, writer, c):
         assert c.produce("rep", 0, [batch.encode_batch([b"both"])], acks=-1).code == 0
         assert [r.value for r in c.fetch_all("rep", 0)] == [b"both"]
 
-        os.kill(writer, signal.SIGSTOP)  # the slave can no longer make anything durable
-        stopped = True
+        writer.stop()  # the slave can no longer make anything durable
         rep = c.produce("rep", 0, [batch.encode_batch([b"master only"])], acks=1)
         assert rep.code == 0 and rep.base_offsets == [1]
         # acknowledged and durable on the master, but a failover now would lose it:
@@ -116,14 +144,12 @@ def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
         assert st["messages"] == 2 and st["messages_awaiting_replication"] == 1 and st["fetch_bound"] == "replicated"
         poll = send_fetch(c, 0, 1, 8000)
         time.sleep(0.3)
-        os.kill(writer, signal.SIGCONT)  # the slave writes it: the long poll is answered with it
-        stopped = False
+        writer.cont()  # the slave writes it: the long poll is answered with it
         rep, frames = c.recv(timeout_ms=8000)
         assert rep.id == poll and rep.code == 0 and rep.high_watermark == 2
         assert [r.value for r in batch.records_of(bytes(frames[0]), 0)] == [b"master only"]
 
-        os.kill(writer, signal.SIGSTOP)
-        stopped = True
+        writer.stop()
         assert c.produce("rep", 0, [batch.encode_batch([b"alone"])], acks=1).code == 0
         assert latest(c, 0) == 2
         # the slave falls out of sync: the master alone is the in-sync set, and
@@ -132,33 +158,15 @@ def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
         assert latest(c, 0) == 3
         assert stats(a)["fetch_bound"].startswith("durable") and stats(a)["messages_awaiting_replication"] == 0
         assert [r.value for r in c.fetch_all("rep", 0)] == [b"both", b"master only", b"alone"]
-        os.kill(writer, signal.SIGCONT)
-        stopped = False
+        writer.cont()
         wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to come back in sync")
         assert latest(c, 0) == 3  # never back
-        c.close()
-    finally:
-        if stopped:
-            os.kill(writer, signal.SIGCONT)
-        b.stop(), a.stop()
 
 
 def test_fetch_bound_durable_serves_the_masters_own_data_at_once(tmp_path):
-    a = master(tmp_path, "a", extra='fetch_bound = "durable"', lag_ms=4000)
-    b = slave(tmp_path, "b", a)
-    writer = b.child_pid("writer0")
-    stopped = False
-    try:
-        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
-        c = RawClient(a.url, timeout_ms=10_000)
-        os.kill(writer, signal.SIGSTOP)
-        stopped = True
+    with pair(tmp_path, extra='fetch_bound = "durable"') as (a, writer, c):
+        writer.stop()
         assert c.produce("rep", 0, [batch.encode_batch([b"now"])], acks=1).code == 0
         assert stats(a).get("slave_2_insync") == 1
         assert [r.value for r in c.fetch_all("rep", 0)] == [b"now"]
         assert latest(c, 0) == 1
-        c.close()
-    finally:
-        if stopped:
-            os.kill(writer, signal.SIGCONT)
-        b.stop(), a.stop()

@@ -327,6 +327,18 @@ def replicate_some(a: BrokerProcess, b: BrokerProcess, tag: str) -> dict[tuple[i
     return acked
 
 
+def assert_cut_back(leader: BrokerProcess, follower: BrokerProcess, kept: dict, gone_tag: str) -> None:
+    """``follower`` cut its divergent tail and caught up with ``leader``: it
+    holds every batch of ``kept`` and none whose value starts with ``gone_tag``."""
+    wait_until(lambda: caught_up(leader, follower), 60, "the follower to catch up")
+    assert "truncating" in follower.log()
+    assert_present(follower, kept)
+    c = RawClient(follower.url)
+    values = {r.value.decode() for p in range(PARTITIONS) for r in c.fetch_all("rep", p)}
+    c.close()
+    assert not any(v.startswith(gone_tag) for v in values)
+
+
 def test_divergent_tail_is_truncated_by_epoch(tmp_path):
     a = master(tmp_path, "a", broker_id=1)
     b = slave(tmp_path, "b", a, broker_id=2)
@@ -340,13 +352,7 @@ def test_divergent_tail_is_truncated_by_epoch(tmp_path):
         promote(b)
         newer = produce_stream(b.url, "only-on-b", 0.5, acks=1)
         a = slave(tmp_path, "a", b, port=a.port, broker_id=1)
-        wait_until(lambda: caught_up(b, a), 60, "the old master to catch up")
-        assert "truncating" in a.log()
-        assert_present(a, {**shared, **newer})
-        c = RawClient(a.url)
-        values = {r.value.decode() for p in range(PARTITIONS) for r in c.fetch_all("rep", p)}
-        c.close()
-        assert not any(v.startswith("only-on-a") for v in values)
+        assert_cut_back(b, a, {**shared, **newer}, "only-on-a")
     finally:
         a.stop(), b.stop()
     r = compare(tmp_path / "a", tmp_path / "b")
@@ -378,13 +384,7 @@ def test_two_masters_at_once_never_share_an_epoch_and_the_loser_is_cut_back(tmp_
         assert on_a and on_b
         b.stop()
         b = slave(tmp_path, "b", a, port=b.port, broker_id=2)  # the operator keeps a's history
-        wait_until(lambda: caught_up(a, b), 60, "b to follow a")
-        assert "truncating" in b.log()
-        assert_present(b, {**shared, **on_a})
-        c = RawClient(b.url)
-        values = {r.value.decode() for p in range(PARTITIONS) for r in c.fetch_all("rep", p)}
-        c.close()
-        assert not any(v.startswith("only-on-b") for v in values)
+        assert_cut_back(a, b, {**shared, **on_a}, "only-on-b")
     finally:
         a.stop(), b.stop()
     r = compare(tmp_path / "a", tmp_path / "b")
