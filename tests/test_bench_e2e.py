@@ -118,7 +118,6 @@ def test_replica_run_against_a_same_run_standalone_baseline(tmp_path, mode):
     for r in (res, sa):
         cm = r["cpu_per_m_msgs"]
         assert cm["broker"] >= 0 and cm["bench"] >= 0 and cm["all"] == pytest.approx(cm["broker"] + cm["bench"])
-        assert cm["broker"] == pytest.approx(sum(r["cpu_percent"].values()) * r["seconds"] / (r["messages_acked"] / 1e6))
     _gone(sa["broker_pids"])
 
 

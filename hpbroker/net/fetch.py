@@ -66,19 +66,20 @@ class FetchService:
         while ``bound`` holds it back, but never less than was given out
         before (a slave falling out of sync and back in must not hide what
         consumers already read) unless the log itself shrank."""
-        hwm = self.hwm.get(key, 0)
-        if self.bound is None:
-            v = hwm
-        else:
-            v = min(hwm, max(self._shown.get(key, 0), self.bound.get(key, 0)))
+        v = self._end(key)
         self._shown[key] = v
         return v
 
+    def _end(self, key: str) -> int:
+        """:meth:`visible` without recording it as given out."""
+        hwm = self.hwm.get(key, 0)
+        if self.bound is None:
+            return hwm
+        return min(hwm, max(self._shown.get(key, 0), self.bound.get(key, 0)))
+
     def held_back(self) -> int:
         """Messages durable here that consumers may not read yet (``bound``)."""
-        if self.bound is None:
-            return 0
-        return sum(max(0, h - max(self._shown.get(k, 0), self.bound.get(k, 0))) for k, h in self.hwm.items())
+        return sum(h - self._end(k) for k, h in self.hwm.items())
 
     def nothing_yet(self, key: str, offset: int) -> bool:
         """Would a fetch at ``offset`` find nothing to read, but no error
