@@ -504,6 +504,108 @@ def test_a_slave_refuses_a_master_of_another_replication_version(tmp_path):
         old_master.close(0)
 
 
+class ScriptedMaster:
+    """Just enough of a master, on real sockets, to put a batch on the PUB
+    stream at a moment a test chooses: metadata, Welcome at ``epoch`` to
+    every Hello, a drained ack socket.  ``handshakes`` counts Metadata
+    requests (a slave sends one at every (re)connect)."""
+
+    def __init__(self, epoch: int):
+        import threading
+
+        import zmq
+
+        self.ctx = zmq.Context.instance()
+        self.epoch = epoch
+        self.handshakes = 0
+        self.boot, self.fetch, self.ack = (self.ctx.socket(k) for k in (zmq.ROUTER, zmq.ROUTER, zmq.PULL))
+        self.pub = self.ctx.socket(zmq.PUB)
+        ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in (self.boot, self.fetch, self.ack, self.pub)]
+        self.url = f"tcp://127.0.0.1:{ports[0]}"
+        self.endpoints = [f"tcp://127.0.0.1:{p}" for p in ports[1:]]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import zmq
+
+        poller = zmq.Poller()
+        for s in (self.boot, self.fetch, self.ack):
+            poller.register(s, zmq.POLLIN)
+        while not self.stop.is_set():
+            for s, _ in poller.poll(100):
+                if s is self.ack:
+                    s.recv()
+                elif s is self.boot:
+                    ident, *frames = s.recv_multipart()
+                    req, _ = codec.decode_request(frames)
+                    self.handshakes += 1
+                    s.send_multipart([ident, *codec.encode_reply(m.MetadataReply(
+                        id=req.id, cluster_id="hpbroker", broker_id=1, role="master", replication=self.endpoints,
+                        replication_version=rm.VERSION, leader_epoch=self.epoch))])
+                else:
+                    ident, raw = s.recv_multipart()
+                    if isinstance(rm.to_master.decode(raw), rm.Hello):
+                        s.send_multipart([ident, rm.encoder.encode(rm.Welcome(
+                            cluster_id="hpbroker", master_id=1, epoch=self.epoch, topics={"rep": PARTITIONS}, hwm={}))])
+
+    def publish(self, base: int, epoch: int, values: list[bytes]) -> None:
+        """One batch of ``values`` for rep/0, stamped ``base`` and ``epoch``."""
+        import msgspec
+
+        b = bytearray(batch.encode_batch(values))
+        batch.stamp(b, base, epoch)
+        self.pub.send_multipart([b"B", msgspec.msgpack.encode(("rep", 0, base + len(values))), bytes(b)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for s in (self.boot, self.fetch, self.ack, self.pub):
+            s.close(0)
+
+
+def latest(b: BrokerProcess, partition: int = 0) -> int:
+    c = RawClient(b.url)
+    try:
+        r = c.call(m.ListOffsets(id=c.next_id(), topic="rep", partition=partition, spec=m.LATEST))[0]
+        return r.offset if r.code == 0 else -1
+    finally:
+        c.close()
+
+
+def test_a_batch_of_a_newer_reign_is_never_appended_before_a_handshake(tmp_path):
+    """A master restarted on fixed ports takes its slave's sockets back by
+    itself, and the first batches of its new reign can reach the slave before
+    the keep-alive that tells it the epoch changed.  Appended then, such a
+    batch would sit right after a tail the new master no longer has (the
+    slave's latest epoch would be the new one, so truncation by epoch would
+    never cut that tail): the replicas would differ in the middle.  The slave
+    must drop it and handshake again first."""
+    fake = ScriptedMaster(epoch=1)
+    b = None
+    try:
+        b = slave(tmp_path, "b", fake.url)
+        wait_until(lambda: stats(b).get("replication_state") == "streaming", 30, "the handshake")
+        first = fake.handshakes
+
+        def appended() -> bool:  # PUB drops to a subscriber still joining: send until it is in
+            fake.publish(0, 1, [b"reign-1:%d" % i for i in range(10)])
+            return latest(b) == 10
+
+        wait_until(appended, 30, "the first reign's batch on the slave")
+        fake.publish(10, 1025, [b"reign-1025:%d" % i for i in range(10)])  # where the log ends, a newer epoch
+        wait_until(lambda: fake.handshakes > first or latest(b) > 10, 30, "the slave to handle the newer batch")
+        time.sleep(0.5)  # the writer's reports are lazy (writer_report_ms): give an append time to show
+        assert latest(b) == 10, "a batch of a newer reign was appended before any handshake with that reign"
+        assert fake.handshakes > first
+        assert "newer than the handshake's" in b.log()
+    finally:
+        if b is not None:
+            b.stop()
+        fake.close()
+
+
 def test_a_corrupt_batch_on_the_master_is_never_copied(tmp_path):
     a = master(tmp_path, "a", mode="async")
     b = None

@@ -181,12 +181,19 @@ class Slave:
             ring.commit()
         self._acking_to = list(endpoints)
 
-    def _forward(self, topic: str, partition: int, views: list[memoryview]) -> None:
+    def _forward(self, topic: str, partition: int, views: list[memoryview]) -> bool:
         """Hand whole batches to the writer, skipping what it already has;
-        a batch past the expected offset means a gap."""
+        a batch past the expected offset means a gap.
+
+        A batch of an epoch newer than the handshake's means the master
+        restarted (a new reign) and its fixed ports took this slave's sockets
+        back before a handshake did.  Nothing of it is appended: -> False,
+        and the caller handshakes again, so truncation by epoch runs first
+        (appended now, a batch of the new reign could land right after a tail
+        the master no longer has, and that tail would never be cut)."""
         key = handoff.tp_key(topic, partition)
         if key in self.stopped:
-            return
+            return True
         exp = self.expected.get(key, 0)
         out = []
         for v in views:
@@ -195,6 +202,11 @@ class Slave:
                           "this partition past it", key, len(v), exp)
                 self.stopped[key] = f"a torn batch from the master after offset {exp}"
                 break
+            if batch.peek_epoch(v) > self.master_epoch:
+                log.warning("%s: the master sent a batch of epoch %d, newer than the handshake's %d: the master "
+                            "restarted; handshaking again before appending any of it", key, batch.peek_epoch(v),
+                            self.master_epoch)
+                return False
             base = batch.peek_base_offset(v)
             end = base + batch.peek_count(v)
             if end <= exp:
@@ -219,6 +231,7 @@ class Slave:
             self._send_ring(handoff.REPLICA, topic, partition, out)
             self.expected[key] = exp
             self._received += len(out)
+        return True
 
     # -- master side ----------------------------------------------------------------------
 
@@ -359,8 +372,9 @@ class Slave:
             log.error("catch-up of %s failed on the master: %s", key, reply.error)
             return
         views = [memoryview(data)[pos : pos + h.batch_length] for pos, h in batch.iter_batches(data)]
-        if views:
-            self._forward(reply.topic, reply.partition, views)
+        if views and not self._forward(reply.topic, reply.partition, views):
+            self._handshake_again()
+            return
         # PUB messages that arrived while this partition was catching up were
         # skipped: keep reading until the newest high watermark known.
         if views and self.expected.get(key, 0) < self.master_hwm[key]:
@@ -392,6 +406,8 @@ class Slave:
                     self._drain_sub()
                 if self.sockets.get("fetch") in events:
                     self._drain_fetch()
+                if self.state != "streaming":
+                    continue  # handshaking again (a new reign, a refusal)
                 self._next_catch_up()
                 now = self.clock()
                 if now >= next_hello:
@@ -436,7 +452,9 @@ class Slave:
             self.master_hwm[key] = max(self.master_hwm.get(key, 0), hwm)
             if key in self.paused or key in self.catching or key == self.catch_inflight:
                 continue
-            self._forward(topic, partition, split_batches(frames[2:]))
+            if not self._forward(topic, partition, split_batches(frames[2:])):
+                self._handshake_again()
+                return
 
     def _drain_fetch(self) -> None:
         s = self.sockets["fetch"]
@@ -448,12 +466,13 @@ class Slave:
             reply = rm.from_master.decode(frames[0])
             if isinstance(reply, rm.CatchUpReply):
                 self._on_catch_up(reply, frames[1] if len(frames) > 1 else b"")
+                if "fetch" not in self.sockets:
+                    return  # it carried a newer reign: handshaking again
             elif isinstance(reply, rm.Welcome):
                 self._last_hello_reply = self.clock()
                 if reply.epoch != self.master_epoch:
                     log.warning("the master's epoch changed (%d -> %d); handshaking again", self.master_epoch, reply.epoch)
-                    self.state = "connecting"
-                    self._close_master()
+                    self._handshake_again()
                     return
                 stalled = self._stalled
                 self._stalled = {}
@@ -472,6 +491,10 @@ class Slave:
                 log.error("the master refused this slave: %s", reply.reason)
                 self._close_master()
                 return
+
+    def _handshake_again(self) -> None:
+        self.state = "connecting"
+        self._close_master()
 
     def _ack(self) -> None:
         s = self.sockets.get("ack")
