@@ -121,6 +121,30 @@ def test_replica_run_against_a_same_run_standalone_baseline(tmp_path, mode):
     _gone(sa["broker_pids"])
 
 
+def test_replica_pairs_alternate_and_report_the_median_pair(tmp_path):
+    import statistics
+
+    res = run_bench(tmp_path, "--replica", "sync", "--pairs", "2", timeout=600)
+    pairs = res["pairs"]
+    assert [p["first"] for p in pairs] == ["standalone", "replica"]  # the order alternates
+    for p in pairs:
+        assert p["ok"] is True and p["ratio"] == pytest.approx(p["replica_msgs_per_s"] / p["standalone_msgs_per_s"])
+    ratios = [p["ratio"] for p in pairs]
+    chosen = pairs[res["median_pair"]]
+    assert chosen["ratio"] == statistics.median_low(ratios) == res["replica_vs_standalone"]
+    # the top-level figures and the standalone baseline are the median pair's own runs
+    assert res["msgs_per_s"] == chosen["replica_msgs_per_s"]
+    assert res["baselines"]["standalone"]["msgs_per_s"] == chosen["standalone_msgs_per_s"]
+
+
+@pytest.mark.parametrize("args", [["--pairs", "0", "--replica", "sync"], ["--pairs", "2"]])
+def test_bad_pairs_is_one_line_and_nonzero(tmp_path, args):
+    out = subprocess.run([sys.executable, "-m", "hpbroker.bench", *args], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and "--pairs" in out.stderr
+
+
 def test_fsync_baseline(tmp_path):
     res = run_bench(tmp_path, "--baseline", "fsync", "--fsync-iterations", "50")
     f = res["baselines"]["fsync"]

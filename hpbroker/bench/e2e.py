@@ -35,6 +35,14 @@ slave in sync; at the end of its produce phase the master's lag counters
 are read and the slave's catch-up (its LATEST offsets equal to the
 master's on every partition) is timed (``_e2e_replica``).
 
+``--pairs N`` (with ``--replica``) measures N such pairs, the order
+alternating (standalone first, then the replica first, ...) so that a
+machine that slows down or speeds up during the invocation favours neither
+side; each pair gives a ratio, ``replica_vs_standalone`` is their median
+(``statistics.median_low``, so it is one pair's measured ratio) and the
+top-level and ``baselines.standalone`` figures are that pair's.  Every
+pair is listed under ``pairs``.
+
 ``--rate P%`` (for example ``50%``) runs the workload unpaced first, on its
 own private broker (or on ``--broker``), and then offers P % of the peak it
 measured: latency at a chosen fraction of the peak, in one invocation. The
@@ -42,7 +50,7 @@ peak run is reported under ``baselines.peak``.
 
     hpbroker-bench [--messages N | --duration S] [--size B] [--producers P]
                    [--consumers C] [--rate R|P%] [--baseline disk|redis|fsync|all]
-                   [--replica sync|async] [--json] [--plot FILE.png] [--broker URL]
+                   [--replica sync|async [--pairs N]] [--json] [--plot FILE.png] [--broker URL]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 
@@ -107,6 +116,9 @@ def add_arguments(p) -> None:
     p.add_argument("--replica", choices=["sync", "async"],
                    help="run the workload on a standalone broker, then on a master + slave in this replication "
                         "mode (acks=all), and report the replicated figures relative to the standalone ones")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="--replica: measure this many standalone/replicated pairs, alternating which goes first, "
+                        "and report the median pair's ratio (default 1)")
     p.add_argument("--redis-messages", type=int, help="messages for the Redis baselines (default: the same count)")
     p.add_argument("--dir", help="where the temp data dir goes (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -162,6 +174,8 @@ def run(args) -> int:
         raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
     if args.replica and args.broker:
         raise ValueError("--replica starts its own standalone broker, master and slave; it cannot use --broker")
+    if args.pairs < 1 or (args.pairs > 1 and not args.replica):
+        raise ValueError("--pairs must be >= 1, and more than one needs --replica")
     if args.warmup < 0 or (args.warmup and args.client == "raw"):
         raise ValueError("--warmup must be >= 0 and needs --client producer")
     args.rate = _rate(args.rate)
@@ -191,14 +205,9 @@ def run(args) -> int:
                   file=sys.stderr)
     standalone = None
     if args.replica:
-        # the same workload against a standalone broker first: the same-run baseline
-        standalone = run_once(args, None, set())
-        for k in ("_timeline", "_lat", "_e2e_lat"):
-            standalone.pop(k, None)
-        if not args.no_progress:
-            print(f"standalone baseline: {standalone['msgs_per_s']:,.0f} msgs/s; now the {args.replica} replica run",
-                  file=sys.stderr)
-    result = run_once(args, args.replica, baselines)
+        result, standalone = run_pairs(args, baselines)
+    else:
+        result = run_once(args, None, baselines)
     if peak is not None:
         result.setdefault("baselines", {})["peak"] = peak
         result["ok"] = bool(result.get("ok") and peak.get("ok"))
@@ -217,6 +226,50 @@ def run(args) -> int:
     else:
         print_table(result)
     return 0 if result.get("ok") else 1
+
+
+def _drop_samples(r: dict) -> dict:
+    for k in ("_timeline", "_lat", "_e2e_lat"):
+        r.pop(k, None)
+    return r
+
+
+def run_pairs(args, baselines: set) -> tuple[dict, dict]:
+    """``--pairs`` standalone/replicated pairs, alternating which runs first;
+    -> (the replicated run, the standalone run) of the median pair, with
+    every pair listed under ``pairs`` and the ``baselines`` (run once, with
+    the first replicated run) attached."""
+    pairs, extra = [], None
+    for i in range(args.pairs):
+        runs = {}
+        for replica in ((None, args.replica) if i % 2 == 0 else (args.replica, None)):
+            runs[replica] = r = run_once(args, replica, baselines if replica and extra is None else set())
+            if replica and extra is None:
+                extra = r.get("baselines") or {}
+            if not args.no_progress and replica is None:
+                print(f"pair {i + 1}/{args.pairs}: standalone baseline {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
+        rep, sa = runs[args.replica], runs[None]
+        ratio = rep["msgs_per_s"] / sa["msgs_per_s"] if sa.get("msgs_per_s") else 0.0
+        pairs.append((ratio, i, rep, sa))
+        if not args.no_progress:
+            print(f"pair {i + 1}/{args.pairs}: {args.replica} replica {rep['msgs_per_s']:,.0f} msgs/s, "
+                  f"ratio {ratio:.3f}", file=sys.stderr)
+    chosen = statistics.median_low([(ratio, i) for ratio, i, _, _ in pairs])[1]
+    listed = []
+    for ratio, i, rep, sa in pairs:
+        listed.append({"first": "standalone" if i % 2 == 0 else "replica", "ratio": ratio,
+                       "replica_msgs_per_s": rep["msgs_per_s"], "standalone_msgs_per_s": sa["msgs_per_s"],
+                       "replica_p99_ms": rep.get("p99_ms"), "standalone_p99_ms": sa.get("p99_ms"),
+                       "ok": bool(rep.get("ok") and sa.get("ok"))})
+        if i != chosen:
+            _drop_samples(rep), _drop_samples(sa)
+    _, _, result, standalone = pairs[chosen]
+    result["baselines"] = dict(extra or {})
+    result["ok"] = all(p["ok"] for p in listed)
+    if args.pairs > 1:
+        result["pairs"] = listed
+        result["median_pair"] = chosen
+    return result, _drop_samples(standalone)
 
 
 def _serve_args(args) -> list[str]:
@@ -595,6 +648,10 @@ def print_table(r: dict) -> None:
         rows.append(("baseline standalone messages/s", f"{sa['msgs_per_s']:,.0f}  (replica / standalone = "
                                                        f"{sa.get('ratio', 0):.2f})"))
         rows.append(("baseline standalone ack p50 / p99 / p999 ms", " / ".join(_f(sa[k], "{:.2f}") for k in lat3)))
+        if r.get("pairs"):
+            ratios = [f"{p['ratio']:.2f}" for p in r["pairs"]]
+            rows.append((f"{len(ratios)} pairs, replica / standalone", ", ".join(ratios) + f"; median {sa['ratio']:.2f} "
+                         f"(pair {r['median_pair'] + 1}: the figures here are that pair's)"))
         rep = r["replication"]
         lag = rep.get("lag_at_produce_end") or {}
         rows.append(("slave in sync before the run", f"after {_f(rep.get('insync_wait_seconds'), '{:.2f}')} s"))
