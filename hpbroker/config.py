@@ -7,6 +7,7 @@ two in step.  Unknown keys are an error, never silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,14 +55,27 @@ class LogConfig(_Section):
     delete_chunk_pause_ms: Annotated[float, M(ge=0, description="Pause between two delete_chunk_bytes steps, so other commits get in between.")] = 5.0
 
 
+AUTO_SPIN_US = 50
+AUTO_SPIN_MIN_CPUS = 4  # with fewer, spinning steals the CPU of the side being waited for
+
+
 class RingConfig(_Section):
     """Shared-memory rings between acceptors and writers."""
 
     capacity_bytes: Annotated[int, M(ge=1 << 12, description="Data capacity of each acceptor-to-writer ring; must be a power of two.")] = 64 << 20
-    spin_us: Annotated[int, M(ge=0, description="How long a waiting side spins (and then yields) before it blocks on the semaphore.")] = 50
+    spin_us: Annotated[
+        Annotated[int, M(ge=0)] | Literal["auto"],
+        M(description="How long (microseconds) a waiting side spins before it blocks on the semaphore. auto: 50 on a machine with at least 4 CPUs, 0 with fewer, where a spinning waiter takes the CPU from the very process it waits for (docs/performance.md, 'Spinning on two CPUs')."),
+    ] = "auto"
     full_timeout_ms: Annotated[int, M(ge=0, description="How long a producer side waits for space in a full ring before raising RingFull (busy to clients).")] = 1000
     heartbeat_ms: Annotated[int, M(ge=10, description="How often each side stamps its heartbeat in the ring header.")] = 100
     dead_after_ms: Annotated[int, M(ge=50, description="A peer whose pid is gone, or whose heartbeat is older than this, is treated as dead.")] = 1000
+
+    def spin(self, cpus: int | None = None) -> int:
+        """``spin_us`` with ``auto`` resolved for a machine of ``cpus`` CPUs (default: this one's)."""
+        if self.spin_us != "auto":
+            return self.spin_us
+        return AUTO_SPIN_US if (cpus or os.cpu_count() or 1) >= AUTO_SPIN_MIN_CPUS else 0
 
 
 class BrokerConfig(_Section):
@@ -212,8 +226,13 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, objec
 
 
 def _type_name(t) -> str:
+    # " \\| ": escaped, since these names go into a Markdown table
     if isinstance(t, msgspec.inspect.LiteralType):
-        return " | ".join(repr(v) for v in t.values)
+        return " \\| ".join(repr(v) for v in t.values)
+    if isinstance(t, msgspec.inspect.UnionType):
+        return " \\| ".join(_type_name(u) for u in t.types)
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _type_name(t.type)
     return type(t).__name__.removesuffix("Type").lower()
 
 

@@ -41,6 +41,8 @@ def test_toml_overrides_and_flags(tmp_path):
         ("[ring]\ncapacity_bytes = 100000\n", "power of two"),
         ("[ring]\ncapacity_bytes = 1048576\n", "must fit one ring record"),
         ("[broker]\nport = 0\n", "port"),
+        ('[ring]\nspin_us = "fast"\n', "spin_us"),
+        ("[ring]\nspin_us = -5\n", "spin_us"),
         ("this is not toml", "b.toml"),
     ],
 )
@@ -52,6 +54,16 @@ def test_bad_config_is_refused_with_a_reason(tmp_path, text, words):
     r = subprocess.run([sys.executable, "-m", "hpbroker", "config", "check", str(p)], capture_output=True, text=True)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_ring_spin_auto_spins_only_with_cpus_to_spare(tmp_path):
+    auto = config.Config().ring
+    assert auto.spin_us == "auto"
+    assert auto.spin(cpus=2) == 0 and auto.spin(cpus=3) == 0  # the waiter would take the CPU of the side it waits for
+    assert auto.spin(cpus=4) == auto.spin(cpus=64) == config.AUTO_SPIN_US > 0
+    p = tmp_path / "b.toml"
+    p.write_text("[ring]\nspin_us = 20\n")
+    assert config.load(p).ring.spin(cpus=2) == 20  # an explicit value is taken as it is
 
 
 def test_serve_rejects_bad_flags_with_exit_2(tmp_path):

@@ -484,8 +484,8 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     r = cfg.ring
     bell = Doorbell(instance, doorbell)
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
-    readers = [s.reader(spin_us=r.spin_us, dead_after_ms=r.dead_after_ms) for s in shared]
-    group = ReaderGroup(readers, bell.signal, spin_us=r.spin_us)
+    readers = [s.reader(spin_us=r.spin(), dead_after_ms=r.dead_after_ms) for s in shared]
+    group = ReaderGroup(readers, bell.signal, spin_us=r.spin())
     storage = Storage(cfg.broker.data_dir, cfg.log)
     feed = None
     if feed_ep is not None:  # replicated: this writer publishes its rounds to the slaves itself

@@ -475,7 +475,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     ctx = zmq.Context()
     r = cfg.ring
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
-    rings = [s.writer(spin_us=r.spin_us, full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
+    rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
     acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
 
     def on_term(signum, frame):

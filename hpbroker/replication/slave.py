@@ -65,7 +65,7 @@ class Slave:
         self.writers = len(ring_names)
         r = cfg.ring
         self.shared = [SharedRing.attach(instance, n, heartbeat_ms=r.heartbeat_ms) for n in ring_names]
-        self.rings = [s.writer(spin_us=r.spin_us, full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms)
+        self.rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms)
                       for s in self.shared]
         self.comp = ctx.socket(zmq.PULL)
         self.comp.bind(completions_ep)
