@@ -249,7 +249,7 @@ def run_pairs(args, baselines: set) -> tuple[dict, dict]:
             if not args.no_progress and replica is None:
                 print(f"pair {i + 1}/{args.pairs}: standalone baseline {r['msgs_per_s']:,.0f} msgs/s", file=sys.stderr)
         rep, sa = runs[args.replica], runs[None]
-        ratio = rep["msgs_per_s"] / sa["msgs_per_s"] if sa.get("msgs_per_s") else 0.0
+        ratio = (rep.get("msgs_per_s") or 0.0) / sa["msgs_per_s"] if sa.get("msgs_per_s") else 0.0
         pairs.append((ratio, i, rep, sa))
         if not args.no_progress:
             print(f"pair {i + 1}/{args.pairs}: {args.replica} replica {rep['msgs_per_s']:,.0f} msgs/s, "
