@@ -132,6 +132,7 @@ class ReplicationConfig(_Section):
     writer_report_ms: Annotated[int, M(ge=0, description="A slave's writers tell its replicator and acceptors what they made durable, and a master's writers tell its replicator what they published, at most this often instead of after every flush (0 = after every flush). No acknowledgement waits for these reports: a master's acceptors hear each flush of its own writers and, in sync mode, of the slave's writers at once. A slave's consumers see new data up to this much later.")] = 5
     pub_hwm: Annotated[int, M(ge=1, description="master: PUB high-water mark in messages; a slave that falls further behind misses messages, detects the gap by offset and catches up from the log files.")] = 10_000
     catchup_bytes: Annotated[int, M(ge=4096, description="Bytes per catch-up read from the master's log files.")] = 4 << 20
+    unclean_truncation: Annotated[bool, M(description="slave: may it cut batches of epochs its master never had? Such batches were acknowledged by a master this one never followed: this broker in a reign of its own, or the other side of a split brain (an old master restarted as master after its slave was promoted). false: the slave refuses to follow such a master and says which offsets and epochs are at stake; true: it cuts them and follows (what they acknowledged is lost), like Kafka's unclean.leader.election.enable.")] = False
 
 
 class Config(_Section):

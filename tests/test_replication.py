@@ -363,28 +363,43 @@ def epoch_of(b: BrokerProcess) -> int:
     return stats(b)["leader_epoch"]
 
 
-def test_two_masters_at_once_never_share_an_epoch_and_the_loser_is_cut_back(tmp_path):
-    """The old master, restarted with its old flags after its slave was
-    promoted, is master too: a split brain only a coordinator prevents.
-    Each took "the next" epoch; with owned epochs those differ, so when the
-    promoted one is then made a slave of the other it cuts its whole reign
-    at the right offset, instead of keeping a tail that shares an epoch
-    number with different batches and differing in the middle."""
+def test_two_masters_at_once_never_share_an_epoch_and_the_loser_cuts_back_only_when_told(tmp_path):
+    """The old master, restarted with its old flags after its (lagging) slave
+    was promoted, is master too: a split brain only a coordinator prevents.
+    Each took "the next" epoch; with owned epochs those differ.  The promoted
+    one, then made a slave of the other, holds batches of a reign the other
+    never led nor followed, acknowledged there: it refuses to cut them and
+    says so.  Told to (replication.unclean_truncation), it cuts back to where
+    its history parted from the other's - which is where its own epoch 1
+    ends, below the other's end of epoch 1 (KIP-279): cutting at the other's
+    end only would keep its own batches in the middle of the log."""
     a = master(tmp_path, "a", broker_id=1)
     b = slave(tmp_path, "b", a, broker_id=2)
     try:
         shared = replicate_some(a, b, "shared")
+        b.kill()
+        lagged = produce_stream(a.url, "lagged-on-a", 1.0, acks=1)  # epoch 1, never reaches b
         a.kill()
+        b = slave(tmp_path, "b", f"tcp://127.0.0.1:{free_port()}", port=b.port, broker_id=2)
         eb = promote(b)
-        on_b = produce_stream(b.url, "only-on-b", 0.3, acks=1)  # acknowledged by b, the loser below
+        on_b = produce_stream(b.url, "only-on-b", 0.3, acks=1)  # acknowledged by b, within a's epoch-1 offsets
         a = master(tmp_path, "a", port=a.port, broker_id=1)  # restarted as it was: a second master
         ea = epoch_of(a)
         assert ea != eb and ea % 1024 == 1 and eb % 1024 == 2, (ea, eb)
-        on_a = produce_stream(a.url, "only-on-a", 1.0, acks=1)  # more than b has: a's log is the longer
-        assert on_a and on_b
+        on_a = produce_stream(a.url, "only-on-a", 0.3, acks=1)
+        assert lagged and on_b and on_a
+        for p in range(PARTITIONS):  # b's reign lies within a's epoch-1 offsets on every partition
+            assert max(o for (q, _), o in on_b.items() if q == p) < max(o for (q, _), o in lagged.items() if q == p)
         b.stop()
-        b = slave(tmp_path, "b", a, port=b.port, broker_id=2)  # the operator keeps a's history
-        assert_cut_back(a, b, {**shared, **on_a}, "only-on-b")
+        b = slave(tmp_path, "b", a, port=b.port, broker_id=2)
+        wait_until(lambda: stats(b).get("replication_state") == "refused", 30, "the slave to refuse")
+        detail = stats(b)["replication_detail"]
+        assert "unclean_truncation" in detail and f"epoch {eb}" in detail, detail
+        assert "truncating" not in b.log()
+        assert_present(b, {**shared, **on_b})  # nothing it acknowledged was cut
+        b.stop()
+        b = slave(tmp_path, "b", a, port=b.port, broker_id=2, extra="unclean_truncation = true")  # keep a's history
+        assert_cut_back(a, b, {**shared, **lagged, **on_a}, "only-on-b")
     finally:
         a.stop(), b.stop()
     r = compare(tmp_path / "a", tmp_path / "b")

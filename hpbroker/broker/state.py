@@ -1,4 +1,5 @@
-"""The broker's own durable state: the leader epoch, in ``<data_dir>/broker-state.json``.
+"""The broker's own durable state, in ``<data_dir>/broker-state.json``: the
+leader epoch, and the reigns (epochs) this broker led or followed.
 
 A master takes a new epoch at every start and at promotion, so batches of
 different reigns never share one; a slave remembers the newest epoch it has
@@ -14,6 +15,19 @@ truncation by epoch (which trusts that an epoch names one master's
 history) would keep a divergent tail: the replicas would differ in the
 middle, silently.  With owned epochs they never coincide, and whichever
 log is cut back later is cut at the right offset.
+
+The reigns say whose history this broker's log is.  A master sends them in
+its handshake; a slave holding batches of an epoch its master never led
+nor followed knows those were acknowledged by a master this one never heard
+of (a split brain), and does not cut them without being told to
+(``replication.unclean_truncation``; docs/replication.md, "Two masters").
+
+=========  ==========================================================
+key        value
+=========  ==========================================================
+epoch      int: the newest epoch this broker led or saw from a master
+reigns     sorted list of int: every epoch it led or followed
+=========  ==========================================================
 """
 
 from __future__ import annotations
@@ -32,19 +46,37 @@ def next_epoch(seen: int, broker_id: int) -> int:
     return e + (broker_id - e) % EPOCH_STRIDE
 
 
-def load_epoch(data_dir: Path) -> int:
+def _read(data_dir: Path) -> dict:
     try:
-        return int(json.loads((Path(data_dir) / NAME).read_text())["epoch"])
+        return json.loads((Path(data_dir) / NAME).read_text())
     except FileNotFoundError:
-        return 0
+        return {}
 
 
-def save_epoch(data_dir: Path, epoch: int) -> None:
+def load_epoch(data_dir: Path) -> int:
+    return int(_read(data_dir).get("epoch", 0))
+
+
+def load_reigns(data_dir: Path) -> set[int]:
+    """Every epoch this broker led or followed.  A state file written before
+    reigns were kept yields its epoch and every epoch a partition holds."""
+    state = _read(data_dir)
+    if "reigns" in state:
+        return {int(e) for e in state["reigns"]}
+    reigns = {int(state["epoch"])} if state.get("epoch") else set()
+    return reigns | partition_epochs(data_dir)
+
+
+def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None) -> None:
+    """Write the state (``reigns`` None: keep the recorded ones), then add
+    ``epoch`` to the reigns."""
     path = Path(data_dir) / NAME
+    known = load_reigns(data_dir) if reigns is None else set(reigns)
+    known.add(epoch)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps({"epoch": epoch}).encode())
+        os.write(fd, json.dumps({"epoch": epoch, "reigns": sorted(known)}).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -56,12 +88,17 @@ def save_epoch(data_dir: Path, epoch: int) -> None:
         os.close(dfd)
 
 
-def max_partition_epoch(data_dir: Path) -> int:
-    """The newest epoch any partition's leader-epoch checkpoint names."""
+def partition_epochs(data_dir: Path) -> set[int]:
+    """Every epoch some partition's leader-epoch checkpoint names."""
     from hpbroker.io.epochs import EpochCache
     from hpbroker.io.layout import list_partitions, partition_dir
 
-    best = -1
+    out: set[int] = set()
     for topic, p in list_partitions(str(data_dir)):
-        best = max(best, EpochCache(partition_dir(str(data_dir), topic, p), 1 << 62).latest_epoch)
-    return best
+        out.update(e for e, _ in EpochCache(partition_dir(str(data_dir), topic, p), 1 << 62).entries)
+    return out
+
+
+def max_partition_epoch(data_dir: Path) -> int:
+    """The newest epoch any partition's leader-epoch checkpoint names."""
+    return max(partition_epochs(data_dir), default=-1)

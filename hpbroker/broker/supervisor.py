@@ -110,11 +110,13 @@ class Supervisor:
         except TopicError as e:
             raise StartupError(str(e)) from None
         self.epoch = broker_state.load_epoch(self.data_dir)
+        self.reigns = broker_state.load_reigns(self.data_dir)  # epochs this broker led or followed
         if self.role == "master":
             # a new reign: batches of different masters never share an epoch
             self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
                                                  self.cfg.broker.broker_id)
-            broker_state.save_epoch(self.data_dir, self.epoch)
+            self.reigns.add(self.epoch)
+            broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
@@ -170,7 +172,7 @@ class Supervisor:
         self._spawn(self.mp, "replicator", replicator_mod.main,
                     (role, self.cfg_bytes, self.instance, self.epoch,
                      [self._replica_ring(w) for w in range(self.cfg.broker.writers)], self._ipc("repl-feed"),
-                     self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None))
+                     self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None, sorted(self.reigns)))
         self._await(lambda: self.replication_endpoints is not None, "the replicator to start")
 
     def promote(self) -> control.Ack:
@@ -185,7 +187,8 @@ class Supervisor:
             p.join(5)
         self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
                                              self.cfg.broker.broker_id)
-        broker_state.save_epoch(self.data_dir, self.epoch)
+        self.reigns.add(self.epoch)
+        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id
         self.pub_endpoints = [""] * self.cfg.broker.writers
@@ -315,11 +318,14 @@ class Supervisor:
                 self.replication_endpoints = msg.endpoints
                 return None
             case control.SeenEpoch():
-                if msg.epoch > self.epoch or msg.master_id != self.leader_id:
+                if msg.epoch > self.epoch or (msg.following and (msg.master_id != self.leader_id or msg.epoch not in self.reigns)):
                     self.epoch = max(self.epoch, msg.epoch)
-                    broker_state.save_epoch(self.data_dir, self.epoch)
-                    self.leader_id = msg.master_id
-                    self.publish_view()
+                    if msg.following:
+                        self.reigns.add(msg.epoch)  # its history is this log's from now
+                    broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
+                    if msg.following:
+                        self.leader_id = msg.master_id
+                        self.publish_view()
                 return control.Ack()
             case control.Promote():
                 return self.promote()

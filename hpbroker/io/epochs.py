@@ -27,6 +27,21 @@ NAME = "leader-epoch-checkpoint"
 _MAGIC = "hpbroker-epochs 1"
 
 
+def end_of(entries: list[tuple[int, int]], epoch: int, log_end_offset: int) -> tuple[int, int]:
+    """(largest epoch <= ``epoch`` in ``entries`` ((epoch, start) ascending),
+    the offset where it ends).  An epoch ends where the next one starts, or
+    at the log end for the latest.  (-1, 0) when nothing is that old: the
+    asker then keeps nothing."""
+    best = -1
+    end = 0
+    for i, (e, _) in enumerate(entries):
+        if e > epoch:
+            break
+        best = e
+        end = entries[i + 1][1] if i + 1 < len(entries) else log_end_offset
+    return best, end
+
+
 class EpochCache:
     def __init__(self, partition_dir: str, log_end_offset: int):
         self.path = os.path.join(partition_dir, NAME)
@@ -54,19 +69,9 @@ class EpochCache:
         self._save()
 
     def end_offset_for(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
-        """(largest known epoch <= ``epoch``, the offset where it ends here).
-
-        An epoch ends where the next one starts, or at the log end for the
-        latest.  (-1, 0) when nothing here is that old: the asker then keeps
-        nothing."""
-        best = -1
-        end = 0
-        for i, (e, _) in enumerate(self.entries):
-            if e > epoch:
-                break
-            best = e
-            end = self.entries[i + 1][1] if i + 1 < len(self.entries) else log_end_offset
-        return best, end
+        """(largest known epoch <= ``epoch``, the offset where it ends here);
+        see :func:`end_of`."""
+        return end_of(self.entries, epoch, log_end_offset)
 
     def truncate_from(self, offset: int) -> None:
         """Forget epochs that start at or after ``offset`` (the log was cut there)."""

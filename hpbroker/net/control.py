@@ -48,10 +48,14 @@ class EnsureTopic(_Msg, tag="ensure_topic"):
 
 
 class SeenEpoch(_Msg, tag="seen_epoch"):
-    """Slave replicator: the master it follows (remembered for promotion)."""
+    """Slave replicator: a master's epoch it has seen (remembered, so that a
+    promotion moves past it) and, once its history is accepted, follows
+    (``following``: its epoch becomes one of this broker's reigns, and its
+    id the leader metadata names)."""
 
     epoch: int
     master_id: int
+    following: bool = True
 
 
 class ReplicatorReady(_Msg, tag="replicator_ready"):

@@ -82,11 +82,13 @@ class SlaveInfo:
 
 class Master:
     def __init__(self, cfg, ctx: zmq.Context, data_dir: str, epoch: int, feed_ep: str, completions_ep: str,
-                 state_ep: str, topics, clock=time.monotonic):
+                 state_ep: str, topics, clock=time.monotonic, reigns=()):
         r = cfg.replication
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self.epoch = epoch
+        # every epoch this broker led or followed (the supervisor's broker-state.json); a master follows nobody
+        self.reigns = sorted(set(reigns) | {epoch})
         self.topics = topics  # callable -> {topic: partitions}
         self.clock = clock
         self.lag_max = r.replica_lag_max_ms / 1000.0
@@ -219,7 +221,8 @@ class Master:
                     self.slaves[msg.slave_id] = SlaveInfo(msg.slave_id, now)
                 self.slaves[msg.slave_id].last_seen = now
                 return rm.Welcome(cluster_id=self.cfg.broker.cluster_id, master_id=self.cfg.broker.broker_id,
-                                  epoch=self.epoch, topics=self.topics(), hwm=dict(self.hwm)), []
+                                  epoch=self.epoch, topics=self.topics(), hwm=dict(self.hwm),
+                                  reigns=self.reigns), []
             case rm.EpochEnd():
                 return rm.EpochEndReply(answers=[self._epoch_end(t, p, e) for t, p, e in msg.asks]), []
             case rm.CatchUp():

@@ -43,6 +43,7 @@ class Welcome(_Msg, tag="Welcome"):
     epoch: int
     topics: dict[str, int]
     hwm: dict[str, int]
+    reigns: list[int] = []  # every epoch the master led or followed (broker-state.json)
 
 
 class Refused(_Msg, tag="Refused"):
@@ -94,7 +95,7 @@ from_master = msgspec.msgpack.Decoder(FromMaster)
 #: of each writer] plus replication_acks, PUB frames are chunks of whole
 #: batches; 1 = the same endpoints, one batch per PUB frame, no
 #: replication_acks; 0 (absent) = [pub, fetch, ack].
-VERSION = 2
+VERSION = 3
 
 #: PUB frame 1: topic, partition, the end offset of the batches that follow (the
 #: master's log end when the round started; its high watermark once the round is durable)

@@ -14,7 +14,8 @@ from hpbroker.net import control
 
 
 def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: list[str], feed_ep: str,
-         completions_ep: str, state_ep: str, control_ep: str, cpus: list[int] | None) -> None:
+         completions_ep: str, state_ep: str, control_ep: str, cpus: list[int] | None,
+         reigns: list[int] | None = None) -> None:
     cfg = child_setup(f"replicator({role})", cfg_bytes, cpus)
     ctx = zmq.Context()
     ctl = ctx.socket(zmq.DEALER)
@@ -25,7 +26,7 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
         from hpbroker.replication.master import Master
 
         node = Master(cfg, ctx, data_dir, epoch, feed_ep, completions_ep, state_ep,
-                      topics=lambda: _topics(data_dir))
+                      topics=lambda: _topics(data_dir), reigns=reigns or [])
         endpoints = node.endpoints
     else:
         from hpbroker.replication.slave import Slave

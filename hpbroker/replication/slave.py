@@ -29,6 +29,7 @@ from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.replication import messages as rm
+from hpbroker.replication.divergence import plan_cut
 from hpbroker.ring import RingFull, SharedRing
 
 log = logging.getLogger("hpbroker.replication")
@@ -298,9 +299,10 @@ class Slave:
             raise Refusal(f"the master's epoch {w.epoch} is older than epoch {self.max_epoch} seen here: a stale master")
         self.master_epoch = w.epoch
         self.max_epoch = max(self.max_epoch, w.epoch)
-        self._tell_supervisor(control.SeenEpoch(epoch=w.epoch, master_id=w.master_id))
+        self._tell_supervisor(control.SeenEpoch(epoch=w.epoch, master_id=w.master_id, following=False))
         self._learn_topics(w.topics)
-        self._truncate_divergent()
+        self._truncate_divergent(set(w.reigns))
+        self._tell_supervisor(control.SeenEpoch(epoch=w.epoch, master_id=w.master_id))
         self._socket("sub", zmq.SUB, *pubs)
         self.master_hwm.update(w.hwm)
         for k, v in w.hwm.items():
@@ -323,27 +325,53 @@ class Slave:
         if self.control.poll(10_000):
             self.control.recv()
 
-    def _truncate_divergent(self) -> None:
+    def _truncate_divergent(self, master_reigns: set[int]) -> None:
+        """Cut each partition's divergent tail where its history parts from
+        the master's (:mod:`hpbroker.replication.divergence`).  A cut of
+        batches that a master this one never followed acknowledged is refused,
+        all partitions or none, unless replication.unclean_truncation allows
+        it (Kafka's unclean.leader.election.enable)."""
+        caches: dict[str, EpochCache] = {}
         asks = []
         for key in sorted(self.expected):
             topic, _, p = key.rpartition("/")
             cache = EpochCache(partition_dir(str(self.data_dir), topic, int(p)), self.expected[key])
             if cache.latest_epoch >= 0:
+                caches[key] = cache
                 asks.append((topic, int(p), cache.latest_epoch))
         if not asks:
             return
         reply = self._request(rm.EpochEnd(asks=asks))
+        cuts: list[tuple[str, int, int]] = []
+        unclean: list[str] = []
         for topic, p, found, end, err in reply.answers:
             key = handoff.tp_key(topic, p)
             if err:
                 log.error("not following %s: the master cannot say where its epochs end (%s)", key, err)
                 self.paused.add(key)  # never truncate on a master's error
                 continue
-            if end < self.expected.get(key, 0):
-                log.warning("%s: divergent tail from offset %d (epoch %d ends there on the master); truncating",
-                            key, end, found)
-                self._send_ring(handoff.TRUNCATE, topic, p, [], arg=end)
-                self.expected[key] = end
+            exp = self.expected.get(key, 0)
+            cut = plan_cut(caches[key].entries, exp, found, end, master_reigns)
+            if cut.unclean:
+                unclean.append(f"{key}: offsets {cut.offset}..{exp - 1} (epoch {', '.join(map(str, cut.strangers))})")
+            if cut.offset < exp:
+                cuts.append((topic, p, cut.offset))
+        if unclean and not self.cfg.replication.unclean_truncation:
+            raise Refusal(
+                f"not following {self.cfg.replication.master}: it never led nor followed epochs this broker holds "
+                f"batches of, so following it would delete messages a master it never heard of acknowledged - "
+                f"{'; '.join(unclean)}. To discard them, set replication.unclean_truncation = true here; to keep "
+                f"them, promote this broker (hpbroker promote) and restart the other as its slave with "
+                f"replication.unclean_truncation = true there (docs/replication.md, \"Two masters\")")
+        if unclean:
+            log.warning("unclean truncation (replication.unclean_truncation): cutting batches acknowledged by a "
+                        "master this one never followed: %s", "; ".join(unclean))
+        for topic, p, end in cuts:
+            key = handoff.tp_key(topic, p)
+            log.warning("%s: divergent tail from offset %d (where the master's history parts from this log); "
+                        "truncating", key, end)
+            self._send_ring(handoff.TRUNCATE, topic, p, [], arg=end)
+            self.expected[key] = end
         deadline = self.clock() + 60
         while any(self.inflight.values()) and self.clock() < deadline:
             if self.comp.poll(100):
