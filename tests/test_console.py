@@ -59,7 +59,8 @@ def test_unreachable_broker_is_one_line_and_exit_1():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    for args, stdin in ((["produce", "t"], b"x\n"), (["consume", "t"], None), (["topics", "list"], None)):
+    for args, stdin in ((["produce", "t"], b"x\n"), (["consume", "t"], None), (["topics", "list"], None),
+                        (["stats"], None), (["promote"], None)):  # stats and promote used to wait for ever
         r = hpb(*args, "--broker", url, "--connect-timeout-ms", "500", input=stdin, timeout=60)
         assert r.returncode == 1, (args, r.stderr)
         assert r.stderr.count(b"\n") == 1 and url.encode() in r.stderr, r.stderr

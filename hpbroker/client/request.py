@@ -16,17 +16,22 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 _ids = itertools.count(1)
 
 
-def request(url: str, make, timeout_ms: int = 5000):
+def request(url: str, make, timeout_ms: int = 5000, connect_timeout_ms: int | None = None):
     """Send ``make(id)`` to ``url`` and return the decoded reply; a reply
-    with a non-zero code raises BrokerError, as does no reply in time."""
+    with a non-zero code raises BrokerError, as does no connection within
+    ``connect_timeout_ms`` (default: ``timeout_ms``) or no reply within
+    ``timeout_ms`` after the request went out."""
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.IMMEDIATE, 1)
+    s.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a broker that is not there...
     try:
         s.connect(url)
+        wait = timeout_ms if connect_timeout_ms is None else connect_timeout_ms
+        if not s.poll(wait, zmq.POLLOUT):  # ...so a send would block for ever: wait for the connection first
+            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"no connection to {url} within {wait} ms")
         req = make(next(_ids))
-        s.send_multipart(codec.encode_request(req))
+        s.send_multipart(codec.encode_request(req), zmq.NOBLOCK)
         if not s.poll(timeout_ms):
             raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"no answer from {url} within {timeout_ms} ms")
         rep, _ = codec.decode_reply(s.recv_multipart())
