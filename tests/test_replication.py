@@ -137,8 +137,8 @@ def assert_present(b: BrokerProcess, acked: dict[tuple[int, str], int]) -> None:
     c.close()
 
 
-def promote(b: BrokerProcess) -> int:
-    r = subprocess.run([sys.executable, "-m", "hpbroker", "promote", "--broker", b.url],
+def promote(b: BrokerProcess, *flags: str) -> int:
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "promote", "--broker", b.url, *flags],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return int(re.search(r"leader epoch (\d+)", r.stdout).group(1))
@@ -254,8 +254,9 @@ def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
 def test_a_slave_binds_no_replication_port_until_promoted(tmp_path):
     """Master and slave on one host with the same fixed pub_port: the slave
     binds nothing it does not serve, so both start; promoted while the old
-    master still holds the port, its writer publishes on another one, which
-    its metadata names, and a new slave follows it there."""
+    master still holds the port (which takes --force: that master still
+    answers), its writer publishes on another one, which its metadata names,
+    and a new slave follows it there."""
     port = free_port()
     with contextlib.ExitStack() as running:  # stops whatever started, even if a start fails
         a = master(tmp_path, "a", extra=f"pub_port = {port}")
@@ -270,7 +271,13 @@ def test_a_slave_binds_no_replication_port_until_promoted(tmp_path):
         assert not [s for s in writer.net_connections(kind="tcp") if s.status == psutil.CONN_LISTEN]
         before = produce_stream(a.url, "before", 0.3, acks=-1)
         wait_until(lambda: caught_up(a, b), 30, "the slave to hold everything")
-        promote(b)
+        # the master still answers: promoting would make two masters, refused unless forced
+        r = subprocess.run([sys.executable, "-m", "hpbroker", "promote", "--broker", b.url],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "still answers as master" in r.stderr and "--force" in r.stderr, r.stderr
+        assert stats(b)["replication_role"] == "slave" and "epoch" not in r.stdout
+        promote(b, "--force")
         md = request(b.url, lambda i: m.Metadata(id=i, topics=[]), 5000)
         fetch, ack, *pubs = md.replication
         assert len(pubs) == 1 and pubs[0].startswith("tcp://127.0.0.1:") and pubs[0] != f"tcp://127.0.0.1:{port}"

@@ -61,6 +61,7 @@ class Acceptor:
         self.stopping = False
         self.abandon = False
         self.heard_from: set[int] = set()
+        self.ctx = ctx
         self.client = ctx.socket(zmq.ROUTER)
         client_socket_options(self.client, cfg)
         self.client.bind(endpoint)
@@ -244,6 +245,8 @@ class Acceptor:
                 case m.Stats():
                     self._reply(ident, m.StatsReply(id=req.id, stats=self._stats()))
                 case m.Promote():
+                    if not req.force:
+                        self._refuse_promotion_while_master_answers()
                     reply = self._ask(control.Promote(), timeout_ms=60_000)
                     self._reply(ident, m.PromoteReply(id=req.id, code=reply.code, message=reply.message,
                                                       leader_epoch=reply.epoch))
@@ -363,6 +366,32 @@ class Acceptor:
             for w in self.replica.direct_ack(ack.slave_id, ack.epoch, ack.durable, self.view.leader_epoch):
                 self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
             self._bound_fetches()
+
+    def _refuse_promotion_while_master_answers(self) -> None:
+        """A slave's master that still answers as a master would go on taking
+        produce requests beside the promoted slave: two masters.  Blocks this
+        acceptor for up to replication.promote_probe_ms (a promotion is rare,
+        and it blocks anyway while the supervisor promotes)."""
+        r = self.cfg.replication
+        if self.view.role != "slave" or not r.master or r.promote_probe_ms <= 0:
+            return  # the supervisor answers "not a slave"
+        s = self.ctx.socket(zmq.DEALER)  # not IMMEDIATE: the request waits in the pipe for the connection
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(r.master)
+            s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])), zmq.NOBLOCK)
+            if not s.poll(r.promote_probe_ms):
+                return  # silent: gone, hung or unreachable
+            rep, _ = codec.decode_reply(s.recv_multipart())
+        except Exception:  # noqa: BLE001 - an answer we cannot read is not a live master's
+            return
+        finally:
+            s.close(0)
+        if isinstance(rep, m.MetadataReply) and rep.role == "master" and rep.broker_id != self.cfg.broker.broker_id:
+            raise BrokerError(ErrorCode.BAD_REQUEST,
+                              f"the master at {r.master} (broker {rep.broker_id}, epoch {rep.leader_epoch}) still answers "
+                              "as master: promoting this slave now would make two masters (docs/replication.md, "
+                              "\"Two masters\"). Stop that broker first, or promote with --force")
 
     def _bound_fetches(self) -> None:
         """Keep consumers of a master to what the in-sync slaves hold

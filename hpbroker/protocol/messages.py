@@ -111,7 +111,10 @@ class Stats(_Request):
 
 
 class Promote(_Request):
-    """Make this slave the master, with a new leader epoch (admin)."""
+    """Make this slave the master, with a new leader epoch (admin).  Refused
+    while its master still answers as a master, unless ``force``."""
+
+    force: bool = False
 
 
 Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote]
