@@ -44,7 +44,7 @@ def test_reigns_are_kept_across_saves_and_derived_for_an_old_state_file(tmp_path
     (tmp_path / broker_state.NAME).write_text(json.dumps({"epoch": 3}))  # before reigns were kept
     assert broker_state.load_reigns(tmp_path) == {3}
     broker_state.save_epoch(tmp_path, 1025, {3, 1025})
-    broker_state.save_epoch(tmp_path, 1025)  # None: keep what is recorded
-    assert broker_state.load_epoch(tmp_path) == 1025
+    broker_state.save_epoch(tmp_path, 2049)  # None: keep what is recorded; an epoch only seen is no reign
+    assert broker_state.load_epoch(tmp_path) == 2049
     assert broker_state.load_reigns(tmp_path) == {3, 1025}
     assert not (tmp_path / "broker-state.tmp").exists()

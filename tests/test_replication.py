@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -404,6 +405,8 @@ def test_two_masters_at_once_never_share_an_epoch_and_the_loser_cuts_back_only_w
         assert "unclean_truncation" in detail and f"epoch {eb}" in detail, detail
         assert "truncating" not in b.log()
         assert_present(b, {**shared, **on_b})  # nothing it acknowledged was cut
+        state = json.loads((tmp_path / "b" / "broker-state.json").read_text())
+        assert state["epoch"] >= ea and ea not in state["reigns"]  # seen (a promotion moves past it), never followed
         b.stop()
         b = slave(tmp_path, "b", a, port=b.port, broker_id=2, extra="unclean_truncation = true")  # keep a's history
         assert_cut_back(a, b, {**shared, **lagged, **on_a}, "only-on-b")
@@ -422,6 +425,37 @@ def cut_log_tail(data_dir, partition: int, offset: int) -> None:
     (pos,) = [pos for pos, h in batch.iter_batches(seg.read_bytes()) if h.base_offset == offset]
     with open(seg, "r+b") as f:
         f.truncate(pos)
+
+
+def test_a_reign_the_new_master_followed_is_cut_cleanly_even_with_none_of_its_batches(tmp_path):
+    """Clean failover, the case the reigns exist for: b followed a's second
+    reign (it handshook with it) but was gone before any batch of it came,
+    so when a rejoins b it holds batches of an epoch b has none of.  b's
+    reigns name that epoch, so a cuts them (acks=1, never replicated)
+    without asking for replication.unclean_truncation."""
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    try:
+        shared = replicate_some(a, b, "shared")
+        a.stop()
+        a = master(tmp_path, "a", port=a.port, broker_id=1)  # a second reign of a
+        ea = epoch_of(a)
+        wait_until(lambda: stats(b).get("replication_master_epoch") == ea, 60, "b to follow a's new reign")
+        b.kill()
+        unreplicated = produce_stream(a.url, "reign-2-only-on-a", 0.3, acks=1)
+        assert unreplicated
+        a.kill()
+        b = slave(tmp_path, "b", f"tcp://127.0.0.1:{free_port()}", port=b.port, broker_id=2)
+        promote(b)
+        newer = produce_stream(b.url, "on-b", 0.3, acks=1)
+        a = slave(tmp_path, "a", b, port=a.port, broker_id=1)
+        assert_cut_back(b, a, {**shared, **newer}, "reign-2-only-on-a")
+        assert stats(a).get("replication_state") != "refused"
+        assert "unclean" not in a.log()
+    finally:
+        a.stop(), b.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_a_slave_ahead_of_its_restarted_master_cuts_back_by_epoch(tmp_path):

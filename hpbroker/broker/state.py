@@ -68,11 +68,11 @@ def load_reigns(data_dir: Path) -> set[int]:
 
 
 def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None) -> None:
-    """Write the state (``reigns`` None: keep the recorded ones), then add
-    ``epoch`` to the reigns."""
+    """Write the state (``reigns`` None: keep the recorded ones).  ``epoch``
+    is not added to the reigns: a master's epoch a slave has only seen (and
+    refused to follow) is no reign of its own."""
     path = Path(data_dir) / NAME
     known = load_reigns(data_dir) if reigns is None else set(reigns)
-    known.add(epoch)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
