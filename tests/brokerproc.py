@@ -20,6 +20,7 @@ import zmq
 
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
+from hpbroker.ring import cleanup_stale
 
 
 #: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
@@ -109,6 +110,11 @@ class BrokerProcess:
                 self.kill()
         self._reap_group()
         self._log.close()
+        # A broker killed with -9 leaves its rings for its restart to unlink;
+        # one a test never restarts (it ended, or failed, first) is unlinked
+        # here.  Only objects whose owner is dead: a broker running on this
+        # port now keeps its own.
+        cleanup_stale(f"p{self.port}", dead_after_ms=60_000)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -431,6 +431,44 @@ def test_two_masters_at_once_never_share_an_epoch_and_the_loser_cuts_back_only_w
     assert r.stdout.count("SAME") == PARTITIONS
 
 
+def test_a_promoted_slave_restarted_with_its_old_flags_stays_master_until_its_old_master_is_back(tmp_path):
+    """A crash (or a service manager) restarts a promoted broker with the
+    slave flags it had: while its old master is gone it is master again, in
+    a new epoch, and takes produce requests.  Once the old master answers as
+    a master, the same flags make it that master's slave rather than a second
+    master, and it then refuses to cut its own reign (the two-masters case)."""
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    try:
+        shared = replicate_some(a, b, "shared")
+        a.kill()
+        eb = promote(b)
+        on_b = produce_stream(b.url, "promoted", 0.3, acks=1)
+        b.kill()
+        b = slave(tmp_path, "b", a, port=b.port, broker_id=2)  # the flags it had before the promotion
+        st = stats(b)
+        assert st["replication_role"] == "master" and st["leader_epoch"] > eb and st["leader_epoch"] % 1024 == 2, st
+        assert "starting as master" in b.log()
+        md = request(b.url, lambda i: m.Metadata(id=i, topics=["rep"]), 5000)
+        assert md.role == "master" and md.topics[0].partitions[0].leader == 2
+        after = produce_stream(b.url, "restarted", 0.3, acks=1)
+        assert on_b and after
+        assert_present(b, {**shared, **on_b, **after})
+        state = json.loads((tmp_path / "b" / "broker-state.json").read_text())
+        assert state["promoted_from"] == a.url and st["leader_epoch"] in state["reigns"]
+        # the old master comes back with its old flags: the same slave flags now follow it
+        a = master(tmp_path, "a", port=a.port, broker_id=1)
+        b.stop()
+        b = slave(tmp_path, "b", a, port=b.port, broker_id=2)
+        assert stats(b)["replication_role"] == "slave"
+        assert "answers as a master again" in b.log()
+        wait_until(lambda: stats(b).get("replication_state") == "refused", 30, "the slave to refuse")
+        assert_present(b, {**shared, **on_b, **after})  # nothing it acknowledged was cut
+        assert "promoted_from" not in json.loads((tmp_path / "b" / "broker-state.json").read_text())
+    finally:
+        a.stop(), b.stop()
+
+
 def cut_log_tail(data_dir, partition: int, offset: int) -> None:
     """Cut a partition's (single) segment back to ``offset`` (a batch's base
     offset), as a power cut loses what the disk had not made durable."""

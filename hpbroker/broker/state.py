@@ -1,5 +1,6 @@
 """The broker's own durable state, in ``<data_dir>/broker-state.json``: the
-leader epoch, and the reigns (epochs) this broker led or followed.
+leader epoch, the reigns (epochs) this broker led or followed, and whether
+it was promoted.
 
 A master takes a new epoch at every start and at promotion, so batches of
 different reigns never share one; a slave remembers the newest epoch it has
@@ -22,12 +23,16 @@ nor followed knows those were acknowledged by a master this one never heard
 of (a split brain), and does not cut them without being told to
 (``replication.unclean_truncation``; docs/replication.md, "Two masters").
 
-=========  ==========================================================
-key        value
-=========  ==========================================================
-epoch      int: the newest epoch this broker led or saw from a master
-reigns     sorted list of int: every epoch it led or followed
-=========  ==========================================================
+=============  ======================================================
+key            value
+=============  ======================================================
+epoch          int: the newest epoch this broker led or saw from a master
+reigns         sorted list of int: every epoch it led or followed
+promoted_from  str, only after ``hpbroker promote``: the master URL this
+               broker followed until then.  A restart with the same slave
+               flags keeps it master (:mod:`hpbroker.broker.role`); gone
+               once it starts as a slave again or as a master by its flags
+=============  ======================================================
 """
 
 from __future__ import annotations
@@ -67,16 +72,30 @@ def load_reigns(data_dir: Path) -> set[int]:
     return reigns | partition_epochs(data_dir)
 
 
-def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None) -> None:
-    """Write the state (``reigns`` None: keep the recorded ones).  ``epoch``
-    is not added to the reigns: a master's epoch a slave has only seen (and
-    refused to follow) is no reign of its own."""
+def load_promoted_from(data_dir: Path) -> str | None:
+    """The master URL this broker followed when it was promoted, if it was
+    promoted and has not started as a slave or by its flags since."""
+    return _read(data_dir).get("promoted_from") or None
+
+
+_KEEP = object()
+
+
+def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None, promoted_from=_KEEP) -> None:
+    """Write the state (``reigns`` None: keep the recorded ones;
+    ``promoted_from`` left out: keep it, None: clear it).  ``epoch`` is not
+    added to the reigns: a master's epoch a slave has only seen (and refused
+    to follow) is no reign of its own."""
     path = Path(data_dir) / NAME
     known = load_reigns(data_dir) if reigns is None else set(reigns)
+    state = {"epoch": epoch, "reigns": sorted(known)}
+    promoted = load_promoted_from(data_dir) if promoted_from is _KEEP else promoted_from
+    if promoted:
+        state["promoted_from"] = promoted
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps({"epoch": epoch, "reigns": sorted(known)}).encode())
+        os.write(fd, json.dumps(state).encode())
         os.fsync(fd)
     finally:
         os.close(fd)

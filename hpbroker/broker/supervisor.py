@@ -35,11 +35,13 @@ import zmq
 from hpbroker import config as config_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
+from hpbroker.broker import role as role_mod
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.net import control
 from hpbroker.broker import writer as writer_mod
+from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
 from hpbroker.protocol.errors import ErrorCode
@@ -109,6 +111,7 @@ class Supervisor:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
             raise StartupError(str(e)) from None
+        self._choose_role()
         self.epoch = broker_state.load_epoch(self.data_dir)
         self.reigns = broker_state.load_reigns(self.data_dir)  # epochs this broker led or followed
         if self.role == "master":
@@ -158,6 +161,28 @@ class Supervisor:
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch)
 
+    def _choose_role(self) -> None:
+        """The flags' role, or master if this broker was promoted and its
+        old master is not back as one (hpbroker.broker.role)."""
+        r = self.cfg.replication
+        promoted_from = broker_state.load_promoted_from(self.data_dir)
+
+        def master_answering() -> str | None:
+            ctx = zmq.Context()
+            try:
+                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+            finally:
+                ctx.term()
+            return None if rep is None else f"broker {rep.broker_id}, epoch {rep.leader_epoch}"
+
+        start = role_mod.start_role(self.role, r.master, promoted_from, r.keep_promotion, master_answering)
+        if start.why:
+            log.warning("%s", start.why)
+        if start.forget:
+            broker_state.save_epoch(self.data_dir, broker_state.load_epoch(self.data_dir), promoted_from=None)
+        self.role = start.role
+        self.leader_id = self.cfg.broker.broker_id if self.role != "slave" else -1
+
     # -- replication -----------------------------------------------------------------
 
     def _pub_bind(self, w: int) -> str:
@@ -188,7 +213,8 @@ class Supervisor:
         self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
                                              self.cfg.broker.broker_id)
         self.reigns.add(self.epoch)
-        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
+        # recorded: a restart with this slave's flags keeps it master (hpbroker.broker.role)
+        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns, promoted_from=self.cfg.replication.master)
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id
         self.pub_endpoints = [""] * self.cfg.broker.writers

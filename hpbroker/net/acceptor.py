@@ -35,6 +35,7 @@ from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
 from hpbroker.net.replica_view import ReplicaView
 from hpbroker.replication import messages as rm
+from hpbroker.replication.probe import master_answering
 from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
@@ -375,19 +376,8 @@ class Acceptor:
         r = self.cfg.replication
         if self.view.role != "slave" or not r.master or r.promote_probe_ms <= 0:
             return  # the supervisor answers "not a slave"
-        s = self.ctx.socket(zmq.DEALER)  # not IMMEDIATE: the request waits in the pipe for the connection
-        s.setsockopt(zmq.LINGER, 0)
-        try:
-            s.connect(r.master)
-            s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])), zmq.NOBLOCK)
-            if not s.poll(r.promote_probe_ms):
-                return  # silent: gone, hung or unreachable
-            rep, _ = codec.decode_reply(s.recv_multipart())
-        except Exception:  # noqa: BLE001 - an answer we cannot read is not a live master's
-            return
-        finally:
-            s.close(0)
-        if isinstance(rep, m.MetadataReply) and rep.role == "master" and rep.broker_id != self.cfg.broker.broker_id:
+        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+        if rep is not None:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"the master at {r.master} (broker {rep.broker_id}, epoch {rep.leader_epoch}) still answers "
                               "as master: promoting this slave now would make two masters (docs/replication.md, "
