@@ -448,6 +448,7 @@ def test_a_promoted_slave_restarted_with_its_old_flags_stays_master_until_its_ol
         b = slave(tmp_path, "b", a, port=b.port, broker_id=2)  # the flags it had before the promotion
         st = stats(b)
         assert st["replication_role"] == "master" and st["leader_epoch"] > eb and st["leader_epoch"] % 1024 == 2, st
+        assert st["promoted_from"] == a.url  # why a broker started as a slave is master
         assert "starting as master" in b.log()
         md = request(b.url, lambda i: m.Metadata(id=i, topics=["rep"]), 5000)
         assert md.role == "master" and md.topics[0].partitions[0].leader == 2
@@ -460,7 +461,8 @@ def test_a_promoted_slave_restarted_with_its_old_flags_stays_master_until_its_ol
         a = master(tmp_path, "a", port=a.port, broker_id=1)
         b.stop()
         b = slave(tmp_path, "b", a, port=b.port, broker_id=2)
-        assert stats(b)["replication_role"] == "slave"
+        st = stats(b)
+        assert st["replication_role"] == "slave" and "promoted_from" not in st
         assert "answers as a master again" in b.log()
         wait_until(lambda: stats(b).get("replication_state") == "refused", 30, "the slave to refuse")
         assert_present(b, {**shared, **on_b, **after})  # nothing it acknowledged was cut

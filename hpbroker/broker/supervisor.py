@@ -71,6 +71,7 @@ class Supervisor:
         self._own_run_dir = False
         self.fatal = False
         self.role = cfg.replication.role
+        self.promoted_from = ""  # set while a promotion holds (hpbroker.broker.role)
         self.epoch = 0
         self.leader_id = cfg.broker.broker_id if self.role != "slave" else -1
         self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
@@ -180,6 +181,7 @@ class Supervisor:
             log.warning("%s", start.why)
         if start.forget:
             broker_state.save_epoch(self.data_dir, broker_state.load_epoch(self.data_dir), promoted_from=None)
+        self.promoted_from = "" if start.forget else (promoted_from or "")
         self.role = start.role
         self.leader_id = self.cfg.broker.broker_id if self.role != "slave" else -1
 
@@ -215,6 +217,7 @@ class Supervisor:
         self.reigns.add(self.epoch)
         # recorded: a restart with this slave's flags keeps it master (hpbroker.broker.role)
         broker_state.save_epoch(self.data_dir, self.epoch, self.reigns, promoted_from=self.cfg.replication.master)
+        self.promoted_from = self.cfg.replication.master
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id
         self.pub_endpoints = [""] * self.cfg.broker.writers
@@ -289,7 +292,7 @@ class Supervisor:
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
                                    replication=self._replication_view(),
-                                   replication_acks=self._replication_acks())
+                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from)
 
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub

@@ -413,6 +413,8 @@ class Acceptor:
         if self.slave_acks is not None:
             out["replication_direct_acks"] = self.replica.direct_acks
             out["replication_direct_acks_refused"] = self.replica.direct_refused
+        if self.view.promoted_from:
+            out["promoted_from"] = self.view.promoted_from
         if self.view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(self.view.replication)
         return out

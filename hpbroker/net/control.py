@@ -77,6 +77,7 @@ class ClusterView(_Msg, tag="view"):
     leader_id: int = 0
     replication: list[str] = []
     replication_acks: list[str] = []  # a master's acceptors' slave-ack endpoints, by acceptor
+    promoted_from: str = ""  # the master it followed, while a promotion holds (hpbroker.broker.role)
 
 
 class TopicResult(_Msg, tag="topic_result"):
