@@ -407,6 +407,9 @@ class Acceptor:
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
         out.update(self.replica.stats)
+        # until the replicator's first broadcast: the supervisor's role, not the
+        # flags' (a promoted broker restarted with slave flags is a master)
+        out.setdefault("replication_role", self.view.role)
         if self._fetch_replicated:
             out["fetch_bound"] = "replicated" if self.fetch.bound is not None else "durable (no slave in sync)"
             out["messages_awaiting_replication"] = self.fetch.held_back()

@@ -23,7 +23,7 @@ class ReplicaView:
         self.min_insync = rcfg.min_insync_replicas
         self.insync = 0
         self.replicated: dict[str, int] = {}
-        self.stats: dict = {"replication_role": rcfg.role}
+        self.stats: dict = {}  # the replicator's, from its first broadcast on
         self.insync_ids: list[int] = []
         self.direct: dict[int, dict[str, int]] = {}  # slave id -> what its writers reported durable
         self.direct_acks = 0  # reports counted
