@@ -146,6 +146,13 @@ def promote(b: BrokerProcess, *flags: str) -> int:
     return int(re.search(r"leader epoch (\d+)", r.stdout).group(1))
 
 
+def assert_log_verifies(data_dir) -> None:
+    """``hpbroker log verify`` finds every batch of ``data_dir`` sound."""
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(data_dir)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def compare(d1, d2) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(d1), "--compare", str(d2)],
                           capture_output=True, text=True, timeout=120)
@@ -714,9 +721,7 @@ def test_a_corrupt_batch_on_the_stream_is_never_appended(tmp_path):
         if b is not None:
             b.stop()
         fake.close()
-    r = subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(tmp_path / "b")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_log_verifies(tmp_path / "b")
 
 
 def test_a_corrupt_batch_on_the_master_is_never_copied(tmp_path):
@@ -746,6 +751,4 @@ def test_a_corrupt_batch_on_the_master_is_never_copied(tmp_path):
         if b is not None:
             b.stop()
         a.stop()
-    r = subprocess.run([sys.executable, "-m", "hpbroker", "log", "verify", str(tmp_path / "b")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_log_verifies(tmp_path / "b")
