@@ -374,7 +374,7 @@ class Acceptor:
         acceptor for up to replication.promote_probe_ms (a promotion is rare,
         and it blocks anyway while the supervisor promotes)."""
         r = self.cfg.replication
-        if self.view.role != "slave" or not r.master or r.promote_probe_ms <= 0:
+        if self.view.role != "slave" or not r.master:
             return  # the supervisor answers "not a slave"
         rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
         if rep is not None:

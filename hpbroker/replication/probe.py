@@ -17,7 +17,10 @@ from hpbroker.protocol import messages as m
 
 def master_answering(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> m.MetadataReply | None:
     """The metadata of the broker at ``url`` if it answers within
-    ``timeout_ms`` as a master other than broker ``own_id``; else None."""
+    ``timeout_ms`` as a master other than broker ``own_id``; else None
+    (at once with ``timeout_ms`` 0: asking is switched off)."""
+    if timeout_ms <= 0:
+        return None
     s = ctx.socket(zmq.DEALER)  # not IMMEDIATE: the request waits in the pipe for the connection
     s.setsockopt(zmq.LINGER, 0)
     try:
