@@ -334,6 +334,35 @@ def test_async_lag_gap_and_restart_catch_up(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_a_throttled_slave_catches_up_no_faster_than_its_byte_rate(tmp_path):
+    a = master(tmp_path, "a", mode="async")
+    b = None
+    try:
+        history = produce_stream(a.url, "old", 1.0, acks=1)
+        on_disk = sum(f.stat().st_size for f in (tmp_path / "a").rglob("*.log"))
+        read_size = 64 << 10
+        rate = max(4096, on_disk // 4)  # about four seconds of catch-up, whatever this machine produced
+        t0 = time.monotonic()
+        b = slave(tmp_path, "b", a, mode="async", extra=f"catchup_bytes = {read_size}\ncatchup_rate_bytes = {rate}")
+        wait_until(lambda: caught_up(a, b), 120, "the throttled catch-up")
+        took = time.monotonic() - t0
+        # the replicator's figures reach the stats every 0.5 s: wait for the final ones
+        wait_until(lambda: stats(b).get("replication_lag_messages") == 0, 10, "the slave's own lag figure")
+        st = stats(b)
+        read = st["replication_catch_up_bytes"]
+        assert read >= 4 * read_size, f"too little history ({read} bytes) for the rate to matter"
+        assert st["replication_catch_up_throttled_s"] > 0
+        # a burst of read_size, then rate bytes a second, and the last read may overdraw by one read
+        assert took >= (read - 2 * read_size) / rate, f"{read} bytes caught up in {took:.2f} s at {rate} B/s"
+        assert_present(b, history)
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def replicate_some(a: BrokerProcess, b: BrokerProcess, tag: str) -> dict[tuple[int, str], int]:
     """Half a second of acks=all produces to master ``a`` once slave ``b`` (broker
     id 2) is in sync, then wait until ``b`` has them all; -> the acknowledged."""

@@ -30,6 +30,7 @@ from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.replication import messages as rm
 from hpbroker.replication.divergence import plan_cut
+from hpbroker.replication.pacing import ByteRate
 from hpbroker.ring import RingFull, SharedRing
 
 log = logging.getLogger("hpbroker.replication")
@@ -93,6 +94,11 @@ class Slave:
         self.known_topics: dict[str, int] = {}
         self.gaps = 0
         self.catch_up_reads = 0  # CatchUp requests sent (history, gaps, lost PUB messages)
+        self.catch_up_bytes = 0  # bytes those reads brought
+        rc = cfg.replication
+        self.pace = ByteRate(rc.catchup_rate_bytes, rc.catchup_bytes, clock)  # replication.catchup_rate_bytes
+        self.throttled_s = 0.0  # how long reads that were due waited for the rate
+        self._held_since: float | None = None
         self.stopped: dict[str, str] = {}  # partitions not followed any more, and why
         self._stalled: dict[str, int] = {}
         self.stopping = False
@@ -255,6 +261,7 @@ class Slave:
         self.sockets.clear()
         self.catching.clear()
         self.catch_inflight = None
+        self._end_hold()
 
     def _request(self, msg, timeout_ms: int = 5000):
         s = self.sockets["fetch"]
@@ -384,12 +391,23 @@ class Slave:
     def _next_catch_up(self) -> None:
         if self.catch_inflight is not None or not self.catching or "fetch" not in self.sockets:
             return
+        if self.pace.wait_s() > 0:
+            if self._held_since is None:
+                self._held_since = self.clock()
+            return  # the loop comes back within its 50 ms poll and asks again
+        self._end_hold()
         key = self.catching.popleft()
         topic, _, p = key.rpartition("/")
         self.catch_inflight = key
         self.catch_up_reads += 1
         self.sockets["fetch"].send(rm.encoder.encode(rm.CatchUp(
             topic=topic, partition=int(p), offset=self.expected.get(key, 0), max_bytes=self.cfg.replication.catchup_bytes)))
+
+    def _end_hold(self) -> None:
+        """A read held back by catchup_rate_bytes goes (or the connection ends): count the wait."""
+        if self._held_since is not None:
+            self.throttled_s += self.clock() - self._held_since
+            self._held_since = None
 
     def _on_catch_up(self, reply: rm.CatchUpReply, data) -> None:
         key = handoff.tp_key(reply.topic, reply.partition)
@@ -399,6 +417,8 @@ class Slave:
         if reply.error:
             log.error("catch-up of %s failed on the master: %s", key, reply.error)
             return
+        self.catch_up_bytes += len(data)
+        self.pace.spend(len(data))
         views = [memoryview(data)[pos : pos + h.batch_length] for pos, h in batch.iter_batches(data)]
         if views and not self._forward(reply.topic, reply.partition, views):
             self._handshake_again()
@@ -548,6 +568,8 @@ class Slave:
             "replication_received_batches": self._received,
             "replication_gaps": self.gaps,
             "replication_catch_up_reads": self.catch_up_reads,
+            "replication_catch_up_bytes": self.catch_up_bytes,
+            "replication_catch_up_throttled_s": round(self.throttled_s, 3),
             "replication_paused": len(self.paused),
             "replication_stopped_partitions": "; ".join(f"{k}: {v}" for k, v in sorted(self.stopped.items())),
         }
