@@ -62,3 +62,66 @@ def test_user_errors(tmp_path, capsys):
     os.mkdir(tmp_path / "empty")
     assert main(["log", "dump", str(tmp_path / "empty")]) == 2
     assert "holds no partition" in capsys.readouterr().err
+
+
+def make_replica(d, n=300, differ_at=None):
+    """Two partitions of ``n`` two-record batches; batch ``differ_at`` of t-1 holds other (valid) bytes."""
+    with Storage(d, CFG) as st:
+        for p in range(2):
+            log = st.partition("t", p)
+            for i in range(n):
+                tag = i + 1000 if (p == 1 and i == differ_at) else i
+                log.append(make_batch(2, 200, ts=5000 + i, tag=tag), 0)
+            log.flush()
+    return d
+
+
+def verdicts(out: str) -> dict[str, str]:
+    return {line.split()[1].rstrip(":"): line for line in out.splitlines() if line.startswith(("SAME", "DIFFER"))}
+
+
+def test_compare_identical_replicas_and_a_shorter_one(tmp_path, capsys):
+    a, b, short = make_replica(tmp_path / "a"), make_replica(tmp_path / "b"), make_replica(tmp_path / "s", n=100)
+    assert main(["log", "verify", str(a), "--compare", str(b)]) == 0
+    v = verdicts(capsys.readouterr().out)
+    assert v.keys() == {"t-0", "t-1"} and "300 batches identical below offset 600" in v["t-1"]
+    # a replica that is behind matches up to its own end ...
+    assert main(["log", "verify", str(a), "--compare", str(short)]) == 0
+    assert "100 batches identical below offset 200 (logs end at 600 and 200)" in verdicts(capsys.readouterr().out)["t-0"]
+    # ... but not when both must reach an offset
+    assert main(["log", "verify", str(a), "--compare", str(short), "--upto", "400"]) == 1
+    assert "a log ends before offset 400 (ends at 600 and 200)" in verdicts(capsys.readouterr().out)["t-0"]
+
+
+def test_compare_names_the_first_batch_that_differs(tmp_path, capsys):
+    a, b = make_replica(tmp_path / "a"), make_replica(tmp_path / "b", differ_at=150)
+    assert main(["log", "verify", str(a), "--compare", str(b)]) == 1
+    v = verdicts(capsys.readouterr().out)
+    assert v["t-0"].startswith("SAME")
+    assert "batch at offset 300 differs" in v["t-1"]
+    # below the difference the replicas still agree
+    assert main(["log", "verify", str(a / "t-1"), "--compare", str(b / "t-1"), "--upto", "300"]) == 0
+
+
+def test_a_batch_with_no_counterpart_at_its_offset_differs(tmp_path, capsys):
+    a, b = make_replica(tmp_path / "a"), make_replica(tmp_path / "b")
+    part = str(b / "t-0")
+    first = layout.list_segments(part)[0]
+    for f in os.listdir(part):  # b's oldest segment is gone, as retention would remove it
+        if f.startswith(os.path.basename(layout.log_path(part, first)).removesuffix(".log")):
+            os.remove(os.path.join(part, f))
+    assert main(["log", "verify", str(a), "--compare", str(b)]) == 1
+    assert "batch 0..1 has no batch at the same offset" in verdicts(capsys.readouterr().out)["t-0"]
+
+
+def test_verify_shows_progress_in_bytes_when_asked(tmp_path, capsys):
+    d = make_data(tmp_path)
+    total = sum(os.path.getsize(layout.log_path(str(d / f"t-{p}"), b))
+                for p in range(2) for b in layout.list_segments(str(d / f"t-{p}")))
+    assert main(["log", "verify", str(d), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "verify: 100%" in err and f"{total / 1024:.0f}" in err.replace("k", "")
+    assert main(["log", "verify", str(d), "--compare", str(d), "--progress"]) == 0
+    assert "compare: 100%" in capsys.readouterr().err
+    assert main(["log", "verify", str(d)]) == 0  # not a terminal: no bar
+    assert "verify:" not in capsys.readouterr().err

@@ -22,11 +22,16 @@ class Comparison:
     problem: str | None = None
 
 
-def _batches(d: str):
-    """(header, path, pos) of every intact batch; a bad spot raises."""
+def _batches(d: str, progress=None):
+    """(header, path, pos) of every intact batch; a bad spot raises.
+    ``progress(nbytes)`` hears each batch's length as it is read."""
+    if not os.path.isdir(d):
+        return
     for it in inspect_partition(d):
         if it.header is None:
             raise ValueError(f"{it.path} position {it.pos}: {it.problem}")
+        if progress is not None:
+            progress(it.header.batch_length)
         yield it.header, it.path, it.pos
 
 
@@ -36,30 +41,40 @@ def _read(path: str, pos: int, n: int) -> bytes:
         return f.read(n)
 
 
-def compare_partitions(d1: str, d2: str, upto: int | None = None) -> Comparison:
+def compare_partitions(d1: str, d2: str, upto: int | None = None, progress=None) -> Comparison:
+    """Walk both logs once, side by side (memory does not grow with the log),
+    comparing every batch of ``d1`` below the shorter log's end (or ``upto``)
+    with the batch at the same base offset in ``d2``."""
     c = Comparison()
-    a = list(_batches(d1)) if os.path.isdir(d1) else []
-    b = list(_batches(d2)) if os.path.isdir(d2) else []
-    end_a = a[-1][0].last_offset + 1 if a else 0
-    end_b = b[-1][0].last_offset + 1 if b else 0
-    c.ends = (end_a, end_b)
-    limit = min(end_a, end_b) if upto is None else upto
-    if upto is not None and (end_a < upto or end_b < upto):
-        c.problem = f"a log ends before offset {upto} (ends at {end_a} and {end_b})"
-        return c
-    ib = {h.base_offset: (h, p, pos) for h, p, pos in b}
-    for h, p, pos in a:
-        if h.base_offset >= limit:
-            break
-        other = ib.get(h.base_offset)
-        if other is None:
-            c.problem = f"{p} position {pos}: batch {h.base_offset}..{h.last_offset} has no batch at the same offset in {d2}"
-            return c
-        h2, p2, pos2 = other
+    other = _batches(d2, progress)
+    hb = next(other, None)
+    end_a = end_b = 0
+    differ = None
+    for h, p, pos in _batches(d1, progress):
+        end_a = h.last_offset + 1
+        if differ is not None or (upto is not None and h.base_offset >= upto):
+            continue  # walked on only to learn where the log ends
+        while hb is not None and hb[0].base_offset < h.base_offset:
+            end_b = hb[0].last_offset + 1
+            hb = next(other, None)
+        if hb is None or hb[0].base_offset > h.base_offset:
+            if hb is None and h.base_offset >= end_b:
+                continue  # past the other log's end: nothing to compare
+            differ = f"{p} position {pos}: batch {h.base_offset}..{h.last_offset} has no batch at the same offset in {d2}"
+            continue
+        h2, p2, pos2 = hb
         if h2.batch_length != h.batch_length or _read(p, pos, h.batch_length) != _read(p2, pos2, h2.batch_length):
-            c.problem = (f"batch at offset {h.base_offset} differs: {p} position {pos} (epoch {h.leader_epoch}) vs "
-                         f"{p2} position {pos2} (epoch {h2.leader_epoch})")
-            return c
+            differ = (f"batch at offset {h.base_offset} differs: {p} position {pos} (epoch {h.leader_epoch}) vs "
+                      f"{p2} position {pos2} (epoch {h2.leader_epoch})")
+            continue
         c.batches += 1
         c.common_end = h.last_offset + 1
+    while hb is not None:
+        end_b = hb[0].last_offset + 1
+        hb = next(other, None)
+    c.ends = (end_a, end_b)
+    if upto is not None and (end_a < upto or end_b < upto):
+        c.problem = f"a log ends before offset {upto} (ends at {end_a} and {end_b})"
+    else:
+        c.problem = differ
     return c
