@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -40,3 +41,26 @@ def broker(tmp_path):
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a directory on a new tmpfs of that size (e.g. "2m"), for
+    a real ENOSPC; skips the test where mounting is not permitted.  Every
+    mount is undone at the end of the test."""
+    mounts = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"tmpfs{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounts:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -40,13 +40,13 @@ def master(tmp_path, name: str, port=None, mode="sync", extra="", broker_id=1, w
 
 
 def slave(tmp_path, name: str, of: BrokerProcess | str, port=None, mode="sync", extra="", broker_id=2,
-          cluster=None, writers=1) -> BrokerProcess:
+          cluster=None, writers=1, data_root=None) -> BrokerProcess:
     url = of if isinstance(of, str) else of.url
     args = ["--config", config(tmp_path, name, mode, extra), "--role", "slave", "--master", url,
             "--broker-id", str(broker_id), "--partitions", str(PARTITIONS), "--writers", str(writers)]
     if cluster:
         args += ["--cluster-id", cluster]
-    return BrokerProcess(tmp_path / name, port=port, args=tuple(args)).start()
+    return BrokerProcess((data_root or tmp_path) / name, port=port, args=tuple(args)).start()
 
 
 def zmq_push(endpoint: str):
@@ -228,6 +228,32 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
         s = RawClient(b.url)
         assert [r.value for r in s.fetch_all("rep", 0)] == [b"x", b"z", b"w"]
         s.close()
+    finally:
+        b.stop(), a.stop()
+
+
+def test_a_slave_whose_disk_fills_fails_acks_all_clearly_and_keeps_what_it_acknowledged(tmp_path, tmpfs):
+    a = master(tmp_path, "a")
+    b = slave(tmp_path, "b", a, extra="[log]\nsegment_bytes = 1048576", data_root=tmpfs("3m"))
+    try:
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
+        acked: dict = {}
+        for i in range(60):  # 3 MiB fill in a few seconds of these small batches
+            acked.update(produce_stream(a.url, f"r{i}", 0.5, acks=-1))
+            if "no space left on device" in stats(b)["replication_stopped_partitions"]:
+                break
+        else:
+            raise AssertionError("the slave's 3 MiB file system never filled")
+        assert acked, "nothing was acknowledged before the slave's disk filled"
+        wait_until(lambda: stats(a).get("slave_2_insync") == 0, 30, "the master to take the slave out of sync")
+        c = RawClient(a.url)
+        rep = c.call(m.Produce(id=c.next_id(), topic="rep", partition=0, acks=-1), [batch.encode_batch([b"no"])])[0]
+        assert rep.code == ErrorCode.NOT_ENOUGH_REPLICAS and "min_insync_replicas" in rep.message
+        c.close()
+        assert produce_stream(a.url, "one", 0.3, acks=1), "acks=1 must go on without the slave"
+        # every acks=all acknowledgement meant both had it: the slave still serves all of them
+        assert_present(a, acked)
+        assert_present(b, acked)
     finally:
         b.stop(), a.stop()
 
