@@ -234,7 +234,8 @@ def test_slave_away_means_not_enough_replicas_for_acks_all_only(tmp_path):
 
 def test_a_slave_whose_disk_fills_fails_acks_all_clearly_and_keeps_what_it_acknowledged(tmp_path, tmpfs):
     a = master(tmp_path, "a")
-    b = slave(tmp_path, "b", a, extra="[log]\nsegment_bytes = 1048576", data_root=tmpfs("3m"))
+    disk = tmpfs("3m")
+    b = slave(tmp_path, "b", a, extra="[log]\nsegment_bytes = 1048576", data_root=disk)
     try:
         wait_until(lambda: stats(a).get("slave_2_insync") == 1, 30, "the slave to be in sync")
         acked: dict = {}
@@ -254,8 +255,18 @@ def test_a_slave_whose_disk_fills_fails_acks_all_clearly_and_keeps_what_it_ackno
         # every acks=all acknowledgement meant both had it: the slave still serves all of them
         assert_present(a, acked)
         assert_present(b, acked)
+        # room again, and a restart: the slave recovers, catches up and is back in sync
+        b.stop()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        b = slave(tmp_path, "b", a, port=b.port, extra="[log]\nsegment_bytes = 1048576", data_root=disk)
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 60, "the slave back in sync")
+        acked.update(produce_stream(a.url, "after", 0.3, acks=-1))
+        wait_until(lambda: caught_up(a, b), 60, "catch-up")
+        assert_present(b, acked)
     finally:
         b.stop(), a.stop()
+    r = compare(tmp_path / "a", disk / "b")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_each_master_writer_streams_its_partitions_to_the_slave(tmp_path):
