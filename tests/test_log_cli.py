@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from tqdm import tqdm
+
 from hpbroker.cli import main
 from hpbroker.config import LogConfig
 from hpbroker.io import Storage
@@ -119,8 +121,9 @@ def test_verify_shows_progress_in_bytes_when_asked(tmp_path, capsys):
     total = sum(os.path.getsize(layout.log_path(str(d / f"t-{p}"), b))
                 for p in range(2) for b in layout.list_segments(str(d / f"t-{p}")))
     assert main(["log", "verify", str(d), "--progress"]) == 0
+    size = tqdm.format_sizeof(total, divisor=1024)
     err = capsys.readouterr().err
-    assert "verify: 100%" in err and f"{total / 1024:.0f}" in err.replace("k", "")
+    assert "verify: 100%" in err and f"| {size}/{size} [" in err  # every byte of every segment counted
     assert main(["log", "verify", str(d), "--compare", str(d), "--progress"]) == 0
     assert "compare: 100%" in capsys.readouterr().err
     assert main(["log", "verify", str(d)]) == 0  # not a terminal: no bar

@@ -35,6 +35,7 @@ class ByteRate:
         if self.rate == 0:
             return 0.0
         self._refill()
+        # an empty budget (exactly 0) waits too, if only for a moment: reads go while it is above zero
         return 0.0 if self.budget > 0 else -self.budget / self.rate + 1e-9
 
     def spend(self, nbytes: int) -> None:
