@@ -88,7 +88,9 @@ class FaultyFileSystem(FileSystem):
 
     ``fail("fdatasync", errno.EIO)`` makes the next fdatasync raise
     ``OSError(EIO)`` (after ``skip`` successful calls, ``times`` times, -1 =
-    forever), optionally only for paths containing ``path``.  The real call
+    forever), optionally only for paths that hold ``path`` as whole
+    components (``"t-0"`` matches ``.../t-0/x.log``, not ``.../pytest-0/...``,
+    so a rule never depends on where a test's temporary directory is).  The real call
     is not made when a rule fires.  ``calls`` counts every call by name.
     """
 
@@ -112,7 +114,7 @@ class FaultyFileSystem(FileSystem):
             for r in self._rules:
                 if r.op != op or r.times == 0:
                     continue
-                if r.path is not None and (path is None or r.path not in path):
+                if r.path is not None and (path is None or f"/{r.path.strip('/')}/" not in f"/{path.strip('/')}/"):
                     continue
                 if r.skip > 0:
                     r.skip -= 1
