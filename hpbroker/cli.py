@@ -20,7 +20,8 @@ from hpbroker.commands import UserError
 
 
 def command_modules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(hpbroker.commands.__path__))
+    """Every subcommand module (a leading underscore marks a shared helper, not a command)."""
+    return sorted(m.name for m in pkgutil.iter_modules(hpbroker.commands.__path__) if not m.name.startswith("_"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "broker_several", None) is not None:
-            from hpbroker.client.cli import check_broker_arg
+            from hpbroker.commands._broker_args import check_broker_arg
 
             check_broker_arg(args)
         return int(args.func(args) or 0)

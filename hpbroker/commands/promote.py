@@ -10,7 +10,7 @@ truncates its divergent tail by epoch.
 
 from __future__ import annotations
 
-from hpbroker.client.cli import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, user_error
 
 
 def register(sub) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hpbroker.client.cli import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, user_error
 
 
 def register(sub) -> None:

@@ -7,7 +7,7 @@ describe NAME                one line per partition: leader, epoch, earliest and
 
 from __future__ import annotations
 
-from hpbroker.client.cli import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, user_error
 
 
 def register(sub) -> None:

@@ -1,9 +1,10 @@
-"""Shared bits of the console tools (hpbroker produce/consume/topics)."""
+"""What every command that talks to a broker shares: --broker, and one-line errors."""
 
 from __future__ import annotations
 
 import os
 
+from hpbroker.commands import UserError
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 DEFAULT_URL = "tcp://127.0.0.1:7600"
@@ -24,8 +25,6 @@ def add_broker_args(p, several: bool = True) -> None:
 
 def user_error(e: BrokerError, url: str):
     """A one-line UserError (exit 1) for a BrokerError."""
-    from hpbroker.commands import UserError
-
     if e.code == ErrorCode.REQUEST_TIMED_OUT:
         return UserError(f"no answer from the broker at {url} (is it running and reachable?)", 1)
     return UserError(str(e), 1)
@@ -34,7 +33,6 @@ def user_error(e: BrokerError, url: str):
 def check_broker_arg(args) -> None:
     """A malformed --broker is one line and exit 2, not a traceback."""
     from hpbroker.client.transport import parse_bootstrap
-    from hpbroker.commands import UserError
 
     try:
         urls = parse_bootstrap(args.broker)
