@@ -1,18 +1,18 @@
 """What releases a held acks=all: the replicator's state and the slaves'
-writers' direct reports (no sockets: ReplicaView is plain logic)."""
+writers' direct reports (no sockets: AckPolicy is plain logic)."""
 
 from __future__ import annotations
 
 from hpbroker.config import ReplicationConfig
 from hpbroker.net.produce import Waiting
-from hpbroker.net.replica_view import ReplicaView
-from hpbroker.replication.messages import ReplicaState
+from hpbroker.replication.ack_policy import AckPolicy
+from hpbroker.ipc.replica import ReplicaState
 
 EPOCH = 7
 
 
 def view(min_insync=2):
-    return ReplicaView(ReplicationConfig(role="master", mode="sync", min_insync_replicas=min_insync))
+    return AckPolicy(ReplicationConfig(role="master", mode="sync", min_insync_replicas=min_insync))
 
 
 def held(v, key="t/0", last=99, req_id=1):

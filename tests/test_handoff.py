@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hpbroker.net.handoff import owner_of
+from hpbroker.ipc.handoff import owner_of
 
 
 @pytest.mark.parametrize("writers", [1, 2, 3, 4, 8])
@@ -22,7 +22,7 @@ def test_consecutive_partitions_land_on_distinct_writers(topic, writers):
 def test_ownership_is_the_same_in_every_process():
     """Acceptors, writers and the slave's replicator compute it separately:
     it must not depend on Python's per-process hash salt."""
-    code = "from hpbroker.net.handoff import owner_of; print([owner_of('t%d' % i, p, 3) for i in range(5) for p in range(6)])"
+    code = "from hpbroker.ipc.handoff import owner_of; print([owner_of('t%d' % i, p, 3) for i in range(5) for p in range(6)])"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin"}).stdout for seed in (1, 2)}
     assert len(runs) == 1

@@ -12,15 +12,16 @@ import threading
 
 import pytest
 import zmq
+from msgspec.structs import astuple
 
 from hpbroker import batch as B
 from hpbroker.broker.writer import Writer
 from hpbroker.config import LogConfig
 from hpbroker.io import FaultyFileSystem, GroupCommit, PartitionFenced, Storage
 from hpbroker.io.testing import make_batch
-from hpbroker.net import handoff
+from hpbroker.ipc import completions, handoff
+from hpbroker.ipc import replica as ipc_replica
 from hpbroker.protocol.errors import ErrorCode
-from hpbroker.replication import messages as rm
 from hpbroker.replication.slave import split_batches
 from hpbroker.ring import ReaderGroup
 
@@ -65,7 +66,7 @@ class Rig:
         """token -> error code (0 = durable) of every request reported so far."""
         out = {}
         while self.comp_in.poll(100):
-            for token, code, *_ in handoff.completions_decoder.decode(self.comp_in.recv()).done:
+            for token, code, *_ in completions.decoder.decode(self.comp_in.recv()).done:
                 out[token] = code
         return out
 
@@ -86,6 +87,11 @@ def rig(tmp_path):
     r = Rig(tmp_path)
     yield r
     r.close()
+
+
+def published(raw: bytes) -> list[tuple]:
+    """A writer's note to its replicator, as (topic, partition, hwm, bytes) tuples."""
+    return [astuple(p) for p in ipc_replica.published_decoder.decode(raw)]
 
 
 def recv(sock) -> bytes:
@@ -123,7 +129,7 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
         B.check_batch(v, 0, len(v))
     assert by_partition[1] == (5, log_bytes(rig.storage, 1))
     # the replicator hears what was published, one note per flush, byte counts included
-    assert sorted(rm.published_meta.decode(recv(rig.feed_in))) == [("t", 0, 20, len(chunk0)),
+    assert sorted(published(recv(rig.feed_in))) == [("t", 0, 20, len(chunk0)),
                                                                      ("t", 1, 5, len(by_partition[1][1]))]
 
     # the acceptor hears of every flush; a master's replicator only from the publish note above
@@ -181,7 +187,7 @@ def test_a_round_goes_out_as_it_starts_and_a_failed_one_is_never_acknowledged(tm
         assert rig.completions()[t2] != 0
         assert rig.published() == []
         # the replicator hears the fenced partition's round failed (hwm -1) and the other's hwm
-        notes = sorted(rm.published_meta.decode(recv(rig.feed_in)))
+        notes = sorted(published(recv(rig.feed_in)))
         assert [(t, p, hwm) for t, p, hwm, _ in notes] == [("t", 0, -1), ("t", 1, 5)]
     finally:
         rig.close()
@@ -252,7 +258,7 @@ def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path
         assert not rig.feed_in.poll(100)
         clock.t += 0.005
         w.report()
-        (note,) = rm.published_meta.decode(recv(rig.feed_in))
+        (note,) = published(recv(rig.feed_in))
         assert note[:3] == ("t", 0, 5) and note[3] == len(log_bytes(rig.storage, 0))  # both rounds, one note
         assert not rig.feed_in.poll(100)
 
@@ -265,15 +271,15 @@ def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path
         assert not rig.comp_in.poll(100) and not rig.repl_comp.poll(100)
         clock.t += 0.005
         w.report()
-        c = handoff.completions_decoder.decode(recv(rig.comp_in))  # both requests, one report
+        c = completions.decoder.decode(recv(rig.comp_in))  # both requests, one report
         assert [d[0] for d in c.done] == [t1, t2] and c.hwm["t/1"] == 4
-        c = handoff.completions_decoder.decode(recv(rig.repl_comp))  # the watermark, once
+        c = completions.decoder.decode(recv(rig.repl_comp))  # the watermark, once
         assert c.done == [] and c.hwm["t/1"] == 4
         assert not rig.comp_in.poll(100) and not rig.repl_comp.poll(100)
         # an error is not held back: a replicated batch that does not start at the log end
         t3 = rig.produce(1, make_batch(1), kind=handoff.REPLICA)
         w.report()
-        c = handoff.completions_decoder.decode(recv(rig.comp_in))
+        c = completions.decoder.decode(recv(rig.comp_in))
         assert [(d[0], d[1]) for d in c.done] == [(t3, ErrorCode.OFFSET_OUT_OF_RANGE)]
     finally:
         rig.close()
@@ -306,7 +312,7 @@ def test_a_replica_check_is_the_crc_not_the_record_table():
 
 
 def handoff_meta(meta: bytes):
-    return tuple(rm.feed_meta.decode(meta))
+    return astuple(ipc_replica.feed_meta_decoder.decode(meta))
 
 
 
@@ -323,8 +329,8 @@ def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promote
         rig.produce(1, make_batch(2))
         w.commit_now()
         assert acks_in.poll(1000)
-        ack = rm.to_master.decode(recv(acks_in))
-        assert ack == rm.SlaveAck(slave_id=2, epoch=4, durable={"t/0": 3, "t/1": 2})
+        ack = ipc_replica.slave_ack_decoder.decode(recv(acks_in))
+        assert ack == ipc_replica.SlaveAck(slave_id=2, epoch=4, durable={"t/0": 3, "t/1": 2})
         w.feed_on = True  # promoted: it must stop speaking as a slave
         rig.produce(0, make_batch(1))
         w.commit_now()

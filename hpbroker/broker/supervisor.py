@@ -39,12 +39,13 @@ from hpbroker.broker import role as role_mod
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
-from hpbroker.net import control
+from hpbroker.ipc import control
 from hpbroker.broker import writer as writer_mod
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
 from hpbroker.protocol.errors import ErrorCode
+from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.supervisor")
 
@@ -129,12 +130,8 @@ class Supervisor:
         self._own_run_dir = True
         self.plan = layout.plan(b)
         self.ctx = zmq.Context()
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.LINGER, 0)
-        self.control.bind(self._ipc("control"))
-        self.view_pub = self.ctx.socket(zmq.PUB)
-        self.view_pub.setsockopt(zmq.LINGER, 0)
-        self.view_pub.bind(self._ipc("view"))
+        self.control = make_socket(self.ctx, zmq.ROUTER, bind=self._ipc("control"))
+        self.view_pub = make_socket(self.ctx, zmq.PUB, bind=self._ipc("view"))
         self._create_rings()
         self.mp = mp = multiprocessing.get_context("spawn")
         self.cfg_bytes = cfg_bytes = config_mod.dumps(self._child_config())
@@ -314,11 +311,7 @@ class Supervisor:
     def _serve_control(self, timeout_ms: int) -> None:
         if not self.control.poll(timeout_ms):
             return
-        while True:
-            try:
-                ident, raw = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for ident, raw in drain(self.control, multipart=True):
             msg = control.to_supervisor.decode(raw)
             reply = self._on_control(msg)
             if reply is not None:

@@ -1,7 +1,7 @@
 """The disk-writer process: rings in, appends and group commits, completions out.
 
 A writer owns the partitions hashed to it (see
-:func:`hpbroker.net.handoff.owner_of`) and is the only process that writes
+:func:`hpbroker.ipc.handoff.owner_of`) and is the only process that writes
 their files.  Its loop:
 
 1. drain every input ring (one per acceptor); each record is one produce
@@ -28,7 +28,6 @@ import os
 import signal
 import time
 
-import msgspec
 import numpy as np
 import zmq
 
@@ -36,14 +35,12 @@ from hpbroker import batch
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
-from hpbroker.net import control, handoff
+from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import replica as ipc_replica
 from hpbroker.protocol.errors import ErrorCode
-from hpbroker.replication import messages as rm
 from hpbroker.ring import Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing
 
 log = logging.getLogger("hpbroker.writer")
-
-feed_encoder = msgspec.msgpack.Encoder()
 
 ARENA_BYTES = 2 << 20  # see Writer.arenas
 STATE_EVERY_S = 1.0  # full watermark broadcast, so late or restarted acceptors catch up
@@ -201,7 +198,7 @@ class Writer:
         durable = {handoff.tp_key(*key): hwm for key, hwm in results.items() if isinstance(hwm, int)}
         if not durable:
             return
-        raw = rm.encoder.encode(rm.SlaveAck(slave_id=self.ack_as[0], epoch=self.ack_as[1], durable=durable))
+        raw = ipc_replica.encoder.encode(ipc_replica.SlaveAck(slave_id=self.ack_as[0], epoch=self.ack_as[1], durable=durable))
         for s in self.acks_out:
             try:
                 s.send(raw, zmq.NOBLOCK)
@@ -325,7 +322,7 @@ class Writer:
             chunks = [arena[start:end] for arena, start, end in runs]
             # PUB never blocks: past pub_hwm it drops, and a slave sees the gap
             # by offset and catches up from the files
-            self.pub.send_multipart([b"B", feed_encoder.encode((*key, plog.log_end_offset)), *chunks], copy=False)
+            self.pub.send_multipart([b"B", ipc_replica.encoder.encode(ipc_replica.FeedMeta(*key, plog.log_end_offset)), *chunks], copy=False)
             self.in_round[key] = self.in_round.get(key, 0) + sum(len(c) for c in chunks)
 
     def _note(self, results) -> None:
@@ -342,10 +339,10 @@ class Writer:
 
     def _send_note(self) -> None:
         """One note to the replicator: per partition, high watermark and bytes published."""
-        sizes = [(k[0], k[1], hwm, n) for k, (hwm, n) in self.note.items()]
+        sizes = [ipc_replica.Published(k[0], k[1], hwm, n) for k, (hwm, n) in self.note.items()]
         self.note = {}
         try:
-            self.feed.send(feed_encoder.encode(sizes), zmq.NOBLOCK)
+            self.feed.send(ipc_replica.encoder.encode(sizes), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the replicator is behind: its lag in bytes under-reports for a moment
 
@@ -381,8 +378,8 @@ class Writer:
             if a == self.replicator_push and self.feed_on and not done and logs is None:
                 continue  # a master's replicator learns each flush from the publish note; full reports still go
             if done or hwm_a or logs is not None:
-                msg = handoff.Completions(v=1, writer=self.index, done=done, hwm=hwm_a, log_start=start_a)
-                push.send(handoff.completions_encoder.encode(msg), copy=False)
+                msg = completions.Completions(v=1, writer=self.index, done=done, hwm=hwm_a, log_start=start_a)
+                push.send(completions.encoder.encode(msg), copy=False)
         if now_due:
             if self.note:
                 self._send_note()

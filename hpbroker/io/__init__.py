@@ -10,7 +10,7 @@ Public names::
     StorageError, PartitionFenced, DiskFull, OffsetOutOfRange
     FileSystem, FaultyFileSystem                               # the syscall layer (fault injection)
 
-``hpbroker.io`` imports only ``hpbroker.batch`` and ``hpbroker.config``.
+``hpbroker.io`` imports only ``hpbroker.batch`` (its ``[log]`` config is :mod:`hpbroker.io.config`).
 """
 
 from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError

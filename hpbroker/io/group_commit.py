@@ -56,7 +56,7 @@ import time
 from typing import Callable
 
 from hpbroker import batch as B
-from hpbroker.config import LogConfig
+from hpbroker.io.config import LogConfig
 from hpbroker.io.errors import StorageError
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog

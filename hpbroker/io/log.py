@@ -48,7 +48,7 @@ import struct
 import time
 
 from hpbroker import batch as B
-from hpbroker.config import LogConfig
+from hpbroker.io.config import LogConfig
 from hpbroker.io import checkpoint, layout
 from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append

@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from hpbroker.config import LogConfig
+from hpbroker.io.config import LogConfig
 from hpbroker.io import checkpoint, layout
 from hpbroker.io.errors import PartitionFenced
 from hpbroker.io.fs import FileSystem

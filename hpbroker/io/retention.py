@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 
-from hpbroker.config import LogConfig
+from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 

@@ -24,7 +24,7 @@ import os
 import time
 from collections import deque
 
-from hpbroker.config import LogConfig
+from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.iothread import IOThread

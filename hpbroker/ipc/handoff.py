@@ -1,10 +1,8 @@
-"""What acceptors and writers say to each other.
+"""The ring record: what acceptors (and a slave's replicator) hand a writer.
 
-Bulk bytes go acceptor -> writer through the shared-memory ring; the small
-answers (which requests are durable, at which offsets, and each partition's
-new high watermark) go writer -> acceptor as one ZeroMQ ``ipc://`` message
-per group commit, because the acceptor already sleeps in a ``zmq.Poller``
-and a socket wakes it without another thread.  docs/design.md has the why.
+Bulk bytes go acceptor -> writer through the shared-memory ring, one ring
+record per request; the answers come back as :mod:`hpbroker.ipc.completions`.
+docs/design.md has the why.
 
 Ring record payload, little-endian
 ----------------------------------
@@ -45,10 +43,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator
-
 import msgspec
-import zmq
 
 PRODUCE = 1
 REPLICA = 2
@@ -98,37 +93,6 @@ class AckTo(msgspec.Struct, array_like=True, frozen=True):
 
 ack_to_encoder = msgspec.msgpack.Encoder()
 ack_to_decoder = msgspec.msgpack.Decoder(AckTo)
-
-
-class Completions(msgspec.Struct, array_like=True, frozen=True):
-    """Writer -> acceptor after a group commit.
-
-    ``done`` lists ``[token, code, message, base_offsets, last_offset]``
-    for this acceptor's requests that are now durable (code 0) or failed.  ``hwm``
-    maps ``"topic/partition"`` to the new high watermark and
-    ``log_start``, the earliest retained offset, for every partition that
-    changed.  ``v`` comes first so fields can be added after it.
-    """
-
-    v: int
-    writer: int
-    done: list[tuple[int, int, str, list[int], int]]
-    hwm: dict[str, int]
-    log_start: dict[str, int] = {}
-
-
-completions_encoder = msgspec.msgpack.Encoder()
-completions_decoder = msgspec.msgpack.Decoder(Completions)
-
-
-def drain_completions(sock) -> Iterator[Completions]:
-    """Every Completions message waiting on ``sock`` (a PULL), without blocking."""
-    while True:
-        try:
-            raw = sock.recv(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return
-        yield completions_decoder.decode(raw.buffer)
 
 
 def tp_key(topic: str, partition: int) -> str:

@@ -30,12 +30,13 @@ import zmq
 
 from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
-from hpbroker.net import control, handoff
+from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import Pending, Waiting, check_request_size
-from hpbroker.net.replica_view import ReplicaView
-from hpbroker.replication import messages as rm
+from hpbroker.replication.ack_policy import AckPolicy
 from hpbroker.replication.probe import master_answering
+from hpbroker.sockets import drain
 from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
@@ -80,7 +81,7 @@ class Acceptor:
         self.repl_sub.setsockopt(zmq.SUBSCRIBE, b"")
         if repl_state_ep:
             self.repl_sub.connect(repl_state_ep)
-        self.replica = ReplicaView(cfg.replication)
+        self.replica = AckPolicy(cfg.replication)
         self.slave_acks = None  # PULL: slaves' writers report their flushes here (replicated brokers)
         self.ack_endpoint = ""
         if cfg.replication.role != "standalone":
@@ -316,7 +317,8 @@ class Acceptor:
 
     def _drain_completions(self) -> None:
         moved: list[str] = []
-        for c in handoff.drain_completions(self.completions):
+        for frame in drain(self.completions, copy=False):
+            c = completions.decoder.decode(frame.buffer)
             self.heard_from.add(c.writer)
             for token, code, message, offsets, last in c.done:
                 w = self.pending.complete(token)
@@ -340,7 +342,7 @@ class Acceptor:
                 raw = self.repl_sub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            released, failed = self.replica.update(rm.state_decoder.decode(raw))
+            released, failed = self.replica.update(ipc_replica.state_decoder.decode(raw))
             self._bound_fetches()
             for w in released:
                 self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
@@ -357,11 +359,11 @@ class Acceptor:
             except zmq.Again:
                 return
             try:
-                ack = rm.to_master.decode(raw)
+                ack = ipc_replica.slave_ack_decoder.decode(raw)
             except msgspec.DecodeError:
                 self.replica.direct_refused += 1  # a stranger's bytes: counted, never trusted
                 continue
-            if not isinstance(ack, rm.SlaveAck) or self.view.role != "master":
+            if self.view.role != "master":
                 self.replica.direct_refused += 1
                 continue
             for w in self.replica.direct_ack(ack.slave_id, ack.epoch, ack.durable, self.view.leader_epoch):
@@ -483,7 +485,7 @@ class Acceptor:
                                max_batch_bytes=self.cfg.broker.max_batch_bytes,
                                max_request_bytes=self.cfg.broker.max_request_bytes,
                                role=self.view.role, replication=self.view.replication,
-                               replication_version=rm.VERSION if self.view.replication else 0,
+                               replication_version=ipc_replica.VERSION if self.view.replication else 0,
                                replication_acks=self.view.replication_acks, leader_epoch=self.view.leader_epoch)
 
 

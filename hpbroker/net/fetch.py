@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hpbroker.io import OffsetOutOfRange, PartitionReader
 from hpbroker.io.layout import partition_dir
-from hpbroker.net.handoff import tp_key
+from hpbroker.ipc.handoff import tp_key
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 
-class ReplicaView:
+class AckPolicy:
     def __init__(self, rcfg):
         self.mode = rcfg.mode
         self.min_insync = rcfg.min_insync_replicas

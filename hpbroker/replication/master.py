@@ -18,13 +18,17 @@ import time
 from collections import deque
 from pathlib import Path
 
+import msgspec
 import zmq
+from msgspec.structs import astuple
 
 from hpbroker.io import OffsetOutOfRange, PartitionReader
 from hpbroker.io.epochs import EpochCache
 from hpbroker.io.layout import partition_dir
-from hpbroker.net import handoff
+from hpbroker.ipc import completions, handoff
+from hpbroker.ipc import replica as ipc_replica
 from hpbroker.replication import messages as rm
+from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.replication")
 
@@ -93,29 +97,18 @@ class Master:
         self.clock = clock
         self.lag_max = r.replica_lag_max_ms / 1000.0
         bind = cfg.broker.bind
-        self.feed = ctx.socket(zmq.PULL)
-        self.feed.bind(feed_ep)
-        self.comp = ctx.socket(zmq.PULL)
-        self.comp.bind(completions_ep)
-        self.state_pub = ctx.socket(zmq.PUB)
-        self.state_pub.bind(state_ep)
-        self.router = ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-        self.acks = ctx.socket(zmq.PULL)
-        self.acks.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
-        self.endpoints = [self._bind(self.router, bind, r.fetch_port), self._bind(self.acks, bind, r.ack_port)]
+        self.feed = make_socket(ctx, zmq.PULL, bind=feed_ep)
+        self.comp = make_socket(ctx, zmq.PULL, bind=completions_ep)
+        self.state_pub = make_socket(ctx, zmq.PUB, bind=state_ep)
+        self.router = make_socket(ctx, zmq.ROUTER, maxmsgsize=1 << 20, bind=f"tcp://{bind}:{r.fetch_port or '*'}")
+        self.acks = make_socket(ctx, zmq.PULL, maxmsgsize=16 << 20, bind=f"tcp://{bind}:{r.ack_port or '*'}")
+        self.endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (self.router, self.acks)]
         self.hwm: dict[str, int] = {}
         self.slaves: dict[int, SlaveInfo] = {}
         self.readers: dict[str, PartitionReader] = {}
         self.stopping = False
         self._last_state = None
         self._published = 0
-
-    @staticmethod
-    def _bind(sock, host: str, port: int) -> str:
-        sock.bind(f"tcp://{host}:{port or '*'}")
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # -- loop -------------------------------------------------------------------------
 
@@ -141,12 +134,8 @@ class Master:
 
     def _drain_feed(self) -> None:
         now = self.clock()
-        while True:
-            try:
-                raw = self.feed.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            for topic, partition, hwm, nbytes in rm.published_meta.decode(raw):
+        for raw in drain(self.feed):
+            for topic, partition, hwm, nbytes in (astuple(p) for p in ipc_replica.published_decoder.decode(raw)):
                 key = handoff.tp_key(topic, partition)
                 end = hwm if hwm >= 0 else self.hwm.get(key, 0)
                 for s in self.slaves.values():
@@ -156,7 +145,8 @@ class Master:
                 self._published += 1
 
     def _drain_completions(self) -> None:
-        for c in handoff.drain_completions(self.comp):
+        for frame in drain(self.comp, copy=False):
+            c = completions.decoder.decode(frame.buffer)
             for k, v in c.hwm.items():
                 if v > self.hwm.get(k, -1):
                     self.hwm[k] = v
@@ -164,16 +154,12 @@ class Master:
     def _drain_acks(self) -> None:
         now = self.clock()
         changed = False
-        while True:
+        for raw in drain(self.acks):
             try:
-                raw = self.acks.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                ack = rm.to_master.decode(raw)
-            except Exception:  # noqa: BLE001 - a stranger's garbage must not stop replication
+                ack = ipc_replica.slave_ack_decoder.decode(raw)
+            except msgspec.DecodeError:  # a stranger's garbage must not stop replication
                 continue
-            if not isinstance(ack, rm.SlaveAck) or ack.slave_id not in self.slaves:
+            if ack.slave_id not in self.slaves:
                 continue  # only slaves that passed the handshake count
             s = self.slaves[ack.slave_id]
             s.on_ack(ack.durable, self.hwm, now)
@@ -188,11 +174,7 @@ class Master:
     # -- the slaves' requests -------------------------------------------------------------
 
     def _drain_router(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in drain(self.router, multipart=True):
             ident = frames[0]
             try:
                 msg = rm.to_master.decode(frames[1])
@@ -276,9 +258,9 @@ class Master:
         # under load acks come hundreds of times a second and only release acks.
         full = force or self._last_state is None or key[0] != self._last_state[0]
         self._last_state = key
-        state = rm.ReplicaState(role="master", insync=len(insync), replicated=replicated,
+        state = ipc_replica.ReplicaState(role="master", insync=len(insync), replicated=replicated,
                                 stats=self.stats(now) if full else None, insync_ids=ids)
-        self.state_pub.send(rm.state_encoder.encode(state))
+        self.state_pub.send(ipc_replica.encoder.encode(state))
 
     def stats(self, now: float) -> dict:
         out: dict[str, int | float | str] = {

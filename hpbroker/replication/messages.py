@@ -14,7 +14,7 @@ acceptor PULL   writer PUSH         SlaveAck after each of the slave
 ==============  ==================  =======================================
 
 Headers are msgpack maps with a ``t`` tag, like the client protocol.  The
-PUB stream's ``meta`` frame is ``[topic, partition, master_hwm]`` and every
+PUB stream's ``meta`` frame is a :class:`hpbroker.ipc.replica.FeedMeta` and every
 chunk frame holds whole record batches laid end to end, already stamped with
 their master offsets and leader epochs, byte for byte what the master's log
 holds (usually one chunk per message: what one flush made durable).
@@ -23,6 +23,8 @@ holds (usually one chunk per message: what one flush made durable).
 from __future__ import annotations
 
 import msgspec
+
+from hpbroker.ipc.replica import VERSION, SlaveAck  # noqa: F401 - SlaveAck is one of ToMaster; VERSION is the protocol's
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
@@ -79,50 +81,9 @@ class CatchUpReply(_Msg, tag="CatchUpReply"):
     error: str = ""
 
 
-class SlaveAck(_Msg, tag="SlaveAck"):
-    slave_id: int
-    epoch: int
-    durable: dict[str, int]
-
-
 ToMaster = Hello | EpochEnd | CatchUp | SlaveAck
 FromMaster = Welcome | Refused | EpochEndReply | CatchUpReply
 
 encoder = msgspec.msgpack.Encoder()
 to_master = msgspec.msgpack.Decoder(ToMaster)
 from_master = msgspec.msgpack.Decoder(FromMaster)
-#: MetadataReply.replication_version this release speaks: 2 = [fetch, ack, pub
-#: of each writer] plus replication_acks, PUB frames are chunks of whole
-#: batches; 1 = the same endpoints, one batch per PUB frame, no
-#: replication_acks; 0 (absent) = [pub, fetch, ack].
-VERSION = 3
-
-#: PUB frame 1: topic, partition, the end offset of the batches that follow (the
-#: master's log end when the round started; its high watermark once the round is durable)
-feed_meta = msgspec.msgpack.Decoder(tuple[str, int, int])
-#: writer -> replicator, at most every writer_report_ms: (topic, partition, hwm, bytes published) for each
-#: partition whose published rounds finished since the previous note
-published_meta = msgspec.msgpack.Decoder(list[tuple[str, int, int, int]])
-
-
-class ReplicaState(msgspec.Struct, frozen=True):
-    """Replicator -> its own broker's acceptors (ipc PUB), on every change.
-
-    master: ``insync`` slaves and, per partition, the offset every in-sync
-    slave has made durable (``replicated``); ``stats`` for the stats
-    command, or None when they did not change enough to resend (a master
-    resends them every 200 ms and when the in-sync slaves change).  slave:
-    ``insync`` is 0 and ``stats`` says how it follows.
-    """
-
-    role: str
-    insync: int
-    replicated: dict[str, int]
-    stats: dict[str, int | float | str] | None = None
-    #: master: the broker ids of the in-sync slaves; their writers' direct
-    #: reports (SlaveAck to the acceptors, same epoch) count, nobody else's.
-    insync_ids: list[int] = []
-
-
-state_encoder = msgspec.msgpack.Encoder()
-state_decoder = msgspec.msgpack.Decoder(ReplicaState)

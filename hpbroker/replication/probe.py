@@ -13,6 +13,7 @@ import zmq
 
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
+from hpbroker.sockets import make_socket
 
 
 def master_answering(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> m.MetadataReply | None:
@@ -21,10 +22,11 @@ def master_answering(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -
     (at once with ``timeout_ms`` 0: asking is switched off)."""
     if timeout_ms <= 0:
         return None
-    s = ctx.socket(zmq.DEALER)  # not IMMEDIATE: the request waits in the pipe for the connection
-    s.setsockopt(zmq.LINGER, 0)
     try:
-        s.connect(url)
+        s = make_socket(ctx, zmq.DEALER, connect=url)  # not IMMEDIATE: the request waits in the pipe for the connection
+    except zmq.ZMQError:
+        return None  # a URL ZeroMQ cannot connect to answers nothing
+    try:
         s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])), zmq.NOBLOCK)
         if not s.poll(timeout_ms):
             return None  # silent: gone, hung or unreachable

@@ -10,7 +10,8 @@ import signal
 import zmq
 
 from hpbroker.procutil import child_setup, freeze_heap
-from hpbroker.net import control
+from hpbroker.ipc import control
+from hpbroker.sockets import make_socket
 
 
 def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: list[str], feed_ep: str,
@@ -18,9 +19,7 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
          reigns: list[int] | None = None) -> None:
     cfg = child_setup(f"replicator({role})", cfg_bytes, cpus)
     ctx = zmq.Context()
-    ctl = ctx.socket(zmq.DEALER)
-    ctl.setsockopt(zmq.LINGER, 1000)
-    ctl.connect(control_ep)
+    ctl = make_socket(ctx, zmq.DEALER, linger_ms=1000, connect=control_ep)
     data_dir = cfg.broker.data_dir
     if role == "master":
         from hpbroker.replication.master import Master

@@ -20,11 +20,13 @@ from collections import deque
 from pathlib import Path
 
 import zmq
+from msgspec.structs import astuple
 
 from hpbroker import batch
 from hpbroker.io.epochs import EpochCache
 from hpbroker.io.layout import partition_dir
-from hpbroker.net import control, handoff
+from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import replica as ipc_replica
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import ErrorCode
@@ -32,6 +34,7 @@ from hpbroker.replication import messages as rm
 from hpbroker.replication.divergence import plan_cut
 from hpbroker.replication.pacing import ByteRate
 from hpbroker.ring import RingFull, SharedRing
+from hpbroker.sockets import drain
 
 log = logging.getLogger("hpbroker.replication")
 
@@ -122,7 +125,8 @@ class Slave:
             self.expected.setdefault(k, v)
 
     def _drain_completions(self) -> None:
-        for c in handoff.drain_completions(self.comp):
+        for frame in drain(self.comp, copy=False):
+            c = completions.decoder.decode(frame.buffer)
             self.heard_from.add(c.writer)
             for token, code, message, offsets, last in c.done:
                 key = self.tokens.pop(token, None)
@@ -288,9 +292,9 @@ class Slave:
         rep, _ = codec.decode_reply(boot.recv_multipart())
         if not isinstance(rep, m.MetadataReply) or len(rep.replication) < 3 or not all(rep.replication):
             raise Refusal(f"{self.cfg.replication.master} does not serve replication (is it a master?)")
-        if rep.replication_version != rm.VERSION:
+        if rep.replication_version != ipc_replica.VERSION:
             raise Refusal(f"{self.cfg.replication.master} speaks replication version {rep.replication_version}, this "
-                          f"slave {rm.VERSION}: run the same hpbroker release on master and slave")
+                          f"slave {ipc_replica.VERSION}: run the same hpbroker release on master and slave")
         if rep.cluster_id != self.cfg.broker.cluster_id:
             raise Refusal(f"{self.cfg.replication.master} belongs to cluster {rep.cluster_id!r}, not {self.cfg.broker.cluster_id!r}")
         fetch, ack, *pubs = rep.replication  # one PUB per master writer
@@ -495,7 +499,7 @@ class Slave:
                 frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            topic, partition, hwm = rm.feed_meta.decode(frames[1].buffer)
+            topic, partition, hwm = astuple(ipc_replica.feed_meta_decoder.decode(frames[1].buffer))
             key = handoff.tp_key(topic, partition)
             self.master_hwm[key] = max(self.master_hwm.get(key, 0), hwm)
             if key in self.paused or key in self.catching or key == self.catch_inflight:
@@ -549,7 +553,7 @@ class Slave:
         if s is None:
             return
         try:
-            s.send(rm.encoder.encode(rm.SlaveAck(slave_id=self.cfg.broker.broker_id, epoch=self.master_epoch,
+            s.send(ipc_replica.encoder.encode(ipc_replica.SlaveAck(slave_id=self.cfg.broker.broker_id, epoch=self.master_epoch,
                                                  durable=dict(self.durable))), zmq.NOBLOCK)
             self._ack_dirty = False
         except zmq.Again:
@@ -573,7 +577,7 @@ class Slave:
             "replication_paused": len(self.paused),
             "replication_stopped_partitions": "; ".join(f"{k}: {v}" for k, v in sorted(self.stopped.items())),
         }
-        self.state_pub.send(rm.state_encoder.encode(rm.ReplicaState(role="slave", insync=0, replicated={}, stats=stats)))
+        self.state_pub.send(ipc_replica.encoder.encode(ipc_replica.ReplicaState(role="slave", insync=0, replicated={}, stats=stats)))
 
     def close(self) -> None:
         self._close_master()
