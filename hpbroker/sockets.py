@@ -18,11 +18,12 @@ import zmq
 
 def make_socket(ctx: zmq.Context, kind: int, *, linger_ms: int = 0, sndhwm: int | None = None,
                 rcvhwm: int | None = None, subscribe: bytes | None = None, maxmsgsize: int | None = None,
-                connect: str | list[str] | tuple[str, ...] = (), bind: str | None = None) -> zmq.Socket:
+                options: dict[int, int] | None = None, connect: str | list[str] | tuple[str, ...] = (),
+                bind: str | None = None) -> zmq.Socket:
     """A socket of ``kind`` with ``LINGER`` (default 0: unsent messages are
     dropped at close), high-water marks, a SUB prefix and a size cap set
-    before it connects to ``connect`` (one endpoint or several) or binds
-    ``bind``.  The bound endpoint is ``sock.getsockopt_string(zmq.LAST_ENDPOINT)``."""
+    (and any other integer ``options``, e.g. ``{zmq.IMMEDIATE: 1}``) before it
+    connects to ``connect`` (one endpoint or several) or binds ``bind``.  The bound endpoint is ``sock.getsockopt_string(zmq.LAST_ENDPOINT)``."""
     s = ctx.socket(kind)
     try:
         s.setsockopt(zmq.LINGER, linger_ms)
@@ -34,6 +35,8 @@ def make_socket(ctx: zmq.Context, kind: int, *, linger_ms: int = 0, sndhwm: int 
             s.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
         if subscribe is not None:
             s.setsockopt(zmq.SUBSCRIBE, subscribe)
+        for opt, value in (options or {}).items():
+            s.setsockopt(opt, value)
         if bind is not None:
             s.bind(bind)
         for endpoint in [connect] if isinstance(connect, str) else connect:

@@ -12,6 +12,7 @@ import zmq
 
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.sockets import make_socket
 
 _ids = itertools.count(1)
 
@@ -22,9 +23,8 @@ def request(url: str, make, timeout_ms: int = 5000, connect_timeout_ms: int | No
     ``connect_timeout_ms`` (default: ``timeout_ms``) or no reply within
     ``timeout_ms`` after the request went out."""
     ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a broker that is not there...
+    # IMMEDIATE: queue nothing for a broker that is not there...
+    s = make_socket(ctx, zmq.DEALER, options={zmq.IMMEDIATE: 1})
     try:
         s.connect(url)
         wait = timeout_ms if connect_timeout_ms is None else connect_timeout_ms

@@ -50,6 +50,7 @@ from zmq.utils.monitor import recv_monitor_message
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
 from hpbroker.protocol.messages import ErrorReply, Metadata, MetadataReply
+from hpbroker.sockets import drain, make_socket, try_send
 
 log = logging.getLogger("hpbroker.client")
 
@@ -120,14 +121,8 @@ class Transport:
     def socket(self, endpoint: str) -> zmq.Socket:
         s = self.sockets.get(endpoint)
         if s is None:
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.IMMEDIATE, 1)
-            s.setsockopt(zmq.SNDHWM, self.hwm)
-            s.setsockopt(zmq.RCVHWM, self.hwm)
-            s.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
-            s.setsockopt(zmq.RECONNECT_IVL, 100)
-            s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            s = make_socket(self.ctx, zmq.DEALER, sndhwm=self.hwm, rcvhwm=self.hwm, maxmsgsize=self.max_reply_bytes,
+                            options={zmq.IMMEDIATE: 1, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 2000})
             mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             s.connect(endpoint)
             self.sockets[endpoint] = s
@@ -180,9 +175,7 @@ class Transport:
             backlog.append((req.id, frames))
 
     def _try_send(self, sock: zmq.Socket, rid: int, frames) -> bool:
-        try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        if not try_send(sock, frames, multipart=True, copy=False):
             return False
         call = self.pending.get(rid)
         if call is not None and call.on_sent is not None:
@@ -256,11 +249,7 @@ class Transport:
             self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
 
     def _receive(self, sock: zmq.Socket, limit: int = 1024) -> None:
-        for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(sock, multipart=True, copy=False, limit=limit):
             try:
                 rep, payloads = codec.decode_reply(frames)
             except ProtocolError as e:
