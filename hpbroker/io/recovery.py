@@ -84,60 +84,81 @@ def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
         return Recovered(segs, err, rp)
     expected = bases[0]
     for i, base in enumerate(bases):
-        is_last = i == len(bases) - 1
+        next_base = bases[i + 1] if i + 1 < len(bases) else None
         seg = Segment(d, base, cfg.index_interval_bytes, now_ms)
         if base != expected:
             return _fence(segs, rp, f"{seg.log_path} starts at offset {base}, but the previous segment ends at {expected}", d)
         size = os.stat(seg.log_path).st_size
-        if not is_last and bases[i + 1] <= rp and os.path.exists(seg.index_path):
-            seg.index = OffsetIndex.load(seg.index_path, max_pos=size)
-            seg.tindex = TimeIndex.load(seg.timeindex_path)
-            seg.size = size
-            seg.next_offset = bases[i + 1]
-            seg.max_ts = seg.tindex.last_timestamp if len(seg.tindex) else -1
-            seg.closed = True
+        if next_base is not None and next_base <= rp and os.path.exists(seg.index_path):
+            _load_trusted(seg, size, next_base)  # rule 1
             segs.append(seg)
-            expected = seg.next_offset
+            expected = next_base
             continue
-        fd = fs.open(seg.log_path, os.O_RDONLY)
-        try:
-            end = _rebuild(seg, fd, size, check=True)
-            if end.reason is not None:
-                where = f"{seg.log_path} position {end.pos} (offset {end.next_offset})"
-                mid = None
-                after = find_valid_batch_after(fd, end.pos, size)
-                if after is not None:
-                    mid = f"a valid batch follows at position {after}"
-                elif end.next_offset < rp:
-                    mid = f"it lies below the recovery point {rp}"
-                elif not is_last and not (end.zero and bases[i + 1] == end.next_offset):
-                    mid = "it is not in the last segment"
-                if mid:
-                    seg.size = end.pos
-                    segs.append(seg)
-                    return _fence(segs, rp, f"corrupt batch at {where}: {end.reason}; {mid}. "
-                                  "Mid-log corruption: the partition is fenced, nothing was truncated", d)
-                if size - end.pos and not end.zero:
-                    log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", d, size - end.pos, where, end.reason)
-                truncated += size - end.pos
-                wfd = fs.open(seg.log_path, os.O_WRONLY)
-                try:
-                    fs.ftruncate(wfd, end.pos)
-                    fs.fsync(wfd)
-                finally:
-                    fs.close(wfd)
-        finally:
-            fs.close(fd)
-        seg.size = end.pos
-        seg.closed = not is_last
-        if not is_last:
-            seg.seal()
-        seg.rewrite_indexes(fs, sync=not is_last)
+        end, cut, corrupt = _scan_segment(seg, fs, size, rp, next_base)  # rules 2-4
         segs.append(seg)
+        if corrupt:
+            return _fence(segs, rp, corrupt, d)
+        truncated += cut
         expected = end.next_offset
     if expected < rp:
         return _fence(segs, rp, f"the log ends at offset {expected}, below the recovery point {rp}: durable data is missing", d)
     return Recovered(segs, None, rp, truncated)
+
+
+def _load_trusted(seg: Segment, size: int, next_base: int) -> None:
+    """A closed segment wholly below the recovery point: its size and index files stand."""
+    seg.index = OffsetIndex.load(seg.index_path, max_pos=size)
+    seg.tindex = TimeIndex.load(seg.timeindex_path)
+    seg.size = size
+    seg.next_offset = next_base
+    seg.max_ts = seg.tindex.last_timestamp if len(seg.tindex) else -1
+    seg.closed = True
+
+
+def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: int | None):
+    """CRC-scan ``seg`` and rebuild its indexes; cut a torn tail (rule 3).
+    -> (where the scan ended, bytes cut, "" or why the bad spot is mid-log
+    corruption - then nothing is cut and ``seg`` ends before the bad batch)."""
+    is_last = next_base is None
+    cut = 0
+    fd = fs.open(seg.log_path, os.O_RDONLY)
+    try:
+        end = _rebuild(seg, fd, size, check=True)
+        if end.reason is not None:
+            where = f"{seg.log_path} position {end.pos} (offset {end.next_offset})"
+            mid = ""
+            after = find_valid_batch_after(fd, end.pos, size)
+            if after is not None:
+                mid = f"a valid batch follows at position {after}"
+            elif end.next_offset < rp:
+                mid = f"it lies below the recovery point {rp}"
+            elif not is_last and not (end.zero and next_base == end.next_offset):
+                mid = "it is not in the last segment"
+            if mid:
+                seg.size = end.pos
+                return end, 0, (f"corrupt batch at {where}: {end.reason}; {mid}. "
+                                "Mid-log corruption: the partition is fenced, nothing was truncated")
+            if size - end.pos and not end.zero:
+                log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, end.reason)
+            cut = size - end.pos
+            _truncate_file(fs, seg.log_path, end.pos)
+    finally:
+        fs.close(fd)
+    seg.size = end.pos
+    seg.closed = not is_last
+    if not is_last:
+        seg.seal()
+    seg.rewrite_indexes(fs, sync=not is_last)
+    return end, cut, ""
+
+
+def _truncate_file(fs: FileSystem, path: str, length: int) -> None:
+    wfd = fs.open(path, os.O_WRONLY)
+    try:
+        fs.ftruncate(wfd, length)
+        fs.fsync(wfd)
+    finally:
+        fs.close(wfd)
 
 
 def _fence(segs, rp, msg, d) -> Recovered:
