@@ -239,10 +239,19 @@ def test_kill_9_during_ingest_loses_no_acknowledged_message(tmp_path):
         b = BrokerProcess(data, port=port).start()
         port = b.port
         parent, child = mp.Pipe(duplex=False)
-        prod = mp.Process(target=_ingest, args=(b.url, "crash", 4, 30.0, cycle, child))
+        prod = mp.Process(target=_ingest, args=(b.url, "crash", 4, 300.0, cycle, child))
         prod.start()
         child.close()
-        time.sleep(1.0 + cycle * 0.5)
+        # mid-ingest: once this cycle's producer has had acks (more each cycle,
+        # so the kill lands at a different point), with 16 batches in flight
+        want, got = 50 * (cycle + 1), 0
+        deadline = time.monotonic() + 120
+        while got < want:
+            assert time.monotonic() < deadline and prod.is_alive(), f"cycle {cycle}: {got} acks in 120 s"
+            if parent.poll(0.1):
+                cy, p, sq, off = parent.recv()
+                acked[(cy, p, sq)] = off
+                got += 1
         b.kill()  # kill -9 of the broker's whole process group mid-ingest
         prod.kill()
         prod.join(10)
@@ -253,7 +262,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_message(tmp_path):
                 break
             acked[(cy, p, sq)] = off
         parent.close()
-    assert len(acked) > 10
+    assert len(acked) >= 50 + 100 + 150
     b = BrokerProcess(data, port=port).start()
     try:
         c = RawClient(b.url)
