@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import sys
 import threading
 import time
 
@@ -67,6 +68,21 @@ def released(fs):
         raise
     finally:
         fs.gate.set()
+
+
+def open_when_waiting(thread_id: int, function: str, gate: threading.Event, seen: list) -> None:
+    """Set ``gate`` once thread ``thread_id`` is inside ``function`` (or after
+    WAIT_S); append to ``seen`` whether it was."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        f = sys._current_frames().get(thread_id)
+        while f is not None and f.f_code.co_name != function:
+            f = f.f_back
+        if f is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.001)
+    seen.append(f is not None)
+    gate.set()
 
 
 def contiguous(log, start=None):
@@ -175,9 +191,13 @@ def test_failed_flush_surfaces_at_append_when_the_buffer_overflows(tmp_path):
         fs.fail("fdatasync", errno.EIO)
         gc.start_flush()
         assert fs.entered.wait(WAIT_S)
-        threading.Timer(0.05, fs.gate.set).start()
+        waited = []  # the gate opens once this thread waits for the held flush, not after a guessed delay
+        opener = threading.Thread(target=open_when_waiting, args=(threading.get_ident(), "_drain", fs.gate, waited))
+        opener.start()
         with pytest.raises(PartitionFenced):  # bigger than the free buffer: waits for the flush, which failed
             gc.append(log, make_batch(20, 4000), 0, callback=lambda e, b, l: got.append(e))
+        opener.join()
+        assert waited == [True], "the append did not wait for the in-flight flush"
         assert len(got) == 1 and isinstance(got[0], PartitionFenced)
         assert isinstance(gc.flush()[("t", 0)], PartitionFenced)
         assert log.high_watermark == 0
