@@ -22,8 +22,9 @@ import pytest
 from brokerproc import BrokerProcess
 from hpbroker import batch
 from hpbroker.client import BrokerError, Consumer, ErrorCode, Producer, RecordMetadata
-from hpbroker.client.request import request
-from hpbroker.protocol.messages import Stats
+from hpbroker.protocol.codec import encode_request
+from hpbroker.protocol.messages import Produce, Stats
+from rawclient import RawClient
 
 LIMIT = 65536  # broker.max_batch_bytes and max_request_bytes below
 SMALL_LIMITS = (
@@ -70,22 +71,44 @@ def _consume(url: str, topic: str, partition: int, n: int) -> list:
     return got
 
 
-def _wait_until_the_ring_is_full(url: str, timeout_s: float = 60) -> int:
-    """Wait until the acceptor's ring is full: the requests it holds for the
-    suspended writer (``pending_requests``) stop growing for a second while
-    the producer keeps retrying.  Before that, a probe could still fit in the
-    ring (it is fair-queued with the producer's requests) and then wait for
-    the suspended disk instead of getting BUSY."""
-    last, since = -1, time.monotonic()
-    deadline = since + timeout_s
-    while time.monotonic() < deadline:
-        n = request(url, lambda i: Stats(id=i), 10_000).stats["pending_requests"]
-        if n != last:
-            last, since = n, time.monotonic()
-        elif n > 0 and time.monotonic() - since >= 1.0:
-            return n
-        time.sleep(0.05)
-    raise AssertionError(f"the ring never filled: {last} requests pending after {timeout_s} s")
+def _wait_until_the_ring_is_full(url: str, topic: str, timeout_s: float = 60) -> int:
+    """Wait until the acceptor's ring has no room for one more request the
+    size of ``_busy_reply_seen``'s probe (before that, the probe could fit,
+    and wait for the suspended disk instead of getting BUSY); return how many
+    of the test's own requests the acceptor then holds.
+
+    Once the test's requests arrive, requests exactly that size go to
+    partition 1 (same topic, same values; partition 0 is the one the tests
+    read), each followed by a Stats request on the same connection.  An
+    acceptor answers one connection in order, so a request answered BUSY
+    before the Stats reply shows the ring full; one that fitted is not
+    answered (it waits for the disk) and the next one goes.  With the writer
+    suspended the ring only fills, so this ends."""
+    c = RawClient(url, timeout_ms=30_000)
+    probe = batch.encode_batch([VALUE] * PER_BATCH)
+    deadline = time.monotonic() + timeout_s
+    fitted = 0
+    try:
+        while c.call(Stats(id=c.next_id()))[0].stats["pending_requests"] == 0:
+            assert time.monotonic() < deadline, f"none of the test's requests reached the broker in {timeout_s} s"
+            time.sleep(0.05)
+        while True:
+            req = Produce(id=c.next_id(), topic=topic, partition=1, timeout_ms=120_000)
+            c.send_frames(encode_request(req, [probe]))
+            st = Stats(id=c.next_id())
+            c.send_frames(encode_request(st))
+            rep, _ = c.recv()
+            if rep.id == req.id:
+                assert rep.code == ErrorCode.BUSY and "ring stayed full" in rep.message, rep
+                rep, _ = c.recv()
+                assert rep.id == st.id, rep
+                return rep.stats["pending_requests"] - fitted
+            assert rep.id == st.id, rep
+            fitted += 1  # it waits for the disk, unanswered
+            assert time.monotonic() < deadline, (f"the ring still had room after {timeout_s} s: "
+                                                 f"{rep.stats['pending_requests']} requests wait, {fitted} of them probes")
+    finally:
+        c.close()
 
 
 def _busy_reply_seen(url: str, topic: str) -> BrokerError:
@@ -103,7 +126,7 @@ def test_busy_is_retried_and_every_message_lands_once(small):
         with SlowDisk(small):
             futs = [p.send_batch("retry", [b"%d-%d" % (j, i) + VALUE for i in range(PER_BATCH)], partition=0)
                     for j in range(n)]
-            assert 0 < _wait_until_the_ring_is_full(small.url) < n
+            assert 0 < _wait_until_the_ring_is_full(small.url, "retry") < n
             err = _busy_reply_seen(small.url, "retry")
             assert isinstance(err, BrokerError) and err.code == ErrorCode.BUSY, err
             assert not all(f.done() for f in futs)

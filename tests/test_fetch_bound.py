@@ -88,6 +88,17 @@ def send_fetch(c: RawClient, partition: int, offset: int, wait_ms: int) -> int:
     return req.id
 
 
+def ask_latest(c: RawClient, also: int | None = None):
+    """ListOffsets(LATEST) of rep/0 on ``c``: its reply, or the reply to
+    request ``also`` when that one comes first (the question then waits
+    for the caller's next recv)."""
+    req = m.ListOffsets(id=c.next_id(), topic="rep", partition=0, spec=m.LATEST)
+    c.send_frames(codec.encode_request(req))
+    rep, frames = c.recv()
+    assert rep.id in (req.id, also), (rep, req)
+    return rep, frames
+
+
 def latest(c: RawClient, partition: int) -> int:
     rep = c.call(m.ListOffsets(id=c.next_id(), topic="rep", partition=partition, spec=m.LATEST))[0]
     assert rep.code == 0, rep
@@ -142,12 +153,23 @@ def test_a_sync_master_shows_consumers_only_what_the_slave_holds(tmp_path):
         assert latest(c, 0) == 1
         st = stats(a)
         assert st["messages"] == 2 and st["messages_awaiting_replication"] == 1 and st["fetch_bound"] == "replicated"
-        poll = send_fetch(c, 0, 1, 8000)
-        time.sleep(0.3)
-        writer.cont()  # the slave writes it: the long poll is answered with it
-        rep, frames = c.recv(timeout_ms=8000)
-        assert rep.id == poll and rep.code == 0 and rep.high_watermark == 2
+        poll = send_fetch(c, 0, 1, 60_000)
+        # The acceptor answers one connection's requests in order, so a reply
+        # to a later request that comes first shows the long poll still parked.
+        rep, _ = ask_latest(c)
+        assert rep.offset == 1, f"the long poll was answered before it parked: {rep}"
+        writer.cont()  # the slave writes it: the long poll is answered with it,
+        deadline = time.monotonic() + 60  # before any later request sees the visible end move
+        while True:
+            rep, frames = ask_latest(c, also=poll)
+            if rep.id == poll:
+                break
+            assert rep.offset == 1, f"consumers may read up to {rep.offset} and the long poll still waits"
+            assert time.monotonic() < deadline, "the slave did not write the batch within 60 s"
+            time.sleep(0.05)
+        assert rep.code == 0 and rep.high_watermark == 2
         assert [r.value for r in batch.records_of(bytes(frames[0]), 0)] == [b"master only"]
+        assert c.recv()[0].offset == 2  # the question asked behind it
 
         writer.stop()
         assert c.produce("rep", 0, [batch.encode_batch([b"alone"])], acks=1).code == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hpbroker import batch
@@ -37,6 +37,7 @@ from hpbroker.protocol import (
     protocol_error_frames,
 )
 from hpbroker.protocol.errors import RETRIABLE
+from hpbroker.protocol.messages import REPLY_TYPES
 
 REQUESTS = [
     (Metadata(id=1), []),
@@ -284,10 +285,41 @@ def test_fuzz_decode_request_raises_only_protocol_error(frames):
         assert req.v == 1 and len(payloads) == len(frames) - 1
 
 
+_reply_value = st.one_of(
+    st.sampled_from(["ProduceReply", "FetchReply", "ListOffsetsReply", "StatsReply", "ErrorReply", "Produce", ""]),
+    st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(min_value=-1, max_value=1 << 40), max_size=3),
+    st.floats(allow_nan=True),
+    st.binary(max_size=8),
+)
+_reply_keys = ["v", "code", "message", "base_offsets", "high_watermark", "offset", "stats", "x"]
+_reply_frame = st.one_of(
+    st.binary(max_size=64),
+    st.builds(msgspec.msgpack.encode, st.dictionaries(st.sampled_from(["t", "id", *_reply_keys]), _reply_value)),
+    st.builds(  # a reply's tag and id, and fields any of which may be wrong
+        lambda t, i, rest: msgspec.msgpack.encode({"t": t, "id": i, **rest}),
+        st.sampled_from(["ProduceReply", "FetchReply", "ListOffsetsReply", "StatsReply", "ErrorReply"]),
+        st.integers(min_value=-1, max_value=1 << 40),
+        st.dictionaries(st.sampled_from(_reply_keys), _reply_value, max_size=2),
+    ),
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(max_size=64), max_size=4))
+@given(st.lists(_reply_frame, max_size=4) | st.lists(_reply_frame, min_size=1, max_size=1))  # one frame: often a reply
+@example([msgspec.msgpack.encode({"t": "FetchReply", "id": 7})])  # decodes: given its empty payload
+@example([msgspec.msgpack.encode({"t": "ProduceReply", "id": 7}), b"x"])  # a payload it cannot carry
 def test_fuzz_decode_reply_raises_only_protocol_error(frames):
     try:
-        decode_reply(frames)
-    except ProtocolError:
-        pass
+        rep, payloads = decode_reply(frames)
+    except ProtocolError as e:
+        assert isinstance(e.code, ErrorCode) and e.code != ErrorCode.OK
+        assert isinstance(e.id, int)
+    else:
+        assert isinstance(rep, REPLY_TYPES) and rep.v == 1 and isinstance(rep.id, int)
+        if isinstance(rep, FetchReply):  # always exactly one payload, empty when none came
+            assert [bytes(p) for p in payloads] == ([bytes(frames[1])] if len(frames) == 2 else [b""])
+        else:
+            assert len(frames) == 1 and payloads == []

@@ -62,13 +62,14 @@ def stats(b: BrokerProcess) -> dict:
     return request(b.url, lambda i: m.Stats(id=i), 5000).stats
 
 
-def wait_until(pred, timeout=30.0, what="condition"):
+def wait_until(pred, timeout=30.0, what="condition", state=None):
+    """Poll ``pred`` until it holds; on timeout fail with ``state()``, what was seen instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
 
 
 def caught_up(master_b: BrokerProcess, slave_b: BrokerProcess) -> bool:
@@ -659,8 +660,9 @@ def test_a_slave_refuses_a_master_of_another_replication_version(tmp_path):
 class ScriptedMaster:
     """Just enough of a master, on real sockets, to put a batch on the PUB
     stream at a moment a test chooses: metadata, Welcome at ``epoch`` to
-    every Hello, a drained ack socket.  ``handshakes`` counts Metadata
-    requests (a slave sends one at every (re)connect)."""
+    every Hello, EpochEnd answered from what it published, a drained ack
+    socket.  ``handshakes`` counts Metadata requests (a slave sends one at
+    every (re)connect)."""
 
     def __init__(self, epoch: int):
         import threading
@@ -670,6 +672,7 @@ class ScriptedMaster:
         self.ctx = zmq.Context.instance()
         self.epoch = epoch
         self.handshakes = 0
+        self.ends: dict[tuple[int, int], int] = {}  # (partition, epoch) -> end offset of what was published
         self.boot, self.fetch, self.ack = (self.ctx.socket(k) for k in (zmq.ROUTER, zmq.ROUTER, zmq.PULL))
         self.pub = self.ctx.socket(zmq.PUB)
         ports = [s.bind_to_random_port("tcp://127.0.0.1") for s in (self.boot, self.fetch, self.ack, self.pub)]
@@ -698,20 +701,47 @@ class ScriptedMaster:
                         replication_version=rm.VERSION, leader_epoch=self.epoch))])
                 else:
                     ident, raw = s.recv_multipart()
-                    if isinstance(rm.to_master.decode(raw), rm.Hello):
+                    msg = rm.to_master.decode(raw)
+                    if isinstance(msg, rm.Hello):
                         s.send_multipart([ident, rm.encoder.encode(rm.Welcome(
                             cluster_id="hpbroker", master_id=1, epoch=self.epoch, topics={"rep": PARTITIONS}, hwm={}))])
+                    elif isinstance(msg, rm.EpochEnd):  # a slave handshaking again, with data
+                        s.send_multipart([ident, rm.encoder.encode(rm.EpochEndReply(
+                            answers=[self._epoch_end(t, p, e) for t, p, e in msg.asks]))])
 
-    def publish(self, base: int, epoch: int, values: list[bytes], rot: bool = False) -> None:
-        """One batch of ``values`` for rep/0, stamped ``base`` and ``epoch``
-        (``rot``: with one byte flipped after its CRC was computed)."""
+    def _epoch_end(self, topic: str, partition: int, epoch: int):
+        """The newest epoch up to ``epoch`` this master published on the
+        partition, and where its batches end (-1, -1: none)."""
+        ends = dict(self.ends)
+        found = max((e for p, e in ends if p == partition and e <= epoch), default=-1)
+        return topic, partition, found, ends.get((partition, found), -1), ""
+
+    def publish(self, base: int, epoch: int, values: list[bytes], rot: bool = False, partition: int = 0) -> None:
+        """One batch of ``values`` for rep/``partition``, stamped ``base`` and
+        ``epoch`` (``rot``: with one byte flipped after its CRC was computed)."""
         import msgspec
 
         b = bytearray(batch.encode_batch(values))
         batch.stamp(b, base, epoch)
         if rot:
             b[-3] ^= 0xFF
-        self.pub.send_multipart([b"B", msgspec.msgpack.encode(("rep", 0, base + len(values))), bytes(b)])
+        end = base + len(values)
+        self.ends[(partition, epoch)] = max(self.ends.get((partition, epoch), 0), end)
+        self.pub.send_multipart([b"B", msgspec.msgpack.encode(("rep", partition, end)), bytes(b)])
+
+    def mark(self, b: BrokerProcess, what: str) -> None:
+        """Show that the slave ``b`` has handled everything published so far.
+        A marker batch goes to rep/1 (until the slave's SUB has joined) and
+        is waited for there: the PUB stream is ordered, and with one writer
+        the slave appends both partitions in ring order and reports their
+        watermarks together, so anything it took from rep/0 before the
+        marker is visible by the time the marker is."""
+        def seen() -> bool:
+            self.publish(0, self.epoch, [b"marker:%d" % i for i in range(10)], partition=1)
+            return latest(b, 1) == 10
+
+        wait_until(seen, 60, f"the marker behind {what}", lambda: f"rep/0 at {latest(b)}, rep/1 at {latest(b, 1)}, "
+                   f"{ {k: v for k, v in stats(b).items() if k.startswith('replication_')} }")
 
     def close(self) -> None:
         self.stop.set()
@@ -751,7 +781,7 @@ def test_a_batch_of_a_newer_reign_is_never_appended_before_a_handshake(tmp_path)
         wait_until(appended, 30, "the first reign's batch on the slave")
         fake.publish(10, 1025, [b"reign-1025:%d" % i for i in range(10)])  # where the log ends, a newer epoch
         wait_until(lambda: fake.handshakes > first or latest(b) > 10, 30, "the slave to handle the newer batch")
-        time.sleep(0.5)  # the writer's reports are lazy (writer_report_ms): give an append time to show
+        fake.mark(b, "the newer batch")  # through the handshake again: the writer took whatever was forwarded
         assert latest(b) == 10, "a batch of a newer reign was appended before any handshake with that reign"
         assert fake.handshakes > first
         assert "newer than the handshake's" in b.log()
@@ -781,7 +811,7 @@ def test_a_corrupt_batch_on_the_stream_is_never_appended(tmp_path):
         wait_until(lambda: "rep/0" in stats(b).get("replication_stopped_partitions", ""), 30, "rep/0 to stop")
         assert "corrupt batch from the master at offset 10" in stats(b)["replication_stopped_partitions"]
         fake.publish(20, 1, [b"after:%d" % i for i in range(10)])
-        time.sleep(0.5)  # the writer's reports are lazy (writer_report_ms): give an append time to show
+        fake.mark(b, "the batch after the rotten one")
         assert latest(b) == 10
     finally:
         if b is not None:

@@ -21,11 +21,23 @@ def test_semaphore_wait_interrupted_by_a_signal_returns_instead_of_raising():
     old = signal.signal(signal.SIGUSR2, lambda s, f: seen.append(s))
     try:
         sig = SemaphoreSignal(sem)
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+        returned = threading.Event()
+
+        def nudge():  # again until the wait returns: a signal that came before it slept is not the case tested
+            while not returned.wait(0.2):
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+        nudger = threading.Thread(target=nudge)
+        nudger.start()
         t = time.monotonic()
-        assert sig.wait(5.0) is False
-        assert seen == [signal.SIGUSR2]
-        assert time.monotonic() - t < 4.0  # it returned because of the signal, not the timeout
+        try:
+            assert sig.wait(120.0) is False
+            assert seen, "the wait returned before the handler ran"
+        finally:
+            returned.set()
+            nudger.join()
+        assert set(seen) == {signal.SIGUSR2}
+        assert time.monotonic() - t < 60  # it returned because of a signal, not the timeout
         sig.post()
         assert sig.wait(1.0) is True
     finally:

@@ -8,8 +8,11 @@ retried and then acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import sys
 import threading
+import time
 
 import pytest
 
@@ -21,6 +24,12 @@ from hpbroker.io.testing import make_batch, read_all
 from hpbroker.io.time_index import TimeIndex
 
 SMALL = LogConfig(segment_bytes=1 << 18, write_buffer_bytes=1 << 16, flush_batches=0, flush_bytes=0)
+#: How long a test waits for an event, and a held call for its gate: generous
+#: for a loaded machine, bounded.  The gate waits longer than any test does, and
+#: every test opens it (``released``) before its Storage closes, so a failed
+#: assertion is reported as itself, never as a held I/O thread's timeout.
+WAIT_S = 60
+GATE_S = 2 * WAIT_S
 
 
 class GatedFS(FaultyFileSystem):
@@ -35,7 +44,7 @@ class GatedFS(FaultyFileSystem):
     def _hold(self, op):
         if op == self.op:
             self.entered.set()
-            assert self.gate.wait(10)
+            assert self.gate.wait(GATE_S)
 
     def fdatasync(self, fd):
         self._hold("fdatasync")
@@ -44,6 +53,36 @@ class GatedFS(FaultyFileSystem):
     def pwrite(self, fd, buf, pos):
         self._hold("pwrite")
         return super().pwrite(fd, buf, pos)
+
+
+@contextlib.contextmanager
+def released(fs):
+    """Inside ``with Storage(...) as st, released(fs):`` this exits first: it
+    opens the gate and, when the test failed, drops the faults still armed,
+    so the Storage closes without waiting on a held call or meeting an
+    injected error, and the test's own failure is the one reported."""
+    try:
+        yield fs
+    except BaseException:
+        fs.clear()
+        raise
+    finally:
+        fs.gate.set()
+
+
+def open_when_waiting(thread_id: int, function: str, gate: threading.Event, seen: list) -> None:
+    """Set ``gate`` once thread ``thread_id`` is inside ``function`` (or after
+    WAIT_S); append to ``seen`` whether it was."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        f = sys._current_frames().get(thread_id)
+        while f is not None and f.f_code.co_name != function:
+            f = f.f_back
+        if f is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.001)
+    seen.append(f is not None)
+    gate.set()
 
 
 def contiguous(log, start=None):
@@ -106,7 +145,7 @@ def test_take_pending_below_keeps_later_entries_for_rollback():
 def test_fsync_failure_while_io_thread_busy_fails_everything_waiting(tmp_path):
     fs = GatedFS()
     fs.gate.set()
-    with Storage(tmp_path, SMALL, fs=fs) as st:
+    with Storage(tmp_path, SMALL, fs=fs) as st, released(fs):
         log, other = st.partition("t", 0), st.partition("t", 1)
         gc = GroupCommit(SMALL)
         gc.append(log, make_batch(3), 0)
@@ -120,7 +159,7 @@ def test_fsync_failure_while_io_thread_busy_fails_everything_waiting(tmp_path):
             gc.append(log, make_batch(2), 0, callback=cb)
         fs.fail("fdatasync", errno.EIO, path="t-0")
         gc.start_flush()  # returns while the fdatasync is held
-        assert fs.entered.wait(5) and log.flush_in_flight
+        assert fs.entered.wait(WAIT_S) and log.flush_in_flight
         for _ in range(2):  # staged behind the failing flush, in the other buffer
             gc.append(log, make_batch(2), 0, callback=cb)
         assert gc.poll() == {} and got == [] and gc.inflight_batches == 3
@@ -144,17 +183,21 @@ def test_fsync_failure_while_io_thread_busy_fails_everything_waiting(tmp_path):
 
 def test_failed_flush_surfaces_at_append_when_the_buffer_overflows(tmp_path):
     fs = GatedFS()
-    with Storage(tmp_path, SMALL, fs=fs) as st:
+    with Storage(tmp_path, SMALL, fs=fs) as st, released(fs):
         log = st.partition("t", 0)
         gc = GroupCommit(SMALL)
         got = []
         gc.append(log, make_batch(2, 1000), 0, callback=lambda e, b, l: got.append(e))
         fs.fail("fdatasync", errno.EIO)
         gc.start_flush()
-        assert fs.entered.wait(5)
-        threading.Timer(0.05, fs.gate.set).start()
+        assert fs.entered.wait(WAIT_S)
+        waited = []  # the gate opens once this thread waits for the held flush, not after a guessed delay
+        opener = threading.Thread(target=open_when_waiting, args=(threading.get_ident(), "_drain", fs.gate, waited))
+        opener.start()
         with pytest.raises(PartitionFenced):  # bigger than the free buffer: waits for the flush, which failed
             gc.append(log, make_batch(20, 4000), 0, callback=lambda e, b, l: got.append(e))
+        opener.join()
+        assert waited == [True], "the append did not wait for the in-flight flush"
         assert len(got) == 1 and isinstance(got[0], PartitionFenced)
         assert isinstance(gc.flush()[("t", 0)], PartitionFenced)
         assert log.high_watermark == 0
@@ -163,7 +206,7 @@ def test_failed_flush_surfaces_at_append_when_the_buffer_overflows(tmp_path):
 def test_enospc_on_pipelined_write_rolls_back_and_stays_writable(tmp_path):
     fs = GatedFS("pwrite")
     fs.gate.set()
-    with Storage(tmp_path, SMALL, fs=fs) as st:
+    with Storage(tmp_path, SMALL, fs=fs) as st, released(fs):
         log = st.partition("t", 0)
         gc = GroupCommit(SMALL)
         gc.append(log, make_batch(4, 500), 0)
@@ -177,7 +220,7 @@ def test_enospc_on_pipelined_write_rolls_back_and_stays_writable(tmp_path):
         fs.gate.clear()
         fs.entered.clear()
         gc.start_flush()
-        assert fs.entered.wait(5)
+        assert fs.entered.wait(WAIT_S)
         gc.append(log, make_batch(2, 500), 0, callback=cb)  # staged after: rolled back too
         fs.gate.set()
         res = gc.poll(wait=True)
@@ -208,7 +251,9 @@ def test_blocking_flush_after_start_flush_reports_once(tmp_path):
 
 
 class PathGatedFS(FaultyFileSystem):
-    """Holds fdatasync only for files whose path contains ``path``."""
+    """Holds fdatasync only for files under a directory named ``path`` (a
+    whole path component, as FaultyFileSystem's rules match: "t-0" must not
+    hold every partition of a test whose tmp dir is .../pytest-0/...)."""
 
     def __init__(self, path):
         super().__init__()
@@ -220,16 +265,16 @@ class PathGatedFS(FaultyFileSystem):
     def fdatasync(self, fd):
         p = self._paths.get(fd, "")
         self.threads.setdefault(p, set()).add(threading.current_thread().name)
-        if self.path in p:
+        if f"/{self.path}/" in f"/{p.strip('/')}/":
             self.entered.set()
-            assert self.gate.wait(10)
+            assert self.gate.wait(GATE_S)
         super().fdatasync(fd)
 
 
 def test_partitions_flush_in_parallel_and_each_keeps_its_io_thread(tmp_path):
     cfg = LogConfig(segment_bytes=1 << 18, write_buffer_bytes=1 << 16, flush_batches=0, flush_bytes=0, io_threads=3)
     fs = PathGatedFS("t-0")
-    with Storage(tmp_path, cfg, fs=fs) as st:
+    with Storage(tmp_path, cfg, fs=fs) as st, released(fs):
         logs = [st.partition("t", p) for p in range(5)]
         gc = GroupCommit(cfg)
         got: dict[int, list] = {p: [] for p in range(5)}
@@ -237,15 +282,14 @@ def test_partitions_flush_in_parallel_and_each_keeps_its_io_thread(tmp_path):
             for p, log in enumerate(logs):
                 gc.append(log, make_batch(2), 0, callback=lambda e, b, l, p=p: got[p].append((e, b, l)))
             if rnd == 0:  # partition 0's fdatasync is held; the others still finish
-                gc.start_flush()
-                assert fs.entered.wait(5)
-                res = {}
-                for _ in range(500):
-                    res.update(gc.poll())
-                    if len(res) == 3:  # t-3 waits behind t-0 on the same thread (3 threads, 5 partitions)
-                        break
+                res = gc.start_flush()  # with the flushes that finished already (under load, some do)
+                assert fs.entered.wait(WAIT_S), f"t-0's fdatasync not reached in {WAIT_S} s"
+                deadline = time.monotonic() + WAIT_S
+                while len(res) < 3 and time.monotonic() < deadline:  # t-3 waits behind t-0 on the same thread
+                    res.update(gc.poll())                           # (3 threads, 5 partitions)
                     threading.Event().wait(0.01)
-                assert set(res) == {("t", 1), ("t", 2), ("t", 4)} and all(v == 2 for v in res.values())
+                assert set(res) == {("t", 1), ("t", 2), ("t", 4)} and all(v == 2 for v in res.values()), (
+                    f"flushes finished within {WAIT_S} s: {res}; files fdatasync'd: {sorted(fs.threads)}")
                 assert got[0] == [] and got[3] == [] and gc.inflight_batches == 2
                 fs.gate.set()
             else:
