@@ -28,9 +28,9 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
                       topics=lambda: _topics(data_dir), reigns=reigns or [])
         endpoints = node.endpoints
     else:
-        from hpbroker.replication.slave import Slave
+        from hpbroker.replication.slave import open_slave
 
-        node = Slave(cfg, ctx, data_dir, instance, ring_names, completions_ep, state_ep, control_ep, max_epoch=epoch)
+        node = open_slave(cfg, ctx, data_dir, instance, ring_names, completions_ep, state_ep, control_ep, max_epoch=epoch)
         endpoints = []
 
     def on_term(signum, frame):
