@@ -13,8 +13,10 @@ control               DEALER  topic creation requests to the supervisor
 ====================  ======  ==============================================
 
 Per produce request the Python work is per batch: check sizes, header and
-CRC, claim one ring record, copy the frames in, commit.  The ack goes out
-when the writer's completion for the request's token arrives.
+CRC, claim one ring record, copy the frames in, commit.  When and how it is
+answered is :class:`hpbroker.net.acks.ProduceAcks`'s: the loop feeds it the
+writers' completions, the replicator's state, the slaves' reports and the
+time, and sends the replies it returns.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import signal
 import time
 from itertools import count
 
-import msgspec
 import zmq
 
 from hpbroker import config as config_mod
@@ -33,8 +34,8 @@ from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.produce import Pending, Waiting, check_request_size
-from hpbroker.replication.ack_policy import AckPolicy
+from hpbroker.net.acks import ProduceAcks
+from hpbroker.net.produce import check_request_size
 from hpbroker.replication.probe import master_answering
 from hpbroker.sockets import drain
 from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
@@ -81,7 +82,6 @@ class Acceptor:
         self.repl_sub.setsockopt(zmq.SUBSCRIBE, b"")
         if repl_state_ep:
             self.repl_sub.connect(repl_state_ep)
-        self.replica = AckPolicy(cfg.replication)
         self.slave_acks = None  # PULL: slaves' writers report their flushes here (replicated brokers)
         self.ack_endpoint = ""
         if cfg.replication.role != "standalone":
@@ -91,7 +91,7 @@ class Acceptor:
             port = cfg.replication.acceptor_ack_port
             self.slave_acks.bind(f"tcp://{cfg.broker.bind}:{port + index if port else '*'}")
             self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.pending = Pending(cfg.broker.max_pending_requests)
+        self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
         r = cfg.replication
         self._fetch_replicated = r.fetch_bound == "replicated" or (r.fetch_bound == "auto" and r.mode == "sync")
@@ -149,8 +149,7 @@ class Acceptor:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
                 self._answer_parked_fetches()
-            if stop_deadline is not None and (self.abandon or not (self.pending.waiting() or self.replica.waiting)
-                                              or time.monotonic() >= stop_deadline):
+            if stop_deadline is not None and (self.abandon or not self.acks.waiting or time.monotonic() >= stop_deadline):
                 break
             timeout = self._poll_timeout()
             events = dict(poller.poll(timeout))
@@ -172,13 +171,7 @@ class Acceptor:
                 else:  # draining: new requests are answered at once, not left unread
                     self._drain_client_shutdown(256)
             self._expire(time.monotonic())
-        for token, w in self.pending.waiting():
-            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN,
-                                               message="broker stopped before the batch was durable; outcome unknown"))
-            self.pending.cancel(token)
-        for w in self.replica.take_all():
-            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.BROKER_SHUTTING_DOWN, partition=w.partition,
-                                               message="broker stopped before the slave confirmed; durable on the master only"))
+        self._send(self.acks.shutdown())
         # Requests still on their way in (in the kernel or ZeroMQ's I/O thread
         # when the last ones were read) get an answer too, not silence: keep
         # answering until the socket has been quiet for 50 ms (at most 2 s).
@@ -192,6 +185,10 @@ class Acceptor:
         if d is None:
             return 100
         return max(0, min(100, int((d - time.monotonic()) * 1000) + 1))
+
+    def _send(self, replies) -> None:
+        for ident, reply in replies:
+            self._reply(ident, reply)
 
     def _drain_client(self) -> None:
         for _ in range(256):
@@ -272,36 +269,28 @@ class Acceptor:
         if self.view.role == "slave":
             raise BrokerError(ErrorCode.NOT_LEADER, f"this broker is a slave of {self.cfg.replication.master}; "
                                                     "produce to the master (or promote this broker)")
-        replicas = req.acks == -1 and self.replica.sync(self.view.role)
-        if replicas:
-            self.replica.check_enough()
+        replicas = self.acks.admit(req.acks, self.view.role)
         partition = req.partition
         if partition < 0:
             partition = next(self._rr) % self.partitions_of(req.topic)
         self.check_partition(req.topic, partition)
-        if self.pending.full():
-            raise BrokerError(ErrorCode.BUSY, f"{len(self.pending)} requests already wait for the disk; retry later")
+        token = self.acks.register(ident, req, partition, time.monotonic(), replicas)
         topic_b = req.topic.encode()
         size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
-        waiting = None
-        if req.acks != 0:
-            waiting = Waiting(ident, req.id, partition, time.monotonic() + req.timeout_ms / 1000.0,
-                              replicas=replicas, key=handoff.tp_key(req.topic, partition))
-        token = self.pending.add(waiting)
         ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
         try:
             buf = ring.claim(size, handoff.PRODUCE, self._timeout)
         except RingFull:
-            self.pending.cancel(token)
+            self.acks.cancel(token)
             raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
         except (PeerDead, RingClosed) as e:
-            self.pending.cancel(token)
+            self.acks.cancel(token)
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
         try:
             handoff.write_record(buf, token, topic_b, partition, batches, epoch=self.view.leader_epoch)
         except BaseException:
             ring.abort()
-            self.pending.cancel(token)
+            self.acks.cancel(token)
             raise
         ring.commit()
 
@@ -320,17 +309,7 @@ class Acceptor:
         for frame in drain(self.completions, copy=False):
             c = completions.decoder.decode(frame.buffer)
             self.heard_from.add(c.writer)
-            for token, code, message, offsets, last in c.done:
-                w = self.pending.complete(token)
-                if w is None:
-                    continue
-                if code == 0 and w.replicas:
-                    w.offsets, w.last = offsets, last
-                    if not self.replica.hold(w):
-                        self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=offsets, partition=w.partition))
-                    continue
-                self._reply(w.ident, m.ProduceReply(id=w.req_id, code=code, message=message,
-                                                   base_offsets=offsets, partition=w.partition))
+            self._send(self.acks.on_completions(c.done))
             moved += self.fetch.update(c.hwm, c.log_start)
         if moved:
             for p in self.fetch.woken(moved):
@@ -342,14 +321,9 @@ class Acceptor:
                 raw = self.repl_sub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            released, failed = self.replica.update(ipc_replica.state_decoder.decode(raw))
+            replies = self.acks.on_replica_state(ipc_replica.state_decoder.decode(raw))
             self._bound_fetches()
-            for w in released:
-                self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
-            for w in failed:
-                self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.NOT_ENOUGH_REPLICAS, partition=w.partition,
-                                                   message="durable on the master, but the slave fell out of sync before "
-                                                           "confirming it (min_insync_replicas not met)"))
+            self._send(replies)
 
     def _drain_slave_acks(self) -> None:
         """A slave's writer made a flush durable: release what that covers."""
@@ -358,17 +332,8 @@ class Acceptor:
                 raw = self.slave_acks.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                ack = ipc_replica.slave_ack_decoder.decode(raw)
-            except msgspec.DecodeError:
-                self.replica.direct_refused += 1  # a stranger's bytes: counted, never trusted
-                continue
-            if self.view.role != "master":
-                self.replica.direct_refused += 1
-                continue
-            for w in self.replica.direct_ack(ack.slave_id, ack.epoch, ack.durable, self.view.leader_epoch):
-                self._reply(w.ident, m.ProduceReply(id=w.req_id, base_offsets=w.offsets, partition=w.partition))
-            self._bound_fetches()
+            self._send(self.acks.on_slave_ack(raw, self.view.role, self.view.leader_epoch))
+            self._bound_fetches()  # a no-op after a refused report: nothing it reads changed
 
     def _refuse_promotion_while_master_answers(self) -> None:
         """A slave's master that still answers as a master would go on taking
@@ -389,8 +354,9 @@ class Acceptor:
         """Keep consumers of a master to what the in-sync slaves hold
         (replication.fetch_bound), then answer the long polls that lets go."""
         bound = None
-        if self._fetch_replicated and self.view is not None and self.view.role == "master" and self.replica.insync:
-            bound = self.replica.replicated
+        policy = self.acks.policy
+        if self._fetch_replicated and self.view is not None and self.view.role == "master" and policy.insync:
+            bound = policy.replicated
         self.fetch.bound = bound
         keys = self.fetch.parked_keys()
         if keys:
@@ -403,12 +369,12 @@ class Acceptor:
             "leader_epoch": self.view.leader_epoch,
             "acceptor": self.index,
             "pid": os.getpid(),
-            "pending_requests": len(self.pending),
+            "pending_requests": len(self.acks),
             "topics": len(self.view.topics),
             "partitions": len(self.fetch.hwm),
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
-        out.update(self.replica.stats)
+        out.update(self.acks.policy.stats)
         # until the replicator's first broadcast: the supervisor's role, not the
         # flags' (a promoted broker restarted with slave flags is a master)
         out.setdefault("replication_role", self.view.role)
@@ -416,8 +382,8 @@ class Acceptor:
             out["fetch_bound"] = "replicated" if self.fetch.bound is not None else "durable (no slave in sync)"
             out["messages_awaiting_replication"] = self.fetch.held_back()
         if self.slave_acks is not None:
-            out["replication_direct_acks"] = self.replica.direct_acks
-            out["replication_direct_acks_refused"] = self.replica.direct_refused
+            out["replication_direct_acks"] = self.acks.policy.direct_acks
+            out["replication_direct_acks_refused"] = self.acks.policy.direct_refused
         if self.view.promoted_from:
             out["promoted_from"] = self.view.promoted_from
         if self.view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
@@ -425,13 +391,7 @@ class Acceptor:
         return out
 
     def _expire(self, now: float) -> None:
-        for w in self.replica.expired(now):
-            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.REQUEST_TIMED_OUT, partition=w.partition,
-                                               message="durable on the master; the slave did not confirm within timeout_ms"))
-        for _, w in self.pending.expired(now):
-            self._reply(w.ident, m.ProduceReply(id=w.req_id, code=ErrorCode.REQUEST_TIMED_OUT,
-                                               message="not durable within timeout_ms; the batch may still be written",
-                                               partition=w.partition))
+        self._send(self.acks.tick(now))
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 
