@@ -22,7 +22,6 @@ time, and sends the replies it returns.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from itertools import count
@@ -35,10 +34,11 @@ from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.acks import ProduceAcks
-from hpbroker.net.produce import check_request_size
-from hpbroker.replication.probe import master_answering
+from hpbroker.net.admin import Admin, replicated_fetch_bound
+from hpbroker.net.cluster import Cluster
+from hpbroker.net.produce import check_request_size, hand_off
 from hpbroker.sockets import drain
-from hpbroker.ring import PeerDead, RingClosed, RingFull, SharedRing
+from hpbroker.ring import SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
@@ -64,20 +64,19 @@ class Acceptor:
         self.stopping = False
         self.abandon = False
         self.heard_from: set[int] = set()
-        self.ctx = ctx
         self.client = ctx.socket(zmq.ROUTER)
         client_socket_options(self.client, cfg)
         self.client.bind(endpoint)
         self.endpoint = self.client.getsockopt_string(zmq.LAST_ENDPOINT)
         self.completions = ctx.socket(zmq.PULL)
         self.completions.bind(completions_ep)
-        self.control = ctx.socket(zmq.DEALER)
-        self.control.setsockopt(zmq.LINGER, 0)
-        self.control.connect(control_ep)
+        control_sock = ctx.socket(zmq.DEALER)
+        control_sock.setsockopt(zmq.LINGER, 0)
+        control_sock.connect(control_ep)
+        self.cluster = Cluster(control_sock)
         self.view_sub = ctx.socket(zmq.SUB)
         self.view_sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.view_sub.connect(view_ep)
-        self.view: control.ClusterView | None = None
         self.repl_sub = ctx.socket(zmq.SUB)
         self.repl_sub.setsockopt(zmq.SUBSCRIBE, b"")
         if repl_state_ep:
@@ -93,46 +92,13 @@ class Acceptor:
             self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
-        r = cfg.replication
-        self._fetch_replicated = r.fetch_bound == "replicated" or (r.fetch_bound == "auto" and r.mode == "sync")
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, ctx)
+        self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
 
-    # -- control --------------------------------------------------------------
-
-    def _ask(self, msg, timeout_ms: int = 10_000) -> object:
-        """A synchronous request to the supervisor (rare: hello, topic creation, promotion)."""
-        self.control.send(control.encoder.encode(msg))
-        if not self.control.poll(timeout_ms):
-            raise BrokerError(ErrorCode.INTERNAL, "the supervisor did not answer a control request")
-        return control.from_supervisor.decode(self.control.recv())
-
     def hello(self) -> None:
-        reply = self._ask(control.AcceptorHello(acceptor=self.index, pid=os.getpid(), endpoint=self.endpoint,
-                                                ack_endpoint=self.ack_endpoint))
-        assert isinstance(reply, control.ClusterView), reply
-        self.view = reply
-
-    def ensure_topic(self, name: str, partitions: int = 0, explicit: bool = False, if_not_exists: bool = True) -> int:
-        reply = self._ask(control.EnsureTopic(name=name, partitions=partitions, explicit=explicit, if_not_exists=if_not_exists))
-        if reply.view is not None:
-            self.view = reply.view
-        if reply.code:
-            raise BrokerError(reply.code, reply.message)
-        return self.view.topics[name]
-
-    def partitions_of(self, topic: str, auto: bool = True) -> int:
-        n = self.view.topics.get(topic)
-        if n is None:
-            if not auto:
-                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {topic!r}")
-            n = self.ensure_topic(topic)
-        return n
-
-    def check_partition(self, topic: str, partition: int, auto: bool = True) -> None:
-        n = self.partitions_of(topic, auto)
-        if not 0 <= partition < n:
-            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} has partitions 0..{n - 1}, not {partition}")
+        self.cluster.hello(self.index, self.endpoint, self.ack_endpoint)
 
     # -- main loop --------------------------------------------------------------
 
@@ -159,7 +125,7 @@ class Acceptor:
                 while self.view_sub.poll(0):
                     v = control.from_supervisor.decode(self.view_sub.recv())
                     if isinstance(v, control.ClusterView):
-                        self.view = v
+                        self.cluster.view = v
                         self._bound_fetches()  # a promotion makes this a master's acceptor
             if self.repl_sub in events:
                 self._drain_replica_state()
@@ -238,20 +204,15 @@ class Acceptor:
                 case m.Fetch():
                     self._fetch(ident, req)
                 case m.Metadata():
-                    self._reply(ident, self._metadata(req))
+                    self._reply(ident, self.admin.metadata(req))
                 case m.ListOffsets():
-                    self._reply(ident, m.ListOffsetsReply(id=req.id, offset=self._list_offsets(req)))
+                    self._reply(ident, self.admin.list_offsets(req))
                 case m.Stats():
-                    self._reply(ident, m.StatsReply(id=req.id, stats=self._stats()))
+                    self._reply(ident, self.admin.stats(req))
                 case m.Promote():
-                    if not req.force:
-                        self._refuse_promotion_while_master_answers()
-                    reply = self._ask(control.Promote(), timeout_ms=60_000)
-                    self._reply(ident, m.PromoteReply(id=req.id, code=reply.code, message=reply.message,
-                                                      leader_epoch=reply.epoch))
+                    self._reply(ident, self.admin.promote(req))
                 case m.CreateTopic():
-                    n = self.ensure_topic(req.topic, req.partitions, explicit=True, if_not_exists=req.if_not_exists)
-                    self._reply(ident, m.CreateTopicReply(id=req.id, partitions=n))
+                    self._reply(ident, self.admin.create_topic(req))
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
@@ -266,33 +227,21 @@ class Acceptor:
     def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
         if self.stopping:
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping")
-        if self.view.role == "slave":
+        if self.cluster.view.role == "slave":
             raise BrokerError(ErrorCode.NOT_LEADER, f"this broker is a slave of {self.cfg.replication.master}; "
                                                     "produce to the master (or promote this broker)")
-        replicas = self.acks.admit(req.acks, self.view.role)
+        replicas = self.acks.admit(req.acks, self.cluster.view.role)
         partition = req.partition
         if partition < 0:
-            partition = next(self._rr) % self.partitions_of(req.topic)
-        self.check_partition(req.topic, partition)
+            partition = next(self._rr) % self.cluster.partitions_of(req.topic)
+        self.cluster.check_partition(req.topic, partition)
         token = self.acks.register(ident, req, partition, time.monotonic(), replicas)
-        topic_b = req.topic.encode()
-        size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
         ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
         try:
-            buf = ring.claim(size, handoff.PRODUCE, self._timeout)
-        except RingFull:
-            self.acks.cancel(token)
-            raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
-        except (PeerDead, RingClosed) as e:
-            self.acks.cancel(token)
-            raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
-        try:
-            handoff.write_record(buf, token, topic_b, partition, batches, epoch=self.view.leader_epoch)
+            hand_off(ring, token, req.topic.encode(), partition, batches, self.cluster.view.leader_epoch, self._timeout)
         except BaseException:
-            ring.abort()
-            self.acks.cancel(token)
+            self.acks.cancel(token)  # never reached the writer: answered by the caller
             raise
-        ring.commit()
 
     def await_writers(self, writers: int, timeout_s: float = 60.0) -> None:
         """Before serving, hear from every writer once, so fetches and
@@ -332,63 +281,22 @@ class Acceptor:
                 raw = self.slave_acks.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._send(self.acks.on_slave_ack(raw, self.view.role, self.view.leader_epoch))
+            view = self.cluster.view
+            self._send(self.acks.on_slave_ack(raw, view.role, view.leader_epoch))
             self._bound_fetches()  # a no-op after a refused report: nothing it reads changed
-
-    def _refuse_promotion_while_master_answers(self) -> None:
-        """A slave's master that still answers as a master would go on taking
-        produce requests beside the promoted slave: two masters.  Blocks this
-        acceptor for up to replication.promote_probe_ms (a promotion is rare,
-        and it blocks anyway while the supervisor promotes)."""
-        r = self.cfg.replication
-        if self.view.role != "slave" or not r.master:
-            return  # the supervisor answers "not a slave"
-        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
-        if rep is not None:
-            raise BrokerError(ErrorCode.BAD_REQUEST,
-                              f"the master at {r.master} (broker {rep.broker_id}, epoch {rep.leader_epoch}) still answers "
-                              "as master: promoting this slave now would make two masters (docs/replication.md, "
-                              "\"Two masters\"). Stop that broker first, or promote with --force")
 
     def _bound_fetches(self) -> None:
         """Keep consumers of a master to what the in-sync slaves hold
         (replication.fetch_bound), then answer the long polls that lets go."""
         bound = None
-        policy = self.acks.policy
-        if self._fetch_replicated and self.view is not None and self.view.role == "master" and policy.insync:
+        policy, view = self.acks.policy, self.cluster.view
+        if self._fetch_replicated and view is not None and view.role == "master" and policy.insync:
             bound = policy.replicated
         self.fetch.bound = bound
         keys = self.fetch.parked_keys()
         if keys:
             for p in self.fetch.woken(keys):
                 self._serve_fetch(p.ident, p.req)
-
-    def _stats(self) -> dict:
-        out = {
-            "role": self.view.role,
-            "leader_epoch": self.view.leader_epoch,
-            "acceptor": self.index,
-            "pid": os.getpid(),
-            "pending_requests": len(self.acks),
-            "topics": len(self.view.topics),
-            "partitions": len(self.fetch.hwm),
-            "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
-        }
-        out.update(self.acks.policy.stats)
-        # until the replicator's first broadcast: the supervisor's role, not the
-        # flags' (a promoted broker restarted with slave flags is a master)
-        out.setdefault("replication_role", self.view.role)
-        if self._fetch_replicated:
-            out["fetch_bound"] = "replicated" if self.fetch.bound is not None else "durable (no slave in sync)"
-            out["messages_awaiting_replication"] = self.fetch.held_back()
-        if self.slave_acks is not None:
-            out["replication_direct_acks"] = self.acks.policy.direct_acks
-            out["replication_direct_acks_refused"] = self.acks.policy.direct_refused
-        if self.view.promoted_from:
-            out["promoted_from"] = self.view.promoted_from
-        if self.view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
-            out["replication_endpoints"] = " ".join(self.view.replication)
-        return out
 
     def _expire(self, now: float) -> None:
         self._send(self.acks.tick(now))
@@ -398,7 +306,7 @@ class Acceptor:
     # -- fetch and offsets -----------------------------------------------------------
 
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
-        self.check_partition(req.topic, req.partition, auto=False)
+        self.cluster.check_partition(req.topic, req.partition, auto=False)
         key = handoff.tp_key(req.topic, req.partition)
         if req.max_wait_ms > 0 and not self.stopping and self.fetch.nothing_yet(key, req.offset):
             self.fetch.park(ident, req, time.monotonic() + req.max_wait_ms / 1000.0)
@@ -416,38 +324,6 @@ class Acceptor:
     def _answer_parked_fetches(self) -> None:
         for p in self.fetch.all_parked():
             self._serve_fetch(p.ident, p.req)
-
-    def _list_offsets(self, req: m.ListOffsets) -> int:
-        self.check_partition(req.topic, req.partition, auto=False)
-        key = handoff.tp_key(req.topic, req.partition)
-        hwm = self.fetch.visible(key)  # "latest" is where consumers can read up to
-        if req.spec == m.EARLIEST:
-            return self.fetch.log_start.get(key, 0)
-        if req.spec == m.LATEST:
-            return hwm
-        off = self.fetch.reader(req.topic, req.partition).offset_for_timestamp(req.spec, hwm)
-        return hwm if off is None else off
-
-    def _metadata(self, req: m.Metadata) -> m.MetadataReply:
-        names = list(self.view.topics) if req.topics is None else req.topics
-        topics = []
-        for name in names:
-            try:
-                n = self.partitions_of(name, auto=self.cfg.broker.auto_create_topics)
-            except BrokerError as e:
-                topics.append(m.TopicMetadata(name=name, code=e.code))
-                continue
-            parts = [m.PartitionMetadata(partition=p, leader=self.view.leader_id, leader_epoch=self.view.leader_epoch)
-                     for p in range(n)]
-            topics.append(m.TopicMetadata(name=name, partitions=parts))
-        return m.MetadataReply(id=req.id, cluster_id=self.view.cluster_id, broker_id=self.view.broker_id,
-                               acceptors=self.view.acceptors, topics=topics,
-                               max_batch_bytes=self.cfg.broker.max_batch_bytes,
-                               max_request_bytes=self.cfg.broker.max_request_bytes,
-                               role=self.view.role, replication=self.view.replication,
-                               replication_version=ipc_replica.VERSION if self.view.replication else 0,
-                               replication_acks=self.view.replication_acks, leader_epoch=self.view.leader_epoch)
-
 
 def _error_reply(req, e: BrokerError):
     reply_type = m.REPLY_FOR.get(type(req), m.ErrorReply)
