@@ -1,22 +1,18 @@
 """The acceptor process: client sockets in, ring records out, acks back.
 
-One thread, one ``zmq.Poller`` over four sockets:
+One thread, one ``zmq.Poller`` over the sockets of
+:mod:`hpbroker.net.acceptor_sockets`, passed in.  Each turn of the loop
+(:meth:`Acceptor.step`) handles what arrived, then the time:
 
-====================  ======  ==============================================
-socket                type    job
-====================  ======  ==============================================
-client                ROUTER  requests from producers and consumers (tcp)
-completions           PULL    writers' group-commit results and watermarks
-view                  SUB     cluster view (acceptors, topics) from the
-                              supervisor
-control               DEALER  topic creation requests to the supervisor
-====================  ======  ==============================================
-
-Per produce request the Python work is per batch: check sizes, header and
-CRC, claim one ring record, copy the frames in, commit.  When and how it is
-answered is :class:`hpbroker.net.acks.ProduceAcks`'s: the loop feeds it the
-writers' completions, the replicator's state, the slaves' reports and the
-time, and sends the replies it returns.
+* client requests: produce requests are checked (sizes, header, CRC32C:
+  per batch, never per record) and copied into their writer's ring
+  (:func:`hpbroker.net.produce.hand_off`); fetches are read from the
+  segment files (:mod:`hpbroker.net.fetch`); the rest is
+  :mod:`hpbroker.net.admin`'s;
+* writer completions, the replicator's state, slave writers' reports and
+  the time go to :class:`hpbroker.net.acks.ProduceAcks`, which says which
+  produce replies to send;
+* the supervisor's cluster view goes to :class:`hpbroker.net.cluster.Cluster`.
 """
 
 from __future__ import annotations
@@ -32,12 +28,13 @@ from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
-from hpbroker.net.fetch import FetchService
+from hpbroker.net.acceptor_sockets import AcceptorSockets, open_sockets
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
+from hpbroker.net.fetch import FetchService
 from hpbroker.net.produce import check_request_size, hand_off
-from hpbroker.sockets import drain
+from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
@@ -46,133 +43,151 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
 log = logging.getLogger("hpbroker.acceptor")
 
 
-def client_socket_options(sock: zmq.Socket, cfg: config_mod.Config) -> None:
-    b = cfg.broker
-    sock.setsockopt(zmq.MAXMSGSIZE, b.max_request_bytes + (1 << 16))
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, b.zmq_hwm)
-    sock.setsockopt(zmq.RCVHWM, b.zmq_hwm)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-
-
 class Acceptor:
-    def __init__(self, index: int, cfg: config_mod.Config, ctx: zmq.Context, rings: list,
-                 endpoint: str, completions_ep: str, control_ep: str, view_ep: str, repl_state_ep: str = ""):
+    def __init__(self, index: int, cfg: config_mod.Config, sockets: AcceptorSockets, rings: list, *,
+                 clock=time.monotonic):
+        """``rings``: a ring Writer per writer process, by writer index;
+        ``clock``: monotonic seconds."""
         self.index = index
         self.cfg = cfg
         self.rings = rings
-        self.stopping = False
-        self.abandon = False
+        self.clock = clock
+        self.stopping = False  # set by SIGTERM: stop taking requests, answer those in flight
+        self.abandon = False  # set by SIGUSR1: a writer died, nothing in flight will complete
         self.heard_from: set[int] = set()
-        self.client = ctx.socket(zmq.ROUTER)
-        client_socket_options(self.client, cfg)
-        self.client.bind(endpoint)
+        self.client = sockets.client
+        self.completions = sockets.completions
+        self.view_sub = sockets.view
+        self.repl_sub = sockets.replica_state
+        self.slave_acks = sockets.slave_acks
         self.endpoint = self.client.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.completions = ctx.socket(zmq.PULL)
-        self.completions.bind(completions_ep)
-        control_sock = ctx.socket(zmq.DEALER)
-        control_sock.setsockopt(zmq.LINGER, 0)
-        control_sock.connect(control_ep)
-        self.cluster = Cluster(control_sock)
-        self.view_sub = ctx.socket(zmq.SUB)
-        self.view_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.view_sub.connect(view_ep)
-        self.repl_sub = ctx.socket(zmq.SUB)
-        self.repl_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        if repl_state_ep:
-            self.repl_sub.connect(repl_state_ep)
-        self.slave_acks = None  # PULL: slaves' writers report their flushes here (replicated brokers)
-        self.ack_endpoint = ""
-        if cfg.replication.role != "standalone":
-            self.slave_acks = ctx.socket(zmq.PULL)
-            self.slave_acks.setsockopt(zmq.LINGER, 0)
-            self.slave_acks.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-            port = cfg.replication.acceptor_ack_port
-            self.slave_acks.bind(f"tcp://{cfg.broker.bind}:{port + index if port else '*'}")
-            self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.ack_endpoint = "" if self.slave_acks is None else self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.cluster = Cluster(sockets.control)
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, ctx)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
+        self._stop_deadline: float | None = None
+        self._poller = zmq.Poller()
+        for sock in (self.client, self.completions, self.view_sub, self.repl_sub, self.slave_acks):
+            if sock is not None:
+                self._poller.register(sock, zmq.POLLIN)
 
     def hello(self) -> None:
         self.cluster.hello(self.index, self.endpoint, self.ack_endpoint)
 
+    def await_writers(self, writers: int, timeout_s: float = 60.0) -> None:
+        """Before serving, hear from every writer once, so fetches and
+        ListOffsets see the recovered high watermarks from the start."""
+        deadline = self.clock() + timeout_s
+        while len(self.heard_from) < writers:
+            if self.clock() > deadline:
+                raise RuntimeError(f"heard from {len(self.heard_from)} of {writers} writers in {timeout_s:.0f} s")
+            if self.completions.poll(100):
+                self._drain_completions()
+
     # -- main loop --------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.client, zmq.POLLIN)
-        poller.register(self.completions, zmq.POLLIN)
-        poller.register(self.view_sub, zmq.POLLIN)
-        poller.register(self.repl_sub, zmq.POLLIN)
-        if self.slave_acks is not None:
-            poller.register(self.slave_acks, zmq.POLLIN)
-        stop_deadline = None
-        while True:
-            if self.stopping and stop_deadline is None:
-                stop_deadline = time.monotonic() + self.cfg.broker.shutdown_timeout_ms / 1000.0
-                self._answer_parked_fetches()
-            if stop_deadline is not None and (self.abandon or not self.acks.waiting or time.monotonic() >= stop_deadline):
-                break
-            timeout = self._poll_timeout()
-            events = dict(poller.poll(timeout))
-            if self.completions in events:
-                self._drain_completions()
-            if self.view_sub in events:
-                while self.view_sub.poll(0):
-                    v = control.from_supervisor.decode(self.view_sub.recv())
-                    if isinstance(v, control.ClusterView):
-                        self.cluster.view = v
-                        self._bound_fetches()  # a promotion makes this a master's acceptor
-            if self.repl_sub in events:
-                self._drain_replica_state()
-            if self.slave_acks is not None and self.slave_acks in events:
-                self._drain_slave_acks()
-            if self.client in events:
-                if stop_deadline is None:
-                    self._drain_client()
-                else:  # draining: new requests are answered at once, not left unread
-                    self._drain_client_shutdown(256)
-            self._expire(time.monotonic())
+        """Serve until stopped, then answer every request still in flight."""
+        while not self._stopped():
+            self.step(self._poll_timeout())
         self._send(self.acks.shutdown())
         # Requests still on their way in (in the kernel or ZeroMQ's I/O thread
         # when the last ones were read) get an answer too, not silence: keep
         # answering until the socket has been quiet for 50 ms (at most 2 s).
-        quiet_by = time.monotonic() + 2.0
+        quiet_by = self.clock() + 2.0
         self._drain_client_shutdown()
-        while time.monotonic() < quiet_by and self.client.poll(50):
+        while self.clock() < quiet_by and self.client.poll(50):
             self._drain_client_shutdown()
+
+    def step(self, timeout_ms: int) -> None:
+        """One turn: wait up to ``timeout_ms`` for any socket, handle what
+        arrived, then answer what timed out."""
+        events = dict(self._poller.poll(timeout_ms))
+        if self.completions in events:
+            self._drain_completions()
+        if self.view_sub in events:
+            self._drain_view()
+        if self.repl_sub in events:
+            self._drain_replica_state()
+        if self.slave_acks is not None and self.slave_acks in events:
+            self._drain_slave_acks()
+        if self.client in events:
+            if self._stop_deadline is None:
+                self._drain_client()
+            else:  # draining: new requests are answered at once, not left unread
+                self._drain_client_shutdown(256)
+        self._expire(self.clock())
+
+    def _stopped(self) -> bool:
+        """Once ``stopping``: has every request in flight been answered, or
+        has the shutdown wait run out (at once when ``abandon``)?"""
+        if not self.stopping:
+            return False
+        if self._stop_deadline is None:
+            self._stop_deadline = self.clock() + self.cfg.broker.shutdown_timeout_ms / 1000.0
+            self._answer_parked_fetches()
+        return self.abandon or not self.acks.waiting or self.clock() >= self._stop_deadline
 
     def _poll_timeout(self) -> int:
         d = self.fetch.next_deadline()
         if d is None:
             return 100
-        return max(0, min(100, int((d - time.monotonic()) * 1000) + 1))
+        return max(0, min(100, int((d - self.clock()) * 1000) + 1))
 
     def _send(self, replies) -> None:
         for ident, reply in replies:
             self._reply(ident, reply)
 
+    # -- what the writers, the replicator, the slaves and the supervisor say -------
+
+    def _drain_completions(self) -> None:
+        moved: list[str] = []
+        for frame in drain(self.completions, copy=False):
+            c = completions.decoder.decode(frame.buffer)
+            self.heard_from.add(c.writer)
+            self._send(self.acks.on_completions(c.done))
+            moved += self.fetch.update(c.hwm, c.log_start)
+        if moved:
+            self._wake_fetches(moved)
+
+    def _drain_replica_state(self) -> None:
+        for raw in drain(self.repl_sub):
+            replies = self.acks.on_replica_state(ipc_replica.state_decoder.decode(raw))
+            self._bound_fetches()
+            self._send(replies)
+
+    def _drain_slave_acks(self) -> None:
+        """A slave's writer made a flush durable: release what that covers."""
+        for raw in drain(self.slave_acks):
+            view = self.cluster.view
+            self._send(self.acks.on_slave_ack(raw, view.role, view.leader_epoch))
+            self._bound_fetches()  # a no-op after a refused report: nothing it reads changed
+
+    def _drain_view(self) -> None:
+        for raw in drain(self.view_sub):
+            v = control.from_supervisor.decode(raw)
+            if isinstance(v, control.ClusterView):
+                self.cluster.view = v
+                self._bound_fetches()  # a promotion makes this a master's acceptor
+
+    def _expire(self, now: float) -> None:
+        self._send(self.acks.tick(now))
+        for p in self.fetch.timed_out(now):
+            self._serve_fetch(p.ident, p.req)
+
+    # -- client requests ------------------------------------------------------------
+
     def _drain_client(self) -> None:
-        for _ in range(256):
-            try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(self.client, multipart=True, copy=False, limit=256):
             self._handle(frames[0].bytes, frames[1:])
 
     def _drain_client_shutdown(self, limit: int | None = None) -> None:
         """Answer waiting requests with BROKER_SHUTTING_DOWN (all, or ``limit``)."""
-        n = 0
-        while limit is None or n < limit:
-            n += 1
-            try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in drain(self.client, multipart=True, copy=False, limit=limit):
             try:
                 req, _ = codec.decode_request(frames[1:])
             except ProtocolError:
@@ -180,9 +195,7 @@ class Acceptor:
             self._reply(frames[0].bytes, m.ErrorReply(id=req.id, code=ErrorCode.BROKER_SHUTTING_DOWN, message="broker is stopping"))
 
     def _reply(self, ident: bytes, reply, payloads=()) -> None:
-        try:
-            self.client.send_multipart([ident, *codec.encode_reply(reply, payloads)], copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
+        if not try_send(self.client, [ident, *codec.encode_reply(reply, payloads)], multipart=True, copy=False):
             log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
 
     def _handle(self, ident: bytes, frames) -> None:
@@ -235,7 +248,7 @@ class Acceptor:
         if partition < 0:
             partition = next(self._rr) % self.cluster.partitions_of(req.topic)
         self.cluster.check_partition(req.topic, partition)
-        token = self.acks.register(ident, req, partition, time.monotonic(), replicas)
+        token = self.acks.register(ident, req, partition, self.clock(), replicas)
         ring = self.rings[handoff.owner_of(req.topic, partition, len(self.rings))]
         try:
             hand_off(ring, token, req.topic.encode(), partition, batches, self.cluster.view.leader_epoch, self._timeout)
@@ -243,73 +256,13 @@ class Acceptor:
             self.acks.cancel(token)  # never reached the writer: answered by the caller
             raise
 
-    def await_writers(self, writers: int, timeout_s: float = 60.0) -> None:
-        """Before serving, hear from every writer once, so fetches and
-        ListOffsets see the recovered high watermarks from the start."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.heard_from) < writers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"heard from {len(self.heard_from)} of {writers} writers in {timeout_s:.0f} s")
-            if self.completions.poll(100):
-                self._drain_completions()
-
-    def _drain_completions(self) -> None:
-        moved: list[str] = []
-        for frame in drain(self.completions, copy=False):
-            c = completions.decoder.decode(frame.buffer)
-            self.heard_from.add(c.writer)
-            self._send(self.acks.on_completions(c.done))
-            moved += self.fetch.update(c.hwm, c.log_start)
-        if moved:
-            for p in self.fetch.woken(moved):
-                self._serve_fetch(p.ident, p.req)
-
-    def _drain_replica_state(self) -> None:
-        while True:
-            try:
-                raw = self.repl_sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            replies = self.acks.on_replica_state(ipc_replica.state_decoder.decode(raw))
-            self._bound_fetches()
-            self._send(replies)
-
-    def _drain_slave_acks(self) -> None:
-        """A slave's writer made a flush durable: release what that covers."""
-        while True:
-            try:
-                raw = self.slave_acks.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            view = self.cluster.view
-            self._send(self.acks.on_slave_ack(raw, view.role, view.leader_epoch))
-            self._bound_fetches()  # a no-op after a refused report: nothing it reads changed
-
-    def _bound_fetches(self) -> None:
-        """Keep consumers of a master to what the in-sync slaves hold
-        (replication.fetch_bound), then answer the long polls that lets go."""
-        bound = None
-        policy, view = self.acks.policy, self.cluster.view
-        if self._fetch_replicated and view is not None and view.role == "master" and policy.insync:
-            bound = policy.replicated
-        self.fetch.bound = bound
-        keys = self.fetch.parked_keys()
-        if keys:
-            for p in self.fetch.woken(keys):
-                self._serve_fetch(p.ident, p.req)
-
-    def _expire(self, now: float) -> None:
-        self._send(self.acks.tick(now))
-        for p in self.fetch.timed_out(now):
-            self._serve_fetch(p.ident, p.req)
-
-    # -- fetch and offsets -----------------------------------------------------------
+    # -- fetch ---------------------------------------------------------------------
 
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
         self.cluster.check_partition(req.topic, req.partition, auto=False)
         key = handoff.tp_key(req.topic, req.partition)
         if req.max_wait_ms > 0 and not self.stopping and self.fetch.nothing_yet(key, req.offset):
-            self.fetch.park(ident, req, time.monotonic() + req.max_wait_ms / 1000.0)
+            self.fetch.park(ident, req, self.clock() + req.max_wait_ms / 1000.0)
             return
         self._serve_fetch(ident, req)
 
@@ -321,9 +274,26 @@ class Acceptor:
             return
         self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start), [data])
 
+    def _wake_fetches(self, keys) -> None:
+        for p in self.fetch.woken(keys):
+            self._serve_fetch(p.ident, p.req)
+
     def _answer_parked_fetches(self) -> None:
         for p in self.fetch.all_parked():
             self._serve_fetch(p.ident, p.req)
+
+    def _bound_fetches(self) -> None:
+        """Keep consumers of a master to what the in-sync slaves hold
+        (replication.fetch_bound), then answer the long polls that lets go."""
+        policy, view = self.acks.policy, self.cluster.view
+        bound = None
+        if self._fetch_replicated and view is not None and view.role == "master" and policy.insync:
+            bound = policy.replicated
+        self.fetch.bound = bound
+        keys = self.fetch.parked_keys()
+        if keys:
+            self._wake_fetches(keys)
+
 
 def _error_reply(req, e: BrokerError):
     reply_type = m.REPLY_FOR.get(type(req), m.ErrorReply)
@@ -338,7 +308,8 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     r = cfg.ring
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
     rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
-    acc = Acceptor(index, cfg, ctx, rings, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
+    sockets = open_sockets(ctx, index, cfg, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
+    acc = Acceptor(index, cfg, sockets, rings)
 
     def on_term(signum, frame):
         acc.stopping = True
@@ -355,7 +326,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
         # the last answers may still sit in ZeroMQ's queue: give them a moment
         # to reach connected clients before the socket goes (a gone client
         # costs at most this long)
-        acc.client.close(linger=1000)
+        sockets.client.close(linger=1000)
     finally:
         for s in shared:
             s.close()
