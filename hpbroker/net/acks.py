@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from hpbroker.config import ReplicationConfig
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.ipc.handoff import tp_key
 from hpbroker.net.produce import Pending, Waiting
@@ -83,7 +84,7 @@ class ProduceAcks:
     """The produce requests an acceptor has handed to its writers and not
     yet answered, by token, and the acks=all among them held for the slaves."""
 
-    def __init__(self, max_pending: int, replication) -> None:
+    def __init__(self, max_pending: int, replication: ReplicationConfig) -> None:
         self.pending = Pending(max_pending)
         self.policy = AckPolicy(replication)
 
