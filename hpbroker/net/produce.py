@@ -4,15 +4,19 @@
 :func:`hpbroker.protocol.check_produce` checks each batch's header, layout
 and CRC32C (per batch, never per record).
 
-``Pending`` remembers each produce request that waits for its writer's
-group commit and turns writer completions into replies.
+``hand_off`` copies a checked request into its writer's ring as one
+record.  ``Pending`` remembers each produce request that waits for its
+writer's group commit (:class:`hpbroker.net.acks.ProduceAcks` turns what
+happens to it into replies).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpbroker.ipc import handoff
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.ring import PeerDead, RingClosed, RingFull
 
 
 def check_request_size(frames, max_request_bytes: int) -> None:
@@ -24,6 +28,25 @@ def check_request_size(frames, max_request_bytes: int) -> None:
     total = sum(map(len, frames))
     if total > max_request_bytes:
         raise BrokerError(ErrorCode.MESSAGE_TOO_LARGE, f"request carries {total} payload bytes; the limit is {max_request_bytes}")
+
+
+def hand_off(ring, token: int, topic_b: bytes, partition: int, batches, epoch: int, timeout: float) -> None:
+    """Copy one produce request into ``ring`` (a ring Writer) as one PRODUCE
+    record, whole or not at all: raises BrokerError, with nothing written,
+    when the ring stays full for ``timeout`` seconds or its writer is gone."""
+    size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
+    try:
+        buf = ring.claim(size, handoff.PRODUCE, timeout)
+    except RingFull:
+        raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
+    except (PeerDead, RingClosed) as e:
+        raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
+    try:
+        handoff.write_record(buf, token, topic_b, partition, batches, epoch=epoch)
+    except BaseException:
+        ring.abort()
+        raise
+    ring.commit()
 
 
 @dataclass(slots=True)
