@@ -90,10 +90,16 @@ class ProtocolError(BrokerError):
     """Frames that do not decode into a valid message.
 
     ``id`` is the request's correlation id when the header got far enough to
-    reveal it, else -1; the acceptor answers with ``ErrorReply(id, code,
-    message)`` (see :meth:`to_reply` in :mod:`hpbroker.protocol.codec`).
+    reveal it, else -1.  ``kind`` is the request type the header names in
+    ``"t"`` (e.g. ``"Fetch"``) when it is a readable map, else "", and
+    ``acks`` the produce request's ``acks`` when the header shows it, else
+    None.  The acceptor answers with the reply type of ``kind`` when it knows
+    it, else an ``ErrorReply``, and not at all for acks=0
+    (:func:`hpbroker.protocol.codec.protocol_error_frames`, ``wants_reply``).
     """
 
-    def __init__(self, code: int, message: str = "", id: int = -1):
+    def __init__(self, code: int, message: str = "", id: int = -1, *, kind: str = "", acks: int | None = None):
         super().__init__(code, message)
         self.id = id
+        self.kind = kind
+        self.acks = acks
