@@ -33,7 +33,7 @@ from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.produce import Pending, Waiting, check_request_size
+from hpbroker.net.produce import Drops, Pending, Waiting, check_request_size
 from hpbroker.replication.ack_policy import AckPolicy
 from hpbroker.replication.probe import master_answering
 from hpbroker.sockets import drain
@@ -92,6 +92,7 @@ class Acceptor:
             self.slave_acks.bind(f"tcp://{cfg.broker.bind}:{port + index if port else '*'}")
             self.ack_endpoint = self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pending = Pending(cfg.broker.max_pending_requests)
+        self.drops = Drops()  # acks=0 requests refused without a reply
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
         r = cfg.replication
         self._fetch_replicated = r.fetch_bound == "replicated" or (r.fetch_bound == "auto" and r.mode == "sync")
@@ -210,11 +211,10 @@ class Acceptor:
                 frames = self.client.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                req, _ = codec.decode_request(frames[1:])
-            except ProtocolError:
-                continue
-            self._reply(frames[0].bytes, m.ErrorReply(id=req.id, code=ErrorCode.BROKER_SHUTTING_DOWN, message="broker is stopping"))
+            ident = frames[0].bytes
+            decoded = self._decode(ident, frames[1:])
+            if decoded is not None:
+                self._refuse(ident, decoded[0], BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping"))
 
     def _reply(self, ident: bytes, reply, payloads=()) -> None:
         try:
@@ -222,12 +222,34 @@ class Acceptor:
         except zmq.Again:
             log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
 
-    def _handle(self, ident: bytes, frames) -> None:
+    def _decode(self, ident: bytes, frames):
+        """(request, payload frames), or None when they did not decode (then
+        answered, or dropped when the header showed acks=0)."""
         try:
-            req, payload = codec.decode_request(frames)
+            return codec.decode_request(frames)
         except ProtocolError as e:
-            self._reply(ident, m.ErrorReply(id=e.id, code=e.code, message=e.message))
+            self._refuse(ident, e, e)
+            return None
+
+    def _refuse(self, ident: bytes, req, e: BrokerError) -> None:
+        """Answer ``req`` (a request, or the ProtocolError of one that did
+        not decode) with the error ``e``, except an acks=0 produce: that is
+        dropped and logged (docs/protocol.md, section 7)."""
+        if codec.wants_reply(req):
+            if isinstance(req, ProtocolError):
+                self._reply(ident, codec.protocol_error_reply(req))
+            else:
+                self._reply(ident, _error_reply(req, e))
             return
+        line = self.drops.note(e.code, e.message, time.monotonic())
+        if line:
+            log.warning("%s", line)
+
+    def _handle(self, ident: bytes, frames) -> None:
+        decoded = self._decode(ident, frames)
+        if decoded is None:
+            return
+        req, payload = decoded
         try:
             match req:
                 case m.Produce():
@@ -258,11 +280,10 @@ class Acceptor:
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
-            if getattr(req, "acks", 1) != 0 or not isinstance(req, (m.Produce, m.ProduceMessages)):
-                self._reply(ident, _error_reply(req, e))
+            self._refuse(ident, req, e)
         except Exception as e:  # a bug must not take every other client down
             log.exception("request %s failed", type(req).__name__)
-            self._reply(ident, _error_reply(req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")))
+            self._refuse(ident, req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
     # -- produce ----------------------------------------------------------------
 

@@ -15,6 +15,29 @@ from dataclasses import dataclass
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 
+class Drops:
+    """acks=0 produce requests refused without a reply (docs/protocol.md,
+    section 7): counted, and logged at most once per ``every_s`` seconds so
+    a fire-and-forget client with a bug cannot flood the log."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.total = 0
+        self._since = 0
+        self._next_log = 0.0
+
+    def note(self, code: int, message: str, now: float) -> str | None:
+        """Count one drop; the line to log, or None while within the interval."""
+        self.total += 1
+        self._since += 1
+        if now < self._next_log:
+            return None
+        n, self._since = self._since, 0
+        self._next_log = now + self.every_s
+        return (f"dropped {n} acks=0 produce request{'s' if n > 1 else ''} without a reply ({self.total} in all); "
+                f"the last: {ErrorCode(code).name if code in ErrorCode._value2member_map_ else code}: {message}")
+
+
 def check_request_size(frames, max_request_bytes: int) -> None:
     """Request-wide limits; per-batch checks are protocol.check_produce."""
     if not frames:
