@@ -337,3 +337,20 @@ def test_acks_0_requests_and_their_decoding_errors_want_no_reply():
     for frames in answered:
         assert wants_reply(_err(frames)), frames
 
+
+def test_check_produce_refuses_compression_and_reserved_fields():
+    req = Produce(id=1, topic="a", partition=0)
+    with pytest.raises(ProtocolError) as ei:
+        check_produce(req, [memoryview(batch.encode_batch([b"a"], attributes=2))], max_batch_bytes=1 << 20)
+    assert ei.value.code == ErrorCode.UNSUPPORTED_COMPRESSION and "codec 2" in ei.value.message
+    for attributes in (8, 0x8000):
+        with pytest.raises(ProtocolError) as ei:
+            check_produce(req, [memoryview(batch.encode_batch([b"a"], attributes=attributes))], max_batch_bytes=1 << 20)
+        assert ei.value.code == ErrorCode.CORRUPT_BATCH
+    for at in (17, 18, 19, 26, 27, 60, 63):
+        b = bytearray(batch.encode_batch([b"a"]))
+        b[at] = 1
+        b[batch.CRC_AT:batch.CRC_AT + 4] = batch.compute_crc(b).to_bytes(4, "little")
+        with pytest.raises(ProtocolError) as ei:
+            check_produce(req, [memoryview(b)], max_batch_bytes=1 << 20)
+        assert ei.value.code == ErrorCode.CORRUPT_BATCH and "reserved" in ei.value.message, at

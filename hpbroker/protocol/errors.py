@@ -19,6 +19,8 @@ code   name                        retriable  meaning
 11     OFFSET_OUT_OF_RANGE         no         Fetch below the log start or above the high watermark
 12     UNSUPPORTED_VERSION         no         header ``v`` is not a version this broker speaks
 13     BROKER_SHUTTING_DOWN        yes        the broker is stopping; retry (elsewhere) later
+14     UNSUPPORTED_COMPRESSION     no         a batch's compression bits name a codec this broker
+                                              does not take (only 0, none, for now)
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -43,6 +45,7 @@ class ErrorCode(IntEnum):
     OFFSET_OUT_OF_RANGE = 11
     UNSUPPORTED_VERSION = 12
     BROKER_SHUTTING_DOWN = 13
+    UNSUPPORTED_COMPRESSION = 14
     INTERNAL = 99
 
 
