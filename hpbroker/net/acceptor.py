@@ -33,7 +33,7 @@ from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.produce import Drops, Pending, Waiting, check_request_size
+from hpbroker.net.produce import Drops, Pending, Waiting, check_request_size, frame_cutoff
 from hpbroker.replication.ack_policy import AckPolicy
 from hpbroker.replication.probe import master_answering
 from hpbroker.sockets import drain
@@ -47,7 +47,7 @@ log = logging.getLogger("hpbroker.acceptor")
 
 def client_socket_options(sock: zmq.Socket, cfg: config_mod.Config) -> None:
     b = cfg.broker
-    sock.setsockopt(zmq.MAXMSGSIZE, b.max_request_bytes + (1 << 16))
+    sock.setsockopt(zmq.MAXMSGSIZE, frame_cutoff(b.max_request_bytes))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, b.zmq_hwm)
     sock.setsockopt(zmq.RCVHWM, b.zmq_hwm)

@@ -15,6 +15,24 @@ from dataclasses import dataclass
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 
+#: the least ZMQ_MAXMSGSIZE of the acceptors' client sockets (see frame_cutoff)
+MIN_FRAME_CUTOFF = 64 << 20
+
+
+def frame_cutoff(max_request_bytes: int) -> int:
+    """ZMQ_MAXMSGSIZE of the acceptors' client sockets: the largest frame
+    ZeroMQ hands to the acceptor.  A larger frame makes ZeroMQ drop the
+    connection without the acceptor ever seeing it, so the sender gets no
+    reply at all; everything up to here reaches :func:`check_request_size`
+    and :func:`hpbroker.protocol.check_produce` and is refused with
+    MESSAGE_TOO_LARGE.  Hence the headroom: a client that misjudges the
+    limits (docs/protocol.md once gave 8 and 16 MiB) hears why instead of
+    timing out.  The cut-off is per frame (ZeroMQ checks each part of a
+    multipart message on its own); it bounds what one frame header can make
+    the broker allocate."""
+    return max(MIN_FRAME_CUTOFF, 4 * max_request_bytes)
+
+
 class Drops:
     """acks=0 produce requests refused without a reply (docs/protocol.md,
     section 7): counted, and logged at most once per ``every_s`` seconds so
