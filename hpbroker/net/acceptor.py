@@ -460,15 +460,13 @@ class Acceptor:
 
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
         self.check_partition(req.topic, req.partition, auto=False)
-        key = handoff.tp_key(req.topic, req.partition)
-        if req.max_wait_ms > 0 and not self.stopping and self.fetch.nothing_yet(key, req.offset):
-            self.fetch.park(ident, req, time.monotonic() + req.max_wait_ms / 1000.0)
-            return
-        self._serve_fetch(ident, req)
+        # parks a long poll that finds less than min_bytes (net/fetch.py)
+        if not self.fetch.start(ident, req, time.monotonic(), wait=not self.stopping):
+            self._serve_fetch(ident, req)
 
     def _serve_fetch(self, ident: bytes, req: m.Fetch) -> None:
         try:
-            data, hwm, start = self.fetch.read(req.topic, req.partition, req.offset, req.max_bytes)
+            data, hwm, start = self.fetch.answer(req)
         except BrokerError as e:
             self._reply(ident, _error_reply(req, e))
             return
