@@ -148,6 +148,9 @@ def test_oversized_frames(tmp_path):
         assert rep.code == ErrorCode.MESSAGE_TOO_LARGE and "262144" in rep.message
         rep = c.produce("big", 0, [b"\0" * cutoff])
         assert rep.code == ErrorCode.MESSAGE_TOO_LARGE
+        # the cut-off is per frame: frames below it are answered however large together
+        rep = c.produce("big", 0, [b"\0" * (cutoff // 2 + 1)] * 2)
+        assert rep.code == ErrorCode.MESSAGE_TOO_LARGE and str(cutoff + 2) in rep.message
         # a frame beyond the cut-off makes ZeroMQ drop that connection, with
         # no reply; the broker goes on serving everyone else
         hostile = RawClient(b.url)
