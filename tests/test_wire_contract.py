@@ -153,6 +153,7 @@ def test_a_long_poll_stops_at_max_bytes_below_min_bytes(broker):
     prod, cons = RawClient(broker.url), RawClient(broker.url)
     a, b = one_batch(1120, b"a"), one_batch(1120, b"b")
     assert len(a) == len(b) == 1200
+    cons.call(m.Metadata(id=cons.next_id(), topics=["mbx"]))  # creates it: a fetch never does
     p = send(cons, m.Fetch(id=cons.next_id(), topic="mbx", partition=0, offset=0, max_bytes=2000,
                            min_bytes=1 << 20, max_wait_ms=60_000))
     assert prod.produce("mbx", 0, [a]).base_offsets == [0]
