@@ -17,7 +17,9 @@ offset   size  field                  notes
 16       1     magic         uint8    ``MAGIC`` (2)
 17       3     reserved               zero
 20       4     crc           uint32   CRC32C of bytes [24, batch_length)
-24       2     attributes    uint16   bits 0-2 compression (0 = none)
+24       2     attributes    uint16   bits 0-2 compression (0 = none, the
+                                      only codec so far); bits 3-15 reserved,
+                                      zero
 26       2     reserved               zero
 28       4     record_count  uint32   >= 1; offsets are base_offset + i
 32       8     first_timestamp int64  ms since the epoch
@@ -93,6 +95,18 @@ _i = struct.Struct("<i")
 
 class CorruptBatch(ValueError):
     """A batch whose header, layout or CRC does not check out."""
+
+
+class UnsupportedCompression(CorruptBatch):
+    """A batch whose compression bits name a codec this side does not take."""
+
+
+#: attributes bits 0-2: the compression codec
+COMPRESSION_MASK = 0x0007
+#: the codecs a producer may name; 0 is none (the records are stored as they are)
+SUPPORTED_COMPRESSION = frozenset({0})
+#: the reserved byte ranges of the header, [start, end), zero in every batch
+RESERVED_RANGES = ((17, 20), (26, 28), (60, 64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +215,26 @@ def check_batch(buf, pos: int = 0, length: int | None = None, *, max_records: in
     if HEADER_SIZE + n * ENTRY_SIZE + data != h.batch_length:
         raise CorruptBatch("record table lengths do not add up to the batch length")
     return h
+
+
+def check_producer_fields(buf, pos: int = 0, header: BatchHeader | None = None) -> None:
+    """The header fields a producer must leave for later versions: the
+    compression bits name a codec this broker takes, and the reserved bits
+    and bytes are zero.  Raises :class:`UnsupportedCompression` or
+    :class:`CorruptBatch`.  For batches entering the cluster (the acceptor's
+    produce path), after :func:`check_batch`; never for bytes already stored,
+    which were checked when they came in."""
+    h = header or read_header(buf, pos)
+    codec = h.attributes & COMPRESSION_MASK
+    if codec not in SUPPORTED_COMPRESSION:
+        raise UnsupportedCompression(f"compression codec {codec} (attributes bits 0-2) is not supported; "
+                                     "send uncompressed batches (codec 0)")
+    if h.attributes & ~COMPRESSION_MASK:
+        raise CorruptBatch(f"reserved attributes bits are set ({h.attributes:#06x}); bits 3-15 must be zero")
+    mv = memoryview(buf)
+    for start, end in RESERVED_RANGES:
+        if any(mv[pos + start : pos + end]):
+            raise CorruptBatch(f"reserved header bytes {start}..{end - 1} are not zero")
 
 
 def record_table(buf, pos: int, count: int) -> np.ndarray:

@@ -65,7 +65,7 @@ class BrokerConfig(_Section):
     auto_create_topics: Annotated[bool, M(description="Create an unknown topic on its first metadata request or produce.")] = True
     default_partitions: Annotated[int, M(ge=1, le=4096, description="Partitions of an automatically created topic.")] = 4
     max_batch_bytes: Annotated[int, M(ge=1024, description="Largest record batch a producer may send (MESSAGE_TOO_LARGE above it).")] = 4 << 20
-    max_request_bytes: Annotated[int, M(ge=1024, description="Largest produce request (all its batches); ZMQ_MAXMSGSIZE on client sockets is set a little above it. A request travels as one ring record, so it must fit the ring's largest record (an eighth of ring.capacity_bytes, less 512 bytes of routing header).")] = 4 << 20
+    max_request_bytes: Annotated[int, M(ge=1024, description="Largest produce request (all its batches; MESSAGE_TOO_LARGE above it). ZMQ_MAXMSGSIZE on client sockets is 4 times this, at least 64 MiB: a larger frame makes ZeroMQ drop the connection with no reply, anything smaller gets an error code. A request travels as one ring record, so it must fit the ring's largest record (an eighth of ring.capacity_bytes, less 512 bytes of routing header).")] = 4 << 20
     max_fetch_bytes: Annotated[int, M(ge=1024, description="Upper bound on the bytes one fetch reply carries.")] = 8 << 20
     max_pending_requests: Annotated[int, M(ge=1, description="Produce requests an acceptor holds while waiting for durability; beyond it producers get BUSY.")] = 65536
     cpu_affinity: Annotated[Literal["auto", "off"], M(description="auto: pin acceptors and writers to distinct cores (writers from the last core down) and place each ring on its writer's NUMA node; off: let the OS schedule.")] = "off"

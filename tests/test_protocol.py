@@ -35,6 +35,8 @@ from hpbroker.protocol import (
     encode_request,
     error_frames,
     protocol_error_frames,
+    protocol_error_reply,
+    wants_reply,
 )
 from hpbroker.protocol.errors import RETRIABLE
 from hpbroker.protocol.messages import REPLY_TYPES
@@ -323,3 +325,64 @@ def test_fuzz_decode_reply_raises_only_protocol_error(frames):
             assert [bytes(p) for p in payloads] == ([bytes(frames[1])] if len(frames) == 2 else [b""])
         else:
             assert len(frames) == 1 and payloads == []
+
+
+def _err(frames) -> ProtocolError:
+    with pytest.raises(ProtocolError) as ei:
+        decode_request(frames)
+    return ei.value
+
+
+def test_a_decoding_error_is_answered_with_the_reply_type_the_header_names():
+    fetch = {"t": "Fetch", "id": 3, "topic": "a", "partition": 0, "offset": 0}
+    for frames in ([msgspec.msgpack.encode({**fetch, "offset": -1})], [msgspec.msgpack.encode(fetch), b"stray"]):
+        rep = protocol_error_reply(_err(frames))
+        assert type(rep) is FetchReply and rep.id == 3 and rep.code == ErrorCode.BAD_REQUEST
+        assert len(encode_reply(rep)) == 2  # header and the (empty) payload frame
+    rep = protocol_error_reply(_err([msgspec.msgpack.encode({"t": "Produce", "id": 4, "topic": "a", "partition": 0})]))
+    assert type(rep) is ProduceReply and rep.code == ErrorCode.BAD_REQUEST
+    # no request type, or another version: the bare ErrorReply
+    for head in (b"\xc1", msgspec.msgpack.encode({"t": "Nope", "id": 5}), msgspec.msgpack.encode({**fetch, "v": 2})):
+        assert type(protocol_error_reply(_err([head]))) is ErrorReply
+
+
+def test_acks_0_requests_and_their_decoding_errors_want_no_reply():
+    prod = {"t": "Produce", "id": 1, "topic": "a", "partition": 0}
+    assert not wants_reply(Produce(id=1, topic="a", partition=0, acks=0))
+    assert not wants_reply(ProduceMessages(id=1, topic="a", acks=0))
+    assert wants_reply(Produce(id=1, topic="a", partition=0)) and wants_reply(Fetch(id=1, topic="a", partition=0, offset=0))
+    silent = [
+        [msgspec.msgpack.encode({**prod, "acks": 0})],  # no payload frame
+        [msgspec.msgpack.encode({"t": "ProduceMessages", "id": 1, "topic": "a", "acks": 0, "keys": True}), b"k"],
+        [msgspec.msgpack.encode({**prod, "acks": 0, "topic": ".."}), b"x"],  # fails validation
+        [msgspec.msgpack.encode({**prod, "acks": 0, "partition": "zero"}), b"x"],
+    ]
+    for frames in silent:
+        assert not wants_reply(_err(frames)), frames
+    answered = [
+        [b"\xc1"],  # not msgpack: acks unknown
+        [msgspec.msgpack.encode({**prod, "acks": 0, "v": 2}), b"x"],  # another version's acks
+        [msgspec.msgpack.encode({**prod, "acks": False, "topic": ".."}), b"x"],  # acks is not the integer 0
+        [msgspec.msgpack.encode({"t": "Fetch", "id": 1, "acks": 0})],  # acks means nothing to a Fetch
+        [msgspec.msgpack.encode({**prod, "topic": ".."}), b"x"],
+    ]
+    for frames in answered:
+        assert wants_reply(_err(frames)), frames
+
+
+def test_check_produce_refuses_compression_and_reserved_fields():
+    req = Produce(id=1, topic="a", partition=0)
+    with pytest.raises(ProtocolError) as ei:
+        check_produce(req, [memoryview(batch.encode_batch([b"a"], attributes=2))], max_batch_bytes=1 << 20)
+    assert ei.value.code == ErrorCode.UNSUPPORTED_COMPRESSION and "codec 2" in ei.value.message
+    for attributes in (8, 0x8000):
+        with pytest.raises(ProtocolError) as ei:
+            check_produce(req, [memoryview(batch.encode_batch([b"a"], attributes=attributes))], max_batch_bytes=1 << 20)
+        assert ei.value.code == ErrorCode.CORRUPT_BATCH
+    for at in (17, 18, 19, 26, 27, 60, 63):
+        b = bytearray(batch.encode_batch([b"a"]))
+        b[at] = 1
+        b[batch.CRC_AT:batch.CRC_AT + 4] = batch.compute_crc(b).to_bytes(4, "little")
+        with pytest.raises(ProtocolError) as ei:
+            check_produce(req, [memoryview(b)], max_batch_bytes=1 << 20)
+        assert ei.value.code == ErrorCode.CORRUPT_BATCH and "reserved" in ei.value.message, at

@@ -33,7 +33,7 @@ from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.produce import check_request_size, hand_off
+from hpbroker.net.produce import Drops, check_request_size, hand_off
 from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
@@ -63,6 +63,7 @@ class Acceptor:
         self.endpoint = self.client.getsockopt_string(zmq.LAST_ENDPOINT)
         self.ack_endpoint = "" if self.slave_acks is None else self.slave_acks.getsockopt_string(zmq.LAST_ENDPOINT)
         self.cluster = Cluster(sockets.control)
+        self.drops = Drops()  # acks=0 requests refused without a reply
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
         self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx)
@@ -188,22 +189,43 @@ class Acceptor:
     def _drain_client_shutdown(self, limit: int | None = None) -> None:
         """Answer waiting requests with BROKER_SHUTTING_DOWN (all, or ``limit``)."""
         for frames in drain(self.client, multipart=True, copy=False, limit=limit):
-            try:
-                req, _ = codec.decode_request(frames[1:])
-            except ProtocolError:
-                continue
-            self._reply(frames[0].bytes, m.ErrorReply(id=req.id, code=ErrorCode.BROKER_SHUTTING_DOWN, message="broker is stopping"))
+            ident = frames[0].bytes
+            decoded = self._decode(ident, frames[1:])
+            if decoded is not None:
+                self._refuse(ident, decoded[0], BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping"))
 
     def _reply(self, ident: bytes, reply, payloads=()) -> None:
         if not try_send(self.client, [ident, *codec.encode_reply(reply, payloads)], multipart=True, copy=False):
             log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
 
-    def _handle(self, ident: bytes, frames) -> None:
+    def _decode(self, ident: bytes, frames):
+        """(request, payload frames), or None when they did not decode (then
+        answered, or dropped when the header showed acks=0)."""
         try:
-            req, payload = codec.decode_request(frames)
+            return codec.decode_request(frames)
         except ProtocolError as e:
-            self._reply(ident, m.ErrorReply(id=e.id, code=e.code, message=e.message))
+            self._refuse(ident, e, e)
+            return None
+
+    def _refuse(self, ident: bytes, req, e: BrokerError) -> None:
+        """Answer ``req`` (a request, or the ProtocolError of one that did
+        not decode) with the error ``e``, except an acks=0 produce: that is
+        dropped and logged (docs/protocol.md, section 7)."""
+        if codec.wants_reply(req):
+            if isinstance(req, ProtocolError):
+                self._reply(ident, codec.protocol_error_reply(req))
+            else:
+                self._reply(ident, _error_reply(req, e))
             return
+        line = self.drops.note(e.code, e.message, self.clock())
+        if line:
+            log.warning("%s", line)
+
+    def _handle(self, ident: bytes, frames) -> None:
+        decoded = self._decode(ident, frames)
+        if decoded is None:
+            return
+        req, payload = decoded
         try:
             match req:
                 case m.Produce():
@@ -229,11 +251,10 @@ class Acceptor:
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
-            if getattr(req, "acks", 1) != 0 or not isinstance(req, (m.Produce, m.ProduceMessages)):
-                self._reply(ident, _error_reply(req, e))
+            self._refuse(ident, req, e)
         except Exception as e:  # a bug must not take every other client down
             log.exception("request %s failed", type(req).__name__)
-            self._reply(ident, _error_reply(req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")))
+            self._refuse(ident, req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
     # -- produce ----------------------------------------------------------------
 
@@ -260,15 +281,13 @@ class Acceptor:
 
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
         self.cluster.check_partition(req.topic, req.partition, auto=False)
-        key = handoff.tp_key(req.topic, req.partition)
-        if req.max_wait_ms > 0 and not self.stopping and self.fetch.nothing_yet(key, req.offset):
-            self.fetch.park(ident, req, self.clock() + req.max_wait_ms / 1000.0)
-            return
-        self._serve_fetch(ident, req)
+        # parks a long poll that finds less than min_bytes (net/fetch.py)
+        if not self.fetch.start(ident, req, self.clock(), wait=not self.stopping):
+            self._serve_fetch(ident, req)
 
     def _serve_fetch(self, ident: bytes, req: m.Fetch) -> None:
         try:
-            data, hwm, start = self.fetch.read(req.topic, req.partition, req.offset, req.max_bytes)
+            data, hwm, start = self.fetch.answer(req)
         except BrokerError as e:
             self._reply(ident, _error_reply(req, e))
             return

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker.net.produce import frame_cutoff
 from hpbroker.sockets import make_socket
 
 
@@ -49,7 +50,7 @@ def open_sockets(ctx: zmq.Context, index: int, cfg: config_mod.Config, endpoint:
     s = AcceptorSockets(
         ctx=ctx,
         # ROUTER_MANDATORY stays 0 (libzmq's default): a reply to a client that is gone is dropped
-        client=make_socket(ctx, zmq.ROUTER, maxmsgsize=b.max_request_bytes + (1 << 16), sndhwm=b.zmq_hwm,
+        client=make_socket(ctx, zmq.ROUTER, maxmsgsize=frame_cutoff(b.max_request_bytes), sndhwm=b.zmq_hwm,
                            rcvhwm=b.zmq_hwm, bind=endpoint),
         completions=make_socket(ctx, zmq.PULL, bind=completions_ep),
         control=make_socket(ctx, zmq.DEALER, connect=control_ep),

@@ -5,9 +5,20 @@ the owning writer last published.  A master in ``replicated`` fetch-bound
 mode reads less far: only what every in-sync slave holds too (``bound``,
 Kafka's high watermark as opposed to its log end), so a failover never
 takes back a message a consumer saw.  That visible end never moves
-backwards while the log does not shrink.  A fetch at the visible end with
-a ``max_wait_ms`` parks until it moves or the wait runs out (a long poll,
-as Kafka's fetch.max.wait.ms).
+backwards while the log does not shrink.
+
+A fetch with a ``max_wait_ms`` that finds fewer than ``min_bytes`` of whole
+batches from its offset parks until that much is there (at most its
+``max_bytes``) or the wait runs out, then gets what there is: a long poll, as
+Kafka's fetch.min.bytes and fetch.max.wait.ms.  A parked fetch keeps what it
+has read so far and, each time its partition's visible end moves (once per
+group commit, not per message), reads only the batches that arrived since,
+so every byte is read once however many commits it waits for.  A fetch
+with the default ``min_bytes`` of 1 reads nothing until it is answered.
+
+:meth:`FetchService.start` takes a new fetch; :meth:`woken`,
+:meth:`timed_out` and :meth:`all_parked` hand back the parked ones that
+are due, and :meth:`answer` gives the reply's contents for any of them.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpbroker import batch
 from hpbroker.io import OffsetOutOfRange, PartitionReader
 from hpbroker.io.layout import partition_dir
 from hpbroker.ipc.handoff import tp_key
@@ -30,6 +42,25 @@ class Parked:
     ident: bytes = field(compare=False)
     req: object = field(compare=False)
     done: bool = field(default=False, compare=False)
+    #: whole batches read so far, from the one holding req.offset, in order
+    chunks: list = field(default_factory=list, compare=False)
+    nbytes: int = field(default=0, compare=False)
+    #: where the next read starts: req.offset, then past the last batch read
+    next_offset: int = field(default=-1, compare=False)
+    #: no further batch fits the request's max_bytes
+    full: bool = field(default=False, compare=False)
+    #: a read failed before anything was gathered: the reply is this error
+    error: BrokerError | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.next_offset < 0:
+            self.next_offset = self.req.offset
+
+    def reset(self) -> None:
+        self.chunks.clear()
+        self.nbytes = 0
+        self.next_offset = self.req.offset
+        self.full = False
 
 
 class FetchService:
@@ -46,6 +77,8 @@ class FetchService:
         self._parked: dict[str, list[Parked]] = {}
         self._timeouts: list[Parked] = []
         self._seq = itertools.count()
+        # fetches due for an answer, by id() of their request (answer() takes them)
+        self._due: dict[int, Parked] = {}
 
     def reader(self, topic: str, partition: int) -> PartitionReader:
         key = tp_key(topic, partition)
@@ -109,16 +142,81 @@ class FetchService:
             raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE, str(e)) from None
         return data, end, start
 
-    # -- long polls ---------------------------------------------------------
+    # -- fetch requests and long polls ---------------------------------------
 
-    def park(self, ident: bytes, req, deadline: float) -> None:
-        p = Parked(deadline, next(self._seq), ident, req)
-        self._parked.setdefault(tp_key(req.topic, req.partition), []).append(p)
+    def start(self, ident: bytes, req, now: float, wait: bool = True) -> bool:
+        """Take a new Fetch: True when it parked (a long poll that found less
+        than its min_bytes), False when :meth:`answer` has its reply now.
+        Raises BrokerError (an offset out of range) without parking."""
+        p = Parked(now + req.max_wait_ms / 1000.0, next(self._seq), ident, req)
+        if wait and req.max_wait_ms > 0 and req.min_bytes > 0:
+            self._gather(p)
+            if not self._enough(p):
+                self.park(p)
+                return True
+        p.done = True
+        self._due[id(req)] = p
+        return False
+
+    def answer(self, req) -> tuple[bytes, int, int]:
+        """-> (payload, visible end, log_start) for a fetch that :meth:`start`
+        did not park, or that :meth:`woken`, :meth:`timed_out` or
+        :meth:`all_parked` handed back; raises BrokerError.  What arrived
+        since its last read is added (within its max_bytes)."""
+        key = tp_key(req.topic, req.partition)
+        p = self._due.pop(id(req), None)
+        if p is None:
+            p = Parked(0.0, 0, b"", req)
+        if p.error is not None:
+            raise p.error
+        try:
+            self._gather(p)
+        except BrokerError:
+            if not p.nbytes:
+                raise
+            # what was read before stays good (it was committed); the log
+            # moved on under the rest, which the next fetch will hear about
+        data = p.chunks[0] if len(p.chunks) == 1 else b"".join(p.chunks)
+        return data, self.visible(key), self.log_start.get(key, 0)
+
+    def _budget(self, req) -> int:
+        return min(req.max_bytes, self.max_fetch_bytes)
+
+    def _enough(self, p: Parked) -> bool:
+        return p.full or p.nbytes >= min(p.req.min_bytes, self._budget(p.req))
+
+    def _gather(self, p: Parked) -> None:
+        """Read into ``p`` the whole batches that became visible past its
+        ``next_offset``, within its max_bytes.  Raises BrokerError."""
+        req = p.req
+        key = tp_key(req.topic, req.partition)
+        if p.next_offset > self.hwm.get(key, 0):
+            p.reset()  # the log shrank under what was read (a slave's truncation): read again
+        if p.full or (p.nbytes and p.next_offset >= self._end(key)):
+            return  # (with nothing read yet, read() checks the offset's range)
+        room = self._budget(req) - p.nbytes
+        data, _, _ = self.read(req.topic, req.partition, p.next_offset, max(room, 1))
+        if not data:
+            return
+        if p.nbytes and len(data) > room:
+            p.full = True  # the next batch alone is over what is left of max_bytes: keep it for the next fetch
+            return
+        p.chunks.append(data)
+        p.nbytes += len(data)
+        p.next_offset = _next_offset(data)
+        if p.nbytes >= self._budget(req):
+            p.full = True
+
+    def park(self, p_or_ident, req=None, deadline: float | None = None) -> None:
+        """Park a :class:`Parked` (or ``ident, req, deadline`` for one that has read nothing yet)."""
+        p = p_or_ident if req is None else Parked(deadline, next(self._seq), p_or_ident, req)
+        self._parked.setdefault(tp_key(p.req.topic, p.req.partition), []).append(p)
         heapq.heappush(self._timeouts, p)
 
     def woken(self, keys) -> list[Parked]:
-        """The parked fetches of ``keys`` that have something to read now
-        (or an error to hear); the rest stay parked."""
+        """The parked fetches of ``keys`` that are due now: they hold their
+        min_bytes (or their max_bytes), or have an error to hear; the rest
+        stay parked.  Called when the keys' visible ends moved."""
         out: list[Parked] = []
         for k in keys:
             ps = self._parked.get(k)
@@ -128,16 +226,31 @@ class FetchService:
             for p in ps:
                 if p.done:
                     continue
-                if self.nothing_yet(k, p.req.offset):
-                    keep.append(p)
-                else:
+                if self._due_now(k, p):
                     p.done = True
+                    self._due[id(p.req)] = p
                     out.append(p)
+                else:
+                    keep.append(p)
             if keep:
                 self._parked[k] = keep
             else:
                 del self._parked[k]
         return out
+
+    def _due_now(self, key: str, p: Parked) -> bool:
+        if p.req.min_bytes <= 1 and not p.nbytes:
+            # anything at all will do: answer() reads it, nothing is read twice
+            return not self.nothing_yet(key, p.req.offset)
+        try:
+            self._gather(p)
+        except BrokerError as e:
+            if p.nbytes:
+                p.full = True  # answer with what was read before
+            else:
+                p.error = e
+            return True
+        return self._enough(p)
 
     def parked_keys(self) -> list[str]:
         return list(self._parked)
@@ -148,6 +261,7 @@ class FetchService:
             p = heapq.heappop(self._timeouts)
             if not p.done:
                 p.done = True
+                self._due[id(p.req)] = p
                 out.append(p)
                 key = tp_key(p.req.topic, p.req.partition)
                 lst = self._parked.get(key)
@@ -166,5 +280,17 @@ class FetchService:
         out = [p for ps in self._parked.values() for p in ps if not p.done]
         for p in out:
             p.done = True
+            self._due[id(p.req)] = p
         self._parked.clear()
         return out
+
+
+def _next_offset(data) -> int:
+    """The offset after the last of the whole batches in ``data``."""
+    pos = 0
+    last = 0
+    n = len(data)
+    while pos + batch.HEADER_SIZE <= n:
+        last = pos
+        pos += max(batch.peek_length(data, pos), batch.HEADER_SIZE)
+    return batch.peek_base_offset(data, last) + batch.peek_count(data, last)

@@ -19,6 +19,47 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.ring import PeerDead, RingClosed, RingFull
 
 
+#: the least ZMQ_MAXMSGSIZE of the acceptors' client sockets (see frame_cutoff)
+MIN_FRAME_CUTOFF = 64 << 20
+
+
+def frame_cutoff(max_request_bytes: int) -> int:
+    """ZMQ_MAXMSGSIZE of the acceptors' client sockets: the largest frame
+    ZeroMQ hands to the acceptor.  A larger frame makes ZeroMQ drop the
+    connection without the acceptor ever seeing it, so the sender gets no
+    reply at all; everything up to here reaches :func:`check_request_size`
+    and :func:`hpbroker.protocol.check_produce` and is refused with
+    MESSAGE_TOO_LARGE.  Hence the headroom: a client that misjudges the
+    limits (docs/protocol.md once gave 8 and 16 MiB) hears why instead of
+    timing out.  The cut-off is per frame (ZeroMQ checks each part of a
+    multipart message on its own); it bounds what one frame header can make
+    the broker allocate."""
+    return max(MIN_FRAME_CUTOFF, 4 * max_request_bytes)
+
+
+class Drops:
+    """acks=0 produce requests refused without a reply (docs/protocol.md,
+    section 7): counted, and logged at most once per ``every_s`` seconds so
+    a fire-and-forget client with a bug cannot flood the log."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.total = 0
+        self._since = 0
+        self._next_log = 0.0
+
+    def note(self, code: int, message: str, now: float) -> str | None:
+        """Count one drop; the line to log, or None while within the interval."""
+        self.total += 1
+        self._since += 1
+        if now < self._next_log:
+            return None
+        n, self._since = self._since, 0
+        self._next_log = now + self.every_s
+        return (f"dropped {n} acks=0 produce request{'s' if n > 1 else ''} without a reply ({self.total} in all); "
+                f"the last: {ErrorCode(code).name if code in ErrorCode._value2member_map_ else code}: {message}")
+
+
 def check_request_size(frames, max_request_bytes: int) -> None:
     """Request-wide limits; per-batch checks are protocol.check_produce."""
     if not frames:

@@ -17,6 +17,8 @@ from hpbroker.protocol.codec import (
     error_frames,
     error_reply,
     protocol_error_frames,
+    protocol_error_reply,
+    wants_reply,
 )
 from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode, ProtocolError, code_name
 from hpbroker.protocol.messages import (

@@ -39,6 +39,8 @@ _reply_decoder = msgspec.msgpack.Decoder(Reply)
 _untyped_decoder = msgspec.msgpack.Decoder()
 
 _EMPTY = memoryview(b"")
+_REQUEST_BY_NAME: dict[str, type] = {t.__name__: t for t in REQUEST_TYPES}
+_PRODUCE_NAMES = frozenset({"Produce", "ProduceMessages"})
 
 
 def as_buffer(frame: Any) -> memoryview:
@@ -81,9 +83,30 @@ def error_frames(req: Request | int | None, code: int, message: str = "") -> lis
     return encode_reply(error_reply(req, code, message))
 
 
+def protocol_error_reply(err: ProtocolError) -> Reply:
+    """The reply to a request that did not decode: the reply type of the
+    request type its header names (``err.kind``), so that, e.g., every reply
+    to a Fetch is a FetchReply with its one payload frame; an
+    :class:`ErrorReply` when the header names no request type, or a protocol
+    version other than this one (whose types this side cannot know)."""
+    request_type = _REQUEST_BY_NAME.get(err.kind)
+    if request_type is None or err.code == ErrorCode.UNSUPPORTED_VERSION:
+        return ErrorReply(id=err.id, code=int(err.code), message=err.message)
+    return REPLY_FOR[request_type](id=err.id, code=int(err.code), message=err.message)
+
+
 def protocol_error_frames(err: ProtocolError) -> list:
-    """The ``ErrorReply`` frames that answer an undecodable request."""
-    return encode_reply(ErrorReply(id=err.id, code=int(err.code), message=err.message))
+    """The frames that answer an undecodable request (:func:`protocol_error_reply`)."""
+    return encode_reply(protocol_error_reply(err))
+
+
+def wants_reply(x: Request | ProtocolError) -> bool:
+    """False for a produce request with acks=0, or a decoding error in one
+    whose header showed acks=0: those get no reply at all, errors included
+    (docs/protocol.md, section 7).  True for everything else."""
+    if isinstance(x, ProtocolError):
+        return x.acks != 0
+    return not (isinstance(x, (Produce, ProduceMessages)) and x.acks == 0)
 
 
 def decode_request(frames: Sequence[Any]) -> tuple[Request, list[memoryview]]:
@@ -92,17 +115,20 @@ def decode_request(frames: Sequence[Any]) -> tuple[Request, list[memoryview]]:
     n = len(payloads)
     if isinstance(req, Produce):
         if n == 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "Produce carries no record batch frame", req.id)
+            raise _refused(req, "Produce carries no record batch frame")
     elif isinstance(req, ProduceMessages):
         if n == 0:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "ProduceMessages carries no message frame", req.id)
+            raise _refused(req, "ProduceMessages carries no message frame")
         if req.keys and n % 2:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"ProduceMessages with keys=True needs key/value frame pairs, got {n} frames", req.id
-            )
+            raise _refused(req, f"ProduceMessages with keys=True needs key/value frame pairs, got {n} frames")
     elif n:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{type(req).__name__} takes no payload frames, got {n}", req.id)
+        raise _refused(req, f"{type(req).__name__} takes no payload frames, got {n}")
     return req, payloads
+
+
+def _refused(req, message: str, code: int = ErrorCode.BAD_REQUEST) -> ProtocolError:
+    """A ProtocolError about a request whose header decoded."""
+    return ProtocolError(code, message, req.id, kind=type(req).__name__, acks=getattr(req, "acks", None))
 
 
 def decode_reply(frames: Sequence[Any]) -> tuple[Reply, list[memoryview]]:
@@ -142,7 +168,7 @@ def _decode(frames: Sequence[Any], decoder: msgspec.msgpack.Decoder, what: str):
     try:
         payloads = [as_buffer(f) for f in frames[1:]]
     except (TypeError, ValueError) as e:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"payload frame is not a buffer: {e}", msg.id) from None
+        raise _refused(msg, f"payload frame is not a buffer: {e}") from None
     return msg, payloads
 
 
@@ -163,4 +189,9 @@ def _diagnose(head: memoryview, err: Exception, what: str) -> ProtocolError:
         return ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION, f"protocol version {v!r} is not supported (this side speaks {PROTOCOL_VERSION})", cid
         )
-    return ProtocolError(ErrorCode.BAD_REQUEST, f"invalid {what} header: {err}", cid)
+    kind = obj.get("t")
+    kind = kind if isinstance(kind, str) else ""
+    acks = obj.get("acks", 1)
+    # acks=0 is what this version's produce requests say it is: an integer 0
+    acks = 0 if kind in _PRODUCE_NAMES and type(acks) is int and acks == 0 else None
+    return ProtocolError(ErrorCode.BAD_REQUEST, f"invalid {what} header: {err}", cid, kind=kind, acks=acks)

@@ -19,6 +19,8 @@ code   name                        retriable  meaning
 11     OFFSET_OUT_OF_RANGE         no         Fetch below the log start or above the high watermark
 12     UNSUPPORTED_VERSION         no         header ``v`` is not a version this broker speaks
 13     BROKER_SHUTTING_DOWN        yes        the broker is stopping; retry (elsewhere) later
+14     UNSUPPORTED_COMPRESSION     no         a batch's compression bits name a codec this broker
+                                              does not take (only 0, none, for now)
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -43,6 +45,7 @@ class ErrorCode(IntEnum):
     OFFSET_OUT_OF_RANGE = 11
     UNSUPPORTED_VERSION = 12
     BROKER_SHUTTING_DOWN = 13
+    UNSUPPORTED_COMPRESSION = 14
     INTERNAL = 99
 
 
@@ -90,10 +93,16 @@ class ProtocolError(BrokerError):
     """Frames that do not decode into a valid message.
 
     ``id`` is the request's correlation id when the header got far enough to
-    reveal it, else -1; the acceptor answers with ``ErrorReply(id, code,
-    message)`` (see :meth:`to_reply` in :mod:`hpbroker.protocol.codec`).
+    reveal it, else -1.  ``kind`` is the request type the header names in
+    ``"t"`` (e.g. ``"Fetch"``) when it is a readable map, else "", and
+    ``acks`` the produce request's ``acks`` when the header shows it, else
+    None.  The acceptor answers with the reply type of ``kind`` when it knows
+    it, else an ``ErrorReply``, and not at all for acks=0
+    (:func:`hpbroker.protocol.codec.protocol_error_frames`, ``wants_reply``).
     """
 
-    def __init__(self, code: int, message: str = "", id: int = -1):
+    def __init__(self, code: int, message: str = "", id: int = -1, *, kind: str = "", acks: int | None = None):
         super().__init__(code, message)
         self.id = id
+        self.kind = kind
+        self.acks = acks

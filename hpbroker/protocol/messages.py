@@ -202,8 +202,10 @@ class PromoteReply(_Reply):
 
 
 class ErrorReply(_Reply):
-    """For frames that could not be decoded into a request (id -1 when
-    even the correlation id is unknown)."""
+    """For a header that cannot be read as a request of this version: not a
+    msgpack map, no known ``t``, or another ``v`` (id -1 when even the
+    correlation id is unknown).  Every other error is answered in the
+    request's own reply type (docs/protocol.md, section 4)."""
 
 
 Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply, ErrorReply]
