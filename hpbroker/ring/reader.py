@@ -17,10 +17,16 @@ from hpbroker.ring.wait import SpinThenBlock, ThreadSignal, full_fence
 
 __all__ = ["Reader"]
 
-_HEAD_W = L.HEAD_OFF >> 3
-_CWAIT_W = L.CONSUMER_WAITING_OFF >> 3
-_PWAIT_W = L.PRODUCER_WAITING_OFF >> 3
-_PAD_T = 0xFFFF_FFFF
+_HEAD_W = L.word(L.HEAD_OFF)
+_CWAIT_W = L.word(L.CONSUMER_WAITING_OFF)
+_PWAIT_W = L.word(L.PRODUCER_WAITING_OFF)
+# record word fields (layout.py), as module constants: as cheap as literals in the loops
+_HDR = L.RECORD_HEADER_BYTES  # the payload's offset in its record
+_WS = L.WORD_SHIFT  # byte index >> _WS = index into dq
+_TS = L.TYPE_SHIFT  # record word >> _TS = type (unsigned)
+_LEN = L.WORD_LENGTH_MASK
+_SIGN = L.INT32_SIGN
+_PAD_T = L.PADDING_TYPE_U32
 _NEVER = 1 << 62
 
 
@@ -55,8 +61,8 @@ class Reader:
     # -- inspection ------------------------------------------------------------------
     def available(self) -> bool:
         """True if a published record (or padding) waits at the consumer position."""
-        n = self._dq[(self._pending_end & self._mask) >> 3] & 0xFFFF_FFFF
-        return 0 < n < 0x8000_0000
+        n = self._dq[(self._pending_end & self._mask) >> _WS] & _LEN
+        return 0 < n < _SIGN
 
     def _corrupt(self, pos: int, word: int):
         return RingCorrupt(f"bad record word {word:#018x} at position {pos}")
@@ -74,17 +80,17 @@ class Reader:
         lim = _NEVER if limit is None else limit
         while len(out) < lim:
             index = pos & mask
-            w = dq[index >> 3]
-            n = w & 0xFFFF_FFFF
+            w = dq[index >> _WS]
+            n = w & _LEN
             if not 0 < n <= maxrec:
-                if n == 0 or n & 0x8000_0000:
+                if n == 0 or n & _SIGN:
                     break
                 raise self._corrupt(pos, w)
-            pending.append(index >> 3)
-            if w >> 32 == _PAD_T:
+            pending.append(index >> _WS)
+            if w >> _TS == _PAD_T:
                 pos += n
                 continue
-            out.append((w >> 32, dv[index + 8 : index + n]))
+            out.append((w >> _TS, dv[index + _HDR : index + n]))
             pos += (n + amask) & ~amask
         self._pending_end = pos
         return out
@@ -132,19 +138,19 @@ class Reader:
         try:
             while count < lim:
                 index = pos & mask
-                w = dq[index >> 3]
-                n = w & 0xFFFF_FFFF
+                w = dq[index >> _WS]
+                n = w & _LEN
                 if not 0 < n <= maxrec:
-                    if n == 0 or n & 0x8000_0000:
+                    if n == 0 or n & _SIGN:
                         break
                     raise self._corrupt(pos, w)
-                t = w >> 32
+                t = w >> _TS
                 if t == _PAD_T:
-                    dq[index >> 3] = 0
+                    dq[index >> _WS] = 0
                     pos += n
                     continue
-                handler(t, dv[index + 8 : index + n])
-                dq[index >> 3] = 0
+                handler(t, dv[index + _HDR : index + n])
+                dq[index >> _WS] = 0
                 pos += (n + amask) & ~amask
                 count += 1
         finally:

@@ -16,11 +16,16 @@ from hpbroker.ring.wait import SpinThenBlock, ThreadSignal, full_fence
 __all__ = ["Writer"]
 
 _PAD = L.PADDING_WORD_TYPE
-_TAIL_W = L.TAIL_OFF >> 3
-_HEAD_W = L.HEAD_OFF >> 3
-_CWAIT_W = L.CONSUMER_WAITING_OFF >> 3
-_PWAIT_W = L.PRODUCER_WAITING_OFF >> 3
+_TAIL_W = L.word(L.TAIL_OFF)
+_HEAD_W = L.word(L.HEAD_OFF)
+_CWAIT_W = L.word(L.CONSUMER_WAITING_OFF)
+_PWAIT_W = L.word(L.PRODUCER_WAITING_OFF)
 _MAX_TYPE = L.MAX_TYPE_ID
+# record word fields (layout.py), as module constants: as cheap as literals in the loops
+_HDR = L.RECORD_HEADER_BYTES  # the payload's offset in its record
+_WS = L.WORD_SHIFT  # byte index >> _WS = index into dq
+_TS = L.TYPE_SHIFT  # record word >> _TS = type (unsigned)
+_PAD_T = L.PADDING_TYPE_U32
 
 
 class Writer:
@@ -57,11 +62,11 @@ class Writer:
         head = hq[_HEAD_W]
         tail = max(hq[_TAIL_W], head)
         while tail - head < cap:
-            w = dq[(tail & mask) >> 3]
+            w = dq[(tail & mask) >> _WS]
             n = L.word_length(w)
             if n <= 0:
                 break
-            tail += n if w >> 32 == 0xFFFF_FFFF else (n + self._amask) & ~self._amask
+            tail += n if w >> _TS == _PAD_T else (n + self._amask) & ~self._amask
         hq[_TAIL_W] = tail
         return tail
 
@@ -104,7 +109,7 @@ class Writer:
                 self.wake_signal.post()
 
     def _record_bytes(self, n: int) -> int:
-        rec = (n + 8 + self._amask) & ~self._amask
+        rec = (n + _HDR + self._amask) & ~self._amask
         if rec > self._max_record:
             raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
         return rec
@@ -127,7 +132,7 @@ class Writer:
             self._await_space(pos + rec, timeout)
         index = pos & self._mask
         self._claim = (tail & self._mask, pad, index, pos, length, type_id)
-        return self._dv[index + 8 : index + 8 + length]
+        return self._dv[index + _HDR : index + _HDR + length]
 
     def commit(self, length: int | None = None) -> None:
         """Publish the claimed record; ``length`` may shrink the payload actually written."""
@@ -139,13 +144,13 @@ class Writer:
             length = claimed
         elif not 0 <= length <= claimed:
             raise ValueError(f"commit length {length} outside the claim of {claimed}")
-        end = pos + ((length + 8 + self._amask) & ~self._amask)
+        end = pos + ((length + _HDR + self._amask) & ~self._amask)
         dq = self._dq
         if end - self._head < self._cap:
-            dq[(end & self._mask) >> 3] = 0
-        dq[index >> 3] = (type_id << 32) | (length + 8)
+            dq[(end & self._mask) >> _WS] = 0
+        dq[index >> _WS] = (type_id << _TS) | (length + _HDR)
         if pad:
-            dq[pad_index >> 3] = _PAD | pad
+            dq[pad_index >> _WS] = _PAD | pad
         self._tail = end
         self._hq[_TAIL_W] = end
         self._wake()
@@ -164,7 +169,7 @@ class Writer:
         if self._claim is not None:
             raise RingError("a claim is open; commit or abort it first")
         n = len(data)
-        rec = (n + 8 + self._amask) & ~self._amask
+        rec = (n + _HDR + self._amask) & ~self._amask
         if rec > self._max_record:
             raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
         cap = self._cap
@@ -178,13 +183,13 @@ class Writer:
         end = tail + pad + rec
         if end - self._head > cap:
             self._await_space(end, timeout)
-        self._dv[index + 8 : index + 8 + n] = data
+        self._dv[index + _HDR : index + _HDR + n] = data
         dq = self._dq
         if end - self._head < cap:
-            dq[(end & self._mask) >> 3] = 0
-        dq[index >> 3] = (type_id << 32) | (n + 8)
+            dq[(end & self._mask) >> _WS] = 0
+        dq[index >> _WS] = (type_id << _TS) | (n + _HDR)
         if pad:
-            dq[(tail & self._mask) >> 3] = _PAD | pad
+            dq[(tail & self._mask) >> _WS] = _PAD | pad
         self._tail = end
         self._hq[_TAIL_W] = end
         self._wake()
@@ -221,7 +226,7 @@ class Writer:
     def _write_chunk(self, payloads, i: int, type_id: int) -> int:
         cap, mask, amask, dv, dq = self._cap, self._mask, self._amask, self._dv, self._dq
         maxrec = self._max_record
-        tword = type_id << 32
+        tword = type_id << _TS
         self._head = self._hq[_HEAD_W]
         limit = self._head + cap
         tail = self._tail
@@ -231,7 +236,7 @@ class Writer:
         while i < count:
             p = payloads[i]
             n = len(p)
-            rec = (n + 8 + amask) & ~amask
+            rec = (n + _HDR + amask) & ~amask
             if rec > maxrec:
                 if first_index < 0:
                     raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
@@ -244,22 +249,22 @@ class Writer:
                 if first_index < 0:
                     first_index, first_word = index, _PAD | to_end
                 else:
-                    dq[index >> 3] = _PAD | to_end
+                    dq[index >> _WS] = _PAD | to_end
                 tail += to_end
                 index = 0
             elif tail + rec > limit:
                 break
-            dv[index + 8 : index + 8 + n] = p
+            dv[index + _HDR : index + _HDR + n] = p
             if first_index < 0:
-                first_index, first_word = index, tword | (n + 8)
+                first_index, first_word = index, tword | (n + _HDR)
             else:
-                dq[index >> 3] = tword | (n + 8)
+                dq[index >> _WS] = tword | (n + _HDR)
             tail += rec
             i += 1
         if first_index >= 0:
             if tail < limit:
-                dq[(tail & mask) >> 3] = 0
-            dq[first_index >> 3] = first_word
+                dq[(tail & mask) >> _WS] = 0
+            dq[first_index >> _WS] = first_word
             self._tail = tail
             self._hq[_TAIL_W] = tail
             self._wake()
