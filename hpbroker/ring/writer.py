@@ -4,6 +4,13 @@ Every publication follows the protocol in :mod:`hpbroker.ring.ring`:
 payload first, then zero the word after the new record(s), then the record
 word of the first new record as one aligned 8-byte store, then ``tail``,
 then (after a full fence) wake the consumer if its waiting flag is set.
+
+The three ways in (``claim``/``commit``, ``write``, ``write_many``) share
+the framing: :meth:`Writer._place` sizes and places one record (with a
+padding record at the end of the buffer) and :meth:`Writer._publish` does
+the stores above.  Only the per-record loop of ``write_many`` inlines the
+placement arithmetic, because a call per record would cost more than the
+rest of the loop.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ class Writer:
         self._hq = ring.hq
         self._dq = ring.dq
         self._dv = ring.data
-        self._claim = None  # (pad_index, pad, index, tail_after_pad, capacity_of_claim)
+        self._claim = None  # (pad, index, end, length, type_id) of the open claim, see _place
         self._head = ring.hq[_HEAD_W]
         self._tail = self._recover_tail()
 
@@ -100,19 +107,61 @@ class Writer:
                 f"{cap - (self._tail - self._head)} free after {t:.3f}s"
             )
 
-    def _wake(self) -> None:
+    # -- record framing: the one place a record is placed and published -----------------
+    def _place(self, n: int, timeout: float | None) -> tuple[int, int, int]:
+        """Place a record with an ``n``-byte payload at the tail: ``(pad, index, end)``.
+
+        The record takes ``RECORD_HEADER_BYTES + n`` rounded up to the
+        alignment.  When that does not fit before the end of the data region,
+        ``pad`` > 0 is the length of the padding record that fills the rest
+        (at the tail) and the record goes to index 0; else ``pad`` is 0 and
+        the record is at the tail's index (:func:`layout.plan`, inlined).
+        ``end`` is the position after it.  Waits (up to ``timeout``) until
+        ``end`` is within one capacity of ``head``.  :meth:`_write_chunk`
+        inlines the same arithmetic per record.
+        """
+        rec = (n + _HDR + self._amask) & ~self._amask
+        if rec > self._max_record:
+            raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
+        cap = self._cap
+        tail = self._tail
+        index = tail & self._mask
+        pad = cap - index
+        if rec <= pad:
+            pad = 0
+        else:
+            index = 0
+        end = tail + pad + rec
+        if end - self._head > cap:
+            self._await_space(end, timeout)
+        return pad, index, end
+
+    def _publish(self, index: int, word: int, pad: int, end: int) -> None:
+        """Publish everything between the tail and ``end`` (steps 3-5 of the protocol).
+
+        ``word`` is the record word of the first new record, at ``index``.
+        With ``pad`` > 0 that record is the only one and a padding record of
+        ``pad`` bytes lies before it at the tail; the padding's word is then
+        the first the reader meets, so it is stored last.  First the word at
+        ``end`` is zeroed (when it is free space, not a record the consumer
+        has yet to read), so the reader stops there; then the first word is
+        stored as one aligned 8-byte store, the publication; then ``tail``;
+        then, after a full fence, the consumer is woken if it sleeps.
+        """
+        dq, mask, hq = self._dq, self._mask, self._hq
+        if end - self._head < self._cap:
+            dq[(end & mask) >> _WS] = 0
+        if pad:
+            dq[index >> _WS] = word
+            index, word = self._tail & mask, _PAD | pad
+        dq[index >> _WS] = word
+        self._tail = end
+        hq[_TAIL_W] = end
         full_fence()
-        hq = self._hq
         if hq[_CWAIT_W]:
             hq[_CWAIT_W] = 0
             if self.wake_signal is not None:
                 self.wake_signal.post()
-
-    def _record_bytes(self, n: int) -> int:
-        rec = (n + _HDR + self._amask) & ~self._amask
-        if rec > self._max_record:
-            raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
-        return rec
 
     # -- zero-copy -----------------------------------------------------------------
     def claim(self, length: int, type_id: int = 0, timeout: float | None = None) -> memoryview:
@@ -125,35 +174,23 @@ class Writer:
             raise RingError("a claim is already open; commit or abort it first")
         if not 0 <= type_id <= _MAX_TYPE:
             raise ValueError(f"type_id must be in [0, {_MAX_TYPE}]")
-        rec = self._record_bytes(length)
-        tail = self._tail
-        pad, pos = L.plan(tail, rec, self._cap)
-        if pos + rec - self._head > self._cap:
-            self._await_space(pos + rec, timeout)
-        index = pos & self._mask
-        self._claim = (tail & self._mask, pad, index, pos, length, type_id)
+        pad, index, end = self._place(length, timeout)
+        self._claim = (pad, index, end, length, type_id)
         return self._dv[index + _HDR : index + _HDR + length]
 
     def commit(self, length: int | None = None) -> None:
         """Publish the claimed record; ``length`` may shrink the payload actually written."""
         if self._claim is None:
             raise RingError("no open claim")
-        pad_index, pad, index, pos, claimed, type_id = self._claim
+        pad, index, end, claimed, type_id = self._claim
         self._claim = None
         if length is None:
             length = claimed
-        elif not 0 <= length <= claimed:
-            raise ValueError(f"commit length {length} outside the claim of {claimed}")
-        end = pos + ((length + _HDR + self._amask) & ~self._amask)
-        dq = self._dq
-        if end - self._head < self._cap:
-            dq[(end & self._mask) >> _WS] = 0
-        dq[index >> _WS] = (type_id << _TS) | (length + _HDR)
-        if pad:
-            dq[pad_index >> _WS] = _PAD | pad
-        self._tail = end
-        self._hq[_TAIL_W] = end
-        self._wake()
+        elif length != claimed:
+            if not 0 <= length < claimed:
+                raise ValueError(f"commit length {length} outside the claim of {claimed}")
+            end = self._tail + pad + L.align(length + _HDR, self.ring.alignment)
+        self._publish(index, (type_id << _TS) | (length + _HDR), pad, end)
 
     def abort(self) -> None:
         """Give the claimed space back; nothing was published."""
@@ -169,30 +206,9 @@ class Writer:
         if self._claim is not None:
             raise RingError("a claim is open; commit or abort it first")
         n = len(data)
-        rec = (n + _HDR + self._amask) & ~self._amask
-        if rec > self._max_record:
-            raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
-        cap = self._cap
-        tail = self._tail
-        index = tail & self._mask
-        pad = cap - index
-        if rec <= pad:
-            pad = 0
-        else:
-            index = 0
-        end = tail + pad + rec
-        if end - self._head > cap:
-            self._await_space(end, timeout)
+        pad, index, end = self._place(n, timeout)
         self._dv[index + _HDR : index + _HDR + n] = data
-        dq = self._dq
-        if end - self._head < cap:
-            dq[(end & self._mask) >> _WS] = 0
-        dq[index >> _WS] = (type_id << _TS) | (n + _HDR)
-        if pad:
-            dq[(tail & self._mask) >> _WS] = _PAD | pad
-        self._tail = end
-        self._hq[_TAIL_W] = end
-        self._wake()
+        self._publish(index, (type_id << _TS) | (n + _HDR), pad, end)
 
     def write_many(self, payloads, type_id: int = 0, timeout: float | None = None) -> int:
         """Write a sequence of records with one publication per chunk that fits.
@@ -212,11 +228,8 @@ class Writer:
         while i < count:
             j = self._write_chunk(payloads, i, type_id)
             if j == i:  # not even one record fits: wait for room for the next one
-                n = len(payloads[i])
-                rec = self._record_bytes(n)
-                pad, pos = L.plan(self._tail, rec, self._cap)
                 try:
-                    self._await_space(pos + rec, timeout)
+                    self._place(len(payloads[i]), timeout)
                 except RingFull as e:
                     e.written = i
                     raise
@@ -224,6 +237,15 @@ class Writer:
         return count
 
     def _write_chunk(self, payloads, i: int, type_id: int) -> int:
+        """Copy in the records from ``payloads[i]`` on that fit now and publish them
+        at once; returns the index of the first record left out.
+
+        Each record is framed as :meth:`_place` frames one (a padding record
+        where it does not fit before the end), with the arithmetic inlined:
+        this loop runs per record and a call would cost more than the rest of
+        it.  Every record word but the first is stored as its record is
+        copied; :meth:`_publish` stores the first.
+        """
         cap, mask, amask, dv, dq = self._cap, self._mask, self._amask, self._dv, self._dq
         maxrec = self._max_record
         tword = type_id << _TS
@@ -262,12 +284,7 @@ class Writer:
             tail += rec
             i += 1
         if first_index >= 0:
-            if tail < limit:
-                dq[(tail & mask) >> _WS] = 0
-            dq[first_index >> _WS] = first_word
-            self._tail = tail
-            self._hq[_TAIL_W] = tail
-            self._wake()
+            self._publish(first_index, first_word, 0, tail)
         return i
 
     # -- lifecycle -----------------------------------------------------------------
