@@ -20,7 +20,8 @@ __all__ = ["Reader"]
 _HEAD_W = L.word(L.HEAD_OFF)
 _CWAIT_W = L.word(L.CONSUMER_WAITING_OFF)
 _PWAIT_W = L.word(L.PRODUCER_WAITING_OFF)
-# record word fields (layout.py), as module constants: as cheap as literals in the loops
+# record word fields (layout.py); the per-record loops copy them into locals,
+# which cost what a literal costs (a global costs more)
 _HDR = L.RECORD_HEADER_BYTES  # the payload's offset in its record
 _WS = L.WORD_SHIFT  # byte index >> _WS = index into dq
 _TS = L.TYPE_SHIFT  # record word >> _TS = type (unsigned)
@@ -74,23 +75,24 @@ class Reader:
         The views stay valid until :meth:`release`, which frees them all.
         """
         dq, dv, mask, amask, maxrec = self._dq, self._dv, self._mask, self._amask, self._maxrec
+        hdr, ws, ts, lmask, pad_t = _HDR, _WS, _TS, _LEN, _PAD_T  # locals: the loop runs per record
         pending = self._pending
         pos = self._pending_end
         out = []
         lim = _NEVER if limit is None else limit
         while len(out) < lim:
             index = pos & mask
-            w = dq[index >> _WS]
-            n = w & _LEN
+            w = dq[index >> ws]
+            n = w & lmask
             if not 0 < n <= maxrec:
                 if n == 0 or n & _SIGN:
                     break
                 raise self._corrupt(pos, w)
-            pending.append(index >> _WS)
-            if w >> _TS == _PAD_T:
+            pending.append(index >> ws)
+            if w >> ts == pad_t:
                 pos += n
                 continue
-            out.append((w >> _TS, dv[index + _HDR : index + n]))
+            out.append((w >> ts, dv[index + hdr : index + n]))
             pos += (n + amask) & ~amask
         self._pending_end = pos
         return out
@@ -132,25 +134,26 @@ class Reader:
         if self._pending:
             raise RingError("release() the records from poll/take before drain()")
         dq, dv, mask, amask, maxrec = self._dq, self._dv, self._mask, self._amask, self._maxrec
+        hdr, ws, ts, lmask, pad_t = _HDR, _WS, _TS, _LEN, _PAD_T  # locals: the loop runs per record
         head = pos = self._head
         count = 0
         lim = _NEVER if limit is None else limit
         try:
             while count < lim:
                 index = pos & mask
-                w = dq[index >> _WS]
-                n = w & _LEN
+                w = dq[index >> ws]
+                n = w & lmask
                 if not 0 < n <= maxrec:
                     if n == 0 or n & _SIGN:
                         break
                     raise self._corrupt(pos, w)
-                t = w >> _TS
-                if t == _PAD_T:
-                    dq[index >> _WS] = 0
+                t = w >> ts
+                if t == pad_t:
+                    dq[index >> ws] = 0
                     pos += n
                     continue
-                handler(t, dv[index + _HDR : index + n])
-                dq[index >> _WS] = 0
+                handler(t, dv[index + hdr : index + n])
+                dq[index >> ws] = 0
                 pos += (n + amask) & ~amask
                 count += 1
         finally:

@@ -9,8 +9,8 @@ The three ways in (``claim``/``commit``, ``write``, ``write_many``) share
 the framing: :meth:`Writer._place` sizes and places one record (with a
 padding record at the end of the buffer) and :meth:`Writer._publish` does
 the stores above.  Only the per-record loop of ``write_many`` inlines the
-placement arithmetic, because a call per record would cost more than the
-rest of the loop.
+placement arithmetic: it runs once per record, where a Python call would
+cost a measurable share of the record (see the commit that introduced it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ _HEAD_W = L.word(L.HEAD_OFF)
 _CWAIT_W = L.word(L.CONSUMER_WAITING_OFF)
 _PWAIT_W = L.word(L.PRODUCER_WAITING_OFF)
 _MAX_TYPE = L.MAX_TYPE_ID
-# record word fields (layout.py), as module constants: as cheap as literals in the loops
+# record word fields (layout.py); the per-record loop copies them into locals,
+# which cost what a literal costs (a global costs more)
 _HDR = L.RECORD_HEADER_BYTES  # the payload's offset in its record
 _WS = L.WORD_SHIFT  # byte index >> _WS = index into dq
 _TS = L.TYPE_SHIFT  # record word >> _TS = type (unsigned)
@@ -241,12 +242,13 @@ class Writer:
         at once; returns the index of the first record left out.
 
         Each record is framed as :meth:`_place` frames one (a padding record
-        where it does not fit before the end), with the arithmetic inlined:
-        this loop runs per record and a call would cost more than the rest of
-        it.  Every record word but the first is stored as its record is
-        copied; :meth:`_publish` stores the first.
+        where it does not fit before the end), with the arithmetic inlined
+        because this loop runs once per record.  Every record word but the
+        first is stored as its record is copied; :meth:`_publish` stores the
+        first.
         """
         cap, mask, amask, dv, dq = self._cap, self._mask, self._amask, self._dv, self._dq
+        hdr, ws = _HDR, _WS  # locals: the loop runs per record
         maxrec = self._max_record
         tword = type_id << _TS
         self._head = self._hq[_HEAD_W]
@@ -258,7 +260,7 @@ class Writer:
         while i < count:
             p = payloads[i]
             n = len(p)
-            rec = (n + _HDR + amask) & ~amask
+            rec = (n + hdr + amask) & ~amask
             if rec > maxrec:
                 if first_index < 0:
                     raise ValueError(f"record of {n} bytes exceeds the ring's max payload {self.ring.max_payload}")
@@ -271,16 +273,16 @@ class Writer:
                 if first_index < 0:
                     first_index, first_word = index, _PAD | to_end
                 else:
-                    dq[index >> _WS] = _PAD | to_end
+                    dq[index >> ws] = _PAD | to_end
                 tail += to_end
                 index = 0
             elif tail + rec > limit:
                 break
-            dv[index + _HDR : index + _HDR + n] = p
+            dv[index + hdr : index + hdr + n] = p
             if first_index < 0:
-                first_index, first_word = index, tword | (n + _HDR)
+                first_index, first_word = index, tword | (n + hdr)
             else:
-                dq[index >> _WS] = tword | (n + _HDR)
+                dq[index >> ws] = tword | (n + hdr)
             tail += rec
             i += 1
         if first_index >= 0:
