@@ -5,7 +5,8 @@ it was promoted.
 A master takes a new epoch at every start and at promotion, so batches of
 different reigns never share one; a slave remembers the newest epoch it has
 seen from a master, so a promotion always moves past it.  Written as temp
-file, fsync, rename, fsync of the directory.
+file, fsync, rename, fsync of the directory (:meth:`FileSystem.write_atomic`);
+a failed write raises ``OSError`` and leaves the old file.
 
 Epochs are owned: broker ``id`` only ever takes epochs ``e`` with
 ``e % EPOCH_STRIDE == id`` (:func:`next_epoch`).  Without a coordinator two
@@ -38,8 +39,9 @@ promoted_from  str, only after ``hpbroker promote``: the master URL this
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from hpbroker.io.fs import FileSystem
 
 NAME = "broker-state.json"
 EPOCH_STRIDE = 1024  # broker ids are 0..EPOCH_STRIDE-1 (BrokerConfig.broker_id)
@@ -81,7 +83,8 @@ def load_promoted_from(data_dir: Path) -> str | None:
 _KEEP = object()
 
 
-def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None, promoted_from=_KEEP) -> None:
+def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None, promoted_from=_KEEP,
+               fs: FileSystem | None = None) -> None:
     """Write the state (``reigns`` None: keep the recorded ones;
     ``promoted_from`` left out: keep it, None: clear it).  ``epoch`` is not
     added to the reigns: a master's epoch a slave has only seen (and refused
@@ -92,19 +95,7 @@ def save_epoch(data_dir: Path, epoch: int, reigns: set[int] | None = None, promo
     promoted = load_promoted_from(data_dir) if promoted_from is _KEEP else promoted_from
     if promoted:
         state["promoted_from"] = promoted
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, json.dumps(state).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    (fs or FileSystem()).write_atomic(path, json.dumps(state).encode())
 
 
 def partition_epochs(data_dir: Path) -> set[int]:

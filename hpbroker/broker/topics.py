@@ -1,15 +1,18 @@
 """The topic registry: name -> partition count, kept in ``topics.json``.
 
 Only the supervisor writes it, as temp file, fsync, rename, fsync of the
-directory, so a crash leaves either the old or the new file.
+directory (:meth:`FileSystem.write_atomic`), so a crash leaves either the
+old or the new file.  A failed write raises ``OSError`` and registers
+nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from hpbroker.io.fs import FileSystem
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -24,8 +27,9 @@ def check_name(name: str) -> None:
 
 
 class TopicRegistry:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, fs: FileSystem | None = None):
         self.path = Path(data_dir) / "topics.json"
+        self.fs = fs or FileSystem()
         self.topics: dict[str, int] = {}
         if self.path.exists():
             try:
@@ -37,21 +41,7 @@ class TopicRegistry:
         check_name(name)
         if partitions < 1:
             raise TopicError(f"a topic needs at least one partition, not {partitions}")
-        self.topics[name] = partitions
-        self._save()
+        topics = {**self.topics, name: partitions}
+        self.fs.write_atomic(self.path, json.dumps(topics, indent=1, sort_keys=True).encode())
+        self.topics = topics
 
-    def _save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        data = json.dumps(self.topics, indent=1, sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

@@ -135,7 +135,7 @@ class Writer:
     def partition(self, topic: str, partition: int):
         plog = self.storage.partition(topic, partition, create=True)
         if plog.key not in self.epochs:
-            self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
+            self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset, self.storage.fs)
         return plog
 
     # -- one ring record = one request ----------------------------------------------------
@@ -210,7 +210,7 @@ class Writer:
         self.commit_now()
         topic, partition = plog.key
         plog = self.storage.truncate(topic, partition, offset)
-        self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
+        self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset, self.storage.fs)
         self.moved.add(plog)
 
     def _ticket(self, req: _Request, i: int):

@@ -65,13 +65,4 @@ def read(d: str) -> int:
 
 
 def write(fs: FileSystem, d: str, recovery_point: int) -> None:
-    path = os.path.join(d, CHECKPOINT_NAME)
-    tmp = path + ".tmp"
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        fs.write_all(fd, encode(recovery_point), 0)
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
-    fs.rename(tmp, path)
-    fs.fsync_dir(d)
+    fs.write_atomic(os.path.join(d, CHECKPOINT_NAME), encode(recovery_point))

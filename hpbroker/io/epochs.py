@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+from hpbroker.io.fs import FileSystem
+
 NAME = "leader-epoch-checkpoint"
 _MAGIC = "hpbroker-epochs 1"
 
@@ -43,8 +45,13 @@ def end_of(entries: list[tuple[int, int]], epoch: int, log_end_offset: int) -> t
 
 
 class EpochCache:
-    def __init__(self, partition_dir: str, log_end_offset: int):
+    """The epochs of one partition.  Every write goes through ``fs``; when
+    one fails, the error is raised and the cache (and the file) keep what
+    they held, so the next :meth:`assign` of that epoch writes it again."""
+
+    def __init__(self, partition_dir: str, log_end_offset: int, fs: FileSystem | None = None):
         self.path = os.path.join(partition_dir, NAME)
+        self.fs = fs or FileSystem()
         self.entries: list[tuple[int, int]] = []
         try:
             with open(self.path) as f:
@@ -65,8 +72,7 @@ class EpochCache:
         """Note that ``epoch`` starts at ``start_offset`` (no-op for a known epoch)."""
         if epoch <= self.latest_epoch:
             return
-        self.entries.append((epoch, start_offset))
-        self._save()
+        self._save([*self.entries, (epoch, start_offset)])
 
     def end_offset_for(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
         """(largest known epoch <= ``epoch``, the offset where it ends here);
@@ -77,21 +83,10 @@ class EpochCache:
         """Forget epochs that start at or after ``offset`` (the log was cut there)."""
         kept = [(e, s) for e, s in self.entries if s < offset]
         if kept != self.entries:
-            self.entries = kept
-            self._save()
+            self._save(kept)
 
-    def _save(self) -> None:
-        tmp = self.path + ".tmp"
-        data = "\n".join([_MAGIC, *(f"{e} {s}" for e, s in self.entries)]) + "\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def _save(self, entries: list[tuple[int, int]]) -> None:
+        """Write ``entries`` to the file, then hold them (only once they are written)."""
+        data = "\n".join([_MAGIC, *(f"{e} {s}" for e, s in entries)]) + "\n"
+        self.fs.write_atomic(self.path, data.encode())
+        self.entries = entries

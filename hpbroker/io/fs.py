@@ -72,6 +72,35 @@ class FileSystem:
                 raise OSError(_errno.EIO, "write returned 0")
             done += k
 
+    def write_atomic(self, path, data) -> None:
+        """Replace the file ``path`` with ``data``, so a crash leaves the old or the new file whole.
+
+        ``path.tmp`` is written, fsynced and renamed over ``path``, then the
+        directory is fsynced; every step is a call on this object, so a
+        :class:`FaultyFileSystem` can fail any of them.  When a step before the
+        rename fails, the tmp file is removed and the error raised: ``path``
+        still holds its old content.  When the directory fsync fails, the
+        error is raised too; the new content is then in place but maybe not
+        durable yet.
+        """
+        path = os.fspath(path)
+        tmp = path + ".tmp"
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            try:
+                self.write_all(fd, data, 0)
+                self.fsync(fd)
+            finally:
+                self.close(fd)
+            self.rename(tmp, path)
+        except BaseException:
+            try:
+                self.unlink(tmp)
+            except OSError:
+                pass  # the first error is the one to report
+            raise
+        self.fsync_dir(os.path.dirname(path) or ".")
+
 
 @dataclass
 class _Rule:

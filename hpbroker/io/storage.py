@@ -65,6 +65,11 @@ class Storage:
         self._delayed: deque[tuple] = deque()  # (due ms, fn, args): retention's work waiting for delete_delay_ms
         os.makedirs(self.data_dir, exist_ok=True)
 
+    @property
+    def fs(self) -> FileSystem:
+        """The syscall layer every file of this data dir is written through."""
+        return self._fs
+
     def partition(self, topic: str, partition: int, create: bool = True) -> PartitionLog:
         """The open log of ``topic``-``partition`` (opened and recovered on first use).
         Raises KeyError when it does not exist and ``create`` is False."""

@@ -76,7 +76,7 @@ def truncate_dir(d: str, offset: int, fs: FileSystem | None = None) -> int:
         except FileNotFoundError:
             pass
     fs.fsync_dir(d)
-    EpochCache(d, 1 << 62).truncate_from(offset)
+    EpochCache(d, 1 << 62, fs).truncate_from(offset)
     log.warning("%s: truncated the divergent tail at offset %d (%d bytes)", d, offset, removed)
     return removed
 

@@ -49,9 +49,9 @@ Record (starts at an aligned index, never straddles the end of the data)::
     +--------+---------+---------------------------------------------------------+
     | offset | type    | field                                                   |
     +--------+---------+---------------------------------------------------------+
-    |      0 | int32   | length: RECORD_HEADER + payload bytes; 0 = not yet      |
-    |        |         | published.  Written LAST, together with type_id, as one |
-    |        |         | aligned 8-byte store (the "record word").               |
+    |      0 | int32   | length: RECORD_HEADER_BYTES + payload bytes; 0 = not    |
+    |        |         | yet published.  Written LAST, together with type_id, as |
+    |        |         | one aligned 8-byte store (the "record word").           |
     |      4 | int32   | type_id: >= 0 for user records, -1 for padding          |
     |      8 | bytes   | payload                                                 |
     |   8+n  | bytes   | padding up to the next multiple of the alignment        |
@@ -60,6 +60,11 @@ Record (starts at an aligned index, never straddles the end of the data)::
 A padding record (type -1) fills the space from its index to the end of
 the data region when the next record does not fit there; its length is
 that whole space (always a multiple of the alignment).
+
+The code reads and writes the header and the data region as arrays of
+8-byte little-endian words (``Ring.hq``, ``Ring.dq``): the word index of a
+byte offset is ``offset >> WORD_SHIFT``, and a record word holds the length
+in its low 32 bits and the type in its high 32 bits (``>> TYPE_SHIFT``).
 """
 
 from __future__ import annotations
@@ -68,11 +73,16 @@ MAGIC = int.from_bytes(b"HPBRING1", "little")
 LAYOUT_VERSION = 1
 HEADER_BYTES = 4096
 CACHE_LINE = 64
+MIN_CAPACITY = 4096
+WORD_BYTES = 8  # the unit of Ring.hq / Ring.dq, and of every atomic store
+WORD_SHIFT = 3  # word index = byte offset >> WORD_SHIFT
+U32_MASK = 0xFFFF_FFFF
 
 # -- header offsets (bytes) -----------------------------------------------------
 MAGIC_OFF = 0
 VERSION_OFF = 8  # u32
-ALIGNMENT_OFF = 12  # u32
+ALIGNMENT_OFF = 12  # u32, the high half of the version's word
+ALIGNMENT_SHIFT = (ALIGNMENT_OFF - VERSION_OFF) * 8  # alignment = version word >> ALIGNMENT_SHIFT
 CAPACITY_OFF = 16
 GENERATION_OFF = 24
 OWNER_PID_OFF = 32
@@ -99,19 +109,27 @@ CONSUMER_WAITING_OFF = 296
 STATE_NONE, STATE_ATTACHED, STATE_CLOSED = 0, 1, 2
 
 # -- records -------------------------------------------------------------------
-RECORD_HEADER = 8
+RECORD_HEADER_BYTES = 8  # the record word; the payload starts this far into the record
 LENGTH_OFF = 0  # int32, low half of the record word
 TYPE_OFF = 4  # int32, high half of the record word
+TYPE_SHIFT = TYPE_OFF * 8  # type_id = record word >> TYPE_SHIFT
 PADDING_TYPE = -1
 MAX_TYPE_ID = (1 << 31) - 2
 ALIGNMENTS = (8, 64)
 
-WORD_LENGTH_MASK = 0xFFFF_FFFF
-PADDING_WORD_TYPE = (PADDING_TYPE & 0xFFFF_FFFF) << 32
+WORD_LENGTH_MASK = U32_MASK  # length = record word & WORD_LENGTH_MASK, as a uint32
+INT32_SIGN = 0x8000_0000  # sign bit of a half: a length with it set is negative, never a record
+PADDING_TYPE_U32 = PADDING_TYPE & U32_MASK  # record word >> TYPE_SHIFT of a padding record
+PADDING_WORD_TYPE = PADDING_TYPE_U32 << TYPE_SHIFT
 
 
 def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
+
+
+def word(offset: int) -> int:
+    """The index in ``Ring.hq``/``Ring.dq`` of the 8-byte word at byte ``offset``."""
+    return offset >> WORD_SHIFT
 
 
 def align(n: int, alignment: int) -> int:
@@ -121,18 +139,18 @@ def align(n: int, alignment: int) -> int:
 
 def record_word(length: int, type_id: int) -> int:
     """The 8-byte record word (length low, type high) as an unsigned int."""
-    return ((type_id & 0xFFFF_FFFF) << 32) | length
+    return ((type_id & U32_MASK) << TYPE_SHIFT) | length
 
 
 def word_length(word: int) -> int:
     """The signed int32 length of a record word (``<= 0`` means not published)."""
     n = word & WORD_LENGTH_MASK
-    return n - (1 << 32) if n & 0x8000_0000 else n
+    return n - (1 << 32) if n & INT32_SIGN else n
 
 
 def word_type(word: int) -> int:
-    t = word >> 32
-    return t - (1 << 32) if t & 0x8000_0000 else t
+    t = word >> TYPE_SHIFT
+    return t - (1 << 32) if t & INT32_SIGN else t
 
 
 def max_record(capacity: int) -> int:
@@ -147,7 +165,7 @@ def max_record(capacity: int) -> int:
 def max_payload(capacity: int) -> int:
     """Largest payload: ``max_record`` minus the record header (max_record is a
     multiple of both alignments for any capacity >= 512)."""
-    return max_record(capacity) - RECORD_HEADER
+    return max_record(capacity) - RECORD_HEADER_BYTES
 
 
 def plan(tail: int, record_bytes: int, capacity: int) -> tuple[int, int]:

@@ -17,10 +17,17 @@ from hpbroker.ring.wait import SpinThenBlock, ThreadSignal, full_fence
 
 __all__ = ["Reader"]
 
-_HEAD_W = L.HEAD_OFF >> 3
-_CWAIT_W = L.CONSUMER_WAITING_OFF >> 3
-_PWAIT_W = L.PRODUCER_WAITING_OFF >> 3
-_PAD_T = 0xFFFF_FFFF
+_HEAD_W = L.word(L.HEAD_OFF)
+_CWAIT_W = L.word(L.CONSUMER_WAITING_OFF)
+_PWAIT_W = L.word(L.PRODUCER_WAITING_OFF)
+# record word fields (layout.py); the per-record loops copy them into locals,
+# which cost what a literal costs (a global costs more)
+_HDR = L.RECORD_HEADER_BYTES  # the payload's offset in its record
+_WS = L.WORD_SHIFT  # byte index >> _WS = index into dq
+_TS = L.TYPE_SHIFT  # record word >> _TS = type (unsigned)
+_LEN = L.WORD_LENGTH_MASK
+_SIGN = L.INT32_SIGN
+_PAD_T = L.PADDING_TYPE_U32
 _NEVER = 1 << 62
 
 
@@ -55,8 +62,8 @@ class Reader:
     # -- inspection ------------------------------------------------------------------
     def available(self) -> bool:
         """True if a published record (or padding) waits at the consumer position."""
-        n = self._dq[(self._pending_end & self._mask) >> 3] & 0xFFFF_FFFF
-        return 0 < n < 0x8000_0000
+        n = self._dq[(self._pending_end & self._mask) >> _WS] & _LEN
+        return 0 < n < _SIGN
 
     def _corrupt(self, pos: int, word: int):
         return RingCorrupt(f"bad record word {word:#018x} at position {pos}")
@@ -68,23 +75,24 @@ class Reader:
         The views stay valid until :meth:`release`, which frees them all.
         """
         dq, dv, mask, amask, maxrec = self._dq, self._dv, self._mask, self._amask, self._maxrec
+        hdr, ws, ts, lmask, pad_t = _HDR, _WS, _TS, _LEN, _PAD_T  # locals: the loop runs per record
         pending = self._pending
         pos = self._pending_end
         out = []
         lim = _NEVER if limit is None else limit
         while len(out) < lim:
             index = pos & mask
-            w = dq[index >> 3]
-            n = w & 0xFFFF_FFFF
+            w = dq[index >> ws]
+            n = w & lmask
             if not 0 < n <= maxrec:
-                if n == 0 or n & 0x8000_0000:
+                if n == 0 or n & _SIGN:
                     break
                 raise self._corrupt(pos, w)
-            pending.append(index >> 3)
-            if w >> 32 == _PAD_T:
+            pending.append(index >> ws)
+            if w >> ts == pad_t:
                 pos += n
                 continue
-            out.append((w >> 32, dv[index + 8 : index + n]))
+            out.append((w >> ts, dv[index + hdr : index + n]))
             pos += (n + amask) & ~amask
         self._pending_end = pos
         return out
@@ -126,25 +134,26 @@ class Reader:
         if self._pending:
             raise RingError("release() the records from poll/take before drain()")
         dq, dv, mask, amask, maxrec = self._dq, self._dv, self._mask, self._amask, self._maxrec
+        hdr, ws, ts, lmask, pad_t = _HDR, _WS, _TS, _LEN, _PAD_T  # locals: the loop runs per record
         head = pos = self._head
         count = 0
         lim = _NEVER if limit is None else limit
         try:
             while count < lim:
                 index = pos & mask
-                w = dq[index >> 3]
-                n = w & 0xFFFF_FFFF
+                w = dq[index >> ws]
+                n = w & lmask
                 if not 0 < n <= maxrec:
-                    if n == 0 or n & 0x8000_0000:
+                    if n == 0 or n & _SIGN:
                         break
                     raise self._corrupt(pos, w)
-                t = w >> 32
-                if t == _PAD_T:
-                    dq[index >> 3] = 0
+                t = w >> ts
+                if t == pad_t:
+                    dq[index >> ws] = 0
                     pos += n
                     continue
-                handler(t, dv[index + 8 : index + n])
-                dq[index >> 3] = 0
+                handler(t, dv[index + hdr : index + n])
+                dq[index >> ws] = 0
                 pos += (n + amask) & ~amask
                 count += 1
         finally:

@@ -66,8 +66,8 @@ class Ring:
         if init:
             if capacity is None:
                 capacity = 1 << ((len(mv) - L.HEADER_BYTES).bit_length() - 1)
-            if not L.is_power_of_two(capacity) or capacity < 4096:
-                raise ValueError(f"ring capacity must be a power of two >= 4096, not {capacity}")
+            if not L.is_power_of_two(capacity) or capacity < L.MIN_CAPACITY:
+                raise ValueError(f"ring capacity must be a power of two >= {L.MIN_CAPACITY}, not {capacity}")
             if alignment not in L.ALIGNMENTS:
                 raise ValueError(f"record alignment must be one of {L.ALIGNMENTS}, not {alignment}")
             if len(mv) < L.segment_bytes(capacity):
@@ -77,28 +77,28 @@ class Ring:
         hq = mv[: L.HEADER_BYTES].cast("q")
         if init:
             mv[: L.HEADER_BYTES] = bytes(L.HEADER_BYTES)  # zero the header
-            hq[L.VERSION_OFF >> 3] = L.LAYOUT_VERSION | (alignment << 32)
-            hq[L.CAPACITY_OFF >> 3] = capacity
-            hq[L.GENERATION_OFF >> 3] = generation
-            hq[L.OWNER_PID_OFF >> 3] = owner_pid
-            hq[L.OWNER_START_OFF >> 3] = owner_start
-            hq[L.OWNER_HEARTBEAT_OFF >> 3] = now_ns()
-            hq[L.CREATED_NS_OFF >> 3] = time.time_ns()
+            hq[L.word(L.VERSION_OFF)] = L.LAYOUT_VERSION | (alignment << L.ALIGNMENT_SHIFT)
+            hq[L.word(L.CAPACITY_OFF)] = capacity
+            hq[L.word(L.GENERATION_OFF)] = generation
+            hq[L.word(L.OWNER_PID_OFF)] = owner_pid
+            hq[L.word(L.OWNER_START_OFF)] = owner_start
+            hq[L.word(L.OWNER_HEARTBEAT_OFF)] = now_ns()
+            hq[L.word(L.CREATED_NS_OFF)] = time.time_ns()
             name = doorbell.encode("ascii")
             if len(name) >= L.DOORBELL_BYTES:
                 raise ValueError("doorbell name too long")
             mv[L.DOORBELL_OFF : L.DOORBELL_OFF + len(name)] = name
             mv[L.HEADER_BYTES : L.HEADER_BYTES + capacity] = bytes(capacity)  # data region starts zeroed
-            hq[L.MAGIC_OFF >> 3] = L.MAGIC  # last: the header is valid from here on
+            hq[L.word(L.MAGIC_OFF)] = L.MAGIC  # last: the header is valid from here on
         else:
-            magic = hq[L.MAGIC_OFF >> 3]
+            magic = hq[L.word(L.MAGIC_OFF)]
             if magic != L.MAGIC:
                 raise RingError("not a ring (bad magic)")
-            word = hq[L.VERSION_OFF >> 3]
-            if word & 0xFFFF_FFFF != L.LAYOUT_VERSION:
-                raise RingError(f"ring layout version {word & 0xFFFF_FFFF}, expected {L.LAYOUT_VERSION}")
-            alignment = word >> 32
-            capacity = hq[L.CAPACITY_OFF >> 3]
+            word = hq[L.word(L.VERSION_OFF)]
+            if word & L.U32_MASK != L.LAYOUT_VERSION:
+                raise RingError(f"ring layout version {word & L.U32_MASK}, expected {L.LAYOUT_VERSION}")
+            alignment = word >> L.ALIGNMENT_SHIFT
+            capacity = hq[L.word(L.CAPACITY_OFF)]
             if not L.is_power_of_two(capacity) or alignment not in L.ALIGNMENTS:
                 raise RingError("ring header is corrupt")
             if len(mv) < L.segment_bytes(capacity):
@@ -119,14 +119,14 @@ class Ring:
 
     # -- header fields -----------------------------------------------------------
     def get(self, offset: int) -> int:
-        return self.hq[offset >> 3]
+        return self.hq[L.word(offset)]
 
     def set(self, offset: int, value: int) -> None:
-        self.hq[offset >> 3] = value
+        self.hq[L.word(offset)] = value
 
     @property
     def generation(self) -> int:
-        return self.hq[L.GENERATION_OFF >> 3]
+        return self.hq[L.word(L.GENERATION_OFF)]
 
     @property
     def doorbell(self) -> str:
@@ -135,11 +135,11 @@ class Ring:
 
     @property
     def head(self) -> int:
-        return self.hq[L.HEAD_OFF >> 3]
+        return self.hq[L.word(L.HEAD_OFF)]
 
     @property
     def tail(self) -> int:
-        return self.hq[L.TAIL_OFF >> 3]
+        return self.hq[L.word(L.TAIL_OFF)]
 
     def size(self) -> int:
         """Bytes published and not yet consumed (a snapshot)."""
@@ -170,15 +170,15 @@ def header_snapshot(buffer) -> dict:
     w = np.frombuffer(mv[: L.HEADER_BYTES], dtype="<i8").copy()
 
     def g(off):
-        return int(w[off >> 3])
+        return int(w[L.word(off)])
 
     magic = g(L.MAGIC_OFF) & ((1 << 64) - 1)
     raw = bytes(mv[L.DOORBELL_OFF : L.DOORBELL_OFF + L.DOORBELL_BYTES]).split(b"\0", 1)[0]
     ver = g(L.VERSION_OFF)
     return {
         "valid": magic == L.MAGIC,
-        "version": ver & 0xFFFF_FFFF,
-        "alignment": ver >> 32,
+        "version": ver & L.U32_MASK,
+        "alignment": ver >> L.ALIGNMENT_SHIFT,
         "capacity": g(L.CAPACITY_OFF),
         "generation": g(L.GENERATION_OFF),
         "owner_pid": g(L.OWNER_PID_OFF),

@@ -172,8 +172,8 @@ class SharedRing:
         self._bell = _semaphore(bell_name(instance, self.bell))
         self._endpoints = []
         if owner:
-            hq = ring.hq
-            _heartbeats.add(id(self), lambda: hq.__setitem__(L.OWNER_HEARTBEAT_OFF >> 3, now_ns()), self.heartbeat_s)
+            hq, beat_w = ring.hq, L.word(L.OWNER_HEARTBEAT_OFF)
+            _heartbeats.add(id(self), lambda: hq.__setitem__(beat_w, now_ns()), self.heartbeat_s)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -192,8 +192,8 @@ class SharedRing:
         run :func:`cleanup_stale` at start)."""
         shm_name = segment_name(instance, name)
         bell = _check("doorbell", doorbell) if doorbell else name
-        if not L.is_power_of_two(capacity) or capacity < 4096:
-            raise ValueError(f"ring capacity must be a power of two >= 4096, not {capacity}")
+        if not L.is_power_of_two(capacity) or capacity < L.MIN_CAPACITY:
+            raise ValueError(f"ring capacity must be a power of two >= {L.MIN_CAPACITY}, not {capacity}")
         size = L.segment_bytes(capacity)
         try:
             shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=0o600, size=size)

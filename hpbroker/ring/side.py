@@ -27,8 +27,8 @@ class Side:
         self.ring = ring
         self.role = role
         self.dead_after_ns = None if dead_after is None else int(dead_after * 1e9)
-        self._pid_w, self._start_w, self._hb_w, self._state_w = (o >> 3 for o in _FIELDS[role])
-        self._ppid_w, self._pstart_w, self._phb_w, self._pstate_w = (o >> 3 for o in _FIELDS[_PEER[role]])
+        self._pid_w, self._start_w, self._hb_w, self._state_w = map(L.word, _FIELDS[role])
+        self._ppid_w, self._pstart_w, self._phb_w, self._pstate_w = map(L.word, _FIELDS[_PEER[role]])
         pid = os.getpid()
         hq = ring.hq
         hq[self._hb_w] = now_ns()
