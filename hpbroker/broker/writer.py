@@ -37,40 +37,14 @@ from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
-from hpbroker.protocol.errors import ErrorCode
 from hpbroker.ring import Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing
+
+from hpbroker.broker.pending_request import PendingRequest, ReplicaGap, error_code
 
 log = logging.getLogger("hpbroker.writer")
 
 ARENA_BYTES = 2 << 20  # see Writer.arenas
 STATE_EVERY_S = 1.0  # full watermark broadcast, so late or restarted acceptors catch up
-
-
-class _Request:
-    """One ring record's request: done when every batch's ticket resolved."""
-
-    __slots__ = ("acceptor", "token", "offsets", "last", "remaining", "closed", "error")
-
-    def __init__(self, acceptor: int, token: int, count: int):
-        self.acceptor = acceptor
-        self.token = token
-        self.offsets = [-1] * count
-        self.last = -1
-        self.remaining = 0
-        self.closed = False
-        self.error: tuple[int, str] | None = None
-
-
-def _error_code(e: BaseException) -> int:
-    if isinstance(e, StorageError):
-        return int(ErrorCode.PARTITION_FENCED)
-    if isinstance(e, ReplicaGap):
-        return int(ErrorCode.OFFSET_OUT_OF_RANGE)
-    return int(ErrorCode.INTERNAL)
-
-
-class ReplicaGap(ValueError):
-    """A replicated batch that does not start at the replica's log end."""
 
 
 class Writer:
@@ -113,7 +87,7 @@ class Writer:
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
-        self.done: list[list[tuple]] = [[] for _ in pushes]
+        self.done: list[list[tuple]] = [[] for _ in pushes]  # cleared in place: requests keep their sender's list
         # reader -> its record handler (which knows the sender it comes from)
         self.handlers = {r: (lambda t, b, a=a: self.on_record(a, t, b)) for a, r in enumerate(group.readers)}
         self.moved: set = set()  # logs whose watermarks changed since the last report
@@ -145,17 +119,15 @@ class Writer:
         if type_id == handoff.ACK_TO:
             self._ack_to(handoff.ack_to_decoder.decode(buf[pos:]))
             return
-        req = _Request(sender, token, count)
-        ticketed = False  # does the batch being appended hold a ticket yet?
+        req = PendingRequest(token, count, self.done[sender])
         try:
             plog = self.partition(topic, partition)
             if type_id == handoff.TRUNCATE:
                 self._truncate(plog, arg)
-                req.last = arg - 1
+                req.last_offset = arg - 1
             else:
                 cache = self.epochs[plog.key]
                 for i in range(count):
-                    ticketed = False
                     n = batch.peek_length(buf, pos)
                     view = buf[pos : pos + n]
                     if type_id == handoff.REPLICA:
@@ -165,23 +137,22 @@ class Writer:
                                              f"the log ends at {plog.log_end_offset}")
                     if epoch > cache.latest_epoch:
                         cache.assign(epoch, plog.log_end_offset)
-                    req.remaining += 1
-                    ticketed = True
-                    if self.feed_on:
-                        self._append_published(plog, view, epoch, req, i)
-                    else:
-                        self.gc.append(plog, view, epoch, callback=self._ticket(req, i))
+                    ticket = req.ticket(i)
+                    try:
+                        if self.feed_on:
+                            self._append_published(plog, view, epoch, ticket)
+                        else:
+                            self.gc.append(plog, view, epoch, callback=ticket)
+                    except Exception:
+                        req.drop_ticket()
+                        raise
                     pos += n
             self.moved.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap)):
                 log.exception("appending to %s/%d failed", topic, partition)
-            if ticketed:
-                req.remaining -= 1  # the batch that raised holds no ticket
-            if req.error is None:
-                req.error = (_error_code(e), f"{topic}/{partition}: {e}")
-        req.closed = True
-        self._maybe_done(req)
+            req.fail(error_code(e), f"{topic}/{partition}: {e}")
+        req.appended()
 
     def _ack_to(self, msg: handoff.AckTo) -> None:
         for s in self.acks_out:
@@ -213,20 +184,7 @@ class Writer:
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
         self.moved.add(plog)
 
-    def _ticket(self, req: _Request, i: int):
-        def resolved(err, base, last):
-            req.remaining -= 1
-            if err is not None:
-                if req.error is None:
-                    req.error = (_error_code(err), str(err))
-            else:
-                req.offsets[i] = base
-                req.last = max(req.last, last)
-            self._maybe_done(req)
-
-        return resolved
-
-    def _append_published(self, plog, view, epoch: int, req: _Request, i: int) -> None:
+    def _append_published(self, plog, view, epoch: int, ticket) -> None:
         """Append a batch the slaves will be sent when its round starts: copy it
         into the partition's arena now and stamp it there like the log does."""
         key = plog.key
@@ -238,17 +196,10 @@ class Writer:
         arena, start = cur
         end = start + n
         arena[start:end] = view
-        base, _ = self.gc.append(plog, view, epoch, callback=self._ticket(req, i))
+        base, _ = self.gc.append(plog, view, epoch, callback=ticket)
         cur[1] = end  # only now: a batch the log refused leaves its bytes to be overwritten
         batch.stamp(arena, base, epoch, start)
         self.published.append((key, arena, start, end))
-
-    def _maybe_done(self, req: _Request) -> None:
-        if req.closed and req.remaining == 0:
-            if req.error is None:
-                self.done[req.acceptor].append((req.token, 0, "", req.offsets, req.last))
-            else:
-                self.done[req.acceptor].append((req.token, req.error[0], req.error[1], [], -1))
 
     # -- commit and tell --------------------------------------------------------------------
 
@@ -363,7 +314,8 @@ class Writer:
         now_due = logs is not None or (self.report_due is not None and self.clock() >= self.report_due)
         lazy = not now_due and self._lazy()
         for a, push in enumerate(self.pushes):
-            done, self.done[a] = self.done[a], []
+            done = self.done[a][:]
+            self.done[a].clear()
             held = self.held.pop(a, None)
             if held is not None:
                 done = held[0] + done
