@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import pytest
 import zmq
 from msgspec.structs import astuple
 
 from hpbroker import batch as B
+from hpbroker.broker.completion_reporter import CompletionReporter
 from hpbroker.broker.writer import Writer
 from hpbroker.config import LogConfig
 from hpbroker.io import FaultyFileSystem, GroupCommit, PartitionFenced, Storage
@@ -29,7 +31,7 @@ CFG = LogConfig(segment_bytes=1 << 20, write_buffer_bytes=1 << 18, flush_batches
 
 
 class Rig:
-    def __init__(self, tmp_path, fs=None):
+    def __init__(self, tmp_path, fs=None, *, clock=None, report_every_s=0.0, connect_acks=None):
         self.ctx = zmq.Context()
         self.storage = Storage(tmp_path, CFG, fs=fs)
         self.sub = self.ctx.socket(zmq.SUB)
@@ -49,7 +51,9 @@ class Rig:
         self.repl_comp.bind("inproc://repl-comp")
         to_repl = self.ctx.socket(zmq.PUSH)
         to_repl.connect("inproc://repl-comp")
-        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), [push, to_repl], feed=feed)
+        reporter = CompletionReporter(0, [push, to_repl], replicated=True, report_every_s=report_every_s,
+                                      clock=clock or time.monotonic, connect_master_acceptors=connect_acks)
+        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), reporter, feed=feed)
         self.w.pub = pub
         self.w.feed_on = True
         self.token = 0
@@ -244,11 +248,10 @@ class FakeClock:
 
 
 def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path):
-    rig = Rig(tmp_path)
+    clock = FakeClock()
+    rig = Rig(tmp_path, clock=clock, report_every_s=0.005)
     try:
         w = rig.w
-        clock = w.clock = FakeClock()
-        w.report_every_s = 0.005
         # a master: its acceptor hears every flush at once; the replicator's notes wait
         rig.produce(0, make_batch(2))
         w.commit_now()
@@ -317,13 +320,12 @@ def handoff_meta(meta: bytes):
 
 
 def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promoted(tmp_path):
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, connect_acks=lambda eps: [connect_push(rig.ctx, ep) for ep in eps])
     try:
         acks_in = rig.ctx.socket(zmq.PULL)
         acks_in.bind("inproc://acceptor-acks")
         w = rig.w
         w.feed_on = False  # a slave's writer
-        w.connect_acks = lambda eps: [connect_push(rig.ctx, ep) for ep in eps]
         w.on_record(0, handoff.ACK_TO, ack_to_record(handoff.AckTo(epoch=4, slave_id=2, endpoints=["inproc://acceptor-acks"])))
         rig.produce(0, make_batch(3))
         rig.produce(1, make_batch(2))
@@ -334,7 +336,7 @@ def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promote
         w.feed_on = True  # promoted: it must stop speaking as a slave
         rig.produce(0, make_batch(1))
         w.commit_now()
-        assert not acks_in.poll(300) and w.acks_out == []
+        assert not acks_in.poll(300) and w.reporter.master_acceptors == []
     finally:
         rig.close()
 

@@ -35,10 +35,11 @@ from hpbroker import batch
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
-from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.ring import Doorbell, PeerDead, ReaderGroup, RingClosed, SharedRing
 
+from hpbroker.broker.completion_reporter import CompletionReporter
 from hpbroker.broker.pending_request import PendingRequest, ReplicaGap, error_code
 
 log = logging.getLogger("hpbroker.writer")
@@ -49,13 +50,12 @@ STATE_EVERY_S = 1.0  # full watermark broadcast, so late or restarted acceptors 
 
 class Writer:
     def __init__(self, index: int, storage: Storage, committer: GroupCommit, group: ReaderGroup,
-                 pushes: list, *, feed=None, retention_check_s: float = 60.0, report_every_s: float = 0.0,
-                 clock=time.monotonic):
+                 reporter: CompletionReporter, *, feed=None, retention_check_s: float = 60.0, clock=time.monotonic):
         self.index = index
         self.storage = storage
         self.gc = committer
         self.group = group
-        self.pushes = pushes
+        self.reporter = reporter
         self.pub = None  # PUB socket: each round straight to the slaves (bound by open_pub)
         self.open_pub = None  # binds self.pub, once a slave's writer is promoted (set by main)
         self.feed = feed  # PUSH socket to the replicator: what was published, for its lag accounting
@@ -74,31 +74,15 @@ class Writer:
         self.arena_bytes = ARENA_BYTES
         self.arenas: dict[tuple[str, int], list] = {}  # key -> [arena memoryview, fill]
         self.published: list[tuple[tuple[str, int], memoryview, int, int]] = []
-        # Reports no acknowledgement waits for - a slave's to its replicator
-        # and acceptors, a master's publish notes to its replicator - go out at
-        # most every ``report_every_s`` (replication.writer_report_ms) instead
-        # of after every flush; errors go at once.  Until then they are held
-        # here: push index -> [done, hwm, log_start].
-        self.report_every_s = report_every_s
-        self.report_due: float | None = None
-        self.held: dict[int, list] = {}
         self.in_round: dict[tuple[str, int], int] = {}  # bytes published by the round in flight, per partition
-        self.note: dict[tuple[str, int], list] = {}  # key -> [high watermark, bytes]: the next note to the replicator
+        self.note: dict[tuple[str, int], list] = {}  # key -> [high watermark, bytes]: the next note to the replicator (sent with held reports)
         self.clock = clock
         self.stopping = False
         self.retention_check_s = retention_check_s
-        self.done: list[list[tuple]] = [[] for _ in pushes]  # cleared in place: requests keep their sender's list
         # reader -> its record handler (which knows the sender it comes from)
         self.handlers = {r: (lambda t, b, a=a: self.on_record(a, t, b)) for a, r in enumerate(group.readers)}
-        self.moved: set = set()  # logs whose watermarks changed since the last report
         self.epochs: dict[tuple[str, int], EpochCache] = {}
         self.io_done = False  # set by the I/O thread when a pipelined flush finished
-        # A slave's writer reports each flush straight to the master's
-        # acceptors (see handoff.ACK_TO); connect_acks(endpoints) -> sockets.
-        self.connect_acks = None
-        self.replicator_push = len(pushes) - 1 if feed is not None else -1  # the replicator is the last push
-        self.acks_out: list = []
-        self.ack_as: tuple[int, int] = (0, -1)  # (slave id, master epoch)
         self.bell_post = lambda: None  # wakes our own wait (the writer's doorbell)
 
     def on_io_done(self) -> None:
@@ -117,9 +101,9 @@ class Writer:
     def on_record(self, sender: int, type_id: int, buf: memoryview) -> None:
         token, topic, partition, count, epoch, arg, pos = handoff.read_record(buf)
         if type_id == handoff.ACK_TO:
-            self._ack_to(handoff.ack_to_decoder.decode(buf[pos:]))
+            self.reporter.report_to_master(handoff.ack_to_decoder.decode(buf[pos:]))
             return
-        req = PendingRequest(token, count, self.done[sender])
+        req = PendingRequest(token, count, self.reporter.answers[sender])
         try:
             plog = self.partition(topic, partition)
             if type_id == handoff.TRUNCATE:
@@ -147,34 +131,12 @@ class Writer:
                         req.drop_ticket()
                         raise
                     pos += n
-            self.moved.add(plog)
+            self.reporter.changed_logs.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap)):
                 log.exception("appending to %s/%d failed", topic, partition)
             req.fail(error_code(e), f"{topic}/{partition}: {e}")
         req.appended()
-
-    def _ack_to(self, msg: handoff.AckTo) -> None:
-        for s in self.acks_out:
-            s.close(0)
-        self.acks_out = self.connect_acks(msg.endpoints) if msg.endpoints and self.connect_acks else []
-        self.ack_as = (msg.slave_id, msg.epoch)
-
-    def _ack_master(self, results) -> None:
-        """Tell the master's acceptors what this flush made durable: the same
-        SlaveAck the replicator sends, minus two process hops."""
-        if self.feed_on:  # promoted: this log is a master's now, and no slave's report
-            self._ack_to(handoff.AckTo(epoch=-1, slave_id=0, endpoints=[]))
-            return
-        durable = {handoff.tp_key(*key): hwm for key, hwm in results.items() if isinstance(hwm, int)}
-        if not durable:
-            return
-        raw = ipc_replica.encoder.encode(ipc_replica.SlaveAck(slave_id=self.ack_as[0], epoch=self.ack_as[1], durable=durable))
-        for s in self.acks_out:
-            try:
-                s.send(raw, zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # that acceptor is not reachable now; the replicator's SlaveAck still gets through
 
     def _truncate(self, plog, offset: int) -> None:
         """A slave cutting its divergent tail (after flushing what is staged)."""
@@ -182,7 +144,7 @@ class Writer:
         topic, partition = plog.key
         plog = self.storage.truncate(topic, partition, offset)
         self.epochs[plog.key] = EpochCache(plog.dir, plog.log_end_offset)
-        self.moved.add(plog)
+        self.reporter.changed_logs.add(plog)
 
     def _append_published(self, plog, view, epoch: int, ticket) -> None:
         """Append a batch the slaves will be sent when its round starts: copy it
@@ -234,12 +196,12 @@ class Writer:
                 log.error("partition %s/%d fenced: %s", key[0], key[1], r)
             plog = self.storage.find(*key)
             if plog is not None:
-                self.moved.add(plog)  # its high watermark moved (or it failed): tell the acceptors
+                self.reporter.changed_logs.add(plog)  # its high watermark moved (or it failed): tell the acceptors
         if self.in_round and results:
             self._note(results)
-        if self.acks_out and results:
-            self._ack_master(results)
-        if results or any(self.done):
+        if results:
+            self.reporter.tell_master(results, master=self.feed_on)
+        if results or any(self.reporter.answers):
             self.report()
 
     def _publish(self) -> None:
@@ -286,7 +248,7 @@ class Writer:
                 cur[0] = r if isinstance(r, int) else -1
                 cur[1] += n
         if self.note:
-            self._due()
+            self.reporter.hold_until_due()
 
     def _send_note(self) -> None:
         """One note to the replicator: per partition, high watermark and bytes published."""
@@ -297,57 +259,11 @@ class Writer:
         except zmq.Again:
             pass  # the replicator is behind: its lag in bytes under-reports for a moment
 
-    def _lazy(self) -> bool:
-        """Do the pushes wait for report_every_s?  On a slave all of them (its
-        acceptors acknowledge nothing; the master's acceptors hear each flush
-        from _ack_master), on a master none (its replicator gets notes)."""
-        return self.replicator_push >= 0 and not self.feed_on and self.report_every_s > 0
-
-    def _due(self) -> None:
-        if self.report_due is None:
-            self.report_due = self.clock() + self.report_every_s
-
-    def report(self, logs=None) -> None:
-        """Send each acceptor its finished requests and the moved watermarks."""
-        hwm, start = self._watermarks(self.moved if logs is None else logs)
-        self.moved = set()
-        now_due = logs is not None or (self.report_due is not None and self.clock() >= self.report_due)
-        lazy = not now_due and self._lazy()
-        for a, push in enumerate(self.pushes):
-            done = self.done[a][:]
-            self.done[a].clear()
-            held = self.held.pop(a, None)
-            if held is not None:
-                done = held[0] + done
-                hwm_a, start_a = {**held[1], **hwm}, {**held[2], **start}
-            else:
-                hwm_a, start_a = hwm, start
-            if lazy and not any(d[1] for d in done):
-                if done or hwm_a:
-                    self.held[a] = [done, hwm_a, start_a]
-                    self._due()
-                continue
-            if a == self.replicator_push and self.feed_on and not done and logs is None:
-                continue  # a master's replicator learns each flush from the publish note; full reports still go
-            if done or hwm_a or logs is not None:
-                msg = completions.Completions(v=1, writer=self.index, done=done, hwm=hwm_a, log_start=start_a)
-                push.send(completions.encoder.encode(msg), copy=False)
-        if now_due:
-            if self.note:
-                self._send_note()
-            self.report_due = None
-            if self.held:
-                self._due()
-
-    @staticmethod
-    def _watermarks(logs) -> tuple[dict[str, int], dict[str, int]]:
-        hwm, start = {}, {}
-        for plog in logs:
-            topic, partition = plog.key
-            key = handoff.tp_key(topic, partition)
-            hwm[key] = plog.high_watermark
-            start[key] = plog.earliest_offset
-        return hwm, start
+    def report(self, logs=None, *, send_held: bool = False) -> None:
+        """Report answered requests and moved watermarks (every one of
+        ``logs``, when given); see :meth:`CompletionReporter.report`."""
+        if self.reporter.report(logs, master=self.feed_on, send_held=send_held) and self.note:
+            self._send_note()
 
     # -- loop ------------------------------------------------------------------------------------
 
@@ -367,7 +283,7 @@ class Writer:
             inflight = self.gc.inflight_batches
             if self.gc.pending_batches and not inflight and (got == 0 or self.gc.due(now)):
                 self.commit()
-            elif any(self.done) or (self.report_due is not None and now >= self.report_due):
+            elif any(self.reporter.answers) or (self.reporter.due_at is not None and now >= self.reporter.due_at):
                 self.report()
             if got:
                 continue
@@ -384,15 +300,14 @@ class Writer:
             # With a round in flight its end wakes us (bell_post); the next
             # round then takes everything that arrived meanwhile.
             deadline = None if inflight else self.gc.deadline()
-            if self.report_due is not None:
-                deadline = self.report_due if deadline is None else min(deadline, self.report_due)
+            if self.reporter.due_at is not None:
+                deadline = self.reporter.due_at if deadline is None else min(deadline, self.reporter.due_at)
             timeout = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
             self._wait(timeout)
         self.commit_now()
         self.after_flush(self.gc.sync_all())
         self.after_flush(self.gc.close())
-        self.report_due = float("-inf")  # whatever reports are held go now
-        self.report()
+        self.report(send_held=True)  # whatever reports are held go now
 
     def _wait(self, timeout: float) -> None:
         if not self.group.readers:
@@ -442,9 +357,21 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         feed.setsockopt(zmq.LINGER, 0)
         feed.setsockopt(zmq.SNDHWM, 10_000)
         feed.connect(feed_ep)
-    w = Writer(index, storage, None, group, pushes, feed=feed,
-               retention_check_s=cfg.log.retention_check_ms / 1000.0,
-               report_every_s=cfg.replication.writer_report_ms / 1000.0)
+
+    def connect_acks(endpoints: list[str]) -> list:
+        socks = []
+        for ep in endpoints:
+            s = ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 100)
+            s.connect(ep)
+            socks.append(s)
+        return socks
+
+    reporter = CompletionReporter(index, pushes, replicated=feed is not None,
+                                  report_every_s=cfg.replication.writer_report_ms / 1000.0,
+                                  connect_master_acceptors=connect_acks)
+    w = Writer(index, storage, None, group, reporter, feed=feed, retention_check_s=cfg.log.retention_check_ms / 1000.0)
     w.bell_post = bell.signal.post
     w.gc = GroupCommit(cfg.log, on_io_done=w.on_io_done)
     w.feed_on = feed_on
@@ -476,18 +403,6 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
         ctl.send(control.encoder.encode(control.WriterPublishing(writer=index, endpoint=endpoint)))
 
     w.open_pub = publish_once_promoted
-
-    def connect_acks(endpoints: list[str]) -> list:
-        socks = []
-        for ep in endpoints:
-            s = ctx.socket(zmq.PUSH)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 100)
-            s.connect(ep)
-            socks.append(s)
-        return socks
-
-    w.connect_acks = connect_acks
 
     def on_term(signum, frame):
         w.stopping = True
