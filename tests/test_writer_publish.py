@@ -3,19 +3,22 @@
 Real storage (O_DIRECT where the filesystem allows it), a real group commit
 and real ZeroMQ PUB/SUB/PULL sockets over inproc; the ring is left out: ring
 records are built with the same handoff code the acceptors use and handed
-to :meth:`Writer.on_record` directly."""
+to :meth:`DiskWriter.on_record` directly."""
 
 from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import pytest
 import zmq
 from msgspec.structs import astuple
 
 from hpbroker import batch as B
-from hpbroker.broker.writer import Writer
+from hpbroker.broker.completion_reporter import CompletionReporter
+from hpbroker.broker.disk_writer import DiskWriter, FlushWakeup
+from hpbroker.broker.round_publisher import ARENA_BYTES, RoundPublisher
 from hpbroker.config import LogConfig
 from hpbroker.io import FaultyFileSystem, GroupCommit, PartitionFenced, Storage
 from hpbroker.io.testing import make_batch
@@ -29,7 +32,11 @@ CFG = LogConfig(segment_bytes=1 << 20, write_buffer_bytes=1 << 18, flush_batches
 
 
 class Rig:
-    def __init__(self, tmp_path, fs=None):
+    """A replicated broker's writer 0, with one acceptor: a master's, or
+    (``master=False``) a slave's, which publishes once promoted."""
+
+    def __init__(self, tmp_path, fs=None, *, master=True, clock=None, report_every_s=0.0, arena_bytes=ARENA_BYTES,
+                 connect_acks=None):
         self.ctx = zmq.Context()
         self.storage = Storage(tmp_path, CFG, fs=fs)
         self.sub = self.ctx.socket(zmq.SUB)
@@ -49,9 +56,12 @@ class Rig:
         self.repl_comp.bind("inproc://repl-comp")
         to_repl = self.ctx.socket(zmq.PUSH)
         to_repl.connect("inproc://repl-comp")
-        self.w = Writer(0, self.storage, GroupCommit(CFG), ReaderGroup([], wait=object()), [push, to_repl], feed=feed)
-        self.w.pub = pub
-        self.w.feed_on = True
+        group_commit = GroupCommit(CFG)
+        reporter = CompletionReporter(0, [push, to_repl], replicated=True, report_every_s=report_every_s,
+                                      clock=clock or time.monotonic, connect_master_acceptors=connect_acks)
+        make_publisher = lambda: RoundPublisher(self.storage, group_commit, pub, feed, arena_bytes=arena_bytes)
+        self.w = DiskWriter(self.storage, group_commit, ReaderGroup([], wait=object()), reporter, FlushWakeup(),
+                            publisher=make_publisher() if master else None, make_publisher=make_publisher)
         self.token = 0
 
     def produce(self, partition: int, *batches: bytes, epoch: int = 3, kind: int = handoff.PRODUCE) -> int:
@@ -146,8 +156,9 @@ def test_one_chunk_per_partition_and_flush_byte_identical_to_the_log(rig):
     assert b"".join(chunks) == log_bytes(rig.storage, 0)[len(chunk0):]
 
 
-def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(rig):
-    rig.w.arena_bytes = 256 << 10
+def test_a_round_larger_than_an_arena_goes_out_in_order_in_several_chunks(tmp_path, request):
+    rig = Rig(tmp_path, arena_bytes=256 << 10)
+    request.addfinalizer(rig.close)
     big = [make_batch(200, size=300, tag=i) for i in range(8)]  # ~62 KiB each
     for b in big:
         rig.produce(2, b)
@@ -244,11 +255,10 @@ class FakeClock:
 
 
 def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path):
-    rig = Rig(tmp_path)
+    clock = FakeClock()
+    rig = Rig(tmp_path / "master", clock=clock, report_every_s=0.005)
     try:
         w = rig.w
-        clock = w.clock = FakeClock()
-        w.report_every_s = 0.005
         # a master: its acceptor hears every flush at once; the replicator's notes wait
         rig.produce(0, make_batch(2))
         w.commit_now()
@@ -263,7 +273,9 @@ def test_reports_nobody_waits_for_go_out_at_most_every_writer_report_ms(tmp_path
         assert not rig.feed_in.poll(100)
 
         # a slave: what its writer tells its own acceptors and replicator waits too
-        w.feed_on = False
+        rig.close()
+        rig = Rig(tmp_path / "slave", master=False, clock=clock, report_every_s=0.005)
+        w = rig.w
         t1 = rig.produce(1, make_batch(2))
         w.commit_now()
         t2 = rig.produce(1, make_batch(2, tag=1))
@@ -317,13 +329,11 @@ def handoff_meta(meta: bytes):
 
 
 def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promoted(tmp_path):
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, master=False, connect_acks=lambda eps: [connect_push(rig.ctx, ep) for ep in eps])  # a slave's writer
     try:
         acks_in = rig.ctx.socket(zmq.PULL)
         acks_in.bind("inproc://acceptor-acks")
         w = rig.w
-        w.feed_on = False  # a slave's writer
-        w.connect_acks = lambda eps: [connect_push(rig.ctx, ep) for ep in eps]
         w.on_record(0, handoff.ACK_TO, ack_to_record(handoff.AckTo(epoch=4, slave_id=2, endpoints=["inproc://acceptor-acks"])))
         rig.produce(0, make_batch(3))
         rig.produce(1, make_batch(2))
@@ -331,10 +341,10 @@ def test_a_slave_writer_reports_each_flush_to_the_master_acceptors_until_promote
         assert acks_in.poll(1000)
         ack = ipc_replica.slave_ack_decoder.decode(recv(acks_in))
         assert ack == ipc_replica.SlaveAck(slave_id=2, epoch=4, durable={"t/0": 3, "t/1": 2})
-        w.feed_on = True  # promoted: it must stop speaking as a slave
+        w.promote()  # promoted: it must stop speaking as a slave
         rig.produce(0, make_batch(1))
         w.commit_now()
-        assert not acks_in.poll(300) and w.acks_out == []
+        assert not acks_in.poll(300) and w.reporter.master_acceptors == []
     finally:
         rig.close()
 

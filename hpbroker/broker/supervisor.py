@@ -40,7 +40,7 @@ from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.ipc import control
-from hpbroker.broker import writer as writer_mod
+from hpbroker.broker import writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
@@ -140,7 +140,7 @@ class Supervisor:
             pl = self.plan.placement("writer", w)
             rings = [self._ring(a, w) for a in range(b.acceptors)] + ([self._replica_ring(w)] if replicated else [])
             pushes = [self._ipc(f"acc{a}") for a in range(b.acceptors)] + ([self._ipc("repl-comp")] if replicated else [])
-            self._spawn(mp, f"writer{w}", writer_mod.main,
+            self._spawn(mp, f"writer{w}", writer_process.main,
                         (w, cfg_bytes, self.instance, rings, self._bell(w), pushes, self._ipc("control"), pl.cpus,
                          self._ipc("repl-feed") if replicated else None, self.role == "master", self._pub_bind(w)))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")

@@ -1,7 +1,7 @@
 """The master's replicator: serve handshakes and catch-up, track slaves.
 
 The batches themselves go from each writer's own PUB socket to
-the slaves (see :meth:`hpbroker.broker.writer.Writer._publish`); they never
+the slaves (see :meth:`hpbroker.broker.round_publisher.RoundPublisher.publish_round`); they never
 pass through this process.  Inputs here: the writers' note of what they
 published (ipc PULL: partition, high watermark, bytes) and their watermark
 reports (ipc PULL, the same Completions acceptors get).  Outputs: the
