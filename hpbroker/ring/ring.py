@@ -64,45 +64,10 @@ class Ring:
         if mv.readonly:
             raise ValueError("ring buffer must be writable")
         if init:
-            if capacity is None:
-                capacity = 1 << ((len(mv) - L.HEADER_BYTES).bit_length() - 1)
-            if not L.is_power_of_two(capacity) or capacity < L.MIN_CAPACITY:
-                raise ValueError(f"ring capacity must be a power of two >= {L.MIN_CAPACITY}, not {capacity}")
-            if alignment not in L.ALIGNMENTS:
-                raise ValueError(f"record alignment must be one of {L.ALIGNMENTS}, not {alignment}")
-            if len(mv) < L.segment_bytes(capacity):
-                raise ValueError(f"buffer of {len(mv)} bytes is too small for capacity {capacity}")
-        elif len(mv) < L.HEADER_BYTES:
-            raise RingError("buffer too small for a ring header")
-        hq = mv[: L.HEADER_BYTES].cast("q")
-        if init:
-            mv[: L.HEADER_BYTES] = bytes(L.HEADER_BYTES)  # zero the header
-            hq[L.word(L.VERSION_OFF)] = L.LAYOUT_VERSION | (alignment << L.ALIGNMENT_SHIFT)
-            hq[L.word(L.CAPACITY_OFF)] = capacity
-            hq[L.word(L.GENERATION_OFF)] = generation
-            hq[L.word(L.OWNER_PID_OFF)] = owner_pid
-            hq[L.word(L.OWNER_START_OFF)] = owner_start
-            hq[L.word(L.OWNER_HEARTBEAT_OFF)] = now_ns()
-            hq[L.word(L.CREATED_NS_OFF)] = time.time_ns()
-            name = doorbell.encode("ascii")
-            if len(name) >= L.DOORBELL_BYTES:
-                raise ValueError("doorbell name too long")
-            mv[L.DOORBELL_OFF : L.DOORBELL_OFF + len(name)] = name
-            mv[L.HEADER_BYTES : L.HEADER_BYTES + capacity] = bytes(capacity)  # data region starts zeroed
-            hq[L.word(L.MAGIC_OFF)] = L.MAGIC  # last: the header is valid from here on
+            capacity = _lay_out(mv, capacity, alignment, doorbell, generation, owner_pid, owner_start)
         else:
-            magic = hq[L.word(L.MAGIC_OFF)]
-            if magic != L.MAGIC:
-                raise RingError("not a ring (bad magic)")
-            word = hq[L.word(L.VERSION_OFF)]
-            if word & L.U32_MASK != L.LAYOUT_VERSION:
-                raise RingError(f"ring layout version {word & L.U32_MASK}, expected {L.LAYOUT_VERSION}")
-            alignment = word >> L.ALIGNMENT_SHIFT
-            capacity = hq[L.word(L.CAPACITY_OFF)]
-            if not L.is_power_of_two(capacity) or alignment not in L.ALIGNMENTS:
-                raise RingError("ring header is corrupt")
-            if len(mv) < L.segment_bytes(capacity):
-                raise RingError("ring buffer is shorter than its header says")
+            capacity, alignment = _validate(mv)
+        hq = mv[: L.HEADER_BYTES].cast("q")
         self.capacity = capacity
         self.alignment = alignment
         self.mask = capacity - 1
@@ -199,3 +164,50 @@ def header_snapshot(buffer) -> dict:
         "consumer_state": g(L.CONSUMER_STATE_OFF),
         "consumer_waiting": g(L.CONSUMER_WAITING_OFF),
     }
+
+
+def _lay_out(mv, capacity, alignment, doorbell, generation, owner_pid, owner_start) -> int:
+    """Write a fresh header (magic last) and zero the data region; -> the capacity."""
+    if capacity is None:
+        capacity = 1 << ((len(mv) - L.HEADER_BYTES).bit_length() - 1)
+    if not L.is_power_of_two(capacity) or capacity < L.MIN_CAPACITY:
+        raise ValueError(f"ring capacity must be a power of two >= {L.MIN_CAPACITY}, not {capacity}")
+    if alignment not in L.ALIGNMENTS:
+        raise ValueError(f"record alignment must be one of {L.ALIGNMENTS}, not {alignment}")
+    if len(mv) < L.segment_bytes(capacity):
+        raise ValueError(f"buffer of {len(mv)} bytes is too small for capacity {capacity}")
+    name = doorbell.encode("ascii")
+    if len(name) >= L.DOORBELL_BYTES:
+        raise ValueError("doorbell name too long")
+    mv[: L.HEADER_BYTES] = bytes(L.HEADER_BYTES)  # zero the header
+    hq = mv[: L.HEADER_BYTES].cast("q")
+    hq[L.word(L.VERSION_OFF)] = L.LAYOUT_VERSION | (alignment << L.ALIGNMENT_SHIFT)
+    hq[L.word(L.CAPACITY_OFF)] = capacity
+    hq[L.word(L.GENERATION_OFF)] = generation
+    hq[L.word(L.OWNER_PID_OFF)] = owner_pid
+    hq[L.word(L.OWNER_START_OFF)] = owner_start
+    hq[L.word(L.OWNER_HEARTBEAT_OFF)] = now_ns()
+    hq[L.word(L.CREATED_NS_OFF)] = time.time_ns()
+    mv[L.DOORBELL_OFF : L.DOORBELL_OFF + len(name)] = name
+    mv[L.HEADER_BYTES : L.HEADER_BYTES + capacity] = bytes(capacity)  # data region starts zeroed
+    hq[L.word(L.MAGIC_OFF)] = L.MAGIC  # last: the header is valid from here on
+    return capacity
+
+
+def _validate(mv) -> tuple[int, int]:
+    """Check an existing header; -> (capacity, alignment)."""
+    if len(mv) < L.HEADER_BYTES:
+        raise RingError("buffer too small for a ring header")
+    hq = mv[: L.HEADER_BYTES].cast("q")
+    if hq[L.word(L.MAGIC_OFF)] != L.MAGIC:
+        raise RingError("not a ring (bad magic)")
+    word = hq[L.word(L.VERSION_OFF)]
+    if word & L.U32_MASK != L.LAYOUT_VERSION:
+        raise RingError(f"ring layout version {word & L.U32_MASK}, expected {L.LAYOUT_VERSION}")
+    alignment = word >> L.ALIGNMENT_SHIFT
+    capacity = hq[L.word(L.CAPACITY_OFF)]
+    if not L.is_power_of_two(capacity) or alignment not in L.ALIGNMENTS:
+        raise RingError("ring header is corrupt")
+    if len(mv) < L.segment_bytes(capacity):
+        raise RingError("ring buffer is shorter than its header says")
+    return capacity, alignment
