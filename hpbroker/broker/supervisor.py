@@ -20,13 +20,11 @@ stop (SIGTERM/SIGINT)
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -35,6 +33,8 @@ import zmq
 from hpbroker import config as config_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
+from hpbroker.broker.host import (StartupError, check_port, create_rings, doorbell_name, lock_data_dir,
+                                  replica_ring_name, ring_name)
 from hpbroker.broker import role as role_mod
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
@@ -43,17 +43,13 @@ from hpbroker.ipc import control
 from hpbroker.broker import writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
-from hpbroker.ring import Doorbell, SharedRing, cleanup_stale
+from hpbroker.ring import cleanup_stale
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.supervisor")
 
 START_TIMEOUT_S = 60.0
-
-
-class StartupError(RuntimeError):
-    """The broker could not start; the message says why, in one line."""
 
 
 class Supervisor:
@@ -81,34 +77,11 @@ class Supervisor:
 
     # -- start ------------------------------------------------------------------
 
-    def _lock_data_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StartupError(f"data directory {self.data_dir} is in use by another broker") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
-    def _check_port(self, port: int) -> None:
-        s = socket.socket(socket.AF_INET6 if ":" in self.cfg.broker.bind else socket.AF_INET)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((self.cfg.broker.bind, port))
-        except OSError as e:
-            raise StartupError(f"cannot listen on {self.cfg.broker.bind}:{port}: {e.strerror}") from None
-        finally:
-            s.close()
-
     def start(self) -> None:
         b = self.cfg.broker
-        self._check_port(b.port)
-        for p in b.acceptor_ports:
-            self._check_port(p)
-        self._lock_data_dir()
+        for port in (b.port, *b.acceptor_ports):
+            check_port(b.bind, port)
+        self._lock_fd = lock_data_dir(self.data_dir)
         try:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
@@ -132,16 +105,16 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=self._ipc("control"))
         self.view_pub = make_socket(self.ctx, zmq.PUB, bind=self._ipc("view"))
-        self._create_rings()
+        self.owned_shm += create_rings(self.instance, self.plan, self.cfg, replicated=self.role != "standalone")
         self.mp = mp = multiprocessing.get_context("spawn")
         self.cfg_bytes = cfg_bytes = config_mod.dumps(self._child_config())
         replicated = self.role != "standalone"
         for w in range(b.writers):
             pl = self.plan.placement("writer", w)
-            rings = [self._ring(a, w) for a in range(b.acceptors)] + ([self._replica_ring(w)] if replicated else [])
+            rings = [ring_name(a, w) for a in range(b.acceptors)] + ([replica_ring_name(w)] if replicated else [])
             pushes = [self._ipc(f"acc{a}") for a in range(b.acceptors)] + ([self._ipc("repl-comp")] if replicated else [])
             self._spawn(mp, f"writer{w}", writer_process.main,
-                        (w, cfg_bytes, self.instance, rings, self._bell(w), pushes, self._ipc("control"), pl.cpus,
+                        (w, cfg_bytes, self.instance, rings, doorbell_name(w), pushes, self._ipc("control"), pl.cpus,
                          self._ipc("repl-feed") if replicated else None, self.role == "master", self._pub_bind(w)))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
         if replicated:
@@ -151,7 +124,7 @@ class Supervisor:
             port = b.port if a == 0 else (b.acceptor_ports[a - 1] if a - 1 < len(b.acceptor_ports) else 0)
             endpoint = f"tcp://{b.bind}:{port or '*'}"
             self._spawn(mp, f"acceptor{a}", acceptor_mod.main,
-                        (a, cfg_bytes, self.instance, [self._ring(a, w) for w in range(b.writers)], endpoint,
+                        (a, cfg_bytes, self.instance, [ring_name(a, w) for w in range(b.writers)], endpoint,
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
@@ -188,14 +161,11 @@ class Supervisor:
         port = self.cfg.replication.pub_port
         return f"tcp://{self.cfg.broker.bind}:{port + w if port else '*'}"
 
-    def _replica_ring(self, w: int) -> str:
-        return f"rw{w}"
-
     def _start_replicator(self, role: str) -> None:
         self.replication_endpoints = None
         self._spawn(self.mp, "replicator", replicator_mod.main,
                     (role, self.cfg_bytes, self.instance, self.epoch,
-                     [self._replica_ring(w) for w in range(self.cfg.broker.writers)], self._ipc("repl-feed"),
+                     [replica_ring_name(w) for w in range(self.cfg.broker.writers)], self._ipc("repl-feed"),
                      self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None, sorted(self.reigns)))
         self._await(lambda: self.replication_endpoints is not None, "the replicator to start")
 
@@ -236,32 +206,6 @@ class Supervisor:
 
     def _ipc(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}.sock"
-
-    def _ring(self, a: int, w: int) -> str:
-        return layout.ring_name(a, w)
-
-    def _bell(self, w: int) -> str:
-        return f"w{w}"
-
-    def _create_rings(self) -> None:
-        """One SPSC ring per (acceptor, writer); a writer's rings share its
-        doorbell.  Each ring's pages are first touched (zeroed) while this
-        process runs on the writer's NUMA node, so they are allocated there."""
-        b, r = self.cfg.broker, self.cfg.ring
-        for w in range(b.writers):
-            self.owned_shm.append(Doorbell(self.instance, self._bell(w)))
-        generation = time.time_ns() & 0x7FFF_FFFF
-        for a, w, node in self.plan.rings:
-            cpus = self.plan.nodes.get(node) if node is not None and len(self.plan.nodes) > 1 else None
-            with layout.running_on(cpus):
-                ring = SharedRing.create(self.instance, self._ring(a, w), r.capacity_bytes, doorbell=self._bell(w),
-                                         generation=generation, heartbeat_ms=r.heartbeat_ms)
-            self.owned_shm.append(ring)
-        if self.role != "standalone":  # the replicator -> writer rings a slave appends through
-            for w in range(b.writers):
-                self.owned_shm.append(SharedRing.create(self.instance, self._replica_ring(w), r.capacity_bytes,
-                                                        doorbell=self._bell(w), generation=generation,
-                                                        heartbeat_ms=r.heartbeat_ms))
 
     def _spawn(self, mp, name: str, target, args) -> None:
         p = mp.Process(target=run_child, args=(name, self.instance, target, *args), name=f"hpbroker-{name}",
