@@ -86,3 +86,27 @@ def find_timestamp(fd: int, start: int, end: int, ts: int, hw: int, *, pread=os.
             return h.base_offset
         pos += h.batch_length
     return None
+
+
+def read_segments(fs, segments, offset: int, hw: int, max_bytes: int) -> bytes:
+    """:func:`read_batches` over a writer's open segments, from the first of
+    ``segments`` (the one holding ``offset``) on, using each one's index."""
+    for seg in segments:
+        pos = seg.index.lookup(offset - seg.base)[1] if offset > seg.base else 0
+        data, exhausted = read_batches(seg.read_fd(fs), pos, seg.size, offset, hw, max_bytes)
+        if data or not exhausted:
+            return data
+    return b""
+
+
+def timestamp_in_segments(fs, segments, ts_ms: int, hw: int) -> int | None:
+    """Base offset of the first batch below ``hw`` whose max_timestamp >= ``ts_ms``, over open segments."""
+    for seg in segments:
+        if seg.max_ts < ts_ms or seg.base >= hw:
+            continue
+        rel = seg.tindex.lookup_before(ts_ms)
+        pos = seg.index.lookup(rel)[1] if rel is not None else 0
+        off = find_timestamp(seg.read_fd(fs), pos, seg.size, ts_ms, hw)
+        if off is not None:
+            return off
+    return None

@@ -13,26 +13,16 @@ Offsets the log publishes:
 * ``high_watermark`` - what may be acknowledged and read: ``synced_offset``
   in ``durable`` mode, ``written_offset`` in ``async`` mode.
 
-Failures (see :mod:`hpbroker.io.errors`): ENOSPC on a write rolls the log
-back to the high watermark and raises :class:`DiskFull` (the partition stays
-writable); any other write error, and any fsync error, fences the partition
-with :class:`PartitionFenced`.  Nothing is retried.  A log whose batches
-may be read by others before they are durable - a replication master's,
-whose writer publishes a round to the slaves as the round starts - sets
-``rollback_on_enospc = False``: ENOSPC then fences too, because rolling
-back would assign the offsets the slaves already hold to other batches.
+Failures (docs/storage.md, "Failure handling"): ENOSPC on a write rolls
+the log back to the high watermark and raises :class:`DiskFull`, unless
+``rollback_on_enospc`` is off (a replication master's log, whose rounds the
+slaves may already hold); any other write error, and any fsync error,
+fences the partition with :class:`PartitionFenced`.  Nothing is retried.
 
-Pipelined flushes: :meth:`begin_flush` hands everything staged to an
-:class:`hpbroker.io.iothread.IOThread` (pwrite + fdatasync there) and the
-writer keeps appending into the second staging buffer; :meth:`flush_result`
-applies the outcome on the writer thread, exactly as :meth:`sync` would
-(offsets, acks, rollback or fence).  One flush is in flight per log; any
-synchronous operation (write, sync, roll, close, an append that overflows
-the buffer) first waits for it and applies it.
-
-Rolls: the old segment's data is made durable on the caller's thread; its
-index rewrite and the checkpoint go to ``background`` (``Storage`` passes
-its thread; docs/storage.md, "What a roll does, and where").
+Pipelined flushes (:meth:`begin_flush`, :meth:`flush_result`) write and
+fdatasync on an I/O thread while the writer stages into a second buffer;
+rolls sync the old segment here and leave its index rewrite and checkpoint
+to ``background`` (docs/storage.md, "Pipelined flushes", "What a roll does").
 
 Not thread-safe: append, write, sync, read and close belong to the writer
 thread.  Other processes read with :class:`hpbroker.io.reader.PartitionReader`.
@@ -53,7 +43,7 @@ from hpbroker.io import checkpoint, layout
 from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append
 from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError
-from hpbroker.io.fetch import find_timestamp, read_batches
+from hpbroker.io.fetch import read_segments, timestamp_in_segments
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.recovery import recover
 from hpbroker.io.segment import Segment
@@ -423,25 +413,11 @@ class PartitionLog:
         if offset < self._segments[0].base:
             raise OffsetOutOfRange(f"{self.dir}: offset {offset} is below the earliest offset {self.earliest_offset}", self.dir)
         i = max(bisect.bisect_right(self._bases, offset) - 1, 0)
-        for seg in self._segments[i:]:
-            pos = seg.index.lookup(offset - seg.base)[1] if offset > seg.base else 0
-            data, exhausted = read_batches(seg.read_fd(self._fs), pos, seg.size, offset, hw, max_bytes)
-            if data or not exhausted:
-                return data
-        return b""
+        return read_segments(self._fs, self._segments[i:], offset, hw, max_bytes)
 
     def offset_for_timestamp(self, ts_ms: int) -> int | None:
         """Base offset of the first batch whose max_timestamp >= ``ts_ms`` (None: none yet)."""
-        hw = self.high_watermark
-        for seg in self._segments:
-            if seg.max_ts < ts_ms or seg.base >= hw:
-                continue
-            rel = seg.tindex.lookup_before(ts_ms)
-            pos = seg.index.lookup(rel)[1] if rel is not None else 0
-            off = find_timestamp(seg.read_fd(self._fs), pos, seg.size, ts_ms, hw)
-            if off is not None:
-                return off
-        return None
+        return timestamp_in_segments(self._fs, self._segments, ts_ms, self.high_watermark)
 
     # -- lifecycle -----------------------------------------------------------
 
