@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -39,50 +38,13 @@ from crc32c import crc32c
 from hpbroker import batch
 from hpbroker.client.records import FutureRecordMetadata, RecordMetadata
 from hpbroker.client.transport import Transport, topic_partitions
+from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
 from hpbroker.protocol.messages import Metadata, Produce, ProduceReply
 
+_Waker = Waker  # the name tests/test_client_waker.py imports
+
 _ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
-
-
-class _Waker:
-    """An fd the I/O thread polls; any thread may ``wake()`` it."""
-
-    def __init__(self):
-        self._armed = False  # a wake-up is already pending: later wake() calls cost nothing
-        if hasattr(os, "eventfd"):
-            self.rfd = self.wfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:  # pragma: no cover - non-Linux
-            self.rfd, self.wfd = os.pipe()
-            os.set_blocking(self.rfd, False)
-            os.set_blocking(self.wfd, False)
-
-    def wake(self) -> None:
-        if self._armed:
-            return
-        self._armed = True
-        try:
-            os.write(self.wfd, (1).to_bytes(8, "little"))
-        except BlockingIOError:
-            pass  # already signalled
-
-    def drain(self) -> None:
-        # Read, then disarm, and only then look at the queues (the caller
-        # does that next).  A wake() that returned early because we were
-        # armed queued its work before we disarmed, so the caller sees it;
-        # a wake() after the disarm writes again.  Disarming before the read
-        # could swallow that write and leave us armed with an empty fd:
-        # every later wake() would then be skipped (a hang).
-        try:
-            os.read(self.rfd, 4096)
-        except BlockingIOError:
-            pass
-        self._armed = False
-
-    def close(self) -> None:
-        os.close(self.rfd)
-        if self.wfd != self.rfd:
-            os.close(self.wfd)
 
 
 class _Batch:
@@ -179,7 +141,7 @@ class Producer:
         self._want_leader = False
         self._discovering = False
         self._discover_after = 0.0
-        self._waker = _Waker()
+        self._waker = Waker()
         self._thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
         self._thread.start()
 
