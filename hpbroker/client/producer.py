@@ -31,12 +31,12 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Sequence
 
-import numpy as np
 import zmq
 from crc32c import crc32c
 
 from hpbroker import batch
 from hpbroker.client.records import FutureRecordMetadata, RecordMetadata
+from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport, topic_partitions
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
@@ -208,7 +208,7 @@ class Producer:
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
             partition = next(self._rr) % n
-        requests = self._encode_requests(values, keys, timestamp_ms)
+        requests = encode_requests(values, keys, timestamp_ms, self._t.max_batch_bytes, self._t.max_request_bytes)
         whole: Future = Future()
         fut = FutureRecordMetadata(whole, 0)
         if callback is not None:
@@ -303,39 +303,6 @@ class Producer:
         del self._open[tp]
         del self._by_topic[tp[0]][tp[1]]
         self._sealed.append(_Batch(tp[0], tp[1], None, acc.future, acc.nbytes - batch.HEADER_SIZE, acc))
-
-    def _encode_requests(self, values, keys, timestamp_ms) -> list[list]:
-        """Encode ``values`` into batches of at most max_batch_bytes, grouped
-        into requests of at most max_request_bytes (one encode_batch call
-        per batch; chunk bounds come from a cumsum, not a Python loop)."""
-        max_batch = self._t.max_batch_bytes
-        n = len(values)
-        vlen = np.fromiter(map(len, values), dtype=np.int64, count=n)
-        sizes = vlen + batch.ENTRY_SIZE
-        if keys is not None:
-            sizes += np.fromiter((0 if k is None else len(k) for k in keys), dtype=np.int64, count=n)
-        cum = np.cumsum(sizes)
-        if int(cum[-1]) + batch.HEADER_SIZE <= max_batch:
-            return [[batch.encode_batch(values, keys, timestamp_ms=timestamp_ms, value_lengths=vlen)]]
-        frames = []
-        start = 0
-        room = max_batch - batch.HEADER_SIZE
-        while start < n:
-            before = int(cum[start - 1]) if start else 0
-            end = max(start + 1, int(np.searchsorted(cum, before + room, side="right")))
-            frames.append(batch.encode_batch(values[start:end], None if keys is None else keys[start:end],
-                                             timestamp_ms=timestamp_ms, value_lengths=vlen[start:end]))
-            start = end
-        max_request = max(self._t.max_request_bytes, max_batch)
-        requests, cur, size = [], [], 0
-        for f in frames:
-            if cur and size + len(f) > max_request:
-                requests.append(cur)
-                cur, size = [], 0
-            cur.append(f)
-            size += len(f)
-        requests.append(cur)
-        return requests
 
     def _partitions_for(self, topic: str) -> int:
         if self._closed or self._stop:
