@@ -35,7 +35,7 @@ import zmq
 from crc32c import crc32c
 
 from hpbroker import batch
-from hpbroker.client.records import FutureRecordMetadata, RecordMetadata
+from hpbroker.client.records import FutureRecordMetadata, RecordMetadata, attach, join
 from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport, topic_partitions
 from hpbroker.client.waker import Waker
@@ -187,7 +187,7 @@ class Producer:
             acc.nbytes += size
             fut = FutureRecordMetadata(acc.future, i)
             if callback is not None:
-                _attach(fut, callback)  # under the lock: the batch cannot be done yet
+                attach(fut, callback)  # under the lock: the batch cannot be done yet
             if acc.nbytes >= acc.limit:
                 self._seal((topic, partition), acc)
                 self._waker.wake()
@@ -212,10 +212,10 @@ class Producer:
         whole: Future = Future()
         fut = FutureRecordMetadata(whole, 0)
         if callback is not None:
-            _attach(fut, callback)
+            attach(fut, callback)
         parts = [Future() for _ in requests] if len(requests) > 1 else [whole]
         if len(parts) > 1:
-            _join(whole, parts)
+            join(whole, parts)
         with self._lock:
             tp = (topic, partition)
             acc = self._open.get(tp)
@@ -542,32 +542,3 @@ def _as_bytes(v, what: str) -> bytes:
     if isinstance(v, (bytearray, memoryview)):
         return bytes(v)  # a copy: the caller may reuse its buffer before the batch is encoded
     raise TypeError(f"{what} must be bytes, got {type(v).__name__}")
-
-
-def _attach(fut: FutureRecordMetadata, callback) -> None:
-    def done(f):
-        exc = f.exception()
-        callback(None if exc else f.result(), exc)
-
-    fut.add_done_callback(done)
-
-
-def _join(fut: Future, parts: list[Future]) -> None:
-    """Resolve ``fut`` with the first part's result once all parts succeed,
-    or with the first failure."""
-    lock = threading.Lock()
-    left = [len(parts)]
-
-    def done(_):
-        with lock:
-            left[0] -= 1
-            if left[0]:
-                return
-        for p in parts:
-            if p.exception() is not None:
-                fut.set_exception(p.exception())
-                return
-        fut.set_result(parts[0].result())
-
-    for p in parts:
-        p.add_done_callback(done)
