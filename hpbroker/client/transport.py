@@ -193,6 +193,14 @@ class Transport:
             backlog.popleft()
         self.poller.modify(sock, zmq.POLLIN)
 
+    def answer_all(self, reply) -> None:
+        """Answer every waiting request locally with ``reply`` (its owner is
+        shutting down)."""
+        for rid in list(self.pending):
+            call = self.pending.pop(rid)
+            if call.on_reply is not None:
+                call.on_reply(reply, [])
+
     def forget(self, rid: int) -> None:
         """Drop the callback of request ``rid`` (its reply will be ignored)."""
         self.pending.pop(rid, None)
