@@ -23,10 +23,11 @@ from concurrent.futures import Future
 import zmq
 
 from hpbroker.client.accumulator import Accumulator, Batch
+from hpbroker.client.cluster import topic_partitions
 from hpbroker.client.leader import LeaderSearch
 from hpbroker.client.memory import BufferMemory
 from hpbroker.client.records import RecordMetadata
-from hpbroker.client.transport import Transport, topic_partitions
+from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.client.window import SendWindow
 from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
