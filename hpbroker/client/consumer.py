@@ -21,8 +21,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hpbroker import batch
+from hpbroker.client.cluster import topic_partitions
 from hpbroker.client.records import Message, RawBatches
-from hpbroker.client.transport import Transport, topic_partitions
+from hpbroker.client.transport import Transport
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import EARLIEST, LATEST, Fetch, FetchReply, ListOffsets
 

@@ -1,7 +1,8 @@
-"""What the client hands back: produce results and consumed messages."""
+"""What the client hands back: produce results, their futures, and consumed messages."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from typing import NamedTuple
 
@@ -119,3 +120,34 @@ class FutureRecordMetadata:
     def __repr__(self) -> str:
         state = "pending" if not self._batch.done() else ("failed" if self._batch.exception() else "done")
         return f"<FutureRecordMetadata {state} index={self._index}>"
+
+
+def attach(fut: FutureRecordMetadata, callback) -> None:
+    """Run ``callback(metadata, exception)`` once ``fut`` is done (the
+    Producer's ``callback=`` argument)."""
+    def done(f):
+        exc = f.exception()
+        callback(None if exc else f.result(), exc)
+
+    fut.add_done_callback(done)
+
+
+def join(fut: Future, parts: list[Future]) -> None:
+    """Resolve ``fut`` with the first part's result once all parts succeed,
+    or with the first failure (a ``send_batch`` sent as several requests)."""
+    lock = threading.Lock()
+    left = [len(parts)]
+
+    def done(_):
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        for p in parts:
+            if p.exception() is not None:
+                fut.set_exception(p.exception())
+                return
+        fut.set_result(parts[0].result())
+
+    for p in parts:
+        p.add_done_callback(done)

@@ -26,13 +26,8 @@ still waiting on it are answered at once, locally, with REQUEST_TIMED_OUT
 that arrived before the drop are read first.  Whether a request that lost
 its connection was carried out is unknown, as with any timeout.
 
-Several brokers (``"tcp://a:7600,tcp://b:7600"``, as Kafka's
-bootstrap.servers): :meth:`discover` asks all of them for metadata at once
-and adopts the one that leads - a master (or standalone broker) with the
-highest leader epoch - so a client given a master and its slave follows a
-promotion by itself.  Its owners call it at start and again when a broker
-does not answer or says it does not lead (docs/client.md, "Several
-brokers: following a failover").
+Several brokers: :meth:`Transport.discover` asks all of them for metadata
+at once and adopts the one that leads (:mod:`hpbroker.client.cluster`).
 """
 
 from __future__ import annotations
@@ -42,11 +37,11 @@ import logging
 import time
 from collections import deque
 from typing import Callable
-from urllib.parse import urlsplit
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hpbroker.client.cluster import choose_leader, parse_bootstrap, reachable, topic_partitions  # noqa: F401 (re-exported)
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
 from hpbroker.protocol.messages import ErrorReply, Metadata, MetadataReply
@@ -68,18 +63,6 @@ class _Call:
         self.on_sent = on_sent
         self.deadline = deadline
         self.endpoint = endpoint
-
-
-def parse_bootstrap(bootstrap) -> list[str]:
-    """``"tcp://a:1,tcp://b:2"`` or a list of URLs -> the URLs; ValueError naming a bad one."""
-    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
-    out = [b.strip() for b in items if b.strip()]
-    if not out:
-        raise ValueError("no broker URL given")
-    for b in out:
-        if not b.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"broker URL must look like tcp://HOST:PORT, got {b!r}")
-    return out
 
 
 class Transport:
@@ -192,6 +175,14 @@ class Transport:
                 return
             backlog.popleft()
         self.poller.modify(sock, zmq.POLLIN)
+
+    def answer_all(self, reply) -> None:
+        """Answer every waiting request locally with ``reply`` (its owner is
+        shutting down)."""
+        for rid in list(self.pending):
+            call = self.pending.pop(rid)
+            if call.on_reply is not None:
+                call.on_reply(reply, [])
 
     def forget(self, rid: int) -> None:
         """Drop the callback of request ``rid`` (its reply will be ignored)."""
@@ -319,13 +310,8 @@ class Transport:
                       timeout_ms=timeout_ms)
 
     def _adopt(self, answers: dict[str, MetadataReply]) -> MetadataReply | None:
-        order = {ep: i for i, ep in enumerate(self.bootstraps)}
-        leads = [(rep.leader_epoch, -order[ep], ep) for ep, rep in answers.items() if rep.role in ("master", "standalone")]
-        if leads:
-            ep = max(leads)[2]
-        elif self.readers and answers:
-            ep = min(answers, key=order.__getitem__)
-        else:
+        ep = choose_leader(answers, self.bootstraps, self.readers)
+        if ep is None:
             return None
         if ep != self.bootstrap:
             log.warning("using broker %s (%s, leader epoch %d)", ep, answers[ep].role, answers[ep].leader_epoch)
@@ -353,7 +339,7 @@ class Transport:
         return rep
 
     def apply_metadata(self, rep: MetadataReply) -> None:
-        self.acceptors = [_reachable(a, self.bootstrap) for a in rep.acceptors] or [self.bootstrap]
+        self.acceptors = [reachable(a, self.bootstrap) for a in rep.acceptors] or [self.bootstrap]
         if rep.max_batch_bytes > 0:
             self.max_batch_bytes = rep.max_batch_bytes
         if rep.max_request_bytes > 0:
@@ -373,28 +359,3 @@ class Transport:
             mon.close(linger=0)
         self._monitors.clear()
         self.sockets.clear()
-
-
-def _reachable(endpoint: str, bootstrap: str) -> str:
-    """A broker bound to a wildcard address advertises it; use the host we
-    reached the bootstrap endpoint through instead."""
-    try:
-        u = urlsplit(endpoint)
-        if u.scheme == "tcp" and u.hostname in ("0.0.0.0", "*", "::", ""):
-            host = urlsplit(bootstrap).hostname or "127.0.0.1"
-            return f"tcp://{host}:{u.port}"
-    except ValueError:
-        pass
-    return endpoint
-
-
-def topic_partitions(rep: MetadataReply, topic: str) -> int:
-    """The partition count of ``topic`` in a metadata reply, or BrokerError."""
-    for t in rep.topics:
-        if t.name == topic:
-            if t.code:
-                raise BrokerError(t.code, f"topic {topic!r}")
-            if not t.partitions:
-                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} has no partitions")
-            return len(t.partitions)
-    raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} does not exist")

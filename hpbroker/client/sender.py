@@ -1,0 +1,244 @@
+"""``Sender``: the Producer's I/O thread.
+
+It owns the transport's zmq sockets and runs one loop: wait on the sockets,
+the wake-up fd and the next deadline (a linger end, a retry, a leader
+search); then find the leader again if asked, answer metadata lookups, take
+the batches the accumulator has ready and encode them, put due retries back,
+and send what the in-flight window lets out.  Replies resolve the batch's
+future and free its ``buffer_memory``; retriable errors are retried
+``retries`` times after ``retry_backoff`` (a NOT_LEADER, or a silence with
+several brokers, also starts a leader search).
+
+Caller threads reach it only through the shared state under the Producer's
+lock (the accumulator, the buffer memory, :attr:`commands`) and the waker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import zmq
+
+from hpbroker.client.accumulator import Accumulator, Batch
+from hpbroker.client.cluster import topic_partitions
+from hpbroker.client.leader import LeaderSearch
+from hpbroker.client.memory import BufferMemory
+from hpbroker.client.records import RecordMetadata
+from hpbroker.client.transport import Transport
+from hpbroker.client.waker import Waker
+from hpbroker.client.window import SendWindow
+from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
+from hpbroker.protocol.messages import ErrorReply, Metadata, Produce, ProduceReply
+
+_SILENCE = frozenset({ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BROKER_SHUTTING_DOWN})  # the broker may be gone
+
+
+class Sender:
+    def __init__(self, transport: Transport, waker: Waker, lock: threading.Lock, accumulator: Accumulator,
+                 memory: BufferMemory, *, acks: int, max_in_flight: int, retries: int, retry_backoff: float,
+                 request_timeout_ms: int, connect_timeout_ms: int):
+        self._t = transport
+        self._waker = waker
+        self._lock = lock
+        self._accum = accumulator
+        self._memory = memory
+        self.acks = acks
+        self.retries = retries
+        self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.partitions: dict[str, int] = {}  # topic -> partition count, read by send() without the lock
+        self.commands: deque = deque()  # (topic, Future): metadata lookups asked for by caller threads
+        self.stopping = False
+        self._window = SendWindow(transport.endpoint_for, None if acks == 0 else max_in_flight, retry_backoff)
+        self._leader = LeaderSearch(max(retry_backoff, 1.0))
+        self.thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
+
+    # -- caller threads --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def lookup(self, topic: str) -> Future:
+        """Ask the I/O thread for ``topic``'s partition count."""
+        fut: Future = Future()
+        with self._lock:
+            self.commands.append((topic, fut))
+        self._waker.wake()
+        return fut
+
+    def stop(self) -> None:
+        """Stop the loop and wait for it; what is left fails with BROKER_SHUTTING_DOWN."""
+        self._halt()
+        self._waker.wake()
+        self.thread.join()
+
+    def _halt(self) -> None:
+        """From now on send() raises BROKER_SHUTTING_DOWN, open batches are
+        sealed at once and nothing is retried."""
+        with self._lock:
+            self.stopping = True
+            self._memory.closed = True
+            self._accum.closed = True
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        t = self._t
+        t.poller.register(self._waker.rfd, zmq.POLLIN)
+        try:
+            while True:
+                fired = t.poll(self._timeout_ms())
+                if fired:
+                    self._waker.drain()
+                self._rediscover()
+                self._lookups()
+                self._collect()
+                if not self._leader.asking:  # batches wait while the question is out
+                    self._window.release_retries(time.monotonic())
+                    for ep, b in self._window.take_sendable():
+                        self._send(ep, b)
+                if self.stopping:
+                    break
+        finally:
+            self._shutdown()
+
+    def _timeout_ms(self) -> float | None:
+        now = time.monotonic()
+        lookups = not (self._t.several and not self._t.acceptors)  # else they wait for _rediscover
+        with self._lock:
+            if (self.commands and lookups) or self.stopping:
+                return 0
+            due = self._accum.next_due()
+        for d in (self._window.next_retry(), self._leader.due()):
+            if d is not None:
+                due = d if due is None else min(due, d)
+        return None if due is None else max(0.0, (due - now) * 1000.0)
+
+    def _rediscover(self) -> None:
+        """Several brokers: ask them all which one leads, then send everything
+        queued there.  With no leader found, batches go on being retried
+        where they were, and fail once their retries are spent."""
+        if not self._leader.start(time.monotonic()):
+            return
+
+        def done(rep) -> None:
+            if rep is None:
+                still_waiting = self._memory.batches > 0 or bool(self.commands)  # keep looking while anything waits
+                self._leader.none_found(time.monotonic(), still_waiting)
+                return
+            self._leader.found()
+            self._window.regroup()  # each partition's batches keep their order
+
+        self._t.discover(done, timeout_ms=self.connect_timeout_ms)
+
+    def _lookups(self) -> None:
+        if self._t.several and not self._t.acceptors:
+            self._leader.want()  # the first lookup: which of the brokers leads?
+            return
+        with self._lock:
+            cmds = list(self.commands)
+            self.commands.clear()
+        for topic, fut in cmds:
+            if topic in self.partitions:
+                fut.set_result(self.partitions[topic])
+                continue
+            endpoint = self._t.acceptors[0] if self._t.acceptors else self._t.bootstrap
+
+            def on_reply(rep, _p, topic=topic, fut=fut):
+                if rep.code:
+                    fut.set_exception(BrokerError(rep.code, rep.message))
+                    return
+                try:
+                    self._t.apply_metadata(rep)
+                    n = topic_partitions(rep, topic)
+                except BrokerError as e:
+                    fut.set_exception(e)
+                    return
+                self.partitions[topic] = n
+                fut.set_result(n)
+
+            self._t.send(endpoint, Metadata(id=self._t.next_id(), topics=[topic]), on_reply=on_reply,
+                         timeout_ms=self.connect_timeout_ms)
+
+    def _collect(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            ready = self._accum.take_ready(now)
+        for b in ready:
+            if b.acc is not None:
+                try:
+                    b.encode()
+                except Exception as e:  # never let one bad batch stop the I/O thread
+                    self._fail(b, BrokerError(ErrorCode.BAD_REQUEST, f"could not encode the batch: {e}"))
+                    continue
+            self._window.append(b)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _send(self, ep: str, b: Batch) -> None:
+        t = self._t
+        req = Produce(id=t.next_id(), topic=b.topic, partition=b.partition, acks=self.acks,
+                      timeout_ms=self.request_timeout_ms)
+        b.attempts += 1
+        if self.acks == 0:
+            t.send(ep, req, b.frames, on_reply=lambda rep, _p: self._complete(b, None, rep),
+                   on_sent=lambda: self._complete(b, -1, None), timeout_ms=self.request_timeout_ms)
+            return
+
+        def on_reply(rep, _p):
+            self._window.answered(ep)
+            self._on_reply(b, rep)
+
+        # give the broker its own timeout_ms first, plus time for the reply to travel
+        t.send(ep, req, b.frames, on_reply=on_reply, timeout_ms=self.request_timeout_ms + 5000)
+
+    def _on_reply(self, b: Batch, rep) -> None:
+        if rep.code == 0:
+            if isinstance(rep, ProduceReply) and len(rep.base_offsets) >= 1:
+                self._complete(b, rep.base_offsets[0], None)
+            else:
+                self._complete(b, None, type(rep)(id=rep.id, code=int(ErrorCode.INTERNAL), message=f"unexpected reply {rep!r}"))
+            return
+        if rep.code == ErrorCode.NOT_LEADER or (self._t.several and rep.code in _SILENCE):
+            self._leader.want()
+        if rep.code in RETRIABLE and b.attempts <= self.retries and not self.stopping:
+            self._window.retry_later(b, time.monotonic())
+            return
+        self._complete(b, None, rep)
+
+    def _complete(self, b: Batch, base: int | None, rep) -> None:
+        if rep is not None:
+            self._fail(b, BrokerError(rep.code, rep.message))
+            return
+        b.future.set_result(RecordMetadata(b.topic, b.partition, base))
+        self._release(b)
+
+    def _fail(self, b: Batch, err: BrokerError) -> None:
+        b.future.set_exception(err)
+        self._release(b)
+
+    def _release(self, b: Batch) -> None:
+        with self._lock:
+            self._memory.release(b.nbytes)
+
+    def _shutdown(self) -> None:
+        """Fail whatever is left (close() timed out, or the thread died)."""
+        self._halt()
+        gone = ErrorReply(id=-1, code=int(ErrorCode.BROKER_SHUTTING_DOWN), message="producer closed before the broker acknowledged")
+        try:
+            self._t.answer_all(gone)
+            with self._lock:
+                left = self._accum.take_ready(time.monotonic())  # closed: every open batch is sealed
+                for _, fut in self.commands:
+                    fut.set_exception(BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed"))
+                self.commands.clear()
+            left += self._window.take_all()
+            for b in left:
+                self._complete(b, None, gone)
+        finally:
+            self._t.close()
+            with self._lock:
+                self._memory.wake_all()

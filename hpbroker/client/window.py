@@ -1,0 +1,94 @@
+"""``SendWindow``: the Producer's batches between sealing and the wire.
+
+One FIFO per acceptor endpoint (``endpoint_for(partition)``, the
+transport's current map), at most ``max_in_flight`` unanswered requests per
+acceptor (no bound when None: acks=0 expects no answers), and the retries
+waiting out ``backoff`` seconds.  A retry goes back to the *front* of its
+acceptor's queue; with more than one request in flight a retried batch can
+still land after a later one of its partition, as in Kafka.
+
+Owned by the I/O thread alone.  No sockets and no clock: ``now`` is passed
+in (tests/test_client_window.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from typing import Callable
+
+
+class SendWindow:
+    def __init__(self, endpoint_for: Callable[[int], str], max_in_flight: int | None, backoff: float):
+        self.endpoint_for = endpoint_for
+        self.max_in_flight = max_in_flight
+        self.backoff = backoff
+        self._queues: dict[str, deque] = {}
+        self._inflight: dict[str, int] = {}
+        self._retry: list = []  # (due, seq, batch): a heap
+        self._retry_seq = itertools.count()
+
+    def append(self, b) -> None:
+        """Queue a newly sealed batch behind its acceptor's others."""
+        self._queue_for(b.partition).append(b)
+
+    def take_sendable(self) -> list[tuple[str, object]]:
+        """Take the batches the window lets out now, as (endpoint, batch),
+        counting each as in flight until :meth:`answered`."""
+        out = []
+        limit = self.max_in_flight
+        inflight = self._inflight
+        for ep, q in self._queues.items():
+            if limit is None:
+                out += [(ep, b) for b in q]
+                q.clear()
+                continue
+            while q and inflight[ep] < limit:
+                inflight[ep] += 1
+                out.append((ep, q.popleft()))
+        return out
+
+    def answered(self, endpoint: str) -> None:
+        self._inflight[endpoint] -= 1
+
+    def retry_later(self, b, now: float) -> None:
+        heapq.heappush(self._retry, (now + self.backoff, next(self._retry_seq), b))
+
+    def next_retry(self) -> float | None:
+        """When the earliest retry is due, or None."""
+        return self._retry[0][0] if self._retry else None
+
+    def release_retries(self, now: float) -> None:
+        """Put the retries due by ``now`` at the front of their queues, in
+        the order they failed."""
+        back = []
+        while self._retry and self._retry[0][0] <= now:
+            back.append(heapq.heappop(self._retry)[2])
+        for b in reversed(back):
+            self._queue_for(b.partition).appendleft(b)
+
+    def regroup(self) -> None:
+        """The partitions moved (a new leader): queue every waiting batch
+        for its partition's endpoint now, each partition's in its order."""
+        moved = [b for q in self._queues.values() for b in q]
+        for q in self._queues.values():
+            q.clear()
+        for b in moved:
+            self._queue_for(b.partition).append(b)
+
+    def take_all(self) -> list:
+        """Every batch not in flight: the queued ones, then the retries."""
+        left = [b for q in self._queues.values() for b in q] + [r[2] for r in self._retry]
+        for q in self._queues.values():
+            q.clear()
+        self._retry.clear()
+        return left
+
+    def _queue_for(self, partition: int) -> deque:
+        ep = self.endpoint_for(partition)
+        q = self._queues.get(ep)
+        if q is None:
+            q = self._queues[ep] = deque()
+            self._inflight[ep] = 0
+        return q
