@@ -82,6 +82,21 @@ def read_record(buf) -> tuple[int, str, int, int, int, int, int]:
     return token, topic, partition, count, epoch, arg, HEAD_SIZE + _pad8(tl)
 
 
+def put_record(ring, record_type: int, timeout: float, token: int, topic_bytes: bytes, partition: int, batches,
+               *, epoch: int = 0, arg: int = 0) -> None:
+    """Claim, fill and commit one record in ``ring`` (a ring Writer), whole or
+    not at all: what the ring's claim raises (full for ``timeout`` seconds,
+    its reader gone) leaves nothing written, and a failed fill is aborted."""
+    size = record_size(topic_bytes, sum(len(b) for b in batches))
+    buf = ring.claim(size, record_type, timeout)
+    try:
+        write_record(buf, token, topic_bytes, partition, batches, epoch=epoch, arg=arg)
+    except BaseException:
+        ring.abort()
+        raise
+    ring.commit()
+
+
 class AckTo(msgspec.Struct, array_like=True, frozen=True):
     """The payload of an ``ACK_TO`` record: report flushes to ``endpoints``
     as slave ``slave_id`` of the master of leader epoch ``epoch``."""

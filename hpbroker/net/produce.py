@@ -75,19 +75,12 @@ def hand_off(ring, token: int, topic_b: bytes, partition: int, batches, epoch: i
     """Copy one produce request into ``ring`` (a ring Writer) as one PRODUCE
     record, whole or not at all: raises BrokerError, with nothing written,
     when the ring stays full for ``timeout`` seconds or its writer is gone."""
-    size = handoff.record_size(topic_b, sum(b.nbytes for b in batches))
     try:
-        buf = ring.claim(size, handoff.PRODUCE, timeout)
+        handoff.put_record(ring, handoff.PRODUCE, timeout, token, topic_b, partition, batches, epoch=epoch)
     except RingFull:
         raise BrokerError(ErrorCode.BUSY, "the writer's ring stayed full; the disk is behind, retry later") from None
     except (PeerDead, RingClosed) as e:
         raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"the partition's writer is gone ({e})") from None
-    try:
-        handoff.write_record(buf, token, topic_b, partition, batches, epoch=epoch)
-    except BaseException:
-        ring.abort()
-        raise
-    ring.commit()
 
 
 @dataclass(slots=True)

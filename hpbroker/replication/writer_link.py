@@ -52,16 +52,8 @@ class WriterLink:
         """One ring record to the writer that owns the partition; raises
         :class:`~hpbroker.ring.RingFull` when its ring stays full for
         ``CLAIM_TIMEOUT_S`` (nothing is written then)."""
-        tb = topic.encode()
-        size = handoff.record_size(tb, sum(len(f) for f in frames))
         ring = self.rings[handoff.owner_of(topic, partition, len(self.rings))]
-        buf = ring.claim(size, kind, CLAIM_TIMEOUT_S)
-        try:
-            handoff.write_record(buf, token, tb, partition, frames, arg=arg)
-        except BaseException:
-            ring.abort()
-            raise
-        ring.commit()
+        handoff.put_record(ring, kind, CLAIM_TIMEOUT_S, token, topic.encode(), partition, frames, arg=arg)
 
     def ack_to(self, epoch: int, slave_id: int, endpoints: list[str]) -> None:
         """Have the writers report each flush straight to the master's
@@ -70,15 +62,11 @@ class WriterLink:
         if not endpoints and not self.acking_to:
             return
         payload = handoff.ack_to_encoder.encode(handoff.AckTo(epoch=epoch, slave_id=slave_id, endpoints=list(endpoints)))
-        size = handoff.record_size(b"", len(payload))
         for ring in self.rings:
             try:
-                buf = ring.claim(size, handoff.ACK_TO, CLAIM_TIMEOUT_S)
+                handoff.put_record(ring, handoff.ACK_TO, CLAIM_TIMEOUT_S, 0, b"", 0, [payload])
             except Exception as e:  # noqa: BLE001 - a full or closed ring: the replicator's acks still flow
                 log.warning("could not tell a writer where to report its flushes (%s)", e)
-                continue
-            handoff.write_record(buf, 0, b"", 0, [payload])
-            ring.commit()
         self.acking_to = list(endpoints)
 
     def close(self) -> None:
