@@ -72,6 +72,16 @@ class FileSystem:
                 raise OSError(_errno.EIO, "write returned 0")
             done += k
 
+    def truncate_file(self, path, length: int) -> None:
+        """Cut the file ``path`` to ``length`` bytes and fsync it (recovery's
+        torn tail, a slave's divergent tail)."""
+        fd = self.open(path, os.O_WRONLY)
+        try:
+            self.ftruncate(fd, length)
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
     def write_atomic(self, path, data) -> None:
         """Replace the file ``path`` with ``data``, so a crash leaves the old or the new file whole.
 

@@ -141,7 +141,7 @@ def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: i
             if size - end.pos and not end.zero:
                 log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, end.reason)
             cut = size - end.pos
-            _truncate_file(fs, seg.log_path, end.pos)
+            fs.truncate_file(seg.log_path, end.pos)
     finally:
         fs.close(fd)
     seg.size = end.pos
@@ -150,15 +150,6 @@ def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: i
         seg.seal()
     seg.rewrite_indexes(fs, sync=not is_last)
     return end, cut, ""
-
-
-def _truncate_file(fs: FileSystem, path: str, length: int) -> None:
-    wfd = fs.open(path, os.O_WRONLY)
-    try:
-        fs.ftruncate(wfd, length)
-        fs.fsync(wfd)
-    finally:
-        fs.close(wfd)
 
 
 def _fence(segs, rp, msg, d) -> Recovered:

@@ -64,12 +64,7 @@ def truncate_dir(d: str, offset: int, fs: FileSystem | None = None) -> int:
                 pass
     path = layout.log_path(d, holder)
     removed += os.path.getsize(path) - cut
-    fd = fs.open(path, os.O_WRONLY)
-    try:
-        fs.ftruncate(fd, cut)
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
+    fs.truncate_file(path, cut)
     for q in (layout.index_path(d, holder), layout.timeindex_path(d, holder)):
         try:
             os.unlink(q)
