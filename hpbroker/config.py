@@ -109,6 +109,17 @@ class ReplicationConfig(_Section):
     unclean_truncation: Annotated[bool, M(description="slave: may it cut batches of epochs its master never had? Such batches were acknowledged by a master this one never followed: this broker in a reign of its own, or the other side of a split brain (an old master restarted as master after its slave was promoted). false: the slave refuses to follow such a master and says which offsets and epochs are at stake; true: it cuts them and follows (what they acknowledged is lost), like Kafka's unclean.leader.election.enable.")] = False
 
 
+class GroupsConfig(_Section):
+    """[groups]: consumer groups coordinated by this broker (docs/consumer.md)."""
+
+    offsets_partitions: Annotated[int, M(ge=1, le=1024, description="Partitions of the internal __consumer_offsets topic, created on the first group request. A group's offsets live in partition crc32(group) % N, and the acceptor that serves that partition coordinates the group, so N spreads groups over acceptors. Fixed once the topic exists.")] = 8
+    heartbeat_interval_ms: Annotated[int, M(ge=10, description="How often members heartbeat (told in every heartbeat reply). A partition a member gives up reaches its next owner on that owner's next heartbeat, so this bounds how long a move takes after a release, a clean leave or an expiry.")] = 500
+    min_session_timeout_ms: Annotated[int, M(ge=1, description="The shortest session_timeout_ms a member may ask for (BAD_REQUEST below it).")] = 1000
+    max_session_timeout_ms: Annotated[int, M(ge=1, description="The longest session_timeout_ms a member may ask for (BAD_REQUEST above it).")] = 300_000
+    default_assignor: Annotated[Literal["sticky", "range", "roundrobin"], M(description="The assignor of a group whose members name none: sticky (balanced, moves the fewest partitions when members come and go), range (MetaQ's default) or roundrobin. Members may name one; the group uses the one most of them name.")] = "sticky"
+    commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -116,6 +127,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
+    groups: GroupsConfig = GroupsConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -135,6 +147,8 @@ class Config(_Section):
         if self.replication.acceptor_ack_port and self.replication.acceptor_ack_port + self.broker.acceptors - 1 > 65535:
             raise ValueError(f"replication.acceptor_ack_port ({self.replication.acceptor_ack_port}) + broker.acceptors - 1 "
                              "must be a port number (acceptor i binds acceptor_ack_port + i)")
+        if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms:
+            raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
 

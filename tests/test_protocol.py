@@ -220,7 +220,8 @@ def test_error_replies_use_the_requests_reply_type():
 
 def test_error_codes_and_broker_error():
     assert ErrorCode.OK == 0 and ErrorCode.INTERNAL == 99 and ErrorCode.BROKER_SHUTTING_DOWN == 13
-    assert RETRIABLE == {ErrorCode.BUSY, ErrorCode.NOT_LEADER, ErrorCode.REQUEST_TIMED_OUT, ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.BROKER_SHUTTING_DOWN}
+    assert RETRIABLE == {ErrorCode.BUSY, ErrorCode.NOT_LEADER, ErrorCode.REQUEST_TIMED_OUT, ErrorCode.NOT_ENOUGH_REPLICAS,
+                         ErrorCode.BROKER_SHUTTING_DOWN, ErrorCode.NOT_COORDINATOR}
     e = BrokerError(2, "too big")
     assert e.code is ErrorCode.MESSAGE_TOO_LARGE and e.message == "too big" and not e.retriable
     assert "MESSAGE_TOO_LARGE" in str(e)

@@ -109,7 +109,11 @@ class Storage:
         return list(self._logs.values())
 
     def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
-        """Run retention on every open partition; returns the deleted segment bases."""
+        """Run retention on every open partition; returns the deleted segment bases.
+
+        Internal topics (names starting with ``__``: ``__consumer_offsets``)
+        are never expired: they hold state, such as committed offsets, that
+        must outlive any retention of data."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
         delayed = self._delayed
@@ -122,6 +126,8 @@ class Storage:
 
         out = {}
         for key, log in self._logs.items():
+            if key[0].startswith("__"):
+                continue
             deleted = apply_retention(log, self.config, now, delete_later, archive_later)
             if deleted:
                 out[key] = deleted

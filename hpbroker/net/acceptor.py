@@ -33,6 +33,7 @@ from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
+from hpbroker.net.groups import OFFSETS_TOPIC, CommitSink, GroupService
 from hpbroker.net.produce import Drops, check_request_size, hand_off
 from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
@@ -66,7 +67,8 @@ class Acceptor:
         self.drops = Drops()  # acks=0 requests refused without a reply
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx)
+        self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
@@ -141,6 +143,8 @@ class Acceptor:
 
     def _send(self, replies) -> None:
         for ident, reply in replies:
+            if ident.__class__ is CommitSink:  # an OffsetCommit's record: answer the committer
+                ident, reply = self.groups.on_commit_done(ident, reply)
             self._reply(ident, reply)
 
     # -- what the writers, the replicator, the slaves and the supervisor say -------
@@ -177,6 +181,7 @@ class Acceptor:
 
     def _expire(self, now: float) -> None:
         self._send(self.acks.tick(now))
+        self.groups.tick(now)
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 
@@ -248,6 +253,20 @@ class Acceptor:
                     self._reply(ident, self.admin.promote(req))
                 case m.CreateTopic():
                     self._reply(ident, self.admin.create_topic(req))
+                case m.FindCoordinator():
+                    self._reply(ident, self.groups.find_coordinator(req))
+                case m.GroupHeartbeat():
+                    self._reply(ident, self.groups.heartbeat(req))
+                case m.OffsetCommit():
+                    reply = self.groups.offset_commit(ident, req)
+                    if reply is not None:
+                        self._reply(ident, reply)
+                case m.OffsetFetch():
+                    self._reply(ident, self.groups.offset_fetch(req))
+                case m.ListGroups():
+                    self._reply(ident, self.groups.list_groups(req))
+                case m.DescribeGroup():
+                    self._reply(ident, self.groups.describe(req))
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
@@ -259,6 +278,13 @@ class Acceptor:
     # -- produce ----------------------------------------------------------------
 
     def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
+        if req.topic == OFFSETS_TOPIC:
+            raise BrokerError(ErrorCode.BAD_REQUEST, f"{OFFSETS_TOPIC} is internal: commit offsets with OffsetCommit")
+        self._hand_off(ident, req, batches)
+
+    def _hand_off(self, ident, req, batches: list[memoryview]) -> None:
+        """Register a produce request and copy it into its writer's ring
+        (``ident``: the client's, or a CommitSink for a group commit)."""
         if self.stopping:
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping")
         if self.cluster.view.role == "slave":

@@ -35,13 +35,14 @@ from hpbroker.replication.probe import master_answering
 
 class Admin:
     def __init__(self, index: int, cfg: config_mod.Config, cluster: Cluster, acks: ProduceAcks, fetch: FetchService,
-                 ctx: zmq.Context):
+                 ctx: zmq.Context, groups=None):
         self.index = index
         self.cfg = cfg
         self.cluster = cluster
         self.acks = acks
         self.fetch = fetch
         self.ctx = ctx  # for the promotion probe's short-lived socket
+        self.groups = groups  # net.groups.GroupService: its counters
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -92,6 +93,8 @@ class Admin:
             "messages": sum(self.fetch.hwm.values()) - sum(self.fetch.log_start.values()),
         }
         out.update(policy.stats)
+        if self.groups is not None:
+            out.update(self.groups.stats())
         # until the replicator's first broadcast: the supervisor's role, not the
         # flags' (a promoted broker restarted with slave flags is a master)
         out.setdefault("replication_role", view.role)

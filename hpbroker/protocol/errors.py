@@ -21,6 +21,17 @@ code   name                        retriable  meaning
 13     BROKER_SHUTTING_DOWN        yes        the broker is stopping; retry (elsewhere) later
 14     UNSUPPORTED_COMPRESSION     no         a batch's compression bits name a codec this broker
                                               does not take (only 0, none, for now)
+15     NOT_COORDINATOR             yes        this acceptor does not coordinate the group; ask
+                                              FindCoordinator again
+16     UNKNOWN_MEMBER_ID           no         the coordinator does not know this member (its
+                                              session expired, it left, or the broker restarted):
+                                              rejoin with member_epoch 0
+17     FENCED_MEMBER_EPOCH         no         a stale member epoch, or a commit for a partition
+                                              the member does not own (any more): it was moved
+18     GROUP_ID_NOT_FOUND          no         DescribeGroup of a group with no members and no
+                                              committed offsets
+19     NON_EMPTY_GROUP             no         an admin commit (no member id) while the group has
+                                              live members
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -46,6 +57,11 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_VERSION = 12
     BROKER_SHUTTING_DOWN = 13
     UNSUPPORTED_COMPRESSION = 14
+    NOT_COORDINATOR = 15
+    UNKNOWN_MEMBER_ID = 16
+    FENCED_MEMBER_EPOCH = 17
+    GROUP_ID_NOT_FOUND = 18
+    NON_EMPTY_GROUP = 19
     INTERNAL = 99
 
 
@@ -56,6 +72,7 @@ RETRIABLE: frozenset[int] = frozenset(
         ErrorCode.REQUEST_TIMED_OUT,
         ErrorCode.NOT_ENOUGH_REPLICAS,
         ErrorCode.BROKER_SHUTTING_DOWN,
+        ErrorCode.NOT_COORDINATOR,
     }
 )
 

@@ -117,8 +117,105 @@ class Promote(_Request):
     force: bool = False
 
 
-Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote]
-REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote)
+# ------------------------------------------------------- consumer groups
+#
+# docs/protocol.md section 3, "Consumer groups", and docs/consumer.md.  A
+# group's requests go to its coordinator, the acceptor FindCoordinator
+# names; any other acceptor answers NOT_COORDINATOR.
+
+#: A consumer group's name (MetaQ's group names, plus ``@`` for the
+#: instance names of broadcast consumers).
+GroupId = Annotated[str, M(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._@:-]+$")]
+MemberId = Annotated[str, M(max_length=64)]
+
+#: GroupHeartbeat ``member_epoch`` values.
+JOIN = 0
+LEAVE = -1
+
+
+class TopicPartitions(msgspec.Struct, frozen=True):
+    topic: str
+    partitions: list[int]
+
+
+class OffsetEntry(msgspec.Struct, frozen=True):
+    """A committed offset: the next offset the group reads in that partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    metadata: str = ""
+    #: OffsetFetch/DescribeGroup replies: when it was committed (ms since the epoch).
+    commit_timestamp: int = -1
+
+
+class FindCoordinator(_Request):
+    """Which acceptor coordinates ``group`` (any acceptor answers)."""
+
+    group: GroupId
+
+
+class GroupHeartbeat(_Request):
+    """Join (``member_epoch`` 0), stay (the epoch last given) or leave (-1).
+
+    Assignment is computed by the broker (Kafka's KIP-848 shape): the reply
+    says which partitions the member owns now.  A partition another member
+    still owns is given only once that member has reported releasing it
+    (``owned``) or has been removed, so no partition ever has two owners."""
+
+    group: GroupId
+    member_id: MemberId = ""
+    member_epoch: Annotated[int, M(ge=-1)] = JOIN
+    #: a name for people (``groups describe``); broadcast consumers' instance name
+    instance_id: Annotated[str, M(max_length=249)] = ""
+    client_host: Annotated[str, M(max_length=255)] = ""
+    topics: list[TopicName] = []
+    #: "range", "roundrobin" or "sticky"; "" = the broker's groups.default_assignor
+    assignor: Annotated[str, M(max_length=32)] = ""
+    session_timeout_ms: Annotated[int, M(ge=1, le=1 << 31)] = 10_000
+    rebalance_timeout_ms: Annotated[int, M(ge=1, le=1 << 31)] = 300_000
+    #: the partitions the member consumes now (what it was given, less what it released)
+    owned: list[TopicPartitions] = []
+
+
+class OffsetCommit(_Request):
+    """Commit ``offsets`` for ``group``, durably (as a produce with acks=all
+    to the internal ``__consumer_offsets`` topic) before the reply.  A
+    member commits with its id and epoch, and only for partitions it owns
+    (else FENCED_MEMBER_EPOCH / UNKNOWN_MEMBER_ID).  ``member_id`` "" and
+    ``member_epoch`` -1: an admin commit, allowed only while the group has
+    no members.  ``validate_only``: check the fencing, write nothing (for
+    consumers whose offsets live in another store)."""
+
+    group: GroupId
+    member_id: MemberId = ""
+    member_epoch: Annotated[int, M(ge=-1)] = -1
+    offsets: list[OffsetEntry] = []
+    validate_only: bool = False
+    timeout_ms: TimeoutMs = 30000
+
+
+class OffsetFetch(_Request):
+    """The committed offsets of ``group`` (all of them when ``partitions`` is null)."""
+
+    group: GroupId
+    partitions: list[TopicPartitions] | None = None
+
+
+class ListGroups(_Request):
+    """The groups this acceptor coordinates (ask every acceptor for all)."""
+
+
+class DescribeGroup(_Request):
+    """Members, assignment, committed offsets and lag of one group."""
+
+    group: GroupId
+
+
+Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote, FindCoordinator,
+                GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup]
+REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote,
+                                   FindCoordinator, GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup)
 
 # ------------------------------------------------------------------ replies
 
@@ -201,6 +298,72 @@ class PromoteReply(_Reply):
     leader_epoch: int = -1
 
 
+class FindCoordinatorReply(_Reply):
+    acceptor: int = -1
+    endpoint: str = ""
+
+
+class GroupHeartbeatReply(_Reply):
+    member_id: str = ""
+    #: -1 after a leave
+    member_epoch: int = -1
+    #: how often the broker wants a heartbeat (also sooner, after a change of ``owned``)
+    heartbeat_interval_ms: int = 0
+    #: the partitions the member owns now: it stops consuming (after its
+    #: on_revoke) any it holds that are not listed, then says so in ``owned``
+    assignment: list[TopicPartitions] = []
+
+
+class OffsetCommitReply(_Reply):
+    pass
+
+
+class OffsetFetchReply(_Reply):
+    offsets: list[OffsetEntry] = []
+
+
+class GroupListing(msgspec.Struct, frozen=True):
+    group: str
+    #: "stable", "reconciling" (partitions still moving) or "empty" (offsets only)
+    state: str
+    members: int
+
+
+class ListGroupsReply(_Reply):
+    groups: list[GroupListing] = []
+
+
+class MemberDescription(msgspec.Struct, frozen=True):
+    member_id: str
+    instance_id: str
+    client_host: str
+    member_epoch: int
+    topics: list[str]
+    #: what it owns now (being revoked included)
+    assignment: list[TopicPartitions]
+    #: owned partitions it was told to give up and has not released yet
+    revoking: list[TopicPartitions]
+    last_heartbeat_ms_ago: int
+
+
+class PartitionLag(msgspec.Struct, frozen=True):
+    topic: str
+    partition: int
+    committed: int  # -1: never committed
+    high_watermark: int
+    lag: int  # high_watermark - committed (from the log start when never committed)
+    owner: str = ""  # member id, "" = nobody
+
+
+class DescribeGroupReply(_Reply):
+    group: str = ""
+    state: str = ""
+    group_epoch: int = 0
+    assignor: str = ""
+    members: list[MemberDescription] = []
+    partitions: list[PartitionLag] = []
+
+
 class ErrorReply(_Reply):
     """For a header that cannot be read as a request of this version: not a
     msgpack map, no known ``t``, or another ``v`` (id -1 when even the
@@ -208,9 +371,12 @@ class ErrorReply(_Reply):
     request's own reply type (docs/protocol.md, section 4)."""
 
 
-Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply, ErrorReply]
+Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply,
+              FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply, OffsetFetchReply, ListGroupsReply,
+              DescribeGroupReply, ErrorReply]
 REPLY_TYPES: tuple[type, ...] = (MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply,
-                                 PromoteReply, ErrorReply)
+                                 PromoteReply, FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply,
+                                 OffsetFetchReply, ListGroupsReply, DescribeGroupReply, ErrorReply)
 
 #: The reply type that answers each request type.
 REPLY_FOR: dict[type, type] = {
@@ -222,4 +388,10 @@ REPLY_FOR: dict[type, type] = {
     CreateTopic: CreateTopicReply,
     Stats: StatsReply,
     Promote: PromoteReply,
+    FindCoordinator: FindCoordinatorReply,
+    GroupHeartbeat: GroupHeartbeatReply,
+    OffsetCommit: OffsetCommitReply,
+    OffsetFetch: OffsetFetchReply,
+    ListGroups: ListGroupsReply,
+    DescribeGroup: DescribeGroupReply,
 }
