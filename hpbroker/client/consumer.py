@@ -1,53 +1,81 @@
-"""``Consumer``: long-poll fetches per partition, decoded or raw.
+"""``Consumer``: long-poll fetches of one or more topics, alone or in a group.
+
+Modes (docs/consumer.md):
+
+* **manual**: no ``group_id``; every partition of the topics (or
+  ``partitions=`` of a single topic), positions from ``auto_offset_reset``,
+  nothing committed;
+* **clustering** (``group_id``): the broker's coordinator gives each member
+  its partitions (:mod:`~hpbroker.client.membership`, a heartbeat thread);
+  positions start at the committed offsets; ``commit``/``commit_async`` and
+  auto-commit store them (:mod:`~hpbroker.client.group_offsets`);
+* **broadcast** (``group_id`` and ``broadcast=True``): every instance reads
+  every partition and keeps its own offsets under ``<group>-<instance>``
+  (MetaQ's naming), in a local file unless another store is named;
+* ``group_id`` with ``partitions=``: manual assignment with committed
+  offsets (commits are refused while the group has live members).
 
 Single-threaded like kafka-python's consumer: the caller's thread owns the
-sockets.  For every assigned partition at most one Fetch is in flight; as
-soon as its reply arrives (inside :meth:`poll`) the next Fetch is sent, so
-the broker is already waiting for more while the caller works through the
-last reply (one reply is buffered per partition).  :meth:`seek` forgets
-the in-flight fetch of that partition (its late reply is ignored).
-
-A fetch returns whole batches, so one that starts in the middle of a batch
-also returns the records before the requested offset; :meth:`poll` skips
-them, :meth:`poll_batches` reports them (``RawBatches.start_offset``).
+sockets, and listeners (``on_assign``, ``on_revoke``, ``on_lost``) run on it,
+inside :meth:`poll`.  Delivery is at least once: auto-commit (every
+``auto_commit_interval_ms``, at the start of a ``poll``) commits only the
+positions after what earlier ``poll`` calls returned, and a partition that
+moves is committed before it is given up.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import socket
 import time
-from collections import deque
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-
-from hpbroker import batch
 from hpbroker.client.cluster import topic_partitions
-from hpbroker.client.records import Message, RawBatches
+from hpbroker.client.fetcher import Fetcher, Part
+from hpbroker.client.group_offsets import GroupOffsets
+from hpbroker.client.membership import Membership
+from hpbroker.client.records import Message, RawBatches, TopicPartition
 from hpbroker.client.transport import Transport
+from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
-from hpbroker.protocol.messages import EARLIEST, LATEST, Fetch, FetchReply, ListOffsets
+from hpbroker.protocol.messages import EARLIEST, LATEST, ListOffsets
+
+log = logging.getLogger("hpbroker.consumer")
+
+TP = tuple[str, int]
 
 
-class _Part:
-    __slots__ = ("partition", "position", "fetch_id", "fetch_offset", "buffer", "decoded", "error")
-
-    def __init__(self, partition: int):
-        self.partition = partition
-        self.position: int | None = None  # next offset to hand out
-        self.fetch_id: int | None = None  # the fetch in flight
-        self.fetch_offset = 0  # where the next fetch starts
-        self.buffer: deque = deque()  # (memoryview, pos) of received batches not yet handed out
-        self.decoded: deque = deque()  # Messages decoded from the current batch
-        self.error: BrokerError | None = None
+def default_instance_name() -> str:
+    """This host's name with everything but ``[A-Za-z0-9_]`` as ``-`` (MetaQ
+    used the local IP with ``.`` and ``:`` replaced by ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "-", socket.gethostname()) or "localhost"
 
 
 class Consumer:
     def __init__(
         self,
         bootstrap: str = "tcp://127.0.0.1:7600",
-        topic: str | None = None,
+        topics: str | Sequence[str] | None = None,
         *,
+        topic: str | None = None,
         partitions: Iterable[int] | None = None,
+        group_id: str | None = None,
+        broadcast: bool = False,
+        instance_name: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 10_000,
+        max_poll_interval_ms: int = 300_000,
+        assignor: str = "",
+        listener=None,
+        on_assign=None,
+        on_revoke=None,
+        on_lost=None,
+        offset_store=None,
+        offset_store_path: str | None = None,
+        offset_store_connection=None,
+        offset_store_hosts: str | None = None,
         auto_offset_reset: str = "latest",
         fetch_max_wait_ms: int = 500,
         fetch_max_bytes: int = 1 << 20,
@@ -59,74 +87,268 @@ class Consumer:
     ):
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be 'earliest', 'latest' or 'none'")
-        if topic is None:
-            raise ValueError("a Consumer needs a topic")
-        self.topic = topic
+        names = [topics] if isinstance(topics, str) else list(topics or [])
+        if topic is not None:
+            names.append(topic)
+        if not names:
+            raise ValueError("a Consumer needs a topic (or a list of topics)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"topics named twice: {names}")
+        if partitions is not None and len(names) != 1:
+            raise ValueError("partitions= picks partitions of one topic; with several topics, leave it out")
+        if broadcast and not group_id:
+            raise ValueError("broadcast=True needs a group_id (the offsets are kept under <group_id>-<instance>)")
+        self.bootstrap = bootstrap
+        self.topics = names
+        self.topic = names[0]  # the single-topic shortcut: int partition arguments mean this topic's
+        self.group_id = group_id
+        self.broadcast = broadcast
         self.auto_offset_reset = auto_offset_reset
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.fetch_max_bytes = fetch_max_bytes
-        self.fetch_min_bytes = fetch_min_bytes
         self.consumer_timeout_ms = consumer_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.enable_auto_commit = bool(group_id) and enable_auto_commit
+        self.auto_commit_interval = auto_commit_interval_ms / 1000.0
+        self._on_assign = on_assign or getattr(listener, "on_partitions_assigned", None)
+        self._on_revoke = on_revoke or getattr(listener, "on_partitions_revoked", None)
+        self._on_lost = on_lost or getattr(listener, "on_partitions_lost", None)
         self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes,
                             readers=True)
-        self.connect_timeout_ms = connect_timeout_ms
-        self._lost = False  # a broker did not answer: with several, find the one to read from again
-        self._parts: dict[int, _Part] = {}
-        self._rr = 0
+        self._f = Fetcher(self._t, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes, min_bytes=fetch_min_bytes,
+                          reset_needed=self._reset)
+        self._waker: Waker | None = None
+        self._membership: Membership | None = None
+        self._offsets: GroupOffsets | None = None
+        self._committed: dict[TP, int] = {}  # what this consumer last committed (skip unchanged commits)
+        self._next_auto_commit = time.monotonic() + self.auto_commit_interval
+        self._stopping = False
+        self.instance_name = instance_name or default_instance_name()
+        self.partition_counts: dict[str, int] = {}
         try:
-            md = self._t.metadata([topic], timeout_ms=connect_timeout_ms)
-            self.partition_count = topic_partitions(md, topic)
-            self.assign(range(self.partition_count) if partitions is None else partitions)
+            md = self._t.metadata(names, timeout_ms=connect_timeout_ms)
+            for name in names:
+                self.partition_counts[name] = topic_partitions(md, name)
+            self.partition_count = self.partition_counts[self.topic]
+            if group_id:
+                self._offsets = self._make_offsets(group_id, offset_store, offset_store_path, offset_store_connection,
+                                                   offset_store_hosts)
+            if group_id and not broadcast and partitions is None:
+                self._waker = Waker()
+                self._t.poller.register(self._waker.rfd, 1)  # zmq.POLLIN
+                self._membership = Membership(bootstrap, group_id, names, session_timeout_ms=session_timeout_ms,
+                                              max_poll_interval_ms=max_poll_interval_ms, assignor=assignor,
+                                              instance_id=self.instance_name, request_timeout_ms=request_timeout_ms,
+                                              on_change=self._waker.wake)
+                self._offsets.membership = self._membership
+                self._membership.start()
+            elif partitions is not None:
+                self._assign([(self.topic, p) for p in partitions])
+            else:
+                self._assign([(t, p) for t in names for p in range(self.partition_counts[t])])
         except BaseException:
-            self._t.close()
+            self._close_quietly()
             raise
+
+    def _make_offsets(self, group_id, spec, path, connection, hosts) -> GroupOffsets:
+        if spec is None:
+            spec = "file" if self.broadcast else "broker"
+        storage = f"{group_id}-{self.instance_name}" if self.broadcast else group_id
+        if spec == "broker":
+            return GroupOffsets(self._t, group_id, storage_group=storage, timeout_ms=self.request_timeout_ms)
+        from hpbroker.client.offset_stores import resolve_store
+
+        options = {}
+        if spec == "file":
+            options["path"] = path
+        elif spec == "sql":
+            options["connection"] = connection
+        elif spec == "zookeeper":
+            options["hosts"] = hosts
+        store = resolve_store(spec, **{k: v for k, v in options.items() if v is not None})
+        return GroupOffsets(self._t, group_id, store=store, storage_group=storage, timeout_ms=self.request_timeout_ms)
 
     # -- assignment and positions -----------------------------------------------------------
 
-    def assign(self, partitions: Iterable[int]) -> None:
-        """Consume exactly these partitions of the topic (positions of
-        partitions kept from the old assignment are kept)."""
-        new = {}
-        for p in partitions:
-            if not 0 <= p < self.partition_count:
-                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{self.topic!r} has no partition {p}")
-            new[p] = self._parts.get(p) or _Part(p)
-        for p, part in self._parts.items():
-            if p not in new and part.fetch_id is not None:
-                self._t.forget(part.fetch_id)
-        self._parts = new
+    def _tp(self, partition) -> TP:
+        if isinstance(partition, tuple):
+            return (partition[0], int(partition[1]))
+        return (self.topic, int(partition))
 
-    def assignment(self) -> set[int]:
-        return set(self._parts)
+    def assign(self, partitions: Iterable) -> None:
+        """Consume exactly these partitions (ints of the first topic, or
+        TopicPartitions); positions of partitions kept are kept.  Not with
+        group membership: the coordinator assigns."""
+        if self._membership is not None:
+            raise RuntimeError("this consumer is a group member: its partitions come from the group's coordinator")
+        self._assign([self._tp(p) for p in partitions])
 
-    def position(self, partition: int) -> int:
+    def _assign(self, tps: list[TP]) -> None:
+        for t, p in tps:
+            n = self.partition_counts.get(t)
+            if n is None or not 0 <= p < n:
+                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{t!r} has no partition {p}")
+        for tp in [tp for tp in self._f.parts if tp not in set(tps)]:
+            self._f.drop(tp)
+        new = [tp for tp in tps if tp not in self._f.parts]
+        for tp in new:
+            self._f.parts[tp] = Part(*tp)
+        if self._offsets is not None and new:
+            self._start_at_committed(new)
+
+    def _start_at_committed(self, tps: list[TP]) -> None:
+        committed = self._offsets.load(tps)
+        for tp in tps:
+            if tp in committed:
+                self._f.move(self._f.parts[tp], committed[tp])
+                self._committed[tp] = committed[tp]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(*tp) for tp in self._f.parts}
+
+    def position(self, partition) -> int:
         part = self._part(partition)
         if part.position is None:
             self._reset(part)
         return part.position
 
-    def seek(self, partition: int, offset: int) -> None:
+    def seek(self, partition, offset: int) -> None:
         part = self._part(partition)
         if offset < 0:
             raise ValueError("offset must be >= 0")
-        self._move(part, offset)
+        self._f.move(part, offset)
 
-    def seek_to_beginning(self, *partitions: int) -> None:
+    def seek_to_beginning(self, *partitions) -> None:
         self._seek_spec(partitions, EARLIEST)
 
-    def seek_to_end(self, *partitions: int) -> None:
+    def seek_to_end(self, *partitions) -> None:
         self._seek_spec(partitions, LATEST)
 
-    def offsets_for_times(self, timestamps: dict[int, int]) -> dict[int, int]:
+    def offsets_for_times(self, timestamps: dict) -> dict:
         """{partition: first offset whose batch has max_timestamp >= ts}
         (the high watermark when there is none)."""
-        return {p: self._list_offset(p, ts) for p, ts in timestamps.items()}
+        return {p: self._list_offset(self._tp(p), ts) for p, ts in timestamps.items()}
 
-    def beginning_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
-        return {p: self._list_offset(p, EARLIEST) for p in (partitions if partitions is not None else self._parts)}
+    def beginning_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, EARLIEST)
 
-    def end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
-        return {p: self._list_offset(p, LATEST) for p in (partitions if partitions is not None else self._parts)}
+    def end_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, LATEST)
+
+    def _offsets_at(self, partitions, spec) -> dict:
+        if partitions is None:
+            return {self._key(tp): self._list_offset(tp, spec) for tp in self._f.parts}
+        return {p: self._list_offset(self._tp(p), spec) for p in partitions}
+
+    def _key(self, tp: TP):
+        """How results are keyed: an int for the single-topic consumer, as before; else a TopicPartition."""
+        return tp[1] if len(self.topics) == 1 else TopicPartition(*tp)
+
+    # -- commits ----------------------------------------------------------------------------
+
+    def _need_group(self) -> GroupOffsets:
+        if self._offsets is None:
+            raise RuntimeError("commit needs a group_id: a consumer without a group has no committed offsets")
+        return self._offsets
+
+    def _positions(self) -> dict[TP, int]:
+        return {tp: part.position for tp, part in self._f.parts.items() if part.position is not None}
+
+    def _explicit(self, offsets) -> dict[TP, int]:
+        return {self._tp(p): int(o) for p, o in offsets.items()}
+
+    def commit(self, offsets: dict | None = None) -> None:
+        """Commit ``offsets`` ({partition: next offset to read}), or the
+        positions of every assigned partition: durable when it returns.
+        Raises BrokerError: FENCED_MEMBER_EPOCH or UNKNOWN_MEMBER_ID when
+        this member no longer owns a partition it names (it was moved)."""
+        g = self._need_group()
+        todo = self._explicit(offsets) if offsets is not None else self._changed(self._positions())
+        g.commit(todo)
+        self._committed.update(todo)
+
+    def commit_async(self, callback=None, offsets: dict | None = None) -> None:
+        """Send the commit and return; ``callback(offsets, exception)`` runs
+        in a later ``poll`` (exception None on success)."""
+        g = self._need_group()
+        todo = self._explicit(offsets) if offsets is not None else self._changed(self._positions())
+
+        def done(offs, err):
+            if err is None:
+                self._committed.update(offs)
+            elif callback is None:
+                log.warning("group %s: commit of %d partitions failed: %s", self.group_id, len(offs), err)
+            if callback is not None:
+                callback({self._key(tp): o for tp, o in offs.items()}, err)
+
+        g.commit_async(todo, done)
+
+    def committed(self, partition) -> int | None:
+        """The committed offset of ``partition`` (read from the store), or None."""
+        tp = self._tp(partition)
+        return self._need_group().load([tp]).get(tp)
+
+    def _changed(self, positions: dict[TP, int]) -> dict[TP, int]:
+        return {tp: o for tp, o in positions.items() if self._committed.get(tp) != o}
+
+    def _auto_commit(self, now: float) -> None:
+        if not self.enable_auto_commit or now < self._next_auto_commit:
+            return
+        self._next_auto_commit = now + self.auto_commit_interval
+        if self._changed(self._positions()):
+            self.commit_async()
+
+    # -- the group ----------------------------------------------------------------------------
+
+    def _group_step(self) -> None:
+        """Apply what the heartbeat thread learned, then auto-commit."""
+        ms = self._membership
+        if ms is not None:
+            ms.touch()
+            lost, target = ms.take()
+            if lost:
+                self._lose(lost)
+            if target is not None:
+                self._rebalance(target)
+        self._auto_commit(time.monotonic())
+
+    def _lose(self, reason: str) -> None:
+        gone = set(self._f.parts)
+        for tp in gone:
+            self._f.drop(tp)
+            self._committed.pop(tp, None)
+        self._membership.confirm(frozenset())
+        if gone and self._on_lost is not None:
+            self._on_lost({TopicPartition(*tp) for tp in gone})
+
+    def _rebalance(self, target: frozenset[TP]) -> None:
+        current = set(self._f.parts)
+        revoked = current - target
+        added = target - current
+        if revoked:
+            if self.enable_auto_commit:
+                try:
+                    self.commit({TopicPartition(*tp): self._f.parts[tp].position for tp in revoked
+                                 if self._f.parts[tp].position is not None
+                                 and self._committed.get(tp) != self._f.parts[tp].position})
+                except BrokerError as e:
+                    log.warning("group %s: commit before giving up %d partitions failed: %s",
+                                self.group_id, len(revoked), e)
+            if self._on_revoke is not None:
+                self._on_revoke({TopicPartition(*tp) for tp in revoked})
+            for tp in revoked:
+                self._f.drop(tp)
+                self._committed.pop(tp, None)
+        if added:
+            for t, _ in added:
+                if t not in self.partition_counts:
+                    self.partition_counts[t] = topic_partitions(self._t.metadata([t]), t)
+            for tp in added:
+                self._f.parts[tp] = Part(*tp)
+            self._start_at_committed(sorted(added))
+        self._membership.confirm(frozenset(self._f.parts))
+        if added and self._on_assign is not None:
+            self._on_assign({TopicPartition(*tp) for tp in added})
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -135,14 +357,14 @@ class Consumer:
         the first ones; [] when nothing arrived in time."""
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            self._group_step()
             out: list[Message] = []
-            parts = self._rotation()
-            for part in parts:
+            for part in self._f.rotation():
                 if len(out) >= max_records:
                     break
-                self._take_messages(part, max_records - len(out), out)
+                self._f.take_messages(part, max_records - len(out), out)
             if out:
-                self._fetch_all()
+                self._f.fetch_all(self.connect_timeout_ms)
                 return out
             if not self._wait(deadline):
                 return out
@@ -153,17 +375,18 @@ class Consumer:
         the total is capped by ``max_bytes`` but at least one batch)."""
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            self._group_step()
             out: list[RawBatches] = []
             budget = max_bytes
-            for part in self._rotation():
+            for part in self._f.rotation():
                 if budget <= 0 and out:
                     break
-                rb = self._take_raw(part, budget if out else max(budget, 1))
+                rb = self._f.take_raw(part, budget if out else max(budget, 1))
                 if rb is not None:
                     out.append(rb)
                     budget -= len(rb.data)
             if out:
-                self._fetch_all()
+                self._f.fetch_all(self.connect_timeout_ms)
                 return out
             if not self._wait(deadline):
                 return out
@@ -179,8 +402,58 @@ class Consumer:
             elif self.consumer_timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= self.consumer_timeout_ms:
                 return
 
-    def close(self) -> None:
+    def run(self, handler, *, batch: bool = False, max_retries: int = 5, on_failure: str = "dlq",
+            retry_backoff_ms: int = 100, recover_interval_ms: int = 300_000, recover_dir: str | None = None,
+            poll_timeout_ms: int = 500):
+        """Drive ``handler`` until :meth:`stop` (docs/consumer.md, "Handler mode").
+
+        ``handler(message)`` (or ``handler(messages)`` with ``batch=True``)
+        is retried ``max_retries`` times with backoff; a message it still
+        fails on goes to ``on_failure``: ``"dlq"`` (the topic
+        ``<topic>.<group>.dlq``), ``"local"`` (a journal on this machine,
+        redelivered every ``recover_interval_ms``) or ``"drop"``.  The
+        offset moves past a failed message only once it is safely there.
+        Returns the run's counters."""
+        from hpbroker.client.handler import HandlerLoop
+
+        loop = HandlerLoop(self, handler, batch=batch, max_retries=max_retries, on_failure=on_failure,
+                           retry_backoff_ms=retry_backoff_ms, recover_interval_ms=recover_interval_ms,
+                           recover_dir=recover_dir, poll_timeout_ms=poll_timeout_ms)
+        return loop.run()
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the message in hand (any thread, or a signal handler)."""
+        self._stopping = True
+        if self._waker is None:
+            self._waker = Waker()
+            self._t.poller.register(self._waker.rfd, 1)
+        self._waker.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def close(self, autocommit: bool = True) -> None:
+        """Commit (with auto-commit on), leave the group (its partitions move
+        at once), and close the sockets."""
+        try:
+            if autocommit and self.enable_auto_commit and not self._t.closed:
+                try:
+                    self.commit()
+                except BrokerError as e:
+                    log.warning("group %s: final commit failed: %s", self.group_id, e)
+        finally:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        if self._membership is not None:
+            self._membership.close(leave=True)
+        if self._offsets is not None:
+            self._offsets.close()
         self._t.close()
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     def __enter__(self) -> "Consumer":
         return self
@@ -190,178 +463,41 @@ class Consumer:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _part(self, partition: int) -> _Part:
+    def _part(self, partition) -> Part:
+        tp = self._tp(partition)
         try:
-            return self._parts[partition]
+            return self._f.parts[tp]
         except KeyError:
-            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"partition {partition} is not assigned") from None
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"partition {tp[0]}/{tp[1]} is not assigned") from None
 
-    def _rotation(self) -> list[_Part]:
-        parts = list(self._parts.values())
-        if not parts:
-            return parts
-        self._rr = (self._rr + 1) % len(parts)
-        return parts[self._rr :] + parts[: self._rr]
-
-    def _list_offset(self, partition: int, spec: int) -> int:
-        req = ListOffsets(id=self._t.next_id(), topic=self.topic, partition=partition, spec=spec)
-        rep, _ = self._t.call(self._t.endpoint_for(partition), req)
+    def _list_offset(self, tp: TP, spec: int) -> int:
+        req = ListOffsets(id=self._t.next_id(), topic=tp[0], partition=tp[1], spec=spec)
+        rep, _ = self._t.call(self._t.endpoint_for(tp[1]), req)
         return rep.offset
 
     def _seek_spec(self, partitions, spec: int) -> None:
-        for p in partitions or list(self._parts):
+        for p in partitions or list(self._f.parts):
             part = self._part(p)
-            self._move(part, self._list_offset(p, spec))
+            self._f.move(part, self._list_offset((part.topic, part.partition), spec))
 
-    def _move(self, part: _Part, offset: int) -> None:
-        if part.fetch_id is not None:
-            self._t.forget(part.fetch_id)
-            part.fetch_id = None
-        part.buffer.clear()
-        part.decoded.clear()
-        part.error = None
-        part.position = offset
-        part.fetch_offset = offset
-
-    def _reset(self, part: _Part) -> None:
+    def _reset(self, part: Part) -> None:
         if self.auto_offset_reset == "none":
-            raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE, f"no position for partition {part.partition} and auto_offset_reset='none'")
+            raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE,
+                              f"no position for {part.topic}/{part.partition} and auto_offset_reset='none'")
         spec = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
-        self._move(part, self._list_offset(part.partition, spec))
-
-    def _fetch_all(self) -> None:
-        if self._lost:
-            self._lost = False
-            self._t.discover_now(self.connect_timeout_ms)  # None: try the same ones again
-        for part in self._parts.values():
-            if part.position is None:
-                self._reset(part)
-            if part.fetch_id is None and not part.buffer and part.error is None:
-                self._send_fetch(part)
-
-    def _send_fetch(self, part: _Part) -> None:
-        rid = self._t.next_id()
-        req = Fetch(id=rid, topic=self.topic, partition=part.partition, offset=part.fetch_offset,
-                    max_bytes=self.fetch_max_bytes, max_wait_ms=self.fetch_max_wait_ms, min_bytes=self.fetch_min_bytes)
-        part.fetch_id = rid
-        self._t.send(self._t.endpoint_for(part.partition), req,
-                     on_reply=lambda rep, payloads: self._on_fetch(part, rid, rep, payloads),
-                     timeout_ms=self._t.request_timeout_ms + self.fetch_max_wait_ms)
-
-    def _on_fetch(self, part: _Part, rid: int, rep, payloads) -> None:
-        if part.fetch_id != rid:
-            return  # seek() or assign() moved on
-        part.fetch_id = None
-        if rep.code == ErrorCode.OFFSET_OUT_OF_RANGE and self.auto_offset_reset != "none":
-            part.position = None  # _fetch_all resets it
-            return
-        if rep.code in (ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BUSY, ErrorCode.BROKER_SHUTTING_DOWN, ErrorCode.NOT_LEADER):
-            if rep.code != ErrorCode.BUSY and self._t.several:
-                self._lost = True  # maybe failed over: ask every broker which one to read from
-            return  # retried by the next _fetch_all
-        if rep.code or not isinstance(rep, FetchReply):
-            part.error = BrokerError(rep.code or ErrorCode.INTERNAL, rep.message or f"unexpected {type(rep).__name__}")
-            return
-        data = payloads[0]
-        end = 0
-        last = None
-        for pos, h in batch.iter_batches(data):
-            end = pos + h.batch_length
-            last = h
-        if last is None:
-            return  # long poll timed out with nothing new
-        part.fetch_offset = last.base_offset + last.record_count
-        part.buffer.append((data[:end], 0))
+        self._f.move(part, self._list_offset((part.topic, part.partition), spec))
 
     def _wait(self, deadline: float) -> bool:
-        """Make sure fetches are out, then wait for replies; False once the
-        deadline passed with nothing buffered."""
-        self._fetch_all()
-        for part in self._parts.values():
-            if part.error is not None:
-                err, part.error = part.error, None
-                raise err
+        """Make sure fetches are out, then wait for replies (or a wake-up);
+        False once the deadline passed with nothing buffered."""
+        self._f.fetch_all(self.connect_timeout_ms)
+        self._f.raise_errors()
+        if self._stopping:
+            return False
         left = (deadline - time.monotonic()) * 1000.0
         if left <= 0:
             return False
-        self._t.poll(left)
+        fired = self._t.poll(left)
+        if fired and self._waker is not None:
+            self._waker.drain()
         return True
-
-    def _take_messages(self, part: _Part, limit: int, out: list) -> None:
-        pos = part.position
-        if pos is None:
-            return
-        while limit > 0:
-            if not part.decoded:
-                if not part.buffer:
-                    break
-                data, at = part.buffer[0]
-                h = batch.read_header(data, at)
-                nxt = at + h.batch_length
-                if nxt >= len(data):
-                    part.buffer.popleft()
-                else:
-                    part.buffer[0] = (data, nxt)
-                if h.base_offset + h.record_count <= pos:
-                    continue
-                part.decoded.extend(_messages(self.topic, part.partition, data, at, h, pos))
-                continue
-            take = min(limit, len(part.decoded))
-            chunk = [part.decoded.popleft() for _ in range(take)]
-            out.extend(chunk)
-            limit -= take
-            pos = chunk[-1].offset + 1
-        part.position = pos
-
-    def _take_raw(self, part: _Part, budget: int) -> RawBatches | None:
-        pos = part.position
-        if pos is None or not part.buffer:
-            return None
-        if part.decoded:  # poll() left half a batch: hand the rest out via poll() first
-            return None
-        data, at = part.buffer[0]
-        end = at
-        count = 0
-        base = None
-        for p, h in batch.iter_batches(data, at):
-            if h.base_offset + h.record_count <= pos:
-                at = end = p + h.batch_length
-                continue
-            if base is not None and end - at + h.batch_length > budget:
-                break
-            if base is None:
-                base = h.base_offset
-            end = p + h.batch_length
-            count += h.record_count
-            last = h
-        if end >= len(data):
-            part.buffer.popleft()
-        else:
-            part.buffer[0] = (data, end)
-        if base is None:
-            return None
-        part.position = last.base_offset + last.record_count
-        return RawBatches(part.partition, data[at:end], count, base, pos)
-
-
-def _messages(topic: str, partition: int, mv: memoryview, at: int, h: batch.BatchHeader, skip_below: int) -> list[Message]:
-    """Decode one batch into Messages, dropping offsets below ``skip_below``."""
-    table, starts = batch.value_bounds(mv, at, h)
-    first = max(0, skip_below - h.base_offset)
-    klen = table["key_len"][first:].tolist()
-    vlen = table["value_len"][first:].tolist()
-    hlen = table["headers_len"][first:].tolist()
-    ts = (table["ts_delta"][first:].astype(np.int64) + h.first_timestamp).tolist()
-    out = []
-    off = h.base_offset + first
-    for i, s in enumerate(starts[first:].tolist()):
-        k = klen[i]
-        if k < 0:
-            key = None
-        else:
-            key = mv[s : s + k].tobytes()
-            s += k
-        e = s + vlen[i]
-        hd = mv[e : e + hlen[i]].tobytes() if hlen[i] else None
-        out.append(Message(topic, partition, off + i, key, mv[s:e].tobytes(), ts[i], hd))
-    return out

@@ -16,6 +16,13 @@ class RecordMetadata(NamedTuple):
     offset: int
 
 
+class TopicPartition(NamedTuple):
+    """One partition of one topic (kafka-python's name)."""
+
+    topic: str
+    partition: int
+
+
 class Message(NamedTuple):
     topic: str
     partition: int
@@ -39,6 +46,7 @@ class RawBatches(NamedTuple):
     record_count: int
     base_offset: int
     start_offset: int
+    topic: str = ""
 
 
 class FutureRecordMetadata:

@@ -125,7 +125,7 @@ class Promote(_Request):
 
 #: A consumer group's name (MetaQ's group names, plus ``@`` for the
 #: instance names of broadcast consumers).
-GroupId = Annotated[str, M(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._@:-]+$")]
+GroupId = Annotated[str, M(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
 MemberId = Annotated[str, M(max_length=64)]
 
 #: GroupHeartbeat ``member_epoch`` values.
