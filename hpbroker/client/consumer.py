@@ -255,7 +255,14 @@ class Consumer:
         return {tp: part.position for tp, part in self._f.parts.items() if part.position is not None}
 
     def _explicit(self, offsets) -> dict[TP, int]:
-        return {self._tp(p): int(o) for p, o in offsets.items()}
+        out = {self._tp(p): int(o) for p, o in offsets.items()}
+        if self._membership is not None:
+            gone = sorted(tp for tp in out if tp not in self._f.parts)
+            if gone:
+                raise BrokerError(ErrorCode.FENCED_MEMBER_EPOCH,
+                                  f"{', '.join(f'{t}/{p}' for t, p in gone)} not assigned to this member any more "
+                                  "(revoked, or lost with its group membership): its new owner commits it")
+        return out
 
     def commit(self, offsets: dict | None = None) -> None:
         """Commit ``offsets`` ({partition: next offset to read}), or the

@@ -63,6 +63,8 @@ class GroupOffsets:
                 if e.code not in _RETRY_COORDINATOR or attempt:
                     raise
                 self._coordinator = None
+                if self.t.several:  # maybe a failover: find the broker that leads now
+                    self.t.discover_now(self.timeout_ms)
         raise AssertionError("unreachable")
 
     def _who(self) -> tuple[str, int]:

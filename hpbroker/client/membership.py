@@ -166,6 +166,7 @@ class Membership:
             owned = self._owned | (self._target or frozenset())
         try:
             if self.coordinator is None:
+                t.acceptors = []  # ask again which broker leads (a failover) and where its acceptors are
                 self.coordinator = find_coordinator(t, self.group, timeout_ms=self._timeout())
             rep = self._call(t, self.epoch, owned)
         except BrokerError as e:
@@ -215,6 +216,9 @@ class Membership:
             self._lost_reason = reason
             self._target = frozenset()
             self.epoch = m.JOIN
+            # it comes back as a new member: anything still in flight under
+            # the old id (a commit from before a pause) is refused as unknown
+            self.member_id = uuid.uuid4().hex
         self._on_change()
 
     def _leave_for_poll(self, t: Transport, now: float) -> None:
