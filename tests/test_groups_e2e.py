@@ -268,3 +268,55 @@ def test_committed_offsets_survive_a_sync_failover_to_the_slave(tmp_path):
     finally:
         s.stop(), a.stop()
         cleanup_stale(f"p{a.port}")
+
+
+def test_groups_are_spread_over_acceptors_and_others_answer_not_coordinator(tmp_path, started):
+    from rawclient import RawClient
+    from hpbroker.protocol import messages as m
+
+    b = BrokerProcess(tmp_path / "data", args=("--acceptors", "2"))
+    started.append(b)
+    b.start()
+    c = RawClient(b.url)
+    md, _ = c.call(m.Metadata(id=c.next_id(), topics=["spread"]))
+    coordinators = {}
+    for g in [f"g{i}" for i in range(16)]:
+        rep, _ = c.call(m.FindCoordinator(id=c.next_id(), group=g))
+        assert rep.code == 0 and rep.endpoint == md.acceptors[rep.acceptor]
+        coordinators[g] = rep.acceptor
+    assert set(coordinators.values()) == {0, 1}  # 16 groups over 8 offsets partitions land on both
+    g = next(g for g, a in coordinators.items() if a == 1)
+    rep, _ = c.call(m.GroupHeartbeat(id=c.next_id(), group=g, member_id="x", topics=["spread"]))
+    assert rep.code == 15 and "acceptor 1" in rep.message  # NOT_COORDINATOR, naming the right one
+    other = RawClient(md.acceptors[1])
+    rep, _ = other.call(m.GroupHeartbeat(id=other.next_id(), group=g, member_id="x", topics=["spread"]))
+    assert rep.code == 0 and rep.member_epoch > 0 and rep.assignment
+    # a Consumer finds its coordinator by itself, commits there, and reads it back
+    with Producer(b.url) as p:
+        for i in range(40):
+            p.send("spread", b"v", partition=i % 4)
+        p.flush(30)
+    with Consumer(b.url, "spread", group_id=g, auto_offset_reset="earliest") as cons:
+        got = []
+        while len(got) < 40:
+            got += cons.poll(500)
+        cons.commit()
+        assert {p: cons.committed(p) for p in range(4)} == {p: 10 for p in range(4)}
+
+
+def test_a_member_that_stops_polling_leaves_and_rejoins_on_its_next_poll(tmp_path, started):
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "2"))
+    started.append(b)
+    b.start()
+    lost, assigned = [], []
+    with Consumer(b.url, "slow", group_id="s", max_poll_interval_ms=1000, session_timeout_ms=5000,
+                  on_lost=lost.append, on_assign=assigned.append) as c:
+        wait_until(lambda: c.poll(100) is not None and len(c.assignment()) == 2, 30, "the assignment")
+        time.sleep(2.5)  # no poll for longer than max_poll_interval_ms: the heartbeat thread leaves the group
+        described = Admin(b.url).describe_group("s") if hasattr(Admin, "describe_group") else None
+        if described is not None:
+            assert not described.members
+        c.poll(0)
+        assert lost and c.assignment() == set()  # dropped without a commit
+        wait_until(lambda: c.poll(100) is not None and len(c.assignment()) == 2, 30, "the rejoin")
+    assert len(assigned) == 2
