@@ -155,6 +155,7 @@ def _check_document(doc) -> str | None:
             if not isinstance(parts, dict):
                 return f"group {group!r} topic {topic!r} is not an object"
             for p, offset in parts.items():
-                if not (p.isascii() and p.isdigit() and isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
+                good_offset = isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
+                if not (p.isascii() and p.isdigit() and good_offset):
                     return f"group {group!r} topic {topic!r}: bad entry {p!r}: {offset!r}"
     return None
