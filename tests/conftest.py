@@ -64,3 +64,8 @@ def tmpfs(tmp_path):
     finally:
         for mnt in mounts:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# Private PostgreSQL and ZooKeeper servers (tests/servers.py), session-scoped; the offset-store
+# tests use them.  Importing the fixtures here registers them for every test module.
+from servers import postgres_server, zookeeper_server  # noqa: E402,F401

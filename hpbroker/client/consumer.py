@@ -156,16 +156,9 @@ class Consumer:
         storage = f"{group_id}-{self.instance_name}" if self.broadcast else group_id
         if spec == "broker":
             return GroupOffsets(self._t, group_id, storage_group=storage, timeout_ms=self.request_timeout_ms)
-        from hpbroker.client.offset_stores import resolve_store
+        from hpbroker.client.stores import resolve_store
 
-        options = {}
-        if spec == "file":
-            options["path"] = path
-        elif spec == "sql":
-            options["connection"] = connection
-        elif spec == "zookeeper":
-            options["hosts"] = hosts
-        store = resolve_store(spec, **{k: v for k, v in options.items() if v is not None})
+        store = resolve_store(spec, path=path, connection=connection, hosts=hosts)  # options left None are ignored
         return GroupOffsets(self._t, group_id, store=store, storage_group=storage, timeout_ms=self.request_timeout_ms)
 
     # -- assignment and positions -----------------------------------------------------------
