@@ -136,3 +136,33 @@ def test_a_manual_commit_to_a_live_group_is_refused(broker):
             with pytest.raises(BrokerError) as e:
                 manual.commit({0: 1})
             assert e.value.code == 19  # NON_EMPTY_GROUP
+
+
+def test_bad_group_requests_get_clear_error_codes(broker):
+    from rawclient import RawClient
+    from hpbroker.protocol import messages as m
+
+    fill(broker.url, 8)
+    c = RawClient(broker.url)
+    rep, _ = c.call(m.DescribeGroup(id=c.next_id(), group="nobody"))
+    assert rep.code == 18 and "nobody" in rep.message  # GROUP_ID_NOT_FOUND
+    rep, _ = c.call(m.OffsetCommit(id=c.next_id(), group="g", offsets=[m.OffsetEntry(TOPIC, 0, 999)]))
+    assert rep.code == 11 and "outside the log" in rep.message  # OFFSET_OUT_OF_RANGE
+    rep, _ = c.call(m.OffsetCommit(id=c.next_id(), group="g", offsets=[m.OffsetEntry("nosuch", 0, 0)]))
+    assert rep.code == 1  # UNKNOWN_TOPIC_OR_PARTITION
+    rep, _ = c.call(m.OffsetCommit(id=c.next_id(), group="g", member_id="ghost", member_epoch=3,
+                                   offsets=[m.OffsetEntry(TOPIC, 0, 1)]))
+    assert rep.code == 16  # UNKNOWN_MEMBER_ID
+    rep, _ = c.call(m.GroupHeartbeat(id=c.next_id(), group="g", member_id="x", topics=[TOPIC], assignor="magic"))
+    assert rep.code == 7 and "magic" in rep.message
+    rep, _ = c.call(m.GroupHeartbeat(id=c.next_id(), group="g", member_id="x", topics=[TOPIC], session_timeout_ms=5))
+    assert rep.code == 7 and "session_timeout_ms" in rep.message
+    from hpbroker import batch
+
+    rep, _ = c.call(m.Produce(id=c.next_id(), topic="__consumer_offsets", partition=0), [batch.encode_batch([b"x"])])
+    assert rep.code == 7 and "internal" in rep.message
+    # and the broker serves on: a commit that is fine still works
+    rep, _ = c.call(m.OffsetCommit(id=c.next_id(), group="g", offsets=[m.OffsetEntry(TOPIC, 0, 2)]))
+    assert rep.code == 0
+    rep, _ = c.call(m.OffsetFetch(id=c.next_id(), group="g"))
+    assert [(e.topic, e.partition, e.offset) for e in rep.offsets] == [(TOPIC, 0, 2)]

@@ -76,12 +76,14 @@ class GroupService:
 
     # -- routing ----------------------------------------------------------------------
 
-    def _offsets_partitions(self, create: bool) -> int:
+    def _offsets_partitions(self, create: bool, group: str) -> int:
         n = self.cluster.view.topics.get(OFFSETS_TOPIC)
         if n is None:
-            if not create or self.cluster.view.role == "slave":
-                raise BrokerError(ErrorCode.NOT_COORDINATOR if create else ErrorCode.GROUP_ID_NOT_FOUND,
-                                  "no consumer group exists yet on this broker" if not create else
+            if not create:
+                raise BrokerError(ErrorCode.GROUP_ID_NOT_FOUND,
+                                  f"no group {group!r}: no consumer group exists yet on this broker")
+            if self.cluster.view.role == "slave":
+                raise BrokerError(ErrorCode.NOT_LEADER,
                                   "this broker is a slave with no __consumer_offsets yet: use the master")
             n = self.cluster.ensure_topic(OFFSETS_TOPIC, self.cfg.groups.offsets_partitions, explicit=True,
                                           if_not_exists=True)
@@ -89,7 +91,7 @@ class GroupService:
 
     def coordinator_of(self, group: str, create: bool = True) -> tuple[int, int]:
         """(offsets partition, acceptor index) of ``group``."""
-        p = offsets_log.partition_for(group, self._offsets_partitions(create))
+        p = offsets_log.partition_for(group, self._offsets_partitions(create, group))
         return p, p % len(self.cluster.view.acceptors)
 
     def _mine(self, group: str, create: bool = True, write: bool = False) -> int:
