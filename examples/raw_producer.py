@@ -44,6 +44,7 @@ for i in range(0, len(lines), 1000):  # one batch of up to 1000 lines per reques
     p = (i // 1000) % nparts
     chunk = lines[i:i + 1000]
     headers = [[("line", b"%d" % (i + j))] for j in range(len(chunk))]
-    rep = call(sock(acceptors[p % len(acceptors)]), {"t": "Produce", "id": i + 1, "topic": topic, "partition": p}, make_batch(chunk, headers))
+    head = {"t": "Produce", "id": i + 1, "topic": topic, "partition": p}
+    rep = call(sock(acceptors[p % len(acceptors)]), head, make_batch(chunk, headers))
     print(f"partition {p}: offsets {rep['base_offsets'][0]}..", file=sys.stderr)
 print(f"sent {len(lines)} messages", file=sys.stderr)

@@ -311,7 +311,8 @@ def decode_headers(blob) -> list[tuple[str, bytes]]:
     try:
         pairs = _headers_decoder.decode(blob)
     except msgspec.DecodeError as e:
-        raise CorruptBatch(f"record headers ({len(blob)} bytes) are not a msgpack array of [str, bin] pairs: {e}") from None
+        raise CorruptBatch(f"record headers ({len(blob)} bytes) are not a msgpack array of "
+                           f"[str, bin] pairs: {e}") from None
     for name, _ in pairs:
         if not name:
             raise CorruptBatch("record headers: a header name is empty")

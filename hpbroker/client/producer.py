@@ -264,9 +264,11 @@ def _encode_each(headers, n: int) -> list | None:
     """``send_batch``'s per-record headers, encoded: a list of n blobs (or
     None for each record without), or None when no record has any."""
     if not isinstance(headers, (list, tuple)):
-        raise TypeError(f"headers must be a list with one list of (name, value) pairs or None per record, got {type(headers).__name__}")
+        raise TypeError("headers must be a list with one list of (name, value) pairs or None per record, "
+                        f"got {type(headers).__name__}")
     if len(headers) != n:
-        raise ValueError(f"headers has {len(headers)} entries for {n} values; give one list of pairs or None per record")
+        raise ValueError(f"headers has {len(headers)} entries for {n} values; "
+                         "give one list of pairs or None per record")
     blobs = []
     last = last_blob = None
     for i, h in enumerate(headers):

@@ -51,7 +51,9 @@ fsynced, with a warning logged).  A bad frame *followed* by a valid one is
 damage in the middle, where acknowledged entries live: opening raises
 :class:`JournalCorrupt` naming the file and the offset, and drops nothing.
 A frame whose CRC matches but whose payload does not decode is never a torn
-write: it raises too.
+write: it raises too.  (A torn frame whose partial payload happens to hold
+a whole valid frame also makes opening raise: the doubt falls on the safe
+side.)
 
 Compaction: when no entry is pending any more, or when the file is larger
 than ``compact_bytes`` and more entries in it are done than pending, the
