@@ -179,6 +179,23 @@ def peek_count(buf, pos: int = 0) -> int:
     return _I.unpack_from(buf, pos + COUNT_AT)[0]
 
 
+_PRODUCER = struct.Struct("<qi")  # producer_id (48), base_sequence (56)
+PRODUCER_AT = 48
+
+
+def peek_producer(buf, pos: int = 0) -> tuple[int, int]:
+    """(producer_id, base_sequence) of the batch at ``pos``; (-1, -1) when not idempotent."""
+    return _PRODUCER.unpack_from(buf, pos + PRODUCER_AT)
+
+
+def set_producer(buf, producer_id: int, base_sequence: int, pos: int = 0) -> None:
+    """Stamp an idempotent producer's id and first sequence into an encoded
+    batch and recompute its CRC (both fields lie inside the CRC'd range)."""
+    _PRODUCER.pack_into(buf, pos + PRODUCER_AT, producer_id, base_sequence)
+    length = peek_length(buf, pos)
+    _I.pack_into(buf, pos + 20, crc32c(memoryview(buf)[pos + CRC_START: pos + length]))
+
+
 def stamp(buf, base_offset: int, leader_epoch: int, pos: int = 0) -> None:
     """Write the broker-owned fields in place; the CRC stays valid."""
     _Q.pack_into(buf, pos + BASE_OFFSET_AT, base_offset)

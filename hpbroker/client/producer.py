@@ -34,6 +34,7 @@ from crc32c import crc32c
 
 from hpbroker import batch
 from hpbroker.client.accumulator import Accumulator, Batch
+from hpbroker.client.idempotence import Sequencer
 from hpbroker.client.memory import BufferMemory
 from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
@@ -41,6 +42,7 @@ from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.messages import InitProducerId
 
 _Waker = Waker  # the name tests/test_client_waker.py imports
 
@@ -63,9 +65,12 @@ class Producer:
         request_timeout_ms: int = 30_000,
         connect_timeout_ms: int = 10_000,
         hwm: int = 10_000,
+        enable_idempotence: bool = False,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
+        if enable_idempotence and _ACKS[acks] == 0:
+            raise ValueError("enable_idempotence needs acks=1 or 'all': with acks=0 nothing tells a retry is needed")
         self.acks = _ACKS[acks]
         self.linger = linger_ms / 1000.0
         self.batch_size = batch_size
@@ -83,14 +88,38 @@ class Producer:
         self._accum = Accumulator(lambda: min(self.batch_size, self._t.max_batch_bytes), self.linger,
                                   on_open=self._batch_opened, on_full=self._waker.wake)
         self._append = self._accum.append
+        sequencer = None
+        if enable_idempotence:
+            try:
+                sequencer = Sequencer(self._init_producer_id)
+            except BaseException:
+                self._t.close()
+                raise
+        self.enable_idempotence = enable_idempotence
         self._sender = Sender(self._t, self._waker, self._lock, self._accum, self._memory, acks=self.acks,
                               max_in_flight=self.max_in_flight, retries=retries, retry_backoff=self.retry_backoff,
-                              request_timeout_ms=request_timeout_ms, connect_timeout_ms=connect_timeout_ms)
+                              request_timeout_ms=request_timeout_ms, connect_timeout_ms=connect_timeout_ms,
+                              sequencer=sequencer)
+        self._sequencer = sequencer
         self._partitions = self._sender.partitions  # topic -> partition count, filled by the I/O thread
         self._rr = itertools.count()
         self._closed = False
         self._thread = self._memory.io_thread = self._sender.thread
         self._sender.start()
+
+    def _init_producer_id(self) -> int:
+        """A new producer id from the broker (the constructor's thread, then
+        only the I/O thread's).  Raises BrokerError."""
+        t = self._t
+        if not t.acceptors:
+            t.metadata([], timeout_ms=self.connect_timeout_ms)
+        rep, _ = t.call(t.acceptors[0], InitProducerId(id=t.next_id()), timeout_ms=self.connect_timeout_ms)
+        return rep.producer_id
+
+    @property
+    def producer_id(self) -> int:
+        """The id an idempotent producer stamps on its batches now; -1 when not idempotent."""
+        return -1 if self._sequencer is None else self._sequencer.producer_id
 
     # -- public API (any thread) ---------------------------------------------------------
 

@@ -39,7 +39,8 @@ _SILENCE = frozenset({ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BROKER_SHUTTING_DOW
 class Sender:
     def __init__(self, transport: Transport, waker: Waker, lock: threading.Lock, accumulator: Accumulator,
                  memory: BufferMemory, *, acks: int, max_in_flight: int, retries: int, retry_backoff: float,
-                 request_timeout_ms: int, connect_timeout_ms: int):
+                 request_timeout_ms: int, connect_timeout_ms: int, sequencer=None):
+        """``sequencer``: an idempotence.Sequencer for an idempotent producer, else None."""
         self._t = transport
         self._waker = waker
         self._lock = lock
@@ -54,6 +55,7 @@ class Sender:
         self.stopping = False
         self._window = SendWindow(transport.endpoint_for, None if acks == 0 else max_in_flight, retry_backoff)
         self._leader = LeaderSearch(max(retry_backoff, 1.0))
+        self._seq = sequencer
         self.thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
 
     # -- caller threads --------------------------------------------------------------------
@@ -183,6 +185,14 @@ class Sender:
         req = Produce(id=t.next_id(), topic=b.topic, partition=b.partition, acks=self.acks,
                       timeout_ms=self.request_timeout_ms)
         b.attempts += 1
+        if self._seq is not None:
+            try:
+                self._seq.stamp(b)
+            except BrokerError:  # no new producer id yet: try again after the backoff
+                if self.acks != 0:
+                    self._window.answered(ep)
+                self._window.retry_later(b, time.monotonic())
+                return
         if self.acks == 0:
             t.send(ep, req, b.frames, on_reply=lambda rep, _p: self._complete(b, None, rep),
                    on_sent=lambda: self._complete(b, -1, None), timeout_ms=self.request_timeout_ms)
@@ -196,6 +206,9 @@ class Sender:
         t.send(ep, req, b.frames, on_reply=on_reply, timeout_ms=self.request_timeout_ms + 5000)
 
     def _on_reply(self, b: Batch, rep) -> None:
+        if rep.code == ErrorCode.DUPLICATE_SEQUENCE_NUMBER and self._seq is not None:
+            self._complete(b, -1, None)  # written long ago; its offset is no longer known
+            return
         if rep.code == 0:
             if isinstance(rep, ProduceReply) and len(rep.base_offsets) >= 1:
                 self._complete(b, rep.base_offsets[0], None)
@@ -204,12 +217,18 @@ class Sender:
             return
         if rep.code == ErrorCode.NOT_LEADER or (self._t.several and rep.code in _SILENCE):
             self._leader.want()
-        if rep.code in RETRIABLE and b.attempts <= self.retries and not self.stopping:
+        retriable = rep.code in RETRIABLE or (self._seq is not None and rep.code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        if retriable and b.attempts <= self.retries and not self.stopping:
             self._window.retry_later(b, time.monotonic())
             return
         self._complete(b, None, rep)
 
     def _complete(self, b: Batch, base: int | None, rep) -> None:
+        if self._seq is not None:
+            if rep is None or self.stopping:
+                self._seq.done(b)
+            else:
+                self._seq.failed_for_good(b)
         if rep is not None:
             self._fail(b, BrokerError(rep.code, rep.message))
             return
