@@ -209,6 +209,28 @@ def test_a_release_within_the_rebalance_timeout_clears_the_deadline():
         assert c.expire(COUNTS, now) == []
 
 
+def test_the_rebalance_timeout_runs_from_when_each_partition_was_revoked():
+    """A member that releases what it was told, but is told to give up
+    another partition in the same reply (the group changed again), has the
+    full rebalance timeout for the new one: the clock of the first revoke
+    does not carry over to partitions revoked later."""
+    c = GroupCoordinator()
+    six = {"t": 6}
+    a = Member(c, "a", rebalance_timeout_ms=5000)
+    a.beat(six, 0.0)
+    Member(c, "b").beat(six, 0.5)
+    assert len(a.beat(six, 1.0, owned=all_of("t", 6))) == 3  # 3 revoked at 1.0: due by 6.0
+    Member(c, "c").beat(six, 4.5)  # the target changes again
+    first = a.owned
+    second = a.beat(six, 5.0)  # releases the 3 in time, and is told to give up one more
+    assert len(second) == 2 and second < first
+    assert c.expire(six, 6.5) == []  # the new revoke started at 5.0: due by 10.0
+    a.beat(six, 9.5, owned=first)  # still holding it (with a live session)
+    assert c.expire(six, 9.9) == []
+    gone = c.expire(six, 10.01)
+    assert [mid for _, mid, _ in gone] == ["a"]
+
+
 # -- errors and fencing ---------------------------------------------------------------
 
 
