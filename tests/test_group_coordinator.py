@@ -249,6 +249,20 @@ def test_unknown_member_after_removal():
     assert b.epoch > top
 
 
+def test_a_refused_heartbeat_creates_no_group():
+    """A member of a group this coordinator does not know (it restarted)
+    is told UNKNOWN_MEMBER_ID, and that leaves nothing behind: no empty
+    group in ListGroups, DescribeGroup still GROUP_ID_NOT_FOUND."""
+    c = GroupCoordinator()
+    stray = Member(c, "a", group="ghost")
+    refused(ErrorCode.UNKNOWN_MEMBER_ID, c.heartbeat, stray.request(epoch=7), COUNTS, 0.0)
+    refused(ErrorCode.BAD_REQUEST, c.heartbeat, stray.request(session_timeout_ms=1), COUNTS, 0.0)
+    assert c.list_groups() == [] and "ghost" not in c.groups
+    refused(ErrorCode.GROUP_ID_NOT_FOUND, describe, c, COUNTS, 0.0, "ghost")
+    assert stray.beat(COUNTS, 0.1) == all_of("t", 4)  # the rejoin
+    assert c.list_groups() == [m.GroupListing("ghost", "stable", 1)]
+
+
 def test_a_heartbeat_with_an_epoch_newer_than_given_is_fenced():
     c = GroupCoordinator()
     a, b = settled(c, "a", "b")

@@ -129,10 +129,10 @@ class GroupCoordinator:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"session_timeout_ms {req.session_timeout_ms} is outside this broker's "
                               f"[{self.min_session_ms}, {self.max_session_ms}] (groups.min/max_session_timeout_ms)")
-        if g is None:
-            g = self.groups[req.group] = Group(req.group)
-        mem = g.members.get(req.member_id)
+        mem = g.members.get(req.member_id) if g is not None else None
         if req.member_epoch == m.JOIN:
+            if g is None:  # only a join creates a group: a refused heartbeat leaves nothing behind
+                g = self.groups[req.group] = Group(req.group)
             if mem is not None:  # a repeated join: it holds nothing now
                 mem.owned.clear()
                 mem.told = frozenset()
