@@ -142,6 +142,7 @@ def test_a_leave_frees_the_partitions_at_once():
     rep = b.leave(COUNTS, 1.0)
     assert rep.member_epoch == m.LEAVE and rep.member_id == "b"
     assert "b" not in c.groups[G].members
+    assert c.groups[G].target == {"a": all_of("t", 4)} and state(c) == "reconciling"
     assert a.beat(COUNTS, 1.1) == all_of("t", 4)  # the very next heartbeat
     assert state(c) == "stable"
     # leaving twice, or leaving a group that does not exist, is not an error
