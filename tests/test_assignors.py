@@ -192,6 +192,49 @@ def test_sticky_is_balanced_among_members_with_the_same_subscription(data):
     check_sticky_balance(subs, counts, sticky_assign(subs, counts, {}))
 
 
+def check_no_move_improves_balance(subs, counts, out):
+    """No partition could go to another subscriber of its topic that holds
+    two or more fewer partitions than its owner (which implies balance
+    among members with the same subscription)."""
+    size = {mid: len(tps) for mid, tps in out.items()}
+    for mid, tps in out.items():
+        for t, p in tps:
+            for other, topics in subs.items():
+                if t in topics:
+                    assert size[other] >= size[mid] - 1, \
+                        f"{mid} holds {size[mid]} with {t}/{p}, {other} subscribes to {t} and holds {size[other]}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=subscriptions(homogeneous=False), seed=st.integers(0, 2**32 - 1))
+def test_sticky_with_different_subscriptions_shares_every_topic_among_its_subscribers(data, seed):
+    subs, counts = data
+    out = sticky_assign(subs, counts, {})
+    check_cover(subs, counts, out)
+    check_no_move_improves_balance(subs, counts, out)
+    # the same from any previous target, and with nothing changed nothing moves
+    rng = random.Random(seed)
+    junk = {mid: {tp for tp in universe(subs, counts) if rng.random() < 0.3} for mid in subs}
+    again = sticky_assign(subs, counts, junk)
+    check_cover(subs, counts, again)
+    check_no_move_improves_balance(subs, counts, again)
+    assert sticky_assign(subs, counts, again) == again
+
+
+def test_sticky_a_member_with_one_more_topic_does_not_take_the_shared_one():
+    """A rolling change of subscription: the first member restarted with a
+    second topic used to take every partition of the first topic too,
+    leaving the others idle."""
+    subs = {"a": frozenset({"t"}), "b": frozenset({"t"}), "c": frozenset({"t", "s"})}
+    counts = {"t": 6, "s": 2}
+    before = sticky_assign({mid: frozenset({"t"}) for mid in subs}, counts, {})
+    after = sticky_assign(subs, counts, before)
+    assert sorted(len(v) for v in after.values()) == [2, 3, 3]
+    assert after["a"] and after["b"]
+    assert moved(before, after) <= 2  # c gives up what balance needs, no more
+    check_no_move_improves_balance(subs, counts, after)
+
+
 @st.composite
 def sticky_history(draw):
     """A homogeneous group after a random run of joins and leaves, each
