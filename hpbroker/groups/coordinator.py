@@ -40,7 +40,7 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 class Member:
     __slots__ = ("id", "instance_id", "client_host", "topics", "assignor", "session_timeout", "rebalance_timeout",
-                 "epoch", "last_seen", "owned", "told", "revoke_deadline")
+                 "epoch", "last_seen", "owned", "told", "revoke_deadlines")
 
     def __init__(self, member_id: str, now: float):
         self.id = member_id
@@ -56,7 +56,8 @@ class Member:
         self.owned: dict[TP, int] = {}
         #: what the last reply told it to own
         self.told: frozenset[TP] = frozenset()
-        self.revoke_deadline: float | None = None
+        #: partition being revoked -> when it must be released by (each from when it was revoked)
+        self.revoke_deadlines: dict[TP, float] = {}
 
     def revoking(self) -> set[TP]:
         return set(self.owned) - self.told
@@ -128,10 +129,10 @@ class GroupCoordinator:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"session_timeout_ms {req.session_timeout_ms} is outside this broker's "
                               f"[{self.min_session_ms}, {self.max_session_ms}] (groups.min/max_session_timeout_ms)")
-        if g is None:
-            g = self.groups[req.group] = Group(req.group)
-        mem = g.members.get(req.member_id)
+        mem = g.members.get(req.member_id) if g is not None else None
         if req.member_epoch == m.JOIN:
+            if g is None:  # only a join creates a group: a refused heartbeat leaves nothing behind
+                g = self.groups[req.group] = Group(req.group)
             if mem is not None:  # a repeated join: it holds nothing now
                 mem.owned.clear()
                 mem.told = frozenset()
@@ -168,8 +169,8 @@ class GroupCoordinator:
                 why = None
                 if now - mem.last_seen > mem.session_timeout:
                     why = f"no heartbeat for {now - mem.last_seen:.1f} s (session_timeout_ms {mem.session_timeout * 1000:.0f})"
-                elif mem.revoke_deadline is not None and now > mem.revoke_deadline and mem.revoking():
-                    why = (f"did not release {len(mem.revoking())} revoked partitions within rebalance_timeout_ms "
+                elif late := [tp for tp in mem.revoking() if now > mem.revoke_deadlines.get(tp, now)]:
+                    why = (f"did not release {len(late)} revoked partitions within rebalance_timeout_ms "
                            f"{mem.rebalance_timeout * 1000:.0f}")
                 if why:
                     self._remove(g, mem.id, counts)
@@ -219,11 +220,14 @@ class GroupCoordinator:
             for tp in add:
                 mem.owned[tp] = mem.epoch
             mem.told = told
-        if mem.revoking():
-            if mem.revoke_deadline is None:
-                mem.revoke_deadline = now + mem.rebalance_timeout
-        else:
-            mem.revoke_deadline = None
+        # each revoked partition's deadline runs from the reply that first
+        # revoked it: a revoke told later (the group changed again) gets
+        # its own full rebalance timeout, not what is left of an earlier one
+        revoking = mem.revoking()
+        deadlines = {tp: d for tp, d in mem.revoke_deadlines.items() if tp in revoking}
+        for tp in revoking:
+            deadlines.setdefault(tp, now + mem.rebalance_timeout)
+        mem.revoke_deadlines = deadlines
 
     # -- commits ------------------------------------------------------------------------
 
