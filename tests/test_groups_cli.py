@@ -108,13 +108,15 @@ def stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30.0) -> tupl
 
 def raw_produce(url: str, topic: str, partition: int, records: list[tuple[bytes | None, bytes, list]]) -> None:
     """One batch of (key, value, headers) records, built by hand (headers encoded as the
-    batch format says: a msgpack array of [str, bin] pairs), to the acceptor serving the partition."""
+    batch format says: a msgpack array of [str, bin] pairs; bytes are taken as they are), to the
+    acceptor serving the partition."""
     with Admin(url) as a:
         md = a.metadata(None)
         if topic not in {t.name for t in md.topics}:
             a.create_topic(topic, PARTITIONS, if_not_exists=True)
         acceptors = [reachable(e, url) for e in a.metadata(None).acceptors]
-    blobs = [msgspec.msgpack.encode([[n, v] for n, v in h]) if h else None for _, _, h in records]
+    blobs = [h if isinstance(h, bytes) else msgspec.msgpack.encode([[n, v] for n, v in h]) if h else None
+             for _, _, h in records]
     data = batch.encode_batch([v for _, v, _ in records], [k for k, _, _ in records], headers=blobs)
     c = RawClient(acceptors[partition % len(acceptors)])
     try:
@@ -204,11 +206,11 @@ def test_consume_flag_mistakes_are_one_line_and_exit_2(broker):
 
 def test_consume_headers(broker):
     raw_produce(broker.url, "cg-headers", 1, [(b"k1", b"v1", [("trace", b"t-1"), ("n", b"a,b=c\n")]),
-                                               (None, b"v2", [])])
-    r = hpb(broker.url, "consume", "cg-headers", "--partition", "1", "--from-beginning", "--max-messages", "2",
+                                               (None, b"v2", []), (None, b"v3", b"\xc1 not msgpack")])
+    r = hpb(broker.url, "consume", "cg-headers", "--partition", "1", "--from-beginning", "--max-messages", "3",
             "--headers", "--print-key")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == b"trace=t-1,n=a\\,b\\=c\\n\tk1\tv1\nNO_HEADERS\t\tv2\n"
+    assert r.stdout == b"trace=t-1,n=a\\,b\\=c\\n\tk1\tv1\nNO_HEADERS\t\tv2\nBAD_HEADERS\t\tv3\n"
 
 
 # -- groups list / describe ------------------------------------------------------------------------
@@ -359,17 +361,18 @@ def test_dlq_replay(broker):
         a.create_topic("orders", PARTITIONS, if_not_exists=True)
     raw_produce(url, "orders.billing.dlq", 0, [dead_letter(0, b"k0", extra=[("trace", b"t0")]), dead_letter(1, None)])
     raw_produce(url, "orders.billing.dlq", 3, [dead_letter(2, b"k2", partition=1),
-                                               (b"kx", b"no-target", [("trace", b"tx")])])
+                                               (b"kx", b"no-target", [("trace", b"tx")]),
+                                               (b"ky", b"bad-headers", b"\xc1 not msgpack")])
 
     r = hpb(url, "dlq", "replay", "orders", "billing", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 5 and b"would be replayed" in r.stdout.splitlines()[-1]
+    assert len(r.stdout.splitlines()) == 6 and b"would be replayed" in r.stdout.splitlines()[-1]
     assert read_all(url, "orders") == [] and committed(url, "billing.dlq-replay") == {}
 
     r = hpb(url, "dlq", "replay", "orders", "billing", "--progress")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count(b"\n") == 1 and b"replayed 3 dead letters" in r.stdout and b"1 without" in r.stdout
-    assert b"orders.billing.dlq/3@1" in r.stderr  # the one without a target is named
+    assert r.stdout.count(b"\n") == 1 and b"replayed 3 dead letters" in r.stdout and b"2 without" in r.stdout
+    assert b"orders.billing.dlq/3@1" in r.stderr and b"orders.billing.dlq/3@2" in r.stderr  # those it cannot send
     got = sorted(((p, rec.key, rec.value, headers_of(rec.headers)) for p, rec in read_all(url, "orders")),
                  key=lambda x: x[2])
     # to the partition each came from, key and original headers kept, the hpbroker.dlq.* ones gone

@@ -6,24 +6,32 @@ _ESCAPES = {ord("\\"): b"\\\\", ord("\n"): b"\\n", ord("\r"): b"\\r", ord("\t"):
             ord("="): b"\\="}
 
 
+class BadHeaders(ValueError):
+    """A record's headers bytes that do not decode."""
+
+
 def header_pairs(headers) -> list[tuple[str, bytes]]:
     """A record's headers as (name, value) pairs, in order.
 
     ``Message.headers`` is a list of pairs once the client decodes them; a
     client that hands out the record's raw headers bytes (a msgpack array
     of ``[str, bin]`` pairs, hpbroker/batch.py "Record headers") is read
-    here instead.  None or empty: no headers."""
+    here instead.  None or empty: no headers.  Raises BadHeaders."""
     if not headers:
         return []
     if isinstance(headers, (bytes, bytearray, memoryview)):
+        import msgspec
+
         from hpbroker import batch
 
         decode = getattr(batch, "decode_headers", None)
-        if decode is not None:
-            return list(decode(bytes(headers)))
-        import msgspec
-
-        return [(str(n), bytes(v)) for n, v in msgspec.msgpack.decode(bytes(headers), type=list[tuple[str, bytes]])]
+        try:
+            if decode is not None:
+                return list(decode(bytes(headers)))
+            return list(msgspec.msgpack.decode(bytes(headers), type=list[tuple[str, bytes]]))
+        except (batch.CorruptBatch, msgspec.DecodeError) as e:
+            raise BadHeaders(f"record headers ({len(headers)} bytes) are not a msgpack array of [str, bin] pairs: "
+                             f"{e}") from None
     return [(str(n), bytes(v)) for n, v in headers]
 
 

@@ -41,8 +41,8 @@ def register(sub) -> None:
     p.add_argument("--key-separator", default="\t", metavar="SEP",
                    help="separator for --print-key and --headers (default: tab)")
     p.add_argument("--headers", action="store_true",
-                   help="print each record's headers first: NAME=VALUE,NAME=VALUE SEP ... (NO_HEADERS when none; "
-                        "backslash, newline, tab, ',' and '=' escaped with a backslash)")
+                   help="print each record's headers first: NAME=VALUE,NAME=VALUE SEP ... (NO_HEADERS when none, "
+                        "BAD_HEADERS when they do not decode; backslash, newline, tab, ',' and '=' escaped with a backslash)")
     g = p.add_argument_group("consumer groups")
     g.add_argument("--group", metavar="G",
                    help="consume as a member of group G: its share of the partitions, from G's committed offsets, "
@@ -95,14 +95,20 @@ def _consumer(args):
 
 def _formatter(args):
     """messages -> the bytes to print for them."""
-    from hpbroker.commands._records import format_headers, header_pairs
+    from hpbroker.commands._records import BadHeaders, format_headers, header_pairs
 
     sep = args.key_separator.encode()
     if not args.print_key and not args.headers:
         return lambda msgs: b"\n".join([m.value for m in msgs]) + b"\n"
 
+    def headers(m) -> bytes:
+        try:
+            return format_headers(header_pairs(m.headers))
+        except BadHeaders:
+            return b"BAD_HEADERS"
+
     def line(m) -> bytes:
-        head = format_headers(header_pairs(m.headers)) + sep if args.headers else b""
+        head = headers(m) + sep if args.headers else b""
         key = (m.key or b"") + sep if args.print_key else b""
         return head + key + m.value + b"\n"
 

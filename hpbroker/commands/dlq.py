@@ -13,11 +13,12 @@ ones removed), acks=all.  After each round of sends is acknowledged, the
 replay group's offsets are committed past them, so a second replay starts
 where this one stopped and repeats nothing it finished.
 
-A dead letter without an ``hpbroker.dlq.topic`` header cannot be sent
-anywhere: it is named on stderr, counted, and passed over.  A send that
-fails stops the replay: the offsets are committed up to the first dead
-letter not acknowledged in each partition, and it exits 1 (run it again to
-go on).  Two replays of the same TOPIC and GROUP at once are not kept apart.
+A dead letter without an ``hpbroker.dlq.topic`` header (or whose headers
+do not decode) cannot be sent anywhere: it is named on stderr, counted,
+and passed over.  A send that fails stops the replay: the offsets are
+committed up to the first dead letter not acknowledged in each partition,
+and it exits 1 (run it again to go on).  Two replays of the same TOPIC and
+GROUP at once are not kept apart.
 
 ``--dry-run`` lists what would be sent, one line per dead letter, and
 commits nothing.  A progress bar counts dead letters on stderr (by default
@@ -61,14 +62,19 @@ def replay_group(group: str) -> str:
 class DeadLetter:
     """Where one dead letter goes back to, read from its headers."""
 
-    __slots__ = ("msg", "topic", "partition", "headers", "error")
+    __slots__ = ("msg", "topic", "partition", "headers", "error", "problem")
 
     def __init__(self, msg):
         from hpbroker.client.handler import DLQ_PREFIX
-        from hpbroker.commands._records import header_pairs
+        from hpbroker.commands._records import BadHeaders, header_pairs
 
         self.msg = msg
-        pairs = header_pairs(msg.headers)
+        self.problem = "no hpbroker.dlq.topic header"
+        try:
+            pairs = header_pairs(msg.headers)
+        except BadHeaders as e:
+            pairs = []
+            self.problem = str(e)
         dlq = {n[len(DLQ_PREFIX):]: v for n, v in pairs if n.startswith(DLQ_PREFIX)}
         self.topic = dlq["topic"].decode("utf-8", "replace") if dlq.get("topic") else None
         try:
@@ -199,7 +205,7 @@ class Replay:
         for d in letters:
             if d.topic is None:
                 self.skipped += 1
-                line = f"{d.where()}\t-\tno hpbroker.dlq.topic header: would be passed over"
+                line = f"{d.where()}\t-\t{d.problem}: would be passed over"
             else:
                 self.replayed += 1
                 self.sent[d.topic] = self.sent.get(d.topic, 0) + 1
@@ -236,7 +242,7 @@ class Replay:
                 continue
             if fut is None:
                 self.skipped += 1
-                _note(bar, f"{d.where()}: no hpbroker.dlq.topic header; passed over")
+                _note(bar, f"{d.where()}: {d.problem}; passed over")
             else:
                 err = fut if isinstance(fut, Exception) else fut.exception()
                 if err is not None:
@@ -252,7 +258,8 @@ class Replay:
 
     def _summary(self) -> None:
         where = ", ".join(f"{t} ({n})" for t, n in sorted(self.sent.items())) or "nowhere"
-        skipped = f"; {self.skipped} without an hpbroker.dlq.topic header passed over" if self.skipped else ""
+        skipped = (f"; {self.skipped} without an hpbroker.dlq.topic header (or readable headers) passed over"
+                   if self.skipped else "")
         if not self.todo:
             print(f"nothing to replay: {self.source} holds no dead letters after the offsets of group {self.group}")
         elif self.args.dry_run:
