@@ -46,8 +46,28 @@ offset   size  field            notes
 =======  ====  ===============  ==========================================
 
 Record data, right after the table: for each record in order, its key
-bytes, value bytes and headers bytes (headers are a msgpack array of
-``[name: str, value: bytes]`` pairs).
+bytes, value bytes and headers bytes, with no separators or padding.
+
+Record headers
+--------------
+
+``headers_length`` 0 means the record has no headers: no bytes at all, and
+that is what a writer sends for an empty list too (never an empty array).
+Otherwise the ``headers_length`` bytes are exactly one msgpack value:
+
+* an array (fixarray, array 16 or array 32) of one or more pairs, in the
+  order the producer gave them; names may repeat (as in Kafka);
+* each pair an array of exactly two: the name, a msgpack str (fixstr, str 8,
+  16 or 32) holding non-empty UTF-8; and the value, a msgpack bin (bin 8, 16
+  or 32) of any length, 0 included;
+* nothing after the array.
+
+For example ``[("trace", b"\x01\x02")]`` is the 12 bytes
+``91 92 a5 74 72 61 63 65 c4 02 01 02``: array of 1, array of 2, str of 5
+``trace``, bin of 2.  :func:`encode_headers` and :func:`decode_headers`
+convert; the broker never reads headers (it checks only that the table's
+lengths add up), so a malformed blob is the reader's
+:class:`CorruptBatch`.  A reader takes an empty array as no headers.
 
 Keeping the lengths in one table instead of in front of each record is what
 lets both ends stay vectorised: encoding is one ``bytes.join`` and one numpy
@@ -61,6 +81,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+import msgspec
 import numpy as np
 from crc32c import crc32c
 
@@ -235,6 +256,71 @@ def check_producer_fields(buf, pos: int = 0, header: BatchHeader | None = None) 
     for start, end in RESERVED_RANGES:
         if any(mv[pos + start : pos + end]):
             raise CorruptBatch(f"reserved header bytes {start}..{end - 1} are not zero")
+
+
+_headers_encoder = msgspec.msgpack.Encoder()
+_headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def encode_headers(pairs) -> bytes | None:
+    """The headers bytes of one record (see "Record headers" above) from a
+    list of ``(name, value)`` pairs: ``name`` a non-empty str, ``value``
+    bytes (a bytearray or memoryview is copied).  None or an empty list give
+    None, which :func:`encode_batch` stores as ``headers_length`` 0.
+
+    Raises TypeError for a wrong type and ValueError for an empty or
+    non-UTF-8 name, naming the header, so a producer can call it in the
+    caller's thread before anything is queued."""
+    if pairs is None:
+        return None
+    if not isinstance(pairs, (list, tuple)):
+        raise TypeError(f"headers must be a list of (name, value) pairs, got {type(pairs).__name__}")
+    if not pairs:
+        return None
+    out = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise TypeError(f"header {i} must be a (name, value) pair, got {_describe(pair)}")
+        name, value = pair
+        if name.__class__ is not str:
+            if not isinstance(name, str):
+                raise TypeError(f"header {i}: name must be str, got {type(name).__name__}")
+            name = str(name)
+        if not name:
+            raise ValueError(f"header {i}: name must not be empty")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"header {i}: name {name!r} is not valid UTF-8 ({e.reason})") from None
+        if value.__class__ is not bytes:
+            if not isinstance(value, _BYTES_LIKE):
+                raise TypeError(f"header {name!r}: value must be bytes, got {type(value).__name__}")
+            value = bytes(value)
+        out.append((name, value))
+    return _headers_encoder.encode(out)
+
+
+def decode_headers(blob) -> list[tuple[str, bytes]]:
+    """The ``(name, value)`` pairs of one record's headers bytes, in order
+    (``Record.headers``; None or empty give ``[]``).  Raises
+    :class:`CorruptBatch` when the bytes are not the layout of "Record
+    headers" above."""
+    if not blob:
+        return []
+    try:
+        pairs = _headers_decoder.decode(blob)
+    except msgspec.DecodeError as e:
+        raise CorruptBatch(f"record headers ({len(blob)} bytes) are not a msgpack array of "
+                           f"[str, bin] pairs: {e}") from None
+    for name, _ in pairs:
+        if not name:
+            raise CorruptBatch("record headers: a header name is empty")
+    return pairs
+
+
+def _describe(v) -> str:
+    return f"a {type(v).__name__} of {len(v)}" if isinstance(v, (list, tuple)) else type(v).__name__
 
 
 def record_table(buf, pos: int, count: int) -> np.ndarray:

@@ -40,15 +40,20 @@ class OpenBatch:
 
     ``keys`` and ``ts`` stay None until a message brings a key or an
     explicit timestamp (then they are back-filled), so the common
-    value-only send appends to one list.  ``nbytes`` starts at the batch
-    header size: it is the encoded size, kept within ``limit``."""
+    value-only send appends to one list.  ``headers`` is sparse, a list of
+    ``(index, headers bytes)`` for the messages that have any, filled by
+    :meth:`Accumulator.append_with_headers`: a message without headers
+    costs :meth:`Accumulator.append` nothing more for it.  ``nbytes``
+    starts at the batch header size: it is the encoded size, kept within
+    ``limit``."""
 
-    __slots__ = ("values", "keys", "ts", "future", "nbytes", "limit", "created", "created_ms")
+    __slots__ = ("values", "keys", "ts", "headers", "future", "nbytes", "limit", "created", "created_ms")
 
     def __init__(self, limit: int, created: float, created_ms: int):
         self.values: list = []
         self.keys: list | None = None
         self.ts: list | None = None
+        self.headers: list[tuple[int, bytes]] | None = None
         self.future = Future()
         self.nbytes = batch.HEADER_SIZE
         self.limit = limit
@@ -77,7 +82,12 @@ class Batch:
         """Build the one frame of a batch sealed from ``send()``'s messages."""
         a = self.acc
         self.acc = None
-        self.frames = [batch.encode_batch(a.values, a.keys, timestamp_ms=a.created_ms, timestamps_ms=a.ts)]
+        hs = None
+        if a.headers is not None:
+            hs = [None] * len(a.values)
+            for i, blob in a.headers:
+                hs[i] = blob
+        self.frames = [batch.encode_batch(a.values, a.keys, timestamp_ms=a.created_ms, timestamps_ms=a.ts, headers=hs)]
 
 
 class Accumulator:
@@ -133,6 +143,21 @@ class Accumulator:
         fut = _new_future(FutureRecordMetadata)  # = FutureRecordMetadata(acc.future, i)
         fut._batch = acc.future
         fut._index = i
+        return fut
+
+    def append_with_headers(self, topic: str, partition: int, value: bytes, key: bytes | None,
+                            timestamp_ms: int | None, size: int, headers: bytes) -> FutureRecordMetadata:
+        """:meth:`append` for a message with headers (``headers`` is its
+        encoded headers bytes, already counted in ``size``).  The message
+        lands where :meth:`append` put it: its partition's open batch, or,
+        when that filled up with it, the batch it sealed last."""
+        fut = self.append(topic, partition, value, key, timestamp_ms, size)
+        acc = self.open.get((topic, partition))
+        if acc is None or acc.future is not fut._batch:
+            acc = self.sealed[-1].acc
+        if acc.headers is None:
+            acc.headers = []
+        acc.headers.append((fut._index, headers))
         return fut
 
     def seal_partition(self, topic: str, partition: int) -> None:

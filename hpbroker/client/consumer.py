@@ -31,6 +31,7 @@ import socket
 import time
 from typing import Iterable, Iterator, Sequence
 
+from hpbroker import batch
 from hpbroker.client.cluster import topic_partitions
 from hpbroker.client.fetcher import Fetcher, Part
 from hpbroker.client.group_offsets import GroupOffsets
@@ -116,7 +117,7 @@ class Consumer:
         self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes,
                             readers=True)
         self._f = Fetcher(self._t, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes, min_bytes=fetch_min_bytes,
-                          reset_needed=self._reset)
+                          reset_needed=self._reset, decode_headers=batch.decode_headers)
         self._waker: Waker | None = None
         self._membership: Membership | None = None
         self._offsets: GroupOffsets | None = None

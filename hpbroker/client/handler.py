@@ -178,9 +178,9 @@ class HandlerLoop:
     def _journal(self, topic: str):
         j = self._journals.get(topic)
         if j is None:
-            from hpbroker.client.recovery_journal import DEFAULT_RECOVER_DIR, RecoveryJournal
+            from hpbroker.client.recovery_journal import RecoveryJournal
 
-            j = RecoveryJournal(self._recover_dir or DEFAULT_RECOVER_DIR, f"{topic}@{self.c.group_id or 'nogroup'}")
+            j = RecoveryJournal(self._recover_dir, f"{topic}@{self.c.group_id or 'nogroup'}")
             self._journals[topic] = j
         return j
 
@@ -207,8 +207,8 @@ class HandlerLoop:
 
 
 def _entry(msg: Message, why: str, attempts: int):
-    from hpbroker.client.recovery_journal import JournalEntry
+    from hpbroker.client.recovery_journal import Entry
 
-    return JournalEntry(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
+    return Entry(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
                         headers=list(msg.headers or []), timestamp=msg.timestamp, error=why, attempts=attempts,
                         failed_at=time.time())

@@ -95,12 +95,17 @@ class Producer:
     # -- public API (any thread) ---------------------------------------------------------
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
-             timestamp_ms: int | None = None, callback=None) -> FutureRecordMetadata:
+             timestamp_ms: int | None = None, callback=None, *,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> FutureRecordMetadata:
         """Queue one message; the future resolves to its RecordMetadata.
         ``callback(metadata, exception)`` runs on the I/O thread when done.
 
         ``value`` and ``key`` are bytes (a bytearray or memoryview is
-        copied); anything else raises TypeError here, not in the I/O thread."""
+        copied); anything else raises TypeError here, not in the I/O thread.
+        ``headers`` is a list of ``(name: str, value: bytes)`` pairs, as in
+        kafka-python; a malformed one raises TypeError or ValueError here
+        too (``hpbroker.batch.encode_headers``).  Consumers read them back
+        with ``hpbroker.batch.decode_headers(message.headers)``."""
         if value.__class__ is not bytes:
             value = _as_bytes(value, "value")
         size = len(value) + _ENTRY
@@ -108,6 +113,8 @@ class Producer:
             if key.__class__ is not bytes:
                 key = _as_bytes(key, "key")
             size += len(key)
+        if headers is not None:  # the one test a message without headers pays
+            return self._send_with_headers(topic, value, key, partition, timestamp_ms, callback, headers, size)
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
             partition = crc32c(key) % n if key is not None else next(self._rr) % n
@@ -124,20 +131,28 @@ class Producer:
 
     def send_batch(self, topic: str, values: Sequence[bytes], partition: int | None = None,
                    keys: Sequence[bytes | None] | None = None, timestamp_ms: int | None = None,
-                   callback=None) -> FutureRecordMetadata:
+                   callback=None, *, headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None
+                   ) -> FutureRecordMetadata:
         """Send a list of values to one partition (round robin when not
         given) as one request; the future resolves to the RecordMetadata of
         the first, and the others follow at contiguous offsets.  A list
         larger than the broker's batch limit is split into several batches
         of the same request; one larger than the request limit goes as
         several requests (still in order, but then not guaranteed
-        contiguous)."""
+        contiguous).
+
+        ``headers``, when given, is as long as ``values``: for each record
+        its list of ``(name, value)`` pairs (as :meth:`send` takes) or None.
+        They are checked here; the same list object given for many records
+        is encoded once."""
         if not len(values):
             raise ValueError("send_batch needs at least one value")
+        blobs = None if headers is None else _encode_each(headers, len(values))
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
             partition = next(self._rr) % n
-        requests = encode_requests(values, keys, timestamp_ms, self._t.max_batch_bytes, self._t.max_request_bytes)
+        requests = encode_requests(values, keys, timestamp_ms, self._t.max_batch_bytes, self._t.max_request_bytes,
+                                   headers=blobs)
         whole: Future = Future()
         fut = FutureRecordMetadata(whole, 0)
         if callback is not None:
@@ -197,6 +212,33 @@ class Producer:
 
     # -- caller-thread helpers ------------------------------------------------------------
 
+    def _send_with_headers(self, topic: str, value: bytes, key: bytes | None, partition: int | None,
+                           timestamp_ms: int | None, callback, headers, size: int) -> FutureRecordMetadata:
+        """The rest of :meth:`send` for a message given ``headers``: the same
+        steps, plus the headers encoded (and checked) here, counted in the
+        message's size (so in ``buffer_memory`` and the batch size), and
+        kept with it by ``Accumulator.append_with_headers``.  Apart so that
+        :meth:`send` without headers runs exactly the code it did before."""
+        blob = batch.encode_headers(headers)
+        if blob is not None:
+            size += len(blob)
+        n = self._partitions.get(topic) or self._partitions_for(topic)
+        if partition is None:
+            partition = crc32c(key) % n if key is not None else next(self._rr) % n
+        mem = self._memory
+        with self._lock:
+            if mem.used + size > mem.limit or mem.closed:
+                mem.reserve(size)
+            else:
+                mem.used += size
+            if blob is None:
+                fut = self._append(topic, partition, value, key, timestamp_ms, size)
+            else:
+                fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
+            if callback is not None:
+                attach(fut, callback)
+        return fut
+
     def _batch_opened(self) -> None:
         """A batch opened (lock held): it is unanswered from now, and the I/O
         thread has a new linger deadline."""
@@ -216,6 +258,28 @@ class Producer:
 
 
 _ENTRY = batch.ENTRY_SIZE
+
+
+def _encode_each(headers, n: int) -> list | None:
+    """``send_batch``'s per-record headers, encoded: a list of n blobs (or
+    None for each record without), or None when no record has any."""
+    if not isinstance(headers, (list, tuple)):
+        raise TypeError("headers must be a list with one list of (name, value) pairs or None per record, "
+                        f"got {type(headers).__name__}")
+    if len(headers) != n:
+        raise ValueError(f"headers has {len(headers)} entries for {n} values; "
+                         "give one list of pairs or None per record")
+    blobs = []
+    last = last_blob = None
+    for i, h in enumerate(headers):
+        if h is not last:
+            last = h
+            try:
+                last_blob = batch.encode_headers(h)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"record {i}: {e}") from None
+        blobs.append(last_blob)
+    return blobs if any(b is not None for b in blobs) else None
 
 
 def _as_bytes(v, what: str) -> bytes:

@@ -30,7 +30,7 @@ class Message(NamedTuple):
     key: bytes | None
     value: bytes
     timestamp: int
-    headers: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None  # None: the record has no headers
 
 
 class RawBatches(NamedTuple):

@@ -3,7 +3,8 @@
 Binary-safe: stdin is read as bytes and only the ``\\n`` ending a line is
 removed.  Lines are accumulated and sent with ``Producer.send_batch`` in
 chunks; the command exits 0 only after every message is acknowledged, and
-prints a one-line summary to stderr.
+prints a one-line summary to stderr.  ``--header NAME=VALUE`` (repeatable)
+gives every message the same record headers, in the order given.
 """
 
 from __future__ import annotations
@@ -24,7 +25,34 @@ def register(sub) -> None:
     p.add_argument("--key-separator", metavar="SEP", help="split each line at the first SEP into key and value")
     p.add_argument("--partition", type=int, metavar="P", help="send every message to partition P (default: by key, else round robin)")
     p.add_argument("--acks", choices=["0", "1", "all"], default="1", help="0: don't wait, 1: local durable commit, all: replicas too (default %(default)s)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="add record header NAME with VALUE (as bytes) to every message; repeatable, order kept")
     p.set_defaults(func=run)
+
+
+def parse_headers(flags: list[str]) -> list[tuple[str, bytes]]:
+    """``--header NAME=VALUE`` flags as (name, value bytes) pairs; the value
+    is everything after the first ``=`` (it may be empty or hold ``=``),
+    taken as the bytes the shell passed.  A malformed flag is a one-line
+    UserError (exit 2)."""
+    import os
+
+    from hpbroker import batch
+    from hpbroker.commands import UserError
+
+    pairs = []
+    for flag in flags:
+        name, eq, value = flag.partition("=")
+        if not eq:
+            raise UserError(f"--header {flag!r}: expected NAME=VALUE", 2)
+        if not name:
+            raise UserError(f"--header {flag!r}: the header name is empty", 2)
+        pairs.append((name, os.fsencode(value)))
+    try:
+        batch.encode_headers(pairs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--header: {e}", 2) from None
+    return pairs
 
 
 def _lines(stream):
@@ -52,6 +80,7 @@ def run(args) -> int:
     from hpbroker.protocol.errors import BrokerError
 
     sep = args.key_separator.encode() if args.key_separator else None
+    headers = parse_headers(args.header) or None
     acks = {"0": 0, "1": 1, "all": "all"}[args.acks]
     t0 = time.perf_counter()
     count = nbytes = 0
@@ -69,7 +98,8 @@ def run(args) -> int:
             if sep is None:
                 part = args.partition if args.partition is not None else rr % nparts
                 rr += 1
-                futures.append(p.send_batch(args.topic, lines, partition=part))
+                futures.append(p.send_batch(args.topic, lines, partition=part,
+                                            headers=None if headers is None else [headers] * len(lines)))
                 continue
             groups: dict[int, tuple[list, list]] = {}
             from crc32c import crc32c
@@ -84,7 +114,8 @@ def run(args) -> int:
                 g[0].append(key)
                 g[1].append(value)
             for part, (keys, values) in groups.items():
-                futures.append(p.send_batch(args.topic, values, partition=part, keys=keys))
+                futures.append(p.send_batch(args.topic, values, partition=part, keys=keys,
+                                            headers=None if headers is None else [headers] * len(values)))
         p.flush()
     finally:
         p.close()
