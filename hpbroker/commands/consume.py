@@ -143,6 +143,7 @@ class _Stop:
 
 
 def run(args) -> int:
+    from hpbroker.batch import CorruptBatch
     from hpbroker.protocol.errors import BrokerError
 
     _check(args)
@@ -163,6 +164,9 @@ def run(args) -> int:
         except BrokerError as e:
             printed = True
             raise user_error(e, args.broker) from None
+        except CorruptBatch as e:  # e.g. a record whose headers bytes do not decode: the client cannot hand it out
+            printed = True
+            raise UserError(f"{args.topic}: a record the client cannot decode stops the read: {e}", 1) from None
         finally:
             # with --group: the final commit (not after a failed write: those messages were not printed),
             # then leave the group, so its partitions move to the other members at once

@@ -17,7 +17,10 @@ A dead letter without an ``hpbroker.dlq.topic`` header (or whose headers
 do not decode) cannot be sent anywhere: it is named on stderr, counted,
 and passed over.  A send that fails stops the replay: the offsets are
 committed up to the first dead letter not acknowledged in each partition,
-and it exits 1 (run it again to go on).  Two replays of the same TOPIC and
+and it exits 1 (run it again to go on).  So does a dead letter the client
+cannot decode (``CorruptBatch``, e.g. headers bytes that are not the
+batch format's): nothing after it in its partition is replayed until its
+offset is moved past it (``groups reset-offsets <GROUP>.dlq-replay``).  Two replays of the same TOPIC and
 GROUP at once are not kept apart.
 
 ``--dry-run`` lists what would be sent, one line per dead letter, and
@@ -173,10 +176,18 @@ class Replay:
         return 1 if self.failure else 0
 
     def _loop(self, c, producer, ends, done, limit, bar) -> None:
+        from hpbroker.batch import CorruptBatch
+
         count = 0
         idle_since = time.monotonic()
         while count < limit and any(done[p] < ends[p] for p in done):
-            msgs = c.poll(timeout_ms=500, max_records=min(POLL_RECORDS, limit - count))
+            try:
+                msgs = c.poll(timeout_ms=500, max_records=min(POLL_RECORDS, limit - count))
+            except CorruptBatch as e:  # a dead letter the client cannot decode (its headers, say): no going past it
+                left = {p: done[p] for p in done if done[p] < ends[p]}
+                self.failure = (f"a dead letter at or after {', '.join(f'{self.source}/{p}@{o}' for p, o in left.items())} "
+                                f"cannot be decoded: {e} (move past it with groups reset-offsets {self.group})")
+                return
             round_ = [m for m in msgs if done[m.partition] <= m.offset < ends[m.partition]][:limit - count]
             if not round_:
                 if time.monotonic() - idle_since > IDLE_LIMIT_S:
@@ -248,7 +259,7 @@ class Replay:
                 if err is not None:
                     stopped.add(p)
                     if self.failure is None:
-                        self.failure = f"{d.where()} -> {d.topic}: {err}"
+                        self.failure = f"{d.where()} -> {d.topic}: {err} (run it again to go on)"
                     continue
                 self.replayed += 1
                 self.sent[d.topic] = self.sent.get(d.topic, 0) + 1
@@ -262,12 +273,12 @@ class Replay:
                    if self.skipped else "")
         if not self.todo:
             print(f"nothing to replay: {self.source} holds no dead letters after the offsets of group {self.group}")
+        elif self.failure:
+            done = ("listed" if self.args.dry_run else f"replayed to {where} and committed (group {self.group})")
+            print(f"replay of {self.source} stopped: {self.failure}; {self.replayed} {done}{skipped}", file=sys.stderr)
         elif self.args.dry_run:
             print(f"dry run: {self.replayed} dead letters of {self.source} would be replayed to {where}{skipped}; "
                   "nothing sent or committed")
-        elif self.failure:
-            print(f"replay of {self.source} stopped: {self.failure}; {self.replayed} replayed to {where} and committed "
-                  f"(group {self.group}){skipped}; run it again to go on", file=sys.stderr)
         else:
             print(f"replayed {self.replayed} dead letters of {self.source} to {where}{skipped}; committed as group "
                   f"{self.group}")
