@@ -41,8 +41,8 @@ def register(sub) -> None:
     p.add_argument("--key-separator", default="\t", metavar="SEP",
                    help="separator for --print-key and --headers (default: tab)")
     p.add_argument("--headers", action="store_true",
-                   help="print each record's headers first: NAME=VALUE,NAME=VALUE SEP ... (NO_HEADERS when none, "
-                        "BAD_HEADERS when they do not decode; backslash, newline, tab, ',' and '=' escaped with a backslash)")
+                   help="print each record's headers first: NAME=VALUE,NAME=VALUE SEP ... (NO_HEADERS when none; "
+                        "backslash, newline, tab, ',' and '=' escaped with a backslash)")
     g = p.add_argument_group("consumer groups")
     g.add_argument("--group", metavar="G",
                    help="consume as a member of group G: its share of the partitions, from G's committed offsets, "
@@ -104,7 +104,7 @@ def _formatter(args):
     def headers(m) -> bytes:
         try:
             return format_headers(header_pairs(m.headers))
-        except BadHeaders:
+        except BadHeaders:  # raw headers bytes only: a Consumer that decodes them raises CorruptBatch in poll
             return b"BAD_HEADERS"
 
     def line(m) -> bytes:
