@@ -165,8 +165,8 @@ def run(args) -> int:
             printed = True
             raise user_error(e, args.broker) from None
         except CorruptBatch as e:  # e.g. a record whose headers bytes do not decode: the client cannot hand it out
-            # no final commit: the failed poll may have moved other partitions' positions past messages it
-            # never returned (see the report on Fetcher.take_messages); the last auto-commit stands
+            # no final commit: Fetcher.take_messages sets each partition's position as it goes, so a poll that
+            # raised may have moved other partitions past messages it never returned; the last auto-commit stands
             raise UserError(f"{args.topic}: a record the client cannot decode stops the read: {e}", 1) from None
         finally:
             # with --group: the final commit (not after a failed write: those messages were not printed),
