@@ -336,6 +336,26 @@ def decode_headers(blob) -> list[tuple[str, bytes]]:
     return pairs
 
 
+def check_headers(buf, pos: int = 0, header: BatchHeader | None = None) -> None:
+    """Every record's headers decode (``decode_headers``); raises
+    CorruptBatch naming the record.  For batches entering the cluster: a
+    consumer must never meet headers it cannot read.  Costs one table scan
+    for a batch without headers, one msgpack decode per record with them."""
+    h = header or read_header(buf, pos)
+    table, starts = value_bounds(buf, pos, h)
+    hlen = table["headers_len"]
+    if not hlen.any():
+        return
+    mv = memoryview(buf)
+    hstart = starts + np.maximum(table["key_len"], 0) + table["value_len"]
+    for i in np.flatnonzero(hlen).tolist():
+        s = int(hstart[i])
+        try:
+            decode_headers(mv[s:s + int(hlen[i])])
+        except CorruptBatch as e:
+            raise CorruptBatch(f"record {i}: {e}") from None
+
+
 def _describe(v) -> str:
     return f"a {type(v).__name__} of {len(v)}" if isinstance(v, (list, tuple)) else type(v).__name__
 
