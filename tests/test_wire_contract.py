@@ -441,7 +441,7 @@ GROUP_REPLIES = [
 
 
 def test_every_group_message_is_covered_here():
-    group_requests = set(m.REQUEST_TYPES[m.REQUEST_TYPES.index(m.FindCoordinator):])
+    group_requests = set(m.REQUEST_TYPES[m.REQUEST_TYPES.index(m.FindCoordinator):m.REQUEST_TYPES.index(m.DescribeGroup) + 1])
     assert {type(r) for r in GROUP_REQUESTS} == group_requests
     assert {type(r) for r in GROUP_REPLIES} == {m.REPLY_FOR[t] for t in group_requests}
 
@@ -621,3 +621,12 @@ def test_group_routing_commits_and_the_offsets_record_format(tmp_path):
             c.close()
     finally:
         assert b.stop() == 0
+
+
+def test_init_producer_id_round_trips():
+    req = m.InitProducerId(id=5)
+    back, payloads = codec.decode_request(codec.encode_request(req))
+    assert back == req and payloads == []
+    rep = m.InitProducerIdReply(id=5, producer_id=123456789)
+    back, _ = codec.decode_reply(codec.encode_reply(rep))
+    assert back == rep
