@@ -388,8 +388,14 @@ def throughput(args, url, topic, nparts, ends, bprocs, hb_ms) -> dict:
         n = sum(r["messages"] for r in res)
         want = sum(api_ends[api])
         moved = any(r["rebalanced_while_reading"] for r in res)
+        cpu = sampler.cpu_percent()
+        broker_cpu_s = sum(v for name, v in cpu.items() if not name.startswith("reader") and v is not None) * secs / 100
         row = {"mode": mode, "members": k, "api": api, "messages": n, "seconds": secs, "msgs_per_s": n / secs,
-               "settle_seconds": settled, "cpu_percent": sampler.cpu_percent(),
+               "settle_seconds": settled, "cpu_percent": cpu,
+               # CPU seconds per million records: what the readers and the broker spent, whatever share of the
+               # machine they got (on a busy 2-core host the rate follows the share; this does not)
+               "cpu_s_per_m_msgs": {"readers": sum(r["cpu_s"] for r in res) / n * 1e6 if n else None,
+                                    "broker": broker_cpu_s / n * 1e6 if n else None},
                "reader_cpu_percent": [round(100 * r["cpu_s"] / max(r["t1"] - r["t0"], 1e-9), 1) for r in res],
                "start_skew_ms": (max(r["t0"] for r in res) - t_go) * 1000,
                "partitions_per_reader": [len(r["partitions"]) for r in res],
@@ -450,6 +456,9 @@ def _summary(k: int, api: str, pairs: list[dict]) -> dict:
         "group_seconds": statistics.median(r["seconds"] for r in g),
         "settle_seconds": statistics.median(r["settle_seconds"] for r in g),
         "auto_commits_per_run": statistics.median(commits) if commits else None,
+        "group_cpu_s_per_m_msgs": {k: statistics.median(r["cpu_s_per_m_msgs"][k] for r in g) for k in ("readers", "broker")},
+        "nogroup_cpu_s_per_m_msgs": {k: statistics.median(r["cpu_s_per_m_msgs"][k] for r in ng)
+                                     for k in ("readers", "broker")},
         "group_cpu_percent": _mean_cpu(g),
         "nogroup_cpu_percent": _mean_cpu(ng),
         "pairs": pairs,
@@ -621,6 +630,10 @@ def print_table(r: dict) -> None:
                              f"{tp['messages'][api]:,} msgs in {s['group_seconds']:.2f} s; "
                              f"auto-commits/run {_f(s['auto_commits_per_run'], '{:.0f}')}; "
                              f"group settled in {s['settle_seconds']:.2f} s"))
+                gc, nc = s["group_cpu_s_per_m_msgs"], s["nogroup_cpu_s_per_m_msgs"]
+                rows.append(("      CPU s per M msgs, readers / broker",
+                             f"group {gc['readers']:.3f} / {gc['broker']:.3f}, no group {nc['readers']:.3f} / "
+                             f"{nc['broker']:.3f}"))
                 rows.append(("      CPU% group", _cpu_text(s["group_cpu_percent"])))
                 rows.append(("      CPU% no group", _cpu_text(s["nogroup_cpu_percent"])))
     rb = r.get("rebalance")
