@@ -80,7 +80,9 @@ def test_tiny_run_has_every_section(tmp_path):
 
     for name, pid in res["broker_pids"].items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
-    left = [n for n in set(os.listdir("/dev/shm")) - before if n.removeprefix("sem.").startswith("hpb.p")]
+    # only this run's broker instance (hpb.p<port>.*): other brokers on the machine come and go
+    mine = f"hpb.p{res['broker_port']}."
+    left = [n for n in set(os.listdir("/dev/shm")) - before if n.removeprefix("sem.").startswith(mine)]
     assert not left, left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("hpbroker-bench-")], "temp dir left behind"
 

@@ -8,8 +8,9 @@ Sections (``--sections``, default all three):
     A 12-partition topic (``--partitions``) is filled once with
     ``--messages`` records of ``--size`` bytes.  Then, for 1, 2 and 4
     reader processes (``--members``), two runs per round, interleaved
-    (group first in even rounds, no group first in odd ones) over
-    ``--rounds``: **group** - the processes join a fresh group with
+    (group first in rounds 1, 3, 5, ..., no group first in the others) over
+    ``--rounds``, after one untimed read of the whole topic (``--no-warmup``
+    skips it): **group** - the processes join a fresh group with
     auto-commit on (every ``--auto-commit-interval-ms``) - against **no
     group** - the same processes, each ``Consumer(url, topic,
     partitions=[...])`` with a fixed split.  Every run first sets up
@@ -21,7 +22,8 @@ Sections (``--sections``, default all three):
     work), and, with ``--api poll`` (on by default), ``poll()`` too, over the
     first ``--poll-messages`` of the topic.  Figures: median aggregate
     msgs/s of each, and the median of the rounds' group/no-group ratios;
-    CPU% of every broker process and reader over the run.
+    CPU% of every broker process and reader over the run, and CPU seconds
+    per million records (readers, broker).
 
 ``rebalance``
     Two member processes own the 12 partitions (6 each); ``--rebalance-rounds``
@@ -29,7 +31,8 @@ Sections (``--sections``, default all three):
     of ``close()`` until the other's ``on_assign`` has given it all 12;
     **kill** - one is killed with SIGKILL: the time from the kill until the
     survivor's ``on_assign`` has given it all 12 (bounded by the members'
-    ``--session-timeout-ms``).  Median, p90, max.
+    ``--session-timeout-ms``).  Each starts at a random point of the
+    heartbeat cycle.  Median, p90, max.
 
 ``commit``
     A lone member (it owns every partition; auto-commit off) calls
@@ -179,6 +182,7 @@ def run(args) -> int:
     try:
         broker.start()
         procs = broker.processes()
+        result["broker_port"] = broker.port
         result["broker_pids"] = {n: p.pid for n, p in procs.items()}
         topic = f"bench-groups-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
         from hpbroker.client import Admin
