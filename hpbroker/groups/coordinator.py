@@ -64,7 +64,7 @@ class Member:
 
 
 class Group:
-    __slots__ = ("name", "epoch", "members", "target", "target_key", "assignor", "committed")
+    __slots__ = ("name", "epoch", "members", "target", "target_key", "assignor", "committed", "dirty", "counts_seen")
 
     def __init__(self, name: str):
         self.name = name
@@ -72,6 +72,8 @@ class Group:
         self.members: dict[str, Member] = {}
         self.target: dict[str, set[TP]] = {}
         self.target_key: tuple | None = None
+        self.dirty = True  # members or subscriptions changed since the target was computed
+        self.counts_seen: tuple = ()  # (topic, partitions) of the subscribed topics then
         self.assignor = ""
         self.committed: dict[TP, Committed] = {}
 
@@ -138,6 +140,7 @@ class GroupCoordinator:
                 mem.told = frozenset()
             else:
                 mem = g.members[req.member_id] = Member(req.member_id, now)
+            g.dirty = True
         elif mem is None:
             raise BrokerError(ErrorCode.UNKNOWN_MEMBER_ID,
                               f"member {req.member_id} is not in group {req.group!r} (its session expired, it was "
@@ -151,8 +154,12 @@ class GroupCoordinator:
                 del mem.owned[tp]  # released (or never received): free now
         mem.last_seen = now
         mem.instance_id, mem.client_host = req.instance_id, req.client_host
-        mem.topics = frozenset(req.topics)
-        mem.assignor = req.assignor or self.default_assignor
+        topics = frozenset(req.topics)
+        assignor = req.assignor or self.default_assignor
+        if topics != mem.topics or assignor != mem.assignor:
+            g.dirty = True
+        mem.topics = topics
+        mem.assignor = assignor
         mem.session_timeout = req.session_timeout_ms / 1000.0
         mem.rebalance_timeout = req.rebalance_timeout_ms / 1000.0
         self._retarget(g, counts)
@@ -182,11 +189,17 @@ class GroupCoordinator:
     def _remove(self, g: Group, member_id: str, counts: Mapping[str, int]) -> None:
         del g.members[member_id]
         g.target.pop(member_id, None)
+        g.dirty = True
         self._retarget(g, counts)
 
     def _retarget(self, g: Group, counts: Mapping[str, int]) -> None:
-        """Recompute the target when members, subscriptions or partition counts changed."""
+        """Recompute the target when members, subscriptions or partition counts changed.
+        A heartbeat that changes none of them costs one look at the counts."""
+        if not g.dirty and tuple((t, counts.get(t, 0)) for t, _ in g.counts_seen) == g.counts_seen:
+            return
+        g.dirty = False
         topics = sorted({t for mem in g.members.values() for t in mem.topics})
+        g.counts_seen = tuple((t, counts.get(t, 0)) for t in topics)
         key = (tuple(sorted((mem.id, mem.topics) for mem in g.members.values())),
                tuple((t, counts.get(t, 0)) for t in topics))
         if key == g.target_key:
