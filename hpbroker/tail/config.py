@@ -67,7 +67,7 @@ AGENT_KEYS: dict[str, tuple] = {
     "poll_interval_ms": (int, 10, 60_000),
     "status_interval_ms": (int, 100, 3_600_000),
     "acks": ("choice", 1, "all"),
-    "max_inflight_bytes": (int, 1 << 16, 1 << 34),
+    "max_inflight_bytes": (int, 4096, 1 << 34),
     "read_bytes": (int, 4096, 64 << 20),
     "max_record_bytes": (int, 64, 4 << 20),
     "checkpoint_interval_ms": (int, 0, 3_600_000),

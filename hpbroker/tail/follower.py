@@ -71,6 +71,7 @@ class TrackedFile:
         self.grew_at = 0.0  # monotonic time the size last grew (or the file was found)
         self.removed = False  # no longer under any glob: renamed away or deleted
         self.at_eof = False  # the last read found nothing more: wait for the next scan
+        self.flush_tried = -1  # the size at which a read to flush what was kept back was last tried
         self.failed = False  # a chunk failed: acks after it must not move the checkpoint
         self.chunks: deque = deque()  # the shipper's chunks in flight, in file order
         self.partition: int | None = None  # the default partition (resolved by the shipper)

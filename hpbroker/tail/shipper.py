@@ -159,12 +159,21 @@ class Shipper:
                 if not self._read(f, now, final):
                     break
                 progressed = True
+            if f.at_eof and f.read_pos < f.size and f.size != f.flush_tried and self._flush_due(f, now, final):
+                # at the end, with a record or line kept back that may now go: one more read
+                f.flush_tried = f.size
+                progressed |= self._read(f, now, final)
             if f.removed and f.at_eof and not f.chunks and f.acked >= f.size \
                     and (final or now - f.grew_at >= self.agent.close_inactive_ms / 1000.0):
                 self.note(f"{f.path}: read to its end and acknowledged; closed")
                 self.follower.forget(f)
                 self.acked_changed = True
         return progressed
+
+    def _flush_due(self, f: TrackedFile, now: float, final: bool) -> bool:
+        idle = now - f.grew_at
+        return final or (f.removed and idle >= self.agent.close_inactive_ms / 1000.0) \
+            or (f.source.start_rx is not None and idle >= f.source.multiline_timeout_ms / 1000.0)
 
     def _read(self, f: TrackedFile, now: float, final: bool) -> bool:
         """One chunk of ``f``; False when nothing could be sent (the file's
