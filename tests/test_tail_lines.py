@@ -109,3 +109,12 @@ def test_multiline_any_read_size_gives_the_bytes_back_in_order(recs, read, flush
         if not flush_every and all(len(r) < max_record for r in got):
             assert b"\n".join(got) + b"\n" == data
             assert all(r.startswith(b"S") for r in got[1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lens=st.lists(st.integers(min_value=0, max_value=40), max_size=50), max_record=st.integers(min_value=1, max_value=30))
+def test_has_long_line_agrees_with_the_longest_line(lens, max_record):
+    from hpbroker.tail.lines import has_long_line
+
+    data = b"".join(b"x" * n + b"\n" for n in lens)
+    assert has_long_line(data, len(data), max_record) == (max(lens, default=0) > max_record)

@@ -154,7 +154,7 @@ class FakeSend:
 
 
 class Rig:
-    def __init__(self, tmp_path, pattern="*.log", **agent_kw):
+    def __init__(self, tmp_path, pattern="*.log", max_request_bytes=4 << 20, **agent_kw):
         src = {"topic": "t", "paths": [str(tmp_path / pattern)]}
         src.update(agent_kw.pop("source", {}))
         agent_kw.setdefault("read_bytes", 4096)
@@ -167,7 +167,7 @@ class Rig:
         self.follower = Follower(self.cfg, self.clock, note=self.notes.append)
         self.send = FakeSend()
         self.ship = Shipper(self.cfg, self.follower, self.send, {"t": 4}, self.clock,
-                            note=self.notes.append, warn=self.notes.append)
+                            note=self.notes.append, max_request_bytes=max_request_bytes)
 
     def pump(self, rounds=3, ack=True, advance=0.3, final=False):
         for _ in range(rounds):
@@ -177,6 +177,7 @@ class Rig:
             if ack:
                 self.send.ack()
             self.ship.collect()
+            self.ship.checkpoint_written(self.ship.acked_bytes)  # as the agent's checkpoint writer reports
 
     def acked(self, name):
         return {Path(f.path).name: f.acked for f in self.follower.files.values()}.get(name)
@@ -207,50 +208,103 @@ def test_every_line_once_in_order_and_the_checkpoint_follows_the_acks(tmp_path):
     assert r.send.values()[-1] == b"a partial line"
 
 
-def test_a_later_chunk_acknowledged_first_does_not_move_the_checkpoint_past_an_earlier_one(tmp_path):
-    (tmp_path / "a.log").write_bytes(lines(b"a", 0, 1000))  # 9 000 bytes: three reads of 4 KiB
-    r = Rig(tmp_path)
+def test_a_chunk_acknowledged_in_one_partition_waits_for_its_share_in_another(tmp_path):
+    """key_regex spreads a chunk over two partitions: the checkpoint moves
+    past a chunk only when both of its shares are acknowledged, and past a
+    later chunk only after the earlier one."""
+    from crc32c import crc32c
+
+    a, b = b"a", next(k for k in (b"b", b"c", b"d", b"e") if crc32c(k) % 4 != crc32c(b"a") % 4)
+    data = b"".join(b"k=%s %05d\n" % ((a, b)[i % 2], i) for i in range(900))  # 9 000 bytes: 3 reads
+    (tmp_path / "a.log").write_bytes(data)
+    r = Rig(tmp_path, max_request_bytes=1, max_in_flight=1, source={"key_regex": r"k=(\w)"})  # one share per request
     r.pump(rounds=1, ack=False)
-    assert len(r.send.calls) == 3
     f = next(iter(r.follower.files.values()))
-    r.send.ack(2)
-    r.send.ack(1)
+    assert len(f.chunks) == 3 and len(r.send.calls) == 2  # one request in flight per partition
+    lane_of = {c[3][0]: i for i, c in enumerate(r.send.calls)}
+    r.send.ack(lane_of[b])  # chunk 1's "b" share
     r.ship.collect()
-    assert f.acked == 0 and r.ship.inflight_chunks == 3
+    assert f.acked == 0 and len(r.send.calls) == 3  # the "b" lane sends chunk 2's share
+    r.send.ack(2)
+    r.ship.collect()
+    assert f.acked == 0  # chunk 2 is done in "b", but chunk 1 still waits for its "a" share
+    r.send.ack(lane_of[a])
+    r.ship.collect()
+    assert f.acked == f.chunks[0].end - f.chunks[0].nbytes  # chunk 1 done; chunk 2 waits for its "a" share
+    r.pump(rounds=6)
+    assert f.acked == 9000 and sorted(r.send.values()) == sorted(data.split(b"\n")[:-1])
+
+
+def test_requests_in_flight_per_partition_with_the_queue_merged_behind_them(tmp_path):
+    (tmp_path / "a.log").write_bytes(lines(b"a", 0, 3000))  # 27 000 bytes: 7 reads
+    r = Rig(tmp_path)  # max_in_flight = 2
+    r.pump(rounds=1, ack=False)
+    assert [len(c[2]) for c in r.send.calls] == [455, 455]  # the first reads went at once
     r.send.ack(0)
     r.ship.collect()
-    assert f.acked == 9000 and r.ship.inflight_chunks == 0
+    assert len(r.send.calls) == 3 and len(r.send.calls[2][2]) == 3000 - 910  # the rest, read meanwhile, as one
+    r.pump(rounds=2)
+    assert r.send.values() == want(b"a", 0, 3000)
+
+
+def test_after_a_failure_the_lane_sends_again_from_the_failed_request_later_successes_included(tmp_path):
+    (tmp_path / "a.log").write_bytes(lines(b"a", 0, 1000))
+    r = Rig(tmp_path, retry_backoff_ms=100)
+    r.pump(rounds=1, ack=False)
+    assert len(r.send.calls) == 2
+    r.send.ack(1)  # the later one is acknowledged first: nothing moves
+    r.ship.collect()
+    f = next(iter(r.follower.files.values()))
+    assert f.acked == 0 and len(r.send.calls) == 2
+    r.send.fail(0, RuntimeError("BUSY"))
+    r.ship.collect()
+    r.clock.t += 0.2
+    r.ship.step()
+    # one request again from the failed one on, the successful later one included: its lines come after
+    assert r.send.calls[2][2][:910] == r.send.calls[0][2] + r.send.calls[1][2]
+    r.pump(rounds=2, advance=0)
+    assert f.acked == 9000
 
 
 def test_reading_stops_at_the_in_flight_bound_and_goes_on_when_acks_come(tmp_path):
     (tmp_path / "a.log").write_bytes(lines(b"a", 0, 10_000))
     r = Rig(tmp_path, max_inflight_bytes=8192)
     r.pump(rounds=3, ack=False)
-    assert r.ship.inflight_bytes <= 8192 + 4096 and len(r.send.calls) == 3  # it reads while under the bound
+    assert 8192 <= r.ship.inflight_bytes <= 8192 + 4096 and r.ship.inflight_chunks == 3  # it reads while under the bound
+    r.send.ack()
+    r.ship.collect()
+    r.send.ack()
+    r.ship.collect()
+    r.ship.step()
+    assert r.ship.inflight_chunks == 0 and r.ship.unsaved_bytes() >= 8192  # acknowledged, not on disk: still counted
+    r.ship.checkpoint_written(r.ship.acked_bytes)
     r.pump(rounds=40)
     assert r.send.values() == want(b"a", 0, 10_000)
 
 
-def test_a_failed_chunk_stops_reading_then_everything_after_the_checkpoint_is_sent_again(tmp_path):
+def test_a_failed_request_is_sent_again_after_a_backoff_and_nothing_overtakes_it(tmp_path):
     (tmp_path / "a.log").write_bytes(lines(b"a", 0, 1000))
-    r = Rig(tmp_path, retry_backoff_ms=500)
+    r = Rig(tmp_path, retry_backoff_ms=500, max_in_flight=1)
     r.pump(rounds=1, ack=False)
-    r.send.ack(0)
-    r.send.fail(1, RuntimeError("no"))
+    first = list(r.send.calls[0][2])
+    r.send.fail(0, RuntimeError("connection lost"))
     r.ship.collect()
-    r.send.ack(2)  # a later chunk succeeds: the checkpoint still stops before the failed one
-    r.ship.collect()
-    f = next(iter(r.follower.files.values()))
-    first_end = len(b"".join(l + b"\n" for l in r.send.calls[0][2]))
-    assert f.acked == first_end and r.ship.failure is not None
-    assert any("refused a batch" in n for n in r.notes)
-    r.ship.step()  # the backoff has not passed: nothing read
-    assert len(r.send.calls) == 3
+    assert r.ship.error is not None
+    r.ship.step()
+    assert len(r.send.calls) == 1  # the backoff has not passed, and nothing else of the partition goes
     r.clock.t += 0.6
+    r.ship.step()
+    assert r.send.calls[1][2][:len(first)] == first  # the same lines again first, then what was read since
+    r.send.fail(1, RuntimeError("still down"))
+    r.ship.collect()
+    r.clock.t += 0.6
+    r.ship.step()
+    assert len(r.send.calls) == 2  # the second backoff is twice the first
+    r.clock.t += 0.5
     r.pump(rounds=2, advance=0)
-    resent = [v for c in r.send.calls[3:] for v in c[2]]
-    assert resent == want(b"a", 0, 1000)[len(r.send.calls[0][2]):]  # from the checkpoint on, in order
-    assert f.acked == 9000 and r.ship.failure is None
+    assert r.send.values(only_ok=True) == want(b"a", 0, 1000) and r.ship.error is None
+    f = next(iter(r.follower.files.values()))
+    assert f.acked == 9000
 
 
 def test_rename_rotation_reads_the_old_file_to_its_end_then_the_new_one(tmp_path):
@@ -318,7 +372,7 @@ def test_copytruncate_ships_the_rest_from_the_copy_and_never_the_copy_twice(tmp_
     log.write_bytes(lines(b"g1", 0, 5))
     r.pump(rounds=3)
     got = r.send.values()
-    assert got[:130] == want(b"g0", 0, 130) and sorted(got[130:]) == want(b"g1", 0, 5), got[95:]
+    assert got == want(b"g0", 0, 130) + want(b"g1", 0, 5), got[95:]  # the copy's rest before the new content
     assert len(got) == 135
 
 
@@ -442,10 +496,16 @@ def test_status_line_and_broker_state_changes_once():
     Ship.acked_lines, Ship.acked_bytes = 2_000_000, 200_000_000
     line = s.line(Ship)
     assert "1,000,000 lines/s" in line and "100.0 MB/s" in line and "\n" not in line
-    b = BrokerState(5.0, 0.5)
-    msgs = [b.update(t, 100.0 if t < 120 else None, 1 << 20) for t in (101, 104, 106, 107, 110, 121, 122)]
+    b = BrokerState(5.0, 0.5, 32 << 20)
+    # a stall: the request sent at 100 is not acknowledged; acknowledged at 121
+    msgs = [b.update(t, 100.0 if t < 121 else None, 90.0 if t < 121 else 121.0, None, 1 << 20)
+            for t in (101, 104, 106, 107, 110, 121, 122)]
     assert [m is not None for m in msgs] == [False, False, True, False, False, True, False]
     assert "not acknowledged" in msgs[2] and "again" in msgs[5]
+    # failures: one line when they start, none per retry, one when a request succeeds
+    err = RuntimeError("lost the connection")
+    msgs = [b.update(t, t, 121.0 if t < 140 else 140.0, err if t < 140 else None, 1 << 20) for t in (130, 131, 135, 140)]
+    assert [m is not None for m in msgs] == [True, False, False, True] and "lost the connection" in msgs[0]
 
 
 def test_checkpoint_file_is_json_with_the_documented_fields(tmp_path):

@@ -20,11 +20,6 @@ import threading
 from hpbroker.commands import UserError
 from hpbroker.commands._broker_args import add_broker_args, user_error
 
-#: the Producer retries a retriable error this many times: for ever, in practice, so that a later
-#: batch never overtakes an earlier one that is still being retried (docs/tail.md, "Order")
-RETRIES = 1 << 30
-
-
 def register(sub) -> None:
     p = sub.add_parser("tail", help="ship log files into the broker, following them as tail -F does",
                        description="Ship log files (one message per line, or per multiline record) into the broker, "
@@ -132,52 +127,71 @@ def _ship(args, cfg, store, stop: threading.Event) -> int:
     from hpbroker.protocol.errors import BrokerError, ErrorCode
     from hpbroker.tail.agent import Agent
 
-    producer = Producer(args.broker, acks=cfg.acks, retries=RETRIES, retry_backoff_ms=cfg.retry_backoff_ms,
-                        max_in_flight=cfg.max_in_flight, linger_ms=0,
-                        buffer_memory=2 * cfg.max_inflight_bytes + 2 * cfg.read_bytes + (16 << 20),
+    meta = _broker_metadata(cfg, args, stop)
+    if meta is None:
+        return 0  # stopped while waiting for the broker
+    partitions, max_batch, max_request = meta
+    if cfg.max_record_bytes + 16 + 64 > max_batch:
+        raise UserError(f"max_record_bytes ({cfg.max_record_bytes}) does not fit the broker's max_batch_bytes "
+                        f"({max_batch}): lower it", 2)
+    # retries=0: the agent retries itself, a partition's requests in order, so that no retry can
+    # put a later batch of a file before an earlier one (docs/tail.md, "Order"); the agent bounds
+    # the requests in flight per partition, so the Producer's own bound (per acceptor) is wide
+    producer = Producer(args.broker, acks=cfg.acks, retries=0, max_in_flight=64, linger_ms=0,
+                        buffer_memory=2 * cfg.max_inflight_bytes + 2 * max_request + (16 << 20),
                         connect_timeout_ms=args.connect_timeout_ms, max_block_ms=max(60_000, args.connect_timeout_ms))
     try:
-        partitions = _partitions(producer, cfg, args, stop, BrokerError, ErrorCode)
-        if partitions is None:
-            return 0  # stopped while waiting for the broker
-
         def send(topic, partition, values, keys, on_done):
             producer.send_batch(topic, values, partition=partition, keys=keys,
                                 callback=lambda _md, exc: on_done(exc))
 
         def fatal(exc):
             if isinstance(exc, BrokerError) and exc.code == ErrorCode.MESSAGE_TOO_LARGE:
-                return f"the broker refuses a batch as too large ({exc}): lower max_record_bytes or read_bytes"
+                return f"the broker refuses a request as too large ({exc}): lower max_record_bytes"
             return None
 
-        agent = Agent(cfg, send, partitions, store, err=_err, quiet=args.quiet, fatal=fatal)
+        agent = Agent(cfg, send, partitions, store, err=_err, quiet=args.quiet, fatal=fatal,
+                      max_request_bytes=min(max_request, max_batch))
         return agent.run(stop, once=args.once)
     finally:
         producer.close(timeout=1.0)
 
 
-def _partitions(producer, cfg, args, stop, BrokerError, ErrorCode) -> dict[str, int] | None:
-    """Each topic's partition count; waits (and says so once) while the broker does not answer."""
-    out: dict[str, int] = {}
+def _broker_metadata(cfg, args, stop) -> tuple[dict[str, int], int, int] | None:
+    """Each topic's partition count and the broker's batch and request
+    limits; waits (saying so once) while the broker does not answer."""
+    from hpbroker.client.admin import Admin
+    from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+    topics = list(dict.fromkeys(s.topic for s in cfg.sources))
     said = False
     backoff = 1.0
-    for topic in dict.fromkeys(s.topic for s in cfg.sources):
-        while topic not in out:
-            try:
-                out[topic] = len(producer.partitions_for(topic))
-            except BrokerError as e:
-                if e.code != ErrorCode.REQUEST_TIMED_OUT:
-                    raise user_error(e, args.broker) from None
-                if not said:
-                    _err(f"no answer from the broker at {args.broker}; retrying until it answers")
-                    said = True
-                if stop.wait(backoff):
-                    return None
-                backoff = min(backoff * 2, 10.0)
+    while True:
+        try:
+            with Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms) as adm:
+                rep = adm.metadata(topics)
+            break
+        except BrokerError as e:
+            if e.code != ErrorCode.REQUEST_TIMED_OUT:
+                raise user_error(e, args.broker) from None
+            if not said:
+                _err(f"no answer from the broker at {args.broker}; retrying until it answers")
+                said = True
+            if stop.wait(backoff):
+                return None
+            backoff = min(backoff * 2, 10.0)
     if said:
         _err(f"the broker at {args.broker} answers; shipping")
+    partitions = {}
+    for t in rep.topics:
+        if t.code:
+            raise user_error(BrokerError(t.code, f"topic {t.name}"), args.broker)
+        partitions[t.name] = len(t.partitions)
+    missing = [t for t in topics if not partitions.get(t)]
+    if missing:
+        raise UserError(f"the broker does not know the topic(s) {', '.join(missing)}", 1)
     for s in cfg.sources:
-        if s.partition is not None and s.partition >= out[s.topic]:
+        if s.partition is not None and s.partition >= partitions[s.topic]:
             raise UserError(f"source {s.name!r}: partition {s.partition} does not exist ({s.topic} has "
-                            f"{out[s.topic]} partitions)", 2)
-    return out
+                            f"{partitions[s.topic]} partitions)", 2)
+    return partitions, rep.max_batch_bytes or (4 << 20), rep.max_request_bytes or (4 << 20)

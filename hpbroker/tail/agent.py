@@ -28,7 +28,8 @@ from hpbroker.tail.status import BrokerState, Status
 class Agent:
     def __init__(self, config: AgentConfig, send: Send, partitions: dict[str, int], store: CheckpointStore, *,
                  clock: Callable[[], float] = time.monotonic, err: Callable[[str], None] = print,
-                 quiet: bool = False, fatal: Callable[[BaseException], str | None] = lambda e: None):
+                 quiet: bool = False, fatal: Callable[[BaseException], str | None] = lambda e: None,
+                 max_request_bytes: int = 4 << 20):
         self.config = config
         self.clock = clock
         self.err = err
@@ -37,11 +38,13 @@ class Agent:
         note = (lambda s: None) if quiet else err
         self.follower = Follower(config, clock, note=note)
         self.shipper = Shipper(config, self.follower, send, partitions, clock, wake=self.wake,
-                               note=note, warn=err, fatal=fatal)
+                               note=note, fatal=fatal, max_request_bytes=max_request_bytes)
         self.store = store
-        self.writer = CheckpointWriter(store, config.checkpoint_interval_ms / 1000.0, on_error=self._checkpoint_error)
+        self.writer = CheckpointWriter(store, config.checkpoint_interval_ms / 1000.0, on_error=self._checkpoint_error,
+                                       on_written=self.shipper.checkpoint_written)
         self.status = Status(config.status_interval_ms / 1000.0, clock)
-        self.broker = BrokerState(config.broker_stall_ms / 1000.0, config.retry_backoff_ms / 1000.0)
+        self.broker = BrokerState(config.broker_stall_ms / 1000.0, config.retry_backoff_ms / 1000.0,
+                                  config.max_inflight_bytes)
 
     def _checkpoint_error(self, e: BaseException | None) -> None:
         if e is None:
@@ -71,18 +74,19 @@ class Agent:
                 progressed = ship.step(final=once)
                 if ship.acked_changed:
                     ship.acked_changed = False
-                    self.writer.submit(self.follower.entries())
+                    self.writer.submit(self.follower.entries(), ship.acked_bytes)
                 if now >= next_state:
-                    msg = self.broker.update(now, ship.oldest_unacked(), ship.inflight_bytes)
+                    msg = self.broker.update(now, ship.oldest_sent(), ship.last_ack_at, ship.error, ship.unsaved_bytes())
                     if msg:
                         self.err(msg)
                     next_state = now + 0.2
                 if not self.quiet and self.status.due():
                     self.err(self.status.line(ship))
-                if once and ship.failure is None and ship.drained() and self._all_scanned():
+                if once and ship.drained() and self._all_scanned():
                     break
                 if not progressed:
-                    self.wake.wait(max(0.0, min(next_scan, next_state) - self.clock()))
+                    due = min(next_scan, next_state, ship.next_retry() or next_scan)
+                    self.wake.wait(max(0.0, due - self.clock()))
                     self.wake.clear()
         finally:
             code = self._stop()

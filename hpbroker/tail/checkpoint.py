@@ -142,21 +142,27 @@ class CheckpointWriter:
     """
 
     def __init__(self, store: CheckpointStore, min_interval: float = 0.0,
-                 on_error: Callable[[BaseException | None], None] | None = None):
+                 on_error: Callable[[BaseException | None], None] | None = None,
+                 on_written: Callable[[object], None] | None = None):
         self.store = store
         self.min_interval = min_interval
         self.on_error = on_error or (lambda e: None)
+        self.on_written = on_written or (lambda token: None)
         self._cond = threading.Condition()
         self._pending: list[Entry] | None = None
+        self._token = None
         self._stop = False
         self._failing = False
         self.writes = 0
         self._thread = threading.Thread(target=self._run, name="hpbroker-tail-checkpoint", daemon=True)
         self._thread.start()
 
-    def submit(self, entries: list[Entry]) -> None:
+    def submit(self, entries: list[Entry], token=None) -> None:
+        """Write ``entries`` (replacing any not written yet); once they are
+        on disk, ``on_written(token)`` is called from the writer's thread."""
         with self._cond:
             self._pending = entries
+            self._token = token
             self._cond.notify()
 
     def _run(self) -> None:
@@ -171,11 +177,14 @@ class CheckpointWriter:
                 if wait > 0 and not self._stop:
                     self._cond.wait(wait)
                 entries, self._pending = self._pending, None
+                token = self._token
             last = time.monotonic()
-            if not self._write(entries):
+            if self._write(entries):
+                self.on_written(token)
+            else:
                 with self._cond:
                     if self._pending is None:
-                        self._pending = entries
+                        self._pending, self._token = entries, token
                     if not self._stop:
                         self._cond.wait(1.0)
                     else:

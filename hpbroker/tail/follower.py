@@ -72,7 +72,6 @@ class TrackedFile:
         self.removed = False  # no longer under any glob: renamed away or deleted
         self.at_eof = False  # the last read found nothing more: wait for the next scan
         self.flush_tried = -1  # the size at which a read to flush what was kept back was last tried
-        self.failed = False  # a chunk failed: acks after it must not move the checkpoint
         self.chunks: deque = deque()  # the shipper's chunks in flight, in file order
         self.partition: int | None = None  # the default partition (resolved by the shipper)
 
@@ -258,6 +257,7 @@ class Follower:
         self._seq += 1
         if copy_of is not None and copy_of is not _OWN:
             f.first_path, f.partition = origin.first_path, origin.partition  # its order continues in one partition
+            f.seq = origin.seq - 0.5  # the rest of the old content goes before the original's new content
         f.read_pos = f.acked = start
         f.size = size
         f.grew_at = now
@@ -330,8 +330,7 @@ class Follower:
             if not f.fp.matches(fd):
                 os.close(fd)
                 continue
-            c = TrackedFile(f.source, st.st_dev, st.st_ino, e.path, fd, self._seq)
-            self._seq += 1
+            c = TrackedFile(f.source, st.st_dev, st.st_ino, e.path, fd, f.seq - 0.5)  # read before the original
             c.read_pos = c.acked = f.read_pos
             c.size = st.st_size
             c.grew_at = now

@@ -67,12 +67,27 @@ def _ship_overgrown(data: bytes, keep: int, records: list[bytes], max_record: in
     return Cut(records + _pieces(data[keep:keep + whole], max_record), keep + whole)
 
 
+def has_long_line(data: bytes, end: int, max_record: int) -> bool:
+    """Is there a line longer than ``max_record`` in ``data[:end]`` (whole
+    lines)?  Steps from newline to the last newline within the next
+    ``max_record + 1`` bytes: about ``end / max_record`` ``rfind`` calls,
+    not a Python step per line (py-spy: ``max(map(len, lines))`` took 4 %
+    of the agent's samples)."""
+    pos = 0
+    while end - pos > max_record:
+        nl = data.rfind(b"\n", pos, pos + max_record + 1)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False
+
+
 def split_lines(data: bytes, max_record: int, final: bool = False) -> Cut:
     """Single-line records of ``data``."""
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last "\n": b"" or an unterminated line
     consumed = len(data) - len(tail)
-    if len(data) > max_record and lines and max(map(len, lines)) > max_record:
+    if consumed > max_record and has_long_line(data, consumed, max_record):
         lines = _split_long(lines, max_record)
     if not tail:
         return Cut(lines, consumed)

@@ -48,24 +48,35 @@ class Status:
 
 
 class BrokerState:
-    """"stalled" once the oldest batch in flight is older than ``stall``
-    seconds, "ok" once acknowledgements flow again; :meth:`update` returns
-    the message for a change (or None)."""
+    """Trouble begins when a request fails, or when the oldest request in
+    flight has waited ``stall`` seconds with no acknowledgement meanwhile;
+    it ends at the first acknowledgement after it began.  :meth:`update`
+    returns the message for a change, or None: one line per change of
+    state, never one per retry."""
 
-    def __init__(self, stall: float, retry_backoff: float):
+    def __init__(self, stall: float, retry_backoff: float, max_inflight: int):
         self.stall = stall
         self.retry_backoff = retry_backoff
-        self.stalled_since: float | None = None
+        self.max_inflight = max_inflight
+        self.since: float | None = None  # trouble began
 
-    def update(self, now: float, oldest_sent: float | None, inflight_bytes: int) -> str | None:
-        if self.stalled_since is None:
-            if oldest_sent is not None and now - oldest_sent >= self.stall:
-                self.stalled_since = oldest_sent
-                return (f"the broker has not acknowledged for {now - oldest_sent:.1f} s; reading paused with "
-                        f"{human_bytes(inflight_bytes)} in flight, retrying every {self.retry_backoff:g} s")
+    def update(self, now: float, oldest_sent: float | None, last_ack_at: float | None,
+               error: BaseException | None, unsaved_bytes: int) -> str | None:
+        if self.since is None:
+            if error is not None:
+                self.since = now
+                return (f"sending to the broker failed ({error}); retrying, every {self.retry_backoff:g} s doubling "
+                        f"up to 10 s; reading goes on up to {human_bytes(self.max_inflight)} unacknowledged "
+                        f"({human_bytes(unsaved_bytes)} now)")
+            quiet_since = max(t for t in (oldest_sent, last_ack_at) if t is not None) \
+                if oldest_sent is not None else None
+            if quiet_since is not None and now - quiet_since >= self.stall:
+                self.since = quiet_since
+                return (f"the broker has not acknowledged for {now - quiet_since:.1f} s; reading goes on up to "
+                        f"{human_bytes(self.max_inflight)} unacknowledged ({human_bytes(unsaved_bytes)} now)")
             return None
-        if oldest_sent is None or oldest_sent > self.stalled_since:
-            took = now - self.stalled_since
-            self.stalled_since = None
+        if error is None and last_ack_at is not None and last_ack_at >= self.since:
+            took = now - self.since
+            self.since = None
             return f"the broker acknowledges again (after {took:.1f} s); reading on"
         return None
