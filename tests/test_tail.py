@@ -252,7 +252,9 @@ def test_broker_killed_and_restarted_mid_stream_nothing_lost_order_kept(tmp_path
         time.sleep(2.5)
         b.start()
         w.join(60)
-        parts = read_topic(b.url, "br", idle=3.0, timeout=90)
+        parts = read_topic(b.url, "br", want=60_000, timeout=90)
+        time.sleep(0.5)
+        parts = read_topic(b.url, "br", idle=1.0, timeout=90)  # and whatever duplicates came after
         assert a.stop() == 0, a.stderr()
         seqs = one_partition(parts)
         first = list(dict.fromkeys(seqs))
@@ -328,15 +330,27 @@ def test_multiline_records_join_stack_traces(broker, tmp_path, agents):
     (["--topic", "t", "--key-regex", "nogroup", "x.log"], None, "needs a group"),
     (["--topic", "t", "--poll-interval-ms", "0", "x.log"], None, "poll_interval_ms: 0 is out of range"),
 ])
-def test_a_bad_config_is_one_line_and_exit_2(tmp_path, args, toml, words):
+def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, args, toml, words):
+    """In-process (cli.main, as the entry point runs it): these fail before any socket."""
+    from hpbroker.cli import main
+
     cfg = tmp_path / "tail.toml"
     if toml is not None:
         cfg.write_text(toml)
     args = [x.replace("{cfg}", str(cfg)).replace("{tmp}", str(tmp_path)) for x in args]
-    r = subprocess.run([sys.executable, "-m", "hpbroker", "tail", "--broker", "tcp://127.0.0.1:1", "--state-dir",
-                        str(tmp_path / "st"), *args], capture_output=True, timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count(b"\n") == 1 and words.encode() in r.stderr, r.stderr
+    code = main(["tail", "--broker", "tcp://127.0.0.1:1", "--state-dir", str(tmp_path / "st"), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_a_bad_config_from_the_command_line_process(tmp_path):
+    cfg = tmp_path / "tail.toml"
+    cfg.write_text("[[source]]\ntopic = 't'\npaths = ['x']\nkey_regex = '('\n")
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "tail", "--config", str(cfg), "--state-dir",
+                        str(tmp_path / "st")], capture_output=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count(b"\n") == 1, r.stderr
+    assert r.stderr.startswith(b"hpbroker tail: ") and b"source[0].key_regex: bad regex" in r.stderr, r.stderr
 
 
 def test_a_second_agent_on_the_same_state_dir_is_refused(broker, tmp_path, agents):

@@ -237,7 +237,7 @@ def test_a_chunk_acknowledged_in_one_partition_waits_for_its_share_in_another(tm
 
 def test_requests_in_flight_per_partition_with_the_queue_merged_behind_them(tmp_path):
     (tmp_path / "a.log").write_bytes(lines(b"a", 0, 3000))  # 27 000 bytes: 7 reads
-    r = Rig(tmp_path)  # max_in_flight = 2
+    r = Rig(tmp_path, max_in_flight=2)
     r.pump(rounds=1, ack=False)
     assert [len(c[2]) for c in r.send.calls] == [455, 455]  # the first reads went at once
     r.send.ack(0)
@@ -249,7 +249,7 @@ def test_requests_in_flight_per_partition_with_the_queue_merged_behind_them(tmp_
 
 def test_after_a_failure_the_lane_sends_again_from_the_failed_request_later_successes_included(tmp_path):
     (tmp_path / "a.log").write_bytes(lines(b"a", 0, 1000))
-    r = Rig(tmp_path, retry_backoff_ms=100)
+    r = Rig(tmp_path, retry_backoff_ms=100, max_in_flight=2)
     r.pump(rounds=1, ack=False)
     assert len(r.send.calls) == 2
     r.send.ack(1)  # the later one is acknowledged first: nothing moves

@@ -56,7 +56,7 @@ class Agent:
     close_inactive_ms: int = 5000
     retry_backoff_ms: int = 500
     broker_stall_ms: int = 5000
-    max_in_flight: int = 2
+    max_in_flight: int = 1
     start_at: str = "beginning"
     fingerprint_bytes: int = 1024
 

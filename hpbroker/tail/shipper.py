@@ -14,7 +14,7 @@ the outcome and sets ``wake``; the agent's thread applies it in
   partition's *lane*.  The chunk (end offset, bytes, lines) joins its
   file's queue; it is done when every share of it is acknowledged.
 * **Requests in flight per partition.** A lane hands the Producer at
-  most ``max_in_flight`` requests (default 2), each its next queued shares
+  most ``max_in_flight`` requests (default 1), each its next queued shares
   merged up to the broker's request limit; while they are out the agent
   reads ahead, so the next request is ready (and large) when an
   acknowledgement comes.
@@ -221,7 +221,7 @@ class Shipper:
     def checkpoint_written(self, acked_bytes: int) -> None:
         """A checkpoint holding every acknowledgement up to the shipper's
         ``acked_bytes`` counter is on disk (any thread)."""
-        if acked_bytes > self.saved_acked_bytes:
+        if acked_bytes is not None and acked_bytes > self.saved_acked_bytes:
             self.saved_acked_bytes = acked_bytes
             self.wake.set()
 
