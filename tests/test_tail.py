@@ -365,3 +365,24 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(broker, tmp_path, agent
                         "--topic", "lock", str(log)], capture_output=True, timeout=60)
     assert r.returncode == 1 and b"another hpbroker tail" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
     assert a.stop() == 0
+
+
+def test_broker_down_at_start_the_agent_waits_says_so_once_then_ships(tmp_path, agents):
+    from brokerproc import free_port
+
+    port = free_port()
+    log = tmp_path / "a.log"
+    log.write_bytes(b"".join(line(0, i) for i in range(1000)))
+    a = Agent(tmp_path, f"tcp://127.0.0.1:{port}", "--topic", "late", "--connect-timeout-ms", "300", str(log))
+    agents.append(a)
+    a.wait_following("no answer from the broker")
+    time.sleep(1.5)  # a few retries go by, unannounced
+    b = BrokerProcess(tmp_path / "data", port=port, args=("--partitions", "4")).start()
+    try:
+        parts = read_topic(b.url, "late", want=1000)
+        assert a.stop() == 0, a.stderr()
+        assert one_partition(parts) == list(range(1000))
+        err = a.stderr()
+        assert err.count("no answer from the broker") == 1 and "answers; shipping" in err, err
+    finally:
+        b.stop()
