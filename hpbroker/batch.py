@@ -413,6 +413,40 @@ def value_bounds(buf, pos: int = 0, header: BatchHeader | None = None):
     return table, starts
 
 
+def sub_batch(buf, pos: int, header: BatchHeader, table: np.ndarray, starts: np.ndarray, first: int,
+              end: int) -> bytearray:
+    """Records ``[first, end)`` of the batch at ``pos`` as a batch of their
+    own, with their offsets kept: ``base_offset + first`` becomes the new
+    base, so record i of the new batch still has its old offset.  ``table``
+    and ``starts`` are :func:`value_bounds` of that batch.
+
+    The table entries and the record bytes are copied as they are, so
+    ``first_timestamp`` stays the old batch's (each record's ``ts_delta`` is
+    relative to it: every timestamp is kept exactly); ``max_timestamp`` is
+    that of these records; ``base_sequence`` moves with the base when set
+    (>= 0, wrapping at 2**31 as Kafka's sequences do); ``producer_id``, ``leader_epoch`` and the attributes are kept.
+    The CRC is computed again.  For a server-side filter's reply
+    (docs/protocol.md, "Filters")."""
+    n = end - first
+    if not 0 <= first < end <= header.record_count:
+        raise ValueError(f"records [{first}, {end}) of a batch of {header.record_count}")
+    mv = memoryview(buf)
+    data_from = int(starts[first])
+    if end < header.record_count:
+        data_to = int(starts[end])
+    else:
+        data_to = pos + header.batch_length
+    tpos = pos + HEADER_SIZE + first * ENTRY_SIZE
+    out = bytearray().join([_BLANK_HEADER, mv[tpos : tpos + n * ENTRY_SIZE], mv[data_from:data_to]])
+    total = len(out)
+    max_ts = header.first_timestamp + int(table["ts_delta"][first:end].max())
+    seq = (header.base_sequence + first) % (1 << 31) if header.base_sequence >= 0 else header.base_sequence
+    _HEADER.pack_into(out, 0, header.base_offset + first, total, header.leader_epoch, MAGIC, 0, header.attributes, n,
+                      header.first_timestamp, max_ts, header.producer_id, seq)
+    _I.pack_into(out, CRC_AT, crc32c(memoryview(out)[CRC_START:]))
+    return out
+
+
 def values_of(buf, pos: int = 0) -> list[bytes]:
     """All values of the batch at ``pos``, as a list of bytes."""
     mv = memoryview(buf)
