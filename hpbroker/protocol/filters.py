@@ -240,6 +240,9 @@ class Filter:
         self._root = p.node(spec, "filter", 1)
         self._headers = p.headers
         self.spec = spec
+        n = len(self.encode())
+        if n > MAX_FILTER_BYTES:  # (what decode() checks first, for one built here)
+            raise FilterError(f"filter is {n} bytes of msgpack, more than {MAX_FILTER_BYTES}")
 
     @classmethod
     def decode(cls, raw) -> "Filter":
