@@ -229,3 +229,43 @@ def test_sub_batch_refuses_an_empty_or_outside_range():
             batch.sub_batch(b, 0, h, table, starts, first, end)
     whole = batch.sub_batch(b, 0, h, table, starts, 0, 3)
     assert bytes(whole) == b  # every record: the same batch, CRC and all
+
+
+def test_needle_bytes_outside_a_records_headers_or_inside_other_values_do_not_match():
+    """Header tests first look for the value's (or name's) bytes with numpy,
+    then decode only those records: bytes found in keys, values, across two
+    records, or inside a longer header value must not make a match."""
+    recs = [
+        (b"rare", b"rare", [("tag", b"common")], 0),  # in the key and the value
+        (None, b"xxra", [("tag", b"rely")], 0),  # half the needle in the value, a similar header value
+        (None, b"", [("tag", b"rarely")], 0),  # a longer value
+        (None, b"", [("tag", b"xrare")], 0),
+        (None, b"", [("rare", b"tag")], 0),  # the needle as a name
+        (None, b"", [("tag", b"common"), ("tag", b"rare")], 0),  # a repeated name: any pair counts
+        (None, b"", [("tag", b"rare")], 0),
+        (b"tag", b"\x91\x92\xa3tag\xc4\x04rare", [], 0),  # a value that is the encoded headers of a match
+    ]
+    b = make(recs, 0)
+    for spec, want in (({"header": "tag", "eq": "rare"}, [5, 6]),
+                       ({"header": "tag", "prefix": "rare"}, [2, 5, 6]),
+                       ({"header": "tag", "suffix": "rare"}, [3, 5, 6]),
+                       ({"header": "rare", "exists": True}, [4]),
+                       ({"header": "tag", "exists": False}, [4, 7]),
+                       ({"not": {"header": "tag", "in": ["rare", "common"]}}, [1, 2, 3, 4, 7])):
+        mask = Filter(spec).mask(b)
+        assert mask.tolist() == [model(spec, r[0], r[2]) for r in recs], spec
+        assert [i for i, x in enumerate(mask) if x] == want, spec
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.sampled_from([b"ra", b"rare", b"tag"]),
+                          st.sampled_from([b"", b"rare", b"\xa3tag\xc4\x04rare", b"ta", b"g\xc4"]),
+                          st.lists(st.tuples(st.sampled_from(["tag", "rare", "ta"]),
+                                             st.sampled_from([b"rare", b"", b"rarer", b"ra", b"tag"])), max_size=3),
+                          st.just(0)), min_size=1, max_size=30),
+       st.sampled_from([{"header": "tag", "eq": "rare"}, {"header": "tag", "in": ["", "ra"]},
+                        {"header": "ta", "exists": True}, {"header": "tag", "prefix": "ra"},
+                        {"header": "rare", "suffix": "g"}, {"header": "tag", "exists": False}]))
+def test_header_tests_with_needles_everywhere_follow_the_model(recs, spec):
+    b = make(recs, 0)
+    assert Filter(spec).mask(b).tolist() == [model(spec, r[0], r[2]) for r in recs]
