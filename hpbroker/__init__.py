@@ -17,6 +17,7 @@ _CLIENT_NAMES = {
     "Message": "hpbroker.client.records",
     "BrokerError": "hpbroker.protocol.errors",
     "Filter": "hpbroker.protocol.filters",
+    "FilterError": "hpbroker.protocol.filters",
 }
 
 

@@ -30,7 +30,7 @@ from hpbroker import batch
 from hpbroker.client.records import Message, RawBatches
 from hpbroker.client.transport import Transport
 from hpbroker.protocol.errors import BrokerError, ErrorCode
-from hpbroker.protocol.filters import Filter
+from hpbroker.protocol.filters import Filter, select
 from hpbroker.protocol.messages import Fetch, FetchReply
 
 TP = tuple[str, int]
@@ -138,6 +138,11 @@ class Fetcher:
             return
         data = payloads[0]
         self.fetched_bytes += len(data)
+        if self.filter is not None and rep.next_offset < 0 and len(data):
+            # a broker older than filters ignored ours and sent everything: filter here
+            pieces, _, nxt, _ = select(data, self.filter, part.fetch_offset, 1 << 62)
+            data = memoryview(b"".join(pieces))
+            rep = FetchReply(id=rep.id, next_offset=nxt)
         end = 0
         last = None
         for pos, h in batch.iter_batches(data):
