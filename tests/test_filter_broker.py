@@ -213,3 +213,19 @@ def test_unfiltered_and_filtered_consumers_share_a_partition(broker):
     assert len(records(reps[fid][1])) == 800
     assert all(dict(batch.decode_headers(r.headers))["tag"] == b"rare" for r in records(reps[fid + 1][1]))
     assert reps[fid][0].next_offset == reps[fid + 1][0].next_offset == 800
+
+
+def test_hpbroker_consume_filter(broker):
+    from test_console import hpb
+
+    for tag, lines in ((b"a", b"a1\na2\n"), (b"b", b"b1\nb2\nb3\n"), (b"a", b"a3\n")):
+        r = hpb("produce", "cli-f", "--partition", "0", "--header", "tag=" + tag.decode(), input=lines, url=broker.url)
+        assert r.returncode == 0, r.stderr
+    r = hpb("consume", "cli-f", "--from-beginning", "--partition", "0", "--timeout-ms", "1500",
+            "--filter", '{"header": "tag", "in": ["a"]}', url=broker.url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"a1\na2\na3\n"
+    r = hpb("consume", "cli-f", "--filter", '{"header": "tag", "in": []}', url=broker.url)
+    assert r.returncode == 2 and b"--filter: filter.in: a non-empty list of values" in r.stderr
+    r = hpb("consume", "cli-f", "--filter", "tag=a", url=broker.url)
+    assert r.returncode == 2 and b"--filter:" in r.stderr

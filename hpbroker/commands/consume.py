@@ -7,9 +7,11 @@ arrived for ``--timeout-ms``; without either it runs until interrupted.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
+from hpbroker.commands import UserError
 from hpbroker.commands._broker_args import add_broker_args, user_error
 
 
@@ -24,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--timeout-ms", type=int, metavar="T", help="exit when nothing arrives for T ms")
     p.add_argument("--print-key", action="store_true", help="print KEY SEP VALUE")
     p.add_argument("--key-separator", default="\t", metavar="SEP", help="separator for --print-key (default: tab)")
+    p.add_argument("--filter", metavar="JSON", help="a server-side filter, e.g. '{\"header\": \"tag\", \"in\": [\"a\", \"b\"]}' "
+                                                   "(docs/protocol.md, Filters): only matching messages cross the network")
     p.set_defaults(func=run)
 
 
@@ -33,10 +37,18 @@ def run(args) -> int:
 
     out = sys.stdout.buffer
     sep = args.key_separator.encode()
+    flt = None
+    if args.filter is not None:
+        from hpbroker.protocol.filters import Filter
+
+        try:
+            flt = Filter(json.loads(args.filter))
+        except ValueError as e:  # not JSON, or not a filter (FilterError)
+            raise UserError(f"--filter: {e}", 2) from None
     try:
         c = Consumer(args.broker, args.topic, partitions=None if args.partition is None else [args.partition],
                      auto_offset_reset="earliest" if args.from_beginning else "latest",
-                     connect_timeout_ms=args.connect_timeout_ms, fetch_max_wait_ms=500)
+                     connect_timeout_ms=args.connect_timeout_ms, fetch_max_wait_ms=500, filter=flt)
     except BrokerError as e:
         raise user_error(e, args.broker) from None
     try:
