@@ -561,7 +561,12 @@ def select(data, flt: Filter, min_offset: int, room: int, at_least_one: bool = T
         elif not keep.any():
             runs = []
         else:
-            edges = np.flatnonzero(np.diff(keep.view(np.int8), prepend=0, append=0))
+            k = keep.view(np.int8)
+            step = np.empty(n + 1, dtype=np.int8)  # np.diff(prepend=, append=) costs more than the rest of this
+            step[0] = k[0]
+            np.subtract(k[1:], k[:-1], out=step[1:n])
+            step[n] = -k[-1]
+            edges = np.flatnonzero(step)
             runs = list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
         for a, b in runs:
             if a == 0 and b == n:
