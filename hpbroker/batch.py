@@ -109,6 +109,7 @@ ENTRY_DTYPE = np.dtype(
 )
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
 
+_ENTRY = struct.Struct("<iiii")
 _Q = struct.Struct("<q")
 _I = struct.Struct("<I")
 _i = struct.Struct("<i")
@@ -411,6 +412,35 @@ def value_bounds(buf, pos: int = 0, header: BatchHeader | None = None):
     np.cumsum(sizes[:-1], out=starts[1:])
     starts += pos + HEADER_SIZE + h.record_count * ENTRY_SIZE
     return table, starts
+
+
+#: up to this many records, :func:`record_lists` reads the table with struct: numpy's fixed cost per call
+#: (several µs) is more than a small batch's whole decode, and a filtered fetch's reply is mostly such batches
+SMALL_BATCH = 16
+
+
+def record_lists(buf, pos: int, header: BatchHeader, first: int = 0):
+    """The record table of the batch at ``pos`` from record ``first`` on, as
+    Python lists: ``(timestamps, key_lengths, value_lengths,
+    header_lengths, starts)``, each record's absolute timestamp and the
+    absolute position of its key (as :func:`value_bounds`)."""
+    n = header.record_count
+    if n > SMALL_BATCH:
+        table, starts = value_bounds(buf, pos, header)
+        ts = (table["ts_delta"][first:].astype(np.int64) + header.first_timestamp).tolist()
+        return (ts, table["key_len"][first:].tolist(), table["value_len"][first:].tolist(),
+                table["headers_len"][first:].tolist(), starts[first:].tolist())
+    data = pos + HEADER_SIZE + n * ENTRY_SIZE
+    ts, kl, vl, hl, starts = [], [], [], [], []
+    for i, (d, k, v, h) in enumerate(_ENTRY.iter_unpack(memoryview(buf)[pos + HEADER_SIZE:data])):
+        if i >= first:
+            ts.append(header.first_timestamp + d)
+            kl.append(k)
+            vl.append(v)
+            hl.append(h)
+            starts.append(data)
+        data += (k if k > 0 else 0) + v + h
+    return ts, kl, vl, hl, starts
 
 
 def sub_batch(buf, pos: int, header: BatchHeader, table: np.ndarray, starts: np.ndarray, first: int,

@@ -269,3 +269,17 @@ def test_needle_bytes_outside_a_records_headers_or_inside_other_values_do_not_ma
 def test_header_tests_with_needles_everywhere_follow_the_model(recs, spec):
     b = make(recs, 0)
     assert Filter(spec).mask(b).tolist() == [model(spec, r[0], r[2]) for r in recs]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(record, min_size=1, max_size=40), st.data())
+def test_record_lists_reads_small_and_large_batches_alike(recs, data):
+    b = make(recs, 7)
+    h = batch.read_header(b)
+    first = data.draw(st.integers(min_value=0, max_value=len(recs) - 1))
+    ts, kl, vl, hl, starts = batch.record_lists(b, 0, h, first)
+    want = batch.records_of(b)[first:]
+    assert ts == [r.timestamp for r in want]
+    assert [None if k < 0 else b[s:s + k] for k, s in zip(kl, starts)] == [r.key for r in want]
+    assert [b[s + max(k, 0):s + max(k, 0) + v] for k, v, s in zip(kl, vl, starts)] == [r.value for r in want]
+    assert hl == [len(r.headers or b"") for r in want]

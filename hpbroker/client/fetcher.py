@@ -24,7 +24,6 @@ from collections import deque
 from typing import Callable
 
 import msgspec
-import numpy as np
 
 from hpbroker import batch
 from hpbroker.client.records import Message, RawBatches
@@ -227,15 +226,11 @@ def _skip(part: Part) -> None:
 def _messages(topic: str, partition: int, mv: memoryview, at: int, h: batch.BatchHeader, skip_below: int,
               decode_headers) -> list[Message]:
     """Decode one batch into Messages, dropping offsets below ``skip_below``."""
-    table, starts = batch.value_bounds(mv, at, h)
     first = max(0, skip_below - h.base_offset)
-    klen = table["key_len"][first:].tolist()
-    vlen = table["value_len"][first:].tolist()
-    hlen = table["headers_len"][first:].tolist()
-    ts = (table["ts_delta"][first:].astype(np.int64) + h.first_timestamp).tolist()
+    ts, klen, vlen, hlen, starts = batch.record_lists(mv, at, h, first)
     out = []
     off = h.base_offset + first
-    for i, s in enumerate(starts[first:].tolist()):
+    for i, s in enumerate(starts):
         k = klen[i]
         if k < 0:
             key = None
