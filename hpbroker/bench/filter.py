@@ -7,7 +7,9 @@ jitter) tagged ``tag=rare`` and keyed ``rare-<n>``, the others ``tag=common``
 and ``k-<n>``.  Then, ``--rounds`` times and in alternating order, a fresh
 consumer reads the topic from the start to its end in each mode:
 
-* ``server``: ``Consumer(filter=...)``: the broker sends only the matches;
+* ``server``: ``Consumer(filter=...)`` and ``poll``: the broker sends only
+  the matches;
+* ``server-batches``: the same with ``poll_batches`` (no Message objects);
 * ``client-poll``: ``Consumer.poll`` of everything, the filter a Python
   test on each message (what an application does without server filters);
 * ``client-batches``: ``Consumer.poll_batches`` of everything, filtered in
@@ -41,7 +43,8 @@ def register(sub) -> None:
                    help="filter on the tag header (default) or on a key prefix")
     p.add_argument("--rounds", type=int, default=3, help="reads per mode, in alternating order; medians (default 3)")
     p.add_argument("--fetch-max-bytes", type=int, default=1 << 20, help="the consumers' fetch_max_bytes (default 1 MiB)")
-    p.add_argument("--modes", default="server,client-poll,client-batches", help="comma-separated modes to run")
+    p.add_argument("--modes", default="server,server-batches,client-poll,client-batches",
+                   help="comma-separated modes to run (default: all four)")
     p.add_argument("--dir", default=None, help="where the temp data dir goes (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -86,7 +89,7 @@ def read_all(url: str, mode: str, flt, partitions: int, ends: dict, fetch_max_by
 
     kw = dict(partitions=range(partitions), auto_offset_reset="earliest", fetch_max_wait_ms=100,
               fetch_max_bytes=fetch_max_bytes)
-    if mode == "server":
+    if mode.startswith("server"):
         kw["filter"] = flt
     c = Consumer(url, TOPIC, **kw)
     got = 0
@@ -94,7 +97,10 @@ def read_all(url: str, mode: str, flt, partitions: int, ends: dict, fetch_max_by
     try:
         t0 = time.perf_counter()
         while any(c.position(p) < ends[p] for p in range(partitions)):
-            if mode == "client-batches":
+            if mode == "server-batches":
+                for rb in c.poll_batches(timeout_ms=100):
+                    got += rb.record_count
+            elif mode == "client-batches":
                 for rb in c.poll_batches(timeout_ms=100):
                     data = rb.data
                     for pos, h in B.iter_batches(data):
@@ -172,12 +178,12 @@ def run(args) -> int:
                 "acceptor_cpu_s": statistics.median(x.get("acceptor_cpu_s", 0.0) for x in rs),
                 "consumer_cpu_s": statistics.median(x["consumer_cpu_s"] for x in rs),
             }
-        if "server" in out["modes"]:
-            s = out["modes"]["server"]
-            for mode, v in out["modes"].items():
-                if mode != "server":
-                    v["server_speedup"] = v["seconds"] / s["seconds"]
-                    v["server_wire_fraction"] = s["wire_bytes"] / v["wire_bytes"] if v["wire_bytes"] else None
+        for client, server in (("client-poll", "server"), ("client-batches", "server-batches")):
+            if client in out["modes"] and server in out["modes"]:
+                v, s = out["modes"][client], out["modes"][server]
+                v["server_speedup"] = v["seconds"] / s["seconds"]
+                v["server_wire_fraction"] = s["wire_bytes"] / v["wire_bytes"] if v["wire_bytes"] else None
+                v["server_mode"] = server
         if args.json:
             print(json.dumps(out, default=str))
         else:
@@ -191,7 +197,7 @@ def run(args) -> int:
                       f"{v['acceptor_cpu_s']:15.2f} {v['consumer_cpu_s']:15.2f}")
             for mode, v in out["modes"].items():
                 if "server_speedup" in v:
-                    print(f"server vs {mode}: {v['server_speedup']:.1f}x faster, "
+                    print(f"{v['server_mode']} vs {mode}: {v['server_speedup']:.2f}x the speed, "
                           f"{100 * (v['server_wire_fraction'] or 0):.2f} % of the bytes")
         return 0
     finally:
