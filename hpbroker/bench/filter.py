@@ -54,14 +54,14 @@ TOPIC = "filterbench"
 
 
 def _filter(on: str):
-    from hpbroker import Filter
+    from hpbroker.protocol.filters import Filter
 
     return Filter.header_eq("tag", "rare") if on == "header" else Filter.key_prefix("rare-")
 
 
 def produce(url: str, n: int, size: int, selectivity: float, partitions: int) -> dict:
     """Write the topic; return {partition: end offset} and the matching count."""
-    from hpbroker import Producer
+    from hpbroker.client import Producer
 
     rnd = random.Random(25)
     every = max(1, round(1 / selectivity)) if selectivity > 0 else n + 1
@@ -85,7 +85,7 @@ def produce(url: str, n: int, size: int, selectivity: float, partitions: int) ->
 
 def read_all(url: str, mode: str, flt, partitions: int, ends: dict, fetch_max_bytes: int) -> dict:
     """One fresh consumer from the start to ``ends``; what it received and how fast."""
-    from hpbroker import Consumer
+    from hpbroker.client import Consumer
 
     kw = dict(partitions=range(partitions), auto_offset_reset="earliest", fetch_max_wait_ms=100,
               fetch_max_bytes=fetch_max_bytes)
@@ -139,7 +139,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         made = produce(broker.url, args.messages, args.size, args.selectivity, args.partitions)
         produce_s = time.perf_counter() - t0
-        from hpbroker import Consumer
+        from hpbroker.client import Consumer
 
         with Consumer(broker.url, TOPIC, partitions=range(args.partitions)) as c:
             ends = {p: o for p, o in c.end_offsets().items()}
