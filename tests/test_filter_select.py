@@ -4,6 +4,7 @@ of docs/protocol.md's "Filters" section."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -283,3 +284,18 @@ def test_record_lists_reads_small_and_large_batches_alike(recs, data):
     assert [None if k < 0 else b[s:s + k] for k, s in zip(kl, starts)] == [r.key for r in want]
     assert [b[s + max(k, 0):s + max(k, 0) + v] for k, v, s in zip(kl, vl, starts)] == [r.value for r in want]
     assert hl == [len(r.headers or b"") for r in want]
+
+
+def test_many_needles_or_a_needle_everywhere_decode_every_record_and_agree():
+    """The byte search gives way to decoding every record when it would cost
+    more (more than MAX_NEEDLES needles, or a needle the data is full of);
+    the answers are the same."""
+    recs = [(None, b"a" * 50, [("tag", b"a" * 30)], 0), (None, b"a" * 50, [("tag", b"a" * 29 + b"b")], 0),
+            (None, b"a" * 50, [("t", b"a" * 30)], 0)] * 20
+    b = make(recs, 0)
+    many = {"header": "tag", "in": [str(i) for i in range(filters.MAX_NEEDLES + 1)] + ["a" * 30]}
+    everywhere = {"header": "tag", "eq": "a" * 30}
+    for spec in (many, everywhere, {"not": everywhere}):
+        assert Filter(spec).mask(b).tolist() == [model(spec, r[0], r[2]) for r in recs]
+    assert filters._find_all(np.frombuffer(b"a" * 1000, np.uint8), b"a" * 30, limit=100) is None
+    assert filters._find_all(np.frombuffer(b"xxabcabc", np.uint8), b"abc", limit=1).tolist() == [2, 5]

@@ -58,7 +58,11 @@ MAX_VALUES = 256
 MAX_STRING = 256
 
 TESTS = ("eq", "in", "prefix", "suffix", "exists")
-_COMBINATORS = ("and", "or", "not")
+
+#: more distinct needles than this in a filter's header tests, and a batch's
+#: records are all decoded instead of searched for each needle: the search
+#: costs a pass over the batch per needle, the decode one dict lookup per record
+MAX_NEEDLES = 8
 
 _decoder = msgspec.msgpack.Decoder()
 _encoder = msgspec.msgpack.Encoder()
@@ -487,13 +491,21 @@ class _Eval:
 
     def _candidates(self, hstart: np.ndarray, hlen: np.ndarray) -> np.ndarray:
         """The records (sorted indexes) whose headers bytes hold a needle of
-        any header test."""
+        any header test; every record with headers when searching would cost
+        more than decoding them all (many needles, or a needle everywhere)."""
+        everyone = np.flatnonzero(hlen)
+        needles = list(dict.fromkeys(nd for h in self.headers for nd in h.needles))
+        if len(needles) > MAX_NEEDLES:
+            return everyone
         lo = int(self.starts[0])
         hi = int(hstart[-1] + hlen[-1])
         region = self.u8()[lo:hi]
         hits = []
-        for needle in dict.fromkeys(nd for h in self.headers for nd in h.needles):
-            pos = _find_all(region, needle) + lo
+        for needle in needles:
+            pos = _find_all(region, needle, limit=4 * self.n + 64)
+            if pos is None:
+                return everyone
+            pos += lo
             rec = np.searchsorted(hstart, pos, side="right") - 1
             inside = pos + len(needle) <= hstart[rec] + hlen[rec]  # hstart[rec] <= pos by construction
             hits.append(rec[inside])
@@ -511,10 +523,13 @@ class _Eval:
         return bits
 
 
-def _find_all(region: np.ndarray, needle: bytes) -> np.ndarray:
+def _find_all(region: np.ndarray, needle: bytes, limit: int) -> np.ndarray | None:
     """Every position of ``needle`` in the uint8 array ``region``,
     overlapping ones too: one vectorised pass for the first byte, then each
-    next byte checked at the positions still in the running."""
+    next byte checked at the positions still in the running.  None when
+    more than ``limit`` positions are still in the running after four bytes
+    (a needle made of bytes the data is full of): the cost would grow with
+    the needle's length."""
     size = len(needle)
     room = len(region) - size + 1
     if room <= 0:
@@ -524,6 +539,8 @@ def _find_all(region: np.ndarray, needle: bytes) -> np.ndarray:
     for j in range(1, size):
         if not len(pos):
             break
+        if j == 4 and len(pos) > limit:
+            return None
         pos = pos[region[pos + j] == want[j]]
     return pos
 
