@@ -16,6 +16,8 @@ _CLIENT_NAMES = {
     "RecordMetadata": "hpbroker.client.records",
     "Message": "hpbroker.client.records",
     "BrokerError": "hpbroker.protocol.errors",
+    "Filter": "hpbroker.protocol.filters",
+    "FilterError": "hpbroker.protocol.filters",
 }
 
 

@@ -109,6 +109,7 @@ ENTRY_DTYPE = np.dtype(
 )
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
 
+_ENTRY = struct.Struct("<iiii")
 _Q = struct.Struct("<q")
 _I = struct.Struct("<I")
 _i = struct.Struct("<i")
@@ -448,6 +449,70 @@ def value_bounds(buf, pos: int = 0, header: BatchHeader | None = None):
     np.cumsum(sizes[:-1], out=starts[1:])
     starts += pos + HEADER_SIZE + h.record_count * ENTRY_SIZE
     return table, starts
+
+
+#: up to this many records, :func:`record_lists` reads the table with struct: numpy's fixed cost per call
+#: (several µs) is more than a small batch's whole decode, and a filtered fetch's reply is mostly such batches
+SMALL_BATCH = 16
+
+
+def record_lists(buf, pos: int, header: BatchHeader, first: int = 0):
+    """The record table of the batch at ``pos`` from record ``first`` on, as
+    Python lists: ``(timestamps, key_lengths, value_lengths,
+    header_lengths, starts)``, each record's absolute timestamp and the
+    absolute position of its key (as :func:`value_bounds`)."""
+    n = header.record_count
+    if n > SMALL_BATCH:
+        table, starts = value_bounds(buf, pos, header)
+        ts = (table["ts_delta"][first:].astype(np.int64) + header.first_timestamp).tolist()
+        return (ts, table["key_len"][first:].tolist(), table["value_len"][first:].tolist(),
+                table["headers_len"][first:].tolist(), starts[first:].tolist())
+    data = pos + HEADER_SIZE + n * ENTRY_SIZE
+    ts, kl, vl, hl, starts = [], [], [], [], []
+    for i, (d, k, v, h) in enumerate(_ENTRY.iter_unpack(memoryview(buf)[pos + HEADER_SIZE:data])):
+        if i >= first:
+            ts.append(header.first_timestamp + d)
+            kl.append(k)
+            vl.append(v)
+            hl.append(h)
+            starts.append(data)
+        data += (k if k > 0 else 0) + v + h
+    return ts, kl, vl, hl, starts
+
+
+def sub_batch(buf, pos: int, header: BatchHeader, table: np.ndarray, starts: np.ndarray, first: int,
+              end: int) -> bytearray:
+    """Records ``[first, end)`` of the batch at ``pos`` as a batch of their
+    own, with their offsets kept: ``base_offset + first`` becomes the new
+    base, so record i of the new batch still has its old offset.  ``table``
+    and ``starts`` are :func:`value_bounds` of that batch.
+
+    The table entries and the record bytes are copied as they are, so
+    ``first_timestamp`` stays the old batch's (each record's ``ts_delta`` is
+    relative to it: every timestamp is kept exactly); ``max_timestamp`` is
+    that of these records; ``base_sequence`` moves with the base when set
+    (>= 0, wrapping at 2**31 as Kafka's sequences do); ``producer_id``, ``leader_epoch`` and the attributes are kept.
+    The CRC is computed again.  For a server-side filter's reply
+    (docs/protocol.md, "Filters")."""
+    n = end - first
+    if not 0 <= first < end <= header.record_count:
+        raise ValueError(f"records [{first}, {end}) of a batch of {header.record_count}")
+    mv = memoryview(buf)
+    data_from = int(starts[first])
+    if end < header.record_count:
+        data_to = int(starts[end])
+    else:
+        data_to = pos + header.batch_length
+    tpos = pos + HEADER_SIZE + first * ENTRY_SIZE
+    out = bytearray().join([_BLANK_HEADER, mv[tpos : tpos + n * ENTRY_SIZE], mv[data_from:data_to]])
+    total = len(out)
+    deltas = table["ts_delta"][first:end]
+    max_ts = header.first_timestamp + (max(deltas.tolist()) if n < 64 else int(deltas.max()))  # (numpy's max costs µs)
+    seq = (header.base_sequence + first) % (1 << 31) if header.base_sequence >= 0 else header.base_sequence
+    _HEADER.pack_into(out, 0, header.base_offset + first, total, header.leader_epoch, MAGIC, 0, header.attributes, n,
+                      header.first_timestamp, max_ts, header.producer_id, seq)
+    _I.pack_into(out, CRC_AT, crc32c(memoryview(out)[CRC_START:]))
+    return out
 
 
 def values_of(buf, pos: int = 0) -> list[bytes]:

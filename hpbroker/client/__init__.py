@@ -8,12 +8,15 @@ from hpbroker.client.consumer import Consumer
 from hpbroker.client.producer import Producer
 from hpbroker.client.records import FutureRecordMetadata, Message, RawBatches, RecordMetadata
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.filters import Filter, FilterError
 
 __all__ = [
     "Admin",
     "BrokerError",
     "Consumer",
     "ErrorCode",
+    "Filter",
+    "FilterError",
     "FutureRecordMetadata",
     "Message",
     "PartitionInfo",

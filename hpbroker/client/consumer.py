@@ -40,6 +40,7 @@ from hpbroker.client.records import Message, RawBatches, TopicPartition
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.filters import Filter
 from hpbroker.protocol.messages import EARLIEST, LATEST, ListOffsets
 
 log = logging.getLogger("hpbroker.consumer")
@@ -85,6 +86,7 @@ class Consumer:
         connect_timeout_ms: int = 10_000,
         consumer_timeout_ms: float | None = None,
         max_reply_bytes: int = 64 << 20,
+        filter=None,
     ):
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be 'earliest', 'latest' or 'none'")
@@ -97,6 +99,8 @@ class Consumer:
             raise ValueError(f"topics named twice: {names}")
         if partitions is not None and len(names) != 1:
             raise ValueError("partitions= picks partitions of one topic; with several topics, leave it out")
+        if filter is not None:
+            filter = Filter.of(filter)  # a bad one is a ValueError (FilterError) before any socket opens
         if broadcast and not group_id:
             raise ValueError("broadcast=True needs a group_id (the offsets are kept under <group_id>-<instance>)")
         self.bootstrap = bootstrap
@@ -116,8 +120,9 @@ class Consumer:
         self._on_lost = on_lost or getattr(listener, "on_partitions_lost", None)
         self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes,
                             readers=True)
+        # filter: a server-side filter, a hpbroker.Filter or a dict (docs/consumer.md, "Filters")
         self._f = Fetcher(self._t, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes, min_bytes=fetch_min_bytes,
-                          reset_needed=self._reset, decode_headers=batch.decode_headers)
+                          reset_needed=self._reset, decode_headers=batch.decode_headers, filter=filter)
         self._waker: Waker | None = None
         self._membership: Membership | None = None
         self._offsets: GroupOffsets | None = None

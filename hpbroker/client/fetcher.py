@@ -11,6 +11,11 @@ partition (its late reply is ignored).
 A fetch returns whole batches, so one that starts in the middle of a batch
 also returns the records before the requested offset; :meth:`take_messages`
 skips them, :meth:`take_raw` reports them (``RawBatches.start_offset``).
+
+With a server-side filter the replies hold only the matching records, and
+each says where the next fetch starts (``FetchReply.next_offset``, past the
+records the broker dropped); the position moves there once the reply's
+records are handed out, so commits cover the dropped records too.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-import numpy as np
+import msgspec
 
 from hpbroker import batch
 from hpbroker.client.records import Message, RawBatches
 from hpbroker.client.transport import Transport
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.filters import Filter, select
 from hpbroker.protocol.messages import Fetch, FetchReply
 
 TP = tuple[str, int]
@@ -32,7 +38,7 @@ _RETRY = (ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BUSY, ErrorCode.BROKER_SHUTTING
 
 
 class Part:
-    __slots__ = ("topic", "partition", "position", "fetch_id", "fetch_offset", "buffer", "decoded", "error")
+    __slots__ = ("topic", "partition", "position", "fetch_id", "fetch_offset", "buffer", "decoded", "error", "skip_to")
 
     def __init__(self, topic: str, partition: int):
         self.topic = topic
@@ -43,19 +49,25 @@ class Part:
         self.buffer: deque = deque()  # (memoryview, pos) of received batches not yet handed out
         self.decoded: deque = deque()  # Messages decoded from the current batch
         self.error: BrokerError | None = None
+        self.skip_to = 0  # the last reply's next_offset: the position once its records are handed out
 
 
 class Fetcher:
     def __init__(self, t: Transport, *, max_wait_ms: int, max_bytes: int, min_bytes: int, reset_needed: Callable,
-                 decode_headers: Callable | None = None):
+                 decode_headers: Callable | None = None, filter: Filter | dict | None = None):
         """``reset_needed(part)``: sets ``part.position`` from the reset
-        policy (auto_offset_reset) when it is None."""
+        policy (auto_offset_reset) when it is None.  ``filter``: a
+        server-side filter (a :class:`Filter`, or a dict in its language;
+        checked here, ValueError when bad)."""
         self.t = t
         self.max_wait_ms = max_wait_ms
         self.max_bytes = max_bytes
         self.min_bytes = min_bytes
         self.reset_needed = reset_needed
         self.decode_headers = decode_headers
+        self.filter = None if filter is None else Filter.of(filter)
+        self._filter_raw = msgspec.UNSET if self.filter is None else msgspec.Raw(self.filter.encode())
+        self.fetched_bytes = 0  # payload bytes received
         self.parts: dict[TP, Part] = {}
         self.lost = False  # a broker did not answer: with several, find the one to read from again
         self._rr = 0
@@ -76,6 +88,7 @@ class Fetcher:
         part.error = None
         part.position = offset
         part.fetch_offset = offset or 0
+        part.skip_to = 0
 
     def drop(self, tp: TP) -> None:
         part = self.parts.pop(tp, None)
@@ -101,7 +114,8 @@ class Fetcher:
     def _send_fetch(self, part: Part) -> None:
         rid = self.t.next_id()
         req = Fetch(id=rid, topic=part.topic, partition=part.partition, offset=part.fetch_offset,
-                    max_bytes=self.max_bytes, max_wait_ms=self.max_wait_ms, min_bytes=self.min_bytes)
+                    max_bytes=self.max_bytes, max_wait_ms=self.max_wait_ms, min_bytes=self.min_bytes,
+                    filter=self._filter_raw)
         part.fetch_id = rid
         self.t.send(self.t.endpoint_for(part.partition), req,
                     on_reply=lambda rep, payloads: self._on_fetch(part, rid, rep, payloads),
@@ -122,14 +136,24 @@ class Fetcher:
             part.error = BrokerError(rep.code or ErrorCode.INTERNAL, rep.message or f"unexpected {type(rep).__name__}")
             return
         data = payloads[0]
+        self.fetched_bytes += len(data)
+        if self.filter is not None and rep.next_offset < 0 and len(data):
+            # a broker older than filters ignored ours and sent everything: filter here
+            pieces, _, nxt, _ = select(data, self.filter, part.fetch_offset, 1 << 62)
+            data = memoryview(b"".join(pieces))
+            rep = FetchReply(id=rep.id, next_offset=nxt)
         end = 0
         last = None
         for pos, h in batch.iter_batches(data):
             end = pos + h.batch_length
             last = h
-        if last is None:
-            return  # long poll timed out with nothing new
-        part.fetch_offset = last.base_offset + last.record_count
+        # past the records a filter dropped (-1 from a broker without filters)
+        part.skip_to = max(rep.next_offset, part.fetch_offset)
+        if last is None:  # long poll timed out with nothing new, or everything read was filtered out
+            part.fetch_offset = part.skip_to
+            _skip(part)
+            return
+        part.fetch_offset = max(last.base_offset + last.record_count, part.skip_to)
         part.buffer.append((data[:end], 0))
 
     def take_messages(self, part: Part, limit: int, out: list) -> None:
@@ -163,6 +187,7 @@ class Fetcher:
             limit -= take
             pos = chunk[-1].offset + 1
         part.position = pos
+        _skip(part)
 
     def take_raw(self, part: Part, budget: int) -> RawBatches | None:
         pos = part.position
@@ -190,23 +215,28 @@ class Fetcher:
         else:
             part.buffer[0] = (data, end)
         if base is None:
+            _skip(part)
             return None
         part.position = last.base_offset + last.record_count
+        _skip(part)
         return RawBatches(part.partition, data[at:end], count, base, pos, part.topic)
+
+
+def _skip(part: Part) -> None:
+    """Once every record of the last reply is handed out, move the position
+    past the records the broker's filter dropped after them."""
+    if not part.buffer and not part.decoded and part.position is not None and part.skip_to > part.position:
+        part.position = part.skip_to
 
 
 def _messages(topic: str, partition: int, mv: memoryview, at: int, h: batch.BatchHeader, skip_below: int,
               decode_headers) -> list[Message]:
     """Decode one batch into Messages, dropping offsets below ``skip_below``."""
-    table, starts = batch.value_bounds(mv, at, h)
     first = max(0, skip_below - h.base_offset)
-    klen = table["key_len"][first:].tolist()
-    vlen = table["value_len"][first:].tolist()
-    hlen = table["headers_len"][first:].tolist()
-    ts = (table["ts_delta"][first:].astype(np.int64) + h.first_timestamp).tolist()
+    ts, klen, vlen, hlen, starts = batch.record_lists(mv, at, h, first)
     out = []
     off = h.base_offset + first
-    for i, s in enumerate(starts[first:].tolist()):
+    for i, s in enumerate(starts):
         k = klen[i]
         if k < 0:
             key = None

@@ -18,6 +18,7 @@ offsets under ``G-<instance>`` (``--instance``, default the host name).
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -60,6 +61,8 @@ def register(sub) -> None:
                    help="with --group: commit what was printed every MS (default %(default)s)")
     g.add_argument("--session-timeout-ms", type=int, default=10_000, metavar="MS",
                    help="with --group: the broker removes this member MS after its last heartbeat (default %(default)s)")
+    p.add_argument("--filter", metavar="JSON", help="a server-side filter, e.g. '{\"header\": \"tag\", \"in\": [\"a\", \"b\"]}' "
+                                                   "(docs/protocol.md, Filters): only matching messages cross the network")
     p.set_defaults(func=run)
 
 
@@ -83,9 +86,16 @@ def _consumer(args):
     from hpbroker.client.consumer import Consumer
 
     kw = {}
+    if args.filter is not None:
+        from hpbroker.protocol.filters import Filter
+
+        try:
+            kw["filter"] = Filter(json.loads(args.filter))
+        except ValueError as e:  # not JSON, or not a filter (FilterError)
+            raise UserError(f"--filter: {e}", 2) from None
     if args.group is not None:
         store = args.offset_store or ("file" if args.offsets_file else None)
-        kw = dict(group_id=args.group, broadcast=args.broadcast, instance_name=args.instance, offset_store=store,
+        kw.update(group_id=args.group, broadcast=args.broadcast, instance_name=args.instance, offset_store=store,
                   offset_store_path=args.offsets_file, auto_commit_interval_ms=args.auto_commit_interval_ms,
                   session_timeout_ms=args.session_timeout_ms)
     return Consumer(args.broker, args.topic, partitions=None if args.partition is None else [args.partition],

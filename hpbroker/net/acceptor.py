@@ -67,7 +67,7 @@ class Acceptor:
         self.cluster = Cluster(sockets.control)
         self.drops = Drops()  # acks=0 requests refused without a reply
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
-        self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
+        self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes, cfg.broker.max_filter_scan_bytes)
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
         self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
@@ -310,18 +310,19 @@ class Acceptor:
     # -- fetch ---------------------------------------------------------------------
 
     def _fetch(self, ident: bytes, req: m.Fetch) -> None:
+        flt = self.fetch.filter_of(req)  # a bad filter is BAD_REQUEST before anything else
         self.cluster.check_partition(req.topic, req.partition, auto=False)
         # parks a long poll that finds less than min_bytes (net/fetch.py)
-        if not self.fetch.start(ident, req, self.clock(), wait=not self.stopping):
+        if not self.fetch.start(ident, req, self.clock(), wait=not self.stopping, flt=flt):
             self._serve_fetch(ident, req)
 
     def _serve_fetch(self, ident: bytes, req: m.Fetch) -> None:
         try:
-            data, hwm, start = self.fetch.answer(req)
+            data, hwm, start, nxt = self.fetch.answer(req)
         except BrokerError as e:
             self._reply(ident, _error_reply(req, e))
             return
-        self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start), [data])
+        self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start, next_offset=nxt), [data])
 
     def _wake_fetches(self, keys) -> None:
         for p in self.fetch.woken(keys):

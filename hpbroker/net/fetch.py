@@ -19,6 +19,16 @@ with the default ``min_bytes`` of 1 reads nothing until it is answered.
 :meth:`FetchService.start` takes a new fetch; :meth:`woken`,
 :meth:`timed_out` and :meth:`all_parked` hand back the parked ones that
 are due, and :meth:`answer` gives the reply's contents for any of them.
+
+A fetch with a server-side filter (:mod:`hpbroker.protocol.filters`) takes
+a path of its own, and only such a fetch does: the others keep the bytes
+the reader returned and send them as they are.  It reads on past batches
+the filter empties, up to ``max_filter_scan_bytes`` of log per reply, and
+keeps only the matching records; its ``min_bytes`` counts those, so a long
+poll on a partition where nothing matches waits out its ``max_wait_ms`` (or
+until it has read that much) instead of answering every write with
+nothing.  The reply says where the next fetch starts (``next_offset``),
+past everything it read.
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from hpbroker import batch
 from hpbroker.io import OffsetOutOfRange, PartitionReader
 from hpbroker.io.layout import partition_dir
 from hpbroker.ipc.handoff import tp_key
+from hpbroker.protocol import filters
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 
@@ -51,6 +64,10 @@ class Parked:
     full: bool = field(default=False, compare=False)
     #: a read failed before anything was gathered: the reply is this error
     error: BrokerError | None = field(default=None, compare=False)
+    #: the request's server-side filter (None: the zero-copy path)
+    flt: filters.Filter | None = field(default=None, compare=False)
+    #: bytes of log read so far (filtered fetches: bounded by max_filter_scan_bytes)
+    scanned: int = field(default=0, compare=False)
 
     def __post_init__(self):
         if self.next_offset < 0:
@@ -61,12 +78,19 @@ class Parked:
         self.nbytes = 0
         self.next_offset = self.req.offset
         self.full = False
+        self.scanned = 0
+
+
+#: compiled filters kept per acceptor, by their msgpack (a consumer sends the same one every fetch)
+FILTER_CACHE = 256
 
 
 class FetchService:
-    def __init__(self, data_dir: Path, max_fetch_bytes: int):
+    def __init__(self, data_dir: Path, max_fetch_bytes: int, max_filter_scan_bytes: int = 4 << 20):
         self.data_dir = Path(data_dir)
         self.max_fetch_bytes = max_fetch_bytes
+        self.max_filter_scan_bytes = max_filter_scan_bytes
+        self._filters: dict[bytes, filters.Filter] = {}
         self.hwm: dict[str, int] = {}  # the owning writer's high watermark: durable here
         self.log_start: dict[str, int] = {}
         # None: consumers read up to hwm.  Else {key: replicated offset}, the
@@ -144,11 +168,32 @@ class FetchService:
 
     # -- fetch requests and long polls ---------------------------------------
 
-    def start(self, ident: bytes, req, now: float, wait: bool = True) -> bool:
+    def filter_of(self, req) -> filters.Filter | None:
+        """The request's filter, parsed and checked (None without one);
+        BrokerError BAD_REQUEST saying what is wrong with a bad one."""
+        raw = req.filter
+        if raw is msgspec.UNSET:
+            return None
+        key = bytes(memoryview(raw)[:filters.MAX_FILTER_BYTES + 1])
+        flt = self._filters.get(key)
+        if flt is None:
+            try:
+                flt = filters.from_fetch(raw)
+            except filters.FilterError as e:
+                raise BrokerError(ErrorCode.BAD_REQUEST, f"bad filter: {e}") from None
+            if flt is None:
+                return None
+            if len(self._filters) >= FILTER_CACHE:
+                del self._filters[next(iter(self._filters))]
+            self._filters[key] = flt
+        return flt
+
+    def start(self, ident: bytes, req, now: float, wait: bool = True, flt: filters.Filter | None = None) -> bool:
         """Take a new Fetch: True when it parked (a long poll that found less
         than its min_bytes), False when :meth:`answer` has its reply now.
-        Raises BrokerError (an offset out of range) without parking."""
-        p = Parked(now + req.max_wait_ms / 1000.0, next(self._seq), ident, req)
+        ``flt``: its :meth:`filter_of`.  Raises BrokerError (an offset out
+        of range) without parking."""
+        p = Parked(now + req.max_wait_ms / 1000.0, next(self._seq), ident, req, flt=flt)
         if wait and req.max_wait_ms > 0 and req.min_bytes > 0:
             self._gather(p)
             if not self._enough(p):
@@ -158,15 +203,15 @@ class FetchService:
         self._due[id(req)] = p
         return False
 
-    def answer(self, req) -> tuple[bytes, int, int]:
-        """-> (payload, visible end, log_start) for a fetch that :meth:`start`
-        did not park, or that :meth:`woken`, :meth:`timed_out` or
-        :meth:`all_parked` handed back; raises BrokerError.  What arrived
+    def answer(self, req) -> tuple[bytes, int, int, int]:
+        """-> (payload, visible end, log_start, next offset) for a fetch that
+        :meth:`start` did not park, or that :meth:`woken`, :meth:`timed_out`
+        or :meth:`all_parked` handed back; raises BrokerError.  What arrived
         since its last read is added (within its max_bytes)."""
         key = tp_key(req.topic, req.partition)
         p = self._due.pop(id(req), None)
         if p is None:
-            p = Parked(0.0, 0, b"", req)
+            p = Parked(0.0, 0, b"", req, flt=self.filter_of(req))
         if p.error is not None:
             raise p.error
         try:
@@ -177,7 +222,7 @@ class FetchService:
             # what was read before stays good (it was committed); the log
             # moved on under the rest, which the next fetch will hear about
         data = p.chunks[0] if len(p.chunks) == 1 else b"".join(p.chunks)
-        return data, self.visible(key), self.log_start.get(key, 0)
+        return data, self.visible(key), self.log_start.get(key, 0), p.next_offset
 
     def _budget(self, req) -> int:
         return min(req.max_bytes, self.max_fetch_bytes)
@@ -188,6 +233,8 @@ class FetchService:
     def _gather(self, p: Parked) -> None:
         """Read into ``p`` the whole batches that became visible past its
         ``next_offset``, within its max_bytes.  Raises BrokerError."""
+        if p.flt is not None:
+            return self._gather_filtered(p)
         req = p.req
         key = tp_key(req.topic, req.partition)
         if p.next_offset > self.hwm.get(key, 0):
@@ -206,6 +253,35 @@ class FetchService:
         p.next_offset = _next_offset(data)
         if p.nbytes >= self._budget(req):
             p.full = True
+
+    def _gather_filtered(self, p: Parked) -> None:
+        """:meth:`_gather` for a fetch with a filter: read on from
+        ``next_offset`` until caught up with the visible end, or the
+        matching records fill max_bytes, or ``max_filter_scan_bytes`` of log
+        were read for this reply; keep only the matching records.
+        ``next_offset`` ends past everything read.  Raises BrokerError."""
+        req = p.req
+        key = tp_key(req.topic, req.partition)
+        if p.next_offset > self.hwm.get(key, 0):
+            p.reset()
+        budget = self._budget(req)
+        scan = self.max_filter_scan_bytes
+        while not p.full:
+            if p.scanned and p.next_offset >= self._end(key):
+                return
+            chunk = max(1, min(budget, scan - p.scanned))
+            data, _, _ = self.read(req.topic, req.partition, p.next_offset, chunk)
+            if not data:
+                return
+            pieces, nbytes, nxt, stopped = filters.select(data, p.flt, req.offset, budget - p.nbytes,
+                                                          at_least_one=not p.nbytes)
+            p.chunks.extend(pieces)
+            p.nbytes += nbytes
+            p.scanned += len(data)
+            if nxt >= 0:
+                p.next_offset = nxt
+            if stopped or p.nbytes >= budget or p.scanned >= scan:
+                p.full = True
 
     def park(self, p_or_ident, req=None, deadline: float | None = None) -> None:
         """Park a :class:`Parked` (or ``ident, req, deadline`` for one that has read nothing yet)."""
@@ -239,7 +315,7 @@ class FetchService:
         return out
 
     def _due_now(self, key: str, p: Parked) -> bool:
-        if p.req.min_bytes <= 1 and not p.nbytes:
+        if p.req.min_bytes <= 1 and not p.nbytes and p.flt is None:
             # anything at all will do: answer() reads it, nothing is read twice
             return not self.nothing_yet(key, p.req.offset)
         try:

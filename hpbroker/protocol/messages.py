@@ -80,7 +80,13 @@ class ProduceMessages(_Request):
 class Fetch(_Request):
     """Whole batches starting with the one that holds ``offset``, up to
     ``max_bytes`` (at least one batch), never past the high watermark.
-    Long poll: wait up to ``max_wait_ms`` for ``min_bytes``."""
+    Long poll: wait up to ``max_wait_ms`` for ``min_bytes``.
+
+    ``filter``: a server-side filter (a msgpack map in the language of
+    :mod:`hpbroker.protocol.filters`), kept as its raw msgpack so the broker
+    checks its size before decoding it; unset (left out of the header, as
+    old clients do) or null for none.  With one, the reply holds only the
+    matching records and ``FetchReply.next_offset`` says where to go on."""
 
     topic: TopicName
     partition: Partition
@@ -88,6 +94,7 @@ class Fetch(_Request):
     max_bytes: Annotated[int, M(ge=1)] = 1 << 20
     max_wait_ms: TimeoutMs = 0
     min_bytes: Annotated[int, M(ge=0)] = 1
+    filter: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
 
 class ListOffsets(_Request):
@@ -287,6 +294,10 @@ class FetchReply(_Reply):
 
     high_watermark: int = -1
     log_start_offset: int = -1
+    #: where the next fetch starts: past the last batch of the payload, and
+    #: past every record a filter dropped; the request's offset when nothing
+    #: was read.  -1 on error, and from brokers before filters.
+    next_offset: int = -1
 
 
 class ListOffsetsReply(_Reply):
