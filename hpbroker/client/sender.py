@@ -9,12 +9,28 @@ future and free its ``buffer_memory``; retriable errors are retried
 ``retries`` times after ``retry_backoff`` (a NOT_LEADER, or a silence with
 several brokers, also starts a leader search).
 
+With a spill journal (:mod:`~hpbroker.client.spiller`, ``spill`` given) the
+loop also takes the re-sends of spilled messages beside the accumulator's
+batches, and a retriable error never fails a message: it is retried every
+``retry_backoff`` until answered, and a silence (REQUEST_TIMED_OUT,
+BROKER_SHUTTING_DOWN, a dropped connection) marks the broker down, so new
+messages go to the journal.  At close, what the broker did not acknowledge
+goes to the journal instead of failing.  ``ordered`` lets out one batch per
+partition at a time (:class:`~hpbroker.client.window.SendWindow`'s
+``per_partition``).
+
+Every batch is encoded in one place, :meth:`Sender._collect` (``Batch.encode``),
+just before it enters the window: fields that must be stamped per attempt
+or per partition (an idempotent producer's sequence numbers) go there, and
+a retry re-sends the same bytes.
+
 Caller threads reach it only through the shared state under the Producer's
 lock (the accumulator, the buffer memory, :attr:`commands`) and the waker.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -33,13 +49,15 @@ from hpbroker.client.window import SendWindow
 from hpbroker.protocol.errors import RETRIABLE, BrokerError, ErrorCode
 from hpbroker.protocol.messages import ErrorReply, Metadata, Produce, ProduceReply
 
+log = logging.getLogger("hpbroker.client")
+
 _SILENCE = frozenset({ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BROKER_SHUTTING_DOWN})  # the broker may be gone
 
 
 class Sender:
     def __init__(self, transport: Transport, waker: Waker, lock: threading.Lock, accumulator: Accumulator,
                  memory: BufferMemory, *, acks: int, max_in_flight: int, retries: int, retry_backoff: float,
-                 request_timeout_ms: int, connect_timeout_ms: int):
+                 request_timeout_ms: int, connect_timeout_ms: int, ordered: bool = False):
         self._t = transport
         self._waker = waker
         self._lock = lock
@@ -52,7 +70,10 @@ class Sender:
         self.partitions: dict[str, int] = {}  # topic -> partition count, read by send() without the lock
         self.commands: deque = deque()  # (topic, Future): metadata lookups asked for by caller threads
         self.stopping = False
-        self._window = SendWindow(transport.endpoint_for, None if acks == 0 else max_in_flight, retry_backoff)
+        self.spill = None  # a Spiller, set by the Producer before start()
+        self._left: list[Batch] = []  # at close, with a spill: unacknowledged batches to put back
+        self._window = SendWindow(transport.endpoint_for, None if acks == 0 else max_in_flight, retry_backoff,
+                                  per_partition=ordered)
         self._leader = LeaderSearch(max(retry_backoff, 1.0))
         self.thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
 
@@ -88,6 +109,8 @@ class Sender:
     def _run(self) -> None:
         t = self._t
         t.poller.register(self._waker.rfd, zmq.POLLIN)
+        if self.spill is not None:
+            t.on_disconnect = lambda _ep: self.spill.mark_down()
         try:
             while True:
                 fired = t.poll(self._timeout_ms())
@@ -167,12 +190,14 @@ class Sender:
         now = time.monotonic()
         with self._lock:
             ready = self._accum.take_ready(now)
+            if self.spill is not None:
+                ready += self.spill.take_resends(self._accum.outstanding)
         for b in ready:
             if b.acc is not None:
                 try:
                     b.encode()
                 except Exception as e:  # never let one bad batch stop the I/O thread
-                    self._fail(b, BrokerError(ErrorCode.BAD_REQUEST, f"could not encode the batch: {e}"))
+                    self._finish(b, None, BrokerError(ErrorCode.BAD_REQUEST, f"could not encode the batch: {e}"))
                     continue
             self._window.append(b)
 
@@ -196,7 +221,10 @@ class Sender:
         t.send(ep, req, b.frames, on_reply=on_reply, timeout_ms=self.request_timeout_ms + 5000)
 
     def _on_reply(self, b: Batch, rep) -> None:
+        spill = self.spill
         if rep.code == 0:
+            if spill is not None and spill.down:
+                spill.mark_up()
             if isinstance(rep, ProduceReply) and len(rep.base_offsets) >= 1:
                 self._complete(b, rep.base_offsets[0], None)
             else:
@@ -204,25 +232,73 @@ class Sender:
             return
         if rep.code == ErrorCode.NOT_LEADER or (self._t.several and rep.code in _SILENCE):
             self._leader.want()
-        if rep.code in RETRIABLE and b.attempts <= self.retries and not self.stopping:
+        if spill is not None and rep.code in _SILENCE:
+            spill.mark_down()
+        if rep.code in RETRIABLE and not self.stopping and (spill is not None or b.attempts <= self.retries):
             self._window.retry_later(b, time.monotonic())
             return
         self._complete(b, None, rep)
 
     def _complete(self, b: Batch, base: int | None, rep) -> None:
-        if rep is not None:
-            self._fail(b, BrokerError(rep.code, rep.message))
+        if rep is None:
+            self._finish(b, base, None)
+        elif self.stopping and self.spill is not None and rep.code in RETRIABLE:
+            self._finish_at_close(b)
+        else:
+            self._finish(b, None, BrokerError(rep.code, rep.message))
+
+    def _finish(self, b: Batch, base: int | None, err: BrokerError | None) -> None:
+        """``b`` is done for good: acknowledged at ``base``, or failed with ``err``."""
+        self._window.done(b)
+        if b.origin is not None:
+            self.spill.resent(b, base, err)
             return
-        b.future.set_result(RecordMetadata(b.topic, b.partition, base))
+        if err is None:
+            b.future.set_result(RecordMetadata(b.topic, b.partition, base))
+        else:
+            b.future.set_exception(err)
         self._release(b)
 
-    def _fail(self, b: Batch, err: BrokerError) -> None:
-        b.future.set_exception(err)
-        self._release(b)
+    def _finish_at_close(self, b: Batch) -> None:
+        """Closing with a spill journal: an unacknowledged batch is kept for
+        the journal (:meth:`_shutdown` puts it back), a re-send stays there."""
+        self._window.done(b)
+        if b.origin is not None:
+            self.spill.unsent(b)
+        else:
+            self._left.append(b)
 
     def _release(self, b: Batch) -> None:
         with self._lock:
             self._memory.release(b.nbytes)
+            out = self._accum.outstanding
+            if out is not None:
+                tp = (b.topic, b.partition)
+                left = out.get(tp, 0) - 1
+                if left > 0:
+                    out[tp] = left
+                else:
+                    out.pop(tp, None)
+
+    def _put_back(self, batches: list[Batch]) -> None:
+        """Closing with a spill journal: the unacknowledged in-memory batches
+        go to the journal, and their futures fail saying where they are."""
+        self._left = []
+        try:
+            n = self.spill.put_back(batches)
+            err = BrokerError(ErrorCode.BROKER_SHUTTING_DOWN,
+                              f"producer closed before the broker acknowledged; the message is in the spill journal "
+                              f"{self.spill.directory} and the next Producer on that spill_dir sends it")
+        except Exception as e:  # never leave the futures hanging
+            n = 0
+            err = BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, f"producer closed before the broker acknowledged, "
+                              f"and putting the message in the spill journal failed: {e}")
+        for b in batches:
+            b.future.set_exception(err)
+            self._release(b)
+        if n:
+            log.warning("producer: closed with %d unacknowledged messages; they are in the spill journal %s",
+                        n, self.spill.directory)
 
     def _shutdown(self) -> None:
         """Fail whatever is left (close() timed out, or the thread died)."""
@@ -238,6 +314,8 @@ class Sender:
             left += self._window.take_all()
             for b in left:
                 self._complete(b, None, gone)
+            if self._left:
+                self._put_back(self._left)
         finally:
             self._t.close()
             with self._lock:
