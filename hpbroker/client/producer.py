@@ -42,6 +42,7 @@ from hpbroker.client.memory import BufferMemory
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
+from hpbroker.client.spill import SpillJournal, encode_record
 from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
@@ -72,7 +73,7 @@ class Producer:
         hwm: int = 10_000,
         block_on_full: bool = True,
         spill_dir: str | os.PathLike | None = None,
-        ordered: bool = False,
+        ordered: bool | None = None,
         topic_partitions: Mapping[str, int] | None = None,
         spill_segment_bytes: int = 64 << 20,
     ):
@@ -80,6 +81,8 @@ class Producer:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         if spill_dir is None and not block_on_full:
             raise ValueError("block_on_full=False needs a spill_dir: where send() puts what buffer_memory cannot hold")
+        if ordered is None:
+            ordered = spill_dir is not None  # a spilling producer keeps each partition's order unless told not to
         if spill_dir is None and ordered:
             raise ValueError("ordered=True needs a spill_dir: where messages wait, in order, while the broker is away")
         if spill_dir is not None and _ACKS[acks] == 0:
@@ -124,8 +127,7 @@ class Producer:
             self._spill.start()
 
     def _open_spill(self, spill_dir, segment_bytes: int) -> None:
-        from hpbroker.client.spill import SpillJournal  # only a producer with a spill_dir loads these
-        from hpbroker.client.spiller import Spiller
+        from hpbroker.client.spiller import Spiller  # only a producer with a spill_dir loads these
 
         journal = SpillJournal(spill_dir, segment_bytes=segment_bytes)
         try:
@@ -339,6 +341,11 @@ class Producer:
             raise ValueError(f"partition must be >= 0, got {partition}")
         spill = self._spill
         mem = self._memory
+        frame = None
+        if spill.likely(topic, partition) or (not self.block_on_full and mem.used + size > mem.limit):
+            # frame it before taking the lock (about a microsecond that other senders need not wait for)
+            frame = encode_record(False, topic, partition, key, value, blob,
+                                  batch.now_ms() if timestamp_ms is None else timestamp_ms)
         with self._lock:
             if mem.closed:
                 raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
@@ -353,7 +360,10 @@ class Producer:
                 elif room:
                     mem.used += size
                     return self._append_locked(topic, partition, value, key, timestamp_ms, size, blob, callback)
-            fut = spill.add(topic, partition, key, value, blob, timestamp_ms, size)
+            if frame is None:
+                frame = encode_record(False, topic, partition, key, value, blob,
+                                      batch.now_ms() if timestamp_ms is None else timestamp_ms)
+            fut = spill.add(topic, partition, frame, size)
             if callback is not None:
                 attach(fut, callback)
         return fut
@@ -407,10 +417,9 @@ class Producer:
                     k = None if keys is None else keys[i]
                     h = None if blobs is None else blobs[i]
                     size = _ENTRY + len(v) + (0 if k is None else len(k)) + (0 if h is None else len(h))
+                    f = spill.add(topic, partition, encode_record(False, topic, partition, k, v, h, ts), size, group=g)
                     if i == 0:
-                        fut = spill.add(topic, partition, k, v, h, ts, size, group=g)
-                    else:
-                        spill.add(topic, partition, k, v, h, ts, size, group=g)
+                        fut = f
                 spill.end_group(g)
             if callback is not None:
                 attach(fut, callback)

@@ -190,8 +190,9 @@ class Sender:
         now = time.monotonic()
         with self._lock:
             ready = self._accum.take_ready(now)
-            if self.spill is not None:
-                ready += self.spill.take_resends(self._accum.outstanding)
+            cuts = self.spill.take_resends(self._accum.outstanding) if self.spill is not None else ()
+        for topic, partition, items in cuts:
+            ready.append(self.spill.make_batch(topic, partition, items))
         for b in ready:
             if b.acc is not None:
                 try:

@@ -135,7 +135,8 @@ _REC = struct.Struct("<BBHiqII")
 _ACK = struct.Struct("<B3xIq")
 _LEN = struct.Struct("<I")
 _NAME = re.compile(r"^(\d{20})\.spill$")
-_READ_CHUNK = 1 << 20
+_READ_SLACK = 64 << 10  # read this much past what was asked for: the frames end somewhere in it
+_FRAME_HEAD = struct.Struct("<II")
 
 
 class SpillRecord(NamedTuple):
@@ -155,6 +156,44 @@ def record_size(topic: bytes, key: bytes | None, value: bytes, headers: bytes | 
     """The bytes one record takes in a segment, frame included."""
     return FRAME_HEADER + _REC.size + len(topic) + (0 if key is None else len(key)) + len(value) + \
         (0 if headers is None else len(headers))
+
+
+_topic_bytes: dict[str, bytes] = {}
+
+
+def encode_record(front: bool, topic: str, partition: int, key: bytes | None, value: bytes, headers: bytes | None,
+                  timestamp: int) -> bytes:
+    """One record frame (the tables above).  ValueError for a topic or a
+    message that does not fit one."""
+    tb = _topic_bytes.get(topic)
+    if tb is None:
+        tb = topic.encode("utf-8")
+        if len(tb) > 0xFFFF:
+            raise ValueError(f"topic name of {len(tb)} bytes does not fit a spill record")
+        if len(_topic_bytes) < 4096:
+            _topic_bytes[topic] = tb
+    hl = 0 if headers is None else len(headers)
+    if key is None:
+        payload = b"".join((_REC.pack(KIND_FRONT if front else KIND_RECORD, 0, len(tb), partition, timestamp, 0, hl),
+                            tb, headers or b"", value))
+    else:
+        payload = b"".join((_REC.pack(KIND_FRONT if front else KIND_RECORD, 1, len(tb), partition, timestamp,
+                                      len(key), hl), tb, key, headers or b"", value))
+    n = len(payload)
+    if n > MAX_FRAME:
+        raise ValueError(f"a message of {n} bytes is larger than a spill frame may be")
+    head = _LEN.pack(n)
+    return b"".join((head, _LEN.pack(crc32c(payload, crc32c(head))), payload))
+
+
+def _encode_ack(seqs) -> bytes:
+    arr = np.asarray(seqs, dtype=np.int64)
+    base = int(arr.min())
+    deltas = arr - base
+    if int(deltas.max()) > 0xFFFFFFFF:  # split a range wider than a uint32 (never in practice)
+        cut = arr < base + 0xFFFFFFFF
+        return _encode_ack(arr[cut]) + _encode_ack(arr[~cut])
+    return framing.frame(_ACK.pack(KIND_ACK, len(arr), base) + deltas.astype("<u4").tobytes())
 
 
 class _Segment:
@@ -225,7 +264,6 @@ class SpillJournal:
         self.syncs = 0
         self._fd = -1  # the last segment's, for writing
         self._read_fd: tuple[int, int] | None = None  # (segment base, fd) of the segment being read
-        self._topics: dict[str, bytes] = {}
         self._names: dict[bytes, str] = {}
         self._failed: BaseException | None = None
         self._lock_fd = -1
@@ -246,14 +284,21 @@ class SpillJournal:
         then ``fdatasync``.  On any failure the file is cut back to where it
         was and the error raised: nothing of the group counts as written.
         Returns the number of records written."""
+        frames = [encode_record(*r) for r in records]
+        return self.write_frames(frames, acks)
+
+    def write_frames(self, frames: list, acks: list[int] | None = None) -> int:
+        """:meth:`write` for records already framed by :func:`encode_record`
+        (the producer frames each message in ``send()``, so its spill thread
+        only joins bytes)."""
         self._check_usable()
         seg = self.segments[-1]
-        buf = bytearray()
-        n = self._encode(records, buf)
         if acks:
-            self._encode_ack(acks, buf)
-        if not buf:
+            frames = frames + [_encode_ack(acks)]
+        if not frames:
             return 0
+        buf = b"".join(frames)
+        n = len(frames) - (1 if acks else 0)
         try:
             framing.write_all(self._fd, buf, seg.size)
             os.fdatasync(self._fd)
@@ -300,42 +345,6 @@ class SpillJournal:
     @property
     def disk_bytes(self) -> int:
         return sum(s.size for s in self.segments)
-
-    def _encode(self, records, buf: bytearray) -> int:
-        pack = _REC.pack
-        lenpack = _LEN.pack
-        topics = self._topics
-        n = 0
-        for front, topic, partition, key, value, headers, ts in records:
-            tb = topics.get(topic)
-            if tb is None:
-                tb = topics[topic] = topic.encode("utf-8")
-                if len(tb) > 0xFFFF:
-                    raise ValueError(f"topic name of {len(tb)} bytes does not fit a spill record")
-            kb = b"" if key is None else key
-            hb = b"" if headers is None else headers
-            payload = b"".join((pack(KIND_FRONT if front else KIND_RECORD, 0 if key is None else 1, len(tb),
-                                     partition, ts, len(kb), len(hb)), tb, kb, hb, value))
-            if len(payload) > MAX_FRAME:
-                raise ValueError(f"a message of {len(payload)} bytes is larger than a spill frame may be")
-            head = lenpack(len(payload))
-            buf += head
-            buf += lenpack(crc32c(payload, crc32c(head)))
-            buf += payload
-            n += 1
-        return n
-
-    @staticmethod
-    def _encode_ack(seqs, buf: bytearray) -> None:
-        arr = np.asarray(seqs, dtype=np.int64)
-        base = int(arr.min())
-        deltas = arr - base
-        if int(deltas.max()) > 0xFFFFFFFF:  # split a range wider than a uint32 (never in practice)
-            cut = arr < base + 0xFFFFFFFF
-            SpillJournal._encode_ack(arr[cut], buf)
-            SpillJournal._encode_ack(arr[~cut], buf)
-            return
-        buf += framing.frame(_ACK.pack(KIND_ACK, len(arr), base) + deltas.astype("<u4").tobytes())
 
     def _check_usable(self) -> None:
         if self._fd < 0:
@@ -409,41 +418,71 @@ class SpillJournal:
                 pos.base, pos.offset, pos.seq = nxt.base, 0, nxt.base
                 continue
             fd = self._reader_fd(seg)
-            want = min(seg.size - pos.offset, max(_READ_CHUNK, max_bytes - got))
+            want = min(seg.size - pos.offset, max(max_bytes - got, 0) + _READ_SLACK)
             buf = os.pread(fd, want, pos.offset)
-            mv = memoryview(buf)
-            at = 0
-            while at + FRAME_HEADER <= len(mv):
-                length, crc = struct.unpack_from("<II", mv, at)
-                end = at + FRAME_HEADER + length
-                if end > len(mv):
-                    if at == 0:  # one frame larger than the chunk: read exactly it
-                        buf = os.pread(fd, FRAME_HEADER + length, pos.offset)
-                        mv = memoryview(buf)
-                        if len(mv) < FRAME_HEADER + length:
-                            raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {pos.offset} "
-                                                 f"runs past the end of the file")
-                        continue
-                    break
-                payload = mv[at + FRAME_HEADER : end]
-                if length < 1 or crc32c(payload, crc32c(mv[at : at + 4])) != crc:
-                    raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {pos.offset + at} no longer "
-                                         "checks out (its CRC32C or length); the disk changed it after it was written")
-                kind = payload[0]
-                if kind == KIND_RECORD or kind == KIND_FRONT:
-                    seq = pos.seq
-                    pos.seq += 1
-                    if kind == KIND_RECORD and not seg.acked[seq - seg.base]:
-                        rec = self._decode(payload, seq, seg, pos.offset + at)
-                        out.append(rec)
-                        got += length
-                at = end
-                if got >= max_bytes and out:
-                    break
-            if at == 0:
-                raise JournalCorrupt(f"spill journal {seg.path}: no whole frame at offset {pos.offset}")
+            at, got = self._parse(buf, pos, seg, out, got, max_bytes, fd)
             pos.offset += at
         return out
+
+    def _parse(self, buf: bytes, pos: ReadPosition, seg: _Segment, out: list, got: int, max_bytes: int,
+               fd: int) -> tuple[int, int]:
+        """The frames of ``buf`` (read at ``pos``): unacknowledged R records
+        appended to ``out``; returns (bytes used, bytes of records so far).
+        The per-record path of every re-send, so it is written flat: bytes
+        slices of ``buf``, no call per record but the CRC."""
+        mv = memoryview(buf)
+        n = len(buf)
+        at = 0
+        head = _FRAME_HEAD.unpack_from
+        rec = _REC.unpack_from
+        names = self._names
+        acked = seg.acked
+        base = seg.base
+        new = tuple.__new__
+        while at + FRAME_HEADER <= n:
+            length, crc = head(buf, at)
+            end = at + FRAME_HEADER + length
+            if end > n:
+                if at == 0:  # one frame larger than the chunk: read exactly it
+                    buf = os.pread(fd, FRAME_HEADER + length, pos.offset)
+                    if len(buf) < FRAME_HEADER + length:
+                        raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {pos.offset} "
+                                             f"runs past the end of the file")
+                    mv = memoryview(buf)
+                    n = len(buf)
+                    continue
+                break
+            if length < _REC.size and buf[at + FRAME_HEADER] != KIND_ACK or length < 1 or \
+                    crc32c(mv[at + FRAME_HEADER : end], crc32c(mv[at : at + 4])) != crc:
+                raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {pos.offset + at} no longer "
+                                     "checks out (its CRC32C or length); the disk changed it after it was written")
+            kind = buf[at + FRAME_HEADER]
+            if kind == KIND_RECORD or kind == KIND_FRONT:
+                seq = pos.seq
+                pos.seq = seq + 1
+                if kind == KIND_RECORD and not acked[seq - base]:
+                    o = at + FRAME_HEADER
+                    _, flags, tl, partition, ts, kl, hl = rec(buf, o)
+                    o += _REC.size
+                    if o + tl + kl + hl > end or flags & ~1:
+                        raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {pos.offset + at} has "
+                                             "a good CRC but its record does not parse (its lengths do not add up)")
+                    tb = buf[o : o + tl]
+                    topic = names.get(tb)
+                    if topic is None:
+                        topic = names[tb] = self._topic_name(tb, seg, pos.offset + at)
+                    o += tl
+                    key = buf[o : o + kl] if flags else None
+                    o += kl
+                    headers = buf[o : o + hl] if hl else None
+                    out.append(new(SpillRecord, (seq, topic, partition, key, buf[o + hl : end], headers, ts, False)))
+                    got += length
+            at = end
+            if got >= max_bytes and out:
+                break
+        if at == 0:
+            raise JournalCorrupt(f"spill journal {seg.path}: no whole frame at offset {pos.offset}")
+        return at, got
 
     def _segment_at(self, pos: ReadPosition) -> _Segment | None:
         segs = self.segments
@@ -463,6 +502,14 @@ class SpillJournal:
         fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
         self._read_fd = (seg.base, fd)
         return fd
+
+    @staticmethod
+    def _topic_name(tb: bytes, seg: _Segment, offset: int) -> str:
+        try:
+            return tb.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JournalCorrupt(f"spill journal {seg.path}: the frame at offset {offset} has a good CRC but its "
+                                 f"topic is not UTF-8 ({e})") from None
 
     def _decode(self, p: memoryview, seq: int, seg: _Segment, offset: int) -> SpillRecord:
         try:
@@ -503,7 +550,8 @@ class SpillJournal:
             self.segments.append(seg)
             return
         acks: list[np.ndarray] = []
-        key_ids: dict[tuple[str, int], int] = {}
+        key_ids: dict[tuple[bytes, int], int] = {}  # (topic bytes, partition) -> a small id
+        first_at: list[tuple[_Segment, int]] = []  # where each key was first seen (for an error)
         per_segment_keys: list[np.ndarray] = []
         fronts: list[SpillRecord] = []
         for i, base in enumerate(found):
@@ -517,13 +565,22 @@ class SpillJournal:
                 buf = f.read()  # one segment at a time: at most segment_bytes (plus one group) in memory
             ids = []
             scan = FrameScan(buf, f"spill journal {seg.path}", tail_ok=last)
+            rec = _REC.unpack_from
             for pos, payload in scan:
                 kind = payload[0]
                 if kind == KIND_RECORD or kind == KIND_FRONT:
-                    k = self._key_of(payload, seg, pos)
+                    try:
+                        _, flags, tl, partition, _, kl, hl = rec(buf, pos + FRAME_HEADER)
+                    except struct.error:
+                        flags = -1
+                    o = pos + FRAME_HEADER + _REC.size
+                    if flags & ~1 or o + tl + kl + hl > pos + FRAME_HEADER + len(payload):
+                        self._key_of(payload, seg, pos)  # raises, saying what is wrong
+                    k = (buf[o : o + tl], partition)
                     kid = key_ids.get(k)
                     if kid is None:
                         kid = key_ids[k] = len(key_ids)
+                        first_at.append((seg, pos))
                     ids.append(kid)
                     if kind == KIND_FRONT:
                         fronts.append(self._decode(payload, seg.base + len(ids) - 1, seg, pos))
@@ -552,8 +609,11 @@ class SpillJournal:
         for arr in acks:
             self._mark_quiet(arr)
         keys = [None] * len(key_ids)
-        for k, kid in key_ids.items():
-            keys[kid] = k
+        for (tb, partition), kid in key_ids.items():
+            topic = self._names.get(tb)
+            if topic is None:
+                topic = self._names[tb] = self._topic_name(tb, *first_at[kid])
+            keys[kid] = (topic, partition)
         counts = np.zeros(len(key_ids), dtype=np.int64)
         for seg, ids in zip(self.segments, per_segment_keys):
             if len(ids):

@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from typing import Callable
 
@@ -55,15 +55,20 @@ from hpbroker.client.framing import JournalError
 from hpbroker.client.memory import BufferMemory
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.client.records import RecordMetadata, SpilledFuture
-from hpbroker.client.spill import SpillJournal, SpillRecord
+from hpbroker.client.spill import SpillJournal, SpillRecord, encode_record
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 log = logging.getLogger("hpbroker.client")
 
 #: a spill group holds at most this many messages (their futures complete together at worst)
 GROUP_MAX = 1024
-#: bytes of spilled messages read back ahead of the re-sends (queued per partition or in flight)
-READ_AHEAD = 16 << 20
+#: bytes of spilled messages read back ahead of the re-sends (queued per partition or in flight):
+#: about two batches for each of a few busy partitions.  While the broker is down, only READ_STEP
+#: (enough for the re-send that finds out when it is back): records read back are Python objects,
+#: and hundreds of thousands of them waiting would make every full GC pass take tens of ms
+READ_AHEAD = 4 << 20
+#: bytes read back per step: the records of one step are queued under the lock, so it stays short
+READ_STEP = 64 << 10
 #: wait between metadata lookups for a topic whose records wait for its partition count
 LOOKUP_BACKOFF = 1.0
 #: wait before writing again after a failed write or fdatasync
@@ -147,7 +152,7 @@ class Spiller:
         # -- under the lock -------------------------------------------------------------
         self.pending: dict[tuple[str, int], int] = dict(journal.pending)  # unacknowledged, by stored partition
         self.down = False
-        self.queue: list[tuple] = []  # to write: (front, topic, partition, key, value, headers, ts)
+        self.queue: list[bytes] = []  # record frames to write, in seq order
         self.queued_bytes = 0
         self.next_seq = journal.next_seq
         self.open_groups: dict[tuple[str, int], SpillGroup] = {}
@@ -196,16 +201,17 @@ class Spiller:
         p = self.pending
         return bool(p) and ((topic, partition) in p or (topic, -1) in p)
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes, headers: bytes | None,
-            timestamp_ms: int | None, size: int, group: SpillGroup | None = None) -> SpilledFuture:
-        """Queue one message for the journal and return its future."""
+    def add(self, topic: str, partition: int, frame: bytes, size: int,
+            group: SpillGroup | None = None) -> SpilledFuture:
+        """(Lock held.)  Queue one message, already framed by
+        :func:`~hpbroker.client.spill.encode_record` (the caller does that
+        before taking the lock when it can), and return its future."""
         if self.stopping:
             raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
         seq = self.next_seq
         self.next_seq = seq + 1
-        self.queue.append((False, topic, partition, key, value, headers,
-                           batch.now_ms() if timestamp_ms is None else timestamp_ms))
-        self.queued_bytes += size
+        self.queue.append(frame)
+        self.queued_bytes += len(frame)
         k = (topic, partition)
         self.pending[k] = self.pending.get(k, 0) + 1
         self._memory.spilled += 1
@@ -229,6 +235,14 @@ class Spiller:
         fut._batch = g.future
         fut._index = i
         return fut
+
+    def likely(self, topic: str, partition: int) -> bool:
+        """Without the lock: whether :meth:`must_spill` will probably say yes
+        (a hint, so the caller frames the message before taking the lock)."""
+        if self.down or partition < 0:
+            return True
+        p = self.pending
+        return bool(p) and ((topic, partition) in p or (topic, -1) in p)
 
     def new_group(self, topic: str, partition: int) -> SpillGroup:
         """A group of its own for one ``send_batch`` call (after the open one)."""
@@ -260,21 +274,31 @@ class Spiller:
         if self.down:
             log.warning("producer: the broker answers again; re-sending what was spilled to %s", self.directory)
             self.down = False
+            self._event.set()  # read ahead in earnest again
 
-    def take_resends(self, outstanding: dict | None) -> list[Batch]:
-        """(Lock held.)  One batch for each partition that has re-sends
-        queued, no batch in memory and no re-sent batch unanswered."""
+    def take_resends(self, outstanding: dict | None) -> list:
+        """(Lock held.)  For each partition that has re-sends queued, no batch
+        in memory and no re-sent batch unanswered, the records of its next
+        batch, taken off its queue: ``[(topic, partition, items)]``.  Only
+        pops here; :meth:`make_batch` builds each batch after the lock."""
         if not self.ready or self.stopping:
             return []
         out = []
         empty = []
+        limit = self._batch_limit() - batch.HEADER_SIZE
         for tp, q in self.ready.items():
             if not q:
                 empty.append(tp)
                 continue
             if tp in self.inflight or (outstanding and outstanding.get(tp)):
                 continue
-            out.append(self._cut(tp, q))
+            items = [q.popleft()]
+            size = items[0][3]
+            while q and size + q[0][3] <= limit:
+                item = q.popleft()
+                size += item[3]
+                items.append(item)
+            out.append((tp[0], tp[1], items))
             self.inflight.add(tp)
             if not q:
                 empty.append(tp)
@@ -283,20 +307,16 @@ class Spiller:
                 del self.ready[tp]
         return out
 
-    def _cut(self, tp: tuple[str, int], q: deque) -> Batch:
-        limit = self._batch_limit()
-        acc = OpenBatch(limit, time.monotonic(), 0)
+    def make_batch(self, topic: str, partition: int, items: list) -> Batch:
+        """One re-send batch of ``items`` (from :meth:`take_resends`), for the
+        Sender to encode like any other."""
+        acc = OpenBatch(0, time.monotonic(), 0)
         res = Resend()
         values, ts = acc.values, []
         keys = None
         hs = None
-        size = batch.HEADER_SIZE
-        while q:
-            r, slot, k, n = q[0]
-            if values and size + n > limit:
-                break
-            q.popleft()
-            i = len(values)
+        size = 0
+        for i, (r, slot, k, n) in enumerate(items):
             values.append(r.value)
             ts.append(r.timestamp)
             if r.key is not None or keys is not None:
@@ -308,43 +328,50 @@ class Spiller:
                     hs = []
                 hs.append((i, r.headers))
             size += n
-            res.seqs.append(r.seq)
-            res.slots.append(slot)
-            res.keys.append(k)
-            res.nbytes += n
-        acc.keys, acc.ts, acc.headers, acc.nbytes = keys, ts, hs, size
-        b = Batch(tp[0], tp[1], None, None, size - batch.HEADER_SIZE, acc)
+        res.seqs = [it[0].seq for it in items]
+        res.slots = [it[1] for it in items]
+        res.keys = [it[2] for it in items]
+        res.nbytes = size
+        acc.keys, acc.ts, acc.headers, acc.nbytes = keys, ts, hs, size + batch.HEADER_SIZE
+        b = Batch(topic, partition, None, None, size, acc)
         b.origin = res
         return b
 
     def resent(self, b: Batch, base: int | None, err: BaseException | None) -> None:
         """A re-sent batch was answered: acknowledged at ``base``, or failed
-        for good with ``err`` (its records are dropped, counted, logged)."""
+        for good with ``err`` (its records are dropped, counted, logged).
+
+        The outcomes go into the groups without the lock: a member's slot is
+        only ever written here, and its group was closed (under the lock)
+        before it was read back.  The lock covers the counts only."""
         res: Resend = b.origin
         done = []
+        for i, slot in enumerate(res.slots):
+            if slot is not None:
+                g, j = slot
+                if err is None:
+                    g.parts[j] = b.partition
+                    g.offsets[j] = base + i
+                else:
+                    if g.errors is None:
+                        g.errors = {}
+                    g.errors[j] = err
+                g.resolved += 1
+                if g.complete:
+                    done.append(g)
+        n = len(res.seqs)
+        counts = Counter(res.keys)
         with self._lock:
             self.inflight.discard((b.topic, b.partition))
             pending = self.pending
-            for i, (slot, k) in enumerate(zip(res.slots, res.keys)):
-                left = pending.get(k, 0) - 1
+            for k, c in counts.items():
+                left = pending.get(k, 0) - c
                 if left > 0:
                     pending[k] = left
                 else:
                     pending.pop(k, None)
-                if slot is not None:
-                    g, j = slot
-                    if err is None:
-                        g.parts[j] = b.partition
-                        g.offsets[j] = base + i
-                    else:
-                        if g.errors is None:
-                            g.errors = {}
-                        g.errors[j] = err
-                    g.resolved += 1
-                    if g.complete:
-                        done.append(g)
-                        self.live.discard(g)
-            n = len(res.seqs)
+            for g in done:
+                self.live.discard(g)
             self.acks.extend(res.seqs)
             self.buffered -= res.nbytes
             if err is None:
@@ -372,12 +399,16 @@ class Spiller:
         on this directory sends them before its partitions' other records.
         Returns how many messages."""
         n = 0
+        frames = []
+        for b in sorted(batches, key=lambda b: b.order):
+            frames.append([encode_record(True, b.topic, b.partition, key, value, headers, ts)
+                           for key, value, headers, ts in _records_of(b)])
         with self._lock:
-            for b in sorted(batches, key=lambda b: b.order):
+            for b, fs in zip(sorted(batches, key=lambda b: b.order), frames):
                 k = (b.topic, b.partition)
-                for key, value, headers, ts in _records_of(b):
+                for f in fs:
                     self.next_seq += 1
-                    self.queue.append((True, b.topic, b.partition, key, value, headers, ts))
+                    self.queue.append(f)
                     self.pending[k] = self.pending.get(k, 0) + 1
                     n += 1
             self.put_back_messages += n
@@ -429,7 +460,7 @@ class Spiller:
                 acks, self.acks = self.acks, []
             if recs or acks:
                 try:
-                    self.journal.write(recs, acks)
+                    self.journal.write_frames(recs, acks)
                 except (OSError, JournalError) as e:
                     with self._lock:
                         self.queue[:0] = recs
@@ -478,16 +509,17 @@ class Spiller:
 
     def _read_ahead(self) -> None:
         while True:
-            room = self.read_ahead - self.buffered
+            room = (READ_STEP if self.down else self.read_ahead) - self.buffered
             if room <= 0:
                 break
-            recs = self.journal.read(self._pos, room)
+            recs = self.journal.read(self._pos, min(room, READ_STEP))
             if not recs:
                 break
             with self._lock:
                 for r in recs:
                     k = (r.topic, r.partition)
                     self._place(r, self._match(k, r.seq), k)
+            self._wake_io()  # the I/O thread may start on these while more are read
         self._resolve()
         self._wake_io()
 
