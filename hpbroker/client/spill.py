@@ -84,8 +84,8 @@ fsynced, a warning logged.  Anything else - a bad frame followed by a valid
 one, a bad frame in an earlier segment, a good CRC over a record that does
 not parse, a segment missing between two others - raises
 :class:`~hpbroker.client.framing.JournalCorrupt` naming the file and the
-offset, and nothing is dropped.  Opening reads everything once: about a
-second per few million spilled messages (docs/performance.md).
+offset, and nothing is dropped.  Opening reads everything once: about 2 s
+per million spilled messages on the test VM (docs/performance.md).
 
 Segments
 --------
