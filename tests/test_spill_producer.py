@@ -322,3 +322,39 @@ def test_send_returns_at_once_without_any_broker(tmp_path):
     with Producer(url, spill_dir=tmp_path / "s", block_on_full=False) as p:
         assert p.metrics()["spill_recovered_messages"] == 20_000
         p.close(timeout=0.1)
+
+
+def test_spilled_messages_keep_their_key_headers_and_timestamp(tmp_path):
+    """Through the journal (a put-back record and spilled ones, from send and
+    send_batch) a message keeps its key, headers and send timestamp."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    ts = 1_600_000_000_000
+    with Producer(url, spill_dir=tmp_path / "s", block_on_full=False, buffer_memory=1,
+                  topic_partitions={"h": 4}) as p:
+        first = p.send("h", b"v0", key=b"a", headers=[("trace", b"\x01\x02")], timestamp_ms=ts)  # held in memory
+        p.send("h", b"v1", key=b"a", headers=[("trace", b"\x03"), ("n", b"")], timestamp_ms=ts + 1)  # spilled
+        p.send("h", b"v2", key=b"a")
+        whole = p.send_batch("h", [b"b0", b"b1", b"b2"], partition=2, keys=[b"x", None, b"z"],
+                             headers=[[("i", b"0")], None, [("i", b"2")]], timestamp_ms=ts + 5)
+        m = p.metrics()
+        assert m["spilled_messages"] == 5 and m["buffer_used_bytes"] > 0
+        p.close(timeout=0.2)
+    assert first.exception(0).code == ErrorCode.BROKER_SHUTTING_DOWN
+    assert whole.exception(0).code == ErrorCode.BROKER_SHUTTING_DOWN
+    b = BrokerProcess(tmp_path / "data", port=port, args=("--partitions", "4")).start()
+    try:
+        with Producer(url, spill_dir=tmp_path / "s") as p:
+            assert p.metrics()["spill_recovered_messages"] == 6
+            p.flush(60)
+        got = consume_all(url, "h")
+    finally:
+        b.stop()
+    pa = partition_for_key(b"a", 4)
+    msgs = got[pa] if pa != 2 else [x for x in got[pa] if x.value.startswith(b"v")]
+    assert [(x.value, x.key, x.headers) for x in msgs] == [
+        (b"v0", b"a", [("trace", b"\x01\x02")]), (b"v1", b"a", [("trace", b"\x03"), ("n", b"")]), (b"v2", b"a", None)]
+    assert [x.timestamp for x in msgs[:2]] == [ts, ts + 1] and msgs[2].timestamp > ts
+    batch_msgs = [x for x in got[2] if x.value.startswith(b"b")]
+    assert [(x.value, x.key, x.headers, x.timestamp) for x in batch_msgs] == [
+        (b"b0", b"x", [("i", b"0")], ts + 5), (b"b1", None, None, ts + 5), (b"b2", b"z", [("i", b"2")], ts + 5)]

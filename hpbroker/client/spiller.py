@@ -75,6 +75,7 @@ LOOKUP_BACKOFF = 1.0
 WRITE_BACKOFF = 1.0
 
 _UNRESOLVED = -2
+_MAX_TS_SPAN = (1 << 31) - 1  # a batch's timestamps are int32 ms deltas from its first: about 24 days
 _new_future = object.__new__
 
 
@@ -294,7 +295,17 @@ class Spiller:
                 continue
             items = [q.popleft()]
             size = items[0][3]
+            lo = hi = items[0][0].timestamp
             while q and size + q[0][3] <= limit:
+                ts = q[0][0].timestamp
+                if ts < lo:
+                    if hi - ts > _MAX_TS_SPAN:
+                        break
+                    lo = ts
+                elif ts > hi:
+                    if ts - lo > _MAX_TS_SPAN:
+                        break
+                    hi = ts
                 item = q.popleft()
                 size += item[3]
                 items.append(item)
