@@ -341,6 +341,18 @@ class Producer:
             raise ValueError(f"partition must be >= 0, got {partition}")
         spill = self._spill
         mem = self._memory
+        if not spill.down and not spill.pending and partition >= 0 and mem.used + size <= mem.limit:
+            # the common case, checked again under the lock: nothing spilled, room in memory
+            with self._lock:
+                if not spill.down and not spill.pending and mem.used + size <= mem.limit and not mem.closed:
+                    mem.used += size
+                    if blob is None:
+                        fut = self._append(topic, partition, value, key, timestamp_ms, size)
+                    else:
+                        fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
+                    if callback is not None:
+                        attach(fut, callback)
+                    return fut
         frame = None
         if spill.likely(topic, partition) or (not self.block_on_full and mem.used + size > mem.limit):
             # frame it before taking the lock (about a microsecond that other senders need not wait for)
