@@ -121,7 +121,12 @@ class Producer:
         self._thread = self._memory.io_thread = self._sender.thread
         self._spill = None
         if spill_dir is not None:
-            self._open_spill(spill_dir, spill_segment_bytes)
+            try:
+                self._open_spill(spill_dir, spill_segment_bytes)
+            except BaseException:  # JournalLocked, JournalCorrupt, OSError: nothing was started
+                self._waker.close()
+                self._t.close()
+                raise
         self._sender.start()
         if self._spill is not None:
             self._spill.start()
