@@ -218,15 +218,17 @@ def test_a_producer_killed_while_spilling_resends_the_spill_after_a_restart(tmp_
         assert p.metrics()["spill_recovered_messages"] == 0
 
 
-def test_a_full_buffer_spills_and_nothing_is_duplicated(tmp_path):
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_full_buffer_spills_and_nothing_is_duplicated(tmp_path, ordered):
     """block_on_full=False with the broker up but its disk stalled (the
     writer suspended): once buffer_memory is full, send() spills instead of
-    waiting; once the disk is back everything lands once, in order."""
+    waiting; once the disk is back everything lands once, in order (nothing
+    is retried here, so without ``ordered`` too)."""
     b = BrokerProcess(tmp_path / "data", args=("--partitions", "4")).start()
     writer = psutil.Process(b.child_pid("writer0"))
     try:
         with Producer(b.url, spill_dir=tmp_path / "spill", block_on_full=False, buffer_memory=100_000,
-                      request_timeout_ms=60_000) as p:
+                      request_timeout_ms=60_000, ordered=ordered) as p:
             p.partitions_for("t")
             writer.suspend()
             try:
@@ -358,3 +360,28 @@ def test_spilled_messages_keep_their_key_headers_and_timestamp(tmp_path):
     batch_msgs = [x for x in got[2] if x.value.startswith(b"b")]
     assert [(x.value, x.key, x.headers, x.timestamp) for x in batch_msgs] == [
         (b"b0", b"x", [("i", b"0")], ts + 5), (b"b1", None, None, ts + 5), (b"b2", b"z", [("i", b"2")], ts + 5)]
+
+
+def test_a_spilled_message_the_broker_refuses_for_good_is_dropped_and_reported(tmp_path):
+    """A non-retriable answer to a re-send (a partition the topic does not
+    have) drops that message from the journal, fails its future and counts
+    it; the partition's neighbours go on."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    b = None
+    with Producer(url, spill_dir=tmp_path / "s", block_on_full=False, buffer_memory=1,
+                  topic_partitions={"t": 4}) as p:
+        f0 = p.send("t", b"m0", partition=0)  # held in memory (the first always fits)
+        f1 = p.send("t", b"m1", partition=99)  # spilled: the buffer is full
+        f2 = p.send("t", b"m2", partition=1)  # spilled
+        b = BrokerProcess(tmp_path / "data", port=port, args=("--partitions", "4")).start()
+        try:
+            p.flush(60)
+            m = p.metrics()
+            got = consume_all(url, "t")
+        finally:
+            b.stop()
+    assert f0.result().partition == 0 and f2.result().partition == 1
+    assert f1.exception().code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    assert m["spill_failed_messages"] == 1 and m["resent_messages"] == 1 and m["spill_pending_messages"] == 0
+    assert {part: [x.value for x in msgs] for part, msgs in got.items()} == {0: [b"m0"], 1: [b"m2"]}
