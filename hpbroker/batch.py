@@ -179,6 +179,23 @@ def peek_count(buf, pos: int = 0) -> int:
     return _I.unpack_from(buf, pos + COUNT_AT)[0]
 
 
+_PRODUCER = struct.Struct("<qi")  # producer_id (48), base_sequence (56)
+PRODUCER_AT = 48
+
+
+def peek_producer(buf, pos: int = 0) -> tuple[int, int]:
+    """(producer_id, base_sequence) of the batch at ``pos``; (-1, -1) when not idempotent."""
+    return _PRODUCER.unpack_from(buf, pos + PRODUCER_AT)
+
+
+def set_producer(buf, producer_id: int, base_sequence: int, pos: int = 0) -> None:
+    """Stamp an idempotent producer's id and first sequence into an encoded
+    batch and recompute its CRC (both fields lie inside the CRC'd range)."""
+    _PRODUCER.pack_into(buf, pos + PRODUCER_AT, producer_id, base_sequence)
+    length = peek_length(buf, pos)
+    _I.pack_into(buf, pos + 20, crc32c(memoryview(buf)[pos + CRC_START: pos + length]))
+
+
 def stamp(buf, base_offset: int, leader_epoch: int, pos: int = 0) -> None:
     """Write the broker-owned fields in place; the CRC stays valid."""
     _Q.pack_into(buf, pos + BASE_OFFSET_AT, base_offset)
@@ -317,6 +334,26 @@ def decode_headers(blob) -> list[tuple[str, bytes]]:
         if not name:
             raise CorruptBatch("record headers: a header name is empty")
     return pairs
+
+
+def check_headers(buf, pos: int = 0, header: BatchHeader | None = None) -> None:
+    """Every record's headers decode (``decode_headers``); raises
+    CorruptBatch naming the record.  For batches entering the cluster: a
+    consumer must never meet headers it cannot read.  Costs one table scan
+    for a batch without headers, one msgpack decode per record with them."""
+    h = header or read_header(buf, pos)
+    table, starts = value_bounds(buf, pos, h)
+    hlen = table["headers_len"]
+    if not hlen.any():
+        return
+    mv = memoryview(buf)
+    hstart = starts + np.maximum(table["key_len"], 0) + table["value_len"]
+    for i in np.flatnonzero(hlen).tolist():
+        s = int(hstart[i])
+        try:
+            decode_headers(mv[s:s + int(hlen[i])])
+        except CorruptBatch as e:
+            raise CorruptBatch(f"record {i}: {e}") from None
 
 
 def _describe(v) -> str:

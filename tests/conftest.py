@@ -69,3 +69,14 @@ def tmpfs(tmp_path):
 # Private PostgreSQL and ZooKeeper servers (tests/servers.py), session-scoped; the offset-store
 # tests use them.  Importing the fixtures here registers them for every test module.
 from servers import postgres_server, zookeeper_server  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (soaks, long crash loops) run only when asked
+    for: ``-m slow``, or HPB_SLOW=1; ``tools/test-slow`` runs them all."""
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("HPB_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow, HPB_SLOW=1 or tools/test-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -67,3 +67,16 @@ def test_an_older_replicator_state_never_takes_back_what_the_writers_reported():
     assert v.replicated["t/0"] == 300
     w = Waiting(b"c", 9, 0, deadline=1e12, replicas=True, key="t/0", offsets=[250], last=250)
     assert not v.hold(w)  # already on the slave: released at once, never held
+
+
+def test_with_min_insync_replicas_1_and_no_slave_in_sync_acks_all_is_not_held():
+    """A promoted slave alone (or a master whose slave fell out of sync) with
+    min_insync_replicas = 1: the master is every replica in sync, so acks=all
+    is answered on the local flush instead of timing out waiting for nobody."""
+    v = view(min_insync=1)
+    v.check_enough()  # admitted
+    w = Waiting(b"c", 1, 0, 1e9, replicas=True, key="t/0")
+    w.last = 99
+    assert v.hold(w) is False
+    v.update(state([2], {"t/0": 50}))  # a slave in sync again: it holds until the slave has it
+    assert v.hold(w) is True

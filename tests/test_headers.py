@@ -270,3 +270,16 @@ def test_raw_producer_example_writes_headers(broker, raw):
     got = [rec for part in range(4) for rec in raw.fetch_all("hdrraw", part)]
     assert sorted((rec.value, tuple(batch.decode_headers(rec.headers))) for rec in got) == \
         sorted((v, (("line", b"%d" % i),)) for i, v in enumerate(lines))
+
+
+def test_the_broker_refuses_headers_a_consumer_could_not_read(broker):
+    from rawclient import RawClient
+    from hpbroker.protocol import messages as m
+
+    c = RawClient(broker.url)
+    bad = batch.encode_batch([b"x", b"y"], headers=[None, b"\xc1junk"])
+    rep, _ = c.call(m.Produce(id=c.next_id(), topic="hdrcheck", partition=0), [bad])
+    assert rep.code == 3 and "record 1" in rep.message  # CORRUPT_BATCH, naming the record
+    good = batch.encode_batch([b"x"], headers=[batch.encode_headers([("a", b"1")])])
+    rep, _ = c.call(m.Produce(id=c.next_id(), topic="hdrcheck", partition=0), [good])
+    assert rep.code == 0 and rep.base_offsets == [0]  # nothing of the refused batch was written

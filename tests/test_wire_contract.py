@@ -8,12 +8,18 @@ woke it; ZeroMQ keeps one connection's replies in order.  So a reply the
 broker sent before it answered the probe arrives before the probe's reply
 (`replies_before`), and each test shows the probe catching a reply that
 was sent (its control case) before it shows one that was not.
+
+The consumer-group messages are also checked without a broker, through the
+codec alone, and the document against the code (the error table, the
+message types it names).
 """
 
 from __future__ import annotations
 
 import struct
 import time
+import zlib
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,10 +29,11 @@ from brokerproc import BrokerProcess
 from hpbroker import Producer, batch
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
-from hpbroker.protocol.errors import ErrorCode
+from hpbroker.protocol.errors import RETRIABLE, ErrorCode, ProtocolError
 from rawclient import RawClient
 
 MiB = 1 << 20
+OFFSETS = "__consumer_offsets"
 enc, dec = msgspec.msgpack.encode, msgspec.msgpack.decode
 
 
@@ -391,3 +398,235 @@ def test_produce_replies_of_one_partition_come_in_order_and_a_long_poll_is_overt
     order = [r.id for r, _ in got]
     assert order.index(poll) > order.index(ids[0])
     c.close()
+
+
+# -- section 3, consumer groups: the messages through the codec (no broker) -------------
+
+GROUP_REQUESTS = [
+    m.FindCoordinator(id=101, group="orders"),
+    m.GroupHeartbeat(id=102, group="orders.v2_x-1", member_id="5f0c" * 8, member_epoch=m.JOIN),
+    m.GroupHeartbeat(id=103, group="orders", member_id="a" * 64, member_epoch=7, instance_id="host-1#3",
+                     client_host="10.0.0.7", topics=["t", "s.x"], assignor="range", session_timeout_ms=3000,
+                     rebalance_timeout_ms=60_000,
+                     owned=[m.TopicPartitions("s.x", [0]), m.TopicPartitions("t", [1, 3, 5])]),
+    m.GroupHeartbeat(id=104, group="orders", member_id="m1", member_epoch=m.LEAVE),
+    m.OffsetCommit(id=105, group="orders", member_id="m1", member_epoch=7,
+                   offsets=[m.OffsetEntry("t", 1, 42, "meta"), m.OffsetEntry("t", 3, 0)], validate_only=True,
+                   timeout_ms=5000),
+    m.OffsetCommit(id=106, group="orders"),  # an admin commit: no member, epoch -1, nothing to commit
+    m.OffsetFetch(id=107, group="orders"),
+    m.OffsetFetch(id=108, group="orders", partitions=[m.TopicPartitions("t", [0, 2])]),
+    m.ListGroups(id=109),
+    m.DescribeGroup(id=110, group="orders"),
+]
+
+GROUP_REPLIES = [
+    m.FindCoordinatorReply(id=101, acceptor=1, endpoint="tcp://127.0.0.1:7601"),
+    m.GroupHeartbeatReply(id=102, member_id="m1", member_epoch=9, heartbeat_interval_ms=500,
+                          assignment=[m.TopicPartitions("t", [0, 1])]),
+    m.GroupHeartbeatReply(id=104, member_id="m1", member_epoch=m.LEAVE),
+    m.GroupHeartbeatReply(id=103, code=ErrorCode.FENCED_MEMBER_EPOCH, message="member epoch 8 is newer than the 7"),
+    m.OffsetCommitReply(id=105),
+    m.OffsetCommitReply(id=106, code=ErrorCode.NON_EMPTY_GROUP, message="2 live members"),
+    m.OffsetFetchReply(id=107, offsets=[m.OffsetEntry("t", 0, 10, "", 1_700_000_000_000),
+                                        m.OffsetEntry("t", 2, 0, "x", 1_700_000_000_001)]),
+    m.ListGroupsReply(id=109, groups=[m.GroupListing("orders", "reconciling", 2), m.GroupListing("old", "empty", 0)]),
+    m.DescribeGroupReply(
+        id=110, group="orders", state="stable", group_epoch=12, assignor="sticky",
+        members=[m.MemberDescription("m1", "host-1", "10.0.0.7", 12, ["t"], [m.TopicPartitions("t", [0, 1])],
+                                     [m.TopicPartitions("t", [1])], 250)],
+        partitions=[m.PartitionLag("t", 0, 10, 15, 5, "m1"), m.PartitionLag("t", 1, -1, 7, 7)]),
+    m.DescribeGroupReply(id=111, code=ErrorCode.GROUP_ID_NOT_FOUND, message="no group 'x'"),
+]
+
+
+def test_every_group_message_is_covered_here():
+    group_requests = set(m.REQUEST_TYPES[m.REQUEST_TYPES.index(m.FindCoordinator):m.REQUEST_TYPES.index(m.DescribeGroup) + 1])
+    assert {type(r) for r in GROUP_REQUESTS} == group_requests
+    assert {type(r) for r in GROUP_REPLIES} == {m.REPLY_FOR[t] for t in group_requests}
+
+
+@pytest.mark.parametrize("req", GROUP_REQUESTS, ids=lambda r: f"{type(r).__name__}-{r.id}")
+def test_group_requests_round_trip(req):
+    frames = codec.encode_request(req)
+    assert len(frames) == 1  # no payload frames
+    back, payloads = codec.decode_request(frames)
+    assert back == req and type(back) is type(req) and payloads == []
+    head = dec(frames[0])
+    assert head["t"] == type(req).__name__ and head["id"] == req.id and head["v"] == 1
+    # a payload frame is refused, in the request's own reply type
+    with pytest.raises(ProtocolError) as e:
+        codec.decode_request([frames[0], b"stray"])
+    assert e.value.code == ErrorCode.BAD_REQUEST
+    assert type(codec.protocol_error_reply(e.value)) is m.REPLY_FOR[type(req)]
+
+
+@pytest.mark.parametrize("rep", GROUP_REPLIES, ids=lambda r: f"{type(r).__name__}-{r.id}")
+def test_group_replies_round_trip(rep):
+    frames = codec.encode_reply(rep)
+    assert len(frames) == 1
+    back, payloads = codec.decode_reply(frames)
+    assert back == rep and type(back) is type(rep) and payloads == []
+
+
+def test_group_fields_on_the_wire_are_the_documented_maps():
+    """The nested shapes section 3 shows: maps without a "t" key, and what a
+    sender may leave out."""
+    head = dec(codec.encode_request(GROUP_REQUESTS[2])[0])
+    assert head["owned"] == [{"topic": "s.x", "partitions": [0]}, {"topic": "t", "partitions": [1, 3, 5]}]
+    head = dec(codec.encode_request(GROUP_REQUESTS[4])[0])
+    assert head["offsets"][0] == {"topic": "t", "partition": 1, "offset": 42, "metadata": "meta",
+                                  "commit_timestamp": -1}
+    # a minimal hand-written header decodes with the documented defaults
+    req, _ = codec.decode_request([enc({"t": "GroupHeartbeat", "id": 5, "group": "g", "member_id": "m",
+                                        "owned": [{"topic": "t", "partitions": [2]}]})])
+    assert (req.member_epoch, req.topics, req.assignor, req.session_timeout_ms, req.rebalance_timeout_ms) == \
+        (m.JOIN, [], "", 10_000, 300_000)
+    assert req.owned == [m.TopicPartitions("t", [2])]
+    req, _ = codec.decode_request([enc({"t": "OffsetCommit", "id": 6, "group": "g",
+                                        "offsets": [{"topic": "t", "partition": 0, "offset": 3}]})])
+    assert (req.member_id, req.member_epoch, req.validate_only, req.timeout_ms) == ("", -1, False, 30_000)
+    assert req.offsets == [m.OffsetEntry("t", 0, 3, "", -1)]
+    req, _ = codec.decode_request([enc({"t": "OffsetFetch", "id": 7, "group": "g", "partitions": None})])
+    assert req.partitions is None
+
+
+BAD_GROUP_IDS = ["", "a b", "a/b", "grp@host", "g:1", "é", "x" * 250]
+
+
+@pytest.mark.parametrize("kind", ["FindCoordinator", "GroupHeartbeat", "OffsetCommit", "OffsetFetch", "DescribeGroup"])
+@pytest.mark.parametrize("group", BAD_GROUP_IDS, ids=repr)
+def test_a_bad_group_id_is_bad_request_in_the_requests_own_reply_type(kind, group):
+    head = {"t": kind, "id": 77, "group": group}
+    if kind == "GroupHeartbeat":
+        head["member_id"] = "m1"
+    with pytest.raises(ProtocolError) as e:
+        codec.decode_request([enc(head)])
+    err = e.value
+    assert err.code == ErrorCode.BAD_REQUEST and err.id == 77 and err.kind == kind
+    assert codec.wants_reply(err)
+    frames = codec.protocol_error_frames(err)
+    rep, payloads = codec.decode_reply(frames)
+    assert type(rep) is m.REPLY_FOR[getattr(m, kind)] and rep.id == 77
+    assert rep.code == ErrorCode.BAD_REQUEST and "group" in rep.message and payloads == []
+    # the longest and the most varied good ids pass
+    for good in ("x" * 249, "A-z_0.9"):
+        codec.decode_request([enc({**head, "group": good})])
+
+
+def test_other_group_fields_are_checked_at_decoding():
+    base = {"t": "GroupHeartbeat", "id": 8, "group": "g", "member_id": "m1"}
+    for bad in ({"member_id": "x" * 65}, {"member_epoch": -2}, {"session_timeout_ms": 0}, {"rebalance_timeout_ms": 0},
+                {"topics": [".."]}, {"assignor": "x" * 33}, {"owned": [{"topic": "t"}]}, {"owned": [["t", [0]]]}):
+        with pytest.raises(ProtocolError) as e:
+            codec.decode_request([enc({**base, **bad})])
+        assert e.value.code == ErrorCode.BAD_REQUEST and e.value.kind == "GroupHeartbeat", bad
+        assert type(codec.protocol_error_reply(e.value)) is m.GroupHeartbeatReply
+    with pytest.raises(ProtocolError) as e:
+        codec.decode_request([enc({"t": "OffsetCommit", "id": 9, "group": "g", "member_epoch": -2})])
+    assert type(codec.protocol_error_reply(e.value)) is m.OffsetCommitReply
+
+
+# -- docs/protocol.md names what the code has -------------------------------------------
+
+
+def _protocol_md() -> str:
+    return (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+
+
+def test_the_error_table_lists_every_code_with_its_retriability():
+    text = _protocol_md()
+    section = text[text.index("## 6. Error codes"):text.index("## 7.")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            rows[int(cells[0])] = (cells[1], cells[2])
+    assert set(rows) == {int(c) for c in ErrorCode}
+    for code in ErrorCode:
+        name, retriable = rows[int(code)]
+        assert name == code.name
+        if code != ErrorCode.OK:
+            assert retriable == ("yes" if code in RETRIABLE else "no"), code.name
+
+
+def test_the_document_names_every_message_type():
+    text = _protocol_md()
+    for t in (*m.REQUEST_TYPES, *m.REPLY_TYPES):
+        assert f"`{t.__name__}`" in text or f"### {t.__name__}" in text, t.__name__
+    section4 = text[text.index("## 4. Replies and errors"):text.index("## 5.")]
+    for t in m.REPLY_TYPES:
+        assert f"`{t.__name__}`" in section4, f"section 4's list of reply types lacks {t.__name__}"
+
+
+# -- section 3, consumer groups, against a broker: routing, commits, the record format ---
+
+
+def test_group_routing_commits_and_the_offsets_record_format(tmp_path):
+    b = BrokerProcess(tmp_path / "data", args=("--acceptors", "2", "--partitions", "2")).start()
+    try:
+        boot = RawClient(b.url)
+        md, _ = boot.call(m.Metadata(id=boot.next_id(), topics=["gt"]))
+        clients = [RawClient(url) for url in md.acceptors]
+        assert clients[0].produce("gt", 0, [batch.encode_batch([b"a", b"b", b"c"])]).base_offsets == [0]
+        # one group per acceptor at least, to see both answers
+        assert boot.call(m.FindCoordinator(id=boot.next_id(), group="grp-0"))[0].code == 0  # creates the topic
+        n = len(boot.call(m.Metadata(id=boot.next_id(), topics=[OFFSETS]))[0].topics[0].partitions)
+        assert n == 8  # groups.offsets_partitions
+        groups = {}
+        for i in range(40):
+            group = f"grp-{i}"
+            rep, _ = boot.call(m.FindCoordinator(id=boot.next_id(), group=group))
+            assert rep.code == 0
+            p = zlib.crc32(group.encode()) % n
+            assert rep.acceptor == p % 2 and rep.endpoint == md.acceptors[rep.acceptor]
+            groups.setdefault(rep.acceptor, (group, p))
+        assert set(groups) == {0, 1}
+        for acceptor, (group, p) in groups.items():
+            mine, other = clients[acceptor], clients[1 - acceptor]
+            join = m.GroupHeartbeat(id=other.next_id(), group=group, member_id="m-1", topics=["gt"])
+            rep, _ = other.call(join)
+            assert type(rep) is m.GroupHeartbeatReply and rep.code == ErrorCode.NOT_COORDINATOR
+            assert md.acceptors[acceptor] in rep.message
+            rep, _ = mine.call(join)
+            assert rep.code == 0 and rep.member_epoch > 0
+            assert [(tp.topic, tp.partitions) for tp in rep.assignment] == [("gt", [0, 1])]
+            rep, _ = mine.call(m.OffsetCommit(id=mine.next_id(), group=group, member_id="m-1",
+                                              member_epoch=rep.member_epoch,
+                                              offsets=[m.OffsetEntry("gt", 0, 2, "note")]))
+            assert type(rep) is m.OffsetCommitReply and rep.code == 0, rep
+            rep, _ = mine.call(m.OffsetFetch(id=mine.next_id(), group=group))
+            assert [(e.topic, e.partition, e.offset, e.metadata) for e in rep.offsets] == [("gt", 0, 2, "note")]
+            assert rep.offsets[0].commit_timestamp > 1_600_000_000_000
+            # the record, as section 3 describes it, in partition crc32(group) % 8
+            (rec,) = mine.fetch_all(OFFSETS, p)
+            assert msgspec.msgpack.decode(rec.key) == [group, "gt", 0]
+            value = msgspec.msgpack.decode(rec.value)
+            assert {k: value[k] for k in "ome"} == {"o": 2, "m": "note", "e": 1}
+            assert value["t"] == rep.offsets[0].commit_timestamp
+            # the other acceptor refuses the read too; a commit while the member lives is fenced for an admin
+            assert other.call(m.OffsetFetch(id=other.next_id(), group=group))[0].code == ErrorCode.NOT_COORDINATOR
+            rep, _ = mine.call(m.OffsetCommit(id=mine.next_id(), group=group, offsets=[m.OffsetEntry("gt", 0, 0)]))
+            assert rep.code == ErrorCode.NON_EMPTY_GROUP
+            rep, _ = mine.call(m.OffsetCommit(id=mine.next_id(), group=group, member_id="m-1", member_epoch=1,
+                                              offsets=[m.OffsetEntry("gt", 0, 99)]))
+            assert rep.code == ErrorCode.OFFSET_OUT_OF_RANGE  # beyond the high watermark (3)
+            listed = mine.call(m.ListGroups(id=mine.next_id()))[0].groups
+            assert m.GroupListing(group, "stable", 1) in listed
+            assert group not in [g.group for g in other.call(m.ListGroups(id=other.next_id()))[0].groups]
+        # offsets are written by OffsetCommit only
+        rep = boot.produce(OFFSETS, 0, [batch.encode_batch([b"x"])])
+        assert rep.code == ErrorCode.BAD_REQUEST and OFFSETS in rep.message
+        for c in (boot, *clients):
+            c.close()
+    finally:
+        assert b.stop() == 0
+
+
+def test_init_producer_id_round_trips():
+    req = m.InitProducerId(id=5)
+    back, payloads = codec.decode_request(codec.encode_request(req))
+    assert back == req and payloads == []
+    rep = m.InitProducerIdReply(id=5, producer_id=123456789)
+    back, _ = codec.decode_reply(codec.encode_reply(rep))
+    assert back == rep

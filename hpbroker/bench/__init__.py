@@ -6,7 +6,8 @@ measured against in the same run; ``--json`` prints one JSON object.
 
 With no suite name (``hpbroker-bench [OPTIONS]``) the end-to-end suite runs
 (``e2e``, docs/performance.md); ``hpbroker-bench log`` and ``hpbroker-bench
-ring`` run the component suites.
+ring`` run the component suites, ``hpbroker-bench groups`` the consumer
+groups (docs/performance.md, "Consumer groups").
 """
 
 from __future__ import annotations

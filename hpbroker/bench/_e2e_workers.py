@@ -118,7 +118,7 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
     buffer_memory = (cfg["in_flight"] + 2) * nacc * (cfg["batch_bytes"] + (64 << 10))
     p = Producer(url, acks=cfg["acks"], linger_ms=cfg["linger_ms"], batch_size=cfg["batch_bytes"],
                  max_in_flight=cfg["in_flight"], buffer_memory=min(buffer_memory, 1 << 30),
-                 request_timeout_ms=60_000)
+                 request_timeout_ms=60_000, enable_idempotence=cfg.get("idempotent", False))
     try:
         p.partitions_for(topic)  # metadata before the clock starts
         freeze_heap()  # no 4-6 ms full collections of the startup heap while measuring

@@ -104,6 +104,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-bytes", type=int, default=256 << 10, help="producer batch size in bytes (default 256 KiB)")
     p.add_argument("--linger-ms", type=float, default=2.0, help="Producer linger_ms (default 2)")
     p.add_argument("--in-flight", type=int, default=16, help="unacknowledged requests per acceptor and producer (default 16)")
+    p.add_argument("--idempotent", action="store_true",
+                   help="Producer(enable_idempotence=True): producer id and sequence numbers on every batch "
+                        "(compare with a run without it)")
     p.add_argument("--client", choices=["producer", "raw"], default="producer",
                    help="producer: Producer.send_batch (default); raw: Produce requests on bare DEALER sockets")
     p.add_argument("--fetch-max-bytes", type=int, default=8 << 20, help="consumer fetch_max_bytes (default 8 MiB)")
@@ -183,6 +186,8 @@ def run(args) -> int:
         args.messages = DEFAULT_MESSAGES
     if args.acks is None:
         args.acks = "all" if args.replica else "1"
+    if args.idempotent and (args.client == "raw" or args.acks == "0"):
+        raise ValueError("--idempotent needs --client producer and acks 1 or all")
     baselines = set(args.baseline)
     if "all" in baselines:
         baselines = {"disk", "redis", "fsync"}
@@ -398,6 +403,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         cfg = {"client": args.client, "size": args.size, "per_batch": per_batch, "batch_bytes": args.batch_bytes,
                "linger_ms": args.linger_ms, "acks": args.acks if args.acks == "all" else int(args.acks),
                "in_flight": args.in_flight, "warmup": args.warmup, "messages": share, "duration": args.duration,
+               "idempotent": args.idempotent,
                "rate": args.rate / P if args.rate else None}
         w = mp.Process(target=W.producer_main, args=(i, url, topic, nparts, cfg, pcount, go, ready_q, result_q),
                        name=f"bench-producer{i}", daemon=True)
@@ -502,6 +508,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         "producers": P,
         "partitions": nparts,
         "acks": args.acks,
+        "idempotent": args.idempotent,
         "flush_mode": args.flush_mode or "durable (broker default)",
         "in_flight": args.in_flight,
         "warmup_s": args.warmup,

@@ -34,6 +34,7 @@ from typing import Callable
 from hpbroker import batch
 from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
+from hpbroker.io.producer_state import DUPLICATE, SequenceError
 from hpbroker.ipc import handoff
 from hpbroker.ring import PeerDead, ReaderGroup, RingClosed
 
@@ -116,7 +117,7 @@ class DiskWriter:
                 self._append_batches(plog, buf, pos, count, epoch, record_type == handoff.REPLICA, request)
             self.reporter.changed_logs.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
-            if not isinstance(e, (StorageError, ReplicaGap)):
+            if not isinstance(e, (StorageError, ReplicaGap, SequenceError)):
                 log.exception("appending to %s/%d failed", topic, partition)
             request.fail(error_code(e), f"{topic}/{partition}: {e}")
         request.appended()
@@ -135,9 +136,18 @@ class DiskWriter:
         epochs = self.epoch_caches[plog.key]
         publisher = self.publisher
         append = self.group_commit.append if publisher is None else publisher.append
+        producers = plog.producers
         for i in range(count):
             n = batch.peek_length(buf, pos)
             view = buf[pos : pos + n]
+            if not replica:
+                pid, seq = batch.peek_producer(view)
+                if pid >= 0:
+                    verdict, base, last = producers.check(pid, seq, batch.peek_count(view))  # raises SequenceError
+                    if verdict == DUPLICATE:  # a retry of a batch already written: its offsets, once durable
+                        self.group_commit.watch(plog, base, last, request.ticket(i))
+                        pos += n
+                        continue
             if replica:
                 epoch = batch.peek_epoch(view)
                 if batch.peek_base_offset(view) != plog.log_end_offset:

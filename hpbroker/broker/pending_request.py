@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 from hpbroker.io import StorageError
+from hpbroker.io.producer_state import SequenceError
 from hpbroker.protocol.errors import ErrorCode
 
 Answer = tuple[int, int, str, list[int], int]
@@ -31,6 +32,8 @@ def error_code(e: BaseException) -> int:
     """The code a request that ``e`` failed is answered with."""
     if isinstance(e, StorageError):
         return int(ErrorCode.PARTITION_FENCED)
+    if isinstance(e, SequenceError):
+        return e.code
     if isinstance(e, ReplicaGap):
         return int(ErrorCode.OFFSET_OUT_OF_RANGE)
     return int(ErrorCode.INTERNAL)

@@ -359,6 +359,7 @@ class Consumer:
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
             self._group_step()
+            self._f.raise_errors()  # one left by the last poll, which had messages to return first
             out: list[Message] = []
             for part in self._f.rotation():
                 if len(out) >= max_records:
@@ -377,6 +378,7 @@ class Consumer:
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
             self._group_step()
+            self._f.raise_errors()
             out: list[RawBatches] = []
             budget = max_bytes
             for part in self._f.rotation():

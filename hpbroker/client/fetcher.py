@@ -142,14 +142,20 @@ class Fetcher:
                     break
                 data, at = part.buffer[0]
                 h = batch.read_header(data, at)
+                if h.base_offset + h.record_count > pos:
+                    try:  # decoded before the batch leaves the buffer: a failure loses nothing
+                        part.decoded.extend(_messages(part.topic, part.partition, data, at, h, pos,
+                                                      self.decode_headers))
+                    except (batch.CorruptBatch, ValueError) as e:
+                        part.error = BrokerError(ErrorCode.CORRUPT_BATCH,
+                                                 f"{part.topic}/{part.partition}: the batch at offset "
+                                                 f"{h.base_offset} does not decode: {e}")
+                        break
                 nxt = at + h.batch_length
                 if nxt >= len(data):
                     part.buffer.popleft()
                 else:
                     part.buffer[0] = (data, nxt)
-                if h.base_offset + h.record_count <= pos:
-                    continue
-                part.decoded.extend(_messages(part.topic, part.partition, data, at, h, pos, self.decode_headers))
                 continue
             take = min(limit, len(part.decoded))
             chunk = [part.decoded.popleft() for _ in range(take)]

@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 
 from hpbroker import batch
 from hpbroker.client.accumulator import Accumulator, Batch
+from hpbroker.client.idempotence import Sequencer
 from hpbroker.client.memory import BufferMemory
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.client.records import FutureRecordMetadata, attach, join
@@ -47,6 +48,7 @@ from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.messages import InitProducerId
 
 log = logging.getLogger("hpbroker.client")
 
@@ -76,9 +78,12 @@ class Producer:
         ordered: bool | None = None,
         topic_partitions: Mapping[str, int] | None = None,
         spill_segment_bytes: int = 64 << 20,
+        enable_idempotence: bool = False,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
+        if enable_idempotence and _ACKS[acks] == 0:
+            raise ValueError("enable_idempotence needs acks=1 or 'all': with acks=0 nothing tells a retry is needed")
         if spill_dir is None and not block_on_full:
             raise ValueError("block_on_full=False needs a spill_dir: where send() puts what buffer_memory cannot hold")
         if ordered is None:
@@ -110,10 +115,20 @@ class Producer:
         self._accum = Accumulator(lambda: min(self.batch_size, self._t.max_batch_bytes), self.linger,
                                   on_open=self._batch_opened, on_full=self._waker.wake)
         self._append = self._accum.append
+        sequencer = None
+        if enable_idempotence:
+            try:
+                sequencer = Sequencer(self._init_producer_id)
+            except BaseException:
+                self._waker.close()
+                self._t.close()
+                raise
+        self.enable_idempotence = enable_idempotence
         self._sender = Sender(self._t, self._waker, self._lock, self._accum, self._memory, acks=self.acks,
                               max_in_flight=self.max_in_flight, retries=retries, retry_backoff=self.retry_backoff,
                               request_timeout_ms=request_timeout_ms, connect_timeout_ms=connect_timeout_ms,
-                              ordered=ordered)
+                              ordered=ordered, sequencer=sequencer)
+        self._sequencer = sequencer
         self._partitions = self._sender.partitions  # topic -> partition count, filled by the I/O thread
         self._partitions.update(parts)  # configured counts win: the I/O thread never asks for these
         self._rr = itertools.count()
@@ -147,6 +162,20 @@ class Producer:
         if journal.recovered:
             log.warning("producer: %d unacknowledged messages in the spill journal %s from an earlier run; "
                         "re-sending them first", journal.recovered, journal.directory)
+
+    def _init_producer_id(self) -> int:
+        """A new producer id from the broker (the constructor's thread, then
+        only the I/O thread's).  Raises BrokerError."""
+        t = self._t
+        if not t.acceptors:
+            t.metadata([], timeout_ms=self.connect_timeout_ms)
+        rep, _ = t.call(t.acceptors[0], InitProducerId(id=t.next_id()), timeout_ms=self.connect_timeout_ms)
+        return rep.producer_id
+
+    @property
+    def producer_id(self) -> int:
+        """The id an idempotent producer stamps on its batches now; -1 when not idempotent."""
+        return -1 if self._sequencer is None else self._sequencer.producer_id
 
     # -- public API (any thread) ---------------------------------------------------------
 

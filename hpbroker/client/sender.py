@@ -19,10 +19,12 @@ goes to the journal instead of failing.  ``ordered`` lets out one batch per
 partition at a time (:class:`~hpbroker.client.window.SendWindow`'s
 ``per_partition``).
 
-Every batch is encoded in one place, :meth:`Sender._collect` (``Batch.encode``),
-just before it enters the window: fields that must be stamped per attempt
-or per partition (an idempotent producer's sequence numbers) go there, and
-a retry re-sends the same bytes.
+Every batch - from ``send``, ``send_batch`` or a re-send of spilled
+messages - is encoded in one place, :meth:`Sender._collect`
+(``Batch.encode``), and goes out through :meth:`Sender._send`, where an
+idempotent producer's :class:`~hpbroker.client.idempotence.Sequencer`
+stamps it the first time; a retry sends the same bytes with the same
+stamp, so the broker recognises a copy whichever way the batch came.
 
 Caller threads reach it only through the shared state under the Producer's
 lock (the accumulator, the buffer memory, :attr:`commands`) and the waker.
@@ -57,7 +59,9 @@ _SILENCE = frozenset({ErrorCode.REQUEST_TIMED_OUT, ErrorCode.BROKER_SHUTTING_DOW
 class Sender:
     def __init__(self, transport: Transport, waker: Waker, lock: threading.Lock, accumulator: Accumulator,
                  memory: BufferMemory, *, acks: int, max_in_flight: int, retries: int, retry_backoff: float,
-                 request_timeout_ms: int, connect_timeout_ms: int, ordered: bool = False):
+                 request_timeout_ms: int, connect_timeout_ms: int, ordered: bool = False, sequencer=None):
+        """``ordered``: one batch per partition out at a time; ``sequencer``: an
+        idempotence.Sequencer for an idempotent producer, else None."""
         self._t = transport
         self._waker = waker
         self._lock = lock
@@ -75,6 +79,7 @@ class Sender:
         self._window = SendWindow(transport.endpoint_for, None if acks == 0 else max_in_flight, retry_backoff,
                                   per_partition=ordered)
         self._leader = LeaderSearch(max(retry_backoff, 1.0))
+        self._seq = sequencer
         self.thread = threading.Thread(target=self._run, name="hpbroker-producer-io", daemon=True)
 
     # -- caller threads --------------------------------------------------------------------
@@ -209,6 +214,14 @@ class Sender:
         req = Produce(id=t.next_id(), topic=b.topic, partition=b.partition, acks=self.acks,
                       timeout_ms=self.request_timeout_ms)
         b.attempts += 1
+        if self._seq is not None:
+            try:
+                self._seq.stamp(b)
+            except BrokerError:  # no new producer id yet: try again after the backoff
+                if self.acks != 0:
+                    self._window.answered(ep)
+                self._window.retry_later(b, time.monotonic())
+                return
         if self.acks == 0:
             t.send(ep, req, b.frames, on_reply=lambda rep, _p: self._complete(b, None, rep),
                    on_sent=lambda: self._complete(b, -1, None), timeout_ms=self.request_timeout_ms)
@@ -223,6 +236,9 @@ class Sender:
 
     def _on_reply(self, b: Batch, rep) -> None:
         spill = self.spill
+        if rep.code == ErrorCode.DUPLICATE_SEQUENCE_NUMBER and self._seq is not None:
+            self._complete(b, -1, None)  # written long ago; its offset is no longer known
+            return
         if rep.code == 0:
             if spill is not None and spill.down:
                 spill.mark_up()
@@ -235,12 +251,18 @@ class Sender:
             self._leader.want()
         if spill is not None and rep.code in _SILENCE:
             spill.mark_down()
-        if rep.code in RETRIABLE and not self.stopping and (spill is not None or b.attempts <= self.retries):
+        retriable = rep.code in RETRIABLE or (self._seq is not None and rep.code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        if retriable and not self.stopping and (spill is not None or b.attempts <= self.retries):
             self._window.retry_later(b, time.monotonic())
             return
         self._complete(b, None, rep)
 
     def _complete(self, b: Batch, base: int | None, rep) -> None:
+        if self._seq is not None:
+            if rep is None or self.stopping:
+                self._seq.done(b)
+            else:
+                self._seq.failed_for_good(b)
         if rep is None:
             self._finish(b, base, None)
         elif self.stopping and self.spill is not None and rep.code in RETRIABLE:

@@ -362,7 +362,7 @@ class Spiller:
                 g, j = slot
                 if err is None:
                     g.parts[j] = b.partition
-                    g.offsets[j] = base + i
+                    g.offsets[j] = base + i if base >= 0 else -1  # -1: an idempotent retry of a batch written before
                 else:
                     if g.errors is None:
                         g.errors = {}

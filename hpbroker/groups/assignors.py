@@ -16,11 +16,14 @@ range       MetaQ's default (``DefaultLoadBalanceStrategy``) and Kafka's
             almost every partition.
 roundrobin  Kafka's RoundRobinAssignor: all subscribed (topic, partition)
             pairs, sorted, dealt in turn to the members subscribed to each.
-sticky      a balanced assignment (member counts differ by at most one per
-            topic set) that keeps every partition where the previous target
-            had it unless balance needs it elsewhere: a join moves only the
-            partitions the newcomer must take, a leave only the leaver's.
-            Kafka's StickyAssignor / KIP-848's uniform assignor.
+sticky      a balanced assignment that keeps every partition where the
+            previous target had it unless balance needs it elsewhere.  When
+            all members subscribe the same topics (the usual case), counts
+            differ by at most one, a join moves only the partitions the
+            newcomer must take, a leave only the leaver's.  Otherwise no
+            member holds two more than another subscriber of any topic it
+            holds a partition of.  Kafka's StickyAssignor / KIP-848's
+            uniform assignor.
 ==========  ===================================================================
 """
 
@@ -75,41 +78,81 @@ def roundrobin_assign(subs, counts, previous=None) -> Assignment:
 
 
 def sticky_assign(subs, counts, previous=None) -> Assignment:
-    """Balanced per group of members with the same subscription, moving as
-    little as possible from ``previous``.
+    """Balanced, moving as little as possible from ``previous``.
 
-    Members are grouped by their exact topic set (the usual case is one
-    group: every member subscribes the same topics).  Within a group the
-    partitions of those topics are spread so that counts differ by at most
-    one: each member keeps what it had (up to its quota), then the
-    partitions left over go to the members furthest below their quota.
+    When every member subscribes the same topics, the partitions are spread
+    so that counts differ by at most one: each member keeps what it had (up
+    to its quota), then the partitions left over go to the members furthest
+    below their quota.  With different subscriptions, see
+    :func:`_sticky_mixed`.
     """
     previous = previous or {}
     out: Assignment = {m: set() for m in subs}
-    groups: dict[frozenset[str], list[str]] = defaultdict(list)
-    for member in sorted(subs):
-        topics = frozenset(t for t in subs[member] if counts.get(t, 0) > 0)
-        if topics:
-            groups[topics].append(member)
-    taken: set[TP] = set()
-    for topics, members in sorted(groups.items(), key=lambda kv: sorted(kv[0])):
-        parts = [(t, p) for t in sorted(topics) for p in range(counts[t]) if (t, p) not in taken]
-        taken.update(parts)
-        wanted = set(parts)
-        per, extra = divmod(len(parts), len(members))
-        # who keeps an extra partition: those that already hold more, so fewer move
-        held = {m: [tp for tp in sorted(previous.get(m, ())) if tp in wanted] for m in members}
-        order = sorted(members, key=lambda m: (-len(held[m]), m))
-        quota = {m: per + (1 if i < extra else 0) for i, m in enumerate(order)}
-        free = set(parts)
-        for m in members:
-            keep = held[m][: quota[m]]
-            out[m].update(keep)
-            free.difference_update(keep)
-        for tp in sorted(free):
-            m = min(members, key=lambda x: (len(out[x]) - quota[x], x))
-            out[m].add(tp)
+    eff = {m: frozenset(t for t in subs[m] if counts.get(t, 0) > 0) for m in sorted(subs)}
+    members = [m for m, topics in eff.items() if topics]
+    if not members:
+        return out
+    if len(set(eff[m] for m in members)) > 1:
+        return _sticky_mixed({m: eff[m] for m in members}, counts, previous, out)
+    topics = eff[members[0]]
+    parts = [(t, p) for t in sorted(topics) for p in range(counts[t])]
+    wanted = set(parts)
+    per, extra = divmod(len(parts), len(members))
+    # who keeps an extra partition: those that already hold more, so fewer move
+    held = {m: [tp for tp in sorted(previous.get(m, ())) if tp in wanted] for m in members}
+    order = sorted(members, key=lambda m: (-len(held[m]), m))
+    quota = {m: per + (1 if i < extra else 0) for i, m in enumerate(order)}
+    free = set(parts)
+    for m in members:
+        keep = [tp for tp in held[m] if tp in free][: quota[m]]  # (a previous that gave one twice: the first keeps it)
+        out[m].update(keep)
+        free.difference_update(keep)
+    for tp in sorted(free):
+        m = min(members, key=lambda x: (len(out[x]) - quota[x], x))
+        out[m].add(tp)
     return out
+
+
+def _sticky_mixed(subs: Mapping[str, frozenset[str]], counts: Mapping[str, int], previous: Mapping[str, set[TP]],
+                  out: Assignment) -> Assignment:
+    """Sticky for members with different subscriptions (during a rolling
+    change of subscription, say): each keeps what the previous target gave
+    it of its topics; the rest go, the partitions with the fewest possible
+    owners first, to the subscriber holding the fewest; then, while some
+    member holds two more than a subscriber of one of its partitions'
+    topics, one such partition moves to that subscriber (its newest first).
+    Every move lowers the sum of squared counts, so this ends; it ends with
+    members of the same subscription within one of each other, and no
+    member of a shared topic left idle by one that also subscribes to more.
+    """
+    members = sorted(subs)
+    subscribers = {t: [m for m in members if t in subs[m]] for t in sorted({t for ts in subs.values() for t in ts})}
+    owned: set[TP] = set()
+    for m in members:
+        for tp in sorted(previous.get(m, ())):
+            if tp[0] in subs[m] and 0 <= tp[1] < counts[tp[0]] and tp not in owned:
+                out[m].add(tp)
+                owned.add(tp)
+    free = [(t, p) for t in subscribers for p in range(counts[t]) if (t, p) not in owned]
+    for tp in sorted(free, key=lambda tp: (len(subscribers[tp[0]]), tp)):
+        m = min(subscribers[tp[0]], key=lambda x: (len(out[x]), x))
+        out[m].add(tp)
+    while True:
+        for m in sorted(members, key=lambda x: (-len(out[x]), x)):
+            best = None  # (receiver's count, topic, receiver): to the least loaded subscriber
+            for t in sorted({t for t, _ in out[m]}):
+                n = min(subscribers[t], key=lambda x: (len(out[x]), x))
+                if len(out[n]) <= len(out[m]) - 2 and (best is None or len(out[n]) < best[0]):
+                    best = (len(out[n]), t, n)
+            if best is not None:
+                _, t, n = best
+                had = previous.get(m, ())
+                tp = max((tp for tp in out[m] if tp[0] == t), key=lambda tp: (tp not in had, tp))
+                out[m].remove(tp)
+                out[n].add(tp)
+                break
+        else:
+            return out
 
 
 ASSIGNORS: dict[str, Assignor] = {

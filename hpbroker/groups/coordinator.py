@@ -40,7 +40,7 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 class Member:
     __slots__ = ("id", "instance_id", "client_host", "topics", "assignor", "session_timeout", "rebalance_timeout",
-                 "epoch", "last_seen", "owned", "told", "revoke_deadline")
+                 "epoch", "last_seen", "owned", "told", "revoke_deadlines")
 
     def __init__(self, member_id: str, now: float):
         self.id = member_id
@@ -56,14 +56,15 @@ class Member:
         self.owned: dict[TP, int] = {}
         #: what the last reply told it to own
         self.told: frozenset[TP] = frozenset()
-        self.revoke_deadline: float | None = None
+        #: partition being revoked -> when it must be released by (each from when it was revoked)
+        self.revoke_deadlines: dict[TP, float] = {}
 
     def revoking(self) -> set[TP]:
         return set(self.owned) - self.told
 
 
 class Group:
-    __slots__ = ("name", "epoch", "members", "target", "target_key", "assignor", "committed")
+    __slots__ = ("name", "epoch", "members", "target", "target_key", "assignor", "committed", "dirty", "counts_seen")
 
     def __init__(self, name: str):
         self.name = name
@@ -71,6 +72,8 @@ class Group:
         self.members: dict[str, Member] = {}
         self.target: dict[str, set[TP]] = {}
         self.target_key: tuple | None = None
+        self.dirty = True  # members or subscriptions changed since the target was computed
+        self.counts_seen: tuple = ()  # (topic, partitions) of the subscribed topics then
         self.assignor = ""
         self.committed: dict[TP, Committed] = {}
 
@@ -128,15 +131,16 @@ class GroupCoordinator:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"session_timeout_ms {req.session_timeout_ms} is outside this broker's "
                               f"[{self.min_session_ms}, {self.max_session_ms}] (groups.min/max_session_timeout_ms)")
-        if g is None:
-            g = self.groups[req.group] = Group(req.group)
-        mem = g.members.get(req.member_id)
+        mem = g.members.get(req.member_id) if g is not None else None
         if req.member_epoch == m.JOIN:
+            if g is None:  # only a join creates a group: a refused heartbeat leaves nothing behind
+                g = self.groups[req.group] = Group(req.group)
             if mem is not None:  # a repeated join: it holds nothing now
                 mem.owned.clear()
                 mem.told = frozenset()
             else:
                 mem = g.members[req.member_id] = Member(req.member_id, now)
+            g.dirty = True
         elif mem is None:
             raise BrokerError(ErrorCode.UNKNOWN_MEMBER_ID,
                               f"member {req.member_id} is not in group {req.group!r} (its session expired, it was "
@@ -150,8 +154,12 @@ class GroupCoordinator:
                 del mem.owned[tp]  # released (or never received): free now
         mem.last_seen = now
         mem.instance_id, mem.client_host = req.instance_id, req.client_host
-        mem.topics = frozenset(req.topics)
-        mem.assignor = req.assignor or self.default_assignor
+        topics = frozenset(req.topics)
+        assignor = req.assignor or self.default_assignor
+        if topics != mem.topics or assignor != mem.assignor:
+            g.dirty = True
+        mem.topics = topics
+        mem.assignor = assignor
         mem.session_timeout = req.session_timeout_ms / 1000.0
         mem.rebalance_timeout = req.rebalance_timeout_ms / 1000.0
         self._retarget(g, counts)
@@ -168,8 +176,8 @@ class GroupCoordinator:
                 why = None
                 if now - mem.last_seen > mem.session_timeout:
                     why = f"no heartbeat for {now - mem.last_seen:.1f} s (session_timeout_ms {mem.session_timeout * 1000:.0f})"
-                elif mem.revoke_deadline is not None and now > mem.revoke_deadline and mem.revoking():
-                    why = (f"did not release {len(mem.revoking())} revoked partitions within rebalance_timeout_ms "
+                elif late := [tp for tp in mem.revoking() if now > mem.revoke_deadlines.get(tp, now)]:
+                    why = (f"did not release {len(late)} revoked partitions within rebalance_timeout_ms "
                            f"{mem.rebalance_timeout * 1000:.0f}")
                 if why:
                     self._remove(g, mem.id, counts)
@@ -181,11 +189,17 @@ class GroupCoordinator:
     def _remove(self, g: Group, member_id: str, counts: Mapping[str, int]) -> None:
         del g.members[member_id]
         g.target.pop(member_id, None)
+        g.dirty = True
         self._retarget(g, counts)
 
     def _retarget(self, g: Group, counts: Mapping[str, int]) -> None:
-        """Recompute the target when members, subscriptions or partition counts changed."""
+        """Recompute the target when members, subscriptions or partition counts changed.
+        A heartbeat that changes none of them costs one look at the counts."""
+        if not g.dirty and tuple((t, counts.get(t, 0)) for t, _ in g.counts_seen) == g.counts_seen:
+            return
+        g.dirty = False
         topics = sorted({t for mem in g.members.values() for t in mem.topics})
+        g.counts_seen = tuple((t, counts.get(t, 0)) for t in topics)
         key = (tuple(sorted((mem.id, mem.topics) for mem in g.members.values())),
                tuple((t, counts.get(t, 0)) for t in topics))
         if key == g.target_key:
@@ -219,11 +233,14 @@ class GroupCoordinator:
             for tp in add:
                 mem.owned[tp] = mem.epoch
             mem.told = told
-        if mem.revoking():
-            if mem.revoke_deadline is None:
-                mem.revoke_deadline = now + mem.rebalance_timeout
-        else:
-            mem.revoke_deadline = None
+        # each revoked partition's deadline runs from the reply that first
+        # revoked it: a revoke told later (the group changed again) gets
+        # its own full rebalance timeout, not what is left of an earlier one
+        revoking = mem.revoking()
+        deadlines = {tp: d for tp, d in mem.revoke_deadlines.items() if tp in revoking}
+        for tp in revoking:
+            deadlines.setdefault(tp, now + mem.rebalance_timeout)
+        mem.revoke_deadlines = deadlines
 
     # -- commits ------------------------------------------------------------------------
 

@@ -128,6 +128,20 @@ class GroupCommit:
         p.batches += 1
         return base, last
 
+    def watch(self, log: PartitionLog, base: int, last: int, callback: Callback) -> None:
+        """Call ``callback`` as for a batch ``[base, last]`` that is already
+        in the log (an idempotent producer's retry of it): at once when that
+        is durable, else with the flush that makes it so (the latest one
+        staged or in flight, so never early), or with the error that fails it."""
+        if log.fenced is not None:
+            callback(log.fenced, base, last)
+            return
+        p = self._dirty.get(log) or self._inflight.get(log)
+        if p is None or last < log.high_watermark:
+            callback(None, base, last)
+        else:
+            p.tickets.append((base, last, callback))
+
     @property
     def inflight_batches(self) -> int:
         """Batches handed to the I/O thread by start_flush() whose outcome was not collected yet."""

@@ -40,6 +40,7 @@ import time
 from hpbroker import batch as B
 from hpbroker.io.config import LogConfig
 from hpbroker.io import checkpoint, layout
+from hpbroker.io import producer_state
 from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append
 from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError
@@ -50,6 +51,7 @@ from hpbroker.io.segment import Segment
 
 log = logging.getLogger("hpbroker.io")
 _MAX_TS = struct.Struct("<q")
+_PRODUCER = struct.Struct("<qi")  # producer_id at 48, base_sequence at 56 (hpbroker.batch)
 _NOSPACE = (errno.ENOSPC, errno.EDQUOT)
 _MAX_POS = 0xFFFFFFFF
 
@@ -94,6 +96,8 @@ class PartitionLog:
         self._written = self._synced = self._leo
         self._snap = self._pending_snap = self._snapshot()
         self._bases = [s.base for s in self._segments]
+        #: idempotent producers' last sequences (hpbroker.io.producer_state)
+        self.producers = producer_state.load(d, self._segments, self._leo, rec.recovery_point)
 
     # -- offsets -------------------------------------------------------------
 
@@ -161,6 +165,9 @@ class PartitionLog:
             self._io_failed(e, "write")
         seg.note_batch(base - seg.base, pos, n, _MAX_TS.unpack_from(src, B.MAX_TS_AT)[0], count)
         self._leo = base + count
+        pid, seq = _PRODUCER.unpack_from(src, 48)
+        if pid >= 0:
+            self.producers.apply(pid, seq, count, base)
         return base
 
     def write(self) -> int:
@@ -303,6 +310,7 @@ class PartitionLog:
         seg.size, seg.max_ts, seg.last_rel, seg.since_index = size, max_ts, last_rel, since
         seg.next_offset = leo
         self._leo = self._written = leo
+        self.producers.forget_from(leo)
         self._synced = min(self._synced, leo)
         self._pending_snap = self._snap
         return leo
@@ -356,27 +364,38 @@ class PartitionLog:
             raise self._fence(f"opening {seg.log_path} failed: {e}", e) from e
         self._bases.append(seg.base)
         self._snap = self._pending_snap = self._snapshot()
+        producers = self.producers.encode(seg.base)
         if self._background is None:
-            self._finish_segment(old, seg.base)
+            self._finish_segment(old, seg.base, producers)
         else:
             # Four more fsyncs (two index files, checkpoint file and directory)
             # would stop every partition of this writer: they run off the loop.
             # Until they are done, the old recovery point stands (recovery
             # scans one more segment) and retention leaves the segment alone.
             old.finishing = True
-            self._background(self._finish_segment, old, seg.base)
+            self._background(self._finish_segment, old, seg.base, producers)
 
-    def _finish_segment(self, old: Segment, recovery_point: int) -> None:
-        """A rolled segment's last step: its indexes rewritten and synced, then
-        the checkpoint moved past it (only then: recovery trusts indexes below it)."""
+    def _finish_segment(self, old: Segment, recovery_point: int, producers: bytes | None = None) -> None:
+        """A rolled segment's last step: its indexes rewritten and synced, the
+        producers' snapshot as of the new segment written, then the
+        checkpoint moved past it (only then: recovery trusts indexes below it)."""
         try:
             old.rewrite_indexes(self._fs, sync=True)
         except OSError as e:
             log.warning("%s: writing the indexes of %s failed (%s); recovery rebuilds them", self.dir, old.log_path, e)
         else:
+            self._snapshot_producers(producers)
             self._checkpoint(recovery_point)
         finally:
             old.finishing = False
+
+    def _snapshot_producers(self, data: bytes | None) -> None:
+        if data is None:
+            return
+        try:
+            producer_state.write_snapshot(self._fs, self.dir, data)
+        except OSError as e:  # the old snapshot stays valid, only more gets replayed
+            log.warning("%s: writing the producers' snapshot failed: %s", self.dir, e)
 
     def _checkpoint(self, rp: int) -> None:
         try:
@@ -440,6 +459,7 @@ class PartitionLog:
                     self._segments[-1].sync_indexes(self._fs)
                 except OSError as e:
                     raise self._fence(f"closing failed: {e}", e) from e
+                self._snapshot_producers(self.producers.encode(self._leo))
                 self._checkpoint(self._leo)
         finally:
             if self._writer is not None:

@@ -34,6 +34,7 @@ from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.groups import OFFSETS_TOPIC, CommitSink, GroupService
+from hpbroker.net.producer_ids import ProducerIds
 from hpbroker.net.produce import Drops, check_request_size, hand_off
 from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
@@ -67,6 +68,7 @@ class Acceptor:
         self.drops = Drops()  # acks=0 requests refused without a reply
         self.acks = ProduceAcks(cfg.broker.max_pending_requests, cfg.replication)
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes)
+        self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
         self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
@@ -253,6 +255,8 @@ class Acceptor:
                     self._reply(ident, self.admin.promote(req))
                 case m.CreateTopic():
                     self._reply(ident, self.admin.create_topic(req))
+                case m.InitProducerId():
+                    self._reply(ident, m.InitProducerIdReply(id=req.id, producer_id=self.producer_ids.next()))
                 case m.FindCoordinator():
                     self._reply(ident, self.groups.find_coordinator(req))
                 case m.GroupHeartbeat():

@@ -44,12 +44,13 @@ class CommitSink:
     """Stands in for a client identity in the produce path: where the
     produce reply of a commit's record goes instead of a socket."""
 
-    __slots__ = ("ident", "req", "partition")
+    __slots__ = ("ident", "req", "partition", "at_ms")
 
-    def __init__(self, ident: bytes, req: m.OffsetCommit, partition: int):
+    def __init__(self, ident: bytes, req: m.OffsetCommit, partition: int, at_ms: int):
         self.ident = ident
         self.req = req
         self.partition = partition
+        self.at_ms = at_ms  # the commit time its record carries
 
 
 class GroupService:
@@ -137,11 +138,12 @@ class GroupService:
                                       [(e.topic, e.partition) for e in req.offsets])
         if req.validate_only or not req.offsets:
             return m.OffsetCommitReply(id=req.id)
+        now_ms = int(self.wall() * 1000)
         data = offsets_log.encode_commit(req.group, [(e.topic, e.partition, e.offset, e.metadata) for e in req.offsets],
-                                         req.member_epoch, int(self.wall() * 1000))
+                                         req.member_epoch, now_ms)
         timeout = min(req.timeout_ms, self.cfg.groups.commit_timeout_ms)
         produce = m.Produce(id=req.id, topic=OFFSETS_TOPIC, partition=p, acks=-1, timeout_ms=timeout)
-        self.produce(CommitSink(ident, req, p), produce, [memoryview(data)])
+        self.produce(CommitSink(ident, req, p, now_ms), produce, [memoryview(data)])
         return None
 
     def on_commit_done(self, sink: CommitSink, reply: m.ProduceReply) -> tuple[bytes, m.OffsetCommitReply]:
@@ -150,7 +152,15 @@ class GroupService:
             return sink.ident, m.OffsetCommitReply(id=sink.req.id, code=reply.code,
                                                    message=f"the commit was not made durable: {reply.message}")
         self.commits += 1
-        self._read_forward(sink.partition)
+        # The record is durable: apply the request's offsets now rather than
+        # read them back (the high watermark moves only after these replies
+        # go out, and reading costs a pread and a decode per commit).
+        p, base = sink.partition, reply.base_offsets[0] if reply.base_offsets else -1
+        for e in sink.req.offsets:
+            self.coordinator.apply(sink.req.group, e.topic, e.partition,
+                                   offsets_log.Committed(e.offset, e.metadata, sink.at_ms))
+        if base >= 0 and self.loaded.get(p, 0) == base:
+            self.loaded[p] = base + len(sink.req.offsets)  # nothing to read back: it was the next record
         return sink.ident, m.OffsetCommitReply(id=sink.req.id)
 
     def offset_fetch(self, req: m.OffsetFetch) -> m.OffsetFetchReply:

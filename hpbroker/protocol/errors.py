@@ -32,6 +32,11 @@ code   name                        retriable  meaning
                                               committed offsets
 19     NON_EMPTY_GROUP             no         an admin commit (no member id) while the group has
                                               live members
+20     DUPLICATE_SEQUENCE_NUMBER   no         an idempotent producer's batch older than the last
+                                              5 the partition remembers: written long ago
+21     OUT_OF_ORDER_SEQUENCE_NUMBER no        an idempotent producer's batch that does not follow
+                                              its last one (a gap): resend from the first
+                                              unacknowledged batch
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -62,6 +67,8 @@ class ErrorCode(IntEnum):
     FENCED_MEMBER_EPOCH = 17
     GROUP_ID_NOT_FOUND = 18
     NON_EMPTY_GROUP = 19
+    DUPLICATE_SEQUENCE_NUMBER = 20
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 21
     INTERNAL = 99
 
 

@@ -212,10 +212,17 @@ class DescribeGroup(_Request):
     group: GroupId
 
 
+class InitProducerId(_Request):
+    """A producer id for an idempotent producer (any acceptor answers).
+    Its batches then carry that id and per-partition sequence numbers
+    (docs/protocol.md, "Idempotent producers")."""
+
+
 Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote, FindCoordinator,
-                GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup]
+                GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup, InitProducerId]
 REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote,
-                                   FindCoordinator, GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup)
+                                   FindCoordinator, GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup,
+                                   InitProducerId)
 
 # ------------------------------------------------------------------ replies
 
@@ -364,6 +371,10 @@ class DescribeGroupReply(_Reply):
     partitions: list[PartitionLag] = []
 
 
+class InitProducerIdReply(_Reply):
+    producer_id: int = -1
+
+
 class ErrorReply(_Reply):
     """For a header that cannot be read as a request of this version: not a
     msgpack map, no known ``t``, or another ``v`` (id -1 when even the
@@ -373,10 +384,10 @@ class ErrorReply(_Reply):
 
 Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply,
               FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply, OffsetFetchReply, ListGroupsReply,
-              DescribeGroupReply, ErrorReply]
+              DescribeGroupReply, InitProducerIdReply, ErrorReply]
 REPLY_TYPES: tuple[type, ...] = (MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply,
                                  PromoteReply, FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply,
-                                 OffsetFetchReply, ListGroupsReply, DescribeGroupReply, ErrorReply)
+                                 OffsetFetchReply, ListGroupsReply, DescribeGroupReply, InitProducerIdReply, ErrorReply)
 
 #: The reply type that answers each request type.
 REPLY_FOR: dict[type, type] = {
@@ -394,4 +405,5 @@ REPLY_FOR: dict[type, type] = {
     OffsetFetch: OffsetFetchReply,
     ListGroups: ListGroupsReply,
     DescribeGroup: DescribeGroupReply,
+    InitProducerId: InitProducerIdReply,
 }

@@ -27,6 +27,7 @@ def check_produce(req: Produce, frames: Sequence[memoryview], *, max_batch_bytes
         try:
             h = batch.check_batch(f, 0, len(f))
             batch.check_producer_fields(f, 0, h)
+            batch.check_headers(f, 0, h)
         except batch.UnsupportedCompression as e:
             raise _error(req, ErrorCode.UNSUPPORTED_COMPRESSION, f"batch {i}: {e}") from None
         except batch.CorruptBatch as e:

@@ -47,8 +47,11 @@ class AckPolicy:
             )
 
     def hold(self, w) -> bool:
-        """Keep ``w`` until the slave has it; False when it already has."""
-        if self.replicated.get(w.key, 0) > w.last:
+        """Keep ``w`` until the slave has it; False when it already has, or
+        when no slave is in sync: admit() let it in, so min_insync_replicas
+        is 1 and the master alone is every replica in sync (Kafka's acks=all
+        with an ISR of the leader only)."""
+        if (self.insync == 0 and self.min_insync <= 1) or self.replicated.get(w.key, 0) > w.last:
             return False
         self._held.setdefault(w.key, []).append(w)
         return True
