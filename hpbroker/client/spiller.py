@@ -237,13 +237,9 @@ class Spiller:
         fut._index = i
         return fut
 
-    def likely(self, topic: str, partition: int) -> bool:
-        """Without the lock: whether :meth:`must_spill` will probably say yes
-        (a hint, so the caller frames the message before taking the lock)."""
-        if self.down or partition < 0:
-            return True
-        p = self.pending
-        return bool(p) and ((topic, partition) in p or (topic, -1) in p)
+    #: the same test without the lock: a hint (each read is atomic, the answer may be stale) that lets
+    #: the caller frame a message it will probably spill before taking the lock
+    likely = must_spill
 
     def new_group(self, topic: str, partition: int) -> SpillGroup:
         """A group of its own for one ``send_batch`` call (after the open one)."""
