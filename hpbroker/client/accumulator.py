@@ -71,9 +71,11 @@ class Batch:
     (a partition's batches are made in send order).  ``origin`` is None for
     a batch from ``send``/``send_batch``; a re-send of spilled messages
     carries its :class:`~hpbroker.client.spiller.Resend` there instead of a
-    future, and holds no ``buffer_memory``."""
+    future, and holds no ``buffer_memory``.  ``whole`` marks a
+    ``send_batch`` batch, whose one future stands for all its records (and
+    fails with the first failure) rather than for each message."""
 
-    __slots__ = ("topic", "partition", "frames", "future", "nbytes", "attempts", "acc", "order", "origin")
+    __slots__ = ("topic", "partition", "frames", "future", "nbytes", "attempts", "acc", "order", "origin", "whole")
 
     def __init__(self, topic, partition, frames, future, nbytes, acc=None):
         self.topic = topic
@@ -85,6 +87,7 @@ class Batch:
         self.acc = acc
         self.order = next(_order)
         self.origin = None
+        self.whole = False
 
     def encode(self) -> None:
         """Build the one frame of a batch sealed from ``send()``'s messages."""
@@ -178,6 +181,21 @@ class Accumulator:
         acc = self.open.get((topic, partition))
         if acc is not None:
             self._seal((topic, partition), acc)
+
+    def take_partitions(self, tps: set) -> list[Batch]:
+        """Seal the open batches of the (topic, partition)s in ``tps`` and take
+        every sealed batch of theirs out of the queue (the others keep their
+        order): a spilling producer moves them to its journal."""
+        for tp in tps:
+            acc = self.open.get(tp)
+            if acc is not None:
+                self._seal(tp, acc)
+        taken = [b for b in self.sealed if (b.topic, b.partition) in tps]
+        if taken:
+            kept = [b for b in self.sealed if (b.topic, b.partition) not in tps]
+            self.sealed.clear()
+            self.sealed.extend(kept)
+        return taken
 
     def push(self, b: Batch) -> None:
         """Queue a batch encoded by the caller (``send_batch``) behind the sealed ones."""

@@ -254,7 +254,9 @@ class Producer:
             for frames, f in zip(requests, parts):
                 nbytes = sum(map(len, frames))
                 self._memory.reserve(nbytes)
-                self._accum.push(Batch(topic, partition, frames, f, nbytes))
+                b = Batch(topic, partition, frames, f, nbytes)
+                b.whole = True
+                self._accum.push(b)
                 self._memory.batches += 1
         self._waker.wake()
         return fut
@@ -454,7 +456,9 @@ class Producer:
                 self._accum.seal_partition(topic, partition)
                 for frames, nbytes, f in zip(requests, sizes, parts):
                     mem.reserve(nbytes)
-                    self._accum.push(Batch(topic, partition, frames, f, nbytes))
+                    b = Batch(topic, partition, frames, f, nbytes)
+                    b.whole = True
+                    self._accum.push(b)
                     mem.batches += 1
             else:
                 g = spill.new_group(topic, partition)

@@ -80,6 +80,11 @@ class FutureRecordMetadata:
         ``timeout`` seconds, the BrokerError when its batch failed."""
         md = self._batch.result(timeout)
         i = self._index
+        if md.__class__ is not RecordMetadata:  # the batch went to the spill journal: each has its own outcome
+            out = md.outcome(i)
+            if isinstance(out, BaseException):
+                raise out
+            return out
         if i == 0 or md.offset < 0:
             return md
         return RecordMetadata(md.topic, md.partition, md.offset + i)
@@ -88,7 +93,13 @@ class FutureRecordMetadata:
         return self.result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._batch.exception(timeout)
+        e = self._batch.exception(timeout)
+        if e is None:
+            md = self._batch.result()
+            if md.__class__ is not RecordMetadata:  # moved to the spill journal (SpilledFuture's case)
+                out = md.outcome(self._index)
+                return out if isinstance(out, BaseException) else None
+        return e
 
     def done(self) -> bool:
         return self._batch.done()

@@ -45,6 +45,8 @@ from hpbroker.client.cluster import topic_partitions
 from hpbroker.client.leader import LeaderSearch
 from hpbroker.client.memory import BufferMemory
 from hpbroker.client.records import RecordMetadata
+from hpbroker.client.spill import encode_record
+from hpbroker.client.spiller import records_of_batch
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.client.window import SendWindow
@@ -121,6 +123,8 @@ class Sender:
                 fired = t.poll(self._timeout_ms())
                 if fired:
                     self._waker.drain()
+                if self.spill is not None and self.spill.evacuate_wanted:
+                    self._evacuate()
                 self._rediscover()
                 self._lookups()
                 self._collect()
@@ -161,6 +165,44 @@ class Sender:
             self._window.regroup()  # each partition's batches keep their order
 
         self._t.discover(done, timeout_ms=self.connect_timeout_ms)
+
+    def _evacuate(self) -> None:
+        """The broker just went down: move the in-memory batches that are not
+        in flight to the spill journal, so a crash of this process does not
+        lose them.  Only partitions with nothing in the journal (their
+        in-memory batches are older than anything there, so they can go at
+        its end); batches that were already sent and await a retry go too
+        (their outcome is unknown, as a retry's would be), except for an
+        idempotent producer, which keeps their stamps by retrying them from
+        memory.  A batch still in flight stays: it is answered, and
+        retried, as before, and the partition's journal waits for it."""
+        spill = self.spill
+        idempotent = self._seq is not None
+        with self._lock:
+            spill.evacuate_wanted = False
+            outstanding = self._accum.outstanding
+            pending = spill.pending
+            tps = {tp for tp in outstanding if tp not in pending and (tp[0], -1) not in pending}
+            if not tps:
+                return
+            taken = self._accum.take_partitions(tps)
+            taken += self._window.take_waiting(lambda b: b.origin is None and (b.topic, b.partition) in tps
+                                               and not (idempotent and b.attempts))
+            if not taken:
+                return
+            holes = spill.reserve(taken)
+            for b in taken:
+                self._memory.release(b.nbytes)
+                left = outstanding.get((b.topic, b.partition), 0) - 1
+                if left > 0:
+                    outstanding[(b.topic, b.partition)] = left
+                else:
+                    outstanding.pop((b.topic, b.partition), None)
+        filled = [(hole, [encode_record(False, b.topic, b.partition, key, value, headers, ts)
+                          for key, value, headers, ts in records_of_batch(b)]) for b, hole in holes]
+        spill.fill(filled)
+        log.warning("producer: moved %d messages of %d unsent batches to the spill journal %s",
+                    sum(h.count for _, h in holes), len(holes), spill.directory)
 
     def _lookups(self) -> None:
         if self._t.several and not self._t.acceptors:

@@ -36,7 +36,14 @@ Three threads meet here, all under the Producer's one lock:
   futures, and queues the seqs for the next acknowledgement frame.
 
 When a partition's count of pending records reaches zero, ``send()`` puts
-its messages in memory again.  Nothing here touches a socket.
+its messages in memory again.
+
+When the broker goes down (:meth:`Spiller.mark_down`), the I/O thread also
+moves the in-memory batches that are not in flight to the journal
+(``Sender._evacuate``): :meth:`reserve` gives them their seqs and places
+in the write queue under the lock, so that everything spilled afterwards
+comes after them, and :meth:`fill` hands over their frames, made after the
+lock.  Nothing here touches a socket.
 """
 
 from __future__ import annotations
@@ -123,6 +130,19 @@ class SpillGroup:
         return self.left_error or BrokerError(ErrorCode.INTERNAL, "spilled message without an outcome")
 
 
+class _Hole:
+    """A place in the write queue, and ``count`` seqs, reserved for the
+    messages of an in-memory batch being moved to the journal; ``frames``
+    once they are framed (outside the lock).  The spill thread writes up to
+    the first hole still empty."""
+
+    __slots__ = ("count", "frames")
+
+    def __init__(self, count: int):
+        self.count = count
+        self.frames: list[bytes] | None = None
+
+
 class Resend:
     """What a re-sent batch carries besides its records: their seqs, their
     futures' slots, the (topic, stored partition) each was counted under,
@@ -165,6 +185,8 @@ class Spiller:
         self.acks: list[int] = []
         self.buffered = 0  # read-ahead bytes: queued for re-send or in flight
         self.stopping = False
+        self.evacuate_wanted = False  # the broker just went down: move what waits in memory to the journal
+        self._holes = 0  # holes in the queue not yet filled
         self._armed = False
         # counters (docs/client.md, "Producer.metrics()")
         self.spilled = 0
@@ -174,6 +196,7 @@ class Spiller:
         self.resent_bytes = 0
         self.failed = 0
         self.put_back_messages = 0
+        self.moved_messages = 0
         self.recovered = journal.recovered
         self.syncs = 0
         self.disk_bytes = journal.disk_bytes
@@ -266,6 +289,49 @@ class Spiller:
         if not self.down:
             log.warning("producer: the broker does not answer; spilling new messages to %s", self.directory)
             self.down = True
+            self.evacuate_wanted = True  # the Sender moves what waits in memory (Sender._evacuate)
+
+    def reserve(self, batches: list[Batch]) -> list[tuple[Batch, _Hole]]:
+        """(Lock held.)  The broker went down: ``batches`` (in-memory, none in
+        flight, of partitions with nothing in the journal) move to the
+        journal.  Each gets its messages' seqs and a hole in the write queue
+        now, so that messages spilled from now on come after them, and a
+        spill group whose Future is the batch's own (the futures ``send``
+        returned for them resolve with each message's own outcome).  The
+        caller frames them after the lock (:meth:`fill`)."""
+        out = []
+        for b in sorted(batches, key=lambda b: b.order):
+            n = len(b.acc.values) if b.acc is not None else sum(batch.peek_count(f) for f in b.frames)
+            k = (b.topic, b.partition)
+            hole = _Hole(n)
+            self.queue.append(hole)
+            self._holes += 1
+            g = self.open_groups.get(k)
+            if g is not None:
+                self._close_group(k, g)
+            g = SpillGroup(b.topic, whole=b.whole)
+            g.future = b.future
+            g.seqs.extend(range(self.next_seq, self.next_seq + n))
+            g.close()
+            self.groups.setdefault(k, deque()).append(g)
+            self.live.add(g)
+            self.next_seq += n
+            self.pending[k] = self.pending.get(k, 0) + n
+            self._memory.spilled += n
+            self.moved_messages += n
+            out.append((b, hole))
+        return out
+
+    def fill(self, filled: list[tuple[_Hole, list[bytes]]]) -> None:
+        """The framed messages of the holes :meth:`reserve` made."""
+        with self._lock:
+            for hole, frames in filled:
+                if len(frames) != hole.count:
+                    raise AssertionError(f"{len(frames)} messages for a hole of {hole.count}")
+                hole.frames = frames
+                self.queued_bytes += sum(map(len, frames))
+                self._holes -= 1
+            self._event.set()
 
     def mark_up(self) -> None:
         if self.down:
@@ -409,7 +475,7 @@ class Spiller:
         frames = []
         for b in sorted(batches, key=lambda b: b.order):
             frames.append([encode_record(True, b.topic, b.partition, key, value, headers, ts)
-                           for key, value, headers, ts in _records_of(b)])
+                           for key, value, headers, ts in records_of_batch(b)])
         with self._lock:
             for b, fs in zip(sorted(batches, key=lambda b: b.order), frames):
                 k = (b.topic, b.partition)
@@ -463,6 +529,8 @@ class Spiller:
                 if time.monotonic() < retry_at and not stopping:
                     continue
                 recs, self.queue = self.queue, []
+                if any(e.__class__ is _Hole for e in recs):
+                    recs = self._unhole(recs)
                 qbytes, self.queued_bytes = self.queued_bytes, 0
                 acks, self.acks = self.acks, []
             if recs or acks:
@@ -495,7 +563,12 @@ class Spiller:
                     self.error = None
             if stopping:
                 with self._lock:
-                    if not self.queue and not self.acks:
+                    q = self.queue
+                    if not self.acks and (not q or q[0].__class__ is _Hole and q[0].frames is None):
+                        if q:
+                            log.error("producer: %d messages being moved to the spill journal %s were not "
+                                      "framed before close; they are lost", sum(
+                                          e.count if e.__class__ is _Hole else 1 for e in q), self.directory)
                         return
                 continue
             try:
@@ -505,6 +578,20 @@ class Spiller:
                 with self._lock:
                     self.error = f"{type(e).__name__}: {e}"
                 return
+
+    def _unhole(self, recs: list) -> list[bytes]:
+        """(Lock held.)  The frames of ``recs`` up to its first empty hole
+        (the rest goes back to the queue), holes replaced by their frames."""
+        out = []
+        for i, e in enumerate(recs):
+            if e.__class__ is _Hole:
+                if e.frames is None:
+                    self.queue[:0] = recs[i:]
+                    return out
+                out += e.frames
+            else:
+                out.append(e)
+        return out
 
     def _timeout(self, retry_at: float) -> float | None:
         now = time.monotonic()
@@ -621,6 +708,7 @@ class Spiller:
             "resent_bytes": self.resent_bytes,
             "spill_failed_messages": self.failed,
             "spill_put_back_messages": self.put_back_messages,
+            "spill_moved_messages": self.moved_messages,
             "spill_recovered_messages": self.recovered,
             "spill_pending_messages": sum(self.pending.values()),
             "spill_queued_messages": len(self.queue),
@@ -631,7 +719,7 @@ class Spiller:
         }
 
 
-def _records_of(b: Batch):
+def records_of_batch(b: Batch):
     """``(key, value, headers, timestamp)`` of each message of an in-memory batch."""
     a = b.acc
     if a is not None:

@@ -116,6 +116,43 @@ class SendWindow:
         for b in moved:
             self._queue_for(b.partition).append(b)
 
+    def take_waiting(self, select: Callable[[object], bool]) -> list:
+        """Take out every batch not in flight (queued, waiting for a retry, or
+        parked) for which ``select(batch)`` is true; the rest keep their
+        places.  A partition whose batch out was taken lets its next one go."""
+        taken = []
+        for q in self._queues.values():
+            if any(select(b) for b in q):
+                taken += [b for b in q if select(b)]
+                kept = [b for b in q if not select(b)]
+                q.clear()
+                q.extend(kept)
+        if any(select(r[2]) for r in self._retry):
+            taken += [r[2] for r in self._retry if select(r[2])]
+            self._retry = [r for r in self._retry if not select(r[2])]
+            heapq.heapify(self._retry)
+        for tp, q in list(self._parked.items()):
+            if any(select(b) for b in q):
+                taken += [b for b in q if select(b)]
+                kept = deque(b for b in q if not select(b))
+                if kept:
+                    self._parked[tp] = kept
+                else:
+                    del self._parked[tp]
+        if self._holder is not None:
+            gone = {id(b) for b in taken}
+            for tp, b in list(self._holder.items()):
+                if id(b) in gone:
+                    del self._holder[tp]
+                    q = self._parked.pop(tp, None)
+                    if q:  # not when a partition's batches are taken together
+                        nb = q.popleft()
+                        self._holder[tp] = nb
+                        self._queue_for(nb.partition).append(nb)
+                        if q:
+                            self._parked[tp] = q
+        return taken
+
     def take_all(self) -> list:
         """Every batch not in flight: the queued ones, then the retries, then
         the parked ones."""
