@@ -95,3 +95,36 @@ def test_take_all_hands_back_everything_not_in_flight():
     w.retry_later(B("r", 0), now=0.0)
     assert [b.name for b in w.take_all()] == ["q1", "q2", "r"]
     assert w.take_all() == [] and w.next_retry() is None
+
+
+def TB(name: str, topic: str, partition: int):
+    return SimpleNamespace(name=name, topic=topic, partition=partition)
+
+
+def test_per_partition_lets_out_one_batch_per_partition_and_retries_are_never_overtaken():
+    """ordered=True: a partition's second batch waits until its first is done
+    for good, through the first one's retries; other partitions go on."""
+    w = SendWindow(Acceptors("a"), max_in_flight=5, backoff=0.1, per_partition=True)
+    b0, b1, b2 = TB("t0-0", "t", 0), TB("t0-1", "t", 0), TB("t0-2", "t", 0)
+    c0, d0 = TB("t1-0", "t", 1), TB("u0-0", "u", 0)
+    for b in (b0, b1, c0, b2, d0):
+        w.append(b)
+    assert names(w.take_sendable()) == ["t0-0", "t1-0", "u0-0"]  # one per (topic, partition)
+    w.answered("a")
+    w.retry_later(b0, now=0.0)  # t/0's batch failed retriably: t0-1 must not go meanwhile
+    assert w.take_sendable() == []
+    w.release_retries(now=0.2)
+    assert names(w.take_sendable()) == ["t0-0"]
+    w.answered("a")
+    w.done(b0)  # acknowledged: the next of t/0 is let out
+    assert names(w.take_sendable()) == ["t0-1"]
+    w.done(TB("t0-1", "t", 0))  # not the batch that is out (say it failed to encode): changes nothing
+    assert w.take_sendable() == []
+    w.answered("a")
+    w.done(b1)
+    assert names(w.take_sendable()) == ["t0-2"]
+    assert [b.name for b in w.take_all()] == []  # everything else is out or done
+    w2 = SendWindow(Acceptors("a"), max_in_flight=1, backoff=0.1, per_partition=True)
+    for b in (b0, b1, b2):
+        w2.append(b)
+    assert [b.name for b in w2.take_all()] == ["t0-0", "t0-1", "t0-2"]  # parked ones too, in order

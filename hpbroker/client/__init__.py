@@ -6,7 +6,7 @@ Imports only :mod:`hpbroker.protocol`, :mod:`hpbroker.batch` and zmq.
 from hpbroker.client.admin import Admin, PartitionInfo
 from hpbroker.client.consumer import Consumer
 from hpbroker.client.producer import Producer
-from hpbroker.client.records import FutureRecordMetadata, Message, RawBatches, RecordMetadata
+from hpbroker.client.records import FutureRecordMetadata, Message, RawBatches, RecordMetadata, SpilledFuture
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.filters import Filter, FilterError
 
@@ -23,4 +23,5 @@ __all__ = [
     "Producer",
     "RawBatches",
     "RecordMetadata",
+    "SpilledFuture",
 ]

@@ -23,6 +23,7 @@ passed in), so tests/test_client_accumulator.py drives it with a fake one.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -33,6 +34,7 @@ from hpbroker.client.records import FutureRecordMetadata
 
 
 _new_future = object.__new__  # see Accumulator.append
+_order = itertools.count()
 
 
 class OpenBatch:
@@ -65,9 +67,15 @@ class Batch:
     """One produce request's worth of work: encoded batch frames plus the
     one future to resolve (with the RecordMetadata of its first record).
     ``acc`` holds the raw messages until encoded; ``nbytes`` is what it
-    holds of ``buffer_memory``."""
+    holds of ``buffer_memory``.  ``order`` numbers batches as they are made
+    (a partition's batches are made in send order).  ``origin`` is None for
+    a batch from ``send``/``send_batch``; a re-send of spilled messages
+    carries its :class:`~hpbroker.client.spiller.Resend` there instead of a
+    future, and holds no ``buffer_memory``.  ``whole`` marks a
+    ``send_batch`` batch, whose one future stands for all its records (and
+    fails with the first failure) rather than for each message."""
 
-    __slots__ = ("topic", "partition", "frames", "future", "nbytes", "attempts", "acc")
+    __slots__ = ("topic", "partition", "frames", "future", "nbytes", "attempts", "acc", "order", "origin", "whole")
 
     def __init__(self, topic, partition, frames, future, nbytes, acc=None):
         self.topic = topic
@@ -77,6 +85,9 @@ class Batch:
         self.nbytes = nbytes
         self.attempts = 0
         self.acc = acc
+        self.order = next(_order)
+        self.origin = None
+        self.whole = False
 
     def encode(self) -> None:
         """Build the one frame of a batch sealed from ``send()``'s messages."""
@@ -97,7 +108,11 @@ class Accumulator:
     unanswered and wakes the I/O thread, whose linger deadline moved);
     ``on_full()`` as one is sealed for size.  Both run with the lock held.
     ``flushing`` (a count of flush() calls waiting) and ``closed`` make
-    :meth:`take_ready` seal every open batch at once."""
+    :meth:`take_ready` seal every open batch at once.  ``outstanding``,
+    when the Producer sets it (a producer with a spill journal), counts the
+    batches of each (topic, partition) from opening until the I/O thread
+    answers them: a partition's spilled messages are re-sent only once it
+    has none."""
 
     def __init__(self, batch_limit: Callable[[], int], linger: float, on_open: Callable[[], None],
                  on_full: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
@@ -113,6 +128,7 @@ class Accumulator:
         self.sealed: deque[Batch] = deque()
         self.flushing = 0
         self.closed = False
+        self.outstanding: dict[tuple[str, int], int] | None = None
 
     def append(self, topic: str, partition: int, value: bytes, key: bytes | None, timestamp_ms: int | None,
                size: int) -> FutureRecordMetadata:
@@ -166,9 +182,27 @@ class Accumulator:
         if acc is not None:
             self._seal((topic, partition), acc)
 
+    def take_partitions(self, tps: set) -> list[Batch]:
+        """Seal the open batches of the (topic, partition)s in ``tps`` and take
+        every sealed batch of theirs out of the queue (the others keep their
+        order): a spilling producer moves them to its journal."""
+        for tp in tps:
+            acc = self.open.get(tp)
+            if acc is not None:
+                self._seal(tp, acc)
+        taken = [b for b in self.sealed if (b.topic, b.partition) in tps]
+        if taken:
+            kept = [b for b in self.sealed if (b.topic, b.partition) not in tps]
+            self.sealed.clear()
+            self.sealed.extend(kept)
+        return taken
+
     def push(self, b: Batch) -> None:
         """Queue a batch encoded by the caller (``send_batch``) behind the sealed ones."""
         self.sealed.append(b)
+        if self.outstanding is not None:
+            tp = (b.topic, b.partition)
+            self.outstanding[tp] = self.outstanding.get(tp, 0) + 1
 
     def take_ready(self, now: float) -> list[Batch]:
         """Seal the open batches whose linger has passed (all of them while
@@ -200,6 +234,8 @@ class Accumulator:
             self._seal(tp, full)
         acc = self.open[tp] = OpenBatch(self.batch_limit(), self._clock(), self._wall_ms())
         self._by_topic.setdefault(topic, {})[partition] = acc
+        if self.outstanding is not None:
+            self.outstanding[tp] = self.outstanding.get(tp, 0) + 1
         self._on_open()
         return acc
 

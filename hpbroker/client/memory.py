@@ -12,6 +12,8 @@ BROKER_SHUTTING_DOWN.
 
 It also counts the unanswered batches, which ``flush`` waits to reach
 zero: both are released together, by the same ack, under the same lock.
+With a spill journal, ``flush`` also waits for ``spilled`` (messages in
+the journal not yet acknowledged, :meth:`spill_done`) to reach zero.
 Every method is called with the Producer's lock held (both conditions are
 built on it).
 """
@@ -29,6 +31,7 @@ class BufferMemory:
         self.max_block = max_block
         self.used = 0
         self.batches = 0  # opened or queued, not yet acknowledged or failed
+        self.spilled = 0  # messages in the spill journal, not yet acknowledged or failed
         self.closed = False
         self.io_thread: threading.Thread | None = None  # may not wait for space
         self._space = threading.Condition(lock)
@@ -53,12 +56,24 @@ class BufferMemory:
         self.used -= nbytes
         self.batches -= 1
         self._space.notify_all()
-        if self.batches == 0:
+        if self.batches == 0 and self.spilled == 0:
+            self._idle.notify_all()
+
+    def unreserve(self, size: int) -> None:
+        """Give back ``size`` bytes taken by :meth:`reserve` and not used."""
+        self.used -= size
+        self._space.notify_all()
+
+    def spill_done(self, n: int) -> None:
+        """``n`` spilled messages were answered."""
+        self.spilled -= n
+        if self.batches == 0 and self.spilled <= 0:
             self._idle.notify_all()
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Wait until no batch is unanswered; False after ``timeout`` s."""
-        return self._idle.wait_for(lambda: self.batches == 0, timeout)
+        """Wait until no batch (and no spilled message) is unanswered; False
+        after ``timeout`` s."""
+        return self._idle.wait_for(lambda: self.batches == 0 and self.spilled <= 0, timeout)
 
     def wake_all(self) -> None:
         """Let every waiter look again (the producer is gone)."""

@@ -12,7 +12,11 @@ The jobs behind it, one module each (docs/client.md, "Producer"):
 * :mod:`~hpbroker.client.sender` - the I/O thread: encoding, the in-flight
   window (:mod:`~hpbroker.client.window`), retries, leader search
   (:mod:`~hpbroker.client.leader`), completions;
-* :mod:`~hpbroker.client.waker` - the fd through which callers wake it.
+* :mod:`~hpbroker.client.waker` - the fd through which callers wake it;
+* with ``spill_dir``: :mod:`~hpbroker.client.spill` (the durable journal of
+  messages the broker could not take yet) and :mod:`~hpbroker.client.spiller`
+  (what goes in, the spill thread, the re-sends); the key -> partition
+  function of every mode is :mod:`~hpbroker.client.partitioner`'s.
 
 Threads: caller threads touch only the accumulator and the buffer memory,
 under the Producer's one lock, and wake the I/O thread when a batch opens
@@ -25,24 +29,28 @@ index), so the per-message cost is a few list appends under the lock.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Sequence
-
-from crc32c import crc32c
+from typing import Mapping, Sequence
 
 from hpbroker import batch
 from hpbroker.client.accumulator import Accumulator, Batch
 from hpbroker.client.idempotence import Sequencer
 from hpbroker.client.memory import BufferMemory
+from hpbroker.client.partitioner import partition_for_key
 from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
+from hpbroker.client.spill import SpillJournal, encode_record
 from hpbroker.client.split import encode_requests
 from hpbroker.client.transport import Transport
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import InitProducerId
+
+log = logging.getLogger("hpbroker.client")
 
 _Waker = Waker  # the name tests/test_client_waker.py imports
 
@@ -65,12 +73,29 @@ class Producer:
         request_timeout_ms: int = 30_000,
         connect_timeout_ms: int = 10_000,
         hwm: int = 10_000,
+        block_on_full: bool = True,
+        spill_dir: str | os.PathLike | None = None,
+        ordered: bool | None = None,
+        topic_partitions: Mapping[str, int] | None = None,
+        spill_segment_bytes: int = 64 << 20,
         enable_idempotence: bool = False,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         if enable_idempotence and _ACKS[acks] == 0:
             raise ValueError("enable_idempotence needs acks=1 or 'all': with acks=0 nothing tells a retry is needed")
+        if spill_dir is None and not block_on_full:
+            raise ValueError("block_on_full=False needs a spill_dir: where send() puts what buffer_memory cannot hold")
+        if ordered is None:
+            ordered = spill_dir is not None  # a spilling producer keeps each partition's order unless told not to
+        if spill_dir is None and ordered:
+            raise ValueError("ordered=True needs a spill_dir: where messages wait, in order, while the broker is away")
+        if spill_dir is not None and _ACKS[acks] == 0:
+            raise ValueError("spill_dir needs acks=1 or 'all': spilled messages leave the journal when acknowledged")
+        parts = dict(topic_partitions or {})
+        for t, n in parts.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"topic_partitions[{t!r}] must be a partition count >= 1, got {n!r}")
         self.acks = _ACKS[acks]
         self.linger = linger_ms / 1000.0
         self.batch_size = batch_size
@@ -81,6 +106,8 @@ class Producer:
         self.max_block = max_block_ms / 1000.0
         self.request_timeout_ms = request_timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
+        self.block_on_full = block_on_full
+        self.ordered = ordered
         self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm)
         self._lock = threading.Lock()
         self._waker = _Waker()
@@ -93,19 +120,48 @@ class Producer:
             try:
                 sequencer = Sequencer(self._init_producer_id)
             except BaseException:
+                self._waker.close()
                 self._t.close()
                 raise
         self.enable_idempotence = enable_idempotence
         self._sender = Sender(self._t, self._waker, self._lock, self._accum, self._memory, acks=self.acks,
                               max_in_flight=self.max_in_flight, retries=retries, retry_backoff=self.retry_backoff,
                               request_timeout_ms=request_timeout_ms, connect_timeout_ms=connect_timeout_ms,
-                              sequencer=sequencer)
+                              ordered=ordered, sequencer=sequencer)
         self._sequencer = sequencer
         self._partitions = self._sender.partitions  # topic -> partition count, filled by the I/O thread
+        self._partitions.update(parts)  # configured counts win: the I/O thread never asks for these
         self._rr = itertools.count()
         self._closed = False
         self._thread = self._memory.io_thread = self._sender.thread
+        self._spill = None
+        if spill_dir is not None:
+            try:
+                self._open_spill(spill_dir, spill_segment_bytes)
+            except BaseException:  # JournalLocked, JournalCorrupt, OSError: nothing was started
+                self._waker.close()
+                self._t.close()
+                raise
         self._sender.start()
+        if self._spill is not None:
+            self._spill.start()
+
+    def _open_spill(self, spill_dir, segment_bytes: int) -> None:
+        from hpbroker.client.spiller import Spiller  # only a producer with a spill_dir loads these
+
+        journal = SpillJournal(spill_dir, segment_bytes=segment_bytes)
+        try:
+            self._spill = Spiller(journal, self._lock, self._memory, partitions=self._partitions,
+                                  lookup=self._sender.lookup, wake_io=self._waker.wake,
+                                  batch_limit=lambda: min(self.batch_size, self._t.max_batch_bytes))
+        except BaseException:
+            journal.close()
+            raise
+        self._sender.spill = self._spill
+        self._accum.outstanding = {}
+        if journal.recovered:
+            log.warning("producer: %d unacknowledged messages in the spill journal %s from an earlier run; "
+                        "re-sending them first", journal.recovered, journal.directory)
 
     def _init_producer_id(self) -> int:
         """A new producer id from the broker (the constructor's thread, then
@@ -142,11 +198,13 @@ class Producer:
             if key.__class__ is not bytes:
                 key = _as_bytes(key, "key")
             size += len(key)
+        if self._spill is not None:
+            return self._send_spill_mode(topic, value, key, partition, timestamp_ms, callback, headers, size)
         if headers is not None:  # the one test a message without headers pays
             return self._send_with_headers(topic, value, key, partition, timestamp_ms, callback, headers, size)
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
-            partition = crc32c(key) % n if key is not None else next(self._rr) % n
+            partition = partition_for_key(key, n) if key is not None else next(self._rr) % n
         mem = self._memory
         with self._lock:
             if mem.used + size > mem.limit or mem.closed:
@@ -177,6 +235,8 @@ class Producer:
         if not len(values):
             raise ValueError("send_batch needs at least one value")
         blobs = None if headers is None else _encode_each(headers, len(values))
+        if self._spill is not None:
+            return self._send_batch_spill_mode(topic, values, partition, keys, timestamp_ms, callback, blobs)
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
             partition = next(self._rr) % n
@@ -194,7 +254,9 @@ class Producer:
             for frames, f in zip(requests, parts):
                 nbytes = sum(map(len, frames))
                 self._memory.reserve(nbytes)
-                self._accum.push(Batch(topic, partition, frames, f, nbytes))
+                b = Batch(topic, partition, frames, f, nbytes)
+                b.whole = True
+                self._accum.push(b)
                 self._memory.batches += 1
         self._waker.wake()
         return fut
@@ -218,20 +280,43 @@ class Producer:
             with self._lock:
                 self._accum.flushing -= 1
         if not done:
-            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"flush: {left} batches still unacknowledged after {timeout}s")
+            more = f" and {self._memory.spilled} spilled messages" if self._spill is not None else ""
+            raise BrokerError(ErrorCode.REQUEST_TIMED_OUT,
+                              f"flush: {left} batches{more} still unacknowledged after {timeout}s")
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then stop the I/O thread; whatever is still unacknowledged
-        after ``timeout`` fails with BROKER_SHUTTING_DOWN."""
+        after ``timeout`` fails with BROKER_SHUTTING_DOWN.  With a
+        ``spill_dir`` it is put in the spill journal instead (the futures
+        still fail, saying so) and a flush that timed out does not raise:
+        the next Producer on that directory sends it."""
         if self._closed:
             return
         try:
             if self._thread.is_alive():
                 self.flush(timeout)
+        except BrokerError as e:
+            if self._spill is None or e.code != ErrorCode.REQUEST_TIMED_OUT:
+                raise
+            log.warning("producer: close: %s; what is left goes to the spill journal %s", e.message,
+                        self._spill.directory)
         finally:
             self._closed = True
             self._sender.stop()
+            if self._spill is not None:
+                self._spill.close()
             self._waker.close()
+
+    def metrics(self) -> dict:
+        """A snapshot of the producer's counters (docs/client.md,
+        "Producer.metrics()"): buffer use, unanswered batches and, with a
+        ``spill_dir``, what was spilled, synced, re-sent and is pending."""
+        with self._lock:
+            mem = self._memory
+            out = {"buffer_used_bytes": mem.used, "buffer_memory": mem.limit, "unacked_batches": mem.batches}
+            if self._spill is not None:
+                out.update(self._spill.metrics())
+        return out
 
     def __enter__(self) -> "Producer":
         return self
@@ -253,7 +338,7 @@ class Producer:
             size += len(blob)
         n = self._partitions.get(topic) or self._partitions_for(topic)
         if partition is None:
-            partition = crc32c(key) % n if key is not None else next(self._rr) % n
+            partition = partition_for_key(key, n) if key is not None else next(self._rr) % n
         mem = self._memory
         with self._lock:
             if mem.used + size > mem.limit or mem.closed:
@@ -266,6 +351,129 @@ class Producer:
                 fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
             if callback is not None:
                 attach(fut, callback)
+        return fut
+
+    def _send_spill_mode(self, topic: str, value: bytes, key: bytes | None, partition: int | None,
+                         timestamp_ms: int | None, callback, headers, size: int) -> FutureRecordMetadata:
+        """:meth:`send` with a spill journal (docs/client.md, "Spilling to
+        disk").  It never waits for metadata: without the partition count
+        the message is spilled with partition -1.  It spills when
+        :meth:`Spiller.must_spill` says so (the partition has messages in the
+        journal, the broker is down), and when ``buffer_memory`` is full and
+        ``block_on_full`` is False; otherwise the message joins its
+        in-memory batch as in :meth:`send`."""
+        blob = None
+        if headers is not None:
+            blob = batch.encode_headers(headers)
+            if blob is not None:
+                size += len(blob)
+        if partition is None:
+            n = self._partitions.get(topic)
+            if n:
+                partition = partition_for_key(key, n) if key is not None else next(self._rr) % n
+            else:
+                partition = -1
+        elif partition < 0:
+            raise ValueError(f"partition must be >= 0, got {partition}")
+        spill = self._spill
+        mem = self._memory
+        if not spill.down and not spill.pending and partition >= 0 and mem.used + size <= mem.limit:
+            # the common case, checked again under the lock: nothing spilled, room in memory
+            with self._lock:
+                if not spill.down and not spill.pending and mem.used + size <= mem.limit and not mem.closed:
+                    mem.used += size
+                    if blob is None:
+                        fut = self._append(topic, partition, value, key, timestamp_ms, size)
+                    else:
+                        fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
+                    if callback is not None:
+                        attach(fut, callback)
+                    return fut
+        frame = None
+        if spill.likely(topic, partition) or (not self.block_on_full and mem.used + size > mem.limit):
+            # frame it before taking the lock (about a microsecond that other senders need not wait for)
+            frame = encode_record(False, topic, partition, key, value, blob,
+                                  batch.now_ms() if timestamp_ms is None else timestamp_ms)
+        with self._lock:
+            if mem.closed:
+                raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
+            if not spill.must_spill(topic, partition):
+                room = mem.used + size <= mem.limit or mem.used == 0
+                if not room and self.block_on_full:
+                    mem.reserve(size)  # waits up to max_block_ms, then BUSY
+                    if spill.must_spill(topic, partition):  # the broker went away while we waited
+                        mem.unreserve(size)
+                    else:
+                        return self._append_locked(topic, partition, value, key, timestamp_ms, size, blob, callback)
+                elif room:
+                    mem.used += size
+                    return self._append_locked(topic, partition, value, key, timestamp_ms, size, blob, callback)
+            if frame is None:
+                frame = encode_record(False, topic, partition, key, value, blob,
+                                      batch.now_ms() if timestamp_ms is None else timestamp_ms)
+            fut = spill.add(topic, partition, frame, size)
+            if callback is not None:
+                attach(fut, callback)
+        return fut
+
+    def _append_locked(self, topic, partition, value, key, timestamp_ms, size, blob, callback):
+        if blob is None:
+            fut = self._append(topic, partition, value, key, timestamp_ms, size)
+        else:
+            fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
+        if callback is not None:
+            attach(fut, callback)
+        return fut
+
+    def _send_batch_spill_mode(self, topic: str, values, partition: int | None, keys, timestamp_ms: int | None,
+                               callback, blobs) -> FutureRecordMetadata:
+        """:meth:`send_batch` with a spill journal: one request as usual, or,
+        when the partition must spill (or the buffer is full and
+        ``block_on_full`` is False), every value spilled in order.  The
+        spilled ones share one group: the future resolves once all are
+        answered, with the first record's metadata (their offsets need not
+        be contiguous), and fails with the first failure."""
+        n = self._partitions.get(topic)
+        if partition is None:
+            partition = next(self._rr) % n if n else -1
+        spill = self._spill
+        requests = None
+        if partition >= 0:
+            requests = encode_requests(values, keys, timestamp_ms, self._t.max_batch_bytes,
+                                       self._t.max_request_bytes, headers=blobs)
+            sizes = [sum(map(len, frames)) for frames in requests]
+        with self._lock:
+            if self._memory.closed:
+                raise BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "producer is closed")
+            mem = self._memory
+            if requests is not None and not spill.must_spill(topic, partition) and (
+                    self.block_on_full or mem.used == 0 or mem.used + sum(sizes) <= mem.limit):
+                whole: Future = Future()
+                fut = FutureRecordMetadata(whole, 0)
+                parts = [Future() for _ in requests] if len(requests) > 1 else [whole]
+                if len(parts) > 1:
+                    join(whole, parts)
+                self._accum.seal_partition(topic, partition)
+                for frames, nbytes, f in zip(requests, sizes, parts):
+                    mem.reserve(nbytes)
+                    b = Batch(topic, partition, frames, f, nbytes)
+                    b.whole = True
+                    self._accum.push(b)
+                    mem.batches += 1
+            else:
+                g = spill.new_group(topic, partition)
+                ts = batch.now_ms() if timestamp_ms is None else timestamp_ms
+                for i, v in enumerate(values):
+                    k = None if keys is None else keys[i]
+                    h = None if blobs is None else blobs[i]
+                    size = _ENTRY + len(v) + (0 if k is None else len(k)) + (0 if h is None else len(h))
+                    f = spill.add(topic, partition, encode_record(False, topic, partition, k, v, h, ts), size, group=g)
+                    if i == 0:
+                        fut = f
+                spill.end_group(g)
+            if callback is not None:
+                attach(fut, callback)
+        self._waker.wake()
         return fut
 
     def _batch_opened(self) -> None:

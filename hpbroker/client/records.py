@@ -80,6 +80,11 @@ class FutureRecordMetadata:
         ``timeout`` seconds, the BrokerError when its batch failed."""
         md = self._batch.result(timeout)
         i = self._index
+        if md.__class__ is not RecordMetadata:  # the batch went to the spill journal: each has its own outcome
+            out = md.outcome(i)
+            if isinstance(out, BaseException):
+                raise out
+            return out
         if i == 0 or md.offset < 0:
             return md
         return RecordMetadata(md.topic, md.partition, md.offset + i)
@@ -88,7 +93,13 @@ class FutureRecordMetadata:
         return self.result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._batch.exception(timeout)
+        e = self._batch.exception(timeout)
+        if e is None:
+            md = self._batch.result()
+            if md.__class__ is not RecordMetadata:  # moved to the spill journal (SpilledFuture's case)
+                out = md.outcome(self._index)
+                return out if isinstance(out, BaseException) else None
+        return e
 
     def done(self) -> bool:
         return self._batch.done()
@@ -159,3 +170,34 @@ def join(fut: Future, parts: list[Future]) -> None:
 
     for p in parts:
         p.add_done_callback(done)
+
+
+class SpilledFuture(FutureRecordMetadata):
+    """The future of a message that went to the spill journal
+    (docs/client.md, "Spilling to disk").
+
+    Spilled messages are re-sent in batches cut at re-send time, so they
+    cannot share a batch's future.  Instead consecutive spilled messages of
+    one partition share a *spill group* (``_batch`` is its one Future,
+    resolved with the group once every member is answered), and each reads
+    its own outcome from the group: its RecordMetadata, or the BrokerError
+    that failed it.  A group closes to new members once the producer starts
+    re-sending it, so a future completes soon after its message is
+    acknowledged.  Same interface as :class:`FutureRecordMetadata`."""
+
+    __slots__ = ()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        out = self._batch.result(timeout).outcome(self._index)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        out = self._batch.result(timeout).outcome(self._index)
+        return out if isinstance(out, BaseException) else None
+
+    def __repr__(self) -> str:
+        if not self._batch.done():
+            return f"<SpilledFuture pending index={self._index}>"
+        return f"<SpilledFuture {'failed' if self.exception() else 'done'} index={self._index}>"

@@ -19,8 +19,9 @@ one append-only file per ``"<topic>@<group>"`` in ``DEFAULT_RECOVER_DIR``
 File layout
 -----------
 
-``<directory>/<name>.journal`` is a sequence of frames, all integers
-little-endian:
+``<directory>/<name>.journal`` is a sequence of frames (the frame, its scan
+and the lock are :mod:`hpbroker.client.framing`'s, shared with the
+producer's spill journal), all integers little-endian:
 
 =======  ========  ============  ==========================================
 offset   size      field         notes
@@ -70,34 +71,28 @@ journal is meant to stay small: it holds failures, not a topic.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import re
-import struct
 import threading
 import time
 from pathlib import Path
 from typing import Union
 
 import msgspec
-import numpy as np
 from crc32c import crc32c
+
+from hpbroker.client.framing import (FRAME_HEADER, MAX_FRAME, FrameScan, JournalCorrupt, JournalError,  # noqa: F401
+                                     JournalLocked, fsync_dir as _fsync_dir, make_dirs as _make_dirs,
+                                     write_all as _write_all)
+from hpbroker.client import framing
 
 log = logging.getLogger("hpbroker.client")
 
 #: where journals live unless a directory is given (MetaQ's ~/.meta_recover)
 DEFAULT_RECOVER_DIR = Path("~/.hpbroker/recover")
-#: the largest payload a frame may declare; a length above it is corruption
-MAX_FRAME = 1 << 30
 #: compact a file larger than this once most of its entries are done
 DEFAULT_COMPACT_BYTES = 4 << 20
-
-_FRAME = struct.Struct("<II")
-FRAME_HEADER = _FRAME.size
-_LEN = struct.Struct("<I")
-
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
     """One message a handler kept failing on."""
@@ -139,18 +134,6 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Record)
 
 
-class JournalError(Exception):
-    """A recovery journal cannot be used."""
-
-
-class JournalCorrupt(JournalError):
-    """Damage before the tail: opening would drop acknowledged entries."""
-
-
-class JournalLocked(JournalError):
-    """Another process has the journal open."""
-
-
 def journal_filename(name: str) -> str:
     """``name`` ("<topic>@<group>") as a file name: letters, digits and
     ``. _ - @`` are kept, anything else becomes ``_``, and when anything
@@ -168,9 +151,7 @@ def journal_filename(name: str) -> str:
 
 def frame(record) -> bytes:
     """One frame holding ``record`` (see the module's table)."""
-    payload = _encoder.encode(record)
-    head = _LEN.pack(len(payload))
-    return head + _LEN.pack(crc32c(payload, crc32c(head))) + payload
+    return framing.frame(_encoder.encode(record))
 
 
 class RecoveryJournal:
@@ -191,7 +172,7 @@ class RecoveryJournal:
         self._fd = -1
         self._failed: BaseException | None = None
         _make_dirs(directory)
-        self._lock_fd = _lock(directory / f"{base}.lock", self.path)
+        self._lock_fd = framing.lock(directory / f"{base}.lock", f"recovery journal {self.path}")
         try:
             self._open()
         except BaseException:
@@ -398,27 +379,15 @@ class RecoveryJournal:
 
     def _replay(self, buf: bytes) -> int:
         """Apply every frame of ``buf``; return where the valid frames end."""
-        mv = memoryview(buf)
-        pos, n = 0, len(buf)
-        while pos < n:
-            why = _frame_problem(mv, pos)
-            if why is not None:
-                after = _next_valid_frame(mv, pos + 1)
-                if after is not None:
-                    raise JournalCorrupt(
-                        f"recovery journal {self.path}: the frame at offset {pos} is corrupt ({why}), but a valid "
-                        f"frame follows at offset {after}: damage in the middle, not a torn tail. Nothing was "
-                        f"dropped; move the file aside to start a new journal, or repair it")
-                return pos
-            length = _LEN.unpack_from(mv, pos)[0]
+        scan = FrameScan(buf, f"recovery journal {self.path}")
+        for pos, payload in scan:
             try:
-                rec = _decoder.decode(mv[pos + FRAME_HEADER : pos + FRAME_HEADER + length])
+                rec = _decoder.decode(payload)
             except msgspec.DecodeError as e:
                 raise JournalCorrupt(f"recovery journal {self.path}: the frame at offset {pos} has a good CRC "
                                      f"but its record does not decode ({e}); written by another version?") from None
             self._apply(rec, pos)
-            pos += FRAME_HEADER + length
-        return pos
+        return scan.end
 
     def _apply(self, rec, pos: int) -> None:
         if isinstance(rec, _Add):
@@ -436,97 +405,3 @@ class RecoveryJournal:
                                                                 failed_at=rec.failed_at)
         else:
             self._next_id = max(self._next_id, rec.next_id)
-
-
-def _frame_problem(mv: memoryview, pos: int) -> str | None:
-    """Why the frame at ``pos`` is not a whole, valid frame (None if it is)."""
-    n = len(mv)
-    if n - pos < FRAME_HEADER:
-        return f"{n - pos} bytes, shorter than a frame header"
-    length, crc = _FRAME.unpack_from(mv, pos)
-    if length < 1 or length > MAX_FRAME:
-        return f"length {length} out of range"
-    if pos + FRAME_HEADER + length > n:
-        return f"length {length} runs past the end of the file ({n} bytes)"
-    got = crc32c(mv[pos + FRAME_HEADER : pos + FRAME_HEADER + length], crc32c(mv[pos : pos + 4]))
-    if got != crc:
-        return f"CRC32C mismatch: frame says {crc:#010x}, bytes give {got:#010x}"
-    return None
-
-
-_SCAN_CHUNK = 1 << 20
-
-
-def _next_valid_frame(mv: memoryview, start: int) -> int | None:
-    """The first offset >= ``start`` where a whole frame with a matching CRC
-    starts, or None.  The length test runs over a chunk of offsets at once
-    (numpy); only the offsets it leaves are CRC-checked."""
-    n = len(mv)
-    last = n - FRAME_HEADER  # the last offset where a frame header fits
-    raw = np.frombuffer(mv, dtype=np.uint8)
-    for lo in range(start, last + 1, _SCAN_CHUNK):
-        hi = min(lo + _SCAN_CHUNK, last + 1)  # offsets [lo, hi)
-        b = raw[lo : hi + 3].astype(np.int64)
-        k = hi - lo
-        lengths = b[0:k] | (b[1 : k + 1] << 8) | (b[2 : k + 2] << 16) | (b[3 : k + 3] << 24)
-        room = (n - FRAME_HEADER) - np.arange(lo, hi, dtype=np.int64)
-        for i in np.flatnonzero((lengths >= 1) & (lengths <= room) & (lengths <= MAX_FRAME)).tolist():
-            if _frame_problem(mv, lo + i) is None:
-                return lo + i
-    return None
-
-
-def _write_all(fd: int, data, offset: int) -> None:
-    mv = memoryview(data)
-    while mv:
-        k = os.pwrite(fd, mv, offset)
-        mv = mv[k:]
-        offset += k
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(directory: Path) -> None:
-    """Create ``directory`` (0700: it holds message data) and fsync each new
-    level's parent, so the journal file's path survives a crash."""
-    missing = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
-
-
-def _lock(lock_path: Path, journal: Path) -> int:
-    """flock ``lock_path`` for this process and write our pid in it;
-    :class:`JournalLocked` (naming the holder's pid) when another process has it."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            try:
-                pid = os.pread(fd, 32, 0).decode().strip()
-            except (OSError, UnicodeDecodeError):
-                pid = ""
-            os.close(fd)
-            who = ("is already open in this process" if pid == str(os.getpid())
-                   else f"is in use by another process{f' (pid {pid})' if pid.isdigit() else ''}")
-            raise JournalLocked(f"recovery journal {journal} {who}; one process at a time may open it, "
-                                f"once (lock file {lock_path})") from None
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd

@@ -98,6 +98,9 @@ class Transport:
         self.max_batch_bytes = DEFAULT_MAX_BATCH_BYTES
         self.max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
         self.closed = False
+        #: called with the endpoint when a connection drops, whether or not a
+        #: request waited on it (the Producer's spill notices a dead broker so)
+        self.on_disconnect: Callable[[str], None] | None = None
 
     # -- sockets ------------------------------------------------------------------
 
@@ -235,6 +238,8 @@ class Transport:
         sock = self._monitors[mon]
         endpoint = self._by_socket[sock]
         self._receive(sock)  # replies that came before the drop are answers, not losses
+        if self.on_disconnect is not None:
+            self.on_disconnect(endpoint)
         msg = f"lost the connection to {endpoint} before the reply (the request may or may not have been carried out)"
         for rid in [rid for rid, call in self.pending.items() if call.endpoint == endpoint]:
             self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
