@@ -61,9 +61,12 @@ def _ship_overgrown(data: bytes, keep: int, records: list[bytes], max_record: in
     outgrown a record: ship its whole ``max_record`` pieces now, so a line
     longer than a read always makes progress."""
     left = len(data) - keep
-    if left < max_record:
+    # At least one byte stays kept back: if the line's "\n" comes next, the
+    # last piece goes with it, instead of the "\n" making an empty record of
+    # its own (a line of exactly k * max_record bytes read up to its end).
+    whole = (left - 1) // max_record * max_record
+    if whole <= 0:
         return Cut(records, keep)
-    whole = left - left % max_record
     return Cut(records + _pieces(data[keep:keep + whole], max_record), keep + whole)
 
 
