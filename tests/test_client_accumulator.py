@@ -144,3 +144,21 @@ def test_the_limit_is_read_as_each_batch_opens():
     add(acc, b"b")
     add(acc, b"c")
     assert acc.open["t", 0].values == [b"b", b"c"]
+
+
+def test_take_partitions_seals_and_takes_only_those_partitions_in_order():
+    """A spilling producer moving a partition's waiting batches to its
+    journal: the open batch is sealed, the sealed ones taken in send order,
+    the other partitions' keep their places; the per-partition counts the
+    re-sends wait for count every batch from its opening."""
+    acc, clock, events = make(limit=batch.HEADER_SIZE + 2 * (1 + E))  # two 1-byte values per batch
+    acc.outstanding = {}
+    for v in (b"a", b"b", b"c"):
+        add(acc, v, partition=0)
+    add(acc, b"x", partition=1)
+    add(acc, b"d", partition=0)
+    assert acc.outstanding == {("t", 0): 2, ("t", 1): 1}
+    taken = acc.take_partitions({("t", 0)})
+    assert [b.acc.values for b in taken] == [[b"a", b"b"], [b"c", b"d"]]
+    assert [(b.topic, b.partition) for b in taken] == [("t", 0), ("t", 0)] and taken[0].order < taken[1].order
+    assert list(acc.open) == [("t", 1)] and not acc.sealed

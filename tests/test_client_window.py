@@ -128,3 +128,26 @@ def test_per_partition_lets_out_one_batch_per_partition_and_retries_are_never_ov
     for b in (b0, b1, b2):
         w2.append(b)
     assert [b.name for b in w2.take_all()] == ["t0-0", "t0-1", "t0-2"]  # parked ones too, in order
+
+
+def test_take_waiting_takes_what_is_not_in_flight_and_frees_its_partition():
+    """The broker went down: a spilling producer takes the batches that wait
+    (queued, parked, awaiting a retry) of some partitions; what is in flight
+    stays, and a partition whose batch out was taken is free again."""
+    w = SendWindow(Acceptors("a"), max_in_flight=5, backoff=0.1, per_partition=True)
+    b0, b1, b2 = TB("t0-0", "t", 0), TB("t0-1", "t", 0), TB("t0-2", "t", 0)
+    c0, c1 = TB("t1-0", "t", 1), TB("t1-1", "t", 1)
+    for b in (b0, b1, b2, c0, c1):
+        w.append(b)
+    assert names(w.take_sendable()) == ["t0-0", "t1-0"]
+    w.answered("a")
+    w.retry_later(b0, now=0.0)  # t/0's batch lost its connection; t/1's is still in flight
+    taken = w.take_waiting(lambda b: b.topic == "t")
+    assert sorted(b.name for b in taken) == ["t0-0", "t0-1", "t0-2", "t1-1"]
+    assert w.next_retry() is None and w.take_sendable() == []
+    w.append(TB("t0-3", "t", 0))  # t/0 holds nothing any more: a new batch goes at once
+    assert names(w.take_sendable()) == ["t0-3"]
+    w.append(TB("t1-2", "t", 1))  # t/1's batch is still out: the next one parks
+    assert w.take_sendable() == []
+    w.done(c0)
+    assert names(w.take_sendable()) == ["t1-2"]
