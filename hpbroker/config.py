@@ -121,6 +121,34 @@ class GroupsConfig(_Section):
     commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
 
 
+TEXT_PORT_OFFSET = 523  # broker.port 7600 + 523 = 8123, MetaQ's default port
+#: MetaQ offsets give each record 2**21 bytes (hpbroker/text/offsets.py): a put body must fit one
+TEXT_MAX_BODY = (1 << 21) - 20
+
+
+class TextProtocolConfig(_Section):
+    """[text_protocol]: MetaQ's text protocol and memcached-style stats on a TCP port (docs/protocol-text.md)."""
+
+    port: Annotated[
+        Annotated[int, M(ge=0, le=65535)] | Literal["auto"],
+        M(description="TCP port of the text listener (MetaQ's put/get/offset/stats/version/quit, memcached's stats). auto: broker.port + 523, which is MetaQ's default 8123 for the default broker.port 7600, and keeps brokers on different ports apart; 0: no text listener."),
+    ] = "auto"
+    bind: Annotated[str, M(description="Address the text port listens on; empty means broker.bind.")] = ""
+    acks: Annotated[
+        Literal[1, "all"],
+        M(description="What a put's answer waits for: 1, this broker's fdatasync (acks=1); all, also the in-sync slaves under sync replication (acks=all, as MetaQ's synchronous slave). Either way the answer means what a ZeroMQ produce's ack means."),
+    ] = "all"
+    put_timeout_ms: Annotated[int, M(ge=1, description="A put not acknowledged within this long is answered 504 (its outcome is then unknown, as REQUEST_TIMED_OUT is).")] = 30_000
+    max_connections: Annotated[int, M(ge=1, description="Open connections the text port takes; one more is answered SERVER_ERROR and closed.")] = 1024
+    max_line_bytes: Annotated[int, M(ge=64, le=1 << 20, description="Longest command line; a longer one is answered CLIENT_ERROR and the connection closed (the stream cannot be resynchronised).")] = 4096
+    max_body_bytes: Annotated[int, M(ge=1, le=TEXT_MAX_BODY, description="Largest put body (attribute included). A larger one is answered 400 and skipped as it arrives, never buffered. At most 2 MiB less 20 bytes: a MetaQ offset gives a record 2 MiB (docs/protocol-text.md, Offsets), and MetaQ's clients read no larger message.")] = 1 << 20
+    max_get_bytes: Annotated[int, M(ge=1024, description="Most bytes of messages one get answer carries, whatever maxSize asks (MetaQ's maxTransferSize).")] = 1 << 20
+    max_pending_bytes: Annotated[int, M(ge=1 << 16, description="Per connection: the listener stops reading a connection while this many bytes of its requests wait for answers, or its unsent answers exceed this, until they drain (so a client that does not read, or floods, holds a bounded amount).")] = 8 << 20
+    read_bytes: Annotated[int, M(ge=4096, description="Bytes read from one connection per turn of the loop; every put read in one turn (from all connections) goes to the broker as one produce request per partition.")] = 256 << 10
+    idle_timeout_ms: Annotated[int, M(ge=0, description="A connection that sends nothing, and has nothing in flight, for this long is closed; so is one whose answers cannot be sent for this long (MetaQ's clients send version as a heartbeat). 0: never.")] = 300_000
+    tell_max_offset: Annotated[bool, M(description="A get past the end of a partition is answered 301 with the end (MetaQ's meta.get.tellMaxOffset), instead of 404.")] = False
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -129,6 +157,7 @@ class Config(_Section):
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
+    text_protocol: TextProtocolConfig = TextProtocolConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -152,10 +181,22 @@ class Config(_Section):
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
+            raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
+                             f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
+        if self.text_protocol.max_body_bytes + 1024 > self.broker.max_batch_bytes:
+            raise ValueError("text_protocol.max_body_bytes must leave 1 KiB of room under broker.max_batch_bytes "
+                             "(a put becomes one record of a batch)")
 
     @property
     def instance(self) -> str:
         return self.broker.instance or f"p{self.broker.port}"
+
+    @property
+    def text_port(self) -> int:
+        """The text listener's port (``auto`` resolved); 0 when it is off."""
+        p = self.text_protocol.port
+        return self.broker.port + TEXT_PORT_OFFSET if p == "auto" else p
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:

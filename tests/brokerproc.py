@@ -50,6 +50,8 @@ class BrokerProcess:
     def start(self, timeout: float = 60.0) -> "BrokerProcess":
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        if "--text-port" not in self.args:  # brokers of tests run side by side: no fixed ports (a test that wants one passes a free port)
+            cmd += ["--text-port", "0"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         try:

@@ -44,6 +44,7 @@ from hpbroker.broker import writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import cleanup_stale
+from hpbroker.text import listener as text_listener
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
 
@@ -74,6 +75,7 @@ class Supervisor:
         self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
         self.pub_endpoints: list[str] = [""] * cfg.broker.writers  # each writer's PUB to the slaves
         self.ack_endpoints: list[str] = [""] * cfg.broker.acceptors  # each acceptor's PULL for slaves' writers
+        self.text_port = 0  # the text listener's, once it listens
 
     # -- start ------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ class Supervisor:
         b = self.cfg.broker
         for port in (b.port, *b.acceptor_ports):
             check_port(b.bind, port)
+        if self.cfg.text_port:
+            check_port(self.cfg.text_protocol.bind or b.bind, self.cfg.text_port)
         self._lock_fd = lock_data_dir(self.data_dir)
         try:
             self.topics = TopicRegistry(self.data_dir)
@@ -128,9 +132,14 @@ class Supervisor:
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
-        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d)",
+        if self.cfg.text_port:
+            self._spawn(mp, "text", text_listener.main,
+                        (cfg_bytes, self.instance, self.endpoints[0], self._ipc("control"),
+                         self.plan.placement("acceptor", 0).cpus))
+            self._await(lambda: self.text_port, "the text listener to listen")
+        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d%s)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
-                 self.role, self.epoch)
+                 self.role, self.epoch, f", MetaQ text port {self.text_port}" if self.text_port else "")
 
     def _choose_role(self) -> None:
         """The flags' role, or master if this broker was promoted and its
@@ -295,6 +304,9 @@ class Supervisor:
                 return control.Ack()
             case control.Promote():
                 return self.promote()
+            case control.TextListenerReady():
+                self.text_port = msg.port
+                return None
         return control.Ack()
 
     def _ensure_topic(self, msg: control.EnsureTopic) -> control.TopicResult:
@@ -333,7 +345,9 @@ class Supervisor:
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
         others = [p for n, p in self.children.items() if n == "replicator"]
-        for group in (acceptors, others, writers):
+        # the text listener first: a client of the acceptors, it answers its in-flight puts while they still run
+        text = [p for n, p in self.children.items() if n == "text"]
+        for group in (text, acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:
                     # SIGTERM: drain, answer, exit.  After a child died there is

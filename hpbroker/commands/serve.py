@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--replication-mode", choices=["sync", "async"], help="replication.mode")
     p.add_argument("--broker-id", type=int, metavar="N", help="broker.broker_id")
     p.add_argument("--cluster-id", metavar="NAME", help="broker.cluster_id")
+    p.add_argument("--text-port", type=int, metavar="N",
+                   help="MetaQ text protocol port (text_protocol.port; default broker port + 523, i.e. 8123; 0 = off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -50,6 +52,7 @@ def run(args) -> int:
             replication__mode=args.replication_mode,
             broker__broker_id=args.broker_id,
             broker__cluster_id=args.cluster_id,
+            text_protocol__port=args.text_port,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None
