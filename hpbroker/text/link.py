@@ -23,7 +23,6 @@ import logging
 import zmq
 
 from hpbroker.protocol import codec
-from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import ErrorCode, ProtocolError
 from hpbroker.sockets import drain, make_socket
 

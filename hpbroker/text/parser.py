@@ -39,6 +39,8 @@ What it returns for input it cannot take (:class:`Refused`):
 
 from __future__ import annotations
 
+import re
+
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 INT64_MIN = -(1 << 63)
@@ -62,6 +64,29 @@ class Put:
     def __repr__(self):
         return (f"Put({self.topic!r}, {self.partition}, flag={self.flag}, checksum={self.checksum}, "
                 f"tx_key={self.tx_key!r}, opaque={self.opaque!r}, body={bytes(self.body)!r})")
+
+
+class PutRun:
+    """Consecutive puts to one topic and partition, without transaction keys,
+    read together (the parser's fast path); the same as that many
+    :class:`Put` s.  ``flags`` and ``checksums`` are None when all are 0 and
+    -1 respectively."""
+
+    __slots__ = ("topic", "partition", "bodies", "opaques", "flags", "checksums")
+
+    def __init__(self, topic, partition, bodies, opaques, flags, checksums):
+        self.topic, self.partition, self.bodies, self.opaques = topic, partition, bodies, opaques
+        self.flags, self.checksums = flags, checksums
+
+    def puts(self) -> list[Put]:
+        n = len(self.bodies)
+        flags = self.flags or [0] * n
+        sums = self.checksums or [-1] * n
+        return [Put(self.topic, self.partition, f, c, None, o, b)
+                for b, o, f, c in zip(self.bodies, self.opaques, flags, sums)]
+
+    def __repr__(self):
+        return f"PutRun({self.topic!r}, {self.partition}, {len(self.bodies)} puts)"
 
 
 class Get:
@@ -191,6 +216,7 @@ class Parser:
         self._buf = b""
         self._skip = 0  # body bytes of a refused put still to discard
         self.closed = False  # a fatal refusal was returned: no more commands
+        self.fast = True  # read runs of simple puts as PutRun (tests compare with False)
 
     @property
     def buffered(self) -> int:
@@ -231,6 +257,11 @@ class Parser:
             verb = parts[0]
             start = e + 2
             if verb == b"put":
+                if len(parts) in (6, 7) and self.fast:
+                    r = self._run(parts, line, buf, mv, pos, start, n, out)
+                    if r > 0:
+                        pos = r
+                        continue
                 r = self._put(parts, buf, mv, start, n, out)
                 if r < 0:  # the body has not all arrived yet
                     return pos
@@ -323,6 +354,64 @@ class Parser:
         out.append(Put(topic, partition, flag, checksum, tx_key, opaque, mv[start:end]))
         return end
 
+    def _run(self, parts, line, buf, mv, pos, start, n, out) -> int:
+        """Read consecutive puts that share this one's topic and partition
+        (no transaction key, bodies complete) as one PutRun: the position
+        after them, or 0 to let the one-command path read this put."""
+        nf = len(parts)
+        if nf == 7 and not (parts[5][:1].isdigit() or parts[5][:1] == b"-"):
+            return 0  # a transaction key
+        try:
+            topic = _text(parts[1], "topic")
+            partition = _int(parts[2], "partition", INT32_MIN, INT32_MAX)
+        except BadField:
+            return 0
+        head = b"put %s %s " % (parts[1], parts[2])
+        hl = len(head)
+        want = nf - 3  # fields after the head: length flag [checksum] opaque
+        find = buf.find
+        max_line, max_body = self.max_line, self.max_body
+        bodies, flags, sums, opaques = [], [], [], []
+        at = pos
+        e = start - 2
+        while True:
+            rest = line[hl:].split(b" ")
+            if len(rest) != want:
+                break
+            ln = rest[0]
+            if not ln.isdigit() or len(ln) > 10:
+                break
+            length = int(ln)
+            s = e + 2
+            end = s + length
+            if length > max_body or end > n:
+                break
+            bodies.append(mv[s:end])
+            flags.append(rest[1])
+            if want == 4:
+                sums.append(rest[2])
+            opaques.append(rest[-1])
+            at = end
+            e = find(CRLF, at, at + max_line + 2)
+            if e < 0:
+                break
+            line = buf[at:e]
+            if not line.startswith(head):
+                break
+        if not bodies:
+            return 0
+        plain = flags.count(b"0") == len(flags)
+        flag_values = None if plain else _int32s(flags)
+        sum_values = None
+        if sums and sums.count(b"-1") != len(sums):
+            sum_values = _int32s(sums)
+            if sum_values is None:
+                return 0
+        if not _all_int32(opaques) or (flag_values is None and not plain):
+            return 0  # a bad field somewhere: the one-command path says which
+        out.append(PutRun(topic, partition, bodies, opaques, flag_values, sum_values))
+        return at
+
     def _skip_body(self, out, length: int, start: int, n: int, refusal: Refused) -> int:
         out.append(refusal)
         have = n - start
@@ -390,6 +479,29 @@ class Parser:
         out.append(Refused(400, message, opaque, fatal=True))
         self.closed = True
         self._buf = b""
+
+
+_INTS = re.compile(rb"-?[0-9]{1,10}(?: -?[0-9]{1,10})*")
+
+
+def _int32s(fields: list) -> list[int] | None:
+    """The fields as ints when every one is a valid int32 as _int reads it, else None."""
+    if not _INTS.fullmatch(b" ".join(fields)):
+        return None
+    values = list(map(int, fields))
+    if min(values) < INT32_MIN or max(values) > INT32_MAX:
+        return None
+    return values
+
+
+def _all_int32(fields: list) -> bool:
+    """_int32s without building the values (opaques are echoed as sent)."""
+    if not _INTS.fullmatch(b" ".join(fields)):
+        return False
+    if max(map(len, fields)) < 10:  # at most 9 digits (or a sign and 8): always in range
+        return True
+    values = list(map(int, fields))
+    return min(values) >= INT32_MIN and max(values) <= INT32_MAX
 
 
 def _opaque_or_none(parts) -> bytes | None:

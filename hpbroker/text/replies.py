@@ -10,6 +10,8 @@ that cannot be taken.
 
 from __future__ import annotations
 
+import numpy as np
+
 # MetaQ's HttpStatus codes (C/network/HttpStatus.java)
 OK = 200
 MOVED = 301
@@ -40,11 +42,18 @@ def value_head(length: int, opaque: bytes) -> bytes:
     return b"value %d %s\r\n" % (length, opaque)
 
 
-def put_ok(opaques: list, msg_ids: list, partition: int, offsets: list) -> list:
-    """The successful puts' answers: body ``msgId partition offset``."""
+def put_ok(opaques: list, msg_ids: list, partition: int, offsets) -> bytes:
+    """The successful puts' answers, joined: body ``msgId partition offset``.
+    ``offsets`` is an int64 numpy array (>= 0); the body lengths are
+    computed for all at once."""
     p = b" %d " % partition
-    out = []
-    for opaque, msg_id, offset in zip(opaques, msg_ids, offsets):
-        body = b"%d%s%d" % (msg_id, p, offset)
-        out.append(b"result 200 %d %s\r\n%s" % (len(body), opaque, body))
-    return out
+    o = np.asarray(offsets)
+    lens = (np.searchsorted(_POW10, o, side="right") + 1 + len(p)).tolist()  # decimal digits of each offset, exactly
+    return b"".join([b"result 200 %d %s\r\n%d%s%d" % (n + len(b"%d" % i) if i < _MIN19 or i >= _MAX19 else n + 19,
+                                                       opaque, i, p, off)
+                     for n, opaque, i, off in zip(lens, opaques, msg_ids, o.tolist())])
+
+
+_POW10 = np.array([10 ** k for k in range(1, 19)], dtype=np.int64)
+_MIN19 = 10 ** 18  # snowflake ids taken after 2018 have 19 digits
+_MAX19 = 10 ** 19

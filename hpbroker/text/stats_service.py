@@ -269,7 +269,7 @@ class StatsService:
                     return True
 
                 if not attempt():
-                    self.svc._deferred.append(attempt)
+                    self.svc.defer(attempt)
 
             self._watermarks(topics, with_marks)
 
