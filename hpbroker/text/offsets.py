@@ -27,9 +27,10 @@ start.  :class:`PartitionView` keeps a sparse index per segment (an entry
 every 64 KiB of MetaQ bytes: record offset, MetaQ offset, batch CRC) that
 it builds as it reads, so a lookup reads at most 64 KiB plus a batch; a
 cold lookup (after a restart) scans the segment from its start once, in
-steps of ``budget`` bytes so the caller can serve others in between.  The
-CRC check catches a log that was cut and rewritten under the index (a
-slave truncating a divergent tail): the index is dropped from there.
+steps of ``budget`` bytes so the caller can serve others in between.  Each
+step checks the CRC of the batch it starts from against the index's, so
+a log that was cut and written again under the index (a slave truncating
+a divergent tail) is noticed: the segment's index is dropped and rebuilt.
 
 I/O is passed in (a :class:`Source`): the listing of segment bases and a
 reader of whole batches below a high watermark (``PartitionReader``).
@@ -68,7 +69,7 @@ class SegmentIndex:
     CRC) entries at batch starts, and how far it is known (``end``,
     ``end_cum``: the record after the last one indexed and its position)."""
 
-    __slots__ = ("base", "bases", "cums", "crcs", "end", "end_cum")
+    __slots__ = ("base", "bases", "cums", "crcs", "end", "end_cum", "tail")
 
     def __init__(self, base: int):
         self.base = base
@@ -77,9 +78,11 @@ class SegmentIndex:
         self.crcs: list[int | None] = [None]
         self.end = base
         self.end_cum = 0
+        self.tail: tuple[int, int] | None = None  # (base, CRC) of the last batch indexed
 
     def add(self, base: int, count: int, size: int, crc: int) -> None:
         """The batch that starts at ``end``."""
+        self.tail = (base, crc)
         if base == self.bases[-1]:
             self.crcs[-1] = crc
         elif self.end_cum - self.cums[-1] >= SPARSE_BYTES:
@@ -95,13 +98,11 @@ class SegmentIndex:
     def floor_cum(self, cum: int) -> int:
         return bisect.bisect_right(self.cums, cum) - 1
 
-    def cut(self, i: int) -> None:
-        """Forget entry ``i`` and everything after it (the log changed there)."""
-        if i <= 0:
-            self.__init__(self.base)
-            return
-        self.end, self.end_cum = self.bases[i], self.cums[i]
-        del self.bases[i:], self.cums[i:], self.crcs[i:]
+    def reset(self) -> None:
+        """Forget it all: the log was cut and written again under the index
+        (a slave truncating a divergent tail, an ENOSPC rollback); only a
+        scan from the segment's start is sure to see the new contents."""
+        self.__init__(self.base)
 
 
 # -- outcomes -------------------------------------------------------------------
@@ -195,28 +196,34 @@ class PartitionView:
     def _extend(self, seg: int, upto_record: int, upto_cum: int | None, hwm: int, budget: int) -> bool:
         """Index ``seg`` until its end passes ``upto_record`` (or its cum
         passes ``upto_cum``), or the segment (or the log below ``hwm``)
-        ends; False when ``budget`` bytes were read first."""
+        ends; False when ``budget`` bytes were read first.  Each read
+        starts at the last batch indexed, to check it is still there."""
         idx = self._idx(seg)
         nxt = self._next(seg)
         stop = hwm if nxt is None else min(nxt, hwm)
+        if idx.end > stop and nxt is None:
+            idx.reset()  # the log is shorter than the index: it was cut
         read = 0
+        check = idx.tail  # the first read starts at the last batch indexed, to see it is still there
         while idx.end < stop and idx.end < upto_record and (upto_cum is None or idx.end_cum <= upto_cum):
             if read >= budget:
                 return False
-            data = self.source.read(idx.end, READ_BYTES, stop)
+            data = self.source.read(idx.end if check is None else check[0], READ_BYTES, stop)
             if not data:
                 return True  # deleted under us, or nothing committed there: as far as it goes
-            read += len(data)
-            for pos, h in B.iter_batches(data):
+            if check is None:
+                read += len(data)  # (the first read, which checks the tail, is not counted: progress is)
+            batches = B.iter_batches(data)
+            if check is not None:
+                first = next(batches, None)
+                if first is None or (first[1].base_offset, first[1].crc) != check:
+                    idx.reset()
+                check = None
+            for pos, h in batches:
                 if h.base_offset >= stop:
                     break
                 if h.base_offset != idx.end:
-                    # not the batch the index expects next: the log was cut and
-                    # rewritten under the index; forget its last entry and rescan
-                    before = (idx.end, len(idx.bases))
-                    idx.cut(len(idx.bases) - 1)
-                    if (idx.end, len(idx.bases)) == before:
-                        return True  # nothing left to forget: the log has no batch here
+                    idx.reset()  # not the batch the index expects next
                     break
                 idx.add(h.base_offset, h.record_count, int(Batch(data, pos, h).sizes.sum()), h.crc)
                 if idx.end >= upto_record or (upto_cum is not None and idx.end_cum > upto_cum):
@@ -233,12 +240,9 @@ class PartitionView:
             if not data:
                 return
             for pos, h in B.iter_batches(data):
-                if h.base_offset != r:
+                if h.base_offset != r or (first and idx.crcs[i] is not None and idx.crcs[i] != h.crc):
                     if first:
-                        idx.cut(i)
-                    return
-                if first and idx.crcs[i] is not None and idx.crcs[i] != h.crc:
-                    idx.cut(i)  # a different batch than the one indexed
+                        idx.reset()  # not the batch indexed there
                     return
                 first = False
                 b = Batch(data, pos, h)
