@@ -75,12 +75,22 @@ class BrokerProcess:
                 s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])))
                 if s.poll(500):
                     rep, _ = codec.decode_reply(s.recv_multipart())
-                    if isinstance(rep, m.MetadataReply) and all(rep.acceptors):
+                    if isinstance(rep, m.MetadataReply) and all(rep.acceptors) and self._text_port_open():
                         return
             finally:
                 s.close()
             time.sleep(0.1)
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
+
+    def _text_port_open(self) -> bool:
+        """The text listener (if this broker has one) starts after the acceptors answer."""
+        if "--text-port" not in self.args or self.args[self.args.index("--text-port") + 1] == "0":
+            return True
+        try:
+            socket.create_connection(("127.0.0.1", int(self.args[self.args.index("--text-port") + 1])), 1).close()
+            return True
+        except OSError:
+            return False
 
     def child_pid(self, name: str, timeout: float = 30.0) -> int:
         """The pid of child ``name`` (e.g. "writer0", "acceptor0",

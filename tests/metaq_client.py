@@ -97,6 +97,13 @@ class MetaQClient:
         self.buf = b""
         self._opaque = 0
 
+    @classmethod
+    def over(cls, sock: socket.socket) -> "MetaQClient":
+        """A client reading replies from a socket the caller writes to."""
+        c = cls.__new__(cls)
+        c.sock, c.buf, c._opaque = sock, b"", 0
+        return c
+
     def close(self) -> None:
         self.sock.close()
 

@@ -108,9 +108,11 @@ class TextService:
                     self._answer(conn, R.result(R.OK, ev.opaque, VERSION))
             elif cls is Stats:
                 self.stats_handler(conn, ev)
-            elif cls is Quit:
+            elif cls is Quit:  # nothing after it is read or answered
                 conn.quitting = True
+                conn.parser.closed = True
                 self.touched.add(conn)
+                break
             elif cls is Transaction:
                 self.transaction(conn, ev)
             elif cls is Refused:
