@@ -60,7 +60,7 @@ def write_log(d, batches: int = 80, seed: int = 1, segment_bytes: int = 1 << 15)
             attrs = [b"colour" if kind == 2 and i % 3 == 0 else None for i in range(n)]
             bodies = [struct.pack(">i", len(a)) + a + v if a else v for a, v in zip(attrs, data)]
             flags = [1 if a else 0 for a in attrs] if kind == 2 else None
-            buf = R.build_batch(bodies, flags, ids.take(n), 1)
+            buf = R.build_batch(bodies, flags, ids.block(n), 1)
         base = log.append(buf)
         written.append((base, list(zip(data, attrs))))
     log.sync()

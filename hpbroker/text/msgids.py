@@ -13,11 +13,12 @@ bits     width  field
 11..0    12     sequence within the millisecond
 =======  =====  =========================================================
 
-A put batch takes a whole block at once (:meth:`MsgIds.take`, a numpy
-array: no Python per message).  A block larger than what is left of the
-current millisecond's 4096 sequence numbers goes on into the following
-milliseconds, ahead of the wall clock if it must (as a hybrid logical clock
-does); the next block starts after it.  So ids never repeat within a run,
+A put batch takes a whole block at once: :meth:`MsgIds.block`, up to 4096
+consecutive ids in one millisecond, so a batch stores only its first id
+(hpbroker/text/records.py); :meth:`MsgIds.take` hands out any number as a
+numpy array.  When the current millisecond's 4096 sequence numbers run out
+the ids go on in the following milliseconds, ahead of the wall clock if
+they must (as a hybrid logical clock does).  So ids never repeat within a run,
 and two brokers with different ids never share one.  Across a restart they
 stay unique as long as the wall clock has not stepped back by more than
 the restart took (and the listener was not running ahead of the clock,
@@ -61,8 +62,26 @@ class MsgIds:
         self._seq = end & (SEQ - 1)
         return ids
 
+    def block(self, n: int) -> int:
+        """The first of ``n`` (at most 4096) consecutive ids, all in one
+        millisecond (its sequence numbers never carry into the broker id):
+        a block that does not fit what is left of the current millisecond
+        starts at the next one."""
+        if not 0 < n <= SEQ:
+            raise ValueError(f"a block is 1..{SEQ} ids, not {n}")
+        self._clock()
+        if self._seq + n > SEQ:
+            self._ms += 1
+            self._seq = 0
+        first = (self._ms << 22) | self._node | self._seq
+        self._seq += n
+        if self._seq == SEQ:
+            self._ms += 1
+            self._seq = 0
+        return first
+
     def next(self) -> int:
-        return int(self.take(1)[0])
+        return self.block(1)
 
 
 def timestamp_ms(msg_id: int) -> int:

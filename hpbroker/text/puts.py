@@ -38,8 +38,10 @@ from hpbroker.text.offsets import PENDING
 
 log = logging.getLogger("hpbroker.text")
 
-#: what a batch adds to each put body beyond MetaQ's 20-byte header: record table entry and id header
-_RECORD_EXTRA = 16 + records.ID_ONLY_LEN - records.MESSAGE_HEADER
+#: what a batch adds to each put body beyond MetaQ's 20-byte header: its record table entry
+_RECORD_EXTRA = 16 - records.MESSAGE_HEADER
+#: a batch's msgIds are one block (hpbroker/text/msgids.py)
+MAX_BATCH_RECORDS = 4096
 
 #: hpbroker error codes -> MetaQ status
 _STATUS = {
@@ -93,12 +95,12 @@ class _Group:
 
 
 class _Chunk:
-    """One batch of a Produce request: its puts' runs, ids and sizes."""
+    """One batch of a Produce request: its puts' runs, first msgId and sizes."""
 
-    __slots__ = ("segments", "ids", "sizes", "crc", "count")
+    __slots__ = ("segments", "first_id", "sizes", "crc", "count")
 
-    def __init__(self, segments, ids, sizes, crc):
-        self.segments, self.ids, self.sizes, self.crc = segments, ids, sizes, crc
+    def __init__(self, segments, first_id, sizes, crc):
+        self.segments, self.first_id, self.sizes, self.crc = segments, first_id, sizes, crc
         self.count = len(sizes)
 
 
@@ -182,21 +184,22 @@ class Puts:
         for (topic, partition), g in groups.items():
             n = len(g.bodies)
             sizes = records.put_sizes(g.bodies)
-            ids = self.svc.msgids.take(n)
             chunks, frames, req_bytes = [], [], 0
             cum = np.cumsum(sizes + _RECORD_EXTRA)
             start = 0
             while start < n:
                 before = int(cum[start - 1]) if start else 0
                 end = max(int(np.searchsorted(cum, before + self.batch_limit, side="right")), start + 1)
+                end = min(end, start + MAX_BATCH_RECORDS)
+                first_id = self.svc.msgids.block(end - start)
                 batch = records.build_batch(g.bodies[start:end], None if g.flags is None else g.flags[start:end],
-                                            ids[start:end], ts)
+                                            first_id, ts)
                 if frames and req_bytes + len(batch) > self.request_limit:
                     self._send(topic, partition, chunks, frames, now)
                     chunks, frames, req_bytes = [], [], 0
                 frames.append(batch)
                 req_bytes += len(batch)
-                chunks.append(_Chunk(_cut(g.segments, start, end), ids[start:end], sizes[start:end],
+                chunks.append(_Chunk(_cut(g.segments, start, end), first_id, sizes[start:end],
                                      int.from_bytes(batch[20:24], "little")))
                 start = end
             self._send(topic, partition, chunks, frames, now)
@@ -255,11 +258,11 @@ class Puts:
             offsets[0] = pos
             np.cumsum(sizes[:-1], out=offsets[1:])
             offsets[1:] += pos
-            ids = c.ids.tolist()
             k = 0
             for run, a, b in c.segments:
                 n = b - a
-                run.answer(a, R.put_ok(run.opaques[a:b], ids[k:k + n], partition, offsets[k:k + n]), n, svc.touched)
+                ids = range(c.first_id + k, c.first_id + k + n)
+                run.answer(a, R.put_ok(run.opaques[a:b], ids, partition, offsets[k:k + n]), n, svc.touched)
                 k += n
             return True
 

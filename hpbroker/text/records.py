@@ -1,22 +1,29 @@
 """MetaQ messages <-> hpbroker records.
 
 A MetaQ message is a payload, an optional string attribute (flag bit 0)
-and a broker-assigned 64-bit id.  Put through the text port it becomes one
-hpbroker record:
+and a broker-assigned 64-bit msgId.  Put through the text port, the puts of
+one batch become records:
 
 ================  ==========================================================
 record field      from the MetaQ message
 ================  ==========================================================
 key               none (null)
 value             the payload (the put body without its attribute)
-header metaq.id   the msgId, 8 bytes big-endian (always, first)
+header metaq.id   the first record of the batch only: its msgId, 8 bytes
+                  big-endian.  The batch's msgIds are consecutive
+                  (:meth:`hpbroker.text.msgids.MsgIds.block`): record i's
+                  is the first one's plus i.
 header            the attribute's bytes, when flag bit 0 is set (MetaQ's
 metaq.attribute   attrLen + attr prefix of the body is not kept)
 header            the flag, 4 bytes big-endian, only when bits other than
 metaq.flag        bit 0 are set
 ================  ==========================================================
 
-and a ``get`` turns records back into MetaQ's on-disk message format
+One header per batch, not per record: the acceptor decodes every header
+it is sent (batch.check_headers), and per record that was the text path's
+largest cost after parsing (docs/performance.md, "MetaQ's text protocol").
+
+A ``get`` turns records back into MetaQ's on-disk message format
 (``../shared/METAQ.md`` section 1.7), big-endian:
 
 =======  ====  ==============================================================
@@ -31,10 +38,10 @@ offset   size  field
 =======  ====  ==============================================================
 
 so a record written by a ZeroMQ producer with a ``metaq.attribute`` header
-reaches a MetaQ consumer with that attribute, and one without ``metaq.id``
-gets :func:`derived_msgid`.  A record's *MetaQ size* (20 + attribute part +
-payload) is what a MetaQ consumer adds to its offset for it (see
-:mod:`hpbroker.text.offsets`).
+reaches a MetaQ consumer with that attribute; one in a batch without
+``metaq.id`` gets :func:`derived_msgid`.  A record's *MetaQ size* (20 +
+attribute part + payload) is what a MetaQ consumer adds to its offset for
+it (:mod:`hpbroker.text.offsets`).
 """
 
 from __future__ import annotations
@@ -53,11 +60,10 @@ FLAG_HEADER = "metaq.flag"
 MESSAGE_HEADER = 20
 ATTRIBUTE_FLAG = 1
 
-#: the headers of a text-port record without attribute: [["metaq.id", bin 8]]
+#: the headers of a batch's first record without attribute: [["metaq.id", bin 8]]
 #: (fixarray 1, fixarray 2, fixstr 8, bin8 of 8), then the 8 id bytes
 ID_ONLY_PREFIX = b"\x91\x92\xa8metaq.id\xc4\x08"
 ID_ONLY_LEN = len(ID_ONLY_PREFIX) + 8
-_PREFIX = np.frombuffer(ID_ONLY_PREFIX, dtype=np.uint8)
 
 # the batch header of hpbroker/batch.py's table (64 bytes, little-endian)
 _BATCH_HEADER = struct.Struct("<qIiB3xIHxxIqqqi4x")
@@ -85,40 +91,37 @@ def split_attribute(body, flag: int):
     return body[4:4 + n], body[4 + n:]
 
 
-def build_batch(bodies: list, flags: list[int] | None, ids: np.ndarray, timestamp_ms: int) -> bytearray:
-    """One hpbroker record batch from put bodies (``flags`` None: all 0, no
-    attributes: the vectorised path) and their msgIds.  Raises BadMessage
-    (then nothing is built; callers check bodies with split_attribute first)."""
+def build_batch(bodies: list, flags: list[int] | None, first_id: int, timestamp_ms: int) -> bytearray:
+    """One hpbroker record batch from put bodies whose msgIds are
+    ``first_id`` + i (``flags`` None: all 0, no attributes: the vectorised
+    path).  Raises BadMessage (callers check bodies with split_attribute
+    first, so it does not happen)."""
     n = len(bodies)
     table = np.zeros(n, dtype=B.ENTRY_DTYPE)
     table["key_len"] = -1
+    id_blob = ID_ONLY_PREFIX + _BE_Q.pack(first_id)
     if flags is None:
-        vlen = np.fromiter(map(len, bodies), dtype=np.int64, count=n)
-        table["value_len"] = vlen
-        table["headers_len"] = ID_ONLY_LEN
-        hdr = np.empty((n, ID_ONLY_LEN), dtype=np.uint8)
-        hdr[:, :len(ID_ONLY_PREFIX)] = _PREFIX
-        hdr[:, len(ID_ONLY_PREFIX):] = ids.astype(">i8").view(np.uint8).reshape(n, 8)
-        hb = hdr.tobytes()
-        parts: list = [None] * (2 * n)
-        parts[0::2] = bodies
-        parts[1::2] = [hb[i:i + ID_ONLY_LEN] for i in range(0, n * ID_ONLY_LEN, ID_ONLY_LEN)]
+        table["value_len"] = np.fromiter(map(len, bodies), dtype=np.int64, count=n)
+        table["headers_len"][0] = ID_ONLY_LEN
+        parts = [bodies[0], id_blob]
+        parts += bodies[1:] if n > 1 else ()
     else:
         parts = []
         vl = table["value_len"]
         hl = table["headers_len"]
         for i, (body, flag) in enumerate(zip(bodies, flags)):
             attr, payload = split_attribute(body, flag)
-            pairs = [(ID_HEADER, _BE_Q.pack(int(ids[i])))]
+            pairs = [(ID_HEADER, _BE_Q.pack(first_id))] if i == 0 else []
             if attr is not None:
                 pairs.append((ATTR_HEADER, bytes(attr)))
             if flag & ~ATTRIBUTE_FLAG:
                 pairs.append((FLAG_HEADER, _BE_I.pack(flag)))
-            blob = B.encode_headers(pairs)
             parts.append(payload)
-            parts.append(blob)
             vl[i] = len(payload)
-            hl[i] = len(blob)
+            if pairs:
+                blob = B.encode_headers(pairs)
+                parts.append(blob)
+                hl[i] = len(blob)
     out = bytearray().join([bytes(B.HEADER_SIZE), table.tobytes(), *parts])
     _BATCH_HEADER.pack_into(out, 0, 0, len(out), 0, B.MAGIC, 0, 0, n, timestamp_ms, timestamp_ms, -1, -1)
     _U32.pack_into(out, B.CRC_AT, crc32c(memoryview(out)[B.CRC_START:]))
@@ -134,7 +137,7 @@ class Batch:
     """One stored batch seen as MetaQ messages: where each record's parts
     are in ``buf`` and its MetaQ size, without decoding any payload."""
 
-    __slots__ = ("buf", "pos", "header", "count", "sizes", "vstart", "vlen", "hstart", "hlen", "id_only")
+    __slots__ = ("buf", "pos", "header", "count", "sizes", "vstart", "vlen", "hstart", "hlen", "first_id", "plain")
 
     def __init__(self, buf, pos: int, header: B.BatchHeader):
         self.buf = buf
@@ -148,17 +151,16 @@ class Batch:
         self.vstart = starts + klen
         self.hstart = self.vstart + self.vlen
         self.sizes = self.vlen + MESSAGE_HEADER
-        # records whose headers are exactly [["metaq.id", 8 bytes]]: no attribute
-        self.id_only = np.zeros(self.count, dtype=bool)
-        cand = np.flatnonzero(self.hlen == ID_ONLY_LEN)
-        if len(cand):
-            arr = np.frombuffer(buf, dtype=np.uint8)
-            got = arr[self.hstart[cand][:, None] + np.arange(len(ID_ONLY_PREFIX))]
-            self.id_only[cand[(got == _PREFIX).all(axis=1)]] = True
-        for i in np.flatnonzero((self.hlen > 0) & ~self.id_only).tolist():
-            attr = self._headers(i)[1]
+        self.first_id = None  # the batch's msgIds start here (metaq.id on its first record)
+        self.plain = True  # no record has an attribute or a flag: no header to read per record
+        for i in np.flatnonzero(self.hlen).tolist():
+            msg_id, attr, flag = self._headers(i)
+            if i == 0:
+                self.first_id = msg_id
             if attr is not None:
                 self.sizes[i] += 4 + len(attr)
+            if attr is not None or flag is not None or (i > 0 and msg_id is not None):
+                self.plain = False
 
     def _headers(self, i: int):
         """(msgId or None, attribute or None, flag or None) of record ``i``."""
@@ -176,36 +178,38 @@ class Batch:
 
     def messages(self, first: int, end: int, topic_key: int) -> list:
         """MetaQ's encoding of records [first, end), as a list of buffers to join."""
-        buf = self.buf
-        mv = memoryview(buf)
+        mv = memoryview(self.buf)
         out = []
         base = self.header.base_offset
-        hlen = self.hlen.tolist()
-        vstart = self.vstart.tolist()
-        vlen = self.vlen.tolist()
-        hstart = self.hstart.tolist()
-        id_only = self.id_only.tolist()
+        vstart = self.vstart[first:end].tolist()
+        vlen = self.vlen[first:end].tolist()
+        if self.first_id is not None:
+            ids = range(self.first_id + first, self.first_id + end)
+        else:
+            ids = [derived_msgid(topic_key, base + i) for i in range(first, end)]
         pack = _MSG.pack
         crc = zlib.crc32
-        for i in range(first, end):
-            v = mv[vstart[i]:vstart[i] + vlen[i]]
-            if id_only[i]:
-                s = hstart[i] + len(ID_ONLY_PREFIX)
-                out.append(pack(vlen[i], crc(v) & 0x7FFFFFFF, _BE_Q.unpack_from(buf, s)[0], 0))
+        if self.plain:
+            for s, n, msg_id in zip(vstart, vlen, ids):
+                v = mv[s:s + n]
+                out.append(pack(n, crc(v) & 0x7FFFFFFF, msg_id, 0))
                 out.append(v)
-                continue
-            msg_id = attr = flag = None
+            return out
+        hlen = self.hlen.tolist()
+        for k, (s, n, msg_id) in enumerate(zip(vstart, vlen, ids)):
+            i = first + k
+            v = mv[s:s + n]
+            attr = flag = None
             if hlen[i]:
-                msg_id, attr, flag = self._headers(i)
-            if msg_id is None:
-                msg_id = derived_msgid(topic_key, base + i)
+                own, attr, flag = self._headers(i)
+                if own is not None and i > 0:
+                    msg_id = own
             flag = (flag or 0) & ~ATTRIBUTE_FLAG
             if attr is None:
-                out.append(pack(vlen[i], crc(v) & 0x7FFFFFFF, msg_id, flag))
+                out.append(pack(n, crc(v) & 0x7FFFFFFF, msg_id, flag))
             else:
                 prefix = _BE_I.pack(len(attr)) + attr
-                out.append(pack(len(prefix) + vlen[i], crc(v, crc(prefix)) & 0x7FFFFFFF, msg_id,
-                                flag | ATTRIBUTE_FLAG))
+                out.append(pack(len(prefix) + n, crc(v, crc(prefix)) & 0x7FFFFFFF, msg_id, flag | ATTRIBUTE_FLAG))
                 out.append(prefix)
             out.append(v)
         return out

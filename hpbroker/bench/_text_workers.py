@@ -1,0 +1,96 @@
+"""Load generators for ``hpbroker-bench text``, each run as its own process.
+
+:func:`metaq_puts` speaks MetaQ's text protocol the way a pipelining MetaQ
+client does, built here from the wire format (it imports nothing of
+hpbroker's text listener): every connection keeps up to ``window`` puts in
+flight, sends them in blocks of ``block`` prebuilt commands (as
+redis-benchmark sends prebuilt commands), and counts the answers.  An
+answer to a put is ``result CODE LEN OPAQUE\\r\\n`` and a body without CRLF,
+so the answers are the CRLFs, and the good ones the ``result 200 ``s.
+
+:func:`zmq_puts` sends the same count and size through hpbroker's
+``Producer.send_batch`` (the ZeroMQ path), acks=1.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import time
+import zlib
+
+
+def metaq_puts(port: int, topic: str, partitions: int, connections: int, messages: int, size: int, start_at: float,
+               window: int = 4096, block: int = 256, checksum: bool = True) -> dict:
+    body = b"x" * size
+    crc = zlib.crc32(body) & 0x7FFFFFFF if checksum else -1
+    socks, state = [], {}
+    per = messages // connections
+    sel = selectors.DefaultSelector()
+    for i in range(connections):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        one = b"put %s %d %d 0 %d %d\r\n" % (topic.encode(), i % partitions, size, crc, i + 1) + body
+        state[s] = {"one": one, "blk": one * block, "sent": 0, "acked": 0, "out": b"", "bad": 0, "carry": b""}
+        socks.append(s)
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    done = 0
+    while done < connections:
+        for key, ev in sel.select(5):
+            s = key.fileobj
+            st = state[s]
+            if ev & selectors.EVENT_WRITE:
+                if not st["out"] and st["sent"] < per and st["sent"] - st["acked"] <= window - block:
+                    n = min(block, per - st["sent"])
+                    st["out"] = st["blk"] if n == block else st["one"] * n
+                    st["sent"] += n
+                if st["out"]:
+                    try:
+                        k = s.send(st["out"])
+                        st["out"] = st["out"][k:]
+                    except BlockingIOError:
+                        pass
+                if st["sent"] >= per and not st["out"]:
+                    sel.modify(s, selectors.EVENT_READ)
+            if ev & selectors.EVENT_READ:
+                data = s.recv(1 << 20)
+                if not data:
+                    raise RuntimeError("the broker closed a text connection")
+                data = st["carry"] + data
+                last = data.rfind(b"\r\n")
+                if last < 0:
+                    st["carry"] = data
+                    continue
+                head, st["carry"] = data[:last + 2], data[last + 2:]  # every answer line whose CRLF has come
+                n = head.count(b"\r\n")
+                st["acked"] += n
+                st["bad"] += n - head.count(b"result 200 ")
+                if st["acked"] >= per:
+                    done += 1
+                    sel.unregister(s)
+    elapsed = time.perf_counter() - t0
+    for s in socks:
+        s.close()
+    return {"messages": per * connections, "seconds": elapsed, "bad": sum(st["bad"] for st in state.values())}
+
+
+def zmq_puts(url: str, topic: str, partitions: int, messages: int, size: int, start_at: float,
+             batch: int = 10_000) -> dict:
+    from hpbroker import Producer
+
+    value = b"x" * size
+    chunks = [[value] * min(batch, messages - i) for i in range(0, messages, batch)]
+    with Producer(url, acks=1) as p:
+        p.send_batch(topic, [value], partition=0).result(30)  # connected, topic known
+        while time.time() < start_at:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        futures = [p.send_batch(topic, c, partition=k % partitions) for k, c in enumerate(chunks)]
+        for f in futures:
+            f.result(120)
+        elapsed = time.perf_counter() - t0
+    return {"messages": messages, "seconds": elapsed, "bad": 0}
