@@ -95,11 +95,12 @@ class Listener:
         svc = self.svc
         events = self.poller.poll(0 if svc.has_deferred else timeout_ms)
         now = self.clock()
+        accept = False
         for s, ev in events:
             if s in self._link_socks:
                 self.link.on_readable(s)
             elif s == self.lfd:
-                self._accept(now)
+                accept = True  # after the reads: a client that closed in this turn frees its place first
             else:
                 conn = self.conns.get(s)
                 if conn is None:
@@ -113,6 +114,8 @@ class Listener:
             svc.resume()
         self.link.expire(now)
         self._write_touched(now)
+        if accept:
+            self._accept(now)
         if now >= self._next_idle_check:
             self._next_idle_check = now + 1.0
             self._check_idle(now)
