@@ -314,3 +314,52 @@ def test_parse_messages_reads_what_message_set_layout_says():
     msg = struct.pack(">iiqi", len(payload), checksum(payload), 42, 1) + payload
     (m,), used = parse_messages(msg + msg[:10], 100)
     assert m == Message(100, 42, 1, b"ab", b"data", len(msg)) and used == len(msg)
+
+
+def test_a_client_that_does_not_read_is_held_to_its_bound_and_closed_while_others_go_on(broker, mq):
+    flood = raw(broker)
+    flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flood.settimeout(0.2)
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 8:  # asks for answers it never reads
+            try:
+                sent += flood.send(b"version 1\r\n" * 4096)
+            except (socket.timeout, BlockingIOError):
+                assert mq.version().startswith("hpbroker-")  # the others are served meanwhile
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            pytest.fail("the broker kept a client that reads nothing")
+    finally:
+        flood.close()
+    # it stopped reading the flood once its unsent answers passed max_pending_bytes (8 MiB),
+    # so the kernel's buffers filled and the flood could not send on; then it closed it
+    assert sent < 64 << 20
+
+
+def test_acknowledged_puts_survive_kill_9(broker):
+    with MetaQClient("127.0.0.1", broker.text_port) as c:
+        sent = []
+        for i in range(10):
+            sent += c.put_many("durable", 1, [b"d%04d" % (i * 100 + k) for k in range(100)])
+    broker.kill()  # every process of the broker, -9, right after the last answer
+    broker.start()
+    with MetaQClient("127.0.0.1", broker.text_port) as c:
+        msgs, _ = c.consume("durable", "g", 1, 0)
+    assert [m.data for m in msgs] == [b"d%04d" % i for i in range(1000)]
+    assert [(m.msg_id, m.offset) for m in msgs] == [(i, off) for i, _, off in sent]
+
+
+def test_hpbroker_stats_prints_the_text_ports_items(broker, mq):
+    import subprocess
+    import sys
+
+    mq.put_many("cli", 0, [b"a", b"b", b"c"])
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "stats", "cli", "--broker", broker.url,
+                        "--text-port", str(broker.text_port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("STAT "))
+    assert (lines["resultCode"], lines["message_count"]) == ("0", "3")
+    assert r.stdout.endswith("END\n")
