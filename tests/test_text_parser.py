@@ -9,6 +9,8 @@ A long run of the same fuzzer is ``tools/fuzz-text-parser``.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -181,7 +183,9 @@ def put_run(draw) -> bytes:
 
 
 STREAM = st.lists(st.one_of(command(), put_run(), st.binary(max_size=20)), max_size=25).map(b"".join)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: tools/fuzz-text-parser runs these with many more examples
+FUZZ = settings(max_examples=int(os.environ.get("HPBROKER_FUZZ_EXAMPLES", 150)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
