@@ -108,6 +108,7 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
     out["msgs_per_s"] = n / out["seconds"]
     out["cpu_us_per_msg"] = {k: round((after[k] - before[k]) / n * 1e6, 3) for k in after if k in before
                              and k != "supervisor"}
+    out["cpu_us_per_msg"]["client"] = round(out.pop("client_cpu_s") / n * 1e6, 3)
     if out["bad"]:
         raise RuntimeError(f"{kind}: {out['bad']} puts were not answered 200")
     return out
