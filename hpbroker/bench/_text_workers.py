@@ -91,7 +91,7 @@ def metaq_puts(port: int, topic: str, partitions: int, connections: int, message
 
 def zmq_puts(url: str, topic: str, partitions: int, messages: int, size: int, start_at: float,
              batch: int = 10_000) -> dict:
-    from hpbroker import Producer
+    from hpbroker.client.producer import Producer
 
     value = b"x" * size
     chunks = [[value] * min(batch, messages - i) for i in range(0, messages, batch)]
