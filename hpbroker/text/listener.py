@@ -146,6 +146,8 @@ class Listener:
             self._set_flags(conn, POLLIN)
 
     def _read(self, conn: Connection, now: float) -> None:
+        if conn.quitting:  # quit, EOF, a fatal refusal or shutdown: nothing more is read
+            return
         try:
             data = conn.sock.recv(self.t.read_bytes)
         except (BlockingIOError, InterruptedError):
