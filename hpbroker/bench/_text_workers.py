@@ -23,21 +23,27 @@ import zlib
 _OK = b"result 200 "
 
 
-def count_answers(tail: bytes, data: bytes) -> tuple[int, int, bytes]:
-    """(answer lines, good ones) that end in ``data``, given the stream's
-    last 10 bytes before it (``tail``); and the new tail.  An occurrence
-    cut by the chunk's start lies wholly in ``tail + data[:10]`` and in
-    neither half (each is shorter than what it counts)."""
-    edge = tail + data[:10]
-    n = data.count(b"\r\n") + (tail[-1:] == b"\r" and data[:1] == b"\n")
-    good = data.count(_OK) + edge.count(_OK)
-    return n, good, (tail + data)[-10:] if len(data) < 10 else data[-10:]
+def count_answers(tail: bytes, data, size: int | None = None) -> tuple[int, int, bytes]:
+    """(answer lines, good ones) that end in ``data[:size]``, given the
+    stream's last 10 bytes before it (``tail``); and the new tail.  An
+    occurrence cut by the chunk's start lies wholly in ``tail + data[:10]``
+    and in neither half (each is shorter than what it counts)."""
+    n_bytes = len(data) if size is None else size
+    head = bytes(data[:min(10, n_bytes)])
+    edge = tail + head
+    n = data.count(b"\r\n", 0, n_bytes) + (tail[-1:] == b"\r" and head[:1] == b"\n")
+    good = data.count(_OK, 0, n_bytes) + edge.count(_OK)
+    return n, good, edge[-10:] if n_bytes < 10 else bytes(data[n_bytes - 10:n_bytes])
 
 
 def metaq_puts(port: int, topic: str, partitions: int, connections: int, messages: int, size: int, start_at: float,
                window: int = 4096, block: int = 256, checksum: bool = True) -> dict:
+    from hpbroker.procutil import tune_malloc
+
+    tune_malloc()  # reused heap buffers, as the broker's processes (docs/design.md, "malloc")
     body = b"x" * size
     crc = zlib.crc32(body) & 0x7FFFFFFF if checksum else -1
+    rbuf = bytearray(1 << 20)
     socks, state = [], {}
     per = messages // connections
     sel = selectors.DefaultSelector()
@@ -46,9 +52,18 @@ def metaq_puts(port: int, topic: str, partitions: int, connections: int, message
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         one = b"put %s %d %d 0 %d %d\r\n" % (topic.encode(), i % partitions, size, crc, i + 1) + body
-        state[s] = {"one": one, "blk": one * block, "sent": 0, "acked": 0, "out": b"", "bad": 0, "tail": b""}
+        state[s] = {"one": one, "blk": one * block, "sent": 0, "acked": 0, "out": b"", "bad": 0, "tail": b"",
+                    "events": selectors.EVENT_READ | selectors.EVENT_WRITE}
         socks.append(s)
-        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        sel.register(s, state[s]["events"])
+    R, W = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+    def fill(st) -> None:
+        if not st["out"] and st["sent"] < per and st["sent"] - st["acked"] <= window - block:
+            n = min(block, per - st["sent"])
+            st["out"] = st["blk"] if n == block else st["one"] * n
+            st["sent"] += n
+
     while time.time() < start_at:
         time.sleep(0.001)
     t0 = time.perf_counter()
@@ -58,29 +73,29 @@ def metaq_puts(port: int, topic: str, partitions: int, connections: int, message
         for key, ev in sel.select(5):
             s = key.fileobj
             st = state[s]
-            if ev & selectors.EVENT_WRITE:
-                if not st["out"] and st["sent"] < per and st["sent"] - st["acked"] <= window - block:
-                    n = min(block, per - st["sent"])
-                    st["out"] = st["blk"] if n == block else st["one"] * n
-                    st["sent"] += n
-                if st["out"]:
-                    try:
-                        k = s.send(st["out"])
-                        st["out"] = memoryview(st["out"])[k:] if k < len(st["out"]) else b""
-                    except BlockingIOError:
-                        pass
-                if st["sent"] >= per and not st["out"]:
-                    sel.modify(s, selectors.EVENT_READ)
-            if ev & selectors.EVENT_READ:
-                data = s.recv(1 << 20)
-                if not data:
+            if ev & R:
+                got = s.recv_into(rbuf)
+                if not got:
                     raise RuntimeError("the broker closed a text connection")
-                n, good, st["tail"] = count_answers(st["tail"], data)
+                n, good, st["tail"] = count_answers(st["tail"], rbuf, got)
                 st["acked"] += n
                 st["bad"] += n - good
                 if st["acked"] >= per:
                     done += 1
                     sel.unregister(s)
+                    continue
+            fill(st)
+            if st["out"]:
+                try:
+                    k = s.send(st["out"])
+                    st["out"] = memoryview(st["out"])[k:] if k < len(st["out"]) else b""
+                except BlockingIOError:
+                    pass
+                fill(st)
+            want = R | (W if st["out"] else 0)  # writable only matters with something to write: no spinning
+            if want != st["events"]:
+                st["events"] = want
+                sel.modify(s, want)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     for s in socks:

@@ -131,6 +131,7 @@ class Puts:
         size = sum(map(len, run.bodies))
         c = svc.counters
         c["cmd_put"] += n
+        c["put_runs"] += 1
         svc.realtime.add("put", topic, n, n)
         svc.realtime.add("message_size", topic, n, size)
         partition = run.partition if run.partition >= 0 else svc.any_partition(topic)

@@ -82,7 +82,7 @@ class TextService:
         self.counters = dict.fromkeys(
             ("cmd_put", "cmd_get", "cmd_offset", "get_miss", "put_failed", "put_requests", "put_batches",
              "put_ack_us_sum", "put_acked", "tx_begin", "tx_xa_begin", "tx_commit", "tx_rollback",
-             "bad_commands", "get_messages", "get_bytes"), 0)
+             "bad_commands", "get_messages", "get_bytes", "put_runs"), 0)
         self.puts = Puts(self)
 
     stats_handler = None  # set by the listener (stats_service.StatsService.handle)

@@ -151,6 +151,7 @@ class StatsService:
                 ("put_batches", c["put_batches"]),
                 ("put_acked", c["put_acked"]),
                 ("put_batch_messages_avg", round(c["put_acked"] / c["put_batches"], 1) if c["put_batches"] else 0),
+                ("put_runs", c["put_runs"]),  # puts of one connection read together and answered with one join
                 ("put_ack_latency_us_avg", c["put_ack_us_sum"] // c["put_batches"] if c["put_batches"] else 0),
                 ("get_messages", c["get_messages"]),
                 ("get_bytes", c["get_bytes"]),
