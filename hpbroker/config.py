@@ -134,6 +134,7 @@ class TextProtocolConfig(_Section):
         M(description="TCP port of the text listener (MetaQ's put/get/offset/stats/version/quit, memcached's stats). auto: broker.port + 523, which is MetaQ's default 8123 for the default broker.port 7600, and keeps brokers on different ports apart; 0: no text listener."),
     ] = "auto"
     bind: Annotated[str, M(description="Address the text port listens on; empty means broker.bind.")] = ""
+    processes: Annotated[int, M(ge=1, le=16, description="Text listener processes sharing the port (SO_REUSEPORT: the kernel spreads connections over them). Each parses and answers its own connections, so more processes use more cores; a connection's requests stay in one process, in order. The stats counters of all of them are added up; the realtime items are those of the process that answers.")] = 1
     acks: Annotated[
         Literal[1, "all"],
         M(description="What a put's answer waits for: 1, this broker's fdatasync (acks=1); all, also the in-sync slaves under sync replication (acks=all, as MetaQ's synchronous slave). Either way the answer means what a ZeroMQ produce's ack means."),

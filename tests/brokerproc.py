@@ -49,6 +49,7 @@ class BrokerProcess:
 
     def start(self, timeout: float = 60.0) -> "BrokerProcess":
         self._log = open(self.log_path, "ab")
+        self._log_from = self._log.tell()  # this run's lines start here
         cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
         if "--text-port" not in self.args:  # brokers of tests run side by side: no fixed ports (a test that wants one passes a free port)
             cmd += ["--text-port", "0"]
@@ -83,9 +84,14 @@ class BrokerProcess:
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
 
     def _text_port_open(self) -> bool:
-        """The text listener (if this broker has one) starts after the acceptors answer."""
+        """The text listeners (if this broker has them) start after the acceptors answer; the
+        supervisor says "serving" once every one listens."""
         if "--text-port" not in self.args or self.args[self.args.index("--text-port") + 1] == "0":
             return True
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_from)
+            if b"serving on" not in f.read():
+                return False
         try:
             socket.create_connection(("127.0.0.1", int(self.args[self.args.index("--text-port") + 1])), 1).close()
             return True

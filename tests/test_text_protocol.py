@@ -363,3 +363,32 @@ def test_hpbroker_stats_prints_the_text_ports_items(broker, mq):
     lines = dict(line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("STAT "))
     assert (lines["resultCode"], lines["message_count"]) == ("0", "3")
     assert r.stdout.endswith("END\n")
+
+
+def test_several_listener_processes_share_the_port_ids_offsets_and_counters(tmp_path):
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "1", "--text-port", str(free_port()),
+                                               "--text-processes", "2"))
+    port = int(b.args[b.args.index("--text-port") + 1])
+    b.start()
+    try:
+        assert b.child_pid("text0") != b.child_pid("text1")
+        clients = [MetaQClient("127.0.0.1", port) for _ in range(8)]  # the kernel spreads them over both
+        sent = []
+        for round_ in range(5):
+            for k, c in enumerate(clients):
+                sent += c.put_many("shared", 0, [b"%d-%d-%d" % (k, round_, i) for i in range(40)])
+        pids = set()
+        for c in clients:
+            stats = {line[0]: line[1] for line in c.stats("") if len(line) == 2}
+            pids.add(stats["text_listener_pid"])
+            assert int(stats["cmd_put"]) == 1600 and int(stats["text_listeners"]) == 2  # both processes' puts
+            assert int(stats["curr_connections"]) >= 8
+        assert len(pids) == 2  # both served
+        ids = [i for i, _, _ in sent]
+        assert len(set(ids)) == len(ids)  # two processes, no msgId twice
+        msgs, _ = clients[0].consume("shared", "g", 0, 0)
+        assert sorted((m.msg_id, m.offset) for m in msgs) == sorted((i, off) for i, _, off in sent)
+        for c in clients:
+            c.close()
+    finally:
+        b.stop()

@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--window", type=int, default=4096, help="puts in flight per text connection (default 4096)")
     p.add_argument("--no-checksum", action="store_true", help="send -1 instead of each body's CRC32 (no check)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, a fresh broker each; medians (default 3)")
+    p.add_argument("--processes", default="1", help="text listener processes (text_protocol.processes); several, "
+                                                 "comma-separated, run each in every round (default 1)")
     p.add_argument("--loads", default="text,zmq,metaq", help="which loads, comma-separated (default all three)")
     p.add_argument("--dir", default=None, help="where the temp data dirs go (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -106,8 +108,11 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
         after = _cpu(procs)
     n = out["messages"]
     out["msgs_per_s"] = n / out["seconds"]
-    out["cpu_us_per_msg"] = {k: round((after[k] - before[k]) / n * 1e6, 3) for k in after if k in before
-                             and k != "supervisor"}
+    cpu = {k: (after[k] - before[k]) / n * 1e6 for k in after if k in before and k != "supervisor"}
+    texts = [k for k in cpu if k.startswith("text")]
+    if texts:
+        cpu["text"] = sum(cpu.pop(k) for k in texts)  # every text listener process together
+    out["cpu_us_per_msg"] = {k: round(v, 3) for k, v in cpu.items()}
     out["cpu_us_per_msg"]["client"] = round(out.pop("client_cpu_s") / n * 1e6, 3)
     if out["bad"]:
         raise RuntimeError(f"{kind}: {out['bad']} puts were not answered 200")
@@ -116,25 +121,31 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
 
 def run(args) -> int:
     loads = [x for x in args.loads.split(",") if x]
-    results: dict[str, list] = {k: [] for k in loads}
+    procs = [int(x) for x in args.processes.split(",") if x]
+    kinds = [k if k == "zmq" or len(procs) == 1 else f"{k}@{p}" for p in procs for k in loads
+             if k != "zmq" or p == procs[0]]
+    results: dict[str, list] = {k: [] for k in kinds}
     for r in range(args.rounds):
-        port = _free_port()
-        broker = LocalBroker(args.dir, serve_args=["--partitions", "4", "--text-port", str(port)])
-        try:
-            broker.start()
-            _wait_port(port)
-            order = list(loads)
-            if r % 2 and "text" in order and "zmq" in order:
-                i, j = order.index("text"), order.index("zmq")
-                order[i], order[j] = order[j], order[i]
-            for kind in order:
-                out = _load(broker, port, kind, args, f"bench-{kind}")
-                results[kind].append(out)
-                print(f"round {r + 1}/{args.rounds} {kind}: {out['msgs_per_s']:,.0f} msgs/s, CPU us/msg "
-                      f"{out['cpu_us_per_msg']}", file=sys.stderr)
-        finally:
-            broker.stop()
-            broker.cleanup()
+        for p in (procs if r % 2 == 0 else procs[::-1]):
+            port = _free_port()
+            broker = LocalBroker(args.dir, serve_args=["--partitions", "4", "--text-port", str(port),
+                                                       "--text-processes", str(p)])
+            try:
+                broker.start()
+                _wait_port(port)
+                order = [k for k in loads if k != "zmq" or p == procs[0]]
+                if r % 2 and "text" in order and "zmq" in order:
+                    i, j = order.index("text"), order.index("zmq")
+                    order[i], order[j] = order[j], order[i]
+                for kind in order:
+                    out = _load(broker, port, kind, args, f"bench-{kind}")
+                    name = kind if kind == "zmq" or len(procs) == 1 else f"{kind}@{p}"
+                    results[name].append(out)
+                    print(f"round {r + 1}/{args.rounds} {name}: {out['msgs_per_s']:,.0f} msgs/s, CPU us/msg "
+                          f"{out['cpu_us_per_msg']}", file=sys.stderr)
+            finally:
+                broker.stop()
+                broker.cleanup()
     summary = {}
     for kind, outs in results.items():
         rates = [o["msgs_per_s"] for o in outs]
@@ -143,22 +154,24 @@ def run(args) -> int:
             cpu[name] = statistics.median(o["cpu_us_per_msg"].get(name, 0) for o in outs)
         summary[kind] = {"msgs_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
                          "cpu_us_per_msg": cpu, "runs": rates}
-    if "text" in results and "zmq" in results:
-        ratios = [t["msgs_per_s"] / z["msgs_per_s"] for t, z in zip(results["text"], results["zmq"])]
-        summary["text_over_zmq"] = {"median": statistics.median(ratios), "runs": ratios}
-    if "metaq" in results:
-        summary["metaq_over_published"] = summary["metaq"]["msgs_per_s"] / METAQ_PUBLISHED
+    for kind in results:
+        if kind.startswith("text") and "zmq" in results:
+            ratios = [t["msgs_per_s"] / z["msgs_per_s"] for t, z in zip(results[kind], results["zmq"])]
+            summary[f"{kind}_over_zmq"] = {"median": statistics.median(ratios), "runs": ratios}
+        if kind.startswith("metaq"):
+            summary[f"{kind}_over_published"] = summary[kind]["msgs_per_s"] / METAQ_PUBLISHED
     summary["cpus"] = os.cpu_count()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        for kind in loads:
+        for kind in kinds:
             s = summary[kind]
-            print(f"{kind:6s} {s['msgs_per_s']:>12,.0f} msgs/s (range {s['min']:,.0f}-{s['max']:,.0f}); "
+            print(f"{kind:8s} {s['msgs_per_s']:>12,.0f} msgs/s (range {s['min']:,.0f}-{s['max']:,.0f}); "
                   f"CPU us/msg {s['cpu_us_per_msg']}")
-        if "text_over_zmq" in summary:
-            print(f"text / zmq (same round): {summary['text_over_zmq']['median']:.3f} "
-                  f"(runs {', '.join(f'{x:.3f}' for x in summary['text_over_zmq']['runs'])})")
-        if "metaq_over_published" in summary:
-            print(f"metaq shape / MetaQ's published 45,000 msgs/s: {summary['metaq_over_published']:.1f}x")
+        for kind in kinds:
+            if f"{kind}_over_zmq" in summary:
+                r = summary[f"{kind}_over_zmq"]
+                print(f"{kind} / zmq (same round): {r['median']:.3f} (runs {', '.join(f'{x:.3f}' for x in r['runs'])})")
+            if f"{kind}_over_published" in summary:
+                print(f"{kind} / MetaQ's published 45,000 msgs/s: {summary[f'{kind}_over_published']:.1f}x")
     return 0

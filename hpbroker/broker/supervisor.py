@@ -75,7 +75,8 @@ class Supervisor:
         self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
         self.pub_endpoints: list[str] = [""] * cfg.broker.writers  # each writer's PUB to the slaves
         self.ack_endpoints: list[str] = [""] * cfg.broker.acceptors  # each acceptor's PULL for slaves' writers
-        self.text_port = 0  # the text listener's, once it listens
+        self.text_port = 0  # the text listeners', once they listen
+        self.text_ready = 0
 
     # -- start ------------------------------------------------------------------
 
@@ -133,10 +134,12 @@ class Supervisor:
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
         if self.cfg.text_port:
-            self._spawn(mp, "text", text_listener.main,
-                        (cfg_bytes, self.instance, self.endpoints[0], self._ipc("control"),
-                         self.plan.placement("acceptor", 0).cpus))
-            self._await(lambda: self.text_port, "the text listener to listen")
+            n = self.cfg.text_protocol.processes
+            for k in range(n):
+                self._spawn(mp, f"text{k}", text_listener.main,
+                            (cfg_bytes, self.instance, self.endpoints[0], self._ipc("control"),
+                             self.plan.placement("acceptor", 0).cpus, k, str(self.run_dir)))
+            self._await(lambda: self.text_ready == n, "the text listeners to listen")
         log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d%s)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch, f", MetaQ text port {self.text_port}" if self.text_port else "")
@@ -306,6 +309,7 @@ class Supervisor:
                 return self.promote()
             case control.TextListenerReady():
                 self.text_port = msg.port
+                self.text_ready += 1
                 return None
         return control.Ack()
 
@@ -346,7 +350,7 @@ class Supervisor:
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
         others = [p for n, p in self.children.items() if n == "replicator"]
         # the text listener first: a client of the acceptors, it answers its in-flight puts while they still run
-        text = [p for n, p in self.children.items() if n == "text"]
+        text = [p for n, p in self.children.items() if n.startswith("text")]
         for group in (text, acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:

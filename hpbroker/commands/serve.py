@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--cluster-id", metavar="NAME", help="broker.cluster_id")
     p.add_argument("--text-port", type=int, metavar="N",
                    help="MetaQ text protocol port (text_protocol.port; default broker port + 523, i.e. 8123; 0 = off)")
+    p.add_argument("--text-processes", type=int, metavar="N",
+                   help="text listener processes sharing the text port (text_protocol.processes, default 1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -53,6 +55,7 @@ def run(args) -> int:
             broker__broker_id=args.broker_id,
             broker__cluster_id=args.cluster_id,
             text_protocol__port=args.text_port,
+            text_protocol__processes=args.text_processes,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None

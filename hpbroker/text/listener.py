@@ -39,6 +39,7 @@ from hpbroker.text.connection import Connection
 from hpbroker.text.link import BrokerLink
 from hpbroker.text.parser import Parser
 from hpbroker.text.service import TextService
+from hpbroker.text.shared_counters import SharedCounters, path_of
 from hpbroker.text.stats_service import StatsService
 
 log = logging.getLogger("hpbroker.text")
@@ -47,8 +48,11 @@ POLLIN, POLLOUT, POLLERR = zmq.POLLIN, zmq.POLLOUT, zmq.POLLERR
 
 
 class Listener:
+    #: the listener's own counters, besides TextService.counters, that stats adds up over processes
+    OWN_COUNTERS = ("curr_connections", "total_connections", "bytes_read", "bytes_written")
+
     def __init__(self, cfg: config_mod.Config, lsock: socket.socket, link: BrokerLink, instance: str, *,
-                 clock=time.monotonic):
+                 clock=time.monotonic, lane: int = 0, lanes: int = 1, run_dir: str | None = None):
         self.cfg = cfg
         self.t = cfg.text_protocol
         self.lsock = lsock
@@ -56,7 +60,11 @@ class Listener:
         self.port = lsock.getsockname()[1]
         self.link = link
         self.clock = clock
-        self.svc = TextService(cfg, link, clock, broker_id=cfg.broker.broker_id)
+        self.svc = TextService(cfg, link, clock, broker_id=cfg.broker.broker_id, lane=lane, lanes=lanes)
+        self.lane, self.lanes = lane, lanes
+        self.counter_names = [*self.svc.counters, *self.OWN_COUNTERS]
+        self.counter_paths = [path_of(run_dir, k) for k in range(lanes)] if run_dir else []
+        self.shared = SharedCounters(self.counter_paths[lane], self.counter_names) if run_dir else None
         self.stats = StatsService(self.svc, cfg, self, instance)
         self.svc.stats_handler = self.stats.handle
         self.conns: dict[int, Connection] = {}
@@ -119,6 +127,20 @@ class Listener:
         if now >= self._next_idle_check:
             self._next_idle_check = now + 1.0
             self._check_idle(now)
+        if self.shared is not None:
+            self.shared.publish([*self.svc.counters.values(), len(self.conns), self.total_connections,
+                                 self.bytes_read, self.bytes_written])
+
+    def counters(self) -> dict[str, int]:
+        """Every text listener process's counters, added up (this one's alone without a run dir)."""
+        if self.shared is None:
+            return {**self.svc.counters, "curr_connections": len(self.conns), "total_connections": self.total_connections,
+                    "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+        self.shared.publish([*self.svc.counters.values(), len(self.conns), self.total_connections,
+                             self.bytes_read, self.bytes_written])
+        from hpbroker.text.shared_counters import read_sum
+
+        return read_sum(self.counter_paths, self.counter_names)
 
     def _accept(self, now: float) -> None:
         for _ in range(64):
@@ -237,24 +259,30 @@ class Listener:
             self._close(conn)
 
 
-def listen(bind: str, port: int) -> socket.socket:
+def listen(bind: str, port: int, shared: bool = False) -> socket.socket:
+    """The listening socket; ``shared``: with SO_REUSEPORT, so that several
+    listener processes take the port's connections in turn (the kernel
+    spreads them)."""
     s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((bind, port))
     s.listen(1024)
     s.setblocking(False)
     return s
 
 
-def main(cfg_bytes: bytes, instance: str, bootstrap: str, control_ep: str, cpus: list[int] | None) -> None:
-    """Entry point of the text listener process (spawned by the supervisor)."""
-    cfg = child_setup("text", cfg_bytes, cpus)
+def main(cfg_bytes: bytes, instance: str, bootstrap: str, control_ep: str, cpus: list[int] | None, lane: int = 0,
+         run_dir: str | None = None) -> None:
+    """Entry point of text listener process ``lane`` (spawned by the supervisor)."""
+    cfg = child_setup(f"text{lane}", cfg_bytes, cpus)
     ctx = zmq.Context()
     t = cfg.text_protocol
-    lsock = listen(t.bind or cfg.broker.bind, cfg.text_port)
+    lsock = listen(t.bind or cfg.broker.bind, cfg.text_port, shared=t.processes > 1)
     link = BrokerLink(ctx, bootstrap, time.monotonic)
     try:
-        lst = Listener(cfg, lsock, link, instance)
+        lst = Listener(cfg, lsock, link, instance, lane=lane, lanes=t.processes, run_dir=run_dir)
         rep, _ = link.call(lambda i: m.Metadata(id=i, topics=None), 30.0)
         lst.set_acceptors(list(rep.acceptors))
         lst.svc.partitions.update({tp.name: len(tp.partitions) for tp in rep.topics if tp.code == 0})
@@ -265,7 +293,8 @@ def main(cfg_bytes: bytes, instance: str, bootstrap: str, control_ep: str, cpus:
         signal.signal(signal.SIGTERM, on_term)
         ctl = make_socket(ctx, zmq.DEALER, connect=control_ep)
         ctl.send(control.encoder.encode(control.TextListenerReady(pid=os.getpid(), port=lst.port)))
-        log.info("MetaQ text protocol on %s:%d", t.bind or cfg.broker.bind, lst.port)
+        log.info("MetaQ text protocol on %s:%d (process %d of %d)", t.bind or cfg.broker.bind, lst.port, lane + 1,
+                 t.processes)
         freeze_heap()
         lst.run()
     finally:

@@ -37,13 +37,21 @@ SEQ = 1 << SEQ_BITS
 
 
 class MsgIds:
-    def __init__(self, broker_id: int, wall=time.time):
+    """``lane`` of ``lanes``: several text listener processes of one broker
+    each take their own slice of the 4096 sequence numbers of a millisecond
+    (``4096 // lanes`` of them), so their ids never meet."""
+
+    def __init__(self, broker_id: int, wall=time.time, lane: int = 0, lanes: int = 1):
         if not 0 <= broker_id < 1024:
             raise ValueError("broker_id must be 0..1023")
+        if not 0 <= lane < lanes <= SEQ:
+            raise ValueError("lane must be 0..lanes-1")
         self._node = broker_id << SEQ_BITS
         self._wall = wall
+        self.span = SEQ // lanes  # sequence numbers this lane has in each millisecond
+        self._lo = lane * self.span
         self._ms = -1  # the millisecond the next id belongs to
-        self._seq = 0  # its next sequence number
+        self._seq = 0  # its next sequence number (within the lane's slice)
 
     def _clock(self) -> None:
         ms = int(self._wall() * 1000) - EPOCH_MS
@@ -55,27 +63,28 @@ class MsgIds:
         """``n`` new ids, ascending, as an int64 array."""
         self._clock()
         k = np.arange(self._seq, self._seq + n, dtype=np.int64)
-        ms = self._ms + (k >> SEQ_BITS)
-        ids = (ms << 22) | self._node | (k & (SEQ - 1))
+        ms = self._ms + k // self.span
+        ids = (ms << 22) | self._node | (self._lo + k % self.span)
         end = self._seq + n
-        self._ms += end >> SEQ_BITS
-        self._seq = end & (SEQ - 1)
+        self._ms += end // self.span
+        self._seq = end % self.span
         return ids
 
     def block(self, n: int) -> int:
-        """The first of ``n`` (at most 4096) consecutive ids, all in one
-        millisecond (its sequence numbers never carry into the broker id):
-        a block that does not fit what is left of the current millisecond
-        starts at the next one."""
-        if not 0 < n <= SEQ:
-            raise ValueError(f"a block is 1..{SEQ} ids, not {n}")
+        """The first of ``n`` (at most ``span``: 4096 for one lane)
+        consecutive ids, all in one millisecond (the sequence numbers never
+        carry into the broker id, nor into another lane's): a block that
+        does not fit what is left of the current millisecond starts at the
+        next one."""
+        if not 0 < n <= self.span:
+            raise ValueError(f"a block is 1..{self.span} ids, not {n}")
         self._clock()
-        if self._seq + n > SEQ:
+        if self._seq + n > self.span:
             self._ms += 1
             self._seq = 0
-        first = (self._ms << 22) | self._node | self._seq
+        first = (self._ms << 22) | self._node | (self._lo + self._seq)
         self._seq += n
-        if self._seq == SEQ:
+        if self._seq == self.span:
             self._ms += 1
             self._seq = 0
         return first

@@ -40,8 +40,6 @@ log = logging.getLogger("hpbroker.text")
 
 #: what a batch adds to each put body beyond MetaQ's 20-byte header: its record table entry
 _RECORD_EXTRA = 16 - records.MESSAGE_HEADER
-#: a batch's msgIds are one block (hpbroker/text/msgids.py)
-MAX_BATCH_RECORDS = 4096
 
 #: hpbroker error codes -> MetaQ status
 _STATUS = {
@@ -191,7 +189,7 @@ class Puts:
             while start < n:
                 before = int(cum[start - 1]) if start else 0
                 end = max(int(np.searchsorted(cum, before + self.batch_limit, side="right")), start + 1)
-                end = min(end, start + MAX_BATCH_RECORDS)
+                end = min(end, start + self.svc.msgids.span)  # a batch's msgIds are one block
                 first_id = self.svc.msgids.block(end - start)
                 batch = records.build_batch(g.bodies[start:end], None if g.flags is None else g.flags[start:end],
                                             first_id, ts)

@@ -60,7 +60,8 @@ class _FileSource:
 
 
 class TextService:
-    def __init__(self, cfg, link, clock, *, broker_id: int = 0, scan_budget: int = 32 << 20):
+    def __init__(self, cfg, link, clock, *, broker_id: int = 0, lane: int = 0, lanes: int = 1,
+                 scan_budget: int = 32 << 20):
         from hpbroker.io import layout
 
         self.cfg = cfg
@@ -69,7 +70,7 @@ class TextService:
         self.clock = clock
         self.data_dir = cfg.broker.data_dir
         self._partition_dir = layout.partition_dir
-        self.msgids = MsgIds(broker_id)
+        self.msgids = MsgIds(broker_id, lane=lane, lanes=lanes)
         self.realtime = Realtime(clock)
         self.scan_budget = scan_budget
         self.partitions: dict[str, int] = {}  # topic -> partitions, from metadata

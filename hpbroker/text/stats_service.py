@@ -114,8 +114,8 @@ class StatsService:
         self.svc.touched.add(conn)
 
     def _general(self, finish) -> None:
-        c = self.svc.counters
         lst = self.listener
+        c = lst.counters()  # every text listener process's, added up
         role = {}
 
         def lines():
@@ -127,7 +127,7 @@ class StatsService:
                 ("uptime", int(time.monotonic() - self.started)),
                 ("version", VERSION.decode()),
                 ("slave", _clean(b.get("role") == "slave")),
-                ("curr_connections", lst.curr_connections),
+                ("curr_connections", c["curr_connections"]),
                 ("threads", threading.active_count()),
                 ("cmd_put", c["cmd_put"]),
                 ("cmd_get", c["cmd_get"]),
@@ -143,9 +143,10 @@ class StatsService:
                 ("config_checksum", self.config_checksum),
                 # hpbroker's own, from here on
                 ("text_listener_pid", os.getpid()),
-                ("total_connections", lst.total_connections),
-                ("bytes_read", lst.bytes_read),
-                ("bytes_written", lst.bytes_written),
+                ("text_listeners", lst.lanes),
+                ("total_connections", c["total_connections"]),
+                ("bytes_read", c["bytes_read"]),
+                ("bytes_written", c["bytes_written"]),
                 ("bad_commands", c["bad_commands"]),
                 ("put_requests", c["put_requests"]),
                 ("put_batches", c["put_batches"]),
