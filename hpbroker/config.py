@@ -142,7 +142,7 @@ class TextProtocolConfig(_Section):
     put_timeout_ms: Annotated[int, M(ge=1, description="A put not acknowledged within this long is answered 504 (its outcome is then unknown, as REQUEST_TIMED_OUT is).")] = 30_000
     max_connections: Annotated[int, M(ge=1, description="Open connections the text port takes; one more is answered SERVER_ERROR and closed.")] = 1024
     max_line_bytes: Annotated[int, M(ge=64, le=1 << 20, description="Longest command line; a longer one is answered CLIENT_ERROR and the connection closed (the stream cannot be resynchronised).")] = 4096
-    max_body_bytes: Annotated[int, M(ge=1, le=TEXT_MAX_BODY, description="Largest put body (attribute included). A larger one is answered 400 and skipped as it arrives, never buffered. At most 2 MiB less 20 bytes: a MetaQ offset gives a record 2 MiB (docs/protocol-text.md, Offsets), and MetaQ's clients read no larger message.")] = 1 << 20
+    max_body_bytes: Annotated[int, M(ge=1, le=TEXT_MAX_BODY, description="Largest put body (attribute included). A larger one is answered 400 and skipped as it arrives, never buffered. At most 2 MiB less 20 bytes: a MetaQ offset gives a record 2 MiB (docs/protocol-text.md, Offsets), and MetaQ's clients read no larger message. Lowered to broker.max_batch_bytes less 1 KiB where that is smaller (a put becomes a record of a batch).")] = 1 << 20
     max_get_bytes: Annotated[int, M(ge=1024, description="Most bytes of messages one get answer carries, whatever maxSize asks (MetaQ's maxTransferSize).")] = 1 << 20
     max_pending_bytes: Annotated[int, M(ge=1 << 16, description="Per connection: the listener stops reading a connection while this many bytes of its requests wait for answers, or its unsent answers exceed this, until they drain (so a client that does not read, or floods, holds a bounded amount).")] = 8 << 20
     read_bytes: Annotated[int, M(ge=4096, description="Bytes read from one connection per turn of the loop; every put read in one turn (from all connections) goes to the broker as one produce request per partition.")] = 256 << 10
@@ -185,13 +185,16 @@ class Config(_Section):
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
                              f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
-        if self.text_protocol.max_body_bytes + 1024 > self.broker.max_batch_bytes:
-            raise ValueError("text_protocol.max_body_bytes must leave 1 KiB of room under broker.max_batch_bytes "
-                             "(a put becomes one record of a batch)")
 
     @property
     def instance(self) -> str:
         return self.broker.instance or f"p{self.broker.port}"
+
+    @property
+    def text_max_body(self) -> int:
+        """The largest put body the text port takes: text_protocol.max_body_bytes, or less where
+        broker.max_batch_bytes leaves no room for it (a put becomes a record of a batch)."""
+        return min(self.text_protocol.max_body_bytes, self.broker.max_batch_bytes - 1024)
 
     @property
     def text_port(self) -> int:

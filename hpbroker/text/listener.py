@@ -162,7 +162,7 @@ class Listener:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, peer, Parser(self.t.max_line_bytes, self.t.max_body_bytes),
+            conn = Connection(sock, peer, Parser(self.t.max_line_bytes, self.cfg.text_max_body),
                               self.t.max_pending_bytes, now)
             self.conns[conn.fd] = conn
             self._set_flags(conn, POLLIN)
