@@ -392,3 +392,42 @@ def test_several_listener_processes_share_the_port_ids_offsets_and_counters(tmp_
             c.close()
     finally:
         b.stop()
+
+
+def test_a_sync_slave_refuses_puts_and_serves_the_masters_messages_at_the_same_offsets(tmp_path):
+    cfg = tmp_path / "repl.toml"
+    cfg.write_text('[replication]\nmode = "sync"\nreplica_lag_max_ms = 1500\nack_interval_ms = 50\n'
+                   "[ring]\ndead_after_ms = 60000\n")
+    mport, sport = free_port(), free_port()
+    m = BrokerProcess(tmp_path / "m", args=("--config", str(cfg), "--role", "master", "--broker-id", "1",
+                                            "--partitions", "1", "--text-port", str(mport))).start()
+    try:
+        s = BrokerProcess(tmp_path / "s", args=("--config", str(cfg), "--role", "slave", "--master", m.url,
+                                                "--broker-id", "2", "--partitions", "1", "--text-port", str(sport)))
+        s.start()
+        try:
+            with MetaQClient("127.0.0.1", mport) as c:
+                deadline = time.monotonic() + 30
+                while True:  # until the slave is in sync (acks=all puts need it): 503 meanwhile
+                    try:
+                        c.put("probe", 0, b"?")
+                        break
+                    except MetaQError as e:
+                        assert e.code == 503 and time.monotonic() < deadline, e
+                        time.sleep(0.2)
+                sent = c.put_many("repl", 0, [b"r%d" % i for i in range(50)])
+            with MetaQClient("127.0.0.1", sport) as c:
+                with pytest.raises(MetaQError) as e:
+                    c.put("repl", 0, b"to a slave")
+                assert e.value.code == 403
+                deadline = time.monotonic() + 30
+                got: list = []
+                while len(got) < 50 and time.monotonic() < deadline:
+                    got, _ = c.consume("repl", "g", 0, 0)
+                    time.sleep(0.1)
+            assert [(x.msg_id, x.offset, x.data) for x in got] == [(i, off, b"r%d" % k)
+                                                                   for k, (i, _, off) in enumerate(sent)]
+        finally:
+            s.stop()
+    finally:
+        m.stop()
