@@ -266,7 +266,8 @@ class Puts:
             return True
 
         if not attempt():
-            svc.defer(attempt)
+            svc.defer(attempt, lambda: self._fail(c, R.INTERNAL, f"written at record offset {base}, but its MetaQ "
+                                                               "offset could not be found in time", topic))
 
 
 def _cut(segments: list, start: int, end: int) -> list:

@@ -245,7 +245,7 @@ class TextService:
                 return True
 
             if not attempt():
-                self.defer(attempt)
+                self.defer(attempt, self._give_up(conn, slot, g.opaque, "get"))
 
         self._latest(conn, slot, g.topic, g.partition, g.opaque, serve)
 
@@ -286,7 +286,7 @@ class TextService:
                 return True
 
             if not attempt():
-                self.defer(attempt)
+                self.defer(attempt, self._give_up(conn, slot, o.opaque, "offset"))
 
         self._latest(conn, slot, o.topic, o.partition, o.opaque, serve)
 
@@ -296,13 +296,30 @@ class TextService:
     def has_deferred(self) -> bool:
         return bool(self._deferred)
 
-    def defer(self, attempt) -> None:
-        """``attempt()`` again each turn until it returns True."""
-        self._deferred.append(attempt)
+    #: deferred work not done in this long is given up (a scan that cannot finish: a bug, or a log gone)
+    DEFER_LIMIT_S = 60.0
+
+    def defer(self, attempt, give_up) -> None:
+        """``attempt()`` again each turn until it returns True; after
+        DEFER_LIMIT_S, ``give_up()`` instead (it answers 500)."""
+        self._deferred.append((attempt, give_up, self.clock() + self.DEFER_LIMIT_S))
 
     def resume(self) -> None:
         """Go on with deferred work (scans), each with its budget."""
         work, self._deferred = self._deferred, []
-        for w in work:
-            if not w():
-                self._deferred.append(w)
+        now = self.clock()
+        for item in work:
+            attempt, give_up, deadline = item
+            if attempt():
+                continue
+            if now > deadline:
+                log.error("gave up deferred work after %.0f s (%s)", self.DEFER_LIMIT_S, getattr(attempt, "__qualname__", attempt))
+                give_up()
+            else:
+                self._deferred.append(item)
+
+    def _give_up(self, conn: Connection, slot: Slot, opaque: bytes, what: str):
+        def give_up() -> None:
+            slot.fill(0, R.error(R.INTERNAL, opaque, f"{what}: the log could not be read in time"))
+            self.touched.add(conn)
+        return give_up

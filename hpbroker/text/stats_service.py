@@ -271,7 +271,7 @@ class StatsService:
                     return True
 
                 if not attempt():
-                    self.svc.defer(attempt)
+                    self.svc.defer(attempt, lambda: finish([("error", "the_log_could_not_be_read_in_time")]))
 
             self._watermarks(topics, with_marks)
 
