@@ -135,9 +135,12 @@ class TextService:
 
     def transaction(self, conn: Connection, cmd: Transaction) -> None:
         """``transaction txKey sessionId type ...``: MetaQ's local and XA
-        transactions, to be mapped onto hpbroker's; answered 500 until then."""
+        transactions, to be mapped onto hpbroker's; answered 500 until then.
+        END is never answered (MetaQ's clients send it one way)."""
         if self.transactions is not None:
             return self.transactions.transaction(conn, cmd)
+        if cmd.type == "END":
+            return
         self._answer(conn, R.error(R.INTERNAL, cmd.opaque, "transactions are not supported on this text port yet"))
 
     def transactional_put(self, conn: Connection, slot: Slot, put: Put) -> None:
