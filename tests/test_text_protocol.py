@@ -215,6 +215,7 @@ def test_bad_input_gets_metaq_errors_and_the_connection_goes_on(broker):
                   + b"frobnicate\r\n"  # unknown verb
                   + b"put bad 0 %d 1 %d 4\r\n" % (len(body), checksum(body)) + body  # attribute flag, no room for it
                   + b"transaction TX:s:1 s BEGIN 5\r\n"  # the transactions seam
+                  + b"transaction TX:s:1 s END 55\r\n"  # one way: never answered, as MetaQ
                   + b"version 6\r\n")
         c = MetaQClient.over(s)
         answers = [c.read_reply() for _ in range(3)]
