@@ -1,0 +1,134 @@
+"""Transactions, sans-IO: the journal's record format and the table's rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpbroker import batch
+from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.tx import journal
+from hpbroker.tx.table import COMMITTED, OPEN, PREPARED, ROLLED_BACK, Finished, TxTable
+from hpbroker.client.xa import Xid, make_xid
+
+
+def table(**kw) -> TxTable:
+    args = dict(max_timeout_ms=10_000, max_transaction_bytes=1000, max_open_bytes=1500, max_open_transactions=3,
+                remember=2)
+    args.update(kw)
+    return TxTable(**args)
+
+
+def test_journal_records_round_trip_with_their_offsets():
+    b = bytes(batch.encode_batch([b"v1", b"v2"], timestamp_ms=5))
+    data = journal.encode("TX:s:1", [journal.data("t", 3, b), journal.prepare(),
+                                     journal.commit(True, [("t", 3, 17)]), journal.rollback(False, "why"),
+                                     journal.applied()], 1000)
+    # as the writer would stamp it
+    data[0:8] = (40).to_bytes(8, "little")
+    got = list(journal.decode(data))
+    assert [(e.offset, e.txid, e.kind) for e in got] == [(40, "TX:s:1", journal.DATA), (41, "TX:s:1", journal.PREPARE),
+                                                        (42, "TX:s:1", journal.COMMIT), (43, "TX:s:1", journal.ROLLBACK),
+                                                        (44, "TX:s:1", journal.APPLIED)]
+    assert got[0].body == ["t", 3, b]
+    assert got[2].body == [True, [["t", 3, 17]]]
+    assert got[3].body == [False, "why"]
+    assert journal.last_offset(data) == 45
+
+
+def test_journal_skips_records_that_are_not_its_own():
+    foreign = batch.encode_batch([b"not msgpack \xc1", b"\x93\x09\x01\x02"], [b"k", b"k"], timestamp_ms=1)
+    keyless = batch.encode_batch([journal.prepare()], timestamp_ms=1)
+    assert list(journal.decode(bytes(foreign) + bytes(keyless))) == []
+
+
+def test_partition_for_spreads_and_is_stable():
+    ps = {journal.partition_for(f"TX:a:{i}", 8) for i in range(200)}
+    assert ps == set(range(8))
+    assert journal.partition_for("XID:1:61:62", 8) == journal.partition_for("XID:1:61:62", 8)
+
+
+def test_begin_twice_too_many_and_too_long_are_refused():
+    t = table()
+    t.begin("a", False, 60_000, 0.0)
+    with pytest.raises(BrokerError) as e:
+        t.begin("a", False, 1, 0.0)
+    assert e.value.code == ErrorCode.INVALID_TXN_STATE
+    with pytest.raises(BrokerError) as e:
+        t.begin("x" * 301, False, 1, 0.0)
+    assert e.value.code == ErrorCode.INVALID_TXID
+    t.begin("b", False, 1, 0.0)
+    t.begin("c", False, 1, 0.0)
+    with pytest.raises(BrokerError) as e:
+        t.begin("d", False, 1, 0.0)
+    assert e.value.code == ErrorCode.BUSY
+
+
+def test_the_timeout_is_capped_and_only_open_transactions_expire():
+    t = table()
+    a, ms = t.begin("a", True, 60_000, 0.0)
+    assert ms == 10_000
+    b, _ = t.begin("b", True, 1_000, 0.0)
+    b.state, b.deadline = PREPARED, None
+    assert t.expired(5.0) == []
+    assert t.expired(10.0) == [a]
+
+
+def test_size_caps_per_transaction_and_per_coordinator():
+    t = table()
+    a, _ = t.begin("a", False, 1000, 0.0)
+    t.check_add(a, 1000)
+    with pytest.raises(BrokerError) as e:
+        t.check_add(a, 1001)
+    assert e.value.code == ErrorCode.TRANSACTION_TOO_LARGE
+    t.add(a, "t", 0, b"x" * 900, 1)
+    b, _ = t.begin("b", False, 1000, 0.0)
+    t.check_add(b, 600)
+    with pytest.raises(BrokerError) as e:
+        t.check_add(b, 601)  # 900 + 601 > max_open_bytes
+    assert e.value.code == ErrorCode.TRANSACTION_TOO_LARGE
+    a.state = PREPARED
+    with pytest.raises(BrokerError) as e:
+        t.check_add(a, 1)
+    assert e.value.code == ErrorCode.INVALID_TXN_STATE
+
+
+def test_finished_outcomes_are_remembered_for_the_last_few():
+    t = table()
+    for name, outcome in (("a", COMMITTED), ("b", ROLLED_BACK), ("c", COMMITTED)):
+        tx, _ = t.begin(name, False, 1000, 0.0)
+        t.add(tx, "t", 0, b"12345", 1)
+        t.finish(tx, outcome)
+    assert t.bytes == 0 and len(t) == 0
+    with pytest.raises(Finished) as e:
+        t.find("c")
+    assert e.value.outcome == COMMITTED and e.value.code == ErrorCode.INVALID_TXN_STATE
+    with pytest.raises(Finished) as e:
+        t.find("b")
+    assert e.value.outcome == ROLLED_BACK
+    with pytest.raises(BrokerError) as e:
+        t.find("a")  # remember=2: forgotten
+    assert e.value.code == ErrorCode.UNKNOWN_TRANSACTION
+
+
+def test_a_disconnect_finds_only_open_local_transactions_of_that_connection():
+    t = table()
+    a, _ = t.begin("a", False, 1000, 0.0, conn=7)
+    b, _ = t.begin("b", True, 1000, 0.0, conn=7)  # XA: the coordinator decides, not the connection
+    c, _ = t.begin("c", False, 1000, 0.0, conn=8)
+    assert t.of_connection(7) == [a]
+    a.state = PREPARED
+    assert t.of_connection(7) == []
+    assert b.state == OPEN and c.conn == 8
+
+
+def test_xid_round_trips_as_a_metaq_key_and_checks_xa_limits():
+    x = make_xid(7, "global-1", "branch:a")
+    assert x.txid == "XID:7:" + b"global-1".hex() + ":" + b"branch:a".hex()
+    assert Xid.from_txid(x.txid) == x
+    assert Xid.from_txid("TX:abc:1") is None
+    with pytest.raises(ValueError):
+        make_xid(1, "g" * 65, "b")
+    with pytest.raises(ValueError):
+        make_xid(-1, "g", "b")
+    with pytest.raises(TypeError):
+        make_xid(1, b"g", "b")
