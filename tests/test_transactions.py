@@ -265,3 +265,42 @@ def test_bad_requests_get_their_codes_and_the_broker_serves_on(broker):
         p.send("t", b"plain", partition=0).get(timeout=30)
     assert sorted(values(raw, "t")) == [b"plain", b"y"]
     raw.close()
+
+
+def test_a_prepared_branch_outlives_the_journals_retention_by_being_copied_forward(tmp_path):
+    cfg = tmp_path / "hpbroker.toml"
+    cfg.write_text("[log]\nsegment_bytes = 65536\nretention_ms = 6000\nretention_check_ms = 300\ndelete_delay_ms = 0\n"
+                   "[transactions]\nlog_partitions = 1\nmax_timeout_ms = 2000\n")
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "1", "--config", str(cfg))).start()
+    try:
+        raw = RawClient(b.url)
+        with Producer(b.url, acks="all") as p:
+            p.tpc_begin(p.xid(9, "long-wait", "b"))
+            p.send_batch("t", [b"kept-%d" % i for i in range(20)], partition=0)
+            p.tpc_prepare()
+            p._xa = None  # its coordinator "goes away" (tpc_recover and tpc_commit(xid) resolve it later)
+
+            def journal_start() -> int:
+                rep, _ = raw.call(m.ListOffsets(id=raw.next_id(), topic="__transactions", partition=0,
+                                                spec=m.EARLIEST))
+                return rep.offset
+
+            filler = b"f" * 1000
+            deadline = time.monotonic() + 60
+            while journal_start() == 0:  # the branch's first records expire only after it was copied
+                assert time.monotonic() < deadline, "the journal never expired a segment"
+                with p.transaction() as tx:
+                    tx.send_batch("other", [filler] * 20, partition=0)
+                time.sleep(0.05)
+        stats = subprocess.run([sys.executable, "-m", "hpbroker", "stats", "--broker", b.url, "--json"],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert '"transaction_journal_copies": 0' not in stats.stdout, stats.stdout
+        b.kill()
+        b.start()
+        with Producer(b.url) as p:
+            assert p.tpc_recover() == [p.xid(9, "long-wait", "b")]
+            p.tpc_commit(p.xid(9, "long-wait", "b"))
+        assert [r.value for r in raw.fetch_all("t", 0)] == [b"kept-%d" % i for i in range(20)]
+        raw.close()
+    finally:
+        b.stop()

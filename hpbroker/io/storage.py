@@ -24,12 +24,17 @@ import os
 import time
 from collections import deque
 
+import msgspec
+
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 from hpbroker.io.retention import apply_retention, finish_archiving, remover
+
+#: the transaction journal's topic (hpbroker.tx.journal.TOPIC; io imports no tx)
+TX_JOURNAL = "__transactions"
 
 log = logging.getLogger("hpbroker.io")
 
@@ -113,7 +118,12 @@ class Storage:
 
         Internal topics (names starting with ``__``: ``__consumer_offsets``)
         are never expired: they hold state, such as committed offsets, that
-        must outlive any retention of data."""
+        must outlive any retention of data.  The transaction journal
+        (``__transactions``) is the exception: it expires by age only
+        (``retention_ms``, never ``retention_bytes``), and its coordinator
+        re-journals every transaction still waiting (a prepared XA branch)
+        before half of ``retention_ms`` has passed, so none is ever cut
+        (hpbroker.net.transactions, "The journal's size")."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
         delayed = self._delayed
@@ -125,10 +135,15 @@ class Storage:
             delayed.append((due, finish_archiving, (path, dest_dir, self._fs, self._remove)))
 
         out = {}
+        by_age = None
         for key, log in self._logs.items():
+            cfg = self.config
             if key[0].startswith("__"):
-                continue
-            deleted = apply_retention(log, self.config, now, delete_later, archive_later)
+                if key[0] != TX_JOURNAL:
+                    continue
+                by_age = by_age or msgspec.structs.replace(cfg, retention_bytes=-1)
+                cfg = by_age
+            deleted = apply_retention(log, cfg, now, delete_later, archive_later)
             if deleted:
                 out[key] = deleted
         self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0

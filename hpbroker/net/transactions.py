@@ -21,6 +21,14 @@ rollback    ROLLBACK, acks=all (none if nothing   durable
             was journalled)
 ==========  ====================================  ===========================
 
+**The journal's size.**  ``__transactions`` expires by age
+(``log.retention_ms``; internal topics are otherwise never expired).  Every
+few seconds the coordinator copies each transaction that has waited in the
+journal for more than half that age (prepared, or committed with appends
+still failing) to the journal's end (COPY, its batches, COPIED), and writes
+each journal partition's ``tx.checkpoint``: the lowest offset any live
+transaction has records at, where recovery starts reading.
+
 Recovery (:mod:`hpbroker.net.tx_recovery`) reads the journal back when
 this broker starts, or is promoted: open transactions are rolled back,
 prepared ones wait, committed ones without APPLIED are appended again -
@@ -36,10 +44,11 @@ import time
 from typing import Callable
 
 from hpbroker import config as config_mod
+from hpbroker.io.fs import FileSystem
 from hpbroker.ipc import handoff
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net import tx_recovery
+from hpbroker.net import tx_recovery, tx_upkeep
 from hpbroker.protocol import check_produce
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
@@ -51,6 +60,7 @@ log = logging.getLogger("hpbroker.transactions")
 
 TIMED_OUT = "timed_out"
 _RETRY_APPLY_S = 1.0
+_HOUSEKEEPING_S = 5.0
 
 
 class JournalSink:
@@ -86,6 +96,12 @@ class TxService:
         self.loaded: set[int] = set()  # journal partitions read back since this broker last led
         self.retry_apply: dict[str, float] = {}  # committed txid -> when to try its appends again
         self.apply_failures = 0
+        self.copies = 0
+        self.checkpoints: dict[int, int] = {}  # journal partition -> the offset its tx.checkpoint holds
+        self._housekeeping_at = 0.0
+        self._fs = FileSystem()
+        # one request's worth: what fits a ring record with room to spare
+        self._chunk = max(cfg.broker.max_request_bytes - (64 << 10), cfg.broker.max_request_bytes // 2)
 
     # -- routing ------------------------------------------------------------------------
 
@@ -241,8 +257,12 @@ class TxService:
         """Append ``values`` for ``tx`` to journal partition ``p``."""
         if not values:
             raise AssertionError("nothing to journal")
-        data = journal.encode(tx.txid, values, int(self.wall() * 1000))
+        now_ms = int(self.wall() * 1000)
+        data = journal.encode(tx.txid, values, now_ms)
         req = m.Produce(id=0, topic=journal.TOPIC, partition=p, acks=acks, timeout_ms=self.tcfg.decision_timeout_ms)
+        if tx.first_offset < 0:  # its records land at or after the journal's end now
+            tx.first_offset = self.fetch.hwm.get(handoff.tp_key(journal.TOPIC, p), 0)
+            tx.first_ms = now_ms
         self.produce(JournalSink(then), req, [memoryview(data)])
         tx.journaled = True
 
@@ -250,8 +270,6 @@ class TxService:
         if reply.code:
             return ident, m.TxReply(id=req.id, code=reply.code, message=f"not journalled: {reply.message}",
                                     state=tx.state)
-        if tx.first_offset < 0 and reply.base_offsets:
-            tx.first_offset = reply.base_offsets[0]
         return ident, m.TxReply(id=req.id, state=tx.state, bytes=tx.bytes, messages=tx.messages)
 
     def _after_prepare(self, tx: Tx, reply):
@@ -307,30 +325,35 @@ class TxService:
 
     # -- commit's appends ---------------------------------------------------------------
 
-    def apply(self, tx: Tx, parts: dict | None = None) -> None:
-        """Append the committed ``tx``'s batches (``parts``: only these) to
-        their partitions, one produce request per partition."""
+    def apply(self, tx: Tx) -> None:
+        """Append the committed ``tx``'s batches to their partitions: one
+        produce request per partition (several, each whole, for a share
+        larger than a request may be)."""
         tx.state = COMMITTING
         self.retry_apply.pop(tx.txid, None)
-        for tp, batches in (tx.parts if parts is None else parts).items():
-            if not batches:
-                continue
-            req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1, timeout_ms=self.tcfg.decision_timeout_ms)
-            tx.applying.add(tp)
-            try:
-                self.produce(JournalSink(lambda reply, tp=tp: self._after_apply(tx, tp, reply)), req,
-                             [memoryview(b) for b in batches])
-            except BrokerError as e:
-                tx.applying.discard(tp)
-                self._apply_failed(tx, tp, e.message)
+        for tp, batches in tx.parts.items():
+            for chunk in tx_upkeep.chunks(batches, self._chunk):
+                req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1,
+                                timeout_ms=self.tcfg.decision_timeout_ms)
+                key = (tp, id(chunk))
+                tx.applying.add(key)
+                try:
+                    self.produce(JournalSink(lambda reply, key=key, chunk=chunk: self._after_apply(tx, key, chunk,
+                                                                                                   reply)),
+                                 req, [memoryview(b) for b in chunk])
+                except BrokerError as e:
+                    tx.applying.discard(key)
+                    self._apply_failed(tx, tp, e.message)
         self._maybe_applied(tx)
 
-    def _after_apply(self, tx: Tx, tp, reply):
-        tx.applying.discard(tp)
+    def _after_apply(self, tx: Tx, key, chunk: list, reply):
+        tx.applying.discard(key)
+        tp = key[0]
         if reply.code:
             self._apply_failed(tx, tp, reply.message)
-        else:
-            tx.parts[tp] = []  # durable there: never appended again
+        else:  # durable there: never appended again
+            done = set(map(id, chunk))
+            tx.parts[tp] = [b for b in tx.parts[tp] if id(b) not in done]
         return self._maybe_applied(tx)
 
     def _apply_failed(self, tx: Tx, tp, why: str) -> None:
@@ -379,8 +402,12 @@ class TxService:
             tx = self.table.txs.get(txid)
             if tx is None:
                 del self.retry_apply[txid]
-            elif now >= at and not tx.applying:
+            elif now >= at and not tx.applying and not tx.copying:
                 self.apply(tx)
+        if now >= self._housekeeping_at:
+            self._housekeeping_at = now + _HOUSEKEEPING_S
+            tx_upkeep.copy_old(self, int(self.wall() * 1000))
+            tx_upkeep.write_checkpoints(self)
 
     def disconnected(self, conn) -> None:
         """Client connection ``conn`` is gone: roll back its open local transactions."""
@@ -409,4 +436,5 @@ class TxService:
                 "transactions_prepared": sum(1 for x in t.txs.values() if x.state == PREPARED),
                 "transactions_bytes": t.bytes, "transactions_committed": t.commits,
                 "transactions_rolled_back": t.rollbacks, "transactions_timed_out": t.timeouts,
-                "transaction_apply_failures": self.apply_failures}
+                "transaction_apply_failures": self.apply_failures, "transaction_journal_copies": self.copies}
+

@@ -18,15 +18,23 @@ COMMIT (no APPLIED after it)      its batches are appended again, except
                                   there is not appended twice
 ROLLBACK, APPLIED                 finished: forgotten (outcome remembered)
 ================================  ==========================================
+
+Reading starts at the partition's ``tx.checkpoint`` (below it no live
+transaction has records), or its log start.  A COPY ... COPIED run replaces
+the transaction's batches with the copy; a copy cut short by a crash is
+ignored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import struct
 from collections import Counter
 
 from hpbroker import batch
+from hpbroker.io import layout
 from hpbroker.ipc import handoff
 from hpbroker.tx import journal
 from hpbroker.tx.table import COMMITTED, COMMITTING, OPEN, PREPARED, ROLLED_BACK
@@ -35,6 +43,19 @@ log = logging.getLogger("hpbroker.transactions")
 
 _CHUNK = 1 << 20
 _CRC = struct.Struct("<I")
+CHECKPOINT = "tx.checkpoint"
+
+
+def checkpoint_path(data_dir: str, p: int) -> str:
+    return os.path.join(layout.partition_dir(data_dir, journal.TOPIC, p), CHECKPOINT)
+
+
+def read_checkpoint(data_dir: str, p: int) -> int:
+    try:
+        with open(checkpoint_path(data_dir, p), "rb") as f:
+            return int(json.loads(f.read())["from"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def recover(svc, p: int) -> None:
@@ -42,8 +63,31 @@ def recover(svc, p: int) -> None:
     what a crash left half done."""
     table, now = svc.table, svc.clock()
     seen = {}
-    for e in read(svc.fetch, journal.TOPIC, p):
+    copies: dict[str, tuple[int, dict]] = {}
+    for e in read(svc.fetch, journal.TOPIC, p, read_checkpoint(svc.cfg.broker.data_dir, p)):
         tx = table.txs.get(e.txid)
+        if e.kind == journal.COPY:
+            if tx is None:
+                tx = seen[e.txid] = table.recovered(e.txid, False, now)
+            copies[e.txid] = (e.offset, {})
+            continue
+        if e.kind == journal.DATA and e.txid in copies:
+            topic, partition, b = e.body
+            copies[e.txid][1].setdefault((topic, partition), []).append(b)
+            continue
+        if e.kind == journal.COPIED:
+            at, parts = copies.pop(e.txid, (-1, None))
+            if tx is None or parts is None:
+                continue
+            table.replace_parts(tx, parts)
+            tx.messages = sum(batch.peek_count(b) for bs in parts.values() for b in bs)
+            tx.first_offset, tx.first_ms = at, e.ms
+            state, tx.heuristic, scan_from = e.body
+            if state == PREPARED:
+                tx.state, tx.xa = PREPARED, True
+            else:
+                tx.state, tx.scan_from = COMMITTING, {(t, q): s for t, q, s in scan_from}
+            continue
         if e.kind == journal.DATA:
             if tx is None:
                 tx = table.recovered(e.txid, False, now)
@@ -53,6 +97,7 @@ def recover(svc, p: int) -> None:
                 tx.journaled = True
                 if tx.first_offset < 0:
                     tx.first_offset = e.offset
+                    tx.first_ms = e.ms
             seen[e.txid] = tx
         elif tx is None:
             continue  # a decision about a transaction whose data is older than the log start, or finished
@@ -88,11 +133,12 @@ def recover(svc, p: int) -> None:
                  counts[COMMITTING])
 
 
-def read(fetch, topic: str, p: int):
-    """Every journal record of partition ``p`` up to its durable end."""
+def read(fetch, topic: str, p: int, start: int = 0):
+    """Every journal record of partition ``p`` from ``start`` (or its log
+    start) up to its durable end."""
     key = handoff.tp_key(topic, p)
     end = fetch.hwm.get(key, 0)
-    at = fetch.log_start.get(key, 0)
+    at = max(fetch.log_start.get(key, 0), start if start <= end else 0)
     reader = fetch.reader(topic, p)
     while at < end:
         data = reader.read(at, _CHUNK, end)
