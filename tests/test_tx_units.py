@@ -7,7 +7,7 @@ import pytest
 from hpbroker import batch
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.tx import journal
-from hpbroker.tx.table import COMMITTED, OPEN, PREPARED, ROLLED_BACK, Finished, TxTable
+from hpbroker.tx.table import COMMITTED, COMMITTING, OPEN, PREPARED, ROLLED_BACK, Finished, TxTable
 from hpbroker.client.xa import Xid, make_xid
 
 
@@ -132,3 +132,95 @@ def test_xid_round_trips_as_a_metaq_key_and_checks_xa_limits():
         make_xid(-1, "g", "b")
     with pytest.raises(TypeError):
         make_xid(1, b"g", "b")
+
+
+# -- recovery, from journal bytes (no broker: a stand-in for the fetch service) --------------
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, max_bytes: int, end: int) -> bytes:
+        return self.data if offset < end else b""
+
+
+class _Fetch:
+    def __init__(self, journal_bytes: bytes, end: int, partitions: dict):
+        self.hwm = {"__transactions/0": end}
+        self.log_start = {}
+        self.readers = {("__transactions", 0): _Reader(journal_bytes)}
+        for (t, p), data in partitions.items():
+            self.hwm[f"{t}/{p}"] = journal.last_offset(data)
+            self.readers[(t, p)] = _Reader(data)
+
+    def reader(self, topic, p):
+        return self.readers.get((topic, p), _Reader(b""))
+
+
+class _Svc:
+    def __init__(self, records: list[tuple[str, list[bytes]]], partitions: dict | None = None, tmp=None):
+        data, at = bytearray(), 0
+        for txid, values in records:
+            b = journal.encode(txid, values, 1000)
+            b[0:8] = at.to_bytes(8, "little")
+            at += len(values)
+            data += b
+        self.table = table(max_open_transactions=100, max_transaction_bytes=1 << 20, max_open_bytes=1 << 20)
+        self.fetch = _Fetch(bytes(data), at, partitions or {})
+        self.clock = lambda: 0.0
+        self.cfg = type("C", (), {"broker": type("B", (), {"data_dir": str(tmp)})})()
+        self.writes, self.applied = [], []
+
+    def _write(self, p, tx, values, acks, then):
+        self.writes.append((tx.txid, [list(journal.decode(journal.encode(tx.txid, values, 0)))[0].kind], acks))
+
+    def apply(self, tx):
+        self.applied.append((tx.txid, {tp: list(bs) for tp, bs in tx.parts.items()}))
+
+
+def _b(*values: bytes, ts: int = 7) -> bytes:
+    return bytes(batch.encode_batch(list(values), timestamp_ms=ts))
+
+
+def test_recovery_rolls_back_open_keeps_prepared_and_reapplies_only_missing_batches(tmp_path):
+    from hpbroker.net.tx_recovery import recover
+
+    b1, b2, b3 = _b(b"one"), _b(b"two"), _b(b"three")
+    present = bytearray(b1)  # the partition holds b1 (applied before the crash), not b2
+    present[0:8] = (5).to_bytes(8, "little")
+    svc = _Svc([
+        ("open", [journal.data("t", 0, _b(b"x"))]),
+        ("prep", [journal.data("t", 1, b3), journal.prepare()]),
+        ("done", [journal.data("t", 0, _b(b"y")), journal.commit(False, [("t", 0, 0)])]),
+        ("done", [journal.applied()]),
+        ("gone", [journal.data("t", 0, _b(b"z")), journal.rollback(False, "no")]),
+        ("crash", [journal.data("t", 0, b1), journal.data("t", 0, b2), journal.commit(False, [("t", 0, 5)])]),
+    ], {("t", 0): bytes(present)}, tmp_path)
+    recover(svc, 0)
+    assert set(svc.table.txs) == {"prep", "crash"}
+    assert svc.table.txs["crash"].state == COMMITTING  # being appended again (apply() is the stand-in's)...
+    assert svc.table.txs["prep"].state == PREPARED and svc.table.txs["prep"].parts == {("t", 1): [b3]}
+    assert svc.applied == [("crash", {("t", 0): [b2]})]  # ...with only the batch its partition lacks
+    assert svc.writes == [("open", [journal.ROLLBACK], 1)]
+    with pytest.raises(Finished) as e:
+        svc.table.find("open")
+    assert e.value.outcome == ROLLED_BACK
+
+
+def test_a_restated_or_copied_transaction_is_its_last_whole_copy(tmp_path):
+    from hpbroker.net.tx_recovery import recover
+
+    old, new1, new2 = _b(b"old"), _b(b"new-1"), _b(b"new-2")
+    svc = _Svc([
+        # a decision's write failed after DATA(old): the retry restated it with two batches
+        ("r", [journal.data("t", 0, old)]),
+        ("r", [journal.copy(), journal.data("t", 0, new1), journal.data("t", 0, new2), journal.prepare()]),
+        # a prepared one copied forward, then a copy cut short by a crash (no COPIED)
+        ("c", [journal.data("t", 1, old), journal.prepare()]),
+        ("c", [journal.copy(), journal.data("t", 1, new1), journal.copied("prepared", False, [])]),
+        ("c", [journal.copy(), journal.data("t", 1, new2)]),
+    ], tmp=tmp_path)
+    recover(svc, 0)
+    assert svc.table.txs["r"].state == PREPARED and svc.table.txs["r"].parts == {("t", 0): [new1, new2]}
+    assert svc.table.txs["c"].state == PREPARED and svc.table.txs["c"].parts == {("t", 1): [new1]}
+    assert svc.table.bytes == 3 * len(new1)

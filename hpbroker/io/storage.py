@@ -35,6 +35,9 @@ from hpbroker.io.retention import apply_retention, finish_archiving, remover
 
 #: the transaction journal's topic (hpbroker.tx.journal.TOPIC; io imports no tx)
 TX_JOURNAL = "__transactions"
+#: in each journal partition's directory: ``{"from": offset}``, below which no
+#: live transaction has records (written by its coordinator, net.tx_upkeep)
+TX_CHECKPOINT = "tx.checkpoint"
 
 log = logging.getLogger("hpbroker.io")
 
@@ -120,10 +123,11 @@ class Storage:
         are never expired: they hold state, such as committed offsets, that
         must outlive any retention of data.  The transaction journal
         (``__transactions``) is the exception: it expires by age only
-        (``retention_ms``, never ``retention_bytes``), and its coordinator
-        re-journals every transaction still waiting (a prepared XA branch)
-        before half of ``retention_ms`` has passed, so none is ever cut
-        (hpbroker.net.transactions, "The journal's size")."""
+        (``retention_ms``, never ``retention_bytes``), and never at or
+        above its ``tx.checkpoint``, below which no live transaction has
+        records; the coordinator copies long-waiting transactions (a
+        prepared XA branch) forward so that the checkpoint moves on
+        (hpbroker.net.tx_upkeep)."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
         delayed = self._delayed
@@ -137,13 +141,13 @@ class Storage:
         out = {}
         by_age = None
         for key, log in self._logs.items():
-            cfg = self.config
+            cfg, keep_from = self.config, None
             if key[0].startswith("__"):
                 if key[0] != TX_JOURNAL:
                     continue
                 by_age = by_age or msgspec.structs.replace(cfg, retention_bytes=-1)
-                cfg = by_age
-            deleted = apply_retention(log, cfg, now, delete_later, archive_later)
+                cfg, keep_from = by_age, _tx_checkpoint(log.dir)
+            deleted = apply_retention(log, cfg, now, delete_later, archive_later, keep_from)
             if deleted:
                 out[key] = deleted
         self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0
@@ -191,3 +195,13 @@ class Storage:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _tx_checkpoint(d: str) -> int:
+    """The journal partition's ``tx.checkpoint`` offset (0 without one: a
+    journal whose coordinator has not said what it still needs keeps all)."""
+    try:
+        with open(os.path.join(d, TX_CHECKPOINT), "rb") as f:
+            return int(msgspec.json.decode(f.read())["from"])
+    except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError):
+        return 0

@@ -176,7 +176,7 @@ class TxService:
             self._expect(tx, OPEN, "prepare")
             values = self._take_parts(tx, req, payload)
             tx.state, tx.waiter = PREPARING, (ident, req)
-            self._write(p, tx, values + [journal.prepare()], -1, lambda reply: self._after_prepare(tx, reply))
+            self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
             return None
         # commit
         if tx.state == PREPARED:
@@ -196,7 +196,7 @@ class TxService:
                 return m.TxReply(id=req.id, state=COMMITTED)
         tx.scan_from = {tp: self.fetch.hwm.get(handoff.tp_key(*tp), 0) for tp in tx.parts}
         record = journal.commit(req.heuristic, [(t, q, s) for (t, q), s in tx.scan_from.items()])
-        self._write(p, tx, values + [record], -1, lambda reply: self._after_commit(tx, before, reply))
+        self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
         return None
 
     def list(self, req: m.TxList) -> m.TxListReply:
@@ -253,6 +253,28 @@ class TxService:
                 values.append(journal.data(part.topic, part.partition, b))
         return values
 
+    def _decide(self, p: int, tx: Tx, values: list[bytes], decision: bytes, then: Callable) -> None:
+        """Journal ``values`` (the request's new batches) and ``decision``
+        with acks=all; ``then`` gets the reply of the write holding the
+        decision.  After a write of ``tx`` failed (it may or may not be on
+        disk), the decision restates the whole transaction first: COPY, all
+        its batches, then the decision, which recovery reads as the copy's
+        end.  Several writes of one partition are prefix-closed (the writer
+        appends them in order), so the decision is never durable without
+        the batches before it."""
+        if tx.restate:
+            values = [journal.copy()] + [journal.data(t, q, b) for (t, q), bs in tx.parts.items() for b in bs]
+        pieces = list(tx_upkeep.chunks(values + [decision], self._chunk))
+        for piece in pieces[:-1]:
+            self._write(p, tx, piece, -1, lambda reply: None)
+
+        def last(reply):
+            if not reply.code:
+                tx.restate = False
+            return then(reply)
+
+        self._write(p, tx, pieces[-1], -1, last)
+
     def _write(self, p: int, tx: Tx, values: list[bytes], acks: int, then: Callable) -> None:
         """Append ``values`` for ``tx`` to journal partition ``p``."""
         if not values:
@@ -263,7 +285,16 @@ class TxService:
         if tx.first_offset < 0:  # its records land at or after the journal's end now
             tx.first_offset = self.fetch.hwm.get(handoff.tp_key(journal.TOPIC, p), 0)
             tx.first_ms = now_ms
-        self.produce(JournalSink(then), req, [memoryview(data)])
+        def done(reply):
+            if reply.code:  # on disk or not: the next decision restates the transaction
+                tx.restate = True
+            return then(reply)
+
+        try:
+            self.produce(JournalSink(done), req, [memoryview(data)])
+        except BrokerError:
+            tx.restate = True
+            raise
         tx.journaled = True
 
     def _after_data(self, ident, req, tx: Tx, reply):
@@ -405,7 +436,11 @@ class TxService:
             elif now >= at and not tx.applying and not tx.copying:
                 self.apply(tx)
         if now >= self._housekeeping_at:
-            self._housekeeping_at = now + _HOUSEKEEPING_S
+            # often enough that a copy made at half the retention age is
+            # followed by the next one well before the first expires
+            retention = self.cfg.log.retention_ms
+            self._housekeeping_at = now + (_HOUSEKEEPING_S if retention < 0 else
+                                           min(_HOUSEKEEPING_S, retention / 10_000))
             tx_upkeep.copy_old(self, int(self.wall() * 1000))
             tx_upkeep.write_checkpoints(self)
 

@@ -35,6 +35,7 @@ from collections import Counter
 
 from hpbroker import batch
 from hpbroker.io import layout
+from hpbroker.io.storage import TX_CHECKPOINT
 from hpbroker.ipc import handoff
 from hpbroker.tx import journal
 from hpbroker.tx.table import COMMITTED, COMMITTING, OPEN, PREPARED, ROLLED_BACK
@@ -43,7 +44,7 @@ log = logging.getLogger("hpbroker.transactions")
 
 _CHUNK = 1 << 20
 _CRC = struct.Struct("<I")
-CHECKPOINT = "tx.checkpoint"
+CHECKPOINT = TX_CHECKPOINT
 
 
 def checkpoint_path(data_dir: str, p: int) -> str:
@@ -101,7 +102,13 @@ def recover(svc, p: int) -> None:
             seen[e.txid] = tx
         elif tx is None:
             continue  # a decision about a transaction whose data is older than the log start, or finished
-        elif e.kind == journal.PREPARE:
+        if e.kind in (journal.PREPARE, journal.COMMIT) and e.txid in copies:  # a restatement's end
+            at, parts = copies.pop(e.txid)
+            table.replace_parts(tx, parts)
+            tx.messages = sum(batch.peek_count(b) for bs in parts.values() for b in bs)
+        elif e.kind == journal.ROLLBACK:
+            copies.pop(e.txid, None)
+        if e.kind == journal.PREPARE:
             tx.state, tx.xa = PREPARED, True
         elif e.kind == journal.COMMIT:
             tx.state, tx.heuristic = COMMITTING, bool(e.body[0])

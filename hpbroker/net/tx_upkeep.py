@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from hpbroker.ipc import handoff
 from hpbroker.net import tx_recovery
@@ -82,9 +83,10 @@ def write_checkpoints(svc) -> None:
         if p in low and tx.first_offset >= 0:
             low[p] = min(low[p], tx.first_offset)
     for p, offset in low.items():
-        if svc.checkpoints.get(p) != offset:
+        path = tx_recovery.checkpoint_path(svc.cfg.broker.data_dir, p)
+        if svc.checkpoints.get(p) != offset and os.path.isdir(os.path.dirname(path)):
             try:
-                svc._fs.write_atomic(tx_recovery.checkpoint_path(svc.cfg.broker.data_dir, p),
+                svc._fs.write_atomic(path,
                                       json.dumps({"from": offset}).encode())
                 svc.checkpoints[p] = offset
             except OSError as e:  # only recovery's start is at stake: it reads from the log start

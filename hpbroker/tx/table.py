@@ -29,7 +29,7 @@ COMMITTED, ROLLED_BACK = "committed", "rolled_back"
 
 class Tx:
     __slots__ = ("txid", "xa", "state", "began", "deadline", "parts", "bytes", "messages", "conn", "journaled",
-                 "scan_from", "applying", "waiter", "heuristic", "first_offset", "first_ms", "copying")
+                 "scan_from", "applying", "waiter", "heuristic", "first_offset", "first_ms", "copying", "restate")
 
     def __init__(self, txid: str, xa: bool, began: float, deadline: float | None, conn=None):
         self.txid = txid
@@ -50,6 +50,7 @@ class Tx:
         self.first_offset = -1  # at or below its first journal record's offset (-1: none written)
         self.first_ms = -1  # when that record was written (wall ms): its age in the journal
         self.copying = False  # a copy to the journal's end is on its way
+        self.restate = False  # a journal write of it failed: the next decision writes all of it again
 
 
 class TxTable:
