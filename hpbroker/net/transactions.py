@@ -61,6 +61,7 @@ log = logging.getLogger("hpbroker.transactions")
 TIMED_OUT = "timed_out"
 _RETRY_APPLY_S = 1.0
 _HOUSEKEEPING_S = 5.0
+_TICK_S = 0.1
 
 
 class JournalSink:
@@ -99,6 +100,7 @@ class TxService:
         self.copies = 0
         self.checkpoints: dict[int, int] = {}  # journal partition -> the offset its tx.checkpoint holds
         self._housekeeping_at = 0.0
+        self._next_tick = 0.0
         self._fs = FileSystem()
         # one request's worth: what fits a ring record with room to spare
         self._chunk = max(cfg.broker.max_request_bytes - (64 << 10), cfg.broker.max_request_bytes // 2)
@@ -416,19 +418,31 @@ class TxService:
     # -- time, connections, recovery ------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
+        """Timeouts, appends to retry, the journal's upkeep; at most every
+        ``_TICK_S`` (the acceptor calls this every turn of its loop)."""
+        if now < self._next_tick or self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
             return
+        self._next_tick = now + _TICK_S
         if self.cluster.view.role == "slave":
             if self.loaded:  # demoted: the journal is the new master's now
                 self.loaded.clear()
                 self.table.txs.clear()
                 self.table.bytes = 0
             return
-        self._load_all()
+        try:
+            self._load_all()
+        except BrokerError as e:
+            log.warning("transaction journal not read back yet: %s", e.message)
+            return
         for tx in self.table.expired(now):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
+            except BrokerError as e:
+                tx.deadline = now + 1.0  # busy or stopping: try again in a second
+                log.warning("transaction %s: timed out, rollback not journalled yet: %s", tx.txid, e.message)
+                continue
             log.info("transaction %s: rolled back by its timeout", tx.txid)
             self.table.timeouts += 1
-            self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
         for txid, at in list(self.retry_apply.items()):
             tx = self.table.txs.get(txid)
             if tx is None:
@@ -446,10 +460,13 @@ class TxService:
 
     def disconnected(self, conn) -> None:
         """Client connection ``conn`` is gone: roll back its open local transactions."""
-        log.debug("connection fd %s closed", conn)
         for tx in self.table.of_connection(conn):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
+            except BrokerError as e:  # its timeout rolls it back instead
+                log.warning("transaction %s: client gone, rollback not journalled: %s", tx.txid, e.message)
+                continue
             log.info("transaction %s: rolled back, its client disconnected", tx.txid)
-            self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
 
     def _load_all(self) -> None:
         n = self.cluster.view.topics.get(journal.TOPIC)

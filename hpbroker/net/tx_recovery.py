@@ -37,6 +37,7 @@ from hpbroker import batch
 from hpbroker.io import layout
 from hpbroker.io.storage import TX_CHECKPOINT
 from hpbroker.ipc import handoff
+from hpbroker.protocol.errors import BrokerError
 from hpbroker.tx import journal
 from hpbroker.tx.table import COMMITTED, COMMITTING, OPEN, PREPARED, ROLLED_BACK
 
@@ -123,8 +124,11 @@ def recover(svc, p: int) -> None:
             continue
         counts[tx.state] += 1
         if tx.state == OPEN:  # never prepared: rolled back, as MetaQ's recovery does
-            svc._write(p, tx, [journal.rollback(False, "the broker restarted before it was prepared")], 1,
-                       lambda reply: None)
+            try:
+                svc._write(p, tx, [journal.rollback(False, "the broker restarted before it was prepared")], 1,
+                           lambda reply: None)
+            except BrokerError as e:  # the next recovery rolls it back again: it is open in the journal
+                log.warning("transaction %s: rollback after the restart not journalled: %s", txid, e.message)
             table.finish(tx, ROLLED_BACK)
         elif tx.state == COMMITTING:
             missing = {tp: _missing(svc.fetch, tp, tx.scan_from.get(tp, 0), batches)
