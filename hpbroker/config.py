@@ -121,6 +121,18 @@ class GroupsConfig(_Section):
     commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
 
 
+class TransactionsConfig(_Section):
+    """[transactions]: local and XA transactions (docs/transactions.md)."""
+
+    log_partitions: Annotated[int, M(ge=1, le=1024, description="Partitions of the internal __transactions topic (the transaction journal), created on the first transaction. A transaction is journalled in partition crc32(txid) % N and coordinated by the acceptor serving it, so N spreads transactions over acceptors. Fixed once the topic exists.")] = 8
+    max_timeout_ms: Annotated[int, M(ge=1, description="Cap on a transaction's timeout (MetaQ's maxTxTimeoutInSeconds): a client asking for more gets this. An open (unprepared) transaction is rolled back this long after it began; a prepared XA transaction never times out.")] = 900_000
+    max_transaction_bytes: Annotated[int, M(ge=1024, description="Largest transaction, in bytes of record batches; a send past it is refused with TRANSACTION_TOO_LARGE and the transaction rolled back.")] = 64 << 20
+    max_open_bytes: Annotated[int, M(ge=1024, description="Bytes of open, prepared and committing transactions one acceptor holds in memory (their batches wait there to be appended at commit); a send past it is refused with TRANSACTION_TOO_LARGE.")] = 512 << 20
+    max_open_transactions: Annotated[int, M(ge=1, description="Transactions one acceptor coordinates at once; a begin past it is refused with BUSY.")] = 100_000
+    decision_timeout_ms: Annotated[int, M(ge=1, description="How long a prepare, commit or rollback waits for its journal record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT. A commit whose record did become durable is still applied.")] = 30_000
+    remember_finished: Annotated[int, M(ge=0, description="Outcomes of this many recently finished transactions are kept, so a client retrying a commit or rollback whose reply it lost is told the outcome instead of UNKNOWN_TRANSACTION.")] = 10_000
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -129,6 +141,7 @@ class Config(_Section):
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
+    transactions: TransactionsConfig = TransactionsConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -142,6 +155,11 @@ class Config(_Section):
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+        if 0 <= self.log.retention_ms and self.transactions.max_timeout_ms >= self.log.retention_ms // 2:
+            raise ValueError(
+                f"transactions.max_timeout_ms ({self.transactions.max_timeout_ms}) must be less than half of "
+                f"log.retention_ms ({self.log.retention_ms}): an open transaction's journal records must not expire "
+                "before it times out")
         if self.replication.pub_port and self.replication.pub_port + self.broker.writers - 1 > 65535:
             raise ValueError(f"replication.pub_port ({self.replication.pub_port}) + broker.writers - 1 must be a port "
                              "number (writer i publishes on pub_port + i)")

@@ -23,6 +23,7 @@ import time
 from itertools import count
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
@@ -33,8 +34,9 @@ from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.groups import OFFSETS_TOPIC, CommitSink, GroupService
+from hpbroker.net.groups import CommitSink, GroupService
 from hpbroker.net.producer_ids import ProducerIds
+from hpbroker.net.transactions import TxService
 from hpbroker.net.produce import Drops, check_request_size, hand_off
 from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
@@ -70,13 +72,17 @@ class Acceptor:
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes, cfg.broker.max_filter_scan_bytes)
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
+        self.tx = TxService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx)
+        # disconnects roll back local transactions (a connection is known by its fd: zmq.SRCFD)
+        self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
         self._stop_deadline: float | None = None
         self._poller = zmq.Poller()
-        for sock in (self.client, self.completions, self.view_sub, self.repl_sub, self.slave_acks):
+        for sock in (self.client_events, self.client, self.completions, self.view_sub, self.repl_sub,
+                     self.slave_acks):
             if sock is not None:
                 self._poller.register(sock, zmq.POLLIN)
 
@@ -120,6 +126,9 @@ class Acceptor:
             self._drain_replica_state()
         if self.slave_acks is not None and self.slave_acks in events:
             self._drain_slave_acks()
+        if self.client_events in events:  # before the client's requests: a reused fd is a new connection
+            for frames in drain(self.client_events, multipart=True):
+                self.tx.disconnected(parse_monitor_message(frames)["value"])
         if self.client in events:
             if self._stop_deadline is None:
                 self._drain_client()
@@ -145,8 +154,11 @@ class Acceptor:
 
     def _send(self, replies) -> None:
         for ident, reply in replies:
-            if ident.__class__ is CommitSink:  # an OffsetCommit's record: answer the committer
-                ident, reply = self.groups.on_commit_done(ident, reply)
+            if ident.__class__ is not bytes:  # a group commit's or a transaction's journal record
+                answer = self.groups.on_commit_done(ident, reply) if ident.__class__ is CommitSink else ident.done(reply)
+                if answer is None:
+                    continue
+                ident, reply = answer
             self._reply(ident, reply)
 
     # -- what the writers, the replicator, the slaves and the supervisor say -------
@@ -184,6 +196,7 @@ class Acceptor:
     def _expire(self, now: float) -> None:
         self._send(self.acks.tick(now))
         self.groups.tick(now)
+        self.tx.tick(now)
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 
@@ -271,6 +284,19 @@ class Acceptor:
                     self._reply(ident, self.groups.list_groups(req))
                 case m.DescribeGroup():
                     self._reply(ident, self.groups.describe(req))
+                case m.TxBegin():
+                    self._reply(ident, self.tx.begin(req, frames[0].get(zmq.SRCFD)))
+                case m.TxProduce():
+                    check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    self.tx.produce_in(ident, req, payload)
+                case m.TxEnd():
+                    if payload:
+                        check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    reply = self.tx.end(ident, req, payload)
+                    if reply is not None:
+                        self._reply(ident, reply)
+                case m.TxList():
+                    self._reply(ident, self.tx.list(req))
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
@@ -282,8 +308,9 @@ class Acceptor:
     # -- produce ----------------------------------------------------------------
 
     def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
-        if req.topic == OFFSETS_TOPIC:
-            raise BrokerError(ErrorCode.BAD_REQUEST, f"{OFFSETS_TOPIC} is internal: commit offsets with OffsetCommit")
+        if req.topic.startswith("__"):
+            raise BrokerError(ErrorCode.BAD_REQUEST, f"{req.topic} is internal (offset commits and transactions "
+                                                     "write it)")
         self._hand_off(ident, req, batches)
 
     def _hand_off(self, ident, req, batches: list[memoryview]) -> None:
@@ -376,6 +403,8 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
         # the last answers may still sit in ZeroMQ's queue: give them a moment
         # to reach connected clients before the socket goes (a gone client
         # costs at most this long)
+        acc.client.disable_monitor()
+        acc.client_events.close(linger=0)
         sockets.client.close(linger=1000)
     finally:
         for s in shared:

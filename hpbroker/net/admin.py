@@ -35,7 +35,7 @@ from hpbroker.replication.probe import master_answering
 
 class Admin:
     def __init__(self, index: int, cfg: config_mod.Config, cluster: Cluster, acks: ProduceAcks, fetch: FetchService,
-                 ctx: zmq.Context, groups=None):
+                 ctx: zmq.Context, groups=None, transactions=None):
         self.index = index
         self.cfg = cfg
         self.cluster = cluster
@@ -43,6 +43,7 @@ class Admin:
         self.fetch = fetch
         self.ctx = ctx  # for the promotion probe's short-lived socket
         self.groups = groups  # net.groups.GroupService: its counters
+        self.transactions = transactions  # net.transactions.TxService: its counters
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -95,6 +96,8 @@ class Admin:
         out.update(policy.stats)
         if self.groups is not None:
             out.update(self.groups.stats())
+        if self.transactions is not None:
+            out.update(self.transactions.stats())
         # until the replicator's first broadcast: the supervisor's role, not the
         # flags' (a promoted broker restarted with slave flags is a master)
         out.setdefault("replication_role", view.role)
