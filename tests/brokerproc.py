@@ -21,6 +21,7 @@ import zmq
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.ring import cleanup_stale
+from hpbroker.stats import cleanup_stale as stats_cleanup_stale
 
 
 #: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
@@ -40,6 +41,8 @@ class BrokerProcess:
         PORTS_USED.add(self.port)
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.args = list(args)
+        if "--http-port" not in self.args:  # no HTTP process unless a test asks for one (ports stay free)
+            self.args += ["--http-port", "0"]
         self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -115,6 +118,7 @@ class BrokerProcess:
         # here.  Only objects whose owner is dead: a broker running on this
         # port now keeps its own.
         cleanup_stale(f"p{self.port}", dead_after_ms=60_000)
+        stats_cleanup_stale(f"p{self.port}")  # the stats block of a broker killed with -9
         return self.proc.returncode
 
     def kill(self) -> None:
