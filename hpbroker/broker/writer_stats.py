@@ -30,6 +30,7 @@ class WriterStats:
     def __init__(self, slot: Slot | None = None):
         self.slot = slot or NullSlot()
         self._rows: dict[tuple[str, int], int] = {}  # partitions reported at least once -> row
+        self._recovered = False  # set by the first full report: the logs recovery opened
 
     def appended(self, topic: str, partition: int, nbytes: int) -> None:
         """One ring record's batches were appended (staged) to (topic, partition)."""
@@ -50,18 +51,21 @@ class WriterStats:
         for plog in logs:
             at = rows.get(plog.key)
             hwm = plog.high_watermark
-            if at is None:  # first sight: what recovery found is not "in" since the start
+            if at is None:
                 at = self.slot.row(*plog.key)
                 if at < 0:
                     continue
                 rows[plog.key] = at
-            elif hwm > w[at + _END]:
+                if not self._recovered:  # what recovery found did not come in since the start
+                    w[at + _END] = hwm
+            if hwm > w[at + _END]:
                 w[at + _IN_MESSAGES] += hwm - w[at + _END]
             w[at + _END] = hwm
             w[at + _START] = plog.earliest_offset
             if full:
                 w[at + _SIZE] = sum(seg.size for seg in plog.segments())
         if full:
+            self._recovered = True
             self.slot.beat()
 
 
