@@ -83,6 +83,26 @@ class BrokerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
 
+    @property
+    def http_url(self) -> str:
+        """http://127.0.0.1:PORT of a broker started with --http-port PORT."""
+        return f"http://127.0.0.1:{self.args[self.args.index('--http-port') + 1]}"
+
+    def wait_http(self, timeout: float = 30.0) -> str:
+        """Wait until the HTTP process answers /healthz; its base URL."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self.http_url
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /healthz on {self.http_url} after {timeout} s:\n{self.log()}") from None
+                time.sleep(0.1)
+
     def child_pid(self, name: str, timeout: float = 30.0) -> int:
         """The pid of child ``name`` (e.g. "writer0", "acceptor0",
         "replicator"), from the supervisor's "started ..." log line (the
