@@ -7,7 +7,8 @@ requests to the acceptors (:class:`~hpbroker.http.brokerlink.BrokerLink`),
 so the JSON reply comes after the same durable ack as on the ZeroMQ path
 (``acks`` 1 or all; ``acks=0`` answers 202 at once).  A key (header
 ``X-Hpbroker-Key`` or ``?key=``) picks the partition as the Python producer
-does; headers ``X-Hpbroker-Header-<name>`` become record headers.
+does; headers ``X-Hpbroker-Header-<name>`` become record headers (names
+in lower case: HTTP header names carry no case).
 
 ``GET /topics/<topic>/partitions/<p>?offset=N&max_bytes=M&wait_ms=W``
 answers with JSON lines, one per record from ``offset`` on (``earliest``
@@ -84,7 +85,7 @@ class Gateway:
                 raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has partitions 0..{n - 1}, not {partition}")
         else:
             partition = partition_for_key(keyb, n) if keyb is not None else next(self._rr) % n
-        pairs = [(k[len(HEADER_PREFIX):], v.encode()) for k, v in request.headers.items()
+        pairs = [(k[len(HEADER_PREFIX):].lower(), v.encode()) for k, v in request.headers.items()
                  if k.lower().startswith(HEADER_PREFIX)]
         blob = batch.encode_headers(pairs) if pairs else None
         offsets, last = [], -1
