@@ -114,7 +114,8 @@ class DashboardApi:
         out = {k: v for k, v in s.items() if k.startswith(("replication", "slave_", "fetch_bound", "promoted_from",
                                                             "messages_awaiting"))}
         out.setdefault("replication_role", s.get("role", self.view.cfg.replication.role))
-        out["mode"] = self.view.cfg.replication.mode
+        if out["replication_role"] != "standalone":
+            out["mode"] = self.view.cfg.replication.mode
         return _json(out)
 
     async def config(self, request: web.Request) -> web.Response:
