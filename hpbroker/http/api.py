@@ -29,7 +29,7 @@ import msgspec
 import psutil
 from aiohttp import web
 
-from hpbroker import __version__
+import hpbroker
 
 from hpbroker.http.health import readiness
 from hpbroker.http.view import BrokerView
@@ -66,7 +66,7 @@ class DashboardApi:
         rows = snap.rows if snap else {}
         last = v.history[-1] if v.history else None
         return _json({
-            "version": __version__, "instance": v.instance, "role": s.get("role") or (md.role if md else ""),
+            "version": hpbroker.__version__, "instance": v.instance, "role": s.get("role") or (md.role if md else ""),
             "leader_epoch": s.get("leader_epoch", md.leader_epoch if md else None),
             "broker_id": md.broker_id if md else cfg.broker.broker_id,
             "cluster_id": md.cluster_id if md else cfg.broker.cluster_id,

@@ -23,7 +23,7 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from hpbroker import __version__
+import hpbroker
 from hpbroker.protocol.errors import code_name
 from hpbroker.ring import list_segments
 from hpbroker.stats import layout as L
@@ -86,7 +86,7 @@ class BrokerCollector(Collector):
         role = s.get("role") or (md.role if md else "") or "unknown"
         info = GaugeMetricFamily("hpbroker_info", "The broker: version, instance, role, ids (value 1).",
                                  labels=["version", "instance", "role", "broker_id", "cluster_id"])
-        info.add_metric([__version__, v.instance, role, str(md.broker_id if md else v.cfg.broker.broker_id),
+        info.add_metric([hpbroker.__version__, v.instance, role, str(md.broker_id if md else v.cfg.broker.broker_id),
                          md.cluster_id if md else v.cfg.broker.cluster_id], 1)
         yield info
         up = GaugeMetricFamily("hpbroker_broker_answering", "1 when the last admin poll of the acceptors succeeded.")
