@@ -86,3 +86,57 @@ def test_the_curl_script_against_a_real_broker(tmp_path):
         assert "ok" in r.stdout
     finally:
         b.stop()
+
+
+def test_readyz_fails_on_a_sync_master_without_a_slave_in_sync(tmp_path):
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    b = BrokerProcess(tmp_path / "data", args=("--role", "master", "--http-port", str(free_port())))
+    b.start()
+    try:
+        base = b.wait_http()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(base + "/readyz", timeout=5)
+                status, body = 200, {}
+            except urllib.error.HTTPError as e:
+                status, body = e.code, json.load(e)
+            if body.get("checks", {}).get("acceptors") == "ok" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status == 503
+        assert body["ready"] is False
+        assert "0 slave(s) in sync" in body["checks"]["replication"]
+        assert body["checks"]["writers"] == "ok"
+    finally:
+        b.stop()
+
+
+def test_the_supervisor_tells_systemd_ready_and_stopping(tmp_path):
+    import os
+    import signal
+    import sys
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        s.settimeout(60)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "hpbroker", "serve", "--port", str(port), "--data-dir",
+                                 str(tmp_path / "data"), "--http-port", "0"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "NOTIFY_SOCKET": str(path)})
+        try:
+            ready = s.recv(200).decode()
+            assert ready.startswith("READY=1") and f"MAINPID={proc.pid}" in ready
+            proc.send_signal(signal.SIGTERM)
+            assert s.recv(200) == b"STOPPING=1"
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

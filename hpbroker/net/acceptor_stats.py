@@ -13,6 +13,7 @@ from hpbroker.stats import NullSlot, Slot
 from hpbroker.stats import layout as L
 
 _KIND = {m.ProduceReply: 0, m.FetchReply: 1}
+_REQUESTS = L.REQUESTS_AT
 _PRODUCE_BYTES = L.COUNTER["produce_request_bytes"]
 _FETCH_BYTES = L.COUNTER["fetch_bytes"]
 _FETCH_MESSAGES = L.COUNTER["fetch_messages"]
@@ -27,12 +28,14 @@ BEAT_EVERY_S = 0.5
 
 class AcceptorStats:
     def __init__(self, slot: Slot | None = None):
-        self.slot = slot or NullSlot()
+        self.slot = slot = slot or NullSlot()
+        self.w = slot.w  # the slot's words: the per-request paths store into them directly
         self._since: dict[tuple[bytes, int], float] = {}  # (client, request id) -> arrival, until acked
         self._beat_due = 0.0
 
     def reply(self, reply) -> None:
-        self.slot.reply(_KIND.get(reply.__class__, 2), reply.code)
+        code = reply.code
+        self.w[_REQUESTS + _KIND.get(reply.__class__, 2) * L.CODE_SLOTS + (code if 0 <= code < 63 else 63)] += 1
 
     def dropped(self, code: int) -> None:
         """An acks=0 produce refused without a reply."""
@@ -42,7 +45,7 @@ class AcceptorStats:
 
     def produced(self, ident: bytes, req, batches, now: float) -> None:
         """A client's produce request went to its writer at ``now``."""
-        self.slot.add(_PRODUCE_BYTES, sum(b.nbytes for b in batches))
+        self.w[_PRODUCE_BYTES] += batches[0].nbytes if len(batches) == 1 else sum(b.nbytes for b in batches)
         if req.acks:
             self._since[(ident, req.id)] = now
 

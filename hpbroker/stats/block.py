@@ -13,7 +13,7 @@ code over a ``bytearray``.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 import mmap
 import os
 import time
@@ -165,9 +165,8 @@ class Slot:
         self.w = words
         self.rows = rows
         self._row_of: dict[tuple[str, int], int] = {}
-        self._hist_at = L.HISTOGRAM_AT
-        self._bounds = [h.unit_bounds for h in L.HISTOGRAMS]
-        self._scale = [h.scale for h in L.HISTOGRAMS]
+        # per histogram: (scale, first bucket's word, bounds in stored units, the sum's word)
+        self._hist = [(h.scale, at, h.unit_bounds, at + len(h.bounds) + 1) for h, at in zip(L.HISTOGRAMS, L.HISTOGRAM_AT)]
         self._beat_due = 0
         words[3] = time.time_ns()
         words[2] = words[3]
@@ -187,13 +186,12 @@ class Slot:
 
     def observe(self, hist: int, value: float) -> None:
         """``value`` in the histogram's unit (seconds, bytes, batches)."""
-        v = int(value * self._scale[hist])
-        at = self._hist_at[hist]
-        bounds = self._bounds[hist]
+        scale, at, bounds, total = self._hist[hist]
+        v = int(value * scale)
         w = self.w
-        w[at + bisect.bisect_left(bounds, v)] += 1
-        w[at + len(bounds) + 1] += v
-        w[at + len(bounds) + 2] += 1
+        w[at + bisect_left(bounds, v)] += 1
+        w[total] += v
+        w[total + 1] += 1
 
     def beat(self, now_ns: int | None = None) -> None:
         """Stamp the heartbeat (readers call a process whose beat is old stuck)."""
