@@ -67,8 +67,10 @@ def test_dashboard_shows_live_values_after_a_produce(tmp_path):
         wait = WebDriverWait(driver, 45, poll_frequency=0.25)
 
         def topic_row(d):
-            for tr in d.find_elements("css selector", "#topics-table tbody tr"):
-                cells = [td.text for td in tr.find_elements("tag name", "td")]
+            # one script call reads the whole table: the page replaces its rows every second
+            rows = d.execute_script("return [...document.querySelectorAll('#topics-table tbody tr')]"
+                                    ".map(tr => [...tr.cells].map(td => td.textContent))")
+            for cells in rows:
                 if cells[:2] == ["dash", "0"] and int(cells[3] or 0) > 0:
                     return cells
             return False
