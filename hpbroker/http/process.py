@@ -42,7 +42,8 @@ async def serve(cfg, instance: str, endpoints: list[str], supervisor_pid: int) -
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     bind = cfg.http.bind or cfg.broker.bind
-    site = web.TCPSite(runner, bind, cfg.http_port, reuse_address=True)
+    # at SIGTERM, requests in flight (a long poll) get 2 s: the broker's shutdown does not wait for them
+    site = web.TCPSite(runner, bind, cfg.http_port, reuse_address=True, shutdown_timeout=2.0)
     await site.start()
     log.info("http serving on http://%s:%d (metrics, health, gateway%s)", bind, cfg.http_port,
              ", dashboard" if cfg.http.dashboard else "")
