@@ -131,6 +131,23 @@ class TransactionsConfig(_Section):
     max_open_transactions: Annotated[int, M(ge=1, description="Transactions one acceptor coordinates at once; a begin past it is refused with BUSY.")] = 100_000
     decision_timeout_ms: Annotated[int, M(ge=1, description="How long a prepare, commit or rollback waits for its journal record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT. A commit whose record did become durable is still applied.")] = 30_000
     remember_finished: Annotated[int, M(ge=0, description="Outcomes of this many recently finished transactions are kept, so a client retrying a commit or rollback whose reply it lost is told the outcome instead of UNKNOWN_TRANSACTION.")] = 10_000
+class HttpConfig(_Section):
+    """[http]: the HTTP port - Prometheus /metrics, /healthz and /readyz, the HTTP gateway and the dashboard (docs/http.md)."""
+
+    port: Annotated[
+        Annotated[int, M(ge=0, le=65535)] | Literal["auto"],
+        M(description="Port of the broker's HTTP process. auto: broker.port + 80 (7680 for the default client port 7600), so brokers on different client ports never collide; 0: no HTTP process at all."),
+    ] = "auto"
+    bind: Annotated[str, M(description="Address the HTTP port listens on; empty means broker.bind.")] = ""
+    max_body_bytes: Annotated[int, M(ge=1, description="Largest request body the gateway reads (413 MESSAGE_TOO_LARGE above it). A body larger than one batch goes as several batches, and one larger than broker.max_request_bytes as several requests to its partition, in order.")] = 4 << 20
+    rate_limit_per_s: Annotated[int, M(ge=0, description="Gateway requests (produce and consume) per second from one client address; beyond it 429 with code BUSY. The bucket holds one second's worth, so bursts of that size pass. 0 = no limit. /metrics, /healthz, /readyz and the dashboard are not limited.")] = 10_000
+    max_wait_ms: Annotated[int, M(ge=0, description="Longest long poll (wait_ms) a consume request may ask for; larger values are cut to it.")] = 30_000
+    produce_timeout_ms: Annotated[int, M(ge=1, description="How long a gateway produce waits for its durable ack (the produce request's timeout_ms); past it the reply is 504 REQUEST_TIMED_OUT and the outcome is unknown, as on the ZeroMQ path.")] = 30_000
+    metrics_max_partitions: Annotated[int, M(ge=0, description="Most partitions /metrics exports one series each for (per-partition messages, bytes, offsets, sizes, and consumer-group lag rows). Above it the per-partition metrics are exported per topic only, with partition=\"all\" holding the sum over the topic's partitions (so sum by (topic) reads the same in both modes), and hpbroker_metrics_partitions_folded says how many were folded, so a broker with 10 000 partitions costs one series per topic, not 10 000. 0 = always per topic.")] = 2000
+    stats_rows: Annotated[int, M(ge=16, le=1 << 20, description="Partition rows each broker process has in the shared-memory stats block (8 words each; pages are touched only as rows are used). A process that serves more partitions than this counts the others in its totals only (hpbroker_stats_rows_full_total).")] = 16384
+    poll_ms: Annotated[int, M(ge=100, description="How often the HTTP process asks the broker for its stats, metadata and consumer groups (over the normal ZeroMQ requests) and samples the rates the dashboard charts.")] = 1000
+    history_s: Annotated[int, M(ge=10, le=86400, description="Seconds of rate history the dashboard's charts keep.")] = 300
+    dashboard: Annotated[bool, M(description="Serve the web dashboard at / and its JSON API at /api/*.")] = True
 
 
 class Config(_Section):
@@ -142,6 +159,7 @@ class Config(_Section):
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
     transactions: TransactionsConfig = TransactionsConfig()
+    http: HttpConfig = HttpConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -170,10 +188,18 @@ class Config(_Section):
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        if self.http.port == "auto" and self.broker.port + 80 > 65535:
+            raise ValueError(f"http.port = 'auto' is broker.port + 80, past 65535 for port {self.broker.port}: "
+                             "set http.port (0 turns the HTTP port off)")
 
     @property
     def instance(self) -> str:
         return self.broker.instance or f"p{self.broker.port}"
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP port with ``auto`` resolved; 0 when it is off."""
+        return self.broker.port + 80 if self.http.port == "auto" else self.http.port
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:

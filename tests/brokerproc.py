@@ -21,6 +21,7 @@ import zmq
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.ring import cleanup_stale
+from hpbroker.stats import cleanup_stale as stats_cleanup_stale
 
 
 #: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
@@ -40,6 +41,8 @@ class BrokerProcess:
         PORTS_USED.add(self.port)
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.args = list(args)
+        if "--http-port" not in self.args:  # no HTTP process unless a test asks for one (ports stay free)
+            self.args += ["--http-port", "0"]
         self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -80,6 +83,26 @@ class BrokerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
 
+    @property
+    def http_url(self) -> str:
+        """http://127.0.0.1:PORT of a broker started with --http-port PORT."""
+        return f"http://127.0.0.1:{self.args[self.args.index('--http-port') + 1]}"
+
+    def wait_http(self, timeout: float = 30.0) -> str:
+        """Wait until the HTTP process answers /healthz; its base URL."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self.http_url
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /healthz on {self.http_url} after {timeout} s:\n{self.log()}") from None
+                time.sleep(0.1)
+
     def child_pid(self, name: str, timeout: float = 30.0) -> int:
         """The pid of child ``name`` (e.g. "writer0", "acceptor0",
         "replicator"), from the supervisor's "started ..." log line (the
@@ -115,6 +138,7 @@ class BrokerProcess:
         # here.  Only objects whose owner is dead: a broker running on this
         # port now keeps its own.
         cleanup_stale(f"p{self.port}", dead_after_ms=60_000)
+        stats_cleanup_stale(f"p{self.port}")  # the stats block of a broker killed with -9
         return self.proc.returncode
 
     def kill(self) -> None:

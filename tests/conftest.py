@@ -68,7 +68,7 @@ def tmpfs(tmp_path):
 
 # Private PostgreSQL and ZooKeeper servers (tests/servers.py), session-scoped; the offset-store
 # tests use them.  Importing the fixtures here registers them for every test module.
-from servers import postgres_server, zookeeper_server  # noqa: E402,F401
+from servers import postgres_server, prometheus_server, zookeeper_server  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(config, items):

@@ -50,6 +50,8 @@ class LocalBroker:
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.serve_args = list(serve_args or [])
+        if "--http-port" not in self.serve_args:  # the HTTP port only when a bench asks for it
+            self.serve_args += ["--http-port", "0"]
         self.proc: subprocess.Popen | None = None
         self._log = None
 

@@ -41,6 +41,7 @@ from hpbroker.ring import PeerDead, ReaderGroup, RingClosed
 from hpbroker.broker.completion_reporter import CompletionReporter
 from hpbroker.broker.pending_request import PendingRequest, ReplicaGap, error_code
 from hpbroker.broker.round_publisher import RoundPublisher
+from hpbroker.broker.writer_stats import WriterStats
 
 log = logging.getLogger("hpbroker.writer")
 
@@ -71,7 +72,7 @@ class DiskWriter:
     def __init__(self, storage: Storage, group_commit: GroupCommit, rings: ReaderGroup, reporter: CompletionReporter,
                  flush_wakeup: FlushWakeup, *, publisher: RoundPublisher | None = None,
                  make_publisher: Callable[[], RoundPublisher] | None = None, retention_check_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, stats: WriterStats | None = None):
         self.storage = storage
         self.group_commit = group_commit
         self.rings = rings
@@ -85,6 +86,7 @@ class DiskWriter:
         self.stopping = False
         self._promotion_requested = False
         self._handler_of = {reader: partial(self.on_record, i) for i, reader in enumerate(rings.readers)}
+        self.stats = stats or WriterStats()  # its slot of the stats block (hpbroker/stats)
 
     def stop(self) -> None:
         """SIGTERM: drain, flush, report and leave the loop."""
@@ -115,6 +117,7 @@ class DiskWriter:
                 request.last_offset = arg - 1
             else:
                 self._append_batches(plog, buf, pos, count, epoch, record_type == handoff.REPLICA, request)
+                self.stats.appended(topic, partition, buf.nbytes - pos)
             self.reporter.changed_logs.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap, SequenceError)):
@@ -178,6 +181,7 @@ class DiskWriter:
         rings meanwhile); its batches are acknowledged when it completes.  A
         master publishes the round to its slaves as it starts, so they write
         and fdatasync it while this broker does (docs/replication.md)."""
+        self.stats.round(self.group_commit.pending_batches, self.group_commit.pending_bytes)
         results = self.group_commit.start_flush()
         if self.publisher is not None:
             self.publisher.publish_round()
@@ -218,6 +222,7 @@ class DiskWriter:
         """Report answered requests and moved watermarks (every one of
         ``logs``, when given); see :meth:`CompletionReporter.report`."""
         publisher = self.publisher
+        self.stats.logs(self.reporter.changed_logs if logs is None else logs, full=logs is not None)
         if self.reporter.report(logs, master=publisher is not None, send_held=send_held) and publisher is not None:
             publisher.send_note()
 

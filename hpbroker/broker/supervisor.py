@@ -31,11 +31,13 @@ from pathlib import Path
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker import stats as stats_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
 from hpbroker.broker.host import (StartupError, check_port, create_rings, doorbell_name, lock_data_dir,
                                   replica_ring_name, ring_name)
 from hpbroker.broker import role as role_mod
+from hpbroker.broker import sdnotify
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
@@ -81,6 +83,8 @@ class Supervisor:
         b = self.cfg.broker
         for port in (b.port, *b.acceptor_ports):
             check_port(b.bind, port)
+        if self.cfg.http_port:
+            check_port(self.cfg.http.bind or b.bind, self.cfg.http_port)
         self._lock_fd = lock_data_dir(self.data_dir)
         try:
             self.topics = TopicRegistry(self.data_dir)
@@ -106,6 +110,11 @@ class Supervisor:
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=self._ipc("control"))
         self.view_pub = make_socket(self.ctx, zmq.PUB, bind=self._ipc("view"))
         self.owned_shm += create_rings(self.instance, self.plan, self.cfg, replicated=self.role != "standalone")
+        # counters, histograms and log tails of every process (hpbroker/stats), read by the HTTP process
+        self.stats = stats_mod.StatsBlock.create(self.instance, stats_mod.layout.slot_names(
+            b.acceptors, b.writers, self.role != "standalone"), self.cfg.http.stats_rows)
+        self.owned_shm.append(self.stats)
+        stats_mod.capture_logs(self.stats.slot("supervisor")).setLevel(logging.INFO)
         self.mp = mp = multiprocessing.get_context("spawn")
         self.cfg_bytes = cfg_bytes = config_mod.dumps(self._child_config())
         replicated = self.role != "standalone"
@@ -128,6 +137,7 @@ class Supervisor:
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
         self.publish_view()
+        self._start_http()
         log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch)
@@ -199,6 +209,18 @@ class Supervisor:
 
     _ready: set[str]
 
+    def _start_http(self) -> None:
+        """The HTTP process (metrics, health, gateway, dashboard): a client
+        of the acceptors and a reader of the stats block, never in the data
+        path.  Not started when http.port is 0."""
+        if not self.cfg.http_port:
+            return
+        from hpbroker.http import process as http_process  # aiohttp is imported in the child only
+
+        self._http_started = time.monotonic()
+        self._spawn(self.mp, "http", http_process.main,
+                    (self.cfg_bytes, self.instance, [e for e in self.endpoints if e], os.getpid()))
+
     def _child_config(self) -> config_mod.Config:
         import msgspec
 
@@ -212,6 +234,8 @@ class Supervisor:
                        daemon=False)
         p.start()
         self.children[name] = p
+        if getattr(self, "stats", None) is not None:
+            self.stats.set_pid(name, p.pid)
         log.info("started %s (pid %d)", name, p.pid)
 
     def _await(self, done, what: str) -> None:
@@ -315,7 +339,16 @@ class Supervisor:
         return control.TopicResult(code=0, message="", view=self.view())
 
     def _check_children(self) -> None:
+        http = self.children.get("http")
+        if http is not None and http.exitcode is not None and not self.stop_requested:
+            # the HTTP process is no part of the data path: restarted, never a reason to stop the broker
+            if time.monotonic() - self._http_started > 5.0:
+                log.error("http (pid %d) died with exit code %s; starting it again", http.pid, http.exitcode)
+                del self.children["http"]
+                self._start_http()
         for name, p in self.children.items():
+            if name == "http":
+                continue
             if p.exitcode is not None:
                 how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
                 raise ChildDied(f"{name} (pid {p.pid}) died with {how}; stopping the broker")
@@ -333,7 +366,8 @@ class Supervisor:
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
         others = [p for n, p in self.children.items() if n == "replicator"]
-        for group in (acceptors, others, writers):
+        http = [p for n, p in self.children.items() if n == "http"]  # first: /readyz fails, the gateway drains
+        for group in (http, acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:
                     # SIGTERM: drain, answer, exit.  After a child died there is
@@ -384,12 +418,14 @@ def run(cfg: config_mod.Config) -> int:
     try:
         sup.start()
         freeze_heap()
+        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}")
         sup.serve()
     except (StartupError, ChildDied) as e:
         log.error("%s", e)
         sup.fatal = True
         code = 1
     finally:
+        sdnotify.notify("STOPPING=1")
         sup.stop()
     if code == 0:
         log.info("stopped cleanly")

@@ -23,10 +23,12 @@ from hpbroker.ipc import control, handoff
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ring import Doorbell, ReaderGroup, SharedRing
 from hpbroker.sockets import make_socket
+from hpbroker import stats
 
 from hpbroker.broker.completion_reporter import CompletionReporter
 from hpbroker.broker.disk_writer import DiskWriter, FlushWakeup
 from hpbroker.broker.round_publisher import RoundPublisher
+from hpbroker.broker.writer_stats import TimedFileSystem, WriterStats
 
 log = logging.getLogger("hpbroker.writer")
 
@@ -51,12 +53,13 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
     ctx = zmq.Context()
     bell = Doorbell(instance, doorbell)
     shared = [SharedRing.attach(instance, name, heartbeat_ms=cfg.ring.heartbeat_ms) for name in ring_names]
-    storage = Storage(cfg.broker.data_dir, cfg.log)
+    slot = stats.process_slot(instance, f"writer{index}")
+    storage = Storage(cfg.broker.data_dir, cfg.log, fs=TimedFileSystem(slot))
     try:
         readers = [s.reader(spin_us=cfg.ring.spin(), dead_after_ms=cfg.ring.dead_after_ms) for s in shared]
         rings = ReaderGroup(readers, bell.signal, spin_us=cfg.ring.spin())
         _serve(index, cfg, ctx, storage, rings, FlushWakeup(bell.signal.post), push_eps, control_ep, replicator_feed_ep,
-               master, pub_bind or f"tcp://{cfg.broker.bind}:*")
+               master, pub_bind or f"tcp://{cfg.broker.bind}:*", WriterStats(slot))
     finally:
         try:
             storage.close()
@@ -68,7 +71,8 @@ def main(index: int, cfg_bytes: bytes, instance: str, ring_names: list[str], doo
 
 
 def _serve(index: int, cfg: Config, ctx: zmq.Context, storage: Storage, rings: ReaderGroup, flush_wakeup: FlushWakeup,
-           push_eps: list[str], control_ep: str, replicator_feed_ep: str | None, master: bool, pub_at: str) -> None:
+           push_eps: list[str], control_ep: str, replicator_feed_ep: str | None, master: bool, pub_at: str,
+           writer_stats: WriterStats | None = None) -> None:
     pushes = [make_socket(ctx, zmq.PUSH, linger_ms=2000, sndhwm=0, connect=ep)  # bounded by max_pending_requests
               for ep in push_eps]
     replicator_feed = None if replicator_feed_ep is None else make_socket(ctx, zmq.PUSH, sndhwm=10_000,
@@ -92,7 +96,7 @@ def _serve(index: int, cfg: Config, ctx: zmq.Context, storage: Storage, rings: R
         publisher = RoundPublisher(storage, group_commit, pub, replicator_feed)
     writer = DiskWriter(storage, group_commit, rings, reporter, flush_wakeup, publisher=publisher,
                         make_publisher=publish_once_promoted if replicator_feed is not None else None,
-                        retention_check_s=cfg.log.retention_check_ms / 1000.0)
+                        retention_check_s=cfg.log.retention_check_ms / 1000.0, stats=writer_stats)
     signal.signal(signal.SIGTERM, lambda signum, frame: writer.stop())
     signal.signal(signal.SIGUSR2, lambda signum, frame: writer.request_promotion())
     recover_owned(storage, index, cfg.broker.writers)

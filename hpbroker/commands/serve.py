@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--replication-mode", choices=["sync", "async"], help="replication.mode")
     p.add_argument("--broker-id", type=int, metavar="N", help="broker.broker_id")
     p.add_argument("--cluster-id", metavar="NAME", help="broker.cluster_id")
+    p.add_argument("--http-port", type=int, metavar="N",
+                   help="HTTP port for /metrics, /healthz, /readyz, the gateway and the dashboard (http.port; "
+                        "default: the client port + 80, i.e. 7680; 0 turns it off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -50,6 +53,7 @@ def run(args) -> int:
             replication__mode=args.replication_mode,
             broker__broker_id=args.broker_id,
             broker__cluster_id=args.cluster_id,
+            http__port=args.http_port,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None

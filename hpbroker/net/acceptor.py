@@ -30,6 +30,7 @@ from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acceptor_sockets import AcceptorSockets, open_sockets
+from hpbroker.net.acceptor_stats import AcceptorStats
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
@@ -43,15 +44,17 @@ from hpbroker.ring import SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
+from hpbroker import stats
 
 log = logging.getLogger("hpbroker.acceptor")
 
 
 class Acceptor:
     def __init__(self, index: int, cfg: config_mod.Config, sockets: AcceptorSockets, rings: list, *,
-                 clock=time.monotonic):
+                 clock=time.monotonic, stats=None):
         """``rings``: a ring Writer per writer process, by writer index;
-        ``clock``: monotonic seconds."""
+        ``clock``: monotonic seconds; ``stats``: this acceptor's slot of the
+        stats block (hpbroker.stats.Slot; a private one when None)."""
         self.index = index
         self.cfg = cfg
         self.rings = rings
@@ -77,6 +80,7 @@ class Acceptor:
         # disconnects roll back local transactions (a connection is known by its fd: zmq.SRCFD)
         self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
+        self.stats = AcceptorStats(stats)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
         self._stop_deadline: float | None = None
@@ -153,12 +157,14 @@ class Acceptor:
         return max(0, min(100, int((d - self.clock()) * 1000) + 1))
 
     def _send(self, replies) -> None:
+        now = self.clock()
         for ident, reply in replies:
             if ident.__class__ is not bytes:  # a group commit's or a transaction's journal record
                 answer = self.groups.on_commit_done(ident, reply) if ident.__class__ is CommitSink else ident.done(reply)
                 if answer is None:
                     continue
                 ident, reply = answer
+            self.stats.answered(ident, reply, now)
             self._reply(ident, reply)
 
     # -- what the writers, the replicator, the slaves and the supervisor say -------
@@ -197,6 +203,7 @@ class Acceptor:
         self._send(self.acks.tick(now))
         self.groups.tick(now)
         self.tx.tick(now)
+        self.stats.tick(now, len(self.acks), len(self.fetch.parked_keys()))
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 
@@ -215,6 +222,7 @@ class Acceptor:
                 self._refuse(ident, decoded[0], BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping"))
 
     def _reply(self, ident: bytes, reply, payloads=()) -> None:
+        self.stats.reply(reply)
         if not try_send(self.client, [ident, *codec.encode_reply(reply, payloads)], multipart=True, copy=False):
             log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
 
@@ -237,6 +245,7 @@ class Acceptor:
             else:
                 self._reply(ident, _error_reply(req, e))
             return
+        self.stats.dropped(e.code)
         line = self.drops.note(e.code, e.message, self.clock())
         if line:
             log.warning("%s", line)
@@ -311,7 +320,9 @@ class Acceptor:
         if req.topic.startswith("__"):
             raise BrokerError(ErrorCode.BAD_REQUEST, f"{req.topic} is internal (offset commits and transactions "
                                                      "write it)")
+        t0 = self.clock()
         self._hand_off(ident, req, batches)
+        self.stats.produced(ident, req, batches, t0)
 
     def _hand_off(self, ident, req, batches: list[memoryview]) -> None:
         """Register a produce request and copy it into its writer's ring
@@ -349,6 +360,7 @@ class Acceptor:
         except BrokerError as e:
             self._reply(ident, _error_reply(req, e))
             return
+        self.stats.fetched(req, len(data), nxt)
         self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start, next_offset=nxt), [data])
 
     def _wake_fetches(self, keys) -> None:
@@ -386,7 +398,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
     rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
     sockets = open_sockets(ctx, index, cfg, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
-    acc = Acceptor(index, cfg, sockets, rings)
+    acc = Acceptor(index, cfg, sockets, rings, stats=stats.process_slot(instance, f"acceptor{index}"))
 
     def on_term(signum, frame):
         acc.stopping = True
