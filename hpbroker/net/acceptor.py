@@ -203,7 +203,7 @@ class Acceptor:
         self._send(self.acks.tick(now))
         self.groups.tick(now)
         self.tx.tick(now)
-        self.stats.tick(now, len(self.acks), len(self.fetch.parked_keys()))
+        self.stats.tick(now, self.acks.__len__, self.fetch.parked_count)
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 

@@ -64,9 +64,10 @@ class AcceptorStats:
             slot.w[at + _OUT_MESSAGES] += n
             slot.w[at + _OUT_BYTES] += nbytes
 
-    def tick(self, now: float, pending: int, parked: int) -> None:
+    def tick(self, now: float, pending, parked) -> None:
+        """``pending()`` and ``parked()`` count requests; called only when due."""
         if now >= self._beat_due:
             self._beat_due = now + BEAT_EVERY_S
             self.slot.beat()
-            self.slot.set(_PENDING, pending)
-            self.slot.set(_PARKED, parked)
+            self.slot.set(_PENDING, pending())
+            self.slot.set(_PARKED, parked())

@@ -331,6 +331,9 @@ class FetchService:
     def parked_keys(self) -> list[str]:
         return list(self._parked)
 
+    def parked_count(self) -> int:
+        return len(self._parked)
+
     def timed_out(self, now: float) -> list[Parked]:
         out = []
         while self._timeouts and self._timeouts[0].deadline <= now:
