@@ -54,6 +54,9 @@ def recover(svc, p: int) -> None:
                 if tx.first_offset < 0:
                     tx.first_offset = e.offset
             seen[e.txid] = tx
+        elif tx is None and e.kind == journal.PREPARE:  # a branch prepared with no messages: still in doubt
+            tx = seen[e.txid] = table.recovered(e.txid, True, now)
+            tx.state, tx.journaled, tx.first_offset = PREPARED, True, e.offset
         elif tx is None:
             continue  # a decision about a transaction whose data is older than the log start, or finished
         elif e.kind == journal.PREPARE:
