@@ -275,8 +275,7 @@ class TxService:
                                             "in doubt until you commit (again) or roll back")
         if tx.heuristic:
             log.warning("transaction %s: heuristic commit by an operator", tx.txid)
-        self.apply(tx)
-        return None
+        return self.apply(tx)  # the answer now when there is nothing to append (a branch prepared empty)
 
     def _rollback(self, p: int, tx: Tx, ident, req, reason: str, heuristic: bool, outcome: str = ROLLED_BACK):
         if tx.state not in (OPEN, PREPARED):
@@ -307,9 +306,10 @@ class TxService:
 
     # -- commit's appends ---------------------------------------------------------------
 
-    def apply(self, tx: Tx, parts: dict | None = None) -> None:
+    def apply(self, tx: Tx, parts: dict | None = None):
         """Append the committed ``tx``'s batches (``parts``: only these) to
-        their partitions, one produce request per partition."""
+        their partitions, one produce request per partition.  -> the
+        client's answer when it is due already (nothing to append), or None."""
         tx.state = COMMITTING
         self.retry_apply.pop(tx.txid, None)
         for tp, batches in (tx.parts if parts is None else parts).items():
@@ -323,7 +323,7 @@ class TxService:
             except BrokerError as e:
                 tx.applying.discard(tp)
                 self._apply_failed(tx, tp, e.message)
-        self._maybe_applied(tx)
+        return self._maybe_applied(tx)
 
     def _after_apply(self, tx: Tx, tp, reply):
         tx.applying.discard(tp)
