@@ -31,6 +31,7 @@ partition the offsets run from 0 without a gap.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import threading
@@ -228,13 +229,16 @@ class Committer(threading.Thread):
 def close_quietly(p: Producer) -> None:
     """Close ``p``; what it could not deliver in a moment is dropped (unacked)."""
     try:
-        p.close(2)
+        p.close(0.5)
     except BrokerError:
         pass
 
 
+_names = itertools.count()
+
+
 def start_committers(url: str, ledger: Ledger, n: int, seed: int, partitions=None) -> list[Committer]:
-    cs = [Committer(url, ledger, f"c{seed}-{i}", seed * 100 + i, partitions) for i in range(n)]
+    cs = [Committer(url, ledger, f"c{next(_names)}", seed * 100 + i, partitions) for i in range(n)]
     for c in cs:
         c.start()
     return cs

@@ -16,7 +16,8 @@ mid_sends           a local and an XA transaction larger than the flush size
                     one is in flight
 after_prepare       XA branches are prepared: one whose messages were
                     journalled before the prepare, one whose messages rode
-                    with it, one with none
+                    with it, one with none (and one more with none was
+                    prepared and committed before)
 commit_partial      between the journal's COMMIT and the appends: the writer
                     of half the transaction's partitions is held with
                     SIGSTOP, so the other half is appended and durable, this
@@ -190,6 +191,15 @@ def after_prepare(ctx: Ctx):
     led, rng = ctx.ledger, ctx.rng
     cs = start_committers(ctx.cb.url, led, 2, rng.randrange(1 << 30))
     wait_committed(cs)
+    # prepared and committed at once though there is nothing to append: answered
+    p = ctx.producer()
+    x = ctx.xid_for(p, "empty-now")
+    p.tpc_begin(x)
+    rec = led.new(x.txid, True)
+    p.tpc_prepare()
+    rec.state = COMMIT_IN_DOUBT
+    p.tpc_commit()
+    rec.state = COMMITTED
     for tag, n, flush in (("journalled", 200, FLUSH_BYTES), ("riding", 10, BIG_FLUSH), ("empty", 0, BIG_FLUSH)):
         p = ctx.producer(flush)
         x = ctx.xid_for(p, tag)
@@ -312,7 +322,7 @@ _REPLAYED = re.compile(r"committed before the restart; (\d+) of its (\d+) batche
 def resolve_prepared(ctx: Ctx) -> dict:
     """tpc_recover() lists every prepared branch; commit half, roll back the
     rest.  -> {"xa_committed": n, "xa_rolled_back": n}."""
-    led, rng = ctx.ledger, ctx.rng
+    led = ctx.ledger
     p = ctx.producer()
     listed = {x.txid: x for x in p.tpc_recover()}
     prepared = {r.txid for r in led.in_state(PREPARED)}
@@ -320,11 +330,13 @@ def resolve_prepared(ctx: Ctx) -> dict:
     assert prepared <= set(listed), f"prepared but not listed by tpc_recover(): {prepared - set(listed)}"
     assert set(listed) <= prepared | maybe, f"listed, never prepared: {set(listed) - prepared - maybe}"
     out = {"xa_" + COMMITTED: 0, "xa_" + ROLLED_BACK: 0}
-    for txid, x in listed.items():
+    # each outcome, and each way of asking for it, in turn: over two cycles
+    # a step's every branch is committed once and rolled back once
+    for i, (txid, x) in enumerate(sorted(listed.items())):
         rec = led.txs[txid]
-        commit = rng.random() < 0.5
+        commit = (i + ctx.n) % 2 == 0
         own = rec.producer if rec.producer is not None and rec.producer._xa is not None else None
-        if own is not None and rng.random() < 0.5:  # the producer that prepared it, which kept its state
+        if own is not None and (i // 2 + ctx.n) % 2 == 0:  # the producer that prepared it, which kept its state
             own.tpc_commit() if commit else own.tpc_rollback()
         else:
             p.tpc_commit(x) if commit else p.tpc_rollback(x)
