@@ -155,6 +155,11 @@ class Config(_Section):
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+        if 0 <= self.log.retention_ms and self.transactions.max_timeout_ms >= self.log.retention_ms // 2:
+            raise ValueError(
+                f"transactions.max_timeout_ms ({self.transactions.max_timeout_ms}) must be less than half of "
+                f"log.retention_ms ({self.log.retention_ms}): an open transaction's journal records must not expire "
+                "before it times out")
         if self.replication.pub_port and self.replication.pub_port + self.broker.writers - 1 > 65535:
             raise ValueError(f"replication.pub_port ({self.replication.pub_port}) + broker.writers - 1 must be a port "
                              "number (writer i publishes on pub_port + i)")

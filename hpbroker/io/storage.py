@@ -24,12 +24,20 @@ import os
 import time
 from collections import deque
 
+import msgspec
+
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 from hpbroker.io.retention import apply_retention, finish_archiving, remover
+
+#: the transaction journal's topic (hpbroker.tx.journal.TOPIC; io imports no tx)
+TX_JOURNAL = "__transactions"
+#: in each journal partition's directory: ``{"from": offset}``, below which no
+#: live transaction has records (written by its coordinator, net.tx_upkeep)
+TX_CHECKPOINT = "tx.checkpoint"
 
 log = logging.getLogger("hpbroker.io")
 
@@ -113,7 +121,13 @@ class Storage:
 
         Internal topics (names starting with ``__``: ``__consumer_offsets``)
         are never expired: they hold state, such as committed offsets, that
-        must outlive any retention of data."""
+        must outlive any retention of data.  The transaction journal
+        (``__transactions``) is the exception: it expires by age only
+        (``retention_ms``, never ``retention_bytes``), and never at or
+        above its ``tx.checkpoint``, below which no live transaction has
+        records; the coordinator copies long-waiting transactions (a
+        prepared XA branch) forward so that the checkpoint moves on
+        (hpbroker.net.tx_upkeep)."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
         delayed = self._delayed
@@ -125,10 +139,15 @@ class Storage:
             delayed.append((due, finish_archiving, (path, dest_dir, self._fs, self._remove)))
 
         out = {}
+        by_age = None
         for key, log in self._logs.items():
+            cfg, keep_from = self.config, None
             if key[0].startswith("__"):
-                continue
-            deleted = apply_retention(log, self.config, now, delete_later, archive_later)
+                if key[0] != TX_JOURNAL:
+                    continue
+                by_age = by_age or msgspec.structs.replace(cfg, retention_bytes=-1)
+                cfg, keep_from = by_age, _tx_checkpoint(log.dir)
+            deleted = apply_retention(log, cfg, now, delete_later, archive_later, keep_from)
             if deleted:
                 out[key] = deleted
         self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0
@@ -176,3 +195,13 @@ class Storage:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _tx_checkpoint(d: str) -> int:
+    """The journal partition's ``tx.checkpoint`` offset (0 without one: a
+    journal whose coordinator has not said what it still needs keeps all)."""
+    try:
+        with open(os.path.join(d, TX_CHECKPOINT), "rb") as f:
+            return int(msgspec.json.decode(f.read())["from"])
+    except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError):
+        return 0

@@ -34,7 +34,7 @@ from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.groups import OFFSETS_TOPIC, CommitSink, GroupService
+from hpbroker.net.groups import CommitSink, GroupService
 from hpbroker.net.producer_ids import ProducerIds
 from hpbroker.net.transactions import TxService
 from hpbroker.net.produce import Drops, check_request_size, hand_off

@@ -21,6 +21,14 @@ rollback    ROLLBACK, acks=all (none if nothing   durable
             was journalled)
 ==========  ====================================  ===========================
 
+**The journal's size.**  ``__transactions`` expires by age
+(``log.retention_ms``; internal topics are otherwise never expired).  Every
+few seconds the coordinator copies each transaction that has waited in the
+journal for more than half that age (prepared, or committed with appends
+still failing) to the journal's end (COPY, its batches, COPIED), and writes
+each journal partition's ``tx.checkpoint``: the lowest offset any live
+transaction has records at, where recovery starts reading.
+
 Recovery (:mod:`hpbroker.net.tx_recovery`) reads the journal back when
 this broker starts, or is promoted: open transactions are rolled back,
 prepared ones wait, committed ones without APPLIED are appended again -
@@ -36,10 +44,11 @@ import time
 from typing import Callable
 
 from hpbroker import config as config_mod
+from hpbroker.io.fs import FileSystem
 from hpbroker.ipc import handoff
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net import tx_recovery
+from hpbroker.net import tx_recovery, tx_upkeep
 from hpbroker.protocol import check_produce
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
@@ -51,6 +60,8 @@ log = logging.getLogger("hpbroker.transactions")
 
 TIMED_OUT = "timed_out"
 _RETRY_APPLY_S = 1.0
+_HOUSEKEEPING_S = 5.0
+_TICK_S = 0.1
 
 
 class JournalSink:
@@ -86,6 +97,13 @@ class TxService:
         self.loaded: set[int] = set()  # journal partitions read back since this broker last led
         self.retry_apply: dict[str, float] = {}  # committed txid -> when to try its appends again
         self.apply_failures = 0
+        self.copies = 0
+        self.checkpoints: dict[int, int] = {}  # journal partition -> the offset its tx.checkpoint holds
+        self._housekeeping_at = 0.0
+        self._next_tick = 0.0
+        self._fs = FileSystem()
+        # one request's worth: what fits a ring record with room to spare
+        self._chunk = max(cfg.broker.max_request_bytes - (64 << 10), cfg.broker.max_request_bytes // 2)
 
     # -- routing ------------------------------------------------------------------------
 
@@ -160,7 +178,7 @@ class TxService:
             self._expect(tx, OPEN, "prepare")
             values = self._take_parts(tx, req, payload)
             tx.state, tx.waiter = PREPARING, (ident, req)
-            self._write(p, tx, values + [journal.prepare()], -1, lambda reply: self._after_prepare(tx, reply))
+            self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
             return None
         # commit
         if tx.state == PREPARED:
@@ -180,7 +198,7 @@ class TxService:
                 return m.TxReply(id=req.id, state=COMMITTED)
         tx.scan_from = {tp: self.fetch.hwm.get(handoff.tp_key(*tp), 0) for tp in tx.parts}
         record = journal.commit(req.heuristic, [(t, q, s) for (t, q), s in tx.scan_from.items()])
-        self._write(p, tx, values + [record], -1, lambda reply: self._after_commit(tx, before, reply))
+        self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
         return None
 
     def list(self, req: m.TxList) -> m.TxListReply:
@@ -237,21 +255,54 @@ class TxService:
                 values.append(journal.data(part.topic, part.partition, b))
         return values
 
+    def _decide(self, p: int, tx: Tx, values: list[bytes], decision: bytes, then: Callable) -> None:
+        """Journal ``values`` (the request's new batches) and ``decision``
+        with acks=all; ``then`` gets the reply of the write holding the
+        decision.  After a write of ``tx`` failed (it may or may not be on
+        disk), the decision restates the whole transaction first: COPY, all
+        its batches, then the decision, which recovery reads as the copy's
+        end.  Several writes of one partition are prefix-closed (the writer
+        appends them in order), so the decision is never durable without
+        the batches before it."""
+        if tx.restate:
+            values = [journal.copy()] + [journal.data(t, q, b) for (t, q), bs in tx.parts.items() for b in bs]
+        pieces = list(tx_upkeep.chunks(values + [decision], self._chunk))
+        for piece in pieces[:-1]:
+            self._write(p, tx, piece, -1, lambda reply: None)
+
+        def last(reply):
+            if not reply.code:
+                tx.restate = False
+            return then(reply)
+
+        self._write(p, tx, pieces[-1], -1, last)
+
     def _write(self, p: int, tx: Tx, values: list[bytes], acks: int, then: Callable) -> None:
         """Append ``values`` for ``tx`` to journal partition ``p``."""
         if not values:
             raise AssertionError("nothing to journal")
-        data = journal.encode(tx.txid, values, int(self.wall() * 1000))
+        now_ms = int(self.wall() * 1000)
+        data = journal.encode(tx.txid, values, now_ms)
         req = m.Produce(id=0, topic=journal.TOPIC, partition=p, acks=acks, timeout_ms=self.tcfg.decision_timeout_ms)
-        self.produce(JournalSink(then), req, [memoryview(data)])
+        if tx.first_offset < 0:  # its records land at or after the journal's end now
+            tx.first_offset = self.fetch.hwm.get(handoff.tp_key(journal.TOPIC, p), 0)
+            tx.first_ms = now_ms
+        def done(reply):
+            if reply.code:  # on disk or not: the next decision restates the transaction
+                tx.restate = True
+            return then(reply)
+
+        try:
+            self.produce(JournalSink(done), req, [memoryview(data)])
+        except BrokerError:
+            tx.restate = True
+            raise
         tx.journaled = True
 
     def _after_data(self, ident, req, tx: Tx, reply):
         if reply.code:
             return ident, m.TxReply(id=req.id, code=reply.code, message=f"not journalled: {reply.message}",
                                     state=tx.state)
-        if tx.first_offset < 0 and reply.base_offsets:
-            tx.first_offset = reply.base_offsets[0]
         return ident, m.TxReply(id=req.id, state=tx.state, bytes=tx.bytes, messages=tx.messages)
 
     def _after_prepare(self, tx: Tx, reply):
@@ -306,31 +357,36 @@ class TxService:
 
     # -- commit's appends ---------------------------------------------------------------
 
-    def apply(self, tx: Tx, parts: dict | None = None):
-        """Append the committed ``tx``'s batches (``parts``: only these) to
-        their partitions, one produce request per partition.  -> the
-        client's answer when it is due already (nothing to append), or None."""
+    def apply(self, tx: Tx):
+        """Append the committed ``tx``'s batches to their partitions: one
+        produce request per partition (several, each whole, for a share
+        larger than a request may be).  -> the client's answer when it is
+        due already (nothing to append), or None."""
         tx.state = COMMITTING
         self.retry_apply.pop(tx.txid, None)
-        for tp, batches in (tx.parts if parts is None else parts).items():
-            if not batches:
-                continue
-            req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1, timeout_ms=self.tcfg.decision_timeout_ms)
-            tx.applying.add(tp)
-            try:
-                self.produce(JournalSink(lambda reply, tp=tp: self._after_apply(tx, tp, reply)), req,
-                             [memoryview(b) for b in batches])
-            except BrokerError as e:
-                tx.applying.discard(tp)
-                self._apply_failed(tx, tp, e.message)
+        for tp, batches in tx.parts.items():
+            for chunk in tx_upkeep.chunks(batches, self._chunk):
+                req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1,
+                                timeout_ms=self.tcfg.decision_timeout_ms)
+                key = (tp, id(chunk))
+                tx.applying.add(key)
+                try:
+                    self.produce(JournalSink(lambda reply, key=key, chunk=chunk: self._after_apply(tx, key, chunk,
+                                                                                                   reply)),
+                                 req, [memoryview(b) for b in chunk])
+                except BrokerError as e:
+                    tx.applying.discard(key)
+                    self._apply_failed(tx, tp, e.message)
         return self._maybe_applied(tx)
 
-    def _after_apply(self, tx: Tx, tp, reply):
-        tx.applying.discard(tp)
+    def _after_apply(self, tx: Tx, key, chunk: list, reply):
+        tx.applying.discard(key)
+        tp = key[0]
         if reply.code:
             self._apply_failed(tx, tp, reply.message)
-        else:
-            tx.parts[tp] = []  # durable there: never appended again
+        else:  # durable there: never appended again
+            done = set(map(id, chunk))
+            tx.parts[tp] = [b for b in tx.parts[tp] if id(b) not in done]
         return self._maybe_applied(tx)
 
     def _apply_failed(self, tx: Tx, tp, why: str) -> None:
@@ -362,32 +418,55 @@ class TxService:
     # -- time, connections, recovery ------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
+        """Timeouts, appends to retry, the journal's upkeep; at most every
+        ``_TICK_S`` (the acceptor calls this every turn of its loop)."""
+        if now < self._next_tick or self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
             return
+        self._next_tick = now + _TICK_S
         if self.cluster.view.role == "slave":
             if self.loaded:  # demoted: the journal is the new master's now
                 self.loaded.clear()
                 self.table.txs.clear()
                 self.table.bytes = 0
             return
-        self._load_all()
+        try:
+            self._load_all()
+        except BrokerError as e:
+            log.warning("transaction journal not read back yet: %s", e.message)
+            return
         for tx in self.table.expired(now):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
+            except BrokerError as e:
+                tx.deadline = now + 1.0  # busy or stopping: try again in a second
+                log.warning("transaction %s: timed out, rollback not journalled yet: %s", tx.txid, e.message)
+                continue
             log.info("transaction %s: rolled back by its timeout", tx.txid)
             self.table.timeouts += 1
-            self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
         for txid, at in list(self.retry_apply.items()):
             tx = self.table.txs.get(txid)
             if tx is None:
                 del self.retry_apply[txid]
-            elif now >= at and not tx.applying:
+            elif now >= at and not tx.applying and not tx.copying:
                 self.apply(tx)
+        if now >= self._housekeeping_at:
+            # often enough that a copy made at half the retention age is
+            # followed by the next one well before the first expires
+            retention = self.cfg.log.retention_ms
+            self._housekeeping_at = now + (_HOUSEKEEPING_S if retention < 0 else
+                                           min(_HOUSEKEEPING_S, retention / 10_000))
+            tx_upkeep.copy_old(self, int(self.wall() * 1000))
+            tx_upkeep.write_checkpoints(self)
 
     def disconnected(self, conn) -> None:
         """Client connection ``conn`` is gone: roll back its open local transactions."""
-        log.debug("connection fd %s closed", conn)
         for tx in self.table.of_connection(conn):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
+            except BrokerError as e:  # its timeout rolls it back instead
+                log.warning("transaction %s: client gone, rollback not journalled: %s", tx.txid, e.message)
+                continue
             log.info("transaction %s: rolled back, its client disconnected", tx.txid)
-            self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
 
     def _load_all(self) -> None:
         n = self.cluster.view.topics.get(journal.TOPIC)
@@ -409,4 +488,5 @@ class TxService:
                 "transactions_prepared": sum(1 for x in t.txs.values() if x.state == PREPARED),
                 "transactions_bytes": t.bytes, "transactions_committed": t.commits,
                 "transactions_rolled_back": t.rollbacks, "transactions_timed_out": t.timeouts,
-                "transaction_apply_failures": self.apply_failures}
+                "transaction_apply_failures": self.apply_failures, "transaction_journal_copies": self.copies}
+

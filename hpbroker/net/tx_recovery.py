@@ -18,16 +18,26 @@ COMMIT (no APPLIED after it)      its batches are appended again, except
                                   there is not appended twice
 ROLLBACK, APPLIED                 finished: forgotten (outcome remembered)
 ================================  ==========================================
+
+Reading starts at the partition's ``tx.checkpoint`` (below it no live
+transaction has records), or its log start.  A COPY ... COPIED run replaces
+the transaction's batches with the copy; a copy cut short by a crash is
+ignored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import struct
 from collections import Counter
 
 from hpbroker import batch
+from hpbroker.io import layout
+from hpbroker.io.storage import TX_CHECKPOINT
 from hpbroker.ipc import handoff
+from hpbroker.protocol.errors import BrokerError
 from hpbroker.tx import journal
 from hpbroker.tx.table import COMMITTED, COMMITTING, OPEN, PREPARED, ROLLED_BACK
 
@@ -35,6 +45,19 @@ log = logging.getLogger("hpbroker.transactions")
 
 _CHUNK = 1 << 20
 _CRC = struct.Struct("<I")
+CHECKPOINT = TX_CHECKPOINT
+
+
+def checkpoint_path(data_dir: str, p: int) -> str:
+    return os.path.join(layout.partition_dir(data_dir, journal.TOPIC, p), CHECKPOINT)
+
+
+def read_checkpoint(data_dir: str, p: int) -> int:
+    try:
+        with open(checkpoint_path(data_dir, p), "rb") as f:
+            return int(json.loads(f.read())["from"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def recover(svc, p: int) -> None:
@@ -42,8 +65,31 @@ def recover(svc, p: int) -> None:
     what a crash left half done."""
     table, now = svc.table, svc.clock()
     seen = {}
-    for e in read(svc.fetch, journal.TOPIC, p):
+    copies: dict[str, tuple[int, dict]] = {}
+    for e in read(svc.fetch, journal.TOPIC, p, read_checkpoint(svc.cfg.broker.data_dir, p)):
         tx = table.txs.get(e.txid)
+        if e.kind == journal.COPY:
+            if tx is None:
+                tx = seen[e.txid] = table.recovered(e.txid, False, now)
+            copies[e.txid] = (e.offset, {})
+            continue
+        if e.kind == journal.DATA and e.txid in copies:
+            topic, partition, b = e.body
+            copies[e.txid][1].setdefault((topic, partition), []).append(b)
+            continue
+        if e.kind == journal.COPIED:
+            at, parts = copies.pop(e.txid, (-1, None))
+            if tx is None or parts is None:
+                continue
+            table.replace_parts(tx, parts)
+            tx.messages = sum(batch.peek_count(b) for bs in parts.values() for b in bs)
+            tx.first_offset, tx.first_ms = at, e.ms
+            state, tx.heuristic, scan_from = e.body
+            if state == PREPARED:
+                tx.state, tx.xa = PREPARED, True
+            else:
+                tx.state, tx.scan_from = COMMITTING, {(t, q): s for t, q, s in scan_from}
+            continue
         if e.kind == journal.DATA:
             if tx is None:
                 tx = table.recovered(e.txid, False, now)
@@ -53,13 +99,20 @@ def recover(svc, p: int) -> None:
                 tx.journaled = True
                 if tx.first_offset < 0:
                     tx.first_offset = e.offset
+                    tx.first_ms = e.ms
             seen[e.txid] = tx
         elif tx is None and e.kind == journal.PREPARE:  # a branch prepared with no messages: still in doubt
             tx = seen[e.txid] = table.recovered(e.txid, True, now)
-            tx.state, tx.journaled, tx.first_offset = PREPARED, True, e.offset
+            tx.state, tx.journaled, tx.first_offset, tx.first_ms = PREPARED, True, e.offset, e.ms
         elif tx is None:
             continue  # a decision about a transaction whose data is older than the log start, or finished
-        elif e.kind == journal.PREPARE:
+        if e.kind in (journal.PREPARE, journal.COMMIT) and e.txid in copies:  # a restatement's end
+            at, parts = copies.pop(e.txid)
+            table.replace_parts(tx, parts)
+            tx.messages = sum(batch.peek_count(b) for bs in parts.values() for b in bs)
+        elif e.kind == journal.ROLLBACK:
+            copies.pop(e.txid, None)
+        if e.kind == journal.PREPARE:
             tx.state, tx.xa = PREPARED, True
         elif e.kind == journal.COMMIT:
             tx.state, tx.heuristic = COMMITTING, bool(e.body[0])
@@ -74,8 +127,11 @@ def recover(svc, p: int) -> None:
             continue
         counts[tx.state] += 1
         if tx.state == OPEN:  # never prepared: rolled back, as MetaQ's recovery does
-            svc._write(p, tx, [journal.rollback(False, "the broker restarted before it was prepared")], 1,
-                       lambda reply: None)
+            try:
+                svc._write(p, tx, [journal.rollback(False, "the broker restarted before it was prepared")], 1,
+                           lambda reply: None)
+            except BrokerError as e:  # the next recovery rolls it back again: it is open in the journal
+                log.warning("transaction %s: rollback after the restart not journalled: %s", txid, e.message)
             table.finish(tx, ROLLED_BACK)
         elif tx.state == COMMITTING:
             missing = {tp: _missing(svc.fetch, tp, tx.scan_from.get(tp, 0), batches)
@@ -91,11 +147,12 @@ def recover(svc, p: int) -> None:
                  counts[COMMITTING])
 
 
-def read(fetch, topic: str, p: int):
-    """Every journal record of partition ``p`` up to its durable end."""
+def read(fetch, topic: str, p: int, start: int = 0):
+    """Every journal record of partition ``p`` from ``start`` (or its log
+    start) up to its durable end."""
     key = handoff.tp_key(topic, p)
     end = fetch.hwm.get(key, 0)
-    at = fetch.log_start.get(key, 0)
+    at = max(fetch.log_start.get(key, 0), start if start <= end else 0)
     reader = fetch.reader(topic, p)
     while at < end:
         data = reader.read(at, _CHUNK, end)

@@ -26,7 +26,22 @@ kind    name        value
 4       ROLLBACK    ``[4, heuristic, reason]``: rolled back
 5       APPLIED     ``[5]``: every batch of the committed transaction is
                     durable in its partition; recovery can forget it
+6       COPY        ``[6]``: a copy of the transaction starts here: the DATA
+                    records that follow (until COPIED) rebuild it
+7       COPIED      ``[7, state, heuristic, scan_from]``: the copy is whole;
+                    from here on the transaction is the copy, in ``state``
+                    (``prepared`` or ``committing``, with the COMMIT's
+                    ``scan_from``).  A copy without its COPIED (a crash in
+                    between) is ignored: the records it copies are still
+                    there
 ======  ==========  =========================================================
+
+**The journal's size.**  ``__transactions`` expires by age
+(``log.retention_ms``).  A transaction that waits long (a prepared XA branch
+whose coordinator is gone, a commit whose appends keep failing) is copied
+to the journal's end before half that age, so its records never expire;
+``tx.checkpoint`` in each journal partition's directory holds the offset
+below which no live transaction has records, where recovery starts reading.
 
 A commit or prepare with its last batches writes them and the decision as
 one journal batch: one write, one fdatasync, all or nothing.
@@ -43,8 +58,9 @@ from hpbroker import batch
 
 TOPIC = "__transactions"
 
-DATA, PREPARE, COMMIT, ROLLBACK, APPLIED = 1, 2, 3, 4, 5
-KINDS = {DATA: "data", PREPARE: "prepare", COMMIT: "commit", ROLLBACK: "rollback", APPLIED: "applied"}
+DATA, PREPARE, COMMIT, ROLLBACK, APPLIED, COPY, COPIED = 1, 2, 3, 4, 5, 6, 7
+KINDS = {DATA: "data", PREPARE: "prepare", COMMIT: "commit", ROLLBACK: "rollback", APPLIED: "applied", COPY: "copy",
+         COPIED: "copied"}
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list)
@@ -57,6 +73,7 @@ class Entry(NamedTuple):
     txid: str
     kind: int
     body: list  # the value's elements after the kind
+    ms: int = -1  # when it was written (its batch's timestamp, wall ms)
 
 
 def partition_for(txid: str, partitions: int) -> int:
@@ -85,6 +102,14 @@ def applied() -> bytes:
     return _enc.encode((APPLIED,))
 
 
+def copy() -> bytes:
+    return _enc.encode((COPY,))
+
+
+def copied(state: str, heuristic: bool, scan_from: list[tuple[str, int, int]]) -> bytes:
+    return _enc.encode((COPIED, state, heuristic, scan_from))
+
+
 def encode(txid: str, values: list[bytes], now_ms: int) -> bytearray:
     """One journal batch: ``values`` (the functions above) all for ``txid``."""
     key = txid.encode()
@@ -107,7 +132,7 @@ def decode(data_bytes) -> Iterator[Entry]:
                 continue
             if not value or value[0] not in KINDS:
                 continue
-            yield Entry(h.base_offset + i, txid, value[0], value[1:])
+            yield Entry(h.base_offset + i, txid, value[0], value[1:], h.first_timestamp)
 
 
 def last_offset(data_bytes) -> int:

@@ -29,7 +29,7 @@ COMMITTED, ROLLED_BACK = "committed", "rolled_back"
 
 class Tx:
     __slots__ = ("txid", "xa", "state", "began", "deadline", "parts", "bytes", "messages", "conn", "journaled",
-                 "scan_from", "applying", "waiter", "heuristic", "first_offset")
+                 "scan_from", "applying", "waiter", "heuristic", "first_offset", "first_ms", "copying", "restate")
 
     def __init__(self, txid: str, xa: bool, began: float, deadline: float | None, conn=None):
         self.txid = txid
@@ -47,7 +47,10 @@ class Tx:
         self.applying: set[tuple[str, int]] = set()  # committed: partitions whose append is not durable yet
         self.waiter = None  # (ident, request) to answer when the current step is done
         self.heuristic = False
-        self.first_offset = -1  # its first journal record's offset
+        self.first_offset = -1  # at or below its first journal record's offset (-1: none written)
+        self.first_ms = -1  # when that record was written (wall ms): its age in the journal
+        self.copying = False  # a copy to the journal's end is on its way
+        self.restate = False  # a journal write of it failed: the next decision writes all of it again
 
 
 class TxTable:
@@ -125,6 +128,13 @@ class TxTable:
         tx.bytes += n
         tx.messages += messages
         self.bytes += n
+
+    def replace_parts(self, tx: Tx, parts: dict) -> None:
+        """``tx``'s batches are now ``parts`` (a copy read back)."""
+        self.bytes -= tx.bytes
+        tx.parts = parts
+        tx.bytes = sum(len(b) for bs in parts.values() for b in bs)
+        self.bytes += tx.bytes
 
     # -- time and connections -----------------------------------------------------------
 
