@@ -12,8 +12,9 @@ across restarts of either server; ``recover`` finishes them from the
 decision log (commit if the decision was written, else roll back: presumed
 abort).
 
-Run it (a broker, a PostgreSQL with max_prepared_transactions > 0, and
-``pip install "psycopg[binary]"``)::
+Run it (hpbroker installed - ``pip install -e .`` in its checkout - a
+broker, a PostgreSQL with max_prepared_transactions > 0, and ``pip
+install "psycopg[binary]"``)::
 
     hpbroker serve &
     python3 examples/xa_postgres.py --dsn "dbname=shop" order 42 "two coffees"
