@@ -178,7 +178,11 @@ class TxService:
             self._expect(tx, OPEN, "prepare")
             values = self._take_parts(tx, req, payload)
             tx.state, tx.waiter = PREPARING, (ident, req)
-            self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
+            try:
+                self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
+            except BrokerError:  # refused at once (busy, no replicas in sync): still open
+                tx.state, tx.waiter = OPEN, None
+                raise
             return None
         # commit
         if tx.state == PREPARED:
@@ -198,7 +202,11 @@ class TxService:
                 return m.TxReply(id=req.id, state=COMMITTED)
         tx.scan_from = {tp: self.fetch.hwm.get(handoff.tp_key(*tp), 0) for tp in tx.parts}
         record = journal.commit(req.heuristic, [(t, q, s) for (t, q), s in tx.scan_from.items()])
-        self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
+        try:
+            self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
+        except BrokerError:  # refused at once (busy, no replicas in sync): as it was, to decide again
+            tx.state, tx.waiter = before, None
+            raise
         return None
 
     def list(self, req: m.TxList) -> m.TxListReply:
@@ -352,7 +360,11 @@ class TxService:
 
         # An open transaction's rollback needs no slave's ack: a slave
         # promoted without it rolls the transaction back too, as open.
-        self._write(p, tx, [journal.rollback(heuristic, reason)], -1 if before == PREPARED else 1, then)
+        try:
+            self._write(p, tx, [journal.rollback(heuristic, reason)], -1 if before == PREPARED else 1, then)
+        except BrokerError:  # refused at once: as it was (a timeout's rollback is tried again)
+            tx.state = before
+            raise
         return None
 
     # -- commit's appends ---------------------------------------------------------------
