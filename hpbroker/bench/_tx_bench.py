@@ -15,8 +15,8 @@ each, default 100) two phases run on one private broker, each with
 A round runs both phases for every N, the order of tx and plain swapped
 every round; ``--tx-rounds`` (default 3) rounds.  Per N the report gives
 the median msgs/s of each mode, the median of the rounds' tx/plain ratios,
-the commit latency (from the commit call to its reply) and the whole
-transaction's latency, p50 and p99 over every transaction of every round,
+the commit latency (from the commit call to its reply), the begin's and
+the whole transaction's latency, p50 and p99 over every transaction of every round,
 beside the plain request's ack latency, and the broker's CPU per million
 messages.  At the end the topic must hold exactly the messages the
 workers were told were committed or acknowledged (warm-ups included).
@@ -48,6 +48,8 @@ def add_arguments(p) -> None:
     g.add_argument("--tx-concurrency", type=int, default=4, metavar="C",
                    help="worker processes, each with one transaction (or request) at a time (default 4)")
     g.add_argument("--tx-seconds", type=float, default=5.0, metavar="S", help="seconds per phase (default 5)")
+    g.add_argument("--tx-flush-bytes", type=int, metavar="B",
+                   help="the Producer's transaction_flush_bytes (default: its default, 1 MiB)")
     g.add_argument("--tx-rounds", type=int, default=3, metavar="R",
                    help="rounds of every phase, tx and plain order swapped each round (default 3)")
 
@@ -108,7 +110,7 @@ def _phase(url, topic, nparts, mode, n, args, procs) -> dict:
     counters = mp.RawArray("q", C)
     go = mp.Event()
     ready_q, result_q = mp.Queue(), mp.Queue()
-    cfg = {"mode": mode, "n": n, "size": args.size, "duration": args.tx_seconds}
+    cfg = {"mode": mode, "n": n, "size": args.size, "duration": args.tx_seconds, "flush_bytes": args.tx_flush_bytes}
     workers = [mp.Process(target=W.worker_main, args=(i, url, topic, nparts, cfg, counters, go, ready_q, result_q),
                           name=f"bench-tx{i}", daemon=True) for i in range(C)]
     for w in workers:
@@ -138,13 +140,14 @@ def _phase(url, topic, nparts, mode, n, args, procs) -> dict:
     secs = max(r["seconds"] for r in results)
     lat = np.concatenate([r["lat_s"] for r in results])
     commit = np.concatenate([r["commit_lat_s"] for r in results]) if mode == "tx" else None
+    begin = np.concatenate([r["begin_lat_s"] for r in results]) if mode == "tx" else None
     cpu = sum(sampler.cpu_percent().values())  # the broker's processes, in % of one core
     return {"mode": mode, "n": n, "messages": msgs, "units": sum(r["units"] for r in results), "seconds": secs,
             "warmup_messages": 2 * n * C, "msgs_per_s": msgs / secs, "errors": sum(r["errors"] for r in results),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
             "p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else 0.0,
             "broker_cpu_s_per_m_msgs": cpu / 100 * secs / (msgs / 1e6) if msgs else None,
-            "_lat": lat, "_commit": commit}
+            "_lat": lat, "_commit": commit, "_begin": begin}
 
 
 def _pct(a, q):
@@ -159,6 +162,7 @@ def _summary(args, sizes, phases, nparts) -> dict:
         ratios = [t["msgs_per_s"] / p["msgs_per_s"] for t, p in zip(tx, plain) if p["msgs_per_s"]]
         lat_tx = np.concatenate([r["_lat"] for r in tx])
         lat_commit = np.concatenate([r["_commit"] for r in tx])
+        lat_begin = np.concatenate([r["_begin"] for r in tx])
         lat_plain = np.concatenate([r["_lat"] for r in plain])
         rows.append({
             "messages_per_tx": n,
@@ -169,6 +173,7 @@ def _summary(args, sizes, phases, nparts) -> dict:
             "ratios": ratios,
             "commit_p50_ms": _pct(lat_commit, 50), "commit_p99_ms": _pct(lat_commit, 99),
             "tx_p50_ms": _pct(lat_tx, 50), "tx_p99_ms": _pct(lat_tx, 99),
+            "begin_p50_ms": _pct(lat_begin, 50), "begin_p99_ms": _pct(lat_begin, 99),
             "plain_p50_ms": _pct(lat_plain, 50), "plain_p99_ms": _pct(lat_plain, 99),
             "tx_broker_cpu_s_per_m_msgs": statistics.median(r["broker_cpu_s_per_m_msgs"] for r in tx),
             "plain_broker_cpu_s_per_m_msgs": statistics.median(r["broker_cpu_s_per_m_msgs"] for r in plain),
@@ -179,6 +184,7 @@ def _summary(args, sizes, phases, nparts) -> dict:
                     "produce of the same N messages as one acks=all request, each worker one at a time",
             "size": args.size, "concurrency": args.tx_concurrency, "seconds_per_phase": args.tx_seconds,
             "rounds": args.tx_rounds, "partitions": nparts, "flush_mode": args.flush_mode or "durable",
+            "transaction_flush_bytes": args.tx_flush_bytes or "Producer default (1 MiB)",
             "results": rows, "ok": ok}
 
 
@@ -191,14 +197,15 @@ def _print(out: dict) -> None:
           f"(one transaction or request each at a time), {out['rounds']} rounds of {out['seconds_per_phase']:g} s "
           f"per phase, {out['partitions']} partitions, flush {out['flush_mode']}")
     print(f"{'msgs/tx':>8} {'tx msgs/s':>11} {'plain msgs/s':>13} {'ratio':>6} {'tx/s':>8} "
-          f"{'commit p50/p99 ms':>18} {'tx p50/p99 ms':>15} {'plain p50/p99 ms':>17} {'CPU s/M tx':>11} {'plain':>7}")
+          f"{'commit p50/p99 ms':>18} {'tx p50/p99 ms':>15} {'plain p50/p99 ms':>17} {'begin p50':>9} "
+          f"{'CPU s/M tx':>11} {'plain':>7}")
     for r in out["results"]:
         print(f"{r['messages_per_tx']:>8,} {_f(r['tx_msgs_per_s']):>11} {_f(r['plain_msgs_per_s']):>13} "
               f"{_f(r['ratio'], '{:.2f}'):>6} {_f(r['tx_per_s']):>8} "
               f"{_f(r['commit_p50_ms'], '{:.1f}') + ' / ' + _f(r['commit_p99_ms'], '{:.1f}'):>18} "
               f"{_f(r['tx_p50_ms'], '{:.1f}') + ' / ' + _f(r['tx_p99_ms'], '{:.1f}'):>15} "
               f"{_f(r['plain_p50_ms'], '{:.1f}') + ' / ' + _f(r['plain_p99_ms'], '{:.1f}'):>17} "
-              f"{_f(r['tx_broker_cpu_s_per_m_msgs'], '{:.1f}'):>11} "
+              f"{_f(r['begin_p50_ms'], '{:.2f}'):>9} {_f(r['tx_broker_cpu_s_per_m_msgs'], '{:.1f}'):>11} "
               f"{_f(r['plain_broker_cpu_s_per_m_msgs'], '{:.1f}'):>7}")
     print(f"messages in the log {out['messages_in_log']:,}, expected {out['messages_expected']:,}; "
           f"{'ok' if out['ok'] else 'NOT OK'}")

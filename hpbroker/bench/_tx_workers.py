@@ -8,7 +8,9 @@ to the next partition (round robin from its own start):
 
 * ``tx``: ``with p.transaction() as tx: tx.send_batch(topic, values,
   partition=q)`` - a local transaction, committed on exit.  Timed: the
-  whole transaction (begin to the commit's reply) and the commit alone.
+  whole transaction (begin to the commit's reply), the begin alone and
+  the commit alone (the messages are sent between them: a share of more
+  than ``transaction_flush_bytes`` goes in a TxProduce of its own there).
 * ``plain``: ``p.send_batch(topic, values, partition=q).result()`` with
   ``acks=all``, ``linger_ms=0`` and a ``batch_size`` that holds all ``n``
   messages: the same messages in one produce request, one at a time.
@@ -56,10 +58,13 @@ def _run(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     n, size, mode = cfg["n"], cfg["size"], cfg["mode"]
     values = _values(size, n, idx)
     batch_size = max(256 << 10, B.HEADER_SIZE + n * (size + B.ENTRY_SIZE) + 4096)
-    p = Producer(url, acks="all", linger_ms=0, batch_size=batch_size, max_in_flight=1, request_timeout_ms=120_000)
+    extra = {"transaction_flush_bytes": cfg["flush_bytes"]} if cfg.get("flush_bytes") else {}
+    p = Producer(url, acks="all", linger_ms=0, batch_size=batch_size, max_in_flight=1, request_timeout_ms=120_000,
+                 **extra)
     perf = time.perf_counter
     lat = np.zeros(1 << 20, dtype=np.float64)
     commit_lat = np.zeros_like(lat) if mode == "tx" else None
+    begin_lat = np.zeros_like(lat) if mode == "tx" else None
     q = idx % nparts
 
     def unit(i: int) -> None:
@@ -67,11 +72,13 @@ def _run(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
         t0 = perf()
         if mode == "tx":
             tx = p.transaction()
+            tb = perf()
             tx.send_batch(topic, values, partition=q)
             t1 = perf()
             tx.commit()
             t2 = perf()
             if i >= 0:
+                begin_lat[i] = tb - t0
                 commit_lat[i] = t2 - t1
         else:
             p.send_batch(topic, values, partition=q).result()
@@ -106,4 +113,5 @@ def _run(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     finally:
         p.close(10)
     return {"units": i, "messages": i * n, "seconds": secs, "errors": errors, "first_error": first_error,
-            "lat_s": lat[:i], "commit_lat_s": None if commit_lat is None else commit_lat[:i]}
+            "lat_s": lat[:i], "commit_lat_s": None if commit_lat is None else commit_lat[:i],
+            "begin_lat_s": None if begin_lat is None else begin_lat[:i]}
