@@ -141,7 +141,7 @@ class _Reader:
         self.data = data
 
     def read(self, offset: int, max_bytes: int, end: int) -> bytes:
-        return self.data if offset < end else b""
+        return self.data if offset < min(end, journal.last_offset(self.data)) else b""
 
 
 class _Fetch:

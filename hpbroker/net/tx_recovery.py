@@ -149,12 +149,20 @@ def recover(svc, p: int) -> None:
                  counts[COMMITTING])
 
 
+#: Recovery reads to the end of the files, not to the high watermark this
+#: acceptor has heard of: just after a promotion, the last records the slave
+#: wrote may not be reported yet, and a journal read short of them would
+#: lose a prepared transaction (its writer has made them durable, or makes
+#: them so before anything this coordinator writes after them).
+_END = 1 << 62
+
+
 def read(fetch, topic: str, p: int, start: int = 0):
     """Every journal record of partition ``p`` from ``start`` (or its log
-    start) up to its durable end."""
+    start) to the end of its files."""
     key = handoff.tp_key(topic, p)
-    end = fetch.hwm.get(key, 0)
-    at = max(fetch.log_start.get(key, 0), start if start <= end else 0)
+    end = _END
+    at = max(fetch.log_start.get(key, 0), start if start <= fetch.hwm.get(key, 0) else 0)
     reader = fetch.reader(topic, p)
     while at < end:
         data = reader.read(at, _CHUNK, end)
@@ -173,7 +181,7 @@ def _present(fetch, tp: tuple[str, int], scan_from: int, mark: int, batches: lis
     index, with the CRC32C and record count the marked batch has."""
     topic, partition = tp
     key = handoff.tp_key(topic, partition)
-    end = fetch.hwm.get(key, 0)
+    end = _END
     at = max(scan_from, fetch.log_start.get(key, 0))
     held = set()
     reader = fetch.reader(topic, partition)
@@ -181,10 +189,13 @@ def _present(fetch, tp: tuple[str, int], scan_from: int, mark: int, batches: lis
         data = reader.read(at, _CHUNK, end)
         if not data:
             break
+        before = at
         for _, h in batch.iter_batches(memoryview(data)):
             if h.base_offset >= scan_from and h.producer_id == mark:
                 held.add((h.base_sequence, h.crc, h.record_count))
             at = h.base_offset + h.record_count
+        if at <= before:
+            break
     out = set()
     for i, b in enumerate(batches):
         if held:
