@@ -173,7 +173,9 @@ class PostgresServer(_Server):
                 raise RuntimeError(f"initdb failed ({r.returncode}):\n{r.stdout}{r.stderr}")
             self._spawn(as_user + [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
                                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}",
-                                   "-c", "fsync=off", "-c", "max_connections=20", "-c", "shared_buffers=16MB"],
+                                   "-c", "fsync=off", "-c", "max_connections=20", "-c", "shared_buffers=16MB",
+                                   # two-phase commit (tests/test_tx_xa_postgres.py): PREPARE TRANSACTION
+                                   "-c", "max_prepared_transactions=10"],
                         env=env)
 
             def ready():

@@ -127,6 +127,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="rate over time and latency histogram (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from hpbroker.bench import _tx_bench
+
+    _tx_bench.add_arguments(p)
 
 
 def _rate(text: str | None) -> float | str | None:
@@ -173,6 +176,10 @@ def _progress(args, total):
 
 
 def run(args) -> int:
+    if args.transactional:
+        from hpbroker.bench import _tx_bench
+
+        return _tx_bench.run(args)
     if args.size < 1 or args.producers < 1 or args.partitions < 1 or args.consumers < 0:
         raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
     if args.replica and args.broker:

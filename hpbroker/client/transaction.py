@@ -45,13 +45,22 @@ class TxChannel:
             self.t.metadata([], timeout_ms=self.connect_timeout_ms)
         return self.t.acceptors
 
+    def _drain_events(self) -> None:
+        # This channel polls only while it waits for a reply: a connection
+        # drop seen while it was idle is still queued on the monitor socket,
+        # and would fail the next request, sent on the new connection, as
+        # "lost the connection before the reply".  Take it now.
+        self.t.poll(0)
+
     def call(self, endpoint: str, req, payloads=(), timeout_ms: int | None = None):
+        self._drain_events()
         rep, _ = self.t.call(endpoint, req, payloads, timeout_ms=timeout_ms or self.request_timeout_ms)
         return rep
 
     def raw(self, endpoint: str, req, payloads=(), timeout_ms: int | None = None):
         """The reply, whatever its code (a timeout still raises)."""
         box: list = []
+        self._drain_events()
         self.t.send(endpoint, req, payloads, on_reply=lambda r, p: box.append(r),
                     timeout_ms=timeout_ms or self.request_timeout_ms)
         while not box:

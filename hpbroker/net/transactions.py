@@ -32,9 +32,9 @@ transaction has records at, where recovery starts reading.
 Recovery (:mod:`hpbroker.net.tx_recovery`) reads the journal back when
 this broker starts, or is promoted: open transactions are rolled back,
 prepared ones wait, committed ones without APPLIED are appended again -
-only the batches their partitions do not hold yet, found by CRC32C after
-the commit's ``scan_from`` offsets (MetaQ's replay check), so each lands
-exactly once.
+only the batches their partitions do not hold yet, found after the
+commit's ``scan_from`` offsets by the transaction's mark, index and CRC32C
+(MetaQ's replay check, made exact), so each lands exactly once.
 """
 
 from __future__ import annotations
@@ -178,7 +178,11 @@ class TxService:
             self._expect(tx, OPEN, "prepare")
             values = self._take_parts(tx, req, payload)
             tx.state, tx.waiter = PREPARING, (ident, req)
-            self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
+            try:
+                self._decide(p, tx, values, journal.prepare(), lambda reply: self._after_prepare(tx, reply))
+            except BrokerError:  # refused at once (busy, no replicas in sync): still open
+                tx.state, tx.waiter = OPEN, None
+                raise
             return None
         # commit
         if tx.state == PREPARED:
@@ -198,7 +202,11 @@ class TxService:
                 return m.TxReply(id=req.id, state=COMMITTED)
         tx.scan_from = {tp: self.fetch.hwm.get(handoff.tp_key(*tp), 0) for tp in tx.parts}
         record = journal.commit(req.heuristic, [(t, q, s) for (t, q), s in tx.scan_from.items()])
-        self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
+        try:
+            self._decide(p, tx, values, record, lambda reply: self._after_commit(tx, before, reply))
+        except BrokerError:  # refused at once (busy, no replicas in sync): as it was, to decide again
+            tx.state, tx.waiter = before, None
+            raise
         return None
 
     def list(self, req: m.TxList) -> m.TxListReply:
@@ -273,6 +281,8 @@ class TxService:
         def last(reply):
             if not reply.code:
                 tx.restate = False
+                if reply.base_offsets:  # the decision is the write's last record
+                    tx.mark = journal.mark_of(p, reply.base_offsets[0] + len(pieces[-1]) - 1)
             return then(reply)
 
         self._write(p, tx, pieces[-1], -1, last)
@@ -326,8 +336,7 @@ class TxService:
                                             "in doubt until you commit (again) or roll back")
         if tx.heuristic:
             log.warning("transaction %s: heuristic commit by an operator", tx.txid)
-        self.apply(tx)
-        return None
+        return self.apply(tx)  # the answer now when there is nothing to append (a branch prepared empty)
 
     def _rollback(self, p: int, tx: Tx, ident, req, reason: str, heuristic: bool, outcome: str = ROLLED_BACK):
         if tx.state not in (OPEN, PREPARED):
@@ -353,40 +362,47 @@ class TxService:
 
         # An open transaction's rollback needs no slave's ack: a slave
         # promoted without it rolls the transaction back too, as open.
-        self._write(p, tx, [journal.rollback(heuristic, reason)], -1 if before == PREPARED else 1, then)
+        try:
+            self._write(p, tx, [journal.rollback(heuristic, reason)], -1 if before == PREPARED else 1, then)
+        except BrokerError:  # refused at once: as it was (a timeout's rollback is tried again)
+            tx.state = before
+            raise
         return None
 
     # -- commit's appends ---------------------------------------------------------------
 
-    def apply(self, tx: Tx) -> None:
-        """Append the committed ``tx``'s batches to their partitions: one
-        produce request per partition (several, each whole, for a share
-        larger than a request may be)."""
+    def apply(self, tx: Tx):
+        """Append the committed ``tx``'s batches that their partitions do not
+        hold yet, marked (hpbroker.tx.journal, "Marks"): one produce request
+        per partition (several, each whole, for a share larger than a
+        request may be).  -> the client's answer when it is due already
+        (nothing to append), or None."""
         tx.state = COMMITTING
         self.retry_apply.pop(tx.txid, None)
         for tp, batches in tx.parts.items():
-            for chunk in tx_upkeep.chunks(batches, self._chunk):
+            done = tx.done.setdefault(tp, set())
+            todo = [i for i in range(len(batches)) if i not in done]
+            for chunk in tx_upkeep.chunks_of(todo, lambda i, bs=batches: len(bs[i]), self._chunk):
                 req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1,
                                 timeout_ms=self.tcfg.decision_timeout_ms)
-                key = (tp, id(chunk))
+                key = (tp, chunk[0])
                 tx.applying.add(key)
                 try:
                     self.produce(JournalSink(lambda reply, key=key, chunk=chunk: self._after_apply(tx, key, chunk,
                                                                                                    reply)),
-                                 req, [memoryview(b) for b in chunk])
+                                 req, [journal.mark_batch(batches[i], tx.mark, i) for i in chunk])
                 except BrokerError as e:
                     tx.applying.discard(key)
                     self._apply_failed(tx, tp, e.message)
-        self._maybe_applied(tx)
+        return self._maybe_applied(tx)
 
-    def _after_apply(self, tx: Tx, key, chunk: list, reply):
+    def _after_apply(self, tx: Tx, key, chunk: list[int], reply):
         tx.applying.discard(key)
         tp = key[0]
         if reply.code:
             self._apply_failed(tx, tp, reply.message)
         else:  # durable there: never appended again
-            done = set(map(id, chunk))
-            tx.parts[tp] = [b for b in tx.parts[tp] if id(b) not in done]
+            tx.done.setdefault(tp, set()).update(chunk)
         return self._maybe_applied(tx)
 
     def _apply_failed(self, tx: Tx, tp, why: str) -> None:
