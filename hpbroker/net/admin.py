@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import zmq
 
 from hpbroker import config as config_mod
@@ -121,6 +122,11 @@ class Admin:
         if not req.force:
             self._refuse_promotion_while_master_answers()
         reply = self.cluster.ask(control.Promote(), timeout_ms=60_000)
+        if not reply.code and self.cluster.view.role == "slave":
+            # the supervisor's new view is on its way; until it comes, this
+            # acceptor answers as the master it now is (a request right after
+            # the reply must not see a slave)
+            self.cluster.view = msgspec.structs.replace(self.cluster.view, role="master", leader_epoch=reply.epoch)
         return m.PromoteReply(id=req.id, code=reply.code, message=reply.message, leader_epoch=reply.epoch)
 
     def _refuse_promotion_while_master_answers(self) -> None:

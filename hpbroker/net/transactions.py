@@ -210,8 +210,10 @@ class TxService:
         return None
 
     def list(self, req: m.TxList) -> m.TxListReply:
-        if self.cluster.view.role != "slave":
-            self._load_all()
+        if self.cluster.view.role == "slave":  # its table is empty: say so rather than list nothing
+            raise BrokerError(ErrorCode.NOT_LEADER, "this broker is a slave: its master coordinates transactions "
+                                                    "(a promoted slave lists them once promoted)")
+        self._load_all()
         now = self.clock()
         want = None if req.states is None else set(req.states)
         out = []
