@@ -74,9 +74,6 @@ def test_kill_at_each_step(crash_broker, step):
     crash_broker["ok"] = True
 
 
-@pytest.mark.xfail(strict=True, reason="recovery matches a committed transaction's batches by CRC32C and record "
-                   "count only: a byte-identical batch another producer appended after the commit's scan_from "
-                   "counts as the transaction's, and its own is never appended (report to the lead)")
 def test_a_byte_identical_batch_of_another_producer_does_not_stand_in_for_a_committed_one(crash_broker):
     """The commit's COMMIT record is durable, its append is not; meanwhile a
     plain producer appended the very same bytes (same value, same timestamp)

@@ -141,7 +141,7 @@ class _Reader:
         self.data = data
 
     def read(self, offset: int, max_bytes: int, end: int) -> bytes:
-        return self.data if offset < end else b""
+        return self.data if offset < min(end, journal.last_offset(self.data)) else b""
 
 
 class _Fetch:
@@ -175,7 +175,8 @@ class _Svc:
         self.writes.append((tx.txid, [list(journal.decode(journal.encode(tx.txid, values, 0)))[0].kind], acks))
 
     def apply(self, tx):
-        self.applied.append((tx.txid, {tp: list(bs) for tp, bs in tx.parts.items()}))
+        self.applied.append((tx.txid, {tp: [b for i, b in enumerate(bs) if i not in tx.done.get(tp, ())]
+                                       for tp, bs in tx.parts.items()}))
 
 
 def _b(*values: bytes, ts: int = 7) -> bytes:
@@ -186,8 +187,12 @@ def test_recovery_rolls_back_open_keeps_prepared_and_reapplies_only_missing_batc
     from hpbroker.net.tx_recovery import recover
 
     b1, b2, b3 = _b(b"one"), _b(b"two"), _b(b"three")
-    present = bytearray(b1)  # the partition holds b1 (applied before the crash), not b2
+    # the partition holds b1 as the commit (journal offset 10) appended it, not b2; and a
+    # byte-identical copy of b2 from another producer, which must not stand in for it
+    present = bytearray(journal.mark_batch(b1, journal.mark_of(0, 10), 0)) + bytearray(b2)
     present[0:8] = (5).to_bytes(8, "little")
+    off = len(present) - len(b2)
+    present[off:off + 8] = (6).to_bytes(8, "little")
     svc = _Svc([
         ("open", [journal.data("t", 0, _b(b"x"))]),
         ("prep", [journal.data("t", 1, b3), journal.prepare()]),

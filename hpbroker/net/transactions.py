@@ -32,9 +32,9 @@ transaction has records at, where recovery starts reading.
 Recovery (:mod:`hpbroker.net.tx_recovery`) reads the journal back when
 this broker starts, or is promoted: open transactions are rolled back,
 prepared ones wait, committed ones without APPLIED are appended again -
-only the batches their partitions do not hold yet, found by CRC32C after
-the commit's ``scan_from`` offsets (MetaQ's replay check), so each lands
-exactly once.
+only the batches their partitions do not hold yet, found after the
+commit's ``scan_from`` offsets by the transaction's mark, index and CRC32C
+(MetaQ's replay check, made exact), so each lands exactly once.
 """
 
 from __future__ import annotations
@@ -281,6 +281,8 @@ class TxService:
         def last(reply):
             if not reply.code:
                 tx.restate = False
+                if reply.base_offsets:  # the decision is the write's last record
+                    tx.mark = journal.mark_of(p, reply.base_offsets[0] + len(pieces[-1]) - 1)
             return then(reply)
 
         self._write(p, tx, pieces[-1], -1, last)
@@ -370,35 +372,37 @@ class TxService:
     # -- commit's appends ---------------------------------------------------------------
 
     def apply(self, tx: Tx):
-        """Append the committed ``tx``'s batches to their partitions: one
-        produce request per partition (several, each whole, for a share
-        larger than a request may be).  -> the client's answer when it is
-        due already (nothing to append), or None."""
+        """Append the committed ``tx``'s batches that their partitions do not
+        hold yet, marked (hpbroker.tx.journal, "Marks"): one produce request
+        per partition (several, each whole, for a share larger than a
+        request may be).  -> the client's answer when it is due already
+        (nothing to append), or None."""
         tx.state = COMMITTING
         self.retry_apply.pop(tx.txid, None)
         for tp, batches in tx.parts.items():
-            for chunk in tx_upkeep.chunks(batches, self._chunk):
+            done = tx.done.setdefault(tp, set())
+            todo = [i for i in range(len(batches)) if i not in done]
+            for chunk in tx_upkeep.chunks_of(todo, lambda i, bs=batches: len(bs[i]), self._chunk):
                 req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1,
                                 timeout_ms=self.tcfg.decision_timeout_ms)
-                key = (tp, id(chunk))
+                key = (tp, chunk[0])
                 tx.applying.add(key)
                 try:
                     self.produce(JournalSink(lambda reply, key=key, chunk=chunk: self._after_apply(tx, key, chunk,
                                                                                                    reply)),
-                                 req, [memoryview(b) for b in chunk])
+                                 req, [journal.mark_batch(batches[i], tx.mark, i) for i in chunk])
                 except BrokerError as e:
                     tx.applying.discard(key)
                     self._apply_failed(tx, tp, e.message)
         return self._maybe_applied(tx)
 
-    def _after_apply(self, tx: Tx, key, chunk: list, reply):
+    def _after_apply(self, tx: Tx, key, chunk: list[int], reply):
         tx.applying.discard(key)
         tp = key[0]
         if reply.code:
             self._apply_failed(tx, tp, reply.message)
         else:  # durable there: never appended again
-            done = set(map(id, chunk))
-            tx.parts[tp] = [b for b in tx.parts[tp] if id(b) not in done]
+            tx.done.setdefault(tp, set()).update(chunk)
         return self._maybe_applied(tx)
 
     def _apply_failed(self, tx: Tx, tp, why: str) -> None:

@@ -14,8 +14,10 @@ COMMIT (no APPLIED after it)      its batches are appended again, except
                                   those its partitions already hold: each
                                   partition is read from the commit's
                                   ``scan_from`` offset to its end, and a
-                                  batch whose CRC32C and record count are
-                                  there is not appended twice
+                                  batch found there with the transaction's
+                                  mark and index, CRC32C and record count
+                                  (hpbroker.tx.journal, "Marks") is not
+                                  appended twice
 ROLLBACK, APPLIED                 finished: forgotten (outcome remembered)
 ================================  ==========================================
 
@@ -84,7 +86,8 @@ def recover(svc, p: int) -> None:
             table.replace_parts(tx, parts)
             tx.messages = sum(batch.peek_count(b) for bs in parts.values() for b in bs)
             tx.first_offset, tx.first_ms = at, e.ms
-            state, tx.heuristic, scan_from = e.body
+            state, tx.heuristic, scan_from = e.body[:3]
+            tx.mark = e.body[3] if len(e.body) > 3 else -1
             if state == PREPARED:
                 tx.state, tx.xa = PREPARED, True
             else:
@@ -115,7 +118,7 @@ def recover(svc, p: int) -> None:
         if e.kind == journal.PREPARE:
             tx.state, tx.xa = PREPARED, True
         elif e.kind == journal.COMMIT:
-            tx.state, tx.heuristic = COMMITTING, bool(e.body[0])
+            tx.state, tx.heuristic, tx.mark = COMMITTING, bool(e.body[0]), journal.mark_of(p, e.offset)
             tx.scan_from = {(t, q): s for t, q, s in e.body[1]}
         elif e.kind == journal.ROLLBACK:
             table.finish(tx, ROLLED_BACK)
@@ -134,12 +137,11 @@ def recover(svc, p: int) -> None:
                 log.warning("transaction %s: rollback after the restart not journalled: %s", txid, e.message)
             table.finish(tx, ROLLED_BACK)
         elif tx.state == COMMITTING:
-            missing = {tp: _missing(svc.fetch, tp, tx.scan_from.get(tp, 0), batches)
+            tx.done = {tp: _present(svc.fetch, tp, tx.scan_from.get(tp, 0), tx.mark, batches)
                        for tp, batches in tx.parts.items()}
-            n = sum(map(len, missing.values()))
+            total = sum(map(len, tx.parts.values()))
             log.info("transaction %s: committed before the restart; %d of its %d batches to append again",
-                     txid, n, sum(map(len, tx.parts.values())))
-            tx.parts = missing
+                     txid, total - sum(map(len, tx.done.values())), total)
             svc.apply(tx)
     if counts:
         log.info("transaction journal %s/%d: %d rolled back (open at the restart), %d prepared (waiting), "
@@ -147,12 +149,20 @@ def recover(svc, p: int) -> None:
                  counts[COMMITTING])
 
 
+#: Recovery reads to the end of the files, not to the high watermark this
+#: acceptor has heard of: just after a promotion, the last records the slave
+#: wrote may not be reported yet, and a journal read short of them would
+#: lose a prepared transaction (its writer has made them durable, or makes
+#: them so before anything this coordinator writes after them).
+_END = 1 << 62
+
+
 def read(fetch, topic: str, p: int, start: int = 0):
     """Every journal record of partition ``p`` from ``start`` (or its log
-    start) up to its durable end."""
+    start) to the end of its files."""
     key = handoff.tp_key(topic, p)
-    end = fetch.hwm.get(key, 0)
-    at = max(fetch.log_start.get(key, 0), start if start <= end else 0)
+    end = _END
+    at = max(fetch.log_start.get(key, 0), start if start <= fetch.hwm.get(key, 0) else 0)
     reader = fetch.reader(topic, p)
     while at < end:
         data = reader.read(at, _CHUNK, end)
@@ -165,29 +175,31 @@ def read(fetch, topic: str, p: int, start: int = 0):
         at = last
 
 
-def _missing(fetch, tp: tuple[str, int], scan_from: int, batches: list) -> list:
-    """The ``batches`` that partition ``tp`` does not hold after ``scan_from``
-    (matched by CRC32C and record count, each match used once)."""
+def _present(fetch, tp: tuple[str, int], scan_from: int, mark: int, batches: list) -> set[int]:
+    """Indexes of the ``batches`` that partition ``tp`` holds after
+    ``scan_from``: a batch carrying the transaction's ``mark`` and the
+    index, with the CRC32C and record count the marked batch has."""
     topic, partition = tp
     key = handoff.tp_key(topic, partition)
-    end = fetch.hwm.get(key, 0)
+    end = _END
     at = max(scan_from, fetch.log_start.get(key, 0))
-    held = Counter()
+    held = set()
     reader = fetch.reader(topic, partition)
     while at < end:
         data = reader.read(at, _CHUNK, end)
         if not data:
             break
-        mv = memoryview(data)
-        for _, h in batch.iter_batches(mv):
-            if h.base_offset >= scan_from:
-                held[(h.crc, h.record_count)] += 1
+        before = at
+        for _, h in batch.iter_batches(memoryview(data)):
+            if h.base_offset >= scan_from and h.producer_id == mark:
+                held.add((h.base_sequence, h.crc, h.record_count))
             at = h.base_offset + h.record_count
-    out = []
-    for b in batches:
-        k = (_CRC.unpack_from(b, 20)[0], batch.peek_count(b))
-        if held[k]:
-            held[k] -= 1
-        else:
-            out.append(b)
+        if at <= before:
+            break
+    out = set()
+    for i, b in enumerate(batches):
+        if held:
+            marked = journal.mark_batch(b, mark, i)
+            if (i, _CRC.unpack_from(marked, 20)[0], batch.peek_count(b)) in held:
+                out.add(i)
     return out

@@ -45,7 +45,7 @@ def copy(svc, tx: Tx) -> None:
     parts[0] = [journal.copy()] + parts[0]
     state = PREPARED if tx.state == PREPARED else COMMITTING
     parts[-1] = parts[-1] + [journal.copied(state, tx.heuristic,
-                                              [(t, q, s) for (t, q), s in tx.scan_from.items()])]
+                                              [(t, q, s) for (t, q), s in tx.scan_from.items()], tx.mark)]
     tx.copying = True
     start: list[int] = []
     n = len(parts)
@@ -102,5 +102,20 @@ def chunks(items: list, limit: int):
             run, size = [], 0
         run.append(x)
         size += len(x)
+    if run:
+        yield run
+
+
+def chunks_of(items: list, size, limit: int):
+    """``items`` in runs whose ``size(item)`` add up to at most ``limit``
+    (at least one each)."""
+    run, total = [], 0
+    for x in items:
+        n = size(x)
+        if run and total + n > limit:
+            yield run
+            run, total = [], 0
+        run.append(x)
+        total += n
     if run:
         yield run

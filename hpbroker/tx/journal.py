@@ -28,10 +28,10 @@ kind    name        value
                     durable in its partition; recovery can forget it
 6       COPY        ``[6]``: a copy of the transaction starts here: the DATA
                     records that follow (until COPIED) rebuild it
-7       COPIED      ``[7, state, heuristic, scan_from]``: the copy is whole;
+7       COPIED      ``[7, state, heuristic, scan_from, mark]``: the copy is whole;
                     from here on the transaction is the copy, in ``state``
                     (``prepared`` or ``committing``, with the COMMIT's
-                    ``scan_from``).  A copy without its COPIED (a crash in
+                    ``scan_from`` and ``mark``).  A copy without its COPIED (a crash in
                     between) is ignored: the records it copies are still
                     there
 ======  ==========  =========================================================
@@ -45,14 +45,24 @@ below which no live transaction has records, where recovery starts reading.
 
 A commit or prepare with its last batches writes them and the decision as
 one journal batch: one write, one fdatasync, all or nothing.
+
+**Marks.**  Appended at commit, batch ``i`` of a transaction's share of a
+partition carries ``producer_id = mark`` and ``base_sequence = i`` (its CRC32C
+recomputed), where ``mark = -(2 + journal partition * 2**53 + offset of the
+COMMIT record)``: negative, so the writers' idempotence check leaves it alone
+(only ids >= 0 are idempotent producers'), and unique to the transaction,
+so recovery recognises exactly its batches, never another producer's
+byte-identical ones.
 """
 
 from __future__ import annotations
 
+import struct
 import zlib
 from typing import Iterator, NamedTuple
 
 import msgspec
+from crc32c import crc32c
 
 from hpbroker import batch
 
@@ -106,8 +116,25 @@ def copy() -> bytes:
     return _enc.encode((COPY,))
 
 
-def copied(state: str, heuristic: bool, scan_from: list[tuple[str, int, int]]) -> bytes:
-    return _enc.encode((COPIED, state, heuristic, scan_from))
+def copied(state: str, heuristic: bool, scan_from: list[tuple[str, int, int]], mark: int = -1) -> bytes:
+    return _enc.encode((COPIED, state, heuristic, scan_from, mark))
+
+
+def mark_of(journal_partition: int, commit_offset: int) -> int:
+    return -(2 + (journal_partition << 53) + commit_offset)
+
+
+_PRODUCER = struct.Struct("<qi")
+_CRC = struct.Struct("<I")
+
+
+def mark_batch(b: bytes, mark: int, index: int) -> bytes:
+    """``b`` as appended at commit: producer fields set to ``(mark, index)``,
+    CRC32C recomputed."""
+    out = bytearray(b)
+    _PRODUCER.pack_into(out, 48, mark, index)
+    _CRC.pack_into(out, 20, crc32c(memoryview(out)[24:]))
+    return bytes(out)
 
 
 def encode(txid: str, values: list[bytes], now_ms: int) -> bytearray:

@@ -29,7 +29,7 @@ COMMITTED, ROLLED_BACK = "committed", "rolled_back"
 
 class Tx:
     __slots__ = ("txid", "xa", "state", "began", "deadline", "parts", "bytes", "messages", "conn", "journaled",
-                 "scan_from", "applying", "waiter", "heuristic", "first_offset", "first_ms", "copying", "restate")
+                 "scan_from", "applying", "waiter", "heuristic", "first_offset", "first_ms", "copying", "restate", "mark", "done")
 
     def __init__(self, txid: str, xa: bool, began: float, deadline: float | None, conn=None):
         self.txid = txid
@@ -51,6 +51,9 @@ class Tx:
         self.first_ms = -1  # when that record was written (wall ms): its age in the journal
         self.copying = False  # a copy to the journal's end is on its way
         self.restate = False  # a journal write of it failed: the next decision writes all of it again
+        self.mark = -1  # committed: the producer id its appended batches carry (hpbroker.tx.journal, "Marks")
+        #: committed: (topic, partition) -> indexes of its batches durable there
+        self.done: dict[tuple[str, int], set[int]] = {}
 
 
 class TxTable:
