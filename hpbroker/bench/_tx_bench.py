@@ -18,7 +18,7 @@ the median msgs/s of each mode, the median of the rounds' tx/plain ratios,
 the commit latency (from the commit call to its reply), the begin's and
 the whole transaction's latency, p50 and p99 over every transaction of every round,
 beside the plain request's ack latency, and the broker's CPU per million
-messages.  At the end the topic must hold exactly the messages the
+messages (and the workers' own).  At the end the topic must hold exactly the messages the
 workers were told were committed or acknowledged (warm-ups included).
 
     hpbroker-bench --transactional [--tx-messages N ...] [--tx-concurrency C]
@@ -121,14 +121,19 @@ def _phase(url, topic, nparts, mode, n, args, procs) -> dict:
             kind, idx, err = ready_q.get(timeout=300)
             if kind == "error":
                 raise RuntimeError(f"tx bench worker {idx} failed to start: {err}")
+        import psutil
+
         sampler = EB.CpuSampler(procs)
+        wsampler = EB.CpuSampler({w.name: psutil.Process(w.pid) for w in workers})
         sampler.start()
+        wsampler.start()
         go.set()
         while len(results) < C:
             results.append(result_q.get(timeout=args.tx_seconds + 300))
             if results[-1].get("error"):
                 raise RuntimeError(f"tx bench worker {results[-1]['idx']}: {results[-1]['error']}")
         sampler.stop()
+        wsampler.stop()
     finally:
         go.set()
         for w in workers:
@@ -142,11 +147,13 @@ def _phase(url, topic, nparts, mode, n, args, procs) -> dict:
     commit = np.concatenate([r["commit_lat_s"] for r in results]) if mode == "tx" else None
     begin = np.concatenate([r["begin_lat_s"] for r in results]) if mode == "tx" else None
     cpu = sum(sampler.cpu_percent().values())  # the broker's processes, in % of one core
+    wcpu = sum(wsampler.cpu_percent().values())  # the workers'
     return {"mode": mode, "n": n, "messages": msgs, "units": sum(r["units"] for r in results), "seconds": secs,
             "warmup_messages": 2 * n * C, "msgs_per_s": msgs / secs, "errors": sum(r["errors"] for r in results),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
             "p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else 0.0,
             "broker_cpu_s_per_m_msgs": cpu / 100 * secs / (msgs / 1e6) if msgs else None,
+            "client_cpu_s_per_m_msgs": wcpu / 100 * secs / (msgs / 1e6) if msgs else None,
             "_lat": lat, "_commit": commit, "_begin": begin}
 
 
@@ -177,6 +184,8 @@ def _summary(args, sizes, phases, nparts) -> dict:
             "plain_p50_ms": _pct(lat_plain, 50), "plain_p99_ms": _pct(lat_plain, 99),
             "tx_broker_cpu_s_per_m_msgs": statistics.median(r["broker_cpu_s_per_m_msgs"] for r in tx),
             "plain_broker_cpu_s_per_m_msgs": statistics.median(r["broker_cpu_s_per_m_msgs"] for r in plain),
+            "tx_client_cpu_s_per_m_msgs": statistics.median(r["client_cpu_s_per_m_msgs"] for r in tx),
+            "plain_client_cpu_s_per_m_msgs": statistics.median(r["client_cpu_s_per_m_msgs"] for r in plain),
             "rounds_tx_msgs_per_s": [r["msgs_per_s"] for r in tx],
             "rounds_plain_msgs_per_s": [r["msgs_per_s"] for r in plain],
         })
