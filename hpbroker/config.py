@@ -7,6 +7,7 @@ two in step.  Unknown keys are an error, never silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -121,6 +122,16 @@ class GroupsConfig(_Section):
     commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
 
 
+class SecurityConfig(_Section):
+    """[security]: CURVE authentication and encryption, and ACLs (docs/security.md)."""
+
+    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file.")] = False
+    server_secret_key_file: Annotated[str, M(description="This broker's secret certificate (NAME.key_secret, as hpbroker keys generate writes it): the key pair every CURVE socket of the broker binds with, and with which a slave authenticates to its master (its principal there is NAME).")] = ""
+    authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start.")] = ""
+    acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start.")] = ""
+    master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -129,6 +140,7 @@ class Config(_Section):
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
+    security: SecurityConfig = SecurityConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -152,10 +164,49 @@ class Config(_Section):
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        sec = self.security
+        if sec.curve:
+            missing = [k for k in ("server_secret_key_file", "authorized_keys_dir", "acl_file") if not getattr(sec, k)]
+            if missing:
+                raise ValueError(f"security.curve = true needs security.{', security.'.join(missing)} (docs/security.md)")
+            if self.replication.role == "slave" and not sec.master_public_key:
+                raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
+        check_listeners_under_curve(sec.curve, plaintext_listeners(self))
 
     @property
     def instance(self) -> str:
         return self.broker.instance or f"p{self.broker.port}"
+
+
+def plaintext_listeners(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, bind address) of every listener that is not a ZeroMQ
+    socket and has no authentication of its own (a text-protocol or HTTP
+    listener).  Each such listener must add itself here: with CURVE on it
+    may only bind to loopback (docs/security.md, "Other listeners").  A
+    listener with its own authentication, switched on, is left out."""
+    return []
+
+
+def check_listeners_under_curve(curve: bool, listeners: list[tuple[str, str]]) -> None:
+    """With CURVE on, ValueError naming the first of ``listeners`` bound
+    beyond loopback: it would let anyone on the network past CURVE."""
+    if not curve:
+        return
+    for key, address in listeners:
+        if not is_loopback(address):
+            raise ValueError(f"{key} = {address!r}: with security.curve = true a listener without its own "
+                             "authentication may only bind to loopback (127.0.0.1, ::1, localhost)")
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``address`` (a host name or IP, or a tcp:// URL's host part) a loopback one?"""
+    host = address.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:

@@ -45,7 +45,7 @@ from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
 from hpbroker.client.spill import SpillJournal, encode_record
 from hpbroker.client.split import encode_requests
-from hpbroker.client.transport import Transport
+from hpbroker.client.transport import Transport, client_curve
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import InitProducerId
@@ -79,6 +79,8 @@ class Producer:
         topic_partitions: Mapping[str, int] | None = None,
         spill_segment_bytes: int = 64 << 20,
         enable_idempotence: bool = False,
+        curve_secret_key_file: str | None = None,
+        broker_public_key: str | bytes | None = None,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
@@ -108,7 +110,8 @@ class Producer:
         self.connect_timeout_ms = connect_timeout_ms
         self.block_on_full = block_on_full
         self.ordered = ordered
-        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm)
+        curve = client_curve(curve_secret_key_file, broker_public_key)  # a bad key file: ValueError before any thread
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm, curve=curve)
         self._lock = threading.Lock()
         self._waker = _Waker()
         self._memory = BufferMemory(self._lock, buffer_memory, self.max_block)

@@ -70,7 +70,10 @@ class Acceptor:
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes, cfg.broker.max_filter_scan_bytes)
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
+        sec = sockets.security
+        self.guard = sec.guard() if sec is not None else None  # [security]: the ACL, per request (None: off)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups,
+                           probe_curve=sec.to_master() if sec is not None and cfg.replication.role == "slave" else None)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
@@ -234,6 +237,8 @@ class Acceptor:
             return
         req, payload = decoded
         try:
+            if self.guard is not None:
+                self.guard.check(frames[0], req)  # NOT_AUTHORIZED unless the ACL lets its principal
             match req:
                 case m.Produce():
                     check_request_size(payload, self.cfg.broker.max_request_bytes)
@@ -380,4 +385,5 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     finally:
         for s in shared:
             s.close()
+        sockets.security.close()
         ctx.destroy(linger=0)

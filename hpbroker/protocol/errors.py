@@ -37,6 +37,9 @@ code   name                        retriable  meaning
 21     OUT_OF_ORDER_SEQUENCE_NUMBER no        an idempotent producer's batch that does not follow
                                               its last one (a gap): resend from the first
                                               unacknowledged batch
+30     NOT_AUTHORIZED              no         the client's principal (its CURVE certificate's name) may
+                                              not do this (docs/security.md); also raised locally by a
+                                              client whose CURVE handshake the broker refused
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -69,6 +72,7 @@ class ErrorCode(IntEnum):
     NON_EMPTY_GROUP = 19
     DUPLICATE_SEQUENCE_NUMBER = 20
     OUT_OF_ORDER_SEQUENCE_NUMBER = 21
+    NOT_AUTHORIZED = 30
     INTERNAL = 99
 
 
