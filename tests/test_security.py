@@ -11,17 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from brokerproc import BrokerProcess
 from hpbroker import Admin, Consumer, Producer, batch
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.replication import messages as rm
 from hpbroker.security.keys import generate
 from hpbroker.sockets import load_certificate
 from rawclient import RawClient
 
-NAMES = ("broker", "alice", "bob", "ops", "mallory", "broker-a", "broker-b", "broker-c")
+NAMES = ("broker", "alice", "bob", "ops", "mallory", "broker-a", "broker-b")
 
 ACL = """
 [[allow]]
@@ -223,65 +225,75 @@ def test_with_the_right_acl_it_works(secured, pki, tmp_path):
 def test_replication_over_curve_on_both_sides(pki, tmp_path):
     """Master a and slave b, each with its own key; b authenticates to a as
     broker-b (granted replicate), catches up what a took before it came,
-    then follows live; acks=all is acknowledged, so b's reports came in."""
+    then follows live; acks=all is acknowledged, so b's reports came in.
+    Alice's key is one a knows, but not granted replicate: refused there."""
     common = "[replication]\nreplica_lag_max_ms = 1500\nack_interval_ms = 50\n[ring]\ndead_after_ms = 60000\n"
-    a = BrokerProcess(tmp_path / "a", args=(
-        "--config", pki.config(tmp_path / "etc-a", "broker-a", ["alice", "ops", "broker-b"], common), "--role", "master",
-        "--broker-id", "1", "--partitions", "2"))
-    a.wait_ready = lambda timeout: _wait_ready(a, pki, timeout, broker_key="broker-a")
-    a.start()
+    a = _start(pki, tmp_path, "a", "broker-a", ["alice", "ops", "broker-b"], common,
+               "--role", "master", "--broker-id", "1")
     b = None
     try:
         with Producer(a.url, acks=1, **pki.client("alice", "broker-a")) as p:
             p.send_batch("logs", [b"early %d" % i for i in range(50)], partition=0).result(10)
-        b = BrokerProcess(tmp_path / "b", args=(
-            "--config", pki.config(tmp_path / "etc-b", "broker-b", ["alice", "ops", "broker-a"],
-                                   f'master_public_key = "{pki.public("broker-a")}"\n' + common),
-            "--role", "slave", "--master", a.url, "--broker-id", "2", "--partitions", "2"))
-        b.wait_ready = lambda timeout: _wait_ready(b, pki, timeout, broker_key="broker-b")
-        b.start()
+        slave_of_a = f'master_public_key = "{pki.public("broker-a")}"\n' + common
+        b = _start(pki, tmp_path, "b", "broker-b", ["alice", "ops", "broker-a"], slave_of_a,
+                   "--role", "slave", "--master", a.url, "--broker-id", "2")
         _until(lambda: _stats(a, pki, "broker-a").get("slave_2_insync") == 1, "the slave to be in sync", a, b)
         with Producer(a.url, acks="all", **pki.client("alice", "broker-a")) as p:
             p.send_batch("logs", [b"late %d" % i for i in range(50)], partition=0).result(10)
-        c = Consumer(b.url, "logs", partitions=[0], auto_offset_reset="earliest", **pki.client("alice", "broker-b"))
+        cons = Consumer(b.url, "logs", partitions=[0], auto_offset_reset="earliest", **pki.client("alice", "broker-b"))
         try:
             got = []
             deadline = time.monotonic() + 20
             while len(got) < 100 and time.monotonic() < deadline:
-                got += [msg.value for msg in c.poll(timeout_ms=500)]
+                got += [msg.value for msg in cons.poll(timeout_ms=500)]
         finally:
-            c.close()
+            cons.close()
         assert got == [b"early %d" % i for i in range(50)] + [b"late %d" % i for i in range(50)]
-    finally:
-        if b is not None:
-            b.stop()
+        # a known key without replicate gets nothing from a's replication sockets
+        md = RawClient(a.url, timeout_ms=5000, curve=pki.curve("alice", "broker-a"))
+        fetch_ep, _ack_ep, pub_ep = md.call(m.Metadata(id=md.next_id(), topics=[]))[0].replication[:3]
+        md.close()
+        intruder = RawClient(fetch_ep, curve=pki.curve("alice", "broker-a"))
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.linger = 0
+        sub.curve_publickey, sub.curve_secretkey, sub.curve_serverkey = pki.curve("alice", "broker-a")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(pub_ep)
+        try:
+            intruder.send_frames([rm.encoder.encode(rm.Hello(cluster_id="hpbroker", slave_id=9, max_epoch=0))])
+            with Producer(a.url, acks="all", **pki.client("alice", "broker-a")) as p:
+                p.send_batch("logs", [b"late %d" % i for i in range(50, 60)], partition=0).result(10)
+            with pytest.raises(TimeoutError):
+                intruder.recv(timeout_ms=1000)
+            assert not sub.poll(500), "a key without replicate got the master's batches"
+        finally:
+            intruder.close(), sub.close()
+        assert "principal alice is not granted replicate" in a.log()
+        assert "slave 9" not in a.log()
+        # the master goes; an operator (admin) promotes b over CURVE, and b's writers publish over CURVE
         a.stop()
-
-
-def test_a_slave_whose_key_is_not_granted_replicate_is_refused(pki, tmp_path):
-    common = "[replication]\nreplica_lag_max_ms = 1500\n[ring]\ndead_after_ms = 60000\n"
-    a = BrokerProcess(tmp_path / "a", args=(
-        "--config", pki.config(tmp_path / "etc-a", "broker-a", ["ops", "broker-c"], common), "--role", "master",
-        "--broker-id", "1", "--partitions", "1"))
-    a.wait_ready = lambda timeout: _wait_ready(a, pki, timeout, broker_key="broker-a")
-    a.start()
-    c = None
-    try:
-        c = BrokerProcess(tmp_path / "c", args=(
-            "--config", pki.config(tmp_path / "etc-c", "broker-c", ["ops"], f'master_public_key = "{pki.public("broker-a")}"\n' + common),
-            "--role", "slave", "--master", a.url, "--broker-id", "3", "--partitions", "1"))
-        c.wait_ready = lambda timeout: _wait_ready(c, pki, timeout, broker_key="broker-c")
-        c.start()
-        _until(lambda: "principal broker-c is not granted replicate" in a.log(), "the master to refuse broker-c", a, c)
-        assert not _stats(a, pki, "broker-a").get("replication_slaves")
-        ops = RawClient(a.url, timeout_ms=5000, curve=pki.curve("ops", "broker-a"))
-        rep = ops.produce("t", 0, [batch.encode_batch([b"x"])], acks=-1)
+        r = subprocess.run([sys.executable, "-m", "hpbroker", "promote", "--broker", b.url, "--curve-secret-key-file",
+                            pki.secret("ops"), "--broker-public-key", pki.public("broker-b")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with Producer(b.url, acks=1, **pki.client("alice", "broker-b")) as p:
+            assert p.send_batch("logs", [b"after"], partition=0).result(10).offset == 110
+        ops = RawClient(b.url, timeout_ms=5000, curve=pki.curve("ops", "broker-b"))
+        md = ops.call(m.Metadata(id=ops.next_id(), topics=[]))[0]
         ops.close()
-        assert rep.code == ErrorCode.NOT_ENOUGH_REPLICAS
+        assert md.role == "master" and md.replication and all(md.replication), md  # its writers' PUB sockets
     finally:
-        if c is not None:
-            c.stop()
-        a.stop()
+        for x in (b, a):
+            if x is not None:
+                x.stop()
+
+
+def _start(pki: Pki, tmp_path: Path, name: str, key: str, trusted, extra: str, *args: str) -> BrokerProcess:
+    """A CURVE broker with ``key``'s key pair, trusting ``trusted``, data in tmp_path/name."""
+    b = BrokerProcess(tmp_path / name, args=("--config", pki.config(tmp_path / f"etc-{name}", key, trusted, extra),
+                                             "--partitions", "2", *args))
+    b.wait_ready = lambda timeout: _wait_ready(b, pki, timeout, broker_key=key)
+    return b.start()
 
 
 def _until(pred, what, *brokers, timeout=30.0):
