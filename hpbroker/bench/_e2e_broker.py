@@ -259,7 +259,7 @@ class CpuSampler:
         self.c0: dict[str, float] = {}
         self.c1: dict[str, float] = {}
         self.th0: dict[str, dict] = {}
-        self.th1: dict[str, dict] = {}
+        self.th1: dict[str, dict] = {}  # each thread's last CPU seen: a worker's threads may end before stop()
         self.peak_rss: dict[str, int] = {}
         self.peak_total_rss = 0
 
@@ -275,9 +275,12 @@ class CpuSampler:
         self.t0 = time.perf_counter()
         self.c0 = {n: self._cpu(p) for n, p in self.procs.items()}
         self.th0 = {n: thread_cpu(p.pid) for n, p in self.procs.items()}
+        self.th1 = {n: dict(v) for n, v in self.th0.items()}
         self.sample()
 
     def sample(self) -> None:
+        for n, p in self.procs.items():
+            self.th1.setdefault(n, {}).update(thread_cpu(p.pid))
         total = 0
         for n, p in self.procs.items():
             try:
@@ -292,7 +295,8 @@ class CpuSampler:
         self.sample()
         self.t1 = time.perf_counter()
         self.c1 = {n: self._cpu(p) for n, p in self.procs.items()}
-        self.th1 = {n: thread_cpu(p.pid) for n, p in self.procs.items()}
+        for n, p in self.procs.items():
+            self.th1.setdefault(n, {}).update(thread_cpu(p.pid))
 
     def cpu_percent(self) -> dict[str, float | None]:
         dt = max(self.t1 - self.t0, 1e-9)
