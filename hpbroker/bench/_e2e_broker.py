@@ -77,7 +77,7 @@ class LocalBroker:
     def _wait_ready(self, timeout: float) -> None:
         import zmq
 
-        from hpbroker.client.transport import client_curve
+        from hpbroker.client.curve import client_curve
         from hpbroker.protocol import codec
         from hpbroker.protocol import messages as m
 

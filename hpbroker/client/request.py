@@ -12,7 +12,7 @@ import zmq
 
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode
-from hpbroker.client.transport import client_curve
+from hpbroker.client.curve import client_curve
 from hpbroker.sockets import make_socket
 
 _ids = itertools.count(1)

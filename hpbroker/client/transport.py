@@ -55,6 +55,7 @@ from hpbroker.client.cluster import choose_leader, parse_bootstrap, reachable, t
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
 from hpbroker.protocol.messages import ErrorReply, Metadata, MetadataReply
+from hpbroker.client.curve import WATCHED, client_curve, refusal  # noqa: F401 (client_curve re-exported)
 from hpbroker.sockets import Curve, drain, make_socket, try_send
 
 log = logging.getLogger("hpbroker.client")
@@ -63,23 +64,6 @@ DEFAULT_MAX_BATCH_BYTES = 8 << 20
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 
 OnReply = Callable[[object, list], None]
-
-#: monitor events of a connection that the broker's security refused (or that speaks another mechanism)
-HANDSHAKE_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-WATCHED = zmq.EVENT_DISCONNECTED | HANDSHAKE_REFUSED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-
-
-def client_curve(curve_secret_key_file: str | None, broker_public_key: str | bytes | None) -> Curve | None:
-    """A client's CURVE options: its secret certificate (NAME.key_secret)
-    and the broker's public key (Z85, or the path of the broker's NAME.key);
-    None when neither is given.  ValueError for one without the other, or a
-    file that holds no key."""
-    if curve_secret_key_file is None and broker_public_key is None:
-        return None
-    if curve_secret_key_file is None or broker_public_key is None:
-        raise ValueError("CURVE needs both curve_secret_key_file (this client's key pair) and broker_public_key")
-    return Curve.load(str(curve_secret_key_file), server_key=broker_public_key)
-
 
 class _Call:
     __slots__ = ("on_reply", "on_sent", "deadline", "endpoint")
@@ -264,7 +248,7 @@ class Transport:
             except zmq.Again:
                 break
             dropped |= ev["event"] == zmq.EVENT_DISCONNECTED
-            refused = self._refusal(ev) or refused
+            refused = refusal(ev) or refused
             if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # also what a broker dying mid-handshake looks like: a hint, and the error stays retriable
                 hint = (" (the handshake failed: a wrong broker_public_key?)" if self.curve is not None else
@@ -283,16 +267,6 @@ class Transport:
         msg = f"lost the connection to {endpoint} before the reply (the request may or may not have been carried out){hint}"
         for rid in [rid for rid, call in self.pending.items() if call.endpoint == endpoint]:
             self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
-
-    def _refusal(self, ev) -> str | None:
-        """Why a monitor event means the broker's security turned this client away, or None."""
-        e = ev["event"]
-        if e == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return f"CURVE authentication failed (ZAP status {ev['value']}): is this client's public key in its authorized_keys_dir?"
-        if e == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and ev["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return ("security mechanism mismatch: CURVE is on at one end only (pass curve_secret_key_file= and "
-                    "broker_public_key=, or --curve-secret-key-file and --broker-public-key)")
-        return None
 
     def _receive(self, sock: zmq.Socket, limit: int = 1024) -> None:
         for frames in drain(sock, multipart=True, copy=False, limit=limit):

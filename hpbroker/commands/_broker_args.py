@@ -51,7 +51,7 @@ def check_broker_arg(args) -> None:
         raise UserError(f"--broker: {e}", 2) from None
     if len(urls) > 1 and not args.broker_several:
         raise UserError(f"--broker: this command talks to one broker, got {len(urls)}: {args.broker}", 2)
-    from hpbroker.client.transport import client_curve
+    from hpbroker.client.curve import client_curve
 
     try:
         client_curve(args.curve_secret_key_file, args.broker_public_key)
