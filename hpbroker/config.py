@@ -7,6 +7,7 @@ two in step.  Unknown keys are an error, never silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -148,6 +149,14 @@ class HttpConfig(_Section):
     poll_ms: Annotated[int, M(ge=100, description="How often the HTTP process asks the broker for its stats, metadata and consumer groups (over the normal ZeroMQ requests) and samples the rates the dashboard charts.")] = 1000
     history_s: Annotated[int, M(ge=10, le=86400, description="Seconds of rate history the dashboard's charts keep.")] = 300
     dashboard: Annotated[bool, M(description="Serve the web dashboard at / and its JSON API at /api/*.")] = True
+class SecurityConfig(_Section):
+    """[security]: CURVE authentication and encryption, and ACLs (docs/security.md)."""
+
+    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file.")] = False
+    server_secret_key_file: Annotated[str, M(description="This broker's secret certificate (NAME.key_secret, as hpbroker keys generate writes it): the key pair every CURVE socket of the broker binds with, and with which a slave authenticates to its master (its principal there is NAME).")] = ""
+    authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start.")] = ""
+    acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start.")] = ""
+    master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
 
 
 class Config(_Section):
@@ -160,6 +169,7 @@ class Config(_Section):
     groups: GroupsConfig = GroupsConfig()
     transactions: TransactionsConfig = TransactionsConfig()
     http: HttpConfig = HttpConfig()
+    security: SecurityConfig = SecurityConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -191,6 +201,14 @@ class Config(_Section):
         if self.http.port == "auto" and self.broker.port + 80 > 65535:
             raise ValueError(f"http.port = 'auto' is broker.port + 80, past 65535 for port {self.broker.port}: "
                              "set http.port (0 turns the HTTP port off)")
+        sec = self.security
+        if sec.curve:
+            missing = [k for k in ("server_secret_key_file", "authorized_keys_dir", "acl_file") if not getattr(sec, k)]
+            if missing:
+                raise ValueError(f"security.curve = true needs security.{', security.'.join(missing)} (docs/security.md)")
+            if self.replication.role == "slave" and not sec.master_public_key:
+                raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
+        check_listeners_under_curve(sec.curve, plaintext_listeners(self))
 
     @property
     def instance(self) -> str:
@@ -200,6 +218,40 @@ class Config(_Section):
     def http_port(self) -> int:
         """The HTTP port with ``auto`` resolved; 0 when it is off."""
         return self.broker.port + 80 if self.http.port == "auto" else self.http.port
+
+
+def plaintext_listeners(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, bind address) of every listener that is not a ZeroMQ
+    socket and has no authentication of its own (a text-protocol or HTTP
+    listener).  Each such listener must add itself here: with CURVE on it
+    may only bind to loopback (docs/security.md, "Other listeners").  A
+    listener with its own authentication, switched on, is left out."""
+    out = []
+    if cfg.http.port != 0:
+        out.append(("http.bind", cfg.http.bind or cfg.broker.bind))
+    return out
+
+
+def check_listeners_under_curve(curve: bool, listeners: list[tuple[str, str]]) -> None:
+    """With CURVE on, ValueError naming the first of ``listeners`` bound
+    beyond loopback: it would let anyone on the network past CURVE."""
+    if not curve:
+        return
+    for key, address in listeners:
+        if not is_loopback(address):
+            raise ValueError(f"{key} = {address!r}: with security.curve = true a listener without its own "
+                             "authentication may only bind to loopback (127.0.0.1, ::1, localhost)")
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``address`` (a host name or IP, or a tcp:// URL's host part) a loopback one?"""
+    host = address.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:

@@ -155,6 +155,16 @@ def test_replica_pairs_alternate_and_report_the_median_pair(tmp_path):
     assert res["baselines"]["standalone"]["msgs_per_s"] == chosen["standalone_msgs_per_s"]
 
 
+def test_curve_against_a_same_run_plain_broker(tmp_path):
+    res = run_bench(tmp_path, "--curve", "--consumers", "1", timeout=600)
+    plain = res["baselines"]["plain"]
+    assert res["curve"] is True and plain["curve"] is False
+    assert res["ok"] is True and plain["ok"] is True and res["messages_consumed"] == 20000
+    assert res["curve_vs_plain"] == pytest.approx(res["msgs_per_s"] / plain["msgs_per_s"])
+    assert [p["first"] for p in res["pairs"]] == ["plain"]
+    assert "main" in res["thread_cpu_percent"]["acceptor0"]
+
+
 @pytest.mark.parametrize("args", [["--pairs", "0", "--replica", "sync"], ["--pairs", "2"]])
 def test_bad_pairs_is_one_line_and_nonzero(tmp_path, args):
     out = subprocess.run([sys.executable, "-m", "hpbroker.bench", *args], capture_output=True, text=True,

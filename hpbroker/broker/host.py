@@ -43,8 +43,8 @@ def doorbell_name(w: int) -> str:
 
 def lock_data_dir(data_dir: Path) -> int:
     """flock ``data_dir/.lock`` (two brokers never share a data directory); -> the fd, held for the broker's life."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as every file in it (docs/security.md)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

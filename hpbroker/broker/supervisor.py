@@ -46,6 +46,7 @@ from hpbroker.broker import writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import cleanup_stale
+from hpbroker.security import BrokerSecurity
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
 
@@ -103,7 +104,7 @@ class Supervisor:
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.run_dir.mkdir(parents=True)
+        self.run_dir.mkdir(mode=0o700, parents=True)  # its ipc:// sockets are for this broker's processes only
         self._own_run_dir = True
         self.plan = layout.plan(b)
         self.ctx = zmq.Context()
@@ -151,7 +152,8 @@ class Supervisor:
         def master_answering() -> str | None:
             ctx = zmq.Context()
             try:
-                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id,
+                                             curve=BrokerSecurity(self.cfg.security, ctx).to_master())
             finally:
                 ctx.term()
             return None if rep is None else f"broker {rep.broker_id}, epoch {rep.leader_epoch}"

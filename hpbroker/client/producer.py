@@ -45,7 +45,7 @@ from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
 from hpbroker.client.spill import SpillJournal, encode_record
 from hpbroker.client.split import encode_requests
-from hpbroker.client.transport import Transport
+from hpbroker.client.transport import Transport, client_curve
 from hpbroker.client.waker import Waker
 from hpbroker.client.xa import Transactional
 from hpbroker.protocol.errors import BrokerError, ErrorCode
@@ -82,6 +82,8 @@ class Producer(Transactional):
         enable_idempotence: bool = False,
         transaction_timeout_ms: int = 60_000,
         transaction_flush_bytes: int = 1 << 20,
+        curve_secret_key_file: str | None = None,
+        broker_public_key: str | bytes | None = None,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
@@ -114,7 +116,8 @@ class Producer(Transactional):
         self.transaction_flush_bytes = transaction_flush_bytes
         self._bootstrap = bootstrap
         self.ordered = ordered
-        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm)
+        curve = client_curve(curve_secret_key_file, broker_public_key)  # a bad key file: ValueError before any thread
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm, curve=curve)
         self._lock = threading.Lock()
         self._waker = _Waker()
         self._memory = BufferMemory(self._lock, buffer_memory, self.max_block)

@@ -57,6 +57,12 @@ def run(args) -> int:
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None
+    from hpbroker import security
+
+    try:
+        security.check(cfg.security, cfg.replication.role)  # keys and ACL readable before anything starts
+    except ValueError as e:
+        raise UserError(f"security: {e}") from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     from hpbroker.broker import supervisor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def run(args) -> int:
     from hpbroker.protocol.errors import BrokerError
 
     try:
-        rep = request(args.broker, lambda i: m.Stats(id=i), args.connect_timeout_ms)
+        rep = request(args.broker, lambda i: m.Stats(id=i), args.connect_timeout_ms, **curve_args(args))
     except BrokerError as e:
         raise user_error(e, args.broker) from None
     if args.json:

@@ -45,7 +45,7 @@ from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append
 from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError
 from hpbroker.io.fetch import read_segments, timestamp_in_segments
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FileSystem
 from hpbroker.io.recovery import recover
 from hpbroker.io.segment import Segment
 
@@ -72,7 +72,7 @@ class PartitionLog:
         self._durable = cfg.flush_mode == "durable"
         self._seg_limit = min(cfg.segment_bytes, _MAX_POS)
         self._seg_ms = cfg.segment_ms
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(d, mode=DIR_MODE, exist_ok=True)
         rec = recover(d, fs, cfg, self._now_ms())
         self.recovered_truncated_bytes = rec.truncated_bytes
         self._segments: list[Segment] = rec.segments

@@ -31,7 +31,7 @@ import time
 
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FILE_MODE, FileSystem
 
 log = logging.getLogger("hpbroker.io")
 
@@ -97,10 +97,10 @@ def remover(fs: FileSystem, cfg: LogConfig):
 
 def archive_file(src_path: str, name: str, dest_dir: str, fs: FileSystem) -> str:
     """gzip ``src_path`` to ``dest_dir/<name>.gz`` durably; returns that path."""
-    os.makedirs(dest_dir, exist_ok=True)
+    os.makedirs(dest_dir, mode=DIR_MODE, exist_ok=True)
     dest = os.path.join(dest_dir, name + ".gz")
     tmp = dest + ".tmp"
-    with open(src_path, "rb") as src, open(tmp, "wb") as raw:
+    with open(src_path, "rb") as src, open(tmp, "wb", opener=lambda p, fl: os.open(p, fl, FILE_MODE)) as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             shutil.copyfileobj(src, gz, 1 << 20)
         raw.flush()

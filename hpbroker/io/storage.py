@@ -28,7 +28,7 @@ import msgspec
 
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 from hpbroker.io.retention import apply_retention, finish_archiving, remover
@@ -71,7 +71,7 @@ class Storage:
         self._bg: IOThread | None = None  # see the module docstring
         self._remove = remover(self._fs, self.config)  # a big file goes in cuts (retention.remove_gradually)
         self._delayed: deque[tuple] = deque()  # (due ms, fn, args): retention's work waiting for delete_delay_ms
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=DIR_MODE, exist_ok=True)
 
     @property
     def fs(self) -> FileSystem:

@@ -76,9 +76,12 @@ class Acceptor:
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
         self.tx = TxService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx)
         # disconnects roll back local transactions (a connection is known by its fd: zmq.SRCFD)
         self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sec = sockets.security
+        self.guard = sec.guard() if sec is not None else None  # [security]: the ACL, per request (None: off)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx,
+                           probe_curve=sec.to_master() if sec is not None and cfg.replication.role == "slave" else None)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
         self.stats = AcceptorStats(stats)
         self._rr = count()
@@ -256,6 +259,8 @@ class Acceptor:
             return
         req, payload = decoded
         try:
+            if self.guard is not None:
+                self.guard.check(frames[0], req)  # NOT_AUTHORIZED unless the ACL lets its principal
             match req:
                 case m.Produce():
                     check_request_size(payload, self.cfg.broker.max_request_bytes)
@@ -421,4 +426,5 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     finally:
         for s in shared:
             s.close()
+        sockets.security.close()
         ctx.destroy(linger=0)

@@ -36,13 +36,14 @@ from hpbroker.replication.probe import master_answering
 
 class Admin:
     def __init__(self, index: int, cfg: config_mod.Config, cluster: Cluster, acks: ProduceAcks, fetch: FetchService,
-                 ctx: zmq.Context, groups=None, transactions=None):
+                 ctx: zmq.Context, groups=None, transactions=None, probe_curve=None):
         self.index = index
         self.cfg = cfg
         self.cluster = cluster
         self.acks = acks
         self.fetch = fetch
         self.ctx = ctx  # for the promotion probe's short-lived socket
+        self.probe_curve = probe_curve  # and its CURVE options ([security] on a slave)
         self.groups = groups  # net.groups.GroupService: its counters
         self.transactions = transactions  # net.transactions.TxService: its counters
 
@@ -137,7 +138,8 @@ class Admin:
         r = self.cfg.replication
         if self.cluster.view.role != "slave" or not r.master:
             return  # the supervisor answers "not a slave"
-        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id,
+                               curve=self.probe_curve)
         if rep is not None:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"the master at {r.master} (broker {rep.broker_id}, epoch {rep.leader_epoch}) still answers "

@@ -49,6 +49,9 @@ code   name                        retriable  meaning
 25     TRANSACTION_TIMED_OUT       no         rolled back by its timeout before this request
 26     INVALID_TXID                no         a txid longer than 300 characters, or an XID whose
                                               parts are out of range
+30     NOT_AUTHORIZED              no         the client's principal (its CURVE certificate's name) may
+                                              not do this (docs/security.md); also raised locally by a
+                                              client whose CURVE handshake the broker refused
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -86,6 +89,7 @@ class ErrorCode(IntEnum):
     TRANSACTION_TOO_LARGE = 24
     TRANSACTION_TIMED_OUT = 25
     INVALID_TXID = 26
+    NOT_AUTHORIZED = 30
     INTERNAL = 99
 
 

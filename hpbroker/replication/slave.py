@@ -53,14 +53,15 @@ STATE_INTERVAL_S = 0.5  # stats to this broker's acceptors
 
 
 def open_slave(cfg, ctx: zmq.Context, data_dir: str, instance: str, ring_names: list[str], completions_ep: str,
-               state_ep: str, control_ep: str, max_epoch: int, clock=time.monotonic) -> "Slave":
-    """A Slave over the broker's shared-memory rings and ``ipc://`` sockets."""
+               state_ep: str, control_ep: str, max_epoch: int, clock=time.monotonic, curve=None) -> "Slave":
+    """A Slave over the broker's shared-memory rings and ``ipc://`` sockets;
+    ``curve``: its CURVE client options for every socket to the master ([security])."""
     r = cfg.ring
     shared = [SharedRing.attach(instance, n, heartbeat_ms=r.heartbeat_ms) for n in ring_names]
     rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms)
              for s in shared]
     writers = WriterLink(rings, make_socket(ctx, zmq.PULL, bind=completions_ep), on_close=[s.close for s in shared])
-    return Slave(cfg, writers, make_socket=functools.partial(make_socket, ctx),
+    return Slave(cfg, writers, make_socket=functools.partial(make_socket, ctx, curve=curve),
                  state_pub=make_socket(ctx, zmq.PUB, bind=state_ep),
                  control_sock=make_socket(ctx, zmq.DEALER, connect=control_ep),
                  data_dir=data_dir, max_epoch=max_epoch, clock=clock)
