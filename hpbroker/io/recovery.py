@@ -31,7 +31,7 @@ from hpbroker.io.errors import PartitionFenced
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.retention import archive_dir_of, finish_archiving
 from hpbroker.io.offset_index import OffsetIndex
-from hpbroker.io.scan import find_valid_batch_after, scan
+from hpbroker.io.scan import find_valid_batch_after, first_nonzero, scan
 from hpbroker.io.segment import Segment
 from hpbroker.io.time_index import TimeIndex
 
@@ -138,8 +138,11 @@ def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: i
                 seg.size = end.pos
                 return end, 0, (f"corrupt batch at {where}: {end.reason}; {mid}. "
                                 "Mid-log corruption: the partition is fenced, nothing was truncated")
-            if size - end.pos and not end.zero:
-                log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, end.reason)
+            junk = first_nonzero(fd, end.pos, size) if end.zero else end.pos
+            if size - end.pos and junk is not None:
+                # zeros alone are O_DIRECT padding; anything else cut here is named
+                why = end.reason if junk == end.pos else f"{end.reason}, then non-zero bytes from position {junk}"
+                log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, why)
             cut = size - end.pos
             fs.truncate_file(seg.log_path, end.pos)
     finally:

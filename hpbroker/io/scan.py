@@ -95,6 +95,21 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
     return ScanEnd(pos, next_offset, None)
 
 
+def first_nonzero(fd: int, start: int, end: int, *, pread=os.pread) -> int | None:
+    """Position of the first non-zero byte in ``fd[start:end)``, or None when
+    the region is all zeros (O_DIRECT padding) or past the file's end."""
+    pos = start
+    while pos < end:
+        data = pread(fd, min(CHUNK, end - pos), pos)
+        if not data:
+            return None
+        rest = data.lstrip(b"\0")
+        if rest:
+            return pos + len(data) - len(rest)
+        pos += len(data)
+    return None
+
+
 def find_valid_batch_after(fd: int, pos: int, end: int, *, pread=os.pread) -> int | None:
     """Position of the first CRC-valid batch starting after ``pos``, or None.
 
