@@ -41,7 +41,7 @@ def corrupted(tmp_path):
     try:
         with Producer(b.url, acks=1, linger_ms=0) as p:
             for i in range(400):
-                p.send_batch("t", [b"line-%06d" % i + b"." * 300], partition=0).result(10)
+                p.send_batch("t", [b"line-%06d" % i + b"." * 300], partition=0, keys=[b"k%06d" % i]).result(10)
         b.stop()
         d = str(tmp_path / "data" / "t-0")
         segs = layout.list_segments(d)
@@ -143,3 +143,36 @@ def test_check_reply_refuses_headers_that_would_mislead_the_decoder():
     a = bytearray(_stamped(2, 10))
     a[B.COUNT_AT] = 200  # 200 table entries do not fit the batch
     assert "do not fit" in check_reply(bytes(a), 10, crcs=False)[2]
+
+
+def test_a_filtered_fetch_never_re_cuts_a_damaged_batch(corrupted):
+    # the broker re-cuts a filtered batch with a fresh CRC: it must check the stored one first
+    from hpbroker.protocol.filters import Filter
+
+    c = Consumer(corrupted.url, "t", partitions=[0], auto_offset_reset="earliest", fetch_max_wait_ms=50,
+                 filter=Filter.key_prefix(b"k0001"))
+    try:
+        got = []
+        with pytest.raises(CorruptBatchError) as ei:
+            for _ in range(50):
+                got += c.poll(timeout_ms=200)
+        assert ei.value.code == ErrorCode.CORRUPT_STORED_BATCH
+        assert "offsets 100..100" in str(ei.value) and "CRC32C" in str(ei.value)
+        assert got == []  # 100..199 would match; 100 is damaged and nothing before it matches
+    finally:
+        c.close()
+    assert "fails its CRC32C check" in corrupted.log()  # and the acceptor says so
+
+
+def test_select_stops_before_a_damaged_batch_and_raises_when_it_comes_first():
+    from hpbroker.protocol.filters import Filter, select
+
+    a, b, c = _stamped(2, 10), _stamped(3, 12, 1), _stamped(1, 15, 2)
+    bad = bytearray(b)
+    bad[100] ^= 1
+    flt = Filter.header_exists("x", present=False)  # every record
+    pieces, nbytes, nxt, stopped = select(_reply(a, bytes(bad), c), flt, 10, 1 << 20)
+    assert (len(pieces), nbytes, nxt, stopped) == (1, len(a), 12, True)
+    with pytest.raises(B.CorruptBatch, match="offsets 12..14"):
+        select(_reply(bytes(bad), c), flt, 12, 1 << 20)
+    assert len(select(_reply(a, bytes(bad), c), flt, 10, 1 << 20, verify=False)[0]) == 3

@@ -137,6 +137,9 @@ class Fetcher:
             if rep.code != ErrorCode.BUSY and self.t.several:
                 self.lost = True  # maybe failed over: ask every broker which one to read from
             return  # retried by the next fetch_all
+        if rep.code == ErrorCode.CORRUPT_STORED_BATCH:
+            part.error = CorruptBatchError(part.topic, part.partition, part.fetch_offset, rep.message, rep.code)
+            return
         if rep.code or not isinstance(rep, FetchReply):
             part.error = BrokerError(rep.code or ErrorCode.INTERNAL, rep.message or f"unexpected {type(rep).__name__}")
             return

@@ -37,13 +37,14 @@ _CRC_START = batch.CRC_START
 
 
 class CorruptBatchError(BrokerError):
-    """A fetched batch that is not what its producer wrote (code
-    CORRUPT_BATCH).  ``topic``, ``partition`` and ``offset`` (where the
-    consumer stands: the first offset of the bad batch it could not hand
-    out) say where; :meth:`Consumer.seek` past it to go on."""
+    """A fetched batch that is not what its producer wrote: code
+    CORRUPT_BATCH when this consumer's check found it, CORRUPT_STORED_BATCH
+    when the broker did (a filtered fetch).  ``topic``, ``partition`` and
+    ``offset`` (where the consumer stands: the first offset of the bad batch
+    it could not hand out) say where; :meth:`Consumer.seek` past it to go on."""
 
-    def __init__(self, topic: str, partition: int, offset: int, message: str):
-        super().__init__(ErrorCode.CORRUPT_BATCH, f"{topic}/{partition} at offset {offset}: {message}")
+    def __init__(self, topic: str, partition: int, offset: int, message: str, code: int = ErrorCode.CORRUPT_BATCH):
+        super().__init__(code, f"{topic}/{partition} at offset {offset}: {message}")
         self.topic = topic
         self.partition = partition
         self.offset = offset

@@ -37,6 +37,9 @@ code   name                        retriable  meaning
 21     OUT_OF_ORDER_SEQUENCE_NUMBER no        an idempotent producer's batch that does not follow
                                               its last one (a gap): resend from the first
                                               unacknowledged batch
+32     CORRUPT_STORED_BATCH        no         a batch in the broker's own log fails its CRC32C or
+                                              layout check (damaged at rest): the partition is
+                                              damaged at that offset; an operator must act
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -69,6 +72,7 @@ class ErrorCode(IntEnum):
     NON_EMPTY_GROUP = 19
     DUPLICATE_SEQUENCE_NUMBER = 20
     OUT_OF_ORDER_SEQUENCE_NUMBER = 21
+    CORRUPT_STORED_BATCH = 32
     INTERNAL = 99
 
 
