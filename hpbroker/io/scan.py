@@ -55,10 +55,16 @@ class ScanEnd:
 
 
 def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[int, B.BatchHeader], None] | None,
-         *, check: bool = True, pread=os.pread) -> ScanEnd:
+         *, check: bool = True, pread=os.pread, epochs: dict[int, int] | None = None) -> ScanEnd:
     """Walk batches in ``fd[start:end)``, expecting offsets to continue from
     ``next_offset``; ``check`` runs :func:`hpbroker.batch.check_batch` (CRC
-    and layout) on each.  Calls ``on_batch(pos, header)`` for every good one."""
+    and layout) on each, and the structural checks of the fields the CRC
+    does not cover: the reserved bytes 17-19 are zero, and with ``epochs``
+    (``{epoch: start offset}`` of the leader-epoch checkpoint) the
+    ``leader_epoch`` is one the partition has had.  (Not that it is the
+    epoch of that offset's range: an ENOSPC rollback leaves an epoch's entry
+    past batches of that epoch written after it.)  Calls
+    ``on_batch(pos, header)`` for every good one."""
     win = Window(fd, end, pread)
     pos = start
     while pos < end:
@@ -80,6 +86,9 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
         try:
             if check:
                 h = B.check_batch(v[0], v[1], length)
+                o = v[1] + B.MAGIC_AT + 1
+                if v[0][o:o + 3] != b"\0\0\0":
+                    raise B.CorruptBatch("reserved header bytes 17..19 (outside the CRC) are not zero")
             else:
                 h = B.read_header(v[0], v[1])
                 if h.magic != B.MAGIC or h.record_count < 1:
@@ -88,6 +97,10 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
             return ScanEnd(pos, next_offset, str(e))
         if h.base_offset != next_offset:
             return ScanEnd(pos, next_offset, f"base_offset {h.base_offset} but the log expects {next_offset}")
+        if epochs is not None and check:
+            if h.leader_epoch not in epochs:
+                return ScanEnd(pos, next_offset, f"leader_epoch {h.leader_epoch} (outside the CRC) is not an epoch the "
+                               "leader-epoch checkpoint knows")
         if on_batch is not None:
             on_batch(pos, h)
         next_offset = h.base_offset + h.record_count

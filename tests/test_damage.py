@@ -1,0 +1,64 @@
+"""Telling a torn write from damage after writing (hpbroker/io/bitflip.py,
+hpbroker/io/damage.py), and the leader-epoch checkpoint's own damage."""
+
+from __future__ import annotations
+
+import os
+
+from crc32c import crc32c
+from hypothesis import given, settings, strategies as st
+
+from hpbroker.config import LogConfig
+from hpbroker.io import PartitionLog
+from hpbroker.io.bitflip import single_bit_error
+from hpbroker.io.damage import unwritten_piece
+from hpbroker.io.epochs import NAME, EpochCache, read_entries
+from hpbroker.io.testing import make_batch
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=1, max_size=5000), where=st.integers(0, 1 << 30), bit=st.integers(0, 7))
+def test_the_syndrome_of_one_flipped_bit_names_that_bit(data, where, bit):
+    i = where % len(data)
+    flipped = bytearray(data)
+    flipped[i] ^= 1 << bit
+    assert single_bit_error(crc32c(data) ^ crc32c(bytes(flipped)), len(data)) == (i, bit)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(min_size=2, max_size=3000), a=st.integers(0, 1 << 30), b=st.integers(0, 1 << 30))
+def test_two_flipped_bits_are_not_one(data, a, b):
+    i, j = a % (8 * len(data)), b % (8 * len(data))
+    if i == j:
+        return
+    flipped = bytearray(data)
+    flipped[i // 8] ^= 1 << (i % 8)
+    flipped[j // 8] ^= 1 << (j % 8)
+    assert single_bit_error(crc32c(data) ^ crc32c(bytes(flipped)), len(data)) is None
+
+
+def test_a_zero_sector_piece_is_found_at_any_alignment():
+    data = bytearray(b"\x01" * 3000)
+    assert unwritten_piece(bytes(data), 100) is None
+    data[412:924] = bytes(512)  # the file's sector [512, 1024) when the batch starts at 100
+    assert unwritten_piece(bytes(data), 100) == 412
+    tail = bytearray(b"\x01" * 1000)
+    tail[-5:] = bytes(5)  # the batch ends 5 bytes into a sector that never arrived
+    assert unwritten_piece(bytes(tail), 1024 - 995) == 995
+
+
+def test_a_damaged_epoch_checkpoint_is_rebuilt_from_the_batch_headers(tmp_path, caplog):
+    d = tmp_path / "t-0"
+    log = PartitionLog(str(d), LogConfig(segment_bytes=1 << 16))
+    for i, epoch in enumerate([3, 3, 1027, 1027, 2051]):
+        log.append(make_batch(2, 40000, tag=i), epoch)  # 80 KB batches: one segment each
+    log.close()
+    (d / NAME).write_bytes(b"hpbroker-epochs 1\n3 0\n10\xff27 4\n")
+    assert read_entries(str(d)) is None
+    with caplog.at_level("WARNING", logger="hpbroker.io"):
+        cache = EpochCache(str(d), 10)
+    assert cache.entries == [(3, 0), (1027, 4), (2051, 8)]
+    assert "rebuilt" in caplog.text
+    assert read_entries(str(d)) == [(3, 0), (1027, 4), (2051, 8)]  # and written back
+    os.unlink(d / NAME)
+    assert read_entries(str(d)) == []
