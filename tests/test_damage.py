@@ -62,3 +62,34 @@ def test_a_damaged_epoch_checkpoint_is_rebuilt_from_the_batch_headers(tmp_path, 
     assert read_entries(str(d)) == [(3, 0), (1027, 4), (2051, 8)]  # and written back
     os.unlink(d / NAME)
     assert read_entries(str(d)) == []
+
+
+def test_an_index_entry_that_points_at_another_batch_is_not_followed(tmp_path):
+    # a flipped index position that lands on a later batch boundary made reads skip the batches between
+    import struct
+
+    from hpbroker import batch as B
+    from hpbroker.io import PartitionReader
+    from hpbroker.io import layout
+
+    d = tmp_path / "t-0"
+    cfg = LogConfig(segment_bytes=1 << 20, index_interval_bytes=1)
+    log = PartitionLog(str(d), cfg)
+    for i in range(20):
+        log.append(make_batch(1, 100, tag=i), 0)
+    log.close()
+    path = layout.index_path(str(d), 0)
+    raw = bytearray(open(path, "rb").read())
+    rel5, pos5 = struct.unpack_from("<II", raw, 4 * 8)
+    _, pos6 = struct.unpack_from("<II", raw, 5 * 8)
+    struct.pack_into("<II", raw, 4 * 8, rel5, pos6 - 1 + 1)  # entry for offset 5 now points at batch 6
+    raw = raw[: 5 * 8]  # (and the entries after it go, so the file still ascends)
+    open(path, "wb").write(bytes(raw))
+    with PartitionReader(str(d)) as r:
+        data = r.read(5, 1 << 20, 20)
+        assert B.peek_base_offset(data) == 5
+    log = PartitionLog(str(d), cfg)  # the writer's trusted index below the recovery point, loaded from the file
+    try:
+        assert B.peek_base_offset(log.read(5, 1 << 20)) == 5
+    finally:
+        log.close()

@@ -92,9 +92,9 @@ class PartitionReader:
         for base in self._bases[i:]:
             fd = self._fd(base)
             size = os.fstat(fd).st_size
-            pos = self._offset_index(base).lookup(offset - base)[1] if offset > base else 0
-            data, exhausted = read_batches(fd, pos, size, offset, hw, max_bytes)
-            if exhausted and pos:  # a stale or damaged index entry: walk from the start
+            rel, pos = self._offset_index(base).lookup(offset - base) if offset > base else (0, 0)
+            data, exhausted = read_batches(fd, pos, size, offset, hw, max_bytes, start_offset=base + rel if pos else None)
+            if exhausted and pos:  # a stale or damaged index entry (not a batch of its offset): walk from the start
                 data, exhausted = read_batches(fd, 0, size, offset, hw, max_bytes)
             if data or not exhausted:
                 return data, True
