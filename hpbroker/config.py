@@ -121,6 +121,14 @@ class GroupsConfig(_Section):
     commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
 
 
+class ScrubConfig(_Section):
+    """[scrub]: the background scrubber that re-reads closed segments (docs/reliability.md, "The scrubber")."""
+
+    enabled: Annotated[bool, M(description="Run the scrubber: a process of its own (CPU nice 19, idle I/O class) that re-reads every closed segment, checks every batch (CRC32C, layout, offsets, epochs) and both index files, and fences a partition whose data it finds damaged (its writer refuses appends with PARTITION_FENCED until an operator repairs the segment and removes <partition>/scrub-finding). Recovery trusts closed segments, so without it a bit flipped in an old segment is found only when a consumer's CRC check meets it.")] = True
+    rate_bytes: Annotated[int, M(ge=4096, description="Bytes per second the scrubber reads, at most (a token bucket over its reads; it reads around the page cache, with O_DIRECT where log.direct_io and the filesystem allow). 8 MiB/s is a pass over 675 GiB a day.")] = 8 << 20
+    pass_interval_ms: Annotated[int, M(ge=0, description="A new pass over every closed segment starts at least this long after the previous one started (a pass that takes longer is followed by the next at once). Progress is kept in <data_dir>/scrub-state.json, so a restart goes on where the pass stopped.")] = 24 * 3600 * 1000
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -129,6 +137,7 @@ class Config(_Section):
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
+    scrub: ScrubConfig = ScrubConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes

@@ -247,6 +247,7 @@ class DiskWriter:
             if self.stopping:
                 break
             if now >= next_full_report:
+                self.storage.check_scrub_findings()  # the scrubber's reports fence (hpbroker.io.scrub); logged there
                 self.report(self.storage.logs())
                 self.storage.remove_due()  # retention's .deleted files whose delete_delay_ms has passed
                 next_full_report = now + FULL_REPORT_EVERY_S

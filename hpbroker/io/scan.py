@@ -55,7 +55,8 @@ class ScanEnd:
 
 
 def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[int, B.BatchHeader], None] | None,
-         *, check: bool = True, pread=os.pread, epochs: dict[int, int] | None = None) -> ScanEnd:
+         *, check: bool = True, pread=os.pread, epochs: dict[int, int] | None = None,
+         table: bool = True) -> ScanEnd:
     """Walk batches in ``fd[start:end)``, expecting offsets to continue from
     ``next_offset``; ``check`` runs :func:`hpbroker.batch.check_batch` (CRC
     and layout) on each, and the structural checks of the fields the CRC
@@ -64,7 +65,9 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
     ``leader_epoch`` is one the partition has had.  (Not that it is the
     epoch of that offset's range: an ENOSPC rollback leaves an epoch's entry
     past batches of that epoch written after it.)  Calls
-    ``on_batch(pos, header)`` for every good one."""
+    ``on_batch(pos, header)`` for every good one.  ``table=False`` leaves
+    out the record-table check (the CRC covers the table; the scrubber
+    looks for damage at rest, which the CRC finds)."""
     win = Window(fd, end, pread)
     pos = start
     while pos < end:
@@ -85,7 +88,7 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
             return ScanEnd(pos, next_offset, "file shorter than expected")
         try:
             if check:
-                h = B.check_batch(v[0], v[1], length)
+                h = B.check_batch(v[0], v[1], length, table=table)
                 o = v[1] + B.MAGIC_AT + 1
                 if v[0][o:o + 3] != b"\0\0\0":
                     raise B.CorruptBatch("reserved header bytes 17..19 (outside the CRC) are not zero")
