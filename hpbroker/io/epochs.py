@@ -21,6 +21,7 @@ recovered log end.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 
@@ -104,9 +105,25 @@ def rebuild_entries(partition_dir: str) -> list[tuple[int, int]]:
     return out
 
 
-def known_epochs(entries: list[tuple[int, int]] | None) -> dict[int, int] | None:
-    """{epoch: start offset} for a scan's structural check (None: no checkpoint to check against)."""
-    return {e: s for e, s in entries} if entries else None
+class EpochRanges:
+    """Which epoch wrote each offset, by the checkpoint: the entry with the
+    largest start at or below it (the later one of two with the same start:
+    an epoch that kept no batch)."""
+
+    __slots__ = ("starts", "epochs")
+
+    def __init__(self, entries: list[tuple[int, int]]):
+        self.starts = [s for _, s in entries]
+        self.epochs = [e for e, _ in entries]
+
+    def at(self, offset: int) -> int | None:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        return self.epochs[i] if i >= 0 else None
+
+
+def known_epochs(entries: list[tuple[int, int]] | None) -> EpochRanges | None:
+    """The checkpoint's :class:`EpochRanges` for a scan's structural check (None: no checkpoint to check against)."""
+    return EpochRanges(entries) if entries else None
 
 
 class EpochCache:

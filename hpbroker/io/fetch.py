@@ -79,6 +79,12 @@ def _whole_prefix(data: bytes) -> int:
     return end
 
 
+def starts_at(fd: int, pos: int, offset: int, *, pread=os.pread) -> bool:
+    """Does a batch of base offset ``offset`` start at ``pos``?  (An index hint checked before it is followed.)"""
+    head = pread(fd, B.HEADER_SIZE, pos)
+    return len(head) == B.HEADER_SIZE and head[B.MAGIC_AT] == B.MAGIC and B.peek_base_offset(head) == offset
+
+
 def find_timestamp(fd: int, start: int, end: int, ts: int, hw: int, *, pread=os.pread) -> int | None:
     """Base offset of the first batch at or after ``start`` with
     ``max_timestamp >= ts`` and below ``hw``; None if none in this segment."""

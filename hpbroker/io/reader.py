@@ -26,7 +26,7 @@ import os
 
 from hpbroker.io import layout
 from hpbroker.io.errors import OffsetOutOfRange
-from hpbroker.io.fetch import find_timestamp, read_batches
+from hpbroker.io.fetch import find_timestamp, read_batches, starts_at
 from hpbroker.io.offset_index import OffsetIndex
 from hpbroker.io.time_index import TimeIndex
 
@@ -112,8 +112,10 @@ class PartitionReader:
                 if not last and len(tindex) and tindex.last_timestamp < ts_ms:
                     continue  # a closed segment's last entry is its largest timestamp
                 rel = tindex.lookup_before(ts_ms)
-                pos = self._offset_index(base).lookup(rel)[1] if rel is not None else 0
+                irel, pos = self._offset_index(base).lookup(rel) if rel is not None else (0, 0)
                 fd = self._fd(base)
+                if pos and not starts_at(fd, pos, base + irel):  # an index entry that does not hold
+                    pos = 0
                 off = find_timestamp(fd, pos, os.fstat(fd).st_size, ts_ms, high_watermark)
             except FileNotFoundError:
                 continue

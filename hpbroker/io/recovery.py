@@ -65,7 +65,7 @@ def _cleanup(d: str, fs: FileSystem, cfg: LogConfig) -> None:
                 fs.unlink(os.path.join(d, n))
 
 
-def _rebuild(seg: Segment, fd: int, size: int, check: bool, epochs: dict[int, int] | None = None):
+def _rebuild(seg: Segment, fd: int, size: int, check: bool, epochs=None):
     def on_batch(pos, h):
         seg.note_batch(h.base_offset - seg.base, pos, h.batch_length, h.max_timestamp, h.record_count)
 
@@ -92,7 +92,8 @@ def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
         if base != expected:
             return _fence(segs, rp, f"{seg.log_path} starts at offset {base}, but the previous segment ends at {expected}", d)
         size = os.stat(seg.log_path).st_size
-        if next_base is not None and next_base <= rp and os.path.exists(seg.index_path):
+        if next_base is not None and next_base <= rp and os.path.exists(seg.index_path) \
+                and os.path.exists(seg.timeindex_path):
             _load_trusted(seg, size, next_base)  # rule 1
             segs.append(seg)
             expected = next_base
@@ -119,7 +120,7 @@ def _load_trusted(seg: Segment, size: int, next_base: int) -> None:
 
 
 def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: int | None,
-                  epochs: dict[int, int] | None = None):
+                  epochs=None):
     """CRC-scan ``seg`` and rebuild its indexes; cut a torn tail (rule 3).
     -> (where the scan ended, bytes cut, "" or why the bad spot is
     corruption - then nothing is cut and ``seg`` ends before the bad batch)."""

@@ -55,16 +55,16 @@ class ScanEnd:
 
 
 def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[int, B.BatchHeader], None] | None,
-         *, check: bool = True, pread=os.pread, epochs: dict[int, int] | None = None,
+         *, check: bool = True, pread=os.pread, epochs=None,
          table: bool = True) -> ScanEnd:
     """Walk batches in ``fd[start:end)``, expecting offsets to continue from
     ``next_offset``; ``check`` runs :func:`hpbroker.batch.check_batch` (CRC
     and layout) on each, and the structural checks of the fields the CRC
     does not cover: the reserved bytes 17-19 are zero, and with ``epochs``
-    (``{epoch: start offset}`` of the leader-epoch checkpoint) the
-    ``leader_epoch`` is one the partition has had.  (Not that it is the
-    epoch of that offset's range: an ENOSPC rollback leaves an epoch's entry
-    past batches of that epoch written after it.)  Calls
+    (:class:`hpbroker.io.epochs.EpochRanges` of the leader-epoch
+    checkpoint) the ``leader_epoch`` is the epoch the checkpoint says that
+    offset was written in (offsets below its first entry are not checked).
+    Calls
     ``on_batch(pos, header)`` for every good one.  ``table=False`` leaves
     out the record-table check (the CRC covers the table; the scrubber
     looks for damage at rest, which the CRC finds)."""
@@ -101,9 +101,11 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
         if h.base_offset != next_offset:
             return ScanEnd(pos, next_offset, f"base_offset {h.base_offset} but the log expects {next_offset}")
         if epochs is not None and check:
-            if h.leader_epoch not in epochs:
-                return ScanEnd(pos, next_offset, f"leader_epoch {h.leader_epoch} (outside the CRC) is not an epoch the "
-                               "leader-epoch checkpoint knows")
+            want = epochs.at(h.base_offset)
+            if want is not None and h.leader_epoch != want:
+                return ScanEnd(pos, next_offset, f"leader_epoch {h.leader_epoch} (outside the CRC), but the leader-epoch "
+                               f"checkpoint has offset {h.base_offset} in epoch {want}: that field or the checkpoint "
+                               "is damaged")
         if on_batch is not None:
             on_batch(pos, h)
         next_offset = h.base_offset + h.record_count

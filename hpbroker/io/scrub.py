@@ -137,7 +137,7 @@ class SegmentReader:
             self._buf.close()
 
 
-def check_segment(path: str, base: int, next_base: int, epochs: dict[int, int] | None, *, direct: bool = True,
+def check_segment(path: str, base: int, next_base: int, epochs, *, direct: bool = True,
                   throttle: Throttle | None = None) -> tuple[list[Finding], int, int]:
     """Check one closed segment and its indexes.  Returns ``(findings,
     bytes read, batches)``; a data finding comes first and ends the walk."""
@@ -194,6 +194,15 @@ def check_segment(path: str, base: int, next_base: int, epochs: dict[int, int] |
                                        f"the segment ends at offset {end.next_offset}, but the next one starts at "
                                        f"{next_base}"))
         else:
+            for name, fn, entries, width in (("index", layout.index_path, len(idx), OffsetIndex.ENTRY_SIZE),
+                                             ("timeindex", layout.timeindex_path, len(tidx), TimeIndex.ENTRY_SIZE)):
+                try:
+                    on_disk = os.path.getsize(fn(os.path.dirname(path), base))
+                except FileNotFoundError:
+                    continue
+                if on_disk != entries * width:  # a loader stops at the first entry out of order: the rest is unseen
+                    index_problem(f".{name} holds {on_disk} bytes, but only its first {entries} entries are in order",
+                                  0, base)
             if state["i"] < len(poss):
                 index_problem(f".index entry {state['i']} points past the last batch", poss[state["i"]],
                               base + rels[state["i"]])
@@ -359,8 +368,10 @@ class Scrubber:
         st.found = (st.found + [asdict(f)])[-10:]
         if f.kind == "index":
             st.index_findings += 1
-            log.warning("scrub: damaged index in %s: %s (reads check every entry they use, so no data is wrong; "
-                        "recovery rebuilds it if the file is removed)", os.path.basename(d), f.describe())
+            removed = self._drop_indexes(d, f)
+            log.warning("scrub: damaged index in %s: %s; removed %s: reads of that segment walk its batches from "
+                        "the start until the next restart rebuilds them", os.path.basename(d), f.describe(),
+                        " and ".join(removed) or "nothing (gone already)")
             return
         st.findings += 1
         record = {**asdict(f), "found_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))}
@@ -371,6 +382,23 @@ class Scrubber:
         log.error("scrub: damaged batch in %s: %s; the partition will be fenced (docs/reliability.md, "
                   "\"The scrubber\")", os.path.basename(d), f.describe())
         self._save(force=True)
+
+    def _drop_indexes(self, d: str, f: Finding) -> list[str]:
+        """Remove both index files of the segment (derived data): a reader
+        without them walks the segment from its start, which is always right,
+        where a damaged time index can point a timestamp lookup past its
+        answer; recovery rebuilds a segment whose index files are missing."""
+        base = int(os.path.basename(f.path).split(".")[0])
+        removed = []
+        for p in (layout.index_path(d, base), layout.timeindex_path(d, base)):
+            try:
+                self.fs.unlink(p)
+                removed.append(os.path.basename(p))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("scrub: could not remove %s: %s", p, e)
+        return removed
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
