@@ -475,9 +475,14 @@ class PartitionLog:
                 try:
                     w.finish()
                     self._fs.fsync(w.fd)
-                    self._segments[-1].sync_indexes(self._fs)
                 except OSError as e:
                     raise self._fence(f"closing failed: {e}", e) from e
+                try:
+                    self._segments[-1].sync_indexes(self._fs)
+                except OSError as e:  # derived data: without the checkpoint, recovery rescans and rebuilds them
+                    log.warning("%s: syncing the index files at close failed (%s); the next start rebuilds them",
+                                self.dir, e)
+                    return
                 self._snapshot_producers(self.producers.encode(self._leo))
                 self._checkpoint(self._leo)
         finally:
