@@ -16,7 +16,9 @@ import time
 from importlib.machinery import SourceFileLoader
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(TOOLS))  # the hpbroker beside these tools, not an installed one
+ROOT = os.path.dirname(TOOLS)
+sys.path.insert(0, ROOT)  # the hpbroker beside these tools, not an installed one (and in the processes they start)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def load(name: str):

@@ -56,7 +56,7 @@ class ScanEnd:
 
 def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[int, B.BatchHeader], None] | None,
          *, check: bool = True, pread=os.pread, epochs=None,
-         table: bool = True) -> ScanEnd:
+         table: bool = True, chunk: int = CHUNK) -> ScanEnd:
     """Walk batches in ``fd[start:end)``, expecting offsets to continue from
     ``next_offset``; ``check`` runs :func:`hpbroker.batch.check_batch` (CRC
     and layout) on each, and the structural checks of the fields the CRC
@@ -68,7 +68,7 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
     ``on_batch(pos, header)`` for every good one.  ``table=False`` leaves
     out the record-table check (the CRC covers the table; the scrubber
     looks for damage at rest, which the CRC finds)."""
-    win = Window(fd, end, pread)
+    win = Window(fd, end, pread, chunk)
     pos = start
     while pos < end:
         if end - pos < B.HEADER_SIZE:

@@ -55,7 +55,9 @@ log = logging.getLogger("hpbroker.scrub")
 
 FINDING = "scrub-finding"
 STATE = "scrub-state.json"
-CHUNK = 1 << 20
+#: bytes per read: small, so the writers' flushes never queue behind a long read (8 MiB reads at 8 MiB/s
+#: halved the produce rate in tools/bench-scrub on this VM's disk, which has no I/O priority scheduler)
+CHUNK = 256 << 10
 _ALIGN = 4096
 
 
@@ -184,7 +186,8 @@ def check_segment(path: str, base: int, next_base: int, epochs, *, direct: bool 
     try:
         size = os.fstat(r.fd).st_size
         try:
-            end = scan(r.fd, 0, size, base, on_batch, check=True, pread=r.pread, epochs=epochs, table=False)
+            end = scan(r.fd, 0, size, base, on_batch, check=True, pread=r.pread, epochs=epochs, table=False,
+                       chunk=CHUNK)
         except OSError as e:  # a read error on the device is exactly what a scrub is for
             return [Finding("data", path, -1, -1, f"read error: {e}")], size, state["batches"]
         if end.reason is not None:
