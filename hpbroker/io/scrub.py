@@ -55,8 +55,8 @@ log = logging.getLogger("hpbroker.scrub")
 
 FINDING = "scrub-finding"
 STATE = "scrub-state.json"
-#: bytes per read: small, so the writers' flushes never queue behind a long read (8 MiB reads at 8 MiB/s
-#: halved the produce rate in tools/bench-scrub on this VM's disk, which has no I/O priority scheduler)
+#: bytes per read: small, so a writer's flush never queues behind a long read (the idle I/O class does
+#: nothing under mq-deadline or none, the schedulers most VMs have)
 CHUNK = 256 << 10
 _ALIGN = 4096
 
