@@ -157,6 +157,12 @@ class SecurityConfig(_Section):
     authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start.")] = ""
     acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start.")] = ""
     master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
+class ScrubConfig(_Section):
+    """[scrub]: the background scrubber that re-reads closed segments (docs/reliability.md, "The scrubber")."""
+
+    enabled: Annotated[bool, M(description="Run the scrubber: a process of its own (CPU nice 19, idle I/O class) that re-reads every closed segment, checks every batch (CRC32C, layout, offsets, epochs) and both index files, and fences a partition whose data it finds damaged (its writer refuses appends with PARTITION_FENCED until an operator repairs the segment and removes <partition>/scrub-finding). Recovery trusts closed segments, so without it a bit flipped in an old segment is found only when a consumer's CRC check meets it.")] = True
+    rate_bytes: Annotated[int, M(ge=4096, description="Bytes per second the scrubber reads, at most (a token bucket over its reads; it reads around the page cache, with O_DIRECT where log.direct_io and the filesystem allow). 8 MiB/s is a pass over 675 GiB a day.")] = 8 << 20
+    pass_interval_ms: Annotated[int, M(ge=0, description="A new pass over every closed segment starts at least this long after the previous one started (a pass that takes longer is followed by the next at once). Progress is kept in <data_dir>/scrub-state.json, so a restart goes on where the pass stopped.")] = 24 * 3600 * 1000
 
 
 class Config(_Section):
@@ -170,6 +176,7 @@ class Config(_Section):
     transactions: TransactionsConfig = TransactionsConfig()
     http: HttpConfig = HttpConfig()
     security: SecurityConfig = SecurityConfig()
+    scrub: ScrubConfig = ScrubConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes

@@ -32,7 +32,7 @@ from functools import partial
 from typing import Callable
 
 from hpbroker import batch
-from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
+from hpbroker.io import DiskFull, GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.io.producer_state import DUPLICATE, SequenceError
 from hpbroker.ipc import handoff
@@ -122,6 +122,8 @@ class DiskWriter:
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap, SequenceError)):
                 log.exception("appending to %s/%d failed", topic, partition)
+            if isinstance(e, DiskFull):
+                self._rolled_back((topic, partition), e)
             request.fail(error_code(e), f"{topic}/{partition}: {e}")
         request.appended()
 
@@ -166,6 +168,18 @@ class DiskWriter:
                 raise
             pos += n
 
+    def _rolled_back(self, key: tuple[str, int], e: DiskFull) -> None:
+        """ENOSPC took the log back to ``e.rolled_back_to``: an epoch whose
+        first batch went with it starts wherever its next batch lands (the
+        checkpoint must say where each epoch's batches really begin; recovery
+        and the scrubber check every batch's epoch against it)."""
+        epochs = self.epoch_caches.get(key)
+        if epochs is not None and e.rolled_back_to >= 0:
+            try:
+                epochs.truncate_from(e.rolled_back_to)
+            except OSError as err:
+                log.error("%s/%d: could not update the leader-epoch checkpoint after ENOSPC: %s", key[0], key[1], err)
+
     def _truncate(self, plog, offset: int) -> None:
         """A slave cutting its divergent tail (after flushing what is staged)."""
         self.commit_now()
@@ -208,6 +222,8 @@ class DiskWriter:
         for key, result in results.items():
             if isinstance(result, PartitionFenced):
                 log.error("partition %s/%d fenced: %s", key[0], key[1], result)
+            elif isinstance(result, DiskFull):
+                self._rolled_back(key, result)
             plog = self.storage.find(*key)
             if plog is not None:
                 reporter.changed_logs.add(plog)  # its high watermark moved (or it failed): tell the acceptors
@@ -252,6 +268,7 @@ class DiskWriter:
             if self.stopping:
                 break
             if now >= next_full_report:
+                self.storage.check_scrub_findings()  # the scrubber's reports fence (hpbroker.io.scrub); logged there
                 self.report(self.storage.logs())
                 self.storage.remove_due()  # retention's .deleted files whose delete_delay_ms has passed
                 next_full_report = now + FULL_REPORT_EVERY_S

@@ -42,7 +42,7 @@ from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.ipc import control
-from hpbroker.broker import writer_process
+from hpbroker.broker import scrubber_process, writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import cleanup_stale
@@ -53,6 +53,8 @@ from hpbroker.sockets import drain, make_socket
 log = logging.getLogger("hpbroker.supervisor")
 
 START_TIMEOUT_S = 60.0
+#: children whose exit is logged but does not stop the broker: they check, they never serve
+OPTIONAL_CHILDREN = ("scrubber",)
 
 
 class Supervisor:
@@ -127,6 +129,8 @@ class Supervisor:
                         (w, cfg_bytes, self.instance, rings, doorbell_name(w), pushes, self._ipc("control"), pl.cpus,
                          self._ipc("repl-feed") if replicated else None, self.role == "master", self._pub_bind(w)))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
+        if self.cfg.scrub.enabled:  # re-reads closed segments at scrub.rate_bytes (docs/reliability.md)
+            self._spawn(mp, "scrubber", scrubber_process.main, (cfg_bytes,))
         if replicated:
             self._start_replicator(self.role)
         for a in range(b.acceptors):
@@ -348,8 +352,12 @@ class Supervisor:
                 log.error("http (pid %d) died with exit code %s; starting it again", http.pid, http.exitcode)
                 del self.children["http"]
                 self._start_http()
-        for name, p in self.children.items():
+        for name, p in list(self.children.items()):
             if name == "http":
+                continue
+            if p.exitcode is not None and name in OPTIONAL_CHILDREN:
+                log.error("%s (pid %d) exited with %s; the broker goes on without it", name, p.pid, p.exitcode)
+                del self.children[name]
                 continue
             if p.exitcode is not None:
                 how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
@@ -367,7 +375,7 @@ class Supervisor:
         timeout = self.cfg.broker.shutdown_timeout_ms / 1000.0 + 5.0
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
-        others = [p for n, p in self.children.items() if n == "replicator"]
+        others = [p for n, p in self.children.items() if n in ("replicator", *OPTIONAL_CHILDREN)]
         http = [p for n, p in self.children.items() if n == "http"]  # first: /readyz fails, the gateway drains
         for group in (http, acceptors, others, writers):
             for p in group:

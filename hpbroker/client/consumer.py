@@ -89,6 +89,7 @@ class Consumer:
         filter=None,
         curve_secret_key_file: str | None = None,
         broker_public_key: str | bytes | None = None,
+        check_crcs: bool = True,
     ):
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be 'earliest', 'latest' or 'none'")
@@ -125,7 +126,8 @@ class Consumer:
                             readers=True, curve=curve)
         # filter: a server-side filter, a hpbroker.Filter or a dict (docs/consumer.md, "Filters")
         self._f = Fetcher(self._t, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes, min_bytes=fetch_min_bytes,
-                          reset_needed=self._reset, decode_headers=batch.decode_headers, filter=filter)
+                          reset_needed=self._reset, decode_headers=batch.decode_headers, filter=filter,
+                          check_crcs=check_crcs)
         self._waker: Waker | None = None
         self._membership: Membership | None = None
         self._offsets: GroupOffsets | None = None

@@ -116,6 +116,12 @@ class Storage:
     def logs(self) -> list[PartitionLog]:
         return list(self._logs.values())
 
+    def check_scrub_findings(self) -> list[PartitionLog]:
+        """Fence every open partition the scrubber reported damage in
+        (:meth:`PartitionLog.check_scrub_finding`); returns those fenced now.
+        One stat per open partition that is not fenced yet."""
+        return [lg for lg in self._logs.values() if lg.check_scrub_finding()]
+
     def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
         """Run retention on every open partition; returns the deleted segment bases.
 

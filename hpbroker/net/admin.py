@@ -24,6 +24,7 @@ import msgspec
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker.io import scrub
 from hpbroker.ipc import control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acks import ProduceAcks
@@ -109,6 +110,8 @@ class Admin:
         if self.cfg.replication.role != "standalone":  # the acceptor takes slave writers' reports
             out["replication_direct_acks"] = policy.direct_acks
             out["replication_direct_acks_refused"] = policy.direct_refused
+        if self.cfg.scrub.enabled:  # docs/reliability.md, "The scrubber"
+            out.update(scrub.stats(self.cfg.broker.data_dir))
         if view.promoted_from:
             out["promoted_from"] = view.promoted_from
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]

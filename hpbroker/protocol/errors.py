@@ -52,6 +52,9 @@ code   name                        retriable  meaning
 30     NOT_AUTHORIZED              no         the client's principal (its CURVE certificate's name) may
                                               not do this (docs/security.md); also raised locally by a
                                               client whose CURVE handshake the broker refused
+32     CORRUPT_STORED_BATCH        no         a batch in the broker's own log fails its CRC32C or
+                                              layout check (damaged at rest): the partition is
+                                              damaged at that offset; an operator must act
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -90,6 +93,7 @@ class ErrorCode(IntEnum):
     TRANSACTION_TIMED_OUT = 25
     INVALID_TXID = 26
     NOT_AUTHORIZED = 30
+    CORRUPT_STORED_BATCH = 32
     INTERNAL = 99
 
 
