@@ -12,6 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+from procfaults import shm_sweep  # noqa: E402
 
 from brokerproc import PORTS_USED, BrokerProcess, free_port
 from hpbroker import batch
@@ -107,3 +112,10 @@ def test_a_broker_start_reclaims_what_a_broker_on_another_port_left(tmp_path):
         assert "of other broker instances whose owner is dead" in b.log()
     finally:
         b.stop()
+
+
+def test_sweep_short_kills_while_starting_are_reclaimed_kills_while_serving_leave_nothing():
+    out = shm_sweep.run(3, seed=5, say=print, moments=("rings", "serving", "rings"))
+    assert out["killed_serving"] >= 1 and out["killed_starting"] + out["killed_serving"] == 3  # "rings" may be late
+    assert out["left_after_kill_serving"] == 0
+    assert out["left_at_end"] == 0, out["left_at_end_names"]
