@@ -41,3 +41,9 @@ def test_the_record_check_refuses_half_a_record_and_a_changed_byte():
     flipped[-10] ^= 1
     with pytest.raises(Exception):
         ring_peers._check_record(memoryview(flipped), 7)
+
+
+@pytest.mark.slow
+def test_ring_peers_40_cycles():
+    out = ring_peers.run(40, seed=4, say=print)
+    assert all(v["over_limit"] == 0 for v in out.values()), out

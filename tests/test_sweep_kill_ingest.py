@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 from procfaults import kill_ingest  # noqa: E402
@@ -53,7 +55,7 @@ def test_kill_9_during_acknowledged_ingest_loses_nothing_short(tmp_path):
     assert out["cycles"] == 2 and out["acked_records"] > 0
     assert {k: out[k] for k in ("lost_all", "lost_one", "dup", "gaps", "regressed", "bad")} == \
         dict(lost_all=0, lost_one=0, dup=0, gaps=0, regressed=0, bad=0)
-    assert out["shm_objects_left"] == 0
+    assert out["shm_objects_left"] == 0 and out["partitions_fenced"] == 0
 
 
 def test_kill_9_of_a_sync_master_then_promotion_loses_no_acks_all_short(tmp_path):
@@ -61,4 +63,19 @@ def test_kill_9_of_a_sync_master_then_promotion_loses_no_acks_all_short(tmp_path
     assert out["cycles"] == 1 and out["acked_records"] > 0
     assert {k: out[k] for k in ("lost_all", "dup", "gaps", "regressed", "bad")} == \
         dict(lost_all=0, dup=0, gaps=0, regressed=0, bad=0)
-    assert out["replicas_identical"] and out["shm_objects_left"] == 0
+    assert out["replicas_identical"] and out["shm_objects_left"] == 0 and out["partitions_fenced"] == 0
+
+
+@pytest.mark.slow
+def test_kill_9_during_acknowledged_ingest_25_cycles(tmp_path):
+    out = kill_ingest.run_standalone(25, seed=21, root=str(tmp_path), full_every=10, say=print)
+    assert {k: out[k] for k in ("lost_all", "lost_one", "dup", "gaps", "regressed", "bad", "partitions_fenced")} == \
+        dict(lost_all=0, lost_one=0, dup=0, gaps=0, regressed=0, bad=0, partitions_fenced=0)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_sync_master_then_promotion_5_cycles(tmp_path):
+    out = kill_ingest.run_failover(5, seed=22, root=str(tmp_path), say=print)
+    assert {k: out[k] for k in ("lost_all", "dup", "gaps", "regressed", "bad", "partitions_fenced")} == \
+        dict(lost_all=0, dup=0, gaps=0, regressed=0, bad=0, partitions_fenced=0)
+    assert out["replicas_identical"]

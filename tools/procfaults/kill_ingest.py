@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -147,6 +148,13 @@ def _collect(b: BrokerProcess, target: str, t_kill: float) -> tuple[int, float |
     return left, notice
 
 
+def _log_events(logs: list[Path]) -> dict:
+    """What the brokers' recoveries logged over the run: torn tails cut, partitions fenced."""
+    text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+    return dict(torn_tails_truncated=len(re.findall(r"truncating a torn tail", text)),
+                partitions_fenced=len(re.findall(r"is fenced", text)))
+
+
 def _group_alive(b: BrokerProcess) -> bool:
     try:
         os.killpg(b.proc.pid, 0)
@@ -236,7 +244,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
                 tot.baseline.append(clean)
     finally:
         b.stop()
-    return tot.report()
+    return dict(tot.report(), **_log_events([b.log_path]))
 
 
 def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writers: int = 4, full_every: int = 10,
@@ -303,7 +311,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
         for b in brokers.values():
             b.stop()
     r = hpbroker("log", "verify", str(nodes[1][0]), "--compare", str(nodes[2][0]))
-    out = tot.report()
+    out = dict(tot.report(), **_log_events([b.log_path for b in brokers.values()]))
     out["replicas_identical"] = r.returncode == 0
     if r.returncode != 0:
         say(f"log verify --compare: {r.stdout.strip()[-2000:]} {r.stderr.strip()[-2000:]}")
