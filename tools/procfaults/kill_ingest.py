@@ -24,7 +24,8 @@ With a failover (:func:`run_failover`), a sync master and its slave: the
 clients write to the master, the master's process group is killed, the
 slave is promoted (``hpbroker promote``), the log is checked there, and the
 old master comes back as the new master's slave; the next cycle kills the
-new master.  acks=all records must all be on the promoted slave; acks=1
+new master.  At each full check the slave is also stopped cleanly and
+started again: the baseline of its restart time.  acks=all records must all be on the promoted slave; acks=1
 records are durable on the master only when acknowledged (docs/design.md,
 durability contract; docs/replication.md, sync), so the ones a failover
 loses are counted apart (``lost_one``), not as defects.
@@ -306,6 +307,11 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
                 f"requests); promote {promote:.2f} s; lost acks=all {c['lost_all']} (acks=1 {c['lost_one']}) "
                 f"dup {c['dup']} gaps {c['gaps']} regressed {c['regressed']} bad {c['bad']}; old master started "
                 f"{restart:.2f} s, in sync {resync:.2f} s after its start; shm left {left}" + (" [full check]" if full else ""))
+            if full:  # the baseline: the same broker, stopped cleanly and started again as the same slave
+                brokers[master_id].stop()
+                brokers[master_id], clean = start(master_id, ("--role", "slave", "--master", s.url))
+                tot.baseline.append(clean)
+                in_sync(s, master_id)
             master_id, slave_id = slave_id, master_id
     finally:
         for b in brokers.values():
