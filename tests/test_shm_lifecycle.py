@@ -115,7 +115,7 @@ def test_a_broker_start_reclaims_what_a_broker_on_another_port_left(tmp_path):
 
 
 def test_sweep_short_kills_while_starting_are_reclaimed_kills_while_serving_leave_nothing():
-    out = shm_sweep.run(3, seed=5, say=print, moments=("rings", "serving", "rings"))
-    assert out["killed_serving"] >= 1 and out["killed_starting"] + out["killed_serving"] == 3  # "rings" may be late
+    out = shm_sweep.run(2, seed=5, say=print, moments=("rings", "serving"))
+    assert out["killed_serving"] >= 1 and out["killed_starting"] + out["killed_serving"] == 2  # "rings" may be late
     assert out["left_after_kill_serving"] == 0
     assert out["left_at_end"] == 0, out["left_at_end_names"]

@@ -239,7 +239,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
                 f"lost {c['lost_all'] + c['lost_one']} dup {c['dup']} gaps {c['gaps']} regressed {c['regressed']} "
                 f"bad {c['bad']}; shm left {left}" + (f"; noticed in {notice:.3f} s" if notice is not None else "")
                 + (" [full check]" if full else ""))
-            if full:
+            if full and cycle < cycles:  # the baseline: a clean stop, the same start
                 b.stop()
                 b, clean = _start(data, port, cfg, rnd)
                 tot.baseline.append(clean)
@@ -307,7 +307,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
                 f"requests); promote {promote:.2f} s; lost acks=all {c['lost_all']} (acks=1 {c['lost_one']}) "
                 f"dup {c['dup']} gaps {c['gaps']} regressed {c['regressed']} bad {c['bad']}; old master started "
                 f"{restart:.2f} s, in sync {resync:.2f} s after its start; shm left {left}" + (" [full check]" if full else ""))
-            if full:  # the baseline: the same broker, stopped cleanly and started again as the same slave
+            if full and cycle < cycles:  # the baseline: the same broker, stopped cleanly, started as the same slave
                 brokers[master_id].stop()
                 brokers[master_id], clean = start(master_id, ("--role", "slave", "--master", s.url))
                 tot.baseline.append(clean)
