@@ -84,7 +84,7 @@ class ReplicationConfig(_Section):
 
     role: Annotated[
         Literal["standalone", "master", "slave"],
-        M(description="standalone: no replication. master: stream every group-commit round to slaves. slave: follow the master named by 'master'."),
+        M(description="standalone: no replication. master: stream every group-commit round to slaves. slave: follow the master named by 'master'. Any other [replication] key set without a role, or a 'master' URL on a broker that is not a slave, refuses the start (docs/replication.md, 'One role, said once')."),
     ] = "standalone"
     master: Annotated[str, M(description="slave: the master's client bootstrap URL, e.g. tcp://10.0.0.1:7600; the replication endpoints are learned from its metadata.")] = ""
     mode: Annotated[
@@ -282,9 +282,54 @@ def load(path: str | Path | None = None, **overrides) -> Config:
         else:
             raw[section] = v
     try:
-        return msgspec.convert(raw, Config)
+        cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid config: {e}") from None
+    why = role_contradiction(set(raw.get("replication") or {}), cfg)
+    if why:
+        raise ConfigError(why)
+    return cfg
+
+
+def role_contradiction(given: set[str], cfg: Config) -> str | None:
+    """One line saying how the replication settings contradict the role, or
+    None.  ``given``: the ``[replication]`` keys the TOML or the flags set.
+
+    A broker must never look replicated while it is not: started with
+    ``mode = "sync"`` but no role it ran standalone, acknowledged acks=all
+    with no replica at all, and its slave only logged that it found no
+    master (docs/replication.md, "One role, said once").  So any
+    ``[replication]`` key needs an explicit role, and no key may name a
+    different one.  The rules read the effective values, except "given",
+    which only load() knows (``mode`` and ``min_insync_replicas`` have
+    defaults, so only their presence says the operator meant replication).
+    """
+    r, b = cfg.replication, cfg.broker
+    if given and "role" not in given:
+        keys = ", ".join(f"replication.{k}" for k in sorted(given))
+        return (f"{keys} set but replication.role is not: without a role the broker runs standalone and would "
+                "acknowledge acks=all with no replica; set replication.role (--role master, or --role slave "
+                "--master URL)")
+    if r.role != "slave" and r.master:
+        return (f"replication.master = {r.master!r} is a master to follow, but replication.role is {r.role!r}; "
+                "only a slave follows a master (--role slave)")
+    if r.role == "master" and r.mode == "async" and "min_insync_replicas" in given and r.min_insync_replicas > 1:
+        return (f"replication.min_insync_replicas = {r.min_insync_replicas} but replication.mode is 'async', which "
+                "acknowledges acks=all without waiting for any replica; use mode = 'sync' or drop the key")
+    if r.role == "slave" and _is_self(r.master, b.bind, b.port):
+        return f"replication.master = {r.master!r} is this broker's own address: a slave cannot follow itself"
+    return None
+
+
+def _is_self(url: str, bind: str, port: int) -> bool:
+    """Does ``url`` (tcp://HOST:PORT) name this broker's bootstrap endpoint?"""
+    rest = url.removeprefix("tcp://")
+    host, _, p = rest.rpartition(":")
+    if not p.isdigit() or int(p) != port:
+        return False
+    host = host.strip("[]")
+    local = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "*"}
+    return host == bind or (host in local and bind in local)
 
 
 def dumps(cfg: Config) -> bytes:

@@ -72,9 +72,10 @@ def create_rings(instance: str, plan, cfg: config_mod.Config, *, replicated: boo
     when ``replicated``; a writer's rings share its doorbell.  Each ring's
     pages are first touched (zeroed) while this process runs on the writer's
     NUMA node, so they are allocated there.  -> every object made (the
-    caller unlinks them at stop)."""
+    caller unlinks their names once every process has them open, and at
+    stop)."""
     b, r = cfg.broker, cfg.ring
-    made: list = [Doorbell(instance, doorbell_name(w)) for w in range(b.writers)]
+    made: list = []
     generation = time.time_ns() & 0x7FFF_FFFF
     for a, w, node in plan.rings:
         cpus = plan.nodes.get(node) if node is not None and len(plan.nodes) > 1 else None
@@ -85,4 +86,7 @@ def create_rings(instance: str, plan, cfg: config_mod.Config, *, replicated: boo
         for w in range(b.writers):
             made.append(SharedRing.create(instance, replica_ring_name(w), r.capacity_bytes, doorbell=doorbell_name(w),
                                           generation=generation, heartbeat_ms=r.heartbeat_ms))
+    # after the rings: every semaphore of the instance is then named in a
+    # segment's header, where a reclaimer finds it (hpbroker.ring.reclaim)
+    made += [Doorbell(instance, doorbell_name(w)) for w in range(b.writers)]
     return made

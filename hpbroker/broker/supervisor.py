@@ -4,10 +4,11 @@ It owns lifecycle and nothing else.  Order of events:
 
 start
     lock the data directory; unlink shared memory a killed broker of the
-    same instance left behind; create the rings (each on its writer's NUMA
-    node) and doorbells; start the writers and wait until each has
-    recovered its partitions; start the acceptors; publish the cluster
-    view.
+    same instance left behind, and that of any instance whose owner is
+    dead; create the rings (each on its writer's NUMA node) and doorbells;
+    start the writers and wait until each has recovered its partitions;
+    start the acceptors; unlink the shared-memory names (every process has
+    them open); publish the cluster view.
 serve
     answer topic creation from acceptors; watch every child.  A child that
     dies stops the whole broker (exit code 1) with a log line naming it:
@@ -45,7 +46,7 @@ from hpbroker.ipc import control
 from hpbroker.broker import scrubber_process, writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
-from hpbroker.ring import cleanup_stale
+from hpbroker.ring import cleanup_stale, reclaim_dead
 from hpbroker.security import BrokerSecurity
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
@@ -105,6 +106,10 @@ class Supervisor:
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
+        removed = reclaim_dead(skip=self.instance)
+        if removed:
+            log.info("unlinked %d shared-memory objects of other broker instances whose owner is dead: %s",
+                     len(removed), ", ".join(removed))
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(mode=0o700, parents=True)  # its ipc:// sockets are for this broker's processes only
         self._own_run_dir = True
@@ -141,11 +146,23 @@ class Supervisor:
                         (a, cfg_bytes, self.instance, [ring_name(a, w) for w in range(b.writers)], endpoint,
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
+        self._unlink_shm_names()
         self.publish_view()
         self._start_http()
         log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch)
+
+    def _unlink_shm_names(self) -> None:
+        """Every process has its rings and semaphores open now (writers,
+        the replicator and acceptors attach before they report ready, and
+        none attaches later, a promotion included): remove their names, so
+        that a kill -9 of the whole broker leaves nothing in /dev/shm.  The
+        objects live on while mapped; the supervisor keeps each segment's
+        fd, through which ``hpbroker ring stat`` still finds them."""
+        for obj in self.owned_shm:
+            obj.unlink()
+        log.info("unlinked the names of %d shared-memory objects (all processes have them open)", len(self.owned_shm))
 
     def _choose_role(self) -> None:
         """The flags' role, or master if this broker was promoted and its

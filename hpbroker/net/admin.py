@@ -30,6 +30,7 @@ from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
+from hpbroker.net.readiness import readiness
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.replication.probe import master_answering
@@ -116,6 +117,7 @@ class Admin:
             out["promoted_from"] = view.promoted_from
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(view.replication)
+        out["ready"], out["ready_reason"] = readiness(view.role, out)  # hpbroker/net/readiness.py
         return m.StatsReply(id=req.id, stats=out)
 
     def create_topic(self, req: m.CreateTopic) -> m.CreateTopicReply:

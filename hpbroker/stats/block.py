@@ -82,24 +82,35 @@ class StatsBlock:
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         try:
             mm = mmap.mmap(shm.fd, size)
-        finally:
+        except BaseException:
             shm.close_fd()
+            raise
         pid = os.getpid()
         cls.format(mm, names, rows, pid, start_time(pid))
-        return cls(mm, mm=mm, name=name)
+        block = cls(mm, mm=mm, name=name)
+        block._fd = shm.fd  # kept open: a child started after the name is unlinked opens it through /proc
+        return block
 
     @classmethod
     def attach(cls, instance: str, *, readonly: bool = False) -> "StatsBlock | None":
         """The running broker's block, or None when there is none."""
         name = segment_name(instance)
+        prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_RDONLY if readonly else 0)
         except posix_ipc.ExistentialError:
-            return None
-        try:
-            mm = mmap.mmap(shm.fd, shm.size, prot=mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            shm.close_fd()
+            fd = _open_through_parent(name, readonly)  # the supervisor unlinked the name (kill -9 leaves nothing)
+            if fd is None:
+                return None
+            try:
+                mm = mmap.mmap(fd, os.fstat(fd).st_size, prot=prot)
+            finally:
+                os.close(fd)
+        else:
+            try:
+                mm = mmap.mmap(shm.fd, shm.size, prot=prot)
+            finally:
+                shm.close_fd()
         try:
             return cls(mm, mm=mm, name=name)
         except ValueError:
@@ -124,6 +135,9 @@ class StatsBlock:
         return is_alive(self.owner_pid, self.owner_start)
 
     def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
         if self._mm is not None:
             try:
                 self._mm.close()
@@ -137,6 +151,25 @@ class StatsBlock:
                 posix_ipc.unlink_shared_memory(self.name)
             except posix_ipc.ExistentialError:
                 pass
+
+
+def _open_through_parent(name: str, readonly: bool) -> int | None:
+    """An fd of segment ``name`` through the parent's open fd to it, once
+    its name is unlinked (a process started after that: the HTTP process,
+    or its restart).  The supervisor keeps every segment's fd open."""
+    want = os.path.join(SHM_DIR, name.lstrip("/")) + " (deleted)"
+    base = f"/proc/{os.getppid()}/fd"
+    try:
+        fds = os.listdir(base)
+    except OSError:
+        return None
+    for n in fds:
+        try:
+            if os.readlink(os.path.join(base, n)) == want:
+                return os.open(os.path.join(base, n), os.O_RDONLY if readonly else os.O_RDWR)
+        except OSError:
+            continue
+    return None
 
 
 def cleanup_stale(instance: str) -> bool:
