@@ -71,9 +71,35 @@ def tmpfs(tmp_path):
 from servers import postgres_server, zookeeper_server  # noqa: E402,F401
 
 
+#: session-scoped servers that are slow to start (a JVM, initdb): the tests that use them run on one
+#: xdist worker, so the suite starts each once rather than once per worker
+SHARED_SERVERS = {"postgres_server", "zookeeper_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (tools/test.sh runs -n N --dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (soaks, long crash loops) run only when asked
-    for: ``-m slow``, or HPB_SLOW=1; ``tools/test-slow`` runs them all."""
+    for: ``-m slow``, or HPB_SLOW=1; ``tools/test-slow`` runs them all.
+
+    Parallel runs (pytest-xdist, ``--dist loadgroup``): every test is its own
+    unit of work, spread over the workers, except that
+    - the tests of a module that has a module- or class-scoped fixture (a
+      broker shared by the module, say) stay together on one worker, so that
+      fixture starts once and they keep running one after the other;
+    - the tests that use PostgreSQL or ZooKeeper (SHARED_SERVERS) stay together.
+    A test (or module) can also name its own group with
+    ``@pytest.mark.xdist_group("name")``; then this adds nothing to it."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        defs = getattr(item, "_fixtureinfo", None)
+        defs = defs.name2fixturedefs if defs is not None else {}
+        scopes = {name: fd[-1].scope for name, fd in defs.items() if fd}
+        if any(sc in ("module", "class", "package") for sc in scopes.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        elif SHARED_SERVERS & set(scopes):
+            item.add_marker(pytest.mark.xdist_group("shared-servers"))
+
     if "slow" in (config.getoption("markexpr") or "") or os.environ.get("HPB_SLOW"):
         return
     skip = pytest.mark.skip(reason="slow: run with -m slow, HPB_SLOW=1 or tools/test-slow")
