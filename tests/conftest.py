@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
 from brokerproc import PORTS_USED, BrokerProcess
+from hpbroker.ring import is_stale, list_segments
 
 SHM = "/dev/shm"
 
@@ -21,12 +23,28 @@ def _ours(name: str) -> bool:
         and int(parts[1][1:]) in PORTS_USED
 
 
+def _live_instances() -> set[str]:
+    """Instances with a ring segment whose owner runs: a broker that is
+    serving now.  In a parallel run another worker's broker may have been
+    given a port this worker's brokers used before (hpb.p<port> is then its
+    instance); its objects are not a leak of ours."""
+    return {info["instance"] for info in list_segments() if info.get("valid") and not is_stale(info, 86_400_000)}
+
+
+def _leaked() -> list[str]:
+    live = _live_instances()
+    return sorted(n for n in os.listdir(SHM) if _ours(n) and n.removeprefix("sem.").split(".")[1] not in live)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_shm_leaks():
     """Every broker the suite started must leave nothing in /dev/shm (the
     ring tests check their own testring<pid> objects the same way)."""
     yield
-    leaked = sorted(n for n in os.listdir(SHM) if _ours(n))
+    leaked = _leaked()
+    if leaked:  # a broker of another worker may be creating its rings right now: look again
+        time.sleep(2)
+        leaked = _leaked()
     assert not leaked, f"shared-memory objects left behind by test brokers: {leaked}"
 
 
@@ -76,6 +94,12 @@ from servers import postgres_server, zookeeper_server  # noqa: E402,F401
 SHARED_SERVERS = {"postgres_server", "zookeeper_server"}
 
 
+#: modules of long broker-restarting tests (tens of seconds each), handed out first in a parallel
+#: run; a module missing here only risks a longer tail, nothing else
+LONG_MODULES = {"test_replication.py", "test_spill_producer.py", "test_tail.py", "test_bench_e2e.py",
+                "test_idempotence.py", "test_client_failover.py", "test_groups_e2e.py", "test_bench_groups.py"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (tools/test.sh runs -n N --dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (soaks, long crash loops) run only when asked
@@ -99,6 +123,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
         elif SHARED_SERVERS & set(scopes):
             item.add_marker(pytest.mark.xdist_group("shared-servers"))
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # longest first: a worker that picks one of these last would keep the run waiting on it alone
+        # (every worker sorts the same way, as xdist requires)
+        items.sort(key=lambda item: 0 if item.nodeid.split("::")[0].rsplit("/", 1)[-1] in LONG_MODULES else 1)
 
     if "slow" in (config.getoption("markexpr") or "") or os.environ.get("HPB_SLOW"):
         return
