@@ -1,4 +1,23 @@
-"""Shared fixtures: a real broker process, and the /dev/shm leak check."""
+"""Shared fixtures: a real broker process, and the /dev/shm leak check;
+and how the suite is spread over pytest-xdist workers.
+
+tools/test.sh (and so CI) runs the suite in parallel: ``-n 3 --dist
+loadgroup``.  Another test runs beside yours, on another worker, at any
+time.  So a test (docs/testing.md, "What a test must do to be safe beside
+others"):
+- binds only free ports on 127.0.0.1 (``free_port()``), never a fixed one;
+- writes only under ``tmp_path`` (or a temp dir it removes), never to a
+  fixed path, the home directory or the repository;
+- checks and cleans only its own broker's /dev/shm objects (``hpb.p<port>.*``)
+  or its own pid-named ones, never every ``hpb.*``;
+- stops processes by pid/process group, finds them by pid or port, never by name;
+- uses names of its own (topics, groups, tables, znodes) on shared servers;
+- waits on events with generous deadlines: two or three tests with brokers
+  share the two cores, so steps take longer than alone.
+Tests that share a module-scoped fixture run on one worker, in file order
+(pytest_collection_modifyitems below); a module may also name its group:
+``pytestmark = pytest.mark.xdist_group("name")``.
+"""
 
 from __future__ import annotations
 
