@@ -108,9 +108,9 @@ def tmpfs(tmp_path):
 from servers import postgres_server, zookeeper_server  # noqa: E402,F401
 
 
-#: session-scoped servers that are slow to start (a JVM, initdb): the tests that use them run on one
+#: session-scoped servers that are slow to start (a JVM, initdb, Prometheus): the tests that use them run on one
 #: xdist worker, so the suite starts each once rather than once per worker
-SHARED_SERVERS = {"postgres_server", "zookeeper_server"}
+SHARED_SERVERS = {"postgres_server", "zookeeper_server", "prometheus_server"}
 
 
 #: modules of long broker-restarting tests (tens of seconds each), handed out first in a parallel
