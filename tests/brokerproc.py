@@ -152,13 +152,13 @@ class BrokerProcess:
 
     def _reap_group(self) -> None:
         # Children are in the broker's process group; make sure none outlive it.
+        # A zombie counts as gone: it holds nothing (its shared memory and
+        # sockets are closed) and only waits for init to reap it, which can
+        # take seconds (the supervisor's multiprocessing resource tracker is
+        # reparented to init when the supervisor exits).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
+            if not group_alive(self.proc.pid):
                 return
             if time.monotonic() > deadline - 5:
                 try:
@@ -166,3 +166,26 @@ class BrokerProcess:
                 except ProcessLookupError:
                     return
             time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of group ``pgid`` still running (zombies do not count)?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
