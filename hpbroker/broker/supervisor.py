@@ -106,7 +106,7 @@ class Supervisor:
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
-        removed = reclaim_dead(skip=self.instance)
+        removed = reclaim_dead(skip=self.instance) + stats_mod.reclaim_dead(skip=self.instance)
         if removed:
             log.info("unlinked %d shared-memory objects of other broker instances whose owner is dead: %s",
                      len(removed), ", ".join(removed))

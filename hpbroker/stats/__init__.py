@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from hpbroker.stats import layout
-from hpbroker.stats.block import NullSlot, Slot, StatsBlock, cleanup_stale, segment_name
+from hpbroker.stats.block import NullSlot, Slot, StatsBlock, cleanup_stale, reclaim_dead, segment_name  # noqa: F401
 from hpbroker.stats.logtail import SlotLogHandler, read_lines
 
 __all__ = ["layout", "Slot", "NullSlot", "StatsBlock", "SlotLogHandler", "cleanup_stale", "segment_name",

@@ -258,3 +258,44 @@ class NullSlot(Slot):
 
     def __init__(self, rows: int = 256):
         super().__init__(memoryview(bytearray(L.words_per_slot(rows) * 8)).cast("q"), rows)
+
+
+def reclaim_dead(*, skip: str | None = None, grace_s: float = 60.0) -> list[str]:
+    """Unlink the block of every instance (but ``skip``) whose supervisor is
+    dead (a broker killed -9 while it started, before it unlinked its
+    names), and unreadable blocks older than ``grace_s``.  Returns the names
+    removed.  A broker runs it at start, as it does for rings."""
+    removed = []
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith("hpb.") and entry.endswith(".stats.v1")):
+            continue
+        instance = entry[len("hpb."):-len(".stats.v1")]
+        if instance == skip or not instance or "." in instance:
+            continue
+        path = os.path.join(SHM_DIR, entry)
+        try:
+            b = StatsBlock.attach(instance, readonly=True)
+        except (OSError, ValueError):
+            b = None
+        if b is None:
+            try:
+                if time.time() - os.stat(path).st_mtime < grace_s:
+                    continue
+            except OSError:
+                continue
+        else:
+            try:
+                if b.owner_alive():
+                    continue
+            finally:
+                b.close()
+        try:
+            os.unlink(path)
+            removed.append("/" + entry)
+        except OSError:
+            pass
+    return removed
