@@ -163,6 +163,33 @@ class ScrubConfig(_Section):
     enabled: Annotated[bool, M(description="Run the scrubber: a process of its own (CPU nice 19, idle I/O class) that re-reads every closed segment, checks every batch (CRC32C, layout, offsets, epochs) and both index files, and fences a partition whose data it finds damaged (its writer refuses appends with PARTITION_FENCED until an operator repairs the segment and removes <partition>/scrub-finding). Recovery trusts closed segments, so without it a bit flipped in an old segment is found only when a consumer's CRC check meets it.")] = True
     rate_bytes: Annotated[int, M(ge=4096, description="Bytes per second the scrubber reads, at most (a token bucket over its reads; it reads around the page cache, with O_DIRECT where log.direct_io and the filesystem allow). 8 MiB/s is a pass over 675 GiB a day.")] = 8 << 20
     pass_interval_ms: Annotated[int, M(ge=0, description="A new pass over every closed segment starts at least this long after the previous one started (a pass that takes longer is followed by the next at once). Progress is kept in <data_dir>/scrub-state.json, so a restart goes on where the pass stopped.")] = 24 * 3600 * 1000
+TEXT_PORT_OFFSET = 523  # broker.port 7600 + 523 = 8123, MetaQ's default port
+#: MetaQ offsets give each record 2**21 bytes (hpbroker/text/offsets.py): a put body must fit one
+TEXT_MAX_BODY = (1 << 21) - 20
+
+
+class TextProtocolConfig(_Section):
+    """[text_protocol]: MetaQ's text protocol and memcached-style stats on a TCP port (docs/protocol-text.md)."""
+
+    port: Annotated[
+        Annotated[int, M(ge=0, le=65535)] | Literal["auto"],
+        M(description="TCP port of the text listener (MetaQ's put/get/offset/stats/version/quit, memcached's stats). auto: broker.port + 523, which is MetaQ's default 8123 for the default broker.port 7600, and keeps brokers on different ports apart; 0: no text listener."),
+    ] = "auto"
+    bind: Annotated[str, M(description="Address the text port listens on; empty means broker.bind.")] = ""
+    processes: Annotated[int, M(ge=1, le=16, description="Text listener processes sharing the port (SO_REUSEPORT: the kernel spreads connections over them). Each parses and answers its own connections, so more processes use more cores; a connection's requests stay in one process, in order. The stats counters of all of them are added up; the realtime items are those of the process that answers.")] = 1
+    acks: Annotated[
+        Literal[1, "all"],
+        M(description="What a put's answer waits for: 1, this broker's fdatasync (acks=1); all, also the in-sync slaves under sync replication (acks=all, as MetaQ's synchronous slave). Either way the answer means what a ZeroMQ produce's ack means."),
+    ] = "all"
+    put_timeout_ms: Annotated[int, M(ge=1, description="A put not acknowledged within this long is answered 504 (its outcome is then unknown, as REQUEST_TIMED_OUT is).")] = 30_000
+    max_connections: Annotated[int, M(ge=1, description="Open connections the text port takes; one more is answered SERVER_ERROR and closed.")] = 1024
+    max_line_bytes: Annotated[int, M(ge=64, le=1 << 20, description="Longest command line; a longer one is answered CLIENT_ERROR and the connection closed (the stream cannot be resynchronised).")] = 4096
+    max_body_bytes: Annotated[int, M(ge=1, le=TEXT_MAX_BODY, description="Largest put body (attribute included). A larger one is answered 400 and skipped as it arrives, never buffered. At most 2 MiB less 20 bytes: a MetaQ offset gives a record 2 MiB (docs/protocol-text.md, Offsets), and MetaQ's clients read no larger message.")] = 1 << 20
+    max_get_bytes: Annotated[int, M(ge=1024, description="Most bytes of messages one get answer carries, whatever maxSize asks (MetaQ's maxTransferSize).")] = 1 << 20
+    max_pending_bytes: Annotated[int, M(ge=1 << 16, description="Per connection: the listener stops reading a connection while this many bytes of its requests wait for answers, or its unsent answers exceed this, until they drain (so a client that does not read, or floods, holds a bounded amount).")] = 8 << 20
+    read_bytes: Annotated[int, M(ge=4096, description="Bytes read from one connection per turn of the loop; every put read in one turn (from all connections) goes to the broker as one produce request per partition.")] = 256 << 10
+    idle_timeout_ms: Annotated[int, M(ge=0, description="A connection that sends nothing, and has nothing in flight, for this long is closed; so is one whose answers cannot be sent for this long (MetaQ's clients send version as a heartbeat). 0: never.")] = 300_000
+    tell_max_offset: Annotated[bool, M(description="A get past the end of a partition is answered 301 with the end (MetaQ's meta.get.tellMaxOffset), instead of 404.")] = False
 
 
 class Config(_Section):
@@ -177,6 +204,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     security: SecurityConfig = SecurityConfig()
     scrub: ScrubConfig = ScrubConfig()
+    text_protocol: TextProtocolConfig = TextProtocolConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -216,6 +244,12 @@ class Config(_Section):
             if self.replication.role == "slave" and not sec.master_public_key:
                 raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
         check_listeners_under_curve(sec.curve, plaintext_listeners(self))
+        if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
+            raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
+                             f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
+        if self.text_protocol.max_body_bytes + 1024 > self.broker.max_batch_bytes:
+            raise ValueError("text_protocol.max_body_bytes must leave 1 KiB of room under broker.max_batch_bytes "
+                             "(a put becomes one record of a batch)")
 
     @property
     def instance(self) -> str:
@@ -225,6 +259,12 @@ class Config(_Section):
     def http_port(self) -> int:
         """The HTTP port with ``auto`` resolved; 0 when it is off."""
         return self.broker.port + 80 if self.http.port == "auto" else self.http.port
+
+    @property
+    def text_port(self) -> int:
+        """The text listener's port (``auto`` resolved); 0 when it is off."""
+        p = self.text_protocol.port
+        return self.broker.port + TEXT_PORT_OFFSET if p == "auto" else p
 
 
 def plaintext_listeners(cfg: Config) -> list[tuple[str, str]]:
@@ -236,6 +276,8 @@ def plaintext_listeners(cfg: Config) -> list[tuple[str, str]]:
     out = []
     if cfg.http.port != 0:
         out.append(("http.bind", cfg.http.bind or cfg.broker.bind))
+    if cfg.text_protocol.port != 0:
+        out.append(("text_protocol.bind", cfg.text_protocol.bind or cfg.broker.bind))
     return out
 
 

@@ -52,7 +52,10 @@ class BrokerProcess:
 
     def start(self, timeout: float = 60.0) -> "BrokerProcess":
         self._log = open(self.log_path, "ab")
+        self._log_from = self._log.tell()  # this run's lines start here
         cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        if "--text-port" not in self.args:  # brokers of tests run side by side: no fixed ports (a test that wants one passes a free port)
+            cmd += ["--text-port", "0"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         try:
@@ -76,7 +79,7 @@ class BrokerProcess:
                 s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])))
                 if s.poll(500):
                     rep, _ = codec.decode_reply(s.recv_multipart())
-                    if isinstance(rep, m.MetadataReply) and all(rep.acceptors):
+                    if isinstance(rep, m.MetadataReply) and all(rep.acceptors) and self._text_port_open():
                         return
             finally:
                 s.close()
@@ -102,6 +105,20 @@ class BrokerProcess:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no /healthz on {self.http_url} after {timeout} s:\n{self.log()}") from None
                 time.sleep(0.1)
+    def _text_port_open(self) -> bool:
+        """The text listeners (if this broker has them) start after the acceptors answer; the
+        supervisor says "serving" once every one listens."""
+        if "--text-port" not in self.args or self.args[self.args.index("--text-port") + 1] == "0":
+            return True
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_from)
+            if b"serving on" not in f.read():
+                return False
+        try:
+            socket.create_connection(("127.0.0.1", int(self.args[self.args.index("--text-port") + 1])), 1).close()
+            return True
+        except OSError:
+            return False
 
     def child_pid(self, name: str, timeout: float = 30.0) -> int:
         """The pid of child ``name`` (e.g. "writer0", "acceptor0",

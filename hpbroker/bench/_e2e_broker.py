@@ -67,6 +67,8 @@ class LocalBroker:
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "hpbroker", "serve", "--port", str(self.port), "--data-dir", self.data_dir,
                *self.serve_args]  # INFO log: "started writer0 (pid N)" names the children
+        if "--text-port" not in self.serve_args:  # a free port was chosen for ZeroMQ only
+            cmd += ["--text-port", "0"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         try:

@@ -48,6 +48,7 @@ from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import cleanup_stale, reclaim_dead
 from hpbroker.security import BrokerSecurity
+from hpbroker.text import listener as text_listener
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
 
@@ -80,6 +81,8 @@ class Supervisor:
         self.replication_endpoints: list[str] | None = []  # the replicator's [fetch, ack]
         self.pub_endpoints: list[str] = [""] * cfg.broker.writers  # each writer's PUB to the slaves
         self.ack_endpoints: list[str] = [""] * cfg.broker.acceptors  # each acceptor's PULL for slaves' writers
+        self.text_port = 0  # the text listeners', once they listen
+        self.text_ready = 0
 
     # -- start ------------------------------------------------------------------
 
@@ -89,6 +92,8 @@ class Supervisor:
             check_port(b.bind, port)
         if self.cfg.http_port:
             check_port(self.cfg.http.bind or b.bind, self.cfg.http_port)
+        if self.cfg.text_port:
+            check_port(self.cfg.text_protocol.bind or b.bind, self.cfg.text_port)
         self._lock_fd = lock_data_dir(self.data_dir)
         try:
             self.topics = TopicRegistry(self.data_dir)
@@ -149,9 +154,16 @@ class Supervisor:
         self._unlink_shm_names()
         self.publish_view()
         self._start_http()
-        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d)",
+        if self.cfg.text_port:
+            n = self.cfg.text_protocol.processes
+            for k in range(n):
+                self._spawn(mp, f"text{k}", text_listener.main,
+                            (cfg_bytes, self.instance, self.endpoints[0], self._ipc("control"),
+                             self.plan.placement("acceptor", 0).cpus, k, str(self.run_dir)))
+            self._await(lambda: self.text_ready == n, "the text listeners to listen")
+        log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d%s)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
-                 self.role, self.epoch)
+                 self.role, self.epoch, f", MetaQ text port {self.text_port}" if self.text_port else "")
 
     def _unlink_shm_names(self) -> None:
         """Every process has its rings and semaphores open now (writers,
@@ -342,6 +354,10 @@ class Supervisor:
                 return control.Ack()
             case control.Promote():
                 return self.promote()
+            case control.TextListenerReady():
+                self.text_port = msg.port
+                self.text_ready += 1
+                return None
         return control.Ack()
 
     def _ensure_topic(self, msg: control.EnsureTopic) -> control.TopicResult:
@@ -394,7 +410,9 @@ class Supervisor:
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
         others = [p for n, p in self.children.items() if n in ("replicator", *OPTIONAL_CHILDREN)]
         http = [p for n, p in self.children.items() if n == "http"]  # first: /readyz fails, the gateway drains
-        for group in (http, acceptors, others, writers):
+        # the text listeners next: clients of the acceptors, they answer their in-flight puts while those still run
+        text = [p for n, p in self.children.items() if n.startswith("text")]
+        for group in (http, text, acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:
                     # SIGTERM: drain, answer, exit.  After a child died there is

@@ -32,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--http-port", type=int, metavar="N",
                    help="HTTP port for /metrics, /healthz, /readyz, the gateway and the dashboard (http.port; "
                         "default: the client port + 80, i.e. 7680; 0 turns it off)")
+    p.add_argument("--text-port", type=int, metavar="N",
+                   help="MetaQ text protocol port (text_protocol.port; default broker port + 523, i.e. 8123; 0 = off)")
+    p.add_argument("--text-processes", type=int, metavar="N",
+                   help="text listener processes sharing the text port (text_protocol.processes, default 1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -54,6 +58,8 @@ def run(args) -> int:
             broker__broker_id=args.broker_id,
             broker__cluster_id=args.cluster_id,
             http__port=args.http_port,
+            text_protocol__port=args.text_port,
+            text_protocol__processes=args.text_processes,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None

@@ -63,6 +63,13 @@ class ReplicatorReady(_Msg, tag="replicator_ready"):
     endpoints: list[str]  # master: [fetch, ack]; slave: []
 
 
+class TextListenerReady(_Msg, tag="text_ready"):
+    """The text listener (MetaQ's text protocol) is listening on ``port``."""
+
+    pid: int
+    port: int
+
+
 class Promote(_Msg, tag="promote"):
     """Acceptor -> supervisor: a client asked this slave to become master."""
 
@@ -92,7 +99,8 @@ class Ack(_Msg, tag="ack"):
     epoch: int = -1
 
 
-ToSupervisor = WriterReady | WriterPublishing | AcceptorHello | EnsureTopic | SeenEpoch | ReplicatorReady | Promote
+ToSupervisor = (WriterReady | WriterPublishing | AcceptorHello | EnsureTopic | SeenEpoch | ReplicatorReady | Promote
+                | TextListenerReady)
 FromSupervisor = ClusterView | TopicResult | Ack
 
 encoder = msgspec.msgpack.Encoder()

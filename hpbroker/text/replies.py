@@ -1,0 +1,59 @@
+"""The text port's answers, byte for byte (docs/protocol-text.md, "Replies").
+
+MetaQ answers every request with a ``result`` (``result code length
+opaque\\r\\n`` then ``length`` bytes of message, no trailing CRLF) except a
+successful ``get``, which is ``value length opaque\\r\\n`` then the message
+set.  Input with no opaque to echo is answered the way memcached answers
+it: ``ERROR`` for an unknown command, ``CLIENT_ERROR message`` for a line
+that cannot be taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# MetaQ's HttpStatus codes (C/network/HttpStatus.java)
+OK = 200
+MOVED = 301
+BAD_REQUEST = 400
+FORBIDDEN = 403
+NOT_FOUND = 404
+INTERNAL = 500
+UNAVAILABLE = 503
+TIMEOUT = 504
+
+
+def result(code: int, opaque: bytes, message: bytes = b"") -> bytes:
+    return b"result %d %d %s\r\n%s" % (code, len(message), opaque, message)
+
+
+def error(code: int, opaque: bytes | None, message: str) -> bytes:
+    """A refusal: a ``result`` when the opaque is known, else memcached's CLIENT_ERROR."""
+    text = message.replace("\r", " ").replace("\n", " ")
+    if opaque is None:
+        return b"CLIENT_ERROR %s\r\n" % text.encode("utf-8", "replace")
+    return result(code, opaque, text.encode("utf-8", "replace"))
+
+
+UNKNOWN_COMMAND = b"ERROR\r\n"
+
+
+def value_head(length: int, opaque: bytes) -> bytes:
+    return b"value %d %s\r\n" % (length, opaque)
+
+
+def put_ok(opaques: list, msg_ids: list, partition: int, offsets) -> bytes:
+    """The successful puts' answers, joined: body ``msgId partition offset``.
+    ``offsets`` is an int64 numpy array (>= 0); the body lengths are
+    computed for all at once."""
+    p = b" %d " % partition
+    o = np.asarray(offsets)
+    lens = (np.searchsorted(_POW10, o, side="right") + 1 + len(p)).tolist()  # decimal digits of each offset, exactly
+    return b"".join([b"result 200 %d %s\r\n%d%s%d" % (n + len(b"%d" % i) if i < _MIN19 or i >= _MAX19 else n + 19,
+                                                       opaque, i, p, off)
+                     for n, opaque, i, off in zip(lens, opaques, msg_ids, o.tolist())])
+
+
+_POW10 = np.array([10 ** k for k in range(1, 19)], dtype=np.int64)
+_MIN19 = 10 ** 18  # snowflake ids taken after 2018 have 19 digits
+_MAX19 = 10 ** 19
