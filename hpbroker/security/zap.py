@@ -4,14 +4,14 @@ libzmq asks the ZAP handler of a socket's context about every CURVE
 handshake, naming the socket's ZAP domain and the peer's public key.  Two
 domains, one per kind of socket:
 
-=================  ==========================================  =====================================
-domain             sockets                                     admits
-=================  ==========================================  =====================================
-``hpbroker.client``       the client ROUTER of every acceptor         any key in authorized_keys_dir
-``hpbroker.replication``  writers' PUB, the replicator's catch-up     a key in authorized_keys_dir whose
-                          ROUTER and ack PULL, acceptors' slave-ack   principal the ACL grants
-                          PULL                                        ``replicate``
-=================  ==========================================  =====================================
+========================  ===========================================  ===================================
+domain                    sockets                                      admits
+========================  ===========================================  ===================================
+``hpbroker.client``       the client ROUTER of every acceptor          any key in authorized_keys_dir
+``hpbroker.replication``  writers' PUB, the replicator's catch-up      a key in authorized_keys_dir whose
+                          ROUTER and ack PULL, acceptors' slave-ack    principal the ACL grants
+                          PULL                                         ``replicate``
+========================  ===========================================  ===================================
 
 An admitted key's principal (its certificate's name) becomes the ZAP
 User-Id, which libzmq attaches to every message of that connection
