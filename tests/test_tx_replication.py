@@ -9,6 +9,8 @@ rest."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,9 @@ import time
 import pytest
 
 from hpbroker import Consumer, Producer
+from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from rawclient import RawClient
 from test_replication import master, promote, slave, stats, wait_until
 
 TOPICS = ("txr-a", "txr-b")
@@ -40,6 +44,16 @@ def consume_all(url: str, want: int, timeout: float = 60.0) -> list[bytes]:
                 if time.monotonic() >= quiet_until:
                     break
     return got
+
+
+def knows(b, topics) -> bool:
+    """Does broker ``b``'s metadata list all of ``topics``?"""
+    c = RawClient(b.url)
+    try:
+        rep = c.call(m.Metadata(id=c.next_id(), topics=None))[0]
+        return set(topics) <= {t.name for t in rep.topics}
+    finally:
+        c.close()
 
 
 def test_a_failover_between_prepare_and_commit(tmp_path):
@@ -66,6 +80,9 @@ def test_a_failover_between_prepare_and_commit(tmp_path):
                         px.send_batch(t, vals(f"{name}-{t}-{q}", 40), partition=q)
                 px.tpc_prepare()
                 branches[name] = (px, x)
+            # a slave learns of new topics from the master's keep-alives (every second); a failover
+            # before that is test_a_failover_right_after_the_first_transaction below
+            wait_until(lambda: knows(b, ("__transactions",) + TOPICS), 30, "the slave to know the topics")
             a.kill()
             for px, _ in branches.values():
                 px.close(1)
@@ -77,7 +94,7 @@ def test_a_failover_between_prepare_and_commit(tmp_path):
         assert r.returncode == 0, r.stderr
         listed = {d["txid"]: d for d in map(json.loads, r.stdout.splitlines())}
         for name, (_, x) in branches.items():
-            assert listed[x.txid]["state"] == "prepared", listed
+            assert listed.get(x.txid, {}).get("state") == "prepared", (name, r.stdout, r.stderr)
             assert listed[x.txid]["messages"] == 2 * 3 * 40, listed[x.txid]
         assert set(listed) == {x.txid for _, x in branches.values()}, "the open local transaction survived"
         with Producer(b.url, acks="all") as q:
@@ -98,6 +115,35 @@ def test_a_failover_between_prepare_and_commit(tmp_path):
 
         got = consume_all(b.url, len(committed))
         assert sorted(got) == sorted(committed)
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="a slave learns of a new topic only from the master's keep-alives "
+                   "(replication/slave.py, _learn_topics, every second): __transactions, created by the first "
+                   "transaction, is unknown to a slave promoted before that, and its prepared branches with it")
+def test_a_failover_right_after_the_first_transaction(tmp_path):
+    """The master's replicator is held (SIGSTOP) so that its keep-alives stop:
+    the data still reaches the slave (the master's writers publish it, the
+    slave's writers acknowledge it), but the topic list does not."""
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    try:
+        wait_until(lambda: stats(a).get("slave_2_insync") == 1, 60, "the slave to be in sync")
+        with Producer(a.url, acks="all") as p:
+            p.send_batch(TOPICS[0], [b"before"], partition=0).result(30)
+        wait_until(lambda: knows(b, TOPICS[:1]), 30, "the slave to know the data topic")
+        os.kill(a.child_pid("replicator"), signal.SIGSTOP)
+        with Producer(a.url, acks="all") as p:
+            x = p.xid(1, "first-ever", "b")
+            p.tpc_begin(x)
+            p.send_batch(TOPICS[0], vals("first", 10), partition=1)
+            p.tpc_prepare()  # durable on the slave too
+            a.kill()
+        promote(b)
+        with Producer(b.url, acks="all") as q:
+            assert q.tpc_recover() == [x]
     finally:
         a.stop()
         b.stop()
