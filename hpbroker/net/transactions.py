@@ -44,7 +44,6 @@ import time
 from typing import Callable
 
 from hpbroker import config as config_mod
-from hpbroker.io.fs import FileSystem
 from hpbroker.ipc import handoff
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
@@ -101,7 +100,6 @@ class TxService:
         self.checkpoints: dict[int, int] = {}  # journal partition -> the offset its tx.checkpoint holds
         self._housekeeping_at = 0.0
         self._next_tick = 0.0
-        self._fs = FileSystem()
         # one request's worth: what fits a ring record with room to spare
         self._chunk = max(cfg.broker.max_request_bytes - (64 << 10), cfg.broker.max_request_bytes // 2)
 
