@@ -175,6 +175,7 @@ def test_metrics_parse_and_count_a_known_produce(http):
                  "hpbroker_process_resident_memory_bytes", "hpbroker_replication_role", "hpbroker_leader_epoch",
                  "hpbroker_backpressure_events", "hpbroker_consumer_group_lag"):
         assert name in families, name
+    assert {s.labels["ring"] for s in families["hpbroker_ring_capacity_bytes"].samples}, "no ring listed"
     count = [s.value for s in families["hpbroker_produce_ack_latency_seconds"].samples if s.name.endswith("_count")]
     assert count[0] >= 1
     procs = {s.labels["process"] for s in families["hpbroker_process_cpu_seconds"].samples}

@@ -209,7 +209,7 @@ class BrokerCollector(Collector):
         used = GaugeMetricFamily("hpbroker_ring_used_bytes", "Bytes waiting in each acceptor-to-writer ring.",
                                  labels=["ring"])
         cap = GaugeMetricFamily("hpbroker_ring_capacity_bytes", "Data capacity of each ring.", labels=["ring"])
-        for info in list_segments(v.instance):
+        for info in list_segments(v.instance, include_unlinked=True):  # names unlinked while it serves
             if info.get("valid"):
                 used.add_metric([info["ring"]], max(0, min(info["tail"] - info["head"], info["capacity"])))
                 cap.add_metric([info["ring"]], info["capacity"])
