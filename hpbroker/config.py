@@ -247,9 +247,10 @@ class Config(_Section):
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
                              f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
-        if self.text_protocol.max_body_bytes + 1024 > self.broker.max_batch_bytes:
+        if self.text_port and self.text_protocol.max_body_bytes + 1024 > self.broker.max_batch_bytes:
             raise ValueError("text_protocol.max_body_bytes must leave 1 KiB of room under broker.max_batch_bytes "
-                             "(a put becomes one record of a batch)")
+                             "(a put becomes one record of a batch); lower it, or turn the text port off "
+                             "(text_protocol.port = 0)")
 
     @property
     def instance(self) -> str:
