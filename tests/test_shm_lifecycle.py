@@ -108,8 +108,12 @@ def test_a_broker_start_reclaims_what_a_broker_on_another_port_left(tmp_path):
     assert objects(dead)
     b = BrokerProcess(tmp_path / "data").start()
     try:
+        # gone once a broker has started: this one, or in a parallel run another
+        # worker's broker that started first (nothing else removes them); this
+        # one says so when it was the one
         assert objects(dead) == []
-        assert "of other broker instances whose owner is dead" in b.log()
+        if f"/hpb.{dead}." in b.log():
+            assert "of other broker instances whose owner is dead" in b.log()
     finally:
         b.stop()
 
