@@ -238,7 +238,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
             tot.targets[target] = tot.targets.get(target, 0) + 1
             if notice is not None:
                 tot.notice.setdefault(target, []).append(notice)
-            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s), kill -9 {target} after {after:.2f} s, "
+            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on {clients.topic}, kill -9 {target} after {after:.2f} s, "
                 f"{sum(a.n for a in acked)} records acked ({sum(1 for a in acked if a.acks == -1)} acks=all / "
                 f"{sum(1 for a in acked if a.acks == 1)} acks=1 requests); restart {restart:.2f} s; "
                 f"lost {c['lost_all'] + c['lost_one']} dup {c['dup']} gaps {c['gaps']} regressed {c['regressed']} "
@@ -250,7 +250,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
                 tot.baseline.append(clean)
     finally:
         b.stop()
-    return dict(tot.report(), **_log_events([b.log_path]))
+    return dict(tot.report(), **_log_events([b.log_path]), new_topic_cycles=len(ledger.topics) - (TOPIC in ledger.topics))
 
 
 def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writers: int = 4, full_every: int = 10,
@@ -306,7 +306,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
             tot.kill_after.append(after)
             tot.shm_left += left
             tot.targets["master group"] = tot.targets.get("master group", 0) + 1
-            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on broker {master_id}, kill -9 after "
+            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on broker {master_id} ({clients.topic}), kill -9 after "
                 f"{after:.2f} s, {sum(a.n for a in acked)} records acked "
                 f"({sum(1 for a in acked if a.acks == -1)} acks=all / {sum(1 for a in acked if a.acks == 1)} acks=1 "
                 f"requests); promote {promote:.2f} s; lost acks=all {c['lost_all']} (acks=1 {c['lost_one']}) "
@@ -322,7 +322,8 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
         for b in brokers.values():
             b.stop()
     r = hpbroker("log", "verify", str(nodes[1][0]), "--compare", str(nodes[2][0]))
-    out = dict(tot.report(), **_log_events([b.log_path for b in brokers.values()]))
+    out = dict(tot.report(), **_log_events([b.log_path for b in brokers.values()]),
+               new_topic_cycles=len(ledger.topics) - (TOPIC in ledger.topics))
     out["replicas_identical"] = r.returncode == 0
     if r.returncode != 0:
         say(f"log verify --compare: {r.stdout.strip()[-2000:]} {r.stderr.strip()[-2000:]}")
