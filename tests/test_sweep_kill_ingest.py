@@ -24,22 +24,24 @@ def test_the_ledger_counts_lost_duplicate_and_missing_records(tmp_path):
     b = BrokerProcess(tmp_path / "data", args=("--partitions", "4")).start()
     try:
         c = RawClient(b.url)
-        ledger = Ledger(kill_ingest.TOPIC, kill_ingest.PARTITIONS)
+        ledger = Ledger(kill_ingest.PARTITIONS)
+        topic = ledger.topic(kill_ingest.TOPIC)
         ledger.seeds[(1, 0)] = 0  # plan(0): the value size check reads it
         size = plan(0)[0]
 
         def send(p, first, n):
-            rep = c.produce(kill_ingest.TOPIC, p, [batch.encode_batch([value(1, 0, s, size) for s in range(first, first + n)])])
+            rep = c.produce(topic, p, [batch.encode_batch([value(1, 0, s, size) for s in range(first, first + n)])])
             assert rep.code == 0
-            return Acked(p, rep.base_offsets[0], n, 1, 0, first, 1)
+            return Acked(topic, p, rep.base_offsets[0], n, 1, 0, first, 1)
 
         good = [send(0, 0, 10), send(1, 10, 5)]
         send(1, 12, 3)  # seqs 12-14 a second time: 3 duplicates (and never acknowledged to the ledger)
-        forged = Acked(2, 0, 4, 1, 0, 100, -1)  # an acknowledgement for records that are not there
-        moved = Acked(0, 3, 10, 1, 0, 0, 1)  # the right records, at the wrong offset
-        ledger.add(good + [forged, moved])
-        counts = ledger.check(b.url, good + [forged, moved], cycle=1)
-        assert (counts["lost_all"], counts["lost_one"], counts["dup"], counts["gaps"]) == (4, 10, 3, 0)
+        forged = Acked(topic, 2, 0, 4, 1, 0, 100, -1)  # an acknowledgement for records that are not there
+        moved = Acked(topic, 0, 3, 10, 1, 0, 0, 1)  # the right records, at the wrong offset
+        nowhere = Acked(ledger.topic("never-made"), 0, 0, 2, 1, 0, 200, -1)  # in a topic the broker does not know
+        ledger.add(good + [forged, moved, nowhere])
+        counts = ledger.check(b.url, good + [forged, moved, nowhere], cycle=1)
+        assert (counts["lost_all"], counts["lost_one"], counts["dup"], counts["gaps"]) == (6, 10, 3, 0)
         assert counts["unacked_found"] == 3
         # checked once, counted once; the good ones stay good in a full check
         counts = ledger.check(b.url, [], cycle=2, full=True)

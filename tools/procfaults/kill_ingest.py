@@ -5,7 +5,8 @@ One cycle, standalone (:func:`run_standalone`):
 
 1. 1-4 client processes (``ingest_writer.py``) send pipelined batches of
    random sizes with a mix of acks=1 and acks=all, each answer reported on
-   their stdout as it arrives;
+   their stdout as it arrives, to the long-lived topic ``sweep`` or, in a
+   quarter of the cycles, to a topic their first request creates;
 2. after a random 0.05-1.5 s, kill -9 one target: the broker's whole
    process group (most cycles), or only its writer0, acceptor0 or
    supervisor (``--targets``); a single child's death stops the broker by
@@ -48,6 +49,7 @@ from procfaults.ledger import COUNTS, Acked, Ledger
 
 TOPIC = "sweep"
 PARTITIONS = 4
+NEW_TOPIC_SHARE = 0.25
 WRITER = Path(__file__).with_name("ingest_writer.py")
 TARGETS = {"group": 0.7, "writer": 0.1, "acceptor": 0.1, "supervisor": 0.1}
 NOTICE = {  # what the other side logs when it notices the target's death
@@ -61,13 +63,16 @@ class Clients:
 
     def __init__(self, url: str, cycle: int, n: int, rnd: random.Random, ledger: Ledger):
         self.cycle = cycle
+        # most cycles write to one long-lived topic; some to a topic of their own, created by their first
+        # request (a new topic must be as safe as an old one, on a slave too)
+        self.topic = ledger.topic(TOPIC if rnd.random() >= NEW_TOPIC_SHARE else f"{TOPIC}-c{cycle}")
         self.lines: list[list[str]] = [[] for _ in range(n)]
         self.procs = []
         self.threads = []
         for w in range(n):
             seed = rnd.randrange(1 << 30)
             ledger.seeds[(cycle, w)] = seed
-            p = subprocess.Popen([sys.executable, str(WRITER), url, TOPIC, str(PARTITIONS), str(cycle), str(w),
+            p = subprocess.Popen([sys.executable, str(WRITER), url, self.topic, str(PARTITIONS), str(cycle), str(w),
                                   str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env())
             self.procs.append(p)
             t = threading.Thread(target=self._read, args=(p, self.lines[w]), daemon=True)
@@ -102,7 +107,7 @@ class Clients:
                 f = line.split()
                 if f and f[0] == "A":
                     p, base, n, first, acks = map(int, f[1:6])
-                    acked.append(Acked(p, base, n, self.cycle, w, first, acks))
+                    acked.append(Acked(self.topic, p, base, n, self.cycle, w, first, acks))
         return acked
 
     def kill(self) -> None:
@@ -198,7 +203,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
     base = data_root(root, "kill-ingest")
     cfg = _config(base, replicated=False)
     data, port = base / "data", free_port()
-    ledger, tot = Ledger(TOPIC, PARTITIONS, seed), Totals()
+    ledger, tot = Ledger(PARTITIONS, seed), Totals()
     b, first = _start(data, port, cfg, rnd)
     tot.baseline.append(first)
     try:
@@ -233,7 +238,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
             tot.targets[target] = tot.targets.get(target, 0) + 1
             if notice is not None:
                 tot.notice.setdefault(target, []).append(notice)
-            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s), kill -9 {target} after {after:.2f} s, "
+            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on {clients.topic}, kill -9 {target} after {after:.2f} s, "
                 f"{sum(a.n for a in acked)} records acked ({sum(1 for a in acked if a.acks == -1)} acks=all / "
                 f"{sum(1 for a in acked if a.acks == 1)} acks=1 requests); restart {restart:.2f} s; "
                 f"lost {c['lost_all'] + c['lost_one']} dup {c['dup']} gaps {c['gaps']} regressed {c['regressed']} "
@@ -245,7 +250,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
                 tot.baseline.append(clean)
     finally:
         b.stop()
-    return dict(tot.report(), **_log_events([b.log_path]))
+    return dict(tot.report(), **_log_events([b.log_path]), new_topic_cycles=len(ledger.topics) - (TOPIC in ledger.topics))
 
 
 def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writers: int = 4, full_every: int = 10,
@@ -254,7 +259,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
     base = data_root(root, "kill-failover")
     cfg = _config(base, replicated=True)
     nodes = {1: (base / "a", free_port()), 2: (base / "b", free_port())}
-    ledger, tot = Ledger(TOPIC, PARTITIONS, seed), Totals()
+    ledger, tot = Ledger(PARTITIONS, seed), Totals()
 
     def start(bid: int, role_args) -> tuple[BrokerProcess, float]:
         data, port = nodes[bid]
@@ -301,7 +306,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
             tot.kill_after.append(after)
             tot.shm_left += left
             tot.targets["master group"] = tot.targets.get("master group", 0) + 1
-            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on broker {master_id}, kill -9 after "
+            say(f"cycle {cycle}/{cycles}: {len(clients.procs)} client(s) on broker {master_id} ({clients.topic}), kill -9 after "
                 f"{after:.2f} s, {sum(a.n for a in acked)} records acked "
                 f"({sum(1 for a in acked if a.acks == -1)} acks=all / {sum(1 for a in acked if a.acks == 1)} acks=1 "
                 f"requests); promote {promote:.2f} s; lost acks=all {c['lost_all']} (acks=1 {c['lost_one']}) "
@@ -317,7 +322,8 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
         for b in brokers.values():
             b.stop()
     r = hpbroker("log", "verify", str(nodes[1][0]), "--compare", str(nodes[2][0]))
-    out = dict(tot.report(), **_log_events([b.log_path for b in brokers.values()]))
+    out = dict(tot.report(), **_log_events([b.log_path for b in brokers.values()]),
+               new_topic_cycles=len(ledger.topics) - (TOPIC in ledger.topics))
     out["replicas_identical"] = r.returncode == 0
     if r.returncode != 0:
         say(f"log verify --compare: {r.stdout.strip()[-2000:]} {r.stderr.strip()[-2000:]}")

@@ -1,7 +1,7 @@
 """What the clients were told, against what the log holds after a restart.
 
-Every acknowledged produce request is one batch: ``Acked(partition, base
-offset, count, cycle, writer, first seq, acks)``.  After each restart
+Every acknowledged produce request is one batch: ``Acked(topic, partition,
+base offset, count, cycle, writer, first seq, acks)``.  After each restart
 :meth:`Ledger.check` reads the log from where the previous check ended (or
 from offset 0 when ``full``) and counts:
 
@@ -34,6 +34,7 @@ from procfaults.ingest_writer import parse, plan, value
 
 @dataclass(frozen=True, slots=True)
 class Acked:
+    topic: str
     p: int
     base: int
     n: int
@@ -47,14 +48,20 @@ COUNTS = ("lost_all", "lost_one", "dup", "gaps", "regressed", "bad", "unacked_fo
 
 
 class Ledger:
-    def __init__(self, topic: str, partitions: int, seed: int = 0):
-        self.topic = topic
+    def __init__(self, partitions: int, seed: int = 0):
         self.partitions = partitions
+        self.topics: list[str] = []  # every topic written to, in order
         self.acked: list[Acked] = []
         self.lost: set[Acked] = set()
         self.seeds: dict[tuple[int, int], int] = {}  # (cycle, writer) -> the writer's seed
-        self.verified_end = [0] * partitions
+        self.verified_end: dict[tuple[str, int], int] = defaultdict(int)
         self.rnd = random.Random(seed)
+
+    def topic(self, name: str) -> str:
+        """Note that ``name`` is written to (its log is checked from now on)."""
+        if name not in self.topics:
+            self.topics.append(name)
+        return name
 
     def add(self, acked: list[Acked]) -> None:
         self.acked += acked
@@ -64,14 +71,14 @@ class Ledger:
         what cycle ``cycle`` acknowledged; ``full``: from offset 0, every
         acknowledgement so far."""
         c = dict.fromkeys(COUNTS, 0)
-        found: dict[int, dict[int, tuple]] = defaultdict(dict)
+        found: dict[tuple[str, int], dict[int, tuple]] = defaultdict(dict)
         ranges: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-        for p in range(self.partitions):
-            hwm = latest(url, self.topic, p)
-            c["regressed"] += max(0, self.verified_end[p] - hwm)
-            start = 0 if full else min(self.verified_end[p], hwm)
+        for tp in [(t, p) for t in self.topics for p in range(self.partitions)]:
+            hwm = latest(url, *tp)
+            c["regressed"] += max(0, self.verified_end[tp] - hwm)
+            start = 0 if full else min(self.verified_end[tp], hwm)
             nxt = start
-            for base, n, values in scan(url, self.topic, p, start, hwm):
+            for base, n, values in scan(url, *tp, start, hwm):
                 if base + n <= start:
                     continue
                 c["gaps"] += abs(base - nxt)
@@ -80,10 +87,10 @@ class Ledger:
                 size = plan(self.seeds.get((cyc, w), 0))[0]
                 if values != [value(cyc, w, s + i, size) for i in range(n)]:
                     c["bad"] += n
-                found[p][base] = (cyc, w, s, n)
+                found[tp][base] = (cyc, w, s, n)
                 ranges[(cyc, w)].append((s, n))
             c["gaps"] += max(0, hwm - nxt)
-            self.verified_end[p] = hwm
+            self.verified_end[tp] = hwm
         for rs in ranges.values():
             rs.sort()
             end = -1
@@ -95,7 +102,7 @@ class Ledger:
         for a in (self.acked if full else new):
             if a in self.lost:
                 continue
-            got = found[a.p].get(a.base)
+            got = found[(a.topic, a.p)].get(a.base)
             if got is None:
                 got = self._at(url, a)
             if got != (a.cycle, a.writer, a.first, a.n):
@@ -109,7 +116,7 @@ class Ledger:
                 if self._at(url, a) != (a.cycle, a.writer, a.first, a.n):
                     self.lost.add(a)
                     c["lost_all" if a.acks == -1 else "lost_one"] += a.n
-        for p, batches in found.items():
+        for batches in found.values():
             for cyc, w, s, n in batches.values():
                 if (cyc, w, s) not in acked_here and (full or cyc == cycle):
                     c["unacked_found"] += n
@@ -117,6 +124,6 @@ class Ledger:
 
     def _at(self, url: str, a: Acked):
         """The batch that holds offset ``a.base`` now, as (cycle, writer, first seq, count), or None."""
-        for base, n, values in scan(url, self.topic, a.p, a.base, a.base + 1):
+        for base, n, values in scan(url, a.topic, a.p, a.base, a.base + 1):
             return (*parse(values[0]), n) if base == a.base else ("a batch at", base)
         return None
