@@ -16,6 +16,7 @@ _CLIENT_NAMES = {
     "RecordMetadata": "hpbroker.client.records",
     "Message": "hpbroker.client.records",
     "BrokerError": "hpbroker.protocol.errors",
+    "CorruptBatchError": "hpbroker.client.integrity",
     "Filter": "hpbroker.protocol.filters",
     "FilterError": "hpbroker.protocol.filters",
 }

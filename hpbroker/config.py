@@ -7,6 +7,7 @@ two in step.  Unknown keys are an error, never silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -83,7 +84,7 @@ class ReplicationConfig(_Section):
 
     role: Annotated[
         Literal["standalone", "master", "slave"],
-        M(description="standalone: no replication. master: stream every group-commit round to slaves. slave: follow the master named by 'master'."),
+        M(description="standalone: no replication. master: stream every group-commit round to slaves. slave: follow the master named by 'master'. Any other [replication] key set without a role, or a 'master' URL on a broker that is not a slave, refuses the start (docs/replication.md, 'One role, said once')."),
     ] = "standalone"
     master: Annotated[str, M(description="slave: the master's client bootstrap URL, e.g. tcp://10.0.0.1:7600; the replication endpoints are learned from its metadata.")] = ""
     mode: Annotated[
@@ -121,6 +122,47 @@ class GroupsConfig(_Section):
     commit_timeout_ms: Annotated[int, M(ge=1, description="Upper bound on how long an OffsetCommit waits for its record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT; a request's own timeout_ms is used when smaller.")] = 30_000
 
 
+class TransactionsConfig(_Section):
+    """[transactions]: local and XA transactions (docs/transactions.md)."""
+
+    log_partitions: Annotated[int, M(ge=1, le=1024, description="Partitions of the internal __transactions topic (the transaction journal), created on the first transaction. A transaction is journalled in partition crc32(txid) % N and coordinated by the acceptor serving it, so N spreads transactions over acceptors. Fixed once the topic exists.")] = 8
+    max_timeout_ms: Annotated[int, M(ge=1, description="Cap on a transaction's timeout (MetaQ's maxTxTimeoutInSeconds): a client asking for more gets this. An open (unprepared) transaction is rolled back this long after it began; a prepared XA transaction never times out.")] = 900_000
+    max_transaction_bytes: Annotated[int, M(ge=1024, description="Largest transaction, in bytes of record batches; a send past it is refused with TRANSACTION_TOO_LARGE and the transaction rolled back.")] = 64 << 20
+    max_open_bytes: Annotated[int, M(ge=1024, description="Bytes of open, prepared and committing transactions one acceptor holds in memory (their batches wait there to be appended at commit); a send past it is refused with TRANSACTION_TOO_LARGE.")] = 512 << 20
+    max_open_transactions: Annotated[int, M(ge=1, description="Transactions one acceptor coordinates at once; a begin past it is refused with BUSY.")] = 100_000
+    decision_timeout_ms: Annotated[int, M(ge=1, description="How long a prepare, commit or rollback waits for its journal record to be durable (and, under sync replication, on the slave) before REQUEST_TIMED_OUT. A commit whose record did become durable is still applied.")] = 30_000
+    remember_finished: Annotated[int, M(ge=0, description="Outcomes of this many recently finished transactions are kept, so a client retrying a commit or rollback whose reply it lost is told the outcome instead of UNKNOWN_TRANSACTION.")] = 10_000
+class HttpConfig(_Section):
+    """[http]: the HTTP port - Prometheus /metrics, /healthz and /readyz, the HTTP gateway and the dashboard (docs/http.md)."""
+
+    port: Annotated[
+        Annotated[int, M(ge=0, le=65535)] | Literal["auto"],
+        M(description="Port of the broker's HTTP process. auto: broker.port + 80 (7680 for the default client port 7600), so brokers on different client ports never collide; 0: no HTTP process at all."),
+    ] = "auto"
+    bind: Annotated[str, M(description="Address the HTTP port listens on; empty means broker.bind.")] = ""
+    max_body_bytes: Annotated[int, M(ge=1, description="Largest request body the gateway reads (413 MESSAGE_TOO_LARGE above it). A body larger than one batch goes as several batches, and one larger than broker.max_request_bytes as several requests to its partition, in order.")] = 4 << 20
+    rate_limit_per_s: Annotated[int, M(ge=0, description="Gateway requests (produce and consume) per second from one client address; beyond it 429 with code BUSY. The bucket holds one second's worth, so bursts of that size pass. 0 = no limit. /metrics, /healthz, /readyz and the dashboard are not limited.")] = 10_000
+    max_wait_ms: Annotated[int, M(ge=0, description="Longest long poll (wait_ms) a consume request may ask for; larger values are cut to it.")] = 30_000
+    produce_timeout_ms: Annotated[int, M(ge=1, description="How long a gateway produce waits for its durable ack (the produce request's timeout_ms); past it the reply is 504 REQUEST_TIMED_OUT and the outcome is unknown, as on the ZeroMQ path.")] = 30_000
+    metrics_max_partitions: Annotated[int, M(ge=0, description="Most partitions /metrics exports one series each for (per-partition messages, bytes, offsets, sizes, and consumer-group lag rows). Above it the per-partition metrics are exported per topic only, with partition=\"all\" holding the sum over the topic's partitions (so sum by (topic) reads the same in both modes), and hpbroker_metrics_partitions_folded says how many were folded, so a broker with 10 000 partitions costs one series per topic, not 10 000. 0 = always per topic.")] = 2000
+    stats_rows: Annotated[int, M(ge=16, le=1 << 20, description="Partition rows each broker process has in the shared-memory stats block (8 words each; pages are touched only as rows are used). A process that serves more partitions than this counts the others in its totals only (hpbroker_stats_rows_full_total).")] = 16384
+    poll_ms: Annotated[int, M(ge=100, description="How often the HTTP process asks the broker for its stats, metadata and consumer groups (over the normal ZeroMQ requests) and samples the rates the dashboard charts.")] = 1000
+    history_s: Annotated[int, M(ge=10, le=86400, description="Seconds of rate history the dashboard's charts keep.")] = 300
+    dashboard: Annotated[bool, M(description="Serve the web dashboard at / and its JSON API at /api/*.")] = True
+class SecurityConfig(_Section):
+    """[security]: CURVE authentication and encryption, and ACLs (docs/security.md)."""
+
+    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file.")] = False
+    server_secret_key_file: Annotated[str, M(description="This broker's secret certificate (NAME.key_secret, as hpbroker keys generate writes it): the key pair every CURVE socket of the broker binds with, and with which a slave authenticates to its master (its principal there is NAME).")] = ""
+    authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start.")] = ""
+    acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start.")] = ""
+    master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
+class ScrubConfig(_Section):
+    """[scrub]: the background scrubber that re-reads closed segments (docs/reliability.md, "The scrubber")."""
+
+    enabled: Annotated[bool, M(description="Run the scrubber: a process of its own (CPU nice 19, idle I/O class) that re-reads every closed segment, checks every batch (CRC32C, layout, offsets, epochs) and both index files, and fences a partition whose data it finds damaged (its writer refuses appends with PARTITION_FENCED until an operator repairs the segment and removes <partition>/scrub-finding). Recovery trusts closed segments, so without it a bit flipped in an old segment is found only when a consumer's CRC check meets it.")] = True
+    rate_bytes: Annotated[int, M(ge=4096, description="Bytes per second the scrubber reads, at most (a token bucket over its reads; it reads around the page cache, with O_DIRECT where log.direct_io and the filesystem allow). 8 MiB/s is a pass over 675 GiB a day.")] = 8 << 20
+    pass_interval_ms: Annotated[int, M(ge=0, description="A new pass over every closed segment starts at least this long after the previous one started (a pass that takes longer is followed by the next at once). Progress is kept in <data_dir>/scrub-state.json, so a restart goes on where the pass stopped.")] = 24 * 3600 * 1000
 TEXT_PORT_OFFSET = 523  # broker.port 7600 + 523 = 8123, MetaQ's default port
 #: MetaQ offsets give each record 2**21 bytes (hpbroker/text/offsets.py): a put body must fit one
 TEXT_MAX_BODY = (1 << 21) - 20
@@ -158,6 +200,10 @@ class Config(_Section):
     ring: RingConfig = RingConfig()
     replication: ReplicationConfig = ReplicationConfig()
     groups: GroupsConfig = GroupsConfig()
+    transactions: TransactionsConfig = TransactionsConfig()
+    http: HttpConfig = HttpConfig()
+    security: SecurityConfig = SecurityConfig()
+    scrub: ScrubConfig = ScrubConfig()
     text_protocol: TextProtocolConfig = TextProtocolConfig()
 
     def __post_init__(self):
@@ -172,6 +218,11 @@ class Config(_Section):
             )
         if self.broker.max_batch_bytes > self.broker.max_request_bytes:
             raise ValueError("broker.max_batch_bytes must not exceed broker.max_request_bytes")
+        if 0 <= self.log.retention_ms and self.transactions.max_timeout_ms >= self.log.retention_ms // 2:
+            raise ValueError(
+                f"transactions.max_timeout_ms ({self.transactions.max_timeout_ms}) must be less than half of "
+                f"log.retention_ms ({self.log.retention_ms}): an open transaction's journal records must not expire "
+                "before it times out")
         if self.replication.pub_port and self.replication.pub_port + self.broker.writers - 1 > 65535:
             raise ValueError(f"replication.pub_port ({self.replication.pub_port}) + broker.writers - 1 must be a port "
                              "number (writer i publishes on pub_port + i)")
@@ -182,6 +233,17 @@ class Config(_Section):
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
         if self.replication.role == "slave" and not self.replication.master:
             raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        if self.http.port == "auto" and self.broker.port + 80 > 65535:
+            raise ValueError(f"http.port = 'auto' is broker.port + 80, past 65535 for port {self.broker.port}: "
+                             "set http.port (0 turns the HTTP port off)")
+        sec = self.security
+        if sec.curve:
+            missing = [k for k in ("server_secret_key_file", "authorized_keys_dir", "acl_file") if not getattr(sec, k)]
+            if missing:
+                raise ValueError(f"security.curve = true needs security.{', security.'.join(missing)} (docs/security.md)")
+            if self.replication.role == "slave" and not sec.master_public_key:
+                raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
+        check_listeners_under_curve(sec.curve, plaintext_listeners(self))
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
                              f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
@@ -197,10 +259,51 @@ class Config(_Section):
         return min(self.text_protocol.max_body_bytes, self.broker.max_batch_bytes - 1024)
 
     @property
+    def http_port(self) -> int:
+        """The HTTP port with ``auto`` resolved; 0 when it is off."""
+        return self.broker.port + 80 if self.http.port == "auto" else self.http.port
+
+    @property
     def text_port(self) -> int:
         """The text listener's port (``auto`` resolved); 0 when it is off."""
         p = self.text_protocol.port
         return self.broker.port + TEXT_PORT_OFFSET if p == "auto" else p
+
+
+def plaintext_listeners(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, bind address) of every listener that is not a ZeroMQ
+    socket and has no authentication of its own (a text-protocol or HTTP
+    listener).  Each such listener must add itself here: with CURVE on it
+    may only bind to loopback (docs/security.md, "Other listeners").  A
+    listener with its own authentication, switched on, is left out."""
+    out = []
+    if cfg.http.port != 0:
+        out.append(("http.bind", cfg.http.bind or cfg.broker.bind))
+    if cfg.text_protocol.port != 0:
+        out.append(("text_protocol.bind", cfg.text_protocol.bind or cfg.broker.bind))
+    return out
+
+
+def check_listeners_under_curve(curve: bool, listeners: list[tuple[str, str]]) -> None:
+    """With CURVE on, ValueError naming the first of ``listeners`` bound
+    beyond loopback: it would let anyone on the network past CURVE."""
+    if not curve:
+        return
+    for key, address in listeners:
+        if not is_loopback(address):
+            raise ValueError(f"{key} = {address!r}: with security.curve = true a listener without its own "
+                             "authentication may only bind to loopback (127.0.0.1, ::1, localhost)")
+
+
+def is_loopback(address: str) -> bool:
+    """Is ``address`` (a host name or IP, or a tcp:// URL's host part) a loopback one?"""
+    host = address.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load(path: str | Path | None = None, **overrides) -> Config:
@@ -224,9 +327,54 @@ def load(path: str | Path | None = None, **overrides) -> Config:
         else:
             raw[section] = v
     try:
-        return msgspec.convert(raw, Config)
+        cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid config: {e}") from None
+    why = role_contradiction(set(raw.get("replication") or {}), cfg)
+    if why:
+        raise ConfigError(why)
+    return cfg
+
+
+def role_contradiction(given: set[str], cfg: Config) -> str | None:
+    """One line saying how the replication settings contradict the role, or
+    None.  ``given``: the ``[replication]`` keys the TOML or the flags set.
+
+    A broker must never look replicated while it is not: started with
+    ``mode = "sync"`` but no role it ran standalone, acknowledged acks=all
+    with no replica at all, and its slave only logged that it found no
+    master (docs/replication.md, "One role, said once").  So any
+    ``[replication]`` key needs an explicit role, and no key may name a
+    different one.  The rules read the effective values, except "given",
+    which only load() knows (``mode`` and ``min_insync_replicas`` have
+    defaults, so only their presence says the operator meant replication).
+    """
+    r, b = cfg.replication, cfg.broker
+    if given and "role" not in given:
+        keys = ", ".join(f"replication.{k}" for k in sorted(given))
+        return (f"{keys} set but replication.role is not: without a role the broker runs standalone and would "
+                "acknowledge acks=all with no replica; set replication.role (--role master, or --role slave "
+                "--master URL)")
+    if r.role != "slave" and r.master:
+        return (f"replication.master = {r.master!r} is a master to follow, but replication.role is {r.role!r}; "
+                "only a slave follows a master (--role slave)")
+    if r.role == "master" and r.mode == "async" and "min_insync_replicas" in given and r.min_insync_replicas > 1:
+        return (f"replication.min_insync_replicas = {r.min_insync_replicas} but replication.mode is 'async', which "
+                "acknowledges acks=all without waiting for any replica; use mode = 'sync' or drop the key")
+    if r.role == "slave" and _is_self(r.master, b.bind, b.port):
+        return f"replication.master = {r.master!r} is this broker's own address: a slave cannot follow itself"
+    return None
+
+
+def _is_self(url: str, bind: str, port: int) -> bool:
+    """Does ``url`` (tcp://HOST:PORT) name this broker's bootstrap endpoint?"""
+    rest = url.removeprefix("tcp://")
+    host, _, p = rest.rpartition(":")
+    if not p.isdigit() or int(p) != port:
+        return False
+    host = host.strip("[]")
+    local = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "*"}
+    return host == bind or (host in local and bind in local)
 
 
 def dumps(cfg: Config) -> bytes:

@@ -19,8 +19,12 @@ def run_child(role: str, instance: str, target, *args):
     ``python -c "from multiprocessing.spawn ..."`` line per child, and
     ``/proc/PID/comm`` (``top``, ``ps -o comm``, ``pgrep``; 15 bytes) holds
     ``hpb-writer0``: what an operator needs to pin a process to a core or
-    read its CPU share."""
+    read its CPU share.  Its last log lines go to its slot of the stats
+    block too (the dashboard shows them)."""
+    from hpbroker import stats
+
     name_process(f"hpbroker: {role} ({instance})", f"hpb-{role}")
+    stats.capture_logs(stats.process_slot(instance, role))
     return target(*args)
 
 

@@ -21,6 +21,7 @@ import zmq
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.ring import cleanup_stale
+from hpbroker.stats import cleanup_stale as stats_cleanup_stale
 
 
 #: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
@@ -40,6 +41,8 @@ class BrokerProcess:
         PORTS_USED.add(self.port)
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.args = list(args)
+        if "--http-port" not in self.args:  # no HTTP process unless a test asks for one (ports stay free)
+            self.args += ["--http-port", "0"]
         self.log_path = log_path or self.data_dir.parent / f"broker-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -83,6 +86,25 @@ class BrokerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"broker not ready after {timeout} s:\n{self.log()}")
 
+    @property
+    def http_url(self) -> str:
+        """http://127.0.0.1:PORT of a broker started with --http-port PORT."""
+        return f"http://127.0.0.1:{self.args[self.args.index('--http-port') + 1]}"
+
+    def wait_http(self, timeout: float = 30.0) -> str:
+        """Wait until the HTTP process answers /healthz; its base URL."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self.http_url
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /healthz on {self.http_url} after {timeout} s:\n{self.log()}") from None
+                time.sleep(0.1)
     def _text_port_open(self) -> bool:
         """The text listeners (if this broker has them) start after the acceptors answer; the
         supervisor says "serving" once every one listens."""
@@ -133,6 +155,7 @@ class BrokerProcess:
         # here.  Only objects whose owner is dead: a broker running on this
         # port now keeps its own.
         cleanup_stale(f"p{self.port}", dead_after_ms=60_000)
+        stats_cleanup_stale(f"p{self.port}")  # the stats block of a broker killed with -9
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -146,13 +169,13 @@ class BrokerProcess:
 
     def _reap_group(self) -> None:
         # Children are in the broker's process group; make sure none outlive it.
+        # A zombie counts as gone: it holds nothing (its shared memory and
+        # sockets are closed) and only waits for init to reap it, which can
+        # take seconds (the supervisor's multiprocessing resource tracker is
+        # reparented to init when the supervisor exits).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
+            if not group_alive(self.proc.pid):
                 return
             if time.monotonic() > deadline - 5:
                 try:
@@ -160,3 +183,26 @@ class BrokerProcess:
                 except ProcessLookupError:
                     return
             time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of group ``pgid`` still running (zombies do not count)?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False

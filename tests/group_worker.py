@@ -24,7 +24,10 @@ from hpbroker.client import BrokerError, Consumer
 
 
 def say(event: str, **kw) -> None:
-    print(json.dumps({"event": event, "pid": os.getpid(), **kw}), flush=True)
+    # one write for the line and its newline: stderr (the client's log) goes to the same pipe, and with
+    # PYTHONUNBUFFERED print() writes the newline separately, so a log line could land inside the event's
+    sys.stdout.write(json.dumps({"event": event, "pid": os.getpid(), **kw}) + "\n")
+    sys.stdout.flush()
 
 
 def main() -> int:

@@ -16,10 +16,13 @@ from hpbroker.protocol import messages as m
 
 
 class RawClient:
-    def __init__(self, url: str, timeout_ms: int = 30_000):
+    def __init__(self, url: str, timeout_ms: int = 30_000, curve: tuple[bytes, bytes, bytes] | None = None):
+        """``curve``: (this client's public key, its secret key, the broker's public key), Z85."""
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(url)
         self.timeout_ms = timeout_ms
         self._ids = itertools.count(1)

@@ -1,4 +1,4 @@
-"""Private PostgreSQL and ZooKeeper servers for tests (no mocks).
+"""Private PostgreSQL, ZooKeeper and Prometheus servers for tests (no mocks).
 
 Each server runs from a fresh temp dir on a free 127.0.0.1 port, as a child
 of this process in its own session, and is stopped by its pid (then its
@@ -7,8 +7,8 @@ runs at interpreter exit, so a failing test or an interrupted session
 leaves nothing behind.  A missing binary fails with one line naming the
 Debian package to install (tools/debian-packages.txt lists both).
 
-The fixtures ``postgres_server`` and ``zookeeper_server`` are
-session-scoped; tests/conftest.py registers them.
+The fixtures ``postgres_server``, ``zookeeper_server`` and
+``prometheus_server`` are session-scoped; tests/conftest.py registers them.
 """
 
 from __future__ import annotations
@@ -173,7 +173,9 @@ class PostgresServer(_Server):
                 raise RuntimeError(f"initdb failed ({r.returncode}):\n{r.stdout}{r.stderr}")
             self._spawn(as_user + [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
                                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}",
-                                   "-c", "fsync=off", "-c", "max_connections=20", "-c", "shared_buffers=16MB"],
+                                   "-c", "fsync=off", "-c", "max_connections=20", "-c", "shared_buffers=16MB",
+                                   # two-phase commit (tests/test_tx_xa_postgres.py): PREPARE TRANSACTION
+                                   "-c", "max_prepared_transactions=10"],
                         env=env)
 
             def ready():
@@ -250,6 +252,76 @@ class ZooKeeperServer(_Server):
         return self
 
 
+class PrometheusServer(_Server):
+    """Debian's ``prometheus`` on 127.0.0.1 with its TSDB in a temp dir,
+    scraping every second whatever :meth:`set_targets` names (a file_sd
+    file it watches), so one server serves the whole session."""
+
+    name = "Prometheus"
+
+    def __init__(self):
+        super().__init__()
+        self.binary = shutil.which("prometheus")
+        if self.binary is None:
+            raise RuntimeError("prometheus not found: apt-get install prometheus")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_targets(self, targets: list[str]) -> None:
+        """Scrape ``targets`` ("127.0.0.1:PORT", path /metrics) from now on."""
+        import json
+
+        tmp = self.dir / "targets.json.tmp"
+        tmp.write_text(json.dumps([{"targets": targets, "labels": {}}]))
+        os.replace(tmp, self.dir / "targets.json")
+
+    def query(self, expr: str) -> list[dict]:
+        """The result vector of an instant query (``[{"metric": {...}, "value": [t, "v"]}]``)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=10) as r:
+            body = json.load(r)
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus query {expr!r} failed: {body}")
+        return body["data"]["result"]
+
+    def active_targets(self) -> list[dict]:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as r:
+            return json.load(r)["data"]["activeTargets"]
+
+    def start(self, timeout: float = 60.0) -> "PrometheusServer":
+        import urllib.request
+
+        self.dir = Path(tempfile.mkdtemp(prefix="hpb-prom-"))
+        try:
+            self.set_targets([])
+            cfg = self.dir / "prometheus.yml"
+            cfg.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n"
+                           "scrape_configs:\n  - job_name: hpbroker\n    file_sd_configs:\n"
+                           f"      - files: ['{self.dir / 'targets.json'}']\n        refresh_interval: 1s\n")
+            self._spawn([self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                         f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h",
+                         "--log.level=warn"])
+
+            def ready():
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"status {r.status}")
+
+            self._wait_ready(ready, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
 def _started(cls):
     """cls() started, or the test failed with one line saying why (a missing
     package names the Debian package to install)."""
@@ -274,6 +346,16 @@ def postgres_server():
 def zookeeper_server():
     """A private ZooKeeper for the session (see ZooKeeperServer)."""
     server = _started(ZooKeeperServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_server():
+    """A private Prometheus for the session (see PrometheusServer)."""
+    server = _started(PrometheusServer)
     try:
         yield server
     finally:

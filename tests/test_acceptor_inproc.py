@@ -29,7 +29,8 @@ class Rig:
     def __init__(self, tmp_path, clock=None, **overrides):
         self.ctx = zmq.Context()
         self.cfg = config.load(broker__data_dir=str(tmp_path), broker__max_request_bytes=4096,
-                               broker__max_batch_bytes=4096, ring__capacity_bytes=CAPACITY, **overrides)
+                               broker__max_batch_bytes=4096, ring__capacity_bytes=CAPACITY,
+                               text_protocol__port=0, **overrides)
         ring = Ring(bytearray(ring_layout.segment_bytes(CAPACITY)), init=True, capacity=CAPACITY)
         self.ring = ring.reader()
         self.supervisor = make_socket(self.ctx, zmq.ROUTER, bind="inproc://control")

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import pytest
 
+from brokerproc import BrokerProcess
 from hpbroker import Admin, BrokerError, Consumer, Producer, RecordMetadata
 from hpbroker import batch
 from hpbroker.protocol import ErrorCode
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """One standalone broker for the module's tests (4 partitions, topics
+    auto-created), as tests/conftest.py's but started once: each test uses
+    topics of its own, and none restarts or stops it."""
+    b = BrokerProcess(tmp_path_factory.mktemp("client") / "data", args=("--partitions", "4"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 def _drain(c: Consumer, n: int, max_polls: int = 200) -> list:
@@ -118,8 +132,6 @@ def test_admin(broker):
 
 def test_several_acceptors_and_writers(tmp_path):
     """Partitions spread over acceptors p % n; the client follows metadata."""
-    from brokerproc import BrokerProcess
-
     b = BrokerProcess(tmp_path / "data", args=("--partitions", "4", "--acceptors", "2", "--writers", "2"))
     b.start()
     try:

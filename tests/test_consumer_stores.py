@@ -13,6 +13,10 @@ import pytest
 from hpbroker.client import BrokerError, Consumer, Producer
 from hpbroker.client.stores import FileOffsetStore
 
+# The PostgreSQL/ZooKeeper tests run on one xdist worker, so each server starts once a run
+# (tests/conftest.py: SHARED_SERVERS; they are requested through getfixturevalue here).
+pytestmark = pytest.mark.xdist_group("shared-servers")
+
 TOPIC = "stored"
 N = 120
 

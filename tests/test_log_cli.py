@@ -8,7 +8,8 @@ from tqdm import tqdm
 
 from hpbroker.cli import main
 from hpbroker.config import LogConfig
-from hpbroker.io import Storage
+from hpbroker import batch as B
+from hpbroker.io import PartitionLog, Storage
 from hpbroker.io import layout
 from hpbroker.io.testing import make_batch
 
@@ -128,3 +129,77 @@ def test_verify_shows_progress_in_bytes_when_asked(tmp_path, capsys):
     assert "compare: 100%" in capsys.readouterr().err
     assert main(["log", "verify", str(d)]) == 0  # not a terminal: no bar
     assert "verify:" not in capsys.readouterr().err
+
+
+def flip_last_batch(path):
+    data = open(path, "rb").read()
+    last = max(pos for pos, _ in B.iter_batches(data))
+    with open(path, "r+b") as f:
+        f.seek(last + 100)
+        c = f.read(1)[0]
+        f.seek(last + 100)
+        f.write(bytes([c ^ 1]))
+    return last
+
+
+def test_a_bad_last_batch_is_not_also_a_gap_at_the_next_segment(tmp_path, capsys):
+    # issue 26: verify tracked the expected offset from good batches only, so a
+    # bad last batch also showed as "segment starts at offset X, the previous one ends at Y"
+    d = make_data(tmp_path)
+    segs = layout.list_segments(str(d / "t-0"))
+    assert len(segs) > 2
+    path = layout.log_path(str(d / "t-0"), segs[0])
+    last = flip_last_batch(path)
+    assert main(["log", "verify", str(d)]) == 1
+    bad = [l for l in capsys.readouterr().out.splitlines() if l.startswith("BAD")]
+    assert bad == [bad[0]] and f"{path} position {last}: CRC32C mismatch" in bad[0]
+
+
+def test_an_overlap_after_a_bad_last_batch_is_still_reported(tmp_path, capsys):
+    d = make_data(tmp_path)
+    pd = str(d / "t-0")
+    segs = layout.list_segments(pd)
+    flip_last_batch(layout.log_path(pd, segs[0]))
+    # segment 1 renamed to start below segment 0's last good batch
+    for suffix in (".log", ".index", ".timeindex"):
+        os.rename(os.path.join(pd, layout.segment_name(segs[1]) + suffix), os.path.join(pd, layout.segment_name(5) + suffix))
+    assert main(["log", "verify", pd]) == 1
+    out = capsys.readouterr().out
+    assert "segment starts at offset 5, the previous one ends at" in out
+
+
+def test_junk_after_the_zero_padding_of_a_crashed_segment_is_named(tmp_path, capsys, caplog):
+    # issue 26: bytes after the O_DIRECT padding of a crashed segment were cut with no warning line
+    d = tmp_path / "t-0"
+    log = PartitionLog(str(d), CFG)
+    for i in range(20):
+        log.append(make_batch(2, 200, tag=i), 0)
+    log.flush()
+    end = log.log_end_offset
+    path = log.segments()[-1].log_path
+    size = os.path.getsize(path)
+    assert size % 4096 == 0  # unclean: the padding is still there
+    with open(path, "ab") as f:
+        f.write(os.urandom(3000).replace(b"\0", b"\1"))
+    assert main(["log", "verify", str(d)]) == 1
+    bad = [l for l in capsys.readouterr().out.splitlines() if l.startswith("BAD")]
+    assert len(bad) == 1 and f"3000 bytes that are not a batch from position {size}" in bad[0]
+    with caplog.at_level("WARNING", logger="hpbroker.io"):
+        log2 = PartitionLog(str(d), CFG)
+    try:
+        assert log2.fenced is None and log2.log_end_offset == end
+        warned = [r.getMessage() for r in caplog.records if "torn tail" in r.getMessage()]
+        assert len(warned) == 1 and f"non-zero bytes from position {size}" in warned[0]
+    finally:
+        log2.close()
+
+
+def test_zero_padding_alone_is_cut_without_a_warning(tmp_path, capsys, caplog):
+    d = tmp_path / "t-0"
+    log = PartitionLog(str(d), CFG)
+    log.append(make_batch(2, 200), 0)
+    log.flush()
+    assert main(["log", "verify", str(d)]) == 0
+    with caplog.at_level("WARNING", logger="hpbroker.io"):
+        PartitionLog(str(d), CFG).close()
+    assert not [r for r in caplog.records if "torn tail" in r.getMessage()]

@@ -35,6 +35,10 @@ from hpbroker.client.stores import (
 from hpbroker.client.stores.sql import render
 from servers import free_port
 
+# The PostgreSQL/ZooKeeper tests run on one xdist worker, so each server starts once a run
+# (tests/conftest.py: SHARED_SERVERS; they are requested through getfixturevalue here).
+pytestmark = pytest.mark.xdist_group("shared-servers")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

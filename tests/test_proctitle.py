@@ -17,7 +17,7 @@ def test_children_are_named_by_role_and_found_by_it(tmp_path):
     b = BrokerProcess(tmp_path / "data", args=("--writers", "2", "--role", "master")).start()
     try:
         procs = remote_processes(b.url)
-        assert set(procs) == {"supervisor", "writer0", "writer1", "replicator", "acceptor0"}
+        assert set(procs) == {"supervisor", "writer0", "writer1", "replicator", "acceptor0", "scrubber"}
         assert procs["supervisor"].pid == b.pid
         instance = f"p{b.port}"
         for role, p in procs.items():

@@ -312,3 +312,48 @@ def test_reader_in_another_process_while_writer_appends_and_deletes(tmp_path):
         proc.stdout.close()
         if reader is not None:
             reader.close()
+
+
+# -- issue 26: a bit flip in the last batch is damage, not a torn tail ----------------------------
+
+
+def _last_batch(d):
+    path, base = last_log(d)
+    ends = batch_ends(path, base)
+    return path, ends[-2][0], ends[-1][0], ends[-2][1]  # path, its position, its end, the offset before it
+
+
+@pytest.mark.parametrize("where,bit", [(100, 0x01), (-1, 0x80), (B.CRC_AT + 2, 0x04), (B.MAX_TS_AT, 0x02),
+                                      (B.BASE_OFFSET_AT + 3, 0x10), (B.LENGTH_AT + 1, 0x01), (B.MAGIC_AT, 0x08),
+                                      (B.MAGIC_AT + 2, 0x40)])
+def test_a_flipped_bit_in_the_last_batch_fences_and_is_never_cut(tmp_path, where, bit):
+    d = tmp_path / "t-0"
+    build(d, n=30)  # unclean (crash after the last flush): the last batch lies past the recovery point
+    path, pos, end, good_end = _last_batch(d)
+    flip(path, pos + where if where >= 0 else end + where, bit)
+    err = assert_fenced_untouched(d, path, os.path.getsize(path), good_end)
+    assert "not a torn tail" in str(err).lower() and "damaged after it was written" in str(err)
+
+
+def test_a_flipped_leader_epoch_is_caught_by_the_epoch_checkpoint(tmp_path):
+    from hpbroker.io.epochs import EpochCache
+
+    d = tmp_path / "t-0"
+    d.mkdir()
+    EpochCache(str(d), 0).assign(1, 0)  # what the broker's writer records before the first batch of epoch 1
+    build(d, n=30)
+    path, pos, _, good_end = _last_batch(d)
+    flip(path, pos + B.EPOCH_AT + 1, 0x04)  # epoch 1 -> 1025, which the partition never had
+    err = assert_fenced_untouched(d, path, os.path.getsize(path), good_end)
+    assert "leader_epoch 1025" in str(err) and "damaged after it was written" in str(err)
+
+
+def test_a_zeroed_sector_in_the_last_batch_is_still_a_torn_tail(tmp_path):
+    d = tmp_path / "t-0"
+    build(d, n=30)
+    path, pos, end, good_end = _last_batch(d)
+    with open(path, "r+b") as f:  # the sector holding its end never reached the disk
+        s = (end - 1) // 512 * 512
+        f.seek(max(s, pos + B.HEADER_SIZE))
+        f.write(bytes(end - max(s, pos + B.HEADER_SIZE)))
+    reopen_ok(d, good_end)

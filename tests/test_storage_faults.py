@@ -159,3 +159,24 @@ def test_enospc_on_a_real_full_filesystem(tmpfs):
     log = PartitionLog(str(data / "t-0"), cfg)
     assert log.fenced is None and log.log_end_offset == acked + 16
     log.close()
+
+
+def test_an_index_fsync_failure_at_close_fences_nothing(tmp_path):
+    # sweep-ioerror: EIO on the index file's fsync in close() fenced the partition, though indexes are derived data
+    from hpbroker.io import layout
+
+    cfg = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, index_interval_bytes=256)
+    fs = FaultyFileSystem()
+    log = PartitionLog(str(tmp_path / "t-0"), cfg, fs=fs)
+    for i in range(20):
+        log.append(make_batch(2, 100, tag=i), 0)
+    log.flush()
+    fs.fail("fsync", errno.EIO, skip=1)  # close: the .log's fsync, then the .index's
+    log.close()  # no exception
+    assert log.fenced is None and fs._rules[0].hits == 1
+    assert not os.path.exists(tmp_path / "t-0" / layout.CHECKPOINT_NAME)  # so the next start rescans and rebuilds
+    log = PartitionLog(str(tmp_path / "t-0"), cfg)
+    try:
+        assert log.fenced is None and log.log_end_offset == 40 and len(read_all(log)) == 20
+    finally:
+        log.close()

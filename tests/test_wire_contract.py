@@ -32,6 +32,19 @@ from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import RETRIABLE, ErrorCode, ProtocolError
 from rawclient import RawClient
 
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """One standalone broker for the module's tests (4 partitions, topics
+    auto-created), as tests/conftest.py's but started once: each test uses
+    topics of its own, and none restarts or stops it."""
+    b = BrokerProcess(tmp_path_factory.mktemp("wire-contract") / "data", args=("--partitions", "4"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
 MiB = 1 << 20
 OFFSETS = "__consumer_offsets"
 enc, dec = msgspec.msgpack.encode, msgspec.msgpack.decode

@@ -43,13 +43,23 @@ def shm_objects(port: int) -> list[str]:
 class LocalBroker:
     """A private broker: ``python -m hpbroker serve`` in a temp dir under ``root``."""
 
-    def __init__(self, root: str | None = None, serve_args: list[str] | None = None):
+    def __init__(self, root: str | None = None, serve_args: list[str] | None = None, curve: bool = False):
+        """``curve``: with [security] curve on; its keys, ACL and the
+        clients' keyword arguments (``client_kw``) are made in its temp dir."""
         self.root = tempfile.mkdtemp(prefix="hpbroker-bench-e2e-", dir=root or os.getcwd())
         self.data_dir = os.path.join(self.root, "data")
         self.log_path = os.path.join(self.root, "broker.log")
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.serve_args = list(serve_args or [])
+        if "--http-port" not in self.serve_args:  # the HTTP port only when a bench asks for it
+            self.serve_args += ["--http-port", "0"]
+        self.client_kw: dict = {}
+        if curve:
+            from hpbroker.bench._e2e_curve import secure
+
+            extra, self.client_kw = secure(self.root)
+            self.serve_args += extra
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -71,9 +81,11 @@ class LocalBroker:
     def _wait_ready(self, timeout: float) -> None:
         import zmq
 
+        from hpbroker.client.curve import client_curve
         from hpbroker.protocol import codec
         from hpbroker.protocol import messages as m
 
+        curve = client_curve(**self.client_kw) if self.client_kw else None
         ctx = zmq.Context.instance()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -81,6 +93,8 @@ class LocalBroker:
                 raise RuntimeError(f"broker exited with {self.proc.returncode} during start:\n{self.log_tail()}")
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                curve.apply(s)
             s.connect(self.url)
             try:
                 s.send_multipart(codec.encode_request(m.Metadata(id=1, topics=[])))
@@ -217,15 +231,39 @@ def remote_processes(url: str) -> dict[str, psutil.Process]:
         return {}
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{tid: (thread name, CPU seconds)} of process ``pid``, from /proc
+    (``ZMQbg/IO/0``: a ZeroMQ I/O thread, where CURVE encrypts and decrypts)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 class CpuSampler:
     """CPU% of each process between :meth:`start` and :meth:`stop` (from
-    their cpu_times), and the peak RSS seen by :meth:`sample`."""
+    their cpu_times), the same per thread name (:meth:`thread_percent`), and
+    the peak RSS seen by :meth:`sample`."""
 
     def __init__(self, procs: dict[str, psutil.Process]):
         self.procs = procs
         self.t0 = self.t1 = 0.0
         self.c0: dict[str, float] = {}
         self.c1: dict[str, float] = {}
+        self.th0: dict[str, dict] = {}
+        self.th1: dict[str, dict] = {}  # each thread's last CPU seen: a worker's threads may end before stop()
         self.peak_rss: dict[str, int] = {}
         self.peak_total_rss = 0
 
@@ -240,9 +278,13 @@ class CpuSampler:
     def start(self) -> None:
         self.t0 = time.perf_counter()
         self.c0 = {n: self._cpu(p) for n, p in self.procs.items()}
+        self.th0 = {n: thread_cpu(p.pid) for n, p in self.procs.items()}
+        self.th1 = {n: dict(v) for n, v in self.th0.items()}
         self.sample()
 
     def sample(self) -> None:
+        for n, p in self.procs.items():
+            self.th1.setdefault(n, {}).update(thread_cpu(p.pid))
         total = 0
         for n, p in self.procs.items():
             try:
@@ -257,6 +299,8 @@ class CpuSampler:
         self.sample()
         self.t1 = time.perf_counter()
         self.c1 = {n: self._cpu(p) for n, p in self.procs.items()}
+        for n, p in self.procs.items():
+            self.th1.setdefault(n, {}).update(thread_cpu(p.pid))
 
     def cpu_percent(self) -> dict[str, float | None]:
         dt = max(self.t1 - self.t0, 1e-9)
@@ -264,6 +308,20 @@ class CpuSampler:
         for n in self.procs:
             a, b = self.c0.get(n), self.c1.get(n)
             out[n] = None if a is None or b is None else round(100.0 * (b - a) / dt, 1)
+        return out
+
+    def thread_percent(self) -> dict[str, dict[str, float]]:
+        """{process: {thread name: CPU%}} over the interval, threads of one
+        name summed ("main" is the process's first thread, whatever its name)."""
+        dt = max(self.t1 - self.t0, 1e-9)
+        out = {}
+        for n, p in self.procs.items():
+            by: dict[str, float] = {}
+            for tid, (name, cpu) in self.th1.get(n, {}).items():
+                was = self.th0.get(n, {}).get(tid, (name, 0.0 if tid != p.pid else cpu))[1]
+                key = "main" if tid == p.pid else name
+                by[key] = by.get(key, 0.0) + 100.0 * (cpu - was) / dt
+            out[n] = {k: round(v, 1) for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.5}
         return out
 
     def pids(self) -> dict[str, int]:

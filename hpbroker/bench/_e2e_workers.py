@@ -107,9 +107,10 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
     lat = np.zeros(max_batches, dtype=np.float64)
     sent_at = np.zeros_like(lat)
     state = {"acked": 0, "errors": 0, "first_error": None, "warmup_sent": 0, "warmup_acked": 0}
-    from hpbroker.client.transport import Transport
+    from hpbroker.client.transport import Transport, client_curve
 
-    t = Transport(url)
+    keys = cfg.get("keys") or {}  # --curve: this client's key and the broker's
+    t = Transport(url, curve=client_curve(**keys) if keys else None)
     t.metadata([topic], timeout_ms=10_000)
     nacc = max(1, len(t.acceptors))
     t.close()
@@ -118,7 +119,7 @@ def _client_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dic
     buffer_memory = (cfg["in_flight"] + 2) * nacc * (cfg["batch_bytes"] + (64 << 10))
     p = Producer(url, acks=cfg["acks"], linger_ms=cfg["linger_ms"], batch_size=cfg["batch_bytes"],
                  max_in_flight=cfg["in_flight"], buffer_memory=min(buffer_memory, 1 << 30),
-                 request_timeout_ms=60_000, enable_idempotence=cfg.get("idempotent", False))
+                 request_timeout_ms=60_000, enable_idempotence=cfg.get("idempotent", False), **keys)
     try:
         p.partitions_for(topic)  # metadata before the clock starts
         freeze_heap()  # no 4-6 ms full collections of the startup heap while measuring
@@ -208,7 +209,7 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
 
     from hpbroker.procutil import freeze_heap
 
-    from hpbroker.client.transport import Transport
+    from hpbroker.client.transport import Transport, client_curve
     from hpbroker.protocol import codec
     from hpbroker.protocol.messages import Produce
 
@@ -217,7 +218,9 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
     total, duration, interval = _schedule(cfg)
     pool = _value_pool(size, n)
     templates = [bytes(B.encode_batch(v)) for v in pool]
-    t = Transport(url)
+    keys = cfg.get("keys") or {}
+    curve = client_curve(**keys) if keys else None
+    t = Transport(url, curve=curve)
     md = t.metadata([topic], timeout_ms=10_000)
     acceptors = list(t.acceptors)
     t.close()
@@ -228,6 +231,8 @@ def _raw_producer(idx, url, topic, nparts, cfg, counters, go, ready_q) -> dict:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 100_000)
         s.setsockopt(zmq.RCVHWM, 100_000)
+        if curve is not None:
+            curve.apply(s)
         s.connect(ep)
         socks.append(s)
     poller = zmq.Poller()
@@ -355,7 +360,7 @@ def _consume(idx, url, topic, parts, cfg, counters, ends, go, ready_q) -> dict:
     from hpbroker.client import Consumer
 
     c = Consumer(url, topic, partitions=parts, auto_offset_reset="earliest", fetch_max_wait_ms=50,
-                 fetch_max_bytes=cfg["fetch_max_bytes"])
+                 fetch_max_bytes=cfg["fetch_max_bytes"], **(cfg.get("keys") or {}))
     for p in parts:
         c.seek(p, 0)
     size = cfg["size"]

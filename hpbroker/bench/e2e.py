@@ -43,6 +43,13 @@ side; each pair gives a ratio, ``replica_vs_standalone`` is their median
 top-level and ``baselines.standalone`` figures are that pair's.  Every
 pair is listed under ``pairs``.
 
+``--curve`` runs the same workload on a broker without CURVE and on one
+with ``[security] curve = true`` (its keys and ACL made in its temp dir,
+every bench client authenticating with its own key), ``--pairs`` pairs
+alternating which goes first; the CURVE run's figures are the top-level
+ones, the plain run's are ``baselines.plain``, and ``curve_vs_plain`` the
+median pair's throughput ratio (``_e2e_curve``).
+
 ``--rate P%`` (for example ``50%``) runs the workload unpaced first, on its
 own private broker (or on ``--broker``), and then offers P % of the peak it
 measured: latency at a chosen fraction of the peak, in one invocation. The
@@ -50,7 +57,7 @@ peak run is reported under ``baselines.peak``.
 
     hpbroker-bench [--messages N | --duration S] [--size B] [--producers P]
                    [--consumers C] [--rate R|P%] [--baseline disk|redis|fsync|all]
-                   [--replica sync|async [--pairs N]] [--json] [--plot FILE.png] [--broker URL]
+                   [--replica sync|async [--pairs N]] [--curve [--pairs N]] [--json] [--plot FILE.png] [--broker URL]
 """
 
 from __future__ import annotations
@@ -120,13 +127,19 @@ def add_arguments(p) -> None:
                    help="run the workload on a standalone broker, then on a master + slave in this replication "
                         "mode (acks=all), and report the replicated figures relative to the standalone ones")
     p.add_argument("--pairs", type=int, default=1,
-                   help="--replica: measure this many standalone/replicated pairs, alternating which goes first, "
-                        "and report the median pair's ratio (default 1)")
+                   help="--replica or --curve: measure this many pairs (standalone/replicated, plain/CURVE), "
+                        "alternating which goes first, and report the median pair's ratio (default 1)")
+    p.add_argument("--curve", action="store_true",
+                   help="run the workload on a broker without CURVE and on one with [security] curve = true "
+                        "(keys and an ACL generated in its temp dir), and report CURVE relative to plain")
     p.add_argument("--redis-messages", type=int, help="messages for the Redis baselines (default: the same count)")
     p.add_argument("--dir", help="where the temp data dir goes (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="rate over time and latency histogram (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from hpbroker.bench import _tx_bench
+
+    _tx_bench.add_arguments(p)
 
 
 def _rate(text: str | None) -> float | str | None:
@@ -173,12 +186,18 @@ def _progress(args, total):
 
 
 def run(args) -> int:
+    if args.transactional:
+        from hpbroker.bench import _tx_bench
+
+        return _tx_bench.run(args)
     if args.size < 1 or args.producers < 1 or args.partitions < 1 or args.consumers < 0:
         raise ValueError("--size, --producers and --partitions must be >= 1, --consumers >= 0")
     if args.replica and args.broker:
         raise ValueError("--replica starts its own standalone broker, master and slave; it cannot use --broker")
-    if args.pairs < 1 or (args.pairs > 1 and not args.replica):
-        raise ValueError("--pairs must be >= 1, and more than one needs --replica")
+    if args.pairs < 1 or (args.pairs > 1 and not (args.replica or args.curve)):
+        raise ValueError("--pairs must be >= 1, and more than one needs --replica or --curve")
+    if args.curve and (args.replica or args.broker or args.rate):
+        raise ValueError("--curve starts its own plain and CURVE brokers; not with --replica, --broker or --rate")
     if args.warmup < 0 or (args.warmup and args.client == "raw"):
         raise ValueError("--warmup must be >= 0 and needs --client producer")
     args.rate = _rate(args.rate)
@@ -208,14 +227,21 @@ def run(args) -> int:
         if not args.no_progress:
             print(f"peak: {peak['msgs_per_s']:,.0f} msgs/s; now {fraction:.0%} of it, {args.rate:,.0f} msgs/s offered",
                   file=sys.stderr)
-    standalone = None
-    if args.replica:
+    standalone = plain = None
+    if args.curve:
+        from hpbroker.bench import _e2e_curve
+
+        result, plain = _e2e_curve.run_pairs(args, baselines, run_once)
+    elif args.replica:
         result, standalone = run_pairs(args, baselines)
     else:
         result = run_once(args, None, baselines)
     if peak is not None:
         result.setdefault("baselines", {})["peak"] = peak
         result["ok"] = bool(result.get("ok") and peak.get("ok"))
+    if plain is not None:
+        result.setdefault("baselines", {})["plain"] = plain
+        result["ok"] = bool(result.get("ok") and plain.get("ok"))
     if standalone is not None:
         result.setdefault("baselines", {})["standalone"] = standalone
         result["ok"] = bool(result.get("ok") and standalone.get("ok"))
@@ -288,10 +314,10 @@ def _serve_args(args) -> list[str]:
     return serve
 
 
-def run_once(args, replica: str | None, baselines: set) -> dict:
+def run_once(args, replica: str | None, baselines: set, curve: bool = False) -> dict:
     """One measured run: start the private broker (or master + slave when
-    ``replica``), measure, run the ``baselines`` on its filesystem, stop
-    everything by pid and remove the temp dirs."""
+    ``replica``; with CURVE when ``curve``), measure, run the ``baselines``
+    on its filesystem, stop everything by pid and remove the temp dirs."""
     from hpbroker.bench import _e2e_broker as EB
 
     broker = pair = hooks = None
@@ -309,7 +335,7 @@ def run_once(args, replica: str | None, baselines: set) -> dict:
             procs = pair.processes()
             hooks = _ReplicaHooks(pair)
         else:
-            broker = EB.LocalBroker(args.dir, _serve_args(args)).start()
+            broker = EB.LocalBroker(args.dir, _serve_args(args), curve=curve).start()
             url = broker.url
             procs = broker.processes()
         result = measure(args, url, procs, broker, hooks)
@@ -377,7 +403,8 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
     from hpbroker.client import Admin
 
     topic = f"bench-e2e-{os.getpid()}-{int(time.time() * 1000) % 10**9}"
-    with Admin(url) as adm:
+    keys = getattr(broker, "client_kw", None) or {}  # a CURVE broker's client key (--curve)
+    with Admin(url, **keys) as adm:
         nparts = adm.create_topic(topic, args.partitions, if_not_exists=True)
     per_batch = W.records_per_batch(args.size, args.batch_bytes)
     mp = multiprocessing.get_context("spawn")
@@ -392,7 +419,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         parts = list(range(c, nparts, C))
         if not parts:
             continue
-        cfg = {"size": args.size, "fetch_max_bytes": args.fetch_max_bytes, "replay": not args.no_replay}
+        cfg = {"size": args.size, "fetch_max_bytes": args.fetch_max_bytes, "replay": not args.no_replay, "keys": keys}
         w = mp.Process(target=W.consumer_main, args=(c, url, topic, parts, cfg, ccount, ends, go, ready_q, result_q),
                        name=f"bench-consumer{c}", daemon=True)
         workers.append(w)
@@ -403,7 +430,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         cfg = {"client": args.client, "size": args.size, "per_batch": per_batch, "batch_bytes": args.batch_bytes,
                "linger_ms": args.linger_ms, "acks": args.acks if args.acks == "all" else int(args.acks),
                "in_flight": args.in_flight, "warmup": args.warmup, "messages": share, "duration": args.duration,
-               "idempotent": args.idempotent,
+               "idempotent": args.idempotent, "keys": keys,
                "rate": args.rate / P if args.rate else None}
         w = mp.Process(target=W.producer_main, args=(i, url, topic, nparts, cfg, pcount, go, ready_q, result_q),
                        name=f"bench-producer{i}", daemon=True)
@@ -442,7 +469,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
                     sampler.stop()
                     if hooks is not None:
                         hooks.after_produce(topic, nparts)
-                    with Admin(url) as adm:
+                    with Admin(url, **keys) as adm:
                         for p in range(nparts):
                             ends[p] = adm.list_offsets(topic, p, -1)
             except Exception as e:  # queue.Empty
@@ -495,6 +522,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
             f", master + slave, replication mode {hooks.pair.mode}" if hooks is not None else ""),
         "client": args.client,
         "replica": hooks.pair.mode if hooks is not None else None,
+        "curve": bool(keys),
         "messages": acked,
         "messages_sent": sent,
         "messages_acked": acked,
@@ -523,6 +551,7 @@ def measure(args, url: str, procs: dict, broker, hooks=None) -> dict:
         "bytes_on_disk": bytes_on_disk,
         "log_mb_per_s": None if bytes_on_disk is None else bytes_on_disk / secs / 1e6,
         "cpu_percent": {n: v for n, v in cpu.items() if not n.startswith("bench-")},
+        "thread_cpu_percent": sampler.thread_percent(),
         "bench_cpu_percent": {n: v for n, v in cpu.items() if n.startswith("bench-")},
         "broker_pids": {n: p.pid for n, p in procs.items()},
         "topic": topic,
@@ -611,6 +640,12 @@ def _ratios(res: dict) -> None:
     pk = b.get("peak")
     if pk and pk.get("msgs_per_s"):
         pk["ratio"] = res["msgs_per_s"] / pk["msgs_per_s"]  # achieved, as a fraction of the peak
+    pl = b.get("plain")
+    if pl and pl.get("msgs_per_s"):
+        pl["ratio"] = res["msgs_per_s"] / pl["msgs_per_s"]
+        for k in ("p50_ms", "p99_ms", "p999_ms"):
+            if res.get(k) and pl.get(k):
+                pl[k.replace("_ms", "_ratio")] = res[k] / pl[k]
     sa = b.get("standalone")
     if sa and sa.get("msgs_per_s"):
         sa["ratio"] = res["msgs_per_s"] / sa["msgs_per_s"]
@@ -629,6 +664,9 @@ def print_table(r: dict) -> None:
     sa = b.get("standalone")
     lat3 = ("p50_ms", "p99_ms", "p999_ms")
     rows = []
+    if b.get("plain"):
+        rows.append(("run", f"CURVE on every socket, acks={r['acks']}; baseline: the same broker without CURVE, "
+                            "same workload, same invocation"))
     if sa:
         rows.append(("run", f"{r['replication']['mode']} replica (master + slave), acks={r['acks']}; "
                             f"baseline: standalone, same workload, same invocation"))
@@ -666,11 +704,24 @@ def print_table(r: dict) -> None:
         rows.append(("slave catch-up after produce",
                      f"{rep['catch_up_seconds'] * 1000:.0f} ms" if rep.get("caught_up")
                      else f"NOT caught up (master {rep.get('master_offsets')}, slave {rep.get('slave_offsets')})"))
+    pl = b.get("plain")
+    if pl:
+        rows.append(("baseline plain messages/s", f"{pl['msgs_per_s']:,.0f}  (CURVE / plain = {pl.get('ratio', 0):.3f})"))
+        rows.append(("baseline plain ack p50 / p99 / p999 ms", " / ".join(_f(pl[k], "{:.2f}") for k in lat3)))
+        if len(r.get("pairs") or ()) > 1:
+            ratios = [f"{p['ratio']:.3f}" for p in r["pairs"]]
+            rows.append((f"{len(ratios)} pairs, CURVE / plain", ", ".join(ratios) + f"; median {pl['ratio']:.3f} "
+                         f"(pair {r['median_pair'] + 1}: the figures here are that pair's)"))
+        for who, label in ((pl, "baseline plain "), (r, "")):
+            for n, th in (who.get("thread_cpu_percent") or {}).items():
+                if n != "supervisor" and th:
+                    rows.append((f"{label}CPU% {n} by thread", ", ".join(f"{k} {v:.0f}%" for k, v in th.items())))
     cm = r.get("cpu_per_m_msgs")
     if cm:
-        cs = (sa or {}).get("cpu_per_m_msgs")
+        cs = (sa or pl or {}).get("cpu_per_m_msgs")
         rows.append(("CPU %·s per M msgs: broker / bench / all", " / ".join(f"{cm[k]:.1f}" for k in ("broker", "bench", "all"))
-                     + (f"  (standalone {' / '.join(f'{cs[k]:.1f}' for k in ('broker', 'bench', 'all'))})" if cs else "")))
+                     + (f"  ({'plain' if pl else 'standalone'} {' / '.join(f'{cs[k]:.1f}' for k in ('broker', 'bench', 'all'))})"
+                        if cs else "")))
     for n, v in r["cpu_percent"].items():
         rows.append((f"CPU% {n} (pid {r['broker_pids'].get(n)})", _f(v, "{:.0f}%")))
     for n, v in r["bench_cpu_percent"].items():

@@ -32,7 +32,7 @@ from functools import partial
 from typing import Callable
 
 from hpbroker import batch
-from hpbroker.io import GroupCommit, PartitionFenced, Storage, StorageError
+from hpbroker.io import DiskFull, GroupCommit, PartitionFenced, Storage, StorageError
 from hpbroker.io.epochs import EpochCache
 from hpbroker.io.producer_state import DUPLICATE, SequenceError
 from hpbroker.ipc import handoff
@@ -41,6 +41,7 @@ from hpbroker.ring import PeerDead, ReaderGroup, RingClosed
 from hpbroker.broker.completion_reporter import CompletionReporter
 from hpbroker.broker.pending_request import PendingRequest, ReplicaGap, error_code
 from hpbroker.broker.round_publisher import RoundPublisher
+from hpbroker.broker.writer_stats import WriterStats
 
 log = logging.getLogger("hpbroker.writer")
 
@@ -71,7 +72,7 @@ class DiskWriter:
     def __init__(self, storage: Storage, group_commit: GroupCommit, rings: ReaderGroup, reporter: CompletionReporter,
                  flush_wakeup: FlushWakeup, *, publisher: RoundPublisher | None = None,
                  make_publisher: Callable[[], RoundPublisher] | None = None, retention_check_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, stats: WriterStats | None = None):
         self.storage = storage
         self.group_commit = group_commit
         self.rings = rings
@@ -85,6 +86,7 @@ class DiskWriter:
         self.stopping = False
         self._promotion_requested = False
         self._handler_of = {reader: partial(self.on_record, i) for i, reader in enumerate(rings.readers)}
+        self.stats = stats or WriterStats()  # its slot of the stats block (hpbroker/stats)
 
     def stop(self) -> None:
         """SIGTERM: drain, flush, report and leave the loop."""
@@ -115,10 +117,13 @@ class DiskWriter:
                 request.last_offset = arg - 1
             else:
                 self._append_batches(plog, buf, pos, count, epoch, record_type == handoff.REPLICA, request)
+                self.stats.appended(topic, partition, buf.nbytes - pos)
             self.reporter.changed_logs.add(plog)
         except Exception as e:  # fenced partition, disk full, a gap: fail this request only
             if not isinstance(e, (StorageError, ReplicaGap, SequenceError)):
                 log.exception("appending to %s/%d failed", topic, partition)
+            if isinstance(e, DiskFull):
+                self._rolled_back((topic, partition), e)
             request.fail(error_code(e), f"{topic}/{partition}: {e}")
         request.appended()
 
@@ -163,6 +168,18 @@ class DiskWriter:
                 raise
             pos += n
 
+    def _rolled_back(self, key: tuple[str, int], e: DiskFull) -> None:
+        """ENOSPC took the log back to ``e.rolled_back_to``: an epoch whose
+        first batch went with it starts wherever its next batch lands (the
+        checkpoint must say where each epoch's batches really begin; recovery
+        and the scrubber check every batch's epoch against it)."""
+        epochs = self.epoch_caches.get(key)
+        if epochs is not None and e.rolled_back_to >= 0:
+            try:
+                epochs.truncate_from(e.rolled_back_to)
+            except OSError as err:
+                log.error("%s/%d: could not update the leader-epoch checkpoint after ENOSPC: %s", key[0], key[1], err)
+
     def _truncate(self, plog, offset: int) -> None:
         """A slave cutting its divergent tail (after flushing what is staged)."""
         self.commit_now()
@@ -178,6 +195,7 @@ class DiskWriter:
         rings meanwhile); its batches are acknowledged when it completes.  A
         master publishes the round to its slaves as it starts, so they write
         and fdatasync it while this broker does (docs/replication.md)."""
+        self.stats.round(self.group_commit.pending_batches, self.group_commit.pending_bytes)
         results = self.group_commit.start_flush()
         if self.publisher is not None:
             self.publisher.publish_round()
@@ -204,6 +222,8 @@ class DiskWriter:
         for key, result in results.items():
             if isinstance(result, PartitionFenced):
                 log.error("partition %s/%d fenced: %s", key[0], key[1], result)
+            elif isinstance(result, DiskFull):
+                self._rolled_back(key, result)
             plog = self.storage.find(*key)
             if plog is not None:
                 reporter.changed_logs.add(plog)  # its high watermark moved (or it failed): tell the acceptors
@@ -218,6 +238,7 @@ class DiskWriter:
         """Report answered requests and moved watermarks (every one of
         ``logs``, when given); see :meth:`CompletionReporter.report`."""
         publisher = self.publisher
+        self.stats.logs(self.reporter.changed_logs if logs is None else logs, full=logs is not None)
         if self.reporter.report(logs, master=publisher is not None, send_held=send_held) and publisher is not None:
             publisher.send_note()
 
@@ -247,6 +268,7 @@ class DiskWriter:
             if self.stopping:
                 break
             if now >= next_full_report:
+                self.storage.check_scrub_findings()  # the scrubber's reports fence (hpbroker.io.scrub); logged there
                 self.report(self.storage.logs())
                 self.storage.remove_due()  # retention's .deleted files whose delete_delay_ms has passed
                 next_full_report = now + FULL_REPORT_EVERY_S

@@ -43,8 +43,8 @@ def doorbell_name(w: int) -> str:
 
 def lock_data_dir(data_dir: Path) -> int:
     """flock ``data_dir/.lock`` (two brokers never share a data directory); -> the fd, held for the broker's life."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as every file in it (docs/security.md)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -72,9 +72,10 @@ def create_rings(instance: str, plan, cfg: config_mod.Config, *, replicated: boo
     when ``replicated``; a writer's rings share its doorbell.  Each ring's
     pages are first touched (zeroed) while this process runs on the writer's
     NUMA node, so they are allocated there.  -> every object made (the
-    caller unlinks them at stop)."""
+    caller unlinks their names once every process has them open, and at
+    stop)."""
     b, r = cfg.broker, cfg.ring
-    made: list = [Doorbell(instance, doorbell_name(w)) for w in range(b.writers)]
+    made: list = []
     generation = time.time_ns() & 0x7FFF_FFFF
     for a, w, node in plan.rings:
         cpus = plan.nodes.get(node) if node is not None and len(plan.nodes) > 1 else None
@@ -85,4 +86,7 @@ def create_rings(instance: str, plan, cfg: config_mod.Config, *, replicated: boo
         for w in range(b.writers):
             made.append(SharedRing.create(instance, replica_ring_name(w), r.capacity_bytes, doorbell=doorbell_name(w),
                                           generation=generation, heartbeat_ms=r.heartbeat_ms))
+    # after the rings: every semaphore of the instance is then named in a
+    # segment's header, where a reclaimer finds it (hpbroker.ring.reclaim)
+    made += [Doorbell(instance, doorbell_name(w)) for w in range(b.writers)]
     return made

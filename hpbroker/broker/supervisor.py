@@ -4,10 +4,11 @@ It owns lifecycle and nothing else.  Order of events:
 
 start
     lock the data directory; unlink shared memory a killed broker of the
-    same instance left behind; create the rings (each on its writer's NUMA
-    node) and doorbells; start the writers and wait until each has
-    recovered its partitions; start the acceptors; publish the cluster
-    view.
+    same instance left behind, and that of any instance whose owner is
+    dead; create the rings (each on its writer's NUMA node) and doorbells;
+    start the writers and wait until each has recovered its partitions;
+    start the acceptors; unlink the shared-memory names (every process has
+    them open); publish the cluster view.
 serve
     answer topic creation from acceptors; watch every child.  A child that
     dies stops the whole broker (exit code 1) with a log line naming it:
@@ -31,19 +32,22 @@ from pathlib import Path
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker import stats as stats_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
 from hpbroker.broker.host import (StartupError, check_port, create_rings, doorbell_name, lock_data_dir,
                                   replica_ring_name, ring_name)
 from hpbroker.broker import role as role_mod
+from hpbroker.broker import sdnotify
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
 from hpbroker.ipc import control
-from hpbroker.broker import writer_process
+from hpbroker.broker import scrubber_process, writer_process
 from hpbroker.replication import probe
 from hpbroker.replication import process as replicator_mod
-from hpbroker.ring import cleanup_stale
+from hpbroker.ring import cleanup_stale, reclaim_dead
+from hpbroker.security import BrokerSecurity
 from hpbroker.text import listener as text_listener
 from hpbroker.protocol.errors import ErrorCode
 from hpbroker.sockets import drain, make_socket
@@ -51,6 +55,8 @@ from hpbroker.sockets import drain, make_socket
 log = logging.getLogger("hpbroker.supervisor")
 
 START_TIMEOUT_S = 60.0
+#: children whose exit is logged but does not stop the broker: they check, they never serve
+OPTIONAL_CHILDREN = ("scrubber",)
 
 
 class Supervisor:
@@ -84,6 +90,8 @@ class Supervisor:
         b = self.cfg.broker
         for port in (b.port, *b.acceptor_ports):
             check_port(b.bind, port)
+        if self.cfg.http_port:
+            check_port(self.cfg.http.bind or b.bind, self.cfg.http_port)
         if self.cfg.text_port:
             check_port(self.cfg.text_protocol.bind or b.bind, self.cfg.text_port)
         self._lock_fd = lock_data_dir(self.data_dir)
@@ -103,14 +111,23 @@ class Supervisor:
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
         if removed:
             log.info("unlinked %d shared-memory objects left by a killed broker: %s", len(removed), ", ".join(removed))
+        removed = reclaim_dead(skip=self.instance) + stats_mod.reclaim_dead(skip=self.instance)
+        if removed:
+            log.info("unlinked %d shared-memory objects of other broker instances whose owner is dead: %s",
+                     len(removed), ", ".join(removed))
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.run_dir.mkdir(parents=True)
+        self.run_dir.mkdir(mode=0o700, parents=True)  # its ipc:// sockets are for this broker's processes only
         self._own_run_dir = True
         self.plan = layout.plan(b)
         self.ctx = zmq.Context()
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=self._ipc("control"))
         self.view_pub = make_socket(self.ctx, zmq.PUB, bind=self._ipc("view"))
         self.owned_shm += create_rings(self.instance, self.plan, self.cfg, replicated=self.role != "standalone")
+        # counters, histograms and log tails of every process (hpbroker/stats), read by the HTTP process
+        self.stats = stats_mod.StatsBlock.create(self.instance, stats_mod.layout.slot_names(
+            b.acceptors, b.writers, self.role != "standalone"), self.cfg.http.stats_rows)
+        self.owned_shm.append(self.stats)
+        stats_mod.capture_logs(self.stats.slot("supervisor")).setLevel(logging.INFO)
         self.mp = mp = multiprocessing.get_context("spawn")
         self.cfg_bytes = cfg_bytes = config_mod.dumps(self._child_config())
         replicated = self.role != "standalone"
@@ -122,6 +139,8 @@ class Supervisor:
                         (w, cfg_bytes, self.instance, rings, doorbell_name(w), pushes, self._ipc("control"), pl.cpus,
                          self._ipc("repl-feed") if replicated else None, self.role == "master", self._pub_bind(w)))
         self._await(lambda: sum(1 for n in self._ready if n.startswith("writer")) == b.writers, "writers to recover their partitions")
+        if self.cfg.scrub.enabled:  # re-reads closed segments at scrub.rate_bytes (docs/reliability.md)
+            self._spawn(mp, "scrubber", scrubber_process.main, (cfg_bytes,))
         if replicated:
             self._start_replicator(self.role)
         for a in range(b.acceptors):
@@ -132,7 +151,9 @@ class Supervisor:
                         (a, cfg_bytes, self.instance, [ring_name(a, w) for w in range(b.writers)], endpoint,
                          self._ipc(f"acc{a}"), self._ipc("control"), self._ipc("view"), self._ipc("repl-state"), pl.cpus))
         self._await(lambda: all(self.endpoints), "acceptors to bind their endpoints")
+        self._unlink_shm_names()
         self.publish_view()
+        self._start_http()
         if self.cfg.text_port:
             n = self.cfg.text_protocol.processes
             for k in range(n):
@@ -144,6 +165,17 @@ class Supervisor:
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch, f", MetaQ text port {self.text_port}" if self.text_port else "")
 
+    def _unlink_shm_names(self) -> None:
+        """Every process has its rings and semaphores open now (writers,
+        the replicator and acceptors attach before they report ready, and
+        none attaches later, a promotion included): remove their names, so
+        that a kill -9 of the whole broker leaves nothing in /dev/shm.  The
+        objects live on while mapped; the supervisor keeps each segment's
+        fd, through which ``hpbroker ring stat`` still finds them."""
+        for obj in self.owned_shm:
+            obj.unlink()
+        log.info("unlinked the names of %d shared-memory objects (all processes have them open)", len(self.owned_shm))
+
     def _choose_role(self) -> None:
         """The flags' role, or master if this broker was promoted and its
         old master is not back as one (hpbroker.broker.role)."""
@@ -153,7 +185,8 @@ class Supervisor:
         def master_answering() -> str | None:
             ctx = zmq.Context()
             try:
-                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id,
+                                             curve=BrokerSecurity(self.cfg.security, ctx).to_master())
             finally:
                 ctx.term()
             return None if rep is None else f"broker {rep.broker_id}, epoch {rep.leader_epoch}"
@@ -211,6 +244,18 @@ class Supervisor:
 
     _ready: set[str]
 
+    def _start_http(self) -> None:
+        """The HTTP process (metrics, health, gateway, dashboard): a client
+        of the acceptors and a reader of the stats block, never in the data
+        path.  Not started when http.port is 0."""
+        if not self.cfg.http_port:
+            return
+        from hpbroker.http import process as http_process  # aiohttp is imported in the child only
+
+        self._http_started = time.monotonic()
+        self._spawn(self.mp, "http", http_process.main,
+                    (self.cfg_bytes, self.instance, [e for e in self.endpoints if e], os.getpid()))
+
     def _child_config(self) -> config_mod.Config:
         import msgspec
 
@@ -224,6 +269,8 @@ class Supervisor:
                        daemon=False)
         p.start()
         self.children[name] = p
+        if getattr(self, "stats", None) is not None:
+            self.stats.set_pid(name, p.pid)
         log.info("started %s (pid %d)", name, p.pid)
 
     def _await(self, done, what: str) -> None:
@@ -331,7 +378,20 @@ class Supervisor:
         return control.TopicResult(code=0, message="", view=self.view())
 
     def _check_children(self) -> None:
-        for name, p in self.children.items():
+        http = self.children.get("http")
+        if http is not None and http.exitcode is not None and not self.stop_requested:
+            # the HTTP process is no part of the data path: restarted, never a reason to stop the broker
+            if time.monotonic() - self._http_started > 5.0:
+                log.error("http (pid %d) died with exit code %s; starting it again", http.pid, http.exitcode)
+                del self.children["http"]
+                self._start_http()
+        for name, p in list(self.children.items()):
+            if name == "http":
+                continue
+            if p.exitcode is not None and name in OPTIONAL_CHILDREN:
+                log.error("%s (pid %d) exited with %s; the broker goes on without it", name, p.pid, p.exitcode)
+                del self.children[name]
+                continue
             if p.exitcode is not None:
                 how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
                 raise ChildDied(f"{name} (pid {p.pid}) died with {how}; stopping the broker")
@@ -348,10 +408,11 @@ class Supervisor:
         timeout = self.cfg.broker.shutdown_timeout_ms / 1000.0 + 5.0
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
-        others = [p for n, p in self.children.items() if n == "replicator"]
-        # the text listener first: a client of the acceptors, it answers its in-flight puts while they still run
+        others = [p for n, p in self.children.items() if n in ("replicator", *OPTIONAL_CHILDREN)]
+        http = [p for n, p in self.children.items() if n == "http"]  # first: /readyz fails, the gateway drains
+        # the text listeners next: clients of the acceptors, they answer their in-flight puts while those still run
         text = [p for n, p in self.children.items() if n.startswith("text")]
-        for group in (text, acceptors, others, writers):
+        for group in (http, text, acceptors, others, writers):
             for p in group:
                 if p.exitcode is None:
                     # SIGTERM: drain, answer, exit.  After a child died there is
@@ -402,12 +463,14 @@ def run(cfg: config_mod.Config) -> int:
     try:
         sup.start()
         freeze_heap()
+        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}")
         sup.serve()
     except (StartupError, ChildDied) as e:
         log.error("%s", e)
         sup.fatal = True
         code = 1
     finally:
+        sdnotify.notify("STOPPING=1")
         sup.stop()
     if code == 0:
         log.info("stopped cleanly")

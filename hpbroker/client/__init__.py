@@ -5,6 +5,7 @@ Imports only :mod:`hpbroker.protocol`, :mod:`hpbroker.batch` and zmq.
 
 from hpbroker.client.admin import Admin, PartitionInfo
 from hpbroker.client.consumer import Consumer
+from hpbroker.client.integrity import CorruptBatchError
 from hpbroker.client.producer import Producer
 from hpbroker.client.records import FutureRecordMetadata, Message, RawBatches, RecordMetadata, SpilledFuture
 from hpbroker.protocol.errors import BrokerError, ErrorCode
@@ -14,6 +15,7 @@ __all__ = [
     "Admin",
     "BrokerError",
     "Consumer",
+    "CorruptBatchError",
     "ErrorCode",
     "Filter",
     "FilterError",

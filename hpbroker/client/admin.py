@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence, Union
 
 from hpbroker.client.membership import find_coordinator
-from hpbroker.client.transport import Transport
+from hpbroker.client.transport import Transport, client_curve
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import EARLIEST, LATEST, CreateTopic, ListOffsets, MetadataReply, TopicMetadata
@@ -115,8 +115,10 @@ def reset_spec(spec: Union[str, tuple, ResetSpec]) -> ResetSpec:
 
 class Admin:
     def __init__(self, bootstrap: str = "tcp://127.0.0.1:7600", *, request_timeout_ms: int = 30_000,
-                 connect_timeout_ms: int = 10_000):
-        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms)
+                 connect_timeout_ms: int = 10_000, curve_secret_key_file: str | None = None,
+                 broker_public_key: str | bytes | None = None):
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms,
+                            curve=client_curve(curve_secret_key_file, broker_public_key))
         self.connect_timeout_ms = connect_timeout_ms
         self._bootstrapped = False
         self._coordinators: dict[str, str] = {}

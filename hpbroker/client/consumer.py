@@ -37,7 +37,7 @@ from hpbroker.client.fetcher import Fetcher, Part
 from hpbroker.client.group_offsets import GroupOffsets
 from hpbroker.client.membership import Membership
 from hpbroker.client.records import Message, RawBatches, TopicPartition
-from hpbroker.client.transport import Transport
+from hpbroker.client.transport import Transport, client_curve
 from hpbroker.client.waker import Waker
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.filters import Filter
@@ -87,6 +87,9 @@ class Consumer:
         consumer_timeout_ms: float | None = None,
         max_reply_bytes: int = 64 << 20,
         filter=None,
+        curve_secret_key_file: str | None = None,
+        broker_public_key: str | bytes | None = None,
+        check_crcs: bool = True,
     ):
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be 'earliest', 'latest' or 'none'")
@@ -118,11 +121,13 @@ class Consumer:
         self._on_assign = on_assign or getattr(listener, "on_partitions_assigned", None)
         self._on_revoke = on_revoke or getattr(listener, "on_partitions_revoked", None)
         self._on_lost = on_lost or getattr(listener, "on_partitions_lost", None)
+        curve = client_curve(curve_secret_key_file, broker_public_key)
         self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, max_reply_bytes=max_reply_bytes,
-                            readers=True)
+                            readers=True, curve=curve)
         # filter: a server-side filter, a hpbroker.Filter or a dict (docs/consumer.md, "Filters")
         self._f = Fetcher(self._t, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes, min_bytes=fetch_min_bytes,
-                          reset_needed=self._reset, decode_headers=batch.decode_headers, filter=filter)
+                          reset_needed=self._reset, decode_headers=batch.decode_headers, filter=filter,
+                          check_crcs=check_crcs)
         self._waker: Waker | None = None
         self._membership: Membership | None = None
         self._offsets: GroupOffsets | None = None
@@ -145,7 +150,7 @@ class Consumer:
                 self._membership = Membership(bootstrap, group_id, names, session_timeout_ms=session_timeout_ms,
                                               max_poll_interval_ms=max_poll_interval_ms, assignor=assignor,
                                               instance_id=self.instance_name, request_timeout_ms=request_timeout_ms,
-                                              on_change=self._waker.wake)
+                                              on_change=self._waker.wake, curve=curve)
                 self._offsets.membership = self._membership
                 self._membership.start()
             elif partitions is not None:

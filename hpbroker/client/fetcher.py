@@ -26,6 +26,7 @@ from typing import Callable
 import msgspec
 
 from hpbroker import batch
+from hpbroker.client.integrity import CorruptBatchError, check_reply
 from hpbroker.client.records import Message, RawBatches
 from hpbroker.client.transport import Transport
 from hpbroker.protocol.errors import BrokerError, ErrorCode
@@ -54,12 +55,16 @@ class Part:
 
 class Fetcher:
     def __init__(self, t: Transport, *, max_wait_ms: int, max_bytes: int, min_bytes: int, reset_needed: Callable,
-                 decode_headers: Callable | None = None, filter: Filter | dict | None = None):
+                 decode_headers: Callable | None = None, filter: Filter | dict | None = None,
+                 check_crcs: bool = True):
         """``reset_needed(part)``: sets ``part.position`` from the reset
         policy (auto_offset_reset) when it is None.  ``filter``: a
         server-side filter (a :class:`Filter`, or a dict in its language;
-        checked here, ValueError when bad)."""
+        checked here, ValueError when bad).  ``check_crcs``: check every
+        batch's CRC32C and offsets before handing it out
+        (:mod:`hpbroker.client.integrity`)."""
         self.t = t
+        self.check_crcs = check_crcs
         self.max_wait_ms = max_wait_ms
         self.max_bytes = max_bytes
         self.min_bytes = min_bytes
@@ -132,16 +137,31 @@ class Fetcher:
             if rep.code != ErrorCode.BUSY and self.t.several:
                 self.lost = True  # maybe failed over: ask every broker which one to read from
             return  # retried by the next fetch_all
+        if rep.code == ErrorCode.CORRUPT_STORED_BATCH:
+            part.error = CorruptBatchError(part.topic, part.partition, part.fetch_offset, rep.message, rep.code)
+            return
         if rep.code or not isinstance(rep, FetchReply):
             part.error = BrokerError(rep.code or ErrorCode.INTERNAL, rep.message or f"unexpected {type(rep).__name__}")
             return
         data = payloads[0]
         self.fetched_bytes += len(data)
-        if self.filter is not None and rep.next_offset < 0 and len(data):
+        old_broker = self.filter is not None and rep.next_offset < 0
+        # every batch is checked before anything of it is handed out (hpbroker.client.integrity);
+        # a filtered reply's batches are cut from the stored ones, so their offsets skip
+        end, nxt, problem = check_reply(data, part.fetch_offset, crcs=self.check_crcs,
+                                        contiguous=self.filter is None or old_broker)
+        if problem is not None:
+            if end == 0:
+                part.error = CorruptBatchError(part.topic, part.partition, nxt, problem)
+                return
+            # the good batches before it are handed out; the next fetch starts at the bad one and raises then
+            data = data[:end]
+            rep = FetchReply(id=rep.id, next_offset=-1)
+        if old_broker and len(data):
             # a broker older than filters ignored ours and sent everything: filter here
-            pieces, _, nxt, _ = select(data, self.filter, part.fetch_offset, 1 << 62)
+            pieces, _, fnext, _ = select(data, self.filter, part.fetch_offset, 1 << 62)
             data = memoryview(b"".join(pieces))
-            rep = FetchReply(id=rep.id, next_offset=nxt)
+            rep = FetchReply(id=rep.id, next_offset=nxt if problem is not None else fnext)
         end = 0
         last = None
         for pos, h in batch.iter_batches(data):

@@ -59,11 +59,12 @@ def _lists(tps) -> list[m.TopicPartitions]:
 class Membership:
     def __init__(self, bootstrap, group: str, topics: list[str], *, session_timeout_ms: int = 10_000,
                  max_poll_interval_ms: int = 300_000, assignor: str = "", instance_id: str = "",
-                 request_timeout_ms: int = 30_000, on_change=None):
+                 request_timeout_ms: int = 30_000, on_change=None, curve=None):
         """``on_change()``: called from the heartbeat thread when there is
         something for :meth:`take` (a new assignment, a loss, an error), so
         a caller blocked in ``poll`` wakes up for it."""
         self.bootstrap = bootstrap
+        self.curve = curve  # the Consumer's CURVE options (hpbroker.sockets.Curve), or None
         self.group = group
         self.topics = list(topics)
         self.session_timeout_ms = session_timeout_ms
@@ -140,7 +141,7 @@ class Membership:
     # -- the heartbeat thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        t = Transport(self.bootstrap, request_timeout_ms=self.request_timeout_ms)
+        t = Transport(self.bootstrap, request_timeout_ms=self.request_timeout_ms, curve=self.curve)
         try:
             while not self._stop.is_set():
                 wait = self._beat(t)

@@ -45,8 +45,9 @@ from hpbroker.client.records import FutureRecordMetadata, attach, join
 from hpbroker.client.sender import Sender
 from hpbroker.client.spill import SpillJournal, encode_record
 from hpbroker.client.split import encode_requests
-from hpbroker.client.transport import Transport
+from hpbroker.client.transport import Transport, client_curve
 from hpbroker.client.waker import Waker
+from hpbroker.client.xa import Transactional
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import InitProducerId
 
@@ -57,7 +58,7 @@ _Waker = Waker  # the name tests/test_client_waker.py imports
 _ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 
 
-class Producer:
+class Producer(Transactional):
     def __init__(
         self,
         bootstrap: str = "tcp://127.0.0.1:7600",
@@ -79,6 +80,10 @@ class Producer:
         topic_partitions: Mapping[str, int] | None = None,
         spill_segment_bytes: int = 64 << 20,
         enable_idempotence: bool = False,
+        transaction_timeout_ms: int = 60_000,
+        transaction_flush_bytes: int = 1 << 20,
+        curve_secret_key_file: str | None = None,
+        broker_public_key: str | bytes | None = None,
     ):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
@@ -107,8 +112,12 @@ class Producer:
         self.request_timeout_ms = request_timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
         self.block_on_full = block_on_full
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.transaction_flush_bytes = transaction_flush_bytes
+        self._bootstrap = bootstrap
         self.ordered = ordered
-        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm)
+        curve = client_curve(curve_secret_key_file, broker_public_key)  # a bad key file: ValueError before any thread
+        self._t = Transport(bootstrap, request_timeout_ms=request_timeout_ms, hwm=hwm, curve=curve)
         self._lock = threading.Lock()
         self._waker = _Waker()
         self._memory = BufferMemory(self._lock, buffer_memory, self.max_block)
@@ -191,6 +200,8 @@ class Producer:
         kafka-python; a malformed one raises TypeError or ValueError here
         too (``hpbroker.batch.encode_headers``).  Consumers read them back
         with ``hpbroker.batch.decode_headers(message.headers)``."""
+        if self._xa is not None:  # between tpc_begin and its end: the message joins the XA branch
+            return self._xa.send(topic, value, key, partition, headers=headers)
         if value.__class__ is not bytes:
             value = _as_bytes(value, "value")
         size = len(value) + _ENTRY
@@ -232,6 +243,8 @@ class Producer:
         its list of ``(name, value)`` pairs (as :meth:`send` takes) or None.
         They are checked here; the same list object given for many records
         is encoded once."""
+        if self._xa is not None:
+            return self._xa.send_batch(topic, values, partition, keys, headers=headers)
         if not len(values):
             raise ValueError("send_batch needs at least one value")
         blobs = None if headers is None else _encode_each(headers, len(values))
@@ -302,6 +315,7 @@ class Producer:
                         self._spill.directory)
         finally:
             self._closed = True
+            self._close_transactions()
             self._sender.stop()
             if self._spill is not None:
                 self._spill.close()

@@ -26,6 +26,16 @@ still waiting on it are answered at once, locally, with REQUEST_TIMED_OUT
 that arrived before the drop are read first.  Whether a request that lost
 its connection was carried out is unknown, as with any timeout.
 
+CURVE (``curve=``, from :func:`client_curve`): every DEALER is a CURVE
+client with the caller's key pair and the broker's public key.  A broker
+that refuses the handshake sends nothing back, not even an error; the
+monitor sees it fail.  An unknown key (ZAP status 400) or CURVE on one
+side only (a mechanism mismatch) answers the requests waiting for that
+broker locally with NOT_AUTHORIZED and what went wrong, instead of a
+timeout.  A handshake that fails with no detail (a wrong broker key looks
+so, and so does a broker dying mid-handshake) stays a retriable
+"lost the connection", with a hint.
+
 Several brokers: :meth:`Transport.discover` asks all of them for metadata
 at once and adopts the one that leads (:mod:`hpbroker.client.cluster`).
 """
@@ -45,7 +55,8 @@ from hpbroker.client.cluster import choose_leader, parse_bootstrap, reachable, t
 from hpbroker.protocol import codec
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
 from hpbroker.protocol.messages import ErrorReply, Metadata, MetadataReply
-from hpbroker.sockets import drain, make_socket, try_send
+from hpbroker.client.curve import WATCHED, client_curve, refusal  # noqa: F401 (client_curve re-exported)
+from hpbroker.sockets import Curve, drain, make_socket, try_send
 
 log = logging.getLogger("hpbroker.client")
 
@@ -53,7 +64,6 @@ DEFAULT_MAX_BATCH_BYTES = 8 << 20
 DEFAULT_MAX_REQUEST_BYTES = 16 << 20
 
 OnReply = Callable[[object, list], None]
-
 
 class _Call:
     __slots__ = ("on_reply", "on_sent", "deadline", "endpoint")
@@ -75,6 +85,7 @@ class Transport:
         max_reply_bytes: int = 64 << 20,
         context: zmq.Context | None = None,
         readers: bool = False,
+        curve: Curve | None = None,
     ):
         self.bootstraps = parse_bootstrap(bootstrap)
         self.readers = readers  # a consumer's: a slave will do when no broker leads (discover)
@@ -82,6 +93,7 @@ class Transport:
         self.request_timeout_ms = request_timeout_ms
         self.hwm = hwm
         self.max_reply_bytes = max_reply_bytes
+        self.curve = curve
         # The process-wide context: a client that is garbage-collected
         # without close() must not hang in Context.term() (its sockets have
         # LINGER 0 and go with it).
@@ -108,8 +120,9 @@ class Transport:
         s = self.sockets.get(endpoint)
         if s is None:
             s = make_socket(self.ctx, zmq.DEALER, sndhwm=self.hwm, rcvhwm=self.hwm, maxmsgsize=self.max_reply_bytes,
-                            options={zmq.IMMEDIATE: 1, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 2000})
-            mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                            options={zmq.IMMEDIATE: 1, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 2000},
+                            curve=self.curve)
+            mon = s.get_monitor_socket(WATCHED)
             s.connect(endpoint)
             self.sockets[endpoint] = s
             self._by_socket[s] = endpoint
@@ -227,20 +240,31 @@ class Transport:
 
     def _on_monitor(self, mon: zmq.Socket) -> None:
         dropped = False
+        refused = None
+        hint = ""
         while True:
             try:
                 ev = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:
                 break
             dropped |= ev["event"] == zmq.EVENT_DISCONNECTED
-        if not dropped:
-            return
+            refused = refusal(ev) or refused
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # also what a broker dying mid-handshake looks like: a hint, and the error stays retriable
+                hint = (" (the handshake failed: a wrong broker_public_key?)" if self.curve is not None else
+                        " (the handshake failed: if the broker has CURVE on, pass curve_secret_key_file= and broker_public_key=)")
         sock = self._monitors[mon]
         endpoint = self._by_socket[sock]
+        if refused:
+            msg = f"the broker at {endpoint} refused the connection: {refused}"
+            for rid in [rid for rid, call in self.pending.items() if call.endpoint == endpoint]:
+                self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.NOT_AUTHORIZED), message=msg), [])
+        if not dropped:
+            return
         self._receive(sock)  # replies that came before the drop are answers, not losses
         if self.on_disconnect is not None:
             self.on_disconnect(endpoint)
-        msg = f"lost the connection to {endpoint} before the reply (the request may or may not have been carried out)"
+        msg = f"lost the connection to {endpoint} before the reply (the request may or may not have been carried out){hint}"
         for rid in [rid for rid, call in self.pending.items() if call.endpoint == endpoint]:
             self._deliver(rid, ErrorReply(id=rid, code=int(ErrorCode.REQUEST_TIMED_OUT), message=msg), [])
 

@@ -1,4 +1,4 @@
-"""What every command that talks to a broker shares: --broker, and one-line errors."""
+"""What every command that talks to a broker shares: --broker, CURVE keys, and one-line errors."""
 
 from __future__ import annotations
 
@@ -21,6 +21,17 @@ def add_broker_args(p, several: bool = True) -> None:
     p.set_defaults(broker_several=several)
     p.add_argument("--connect-timeout-ms", type=int, default=5000, metavar="MS",
                    help="give up when the broker does not answer the first request within MS (default %(default)s)")
+    p.add_argument("--curve-secret-key-file", metavar="FILE", default=os.environ.get("HPBROKER_CURVE_SECRET_KEY_FILE"),
+                   help="CURVE: this client's secret certificate, NAME.key_secret (hpbroker keys generate; default "
+                        "$HPBROKER_CURVE_SECRET_KEY_FILE); needs --broker-public-key")
+    p.add_argument("--broker-public-key", metavar="KEY", default=os.environ.get("HPBROKER_BROKER_PUBLIC_KEY"),
+                   help="CURVE: the broker's public key (Z85) or its public certificate NAME.key (default "
+                        "$HPBROKER_BROKER_PUBLIC_KEY)")
+
+
+def curve_args(args) -> dict:
+    """The CURVE keyword arguments of Producer, Consumer, Admin and request() from the flags."""
+    return {"curve_secret_key_file": args.curve_secret_key_file, "broker_public_key": args.broker_public_key}
 
 
 def user_error(e: BrokerError, url: str):
@@ -40,3 +51,9 @@ def check_broker_arg(args) -> None:
         raise UserError(f"--broker: {e}", 2) from None
     if len(urls) > 1 and not args.broker_several:
         raise UserError(f"--broker: this command talks to one broker, got {len(urls)}: {args.broker}", 2)
+    from hpbroker.client.curve import client_curve
+
+    try:
+        client_curve(args.curve_secret_key_file, args.broker_public_key)
+    except ValueError as e:
+        raise UserError(f"--curve-secret-key-file/--broker-public-key: {e}", 2) from None

@@ -24,7 +24,7 @@ import sys
 import time
 
 from hpbroker.commands import UserError
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 
 def register(sub) -> None:
@@ -100,7 +100,7 @@ def _consumer(args):
                   session_timeout_ms=args.session_timeout_ms)
     return Consumer(args.broker, args.topic, partitions=None if args.partition is None else [args.partition],
                     auto_offset_reset="earliest" if args.from_beginning else "latest",
-                    connect_timeout_ms=args.connect_timeout_ms, fetch_max_wait_ms=500, **kw)
+                    connect_timeout_ms=args.connect_timeout_ms, **curve_args(args), fetch_max_wait_ms=500, **kw)
 
 
 def _formatter(args):

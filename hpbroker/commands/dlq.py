@@ -35,7 +35,7 @@ import sys
 import time
 
 from hpbroker.commands import UserError
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 #: give up when the dead-letter topic yields nothing for this long although the replay has not reached its end
 IDLE_LIMIT_S = 30.0
@@ -114,7 +114,7 @@ def _replay(args) -> int:
     if args.max_messages is not None and args.max_messages < 0:
         raise UserError("--max-messages must be >= 0", 2)
     source = dlq_topic(args.topic, args.group)
-    a = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms)
+    a = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
     try:
         partitions = len(a.topic(source).partitions)
     except BrokerError as e:
@@ -148,7 +148,7 @@ class Replay:
 
         args = self.args
         c = Consumer(args.broker, self.source, partitions=range(self.partitions), group_id=self.group,
-                     enable_auto_commit=False, auto_offset_reset="earliest", connect_timeout_ms=args.connect_timeout_ms,
+                     enable_auto_commit=False, auto_offset_reset="earliest", connect_timeout_ms=args.connect_timeout_ms, **curve_args(args),
                      fetch_max_wait_ms=200)
         producer = None
         try:
@@ -161,7 +161,7 @@ class Replay:
             if not args.dry_run and limit:
                 from hpbroker.client.producer import Producer
 
-                producer = Producer(args.broker, acks="all", linger_ms=5, connect_timeout_ms=args.connect_timeout_ms)
+                producer = Producer(args.broker, acks="all", linger_ms=5, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
             bar = _bar(args, limit)
             try:
                 self._loop(c, producer, ends, done, limit, bar)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from hpbroker.commands import UserError
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 
 def register(sub) -> None:
@@ -52,7 +52,7 @@ def _call(args, fn):
     from hpbroker.client.admin import Admin
     from hpbroker.protocol.errors import BrokerError
 
-    a = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms)
+    a = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
     try:
         return fn(a)
     except BrokerError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 CHUNK_BYTES = 1 << 20
 READ_BYTES = 4 << 20
@@ -85,7 +85,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     count = nbytes = 0
     futures = []
-    p = Producer(args.broker, acks=acks, connect_timeout_ms=args.connect_timeout_ms, max_block_ms=max(args.connect_timeout_ms, 60_000))
+    p = Producer(args.broker, acks=acks, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args), max_block_ms=max(args.connect_timeout_ms, 60_000))
     try:
         try:
             nparts = len(p.partitions_for(args.topic))

@@ -10,7 +10,7 @@ truncates its divergent tail by epoch.
 
 from __future__ import annotations
 
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 
 def register(sub) -> None:
@@ -28,7 +28,7 @@ def run(args) -> int:
 
     try:
         rep = request(args.broker, lambda i: m.Promote(id=i, force=args.force), 60_000,
-                      connect_timeout_ms=args.connect_timeout_ms)
+                      connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
     except BrokerError as e:
         raise user_error(e, args.broker) from None
     print(f"{args.broker} is now the master, leader epoch {rep.leader_epoch}")

@@ -1,6 +1,8 @@
 """``hpbroker ring stat [--instance NAME] [--json]``: the shared-memory rings of running brokers.
 
-Scans /dev/shm for ``hpb.<instance>.<ring>`` segments and maps each one
+Scans /dev/shm for ``hpb.<instance>.<ring>`` segments, and /proc/*/fd for
+those a running broker has unlinked (its supervisor keeps their fds; the
+names go once every process has them mapped), and maps each one
 read-only (it never writes, never takes a semaphore, never unlinks), then
 prints per ring: capacity, fill, head/tail positions, the owner, producer
 and consumer pids with their heartbeat ages, and whether each pid is alive.
@@ -44,6 +46,7 @@ def _row(info: dict) -> dict:
         "instance": info["instance"],
         "ring": info["ring"],
         "valid": True,
+        "unlinked": info.get("unlinked", False),
         "stale": is_stale(info),
         "capacity": cap,
         "alignment": info["alignment"],
@@ -77,10 +80,10 @@ def _pid(pid: int, alive: bool, age) -> str:
 
 
 def _stat(args) -> int:
-    rows = [_row(i) for i in list_segments(args.instance, args.dir)]
+    rows = [_row(i) for i in list_segments(args.instance, args.dir, include_unlinked=args.dir == "/dev/shm")]
     if not rows:
         where = f" for instance {args.instance!r}" if args.instance else ""
-        raise UserError(f"no hpb.* ring segments in {args.dir}{where}", code=1)
+        raise UserError(f"no hpb.* ring segments in {args.dir} or open in /proc{where}", code=1)
     if args.json:
         for r in rows:
             print(json.dumps(r))

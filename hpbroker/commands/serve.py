@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--replication-mode", choices=["sync", "async"], help="replication.mode")
     p.add_argument("--broker-id", type=int, metavar="N", help="broker.broker_id")
     p.add_argument("--cluster-id", metavar="NAME", help="broker.cluster_id")
+    p.add_argument("--http-port", type=int, metavar="N",
+                   help="HTTP port for /metrics, /healthz, /readyz, the gateway and the dashboard (http.port; "
+                        "default: the client port + 80, i.e. 7680; 0 turns it off)")
     p.add_argument("--text-port", type=int, metavar="N",
                    help="MetaQ text protocol port (text_protocol.port; default broker port + 523, i.e. 8123; 0 = off)")
     p.add_argument("--text-processes", type=int, metavar="N",
@@ -54,11 +57,18 @@ def run(args) -> int:
             replication__mode=args.replication_mode,
             broker__broker_id=args.broker_id,
             broker__cluster_id=args.cluster_id,
+            http__port=args.http_port,
             text_protocol__port=args.text_port,
             text_protocol__processes=args.text_processes,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None
+    from hpbroker import security
+
+    try:
+        security.check(cfg.security, cfg.replication.role)  # keys and ACL readable before anything starts
+    except ValueError as e:
+        raise UserError(f"security: {e}") from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     from hpbroker.broker import supervisor
 

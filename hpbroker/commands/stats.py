@@ -15,8 +15,8 @@ import json
 import socket
 from urllib.parse import urlsplit
 
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 from hpbroker.commands import UserError
-from hpbroker.commands._broker_args import add_broker_args, user_error
 
 TEXT_PORT_OFFSET = 523  # as text_protocol.port = "auto" (hpbroker/config.py)
 
@@ -54,7 +54,7 @@ def broker_stats(args) -> dict:
     from hpbroker.protocol.errors import BrokerError
 
     try:
-        rep = request(args.broker, lambda i: m.Stats(id=i), args.connect_timeout_ms)
+        rep = request(args.broker, lambda i: m.Stats(id=i), args.connect_timeout_ms, **curve_args(args))
     except BrokerError as e:
         raise user_error(e, args.broker) from None
     return rep.stats

@@ -18,7 +18,7 @@ import sys
 import threading
 
 from hpbroker.commands import UserError
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 def register(sub) -> None:
     p = sub.add_parser("tail", help="ship log files into the broker, following them as tail -F does",
@@ -139,7 +139,7 @@ def _ship(args, cfg, store, stop: threading.Event) -> int:
     # the requests in flight per partition, so the Producer's own bound (per acceptor) is wide
     producer = Producer(args.broker, acks=cfg.acks, retries=0, max_in_flight=64, linger_ms=0,
                         buffer_memory=2 * cfg.max_inflight_bytes + 2 * max_request + (16 << 20),
-                        connect_timeout_ms=args.connect_timeout_ms, max_block_ms=max(60_000, args.connect_timeout_ms))
+                        connect_timeout_ms=args.connect_timeout_ms, **curve_args(args), max_block_ms=max(60_000, args.connect_timeout_ms))
     try:
         def send(topic, partition, values, keys, on_done):
             producer.send_batch(topic, values, partition=partition, keys=keys,
@@ -168,7 +168,7 @@ def _broker_metadata(cfg, args, stop) -> tuple[dict[str, int], int, int] | None:
     backoff = 1.0
     while True:
         try:
-            with Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms) as adm:
+            with Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args)) as adm:
                 rep = adm.metadata(topics)
             break
         except BrokerError as e:

@@ -7,7 +7,7 @@ describe NAME                one line per partition: leader, epoch, earliest and
 
 from __future__ import annotations
 
-from hpbroker.commands._broker_args import add_broker_args, user_error
+from hpbroker.commands._broker_args import add_broker_args, curve_args, user_error
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def register(sub) -> None:
 def _admin(args):
     from hpbroker.client.admin import Admin
 
-    return Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms)
+    return Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
 
 
 def _call(args, fn):

@@ -17,11 +17,14 @@ from hpbroker.io.scan import Window
 _WALK_CHUNK = 1 << 16
 
 
-def read_batches(fd: int, start: int, end: int, offset: int, hw: int, max_bytes: int, *, pread=os.pread):
+def read_batches(fd: int, start: int, end: int, offset: int, hw: int, max_bytes: int, *, pread=os.pread,
+                 start_offset: int | None = None):
     """Walk from ``start`` (a batch boundary at or before ``offset``) in
     ``fd[0:end)``.  Returns ``(data, exhausted)``: ``data`` holds the batches
     from the one containing ``offset`` onwards; ``exhausted`` is True when
-    the walk reached the end of the segment without finding ``offset``."""
+    the walk reached the end of the segment without finding ``offset``, or
+    when the batch at ``start`` does not begin at ``start_offset`` (an index
+    entry that does not hold: the caller walks from the segment start)."""
     win = Window(fd, end, pread, _WALK_CHUNK)
     pos = start
     first = -1
@@ -33,7 +36,13 @@ def read_batches(fd: int, start: int, end: int, offset: int, hw: int, max_bytes:
         buf, o = v
         length = B.peek_length(buf, o)
         if length < B.HEADER_SIZE or buf[o + B.MAGIC_AT] != B.MAGIC:
+            if pos == start and start_offset is not None:
+                return b"", True
             break
+        if start_offset is not None:
+            if B.peek_base_offset(buf, o) != start_offset:
+                return b"", True
+            start_offset = None
         last = B.peek_base_offset(buf, o) + B.peek_count(buf, o) - 1
         if last >= hw:
             return _collect(fd, first, total, pread), False
@@ -70,6 +79,12 @@ def _whole_prefix(data: bytes) -> int:
     return end
 
 
+def starts_at(fd: int, pos: int, offset: int, *, pread=os.pread) -> bool:
+    """Does a batch of base offset ``offset`` start at ``pos``?  (An index hint checked before it is followed.)"""
+    head = pread(fd, B.HEADER_SIZE, pos)
+    return len(head) == B.HEADER_SIZE and head[B.MAGIC_AT] == B.MAGIC and B.peek_base_offset(head) == offset
+
+
 def find_timestamp(fd: int, start: int, end: int, ts: int, hw: int, *, pread=os.pread) -> int | None:
     """Base offset of the first batch at or after ``start`` with
     ``max_timestamp >= ts`` and below ``hw``; None if none in this segment."""
@@ -92,8 +107,11 @@ def read_segments(fs, segments, offset: int, hw: int, max_bytes: int) -> bytes:
     """:func:`read_batches` over a writer's open segments, from the first of
     ``segments`` (the one holding ``offset``) on, using each one's index."""
     for seg in segments:
-        pos = seg.index.lookup(offset - seg.base)[1] if offset > seg.base else 0
-        data, exhausted = read_batches(seg.read_fd(fs), pos, seg.size, offset, hw, max_bytes)
+        rel, pos = seg.index.lookup(offset - seg.base) if offset > seg.base else (0, 0)
+        data, exhausted = read_batches(seg.read_fd(fs), pos, seg.size, offset, hw, max_bytes,
+                                       start_offset=seg.base + rel if pos else None)
+        if exhausted and pos:  # an index entry that does not hold (a damaged index file): walk from the start
+            data, exhausted = read_batches(seg.read_fd(fs), 0, seg.size, offset, hw, max_bytes)
         if data or not exhausted:
             return data
     return b""

@@ -15,10 +15,15 @@ import threading
 from dataclasses import dataclass, field
 
 
+#: every file and directory a broker creates is its owner's alone (docs/security.md, "Local files")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
 class FileSystem:
     """Pass-through to the real syscalls."""
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = FILE_MODE) -> int:
         return os.open(path, flags, mode)
 
     def close(self, fd: int) -> None:
@@ -163,7 +168,7 @@ class FaultyFileSystem(FileSystem):
                 r.hits += 1
                 raise OSError(r.errno, f"injected {os.strerror(r.errno)} on {op}", path)
 
-    def open(self, path, flags, mode=0o644):
+    def open(self, path, flags, mode=FILE_MODE):
         self._check("open", path)
         fd = super().open(path, flags, mode)
         self._paths[fd] = path

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from hpbroker import batch as B
 from hpbroker.io import layout
-from hpbroker.io.scan import find_valid_batch_after, scan
+from hpbroker.io.scan import find_valid_batch_after, first_nonzero, scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +36,14 @@ def inspect_segment(path: str, base: int) -> Iterator[Item]:
             if end.reason is None:
                 return
             nxt = find_valid_batch_after(fd, end.pos, size)
+            reason = end.reason
             if end.zero and nxt is None:
-                rest = os.pread(fd, size - end.pos, end.pos)
-                if not any(rest):
+                junk = first_nonzero(fd, end.pos, size)
+                if junk is None:
                     return  # zero padding
-            yield Item(path, end.pos, None, end.reason)
+                reason = (f"zero padding from position {end.pos}, then {size - junk} bytes that are not a batch "
+                          f"from position {junk} (recovery cuts them as a torn tail if this is the active segment)")
+            yield Item(path, end.pos, None, reason)
             if nxt is None:
                 return
             pos = nxt
@@ -57,15 +60,23 @@ def partition_dirs(d: str) -> list[str]:
 
 
 def inspect_partition(d: str) -> Iterator[Item]:
+    """Every batch and bad spot of a partition's segments, and the gaps
+    between segments.  When a segment ends in a bad spot, where it really
+    ends is unknown (the bad batch's record count is not to be trusted), so
+    the next segment may start at any offset past its last good batch; only
+    an overlap is reported then, never a gap that the bad spot explains."""
     bases = layout.list_segments(d)
     expected = None
+    bad_end = False  # the previous segment ended in a bad spot
     for base in bases:
         path = layout.log_path(d, base)
-        if expected is not None and base != expected:
+        if expected is not None and (base < expected or (base != expected and not bad_end)):
             yield Item(path, 0, None, f"segment starts at offset {base}, the previous one ends at {expected}")
+        bad_end = False
         for it in inspect_segment(path, base):
             if it.header is not None:
                 expected = it.header.last_offset + 1
+            bad_end = it.header is None
             yield it
         if expected is None or expected < base:
             expected = base

@@ -45,8 +45,9 @@ from hpbroker.io.appender import SegmentWriter
 from hpbroker.io.direct import aligned_buffer, open_append
 from hpbroker.io.errors import DiskFull, OffsetOutOfRange, PartitionFenced, StorageError
 from hpbroker.io.fetch import read_segments, timestamp_in_segments
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FileSystem
 from hpbroker.io.recovery import recover
+from hpbroker.io.scrub import FINDING, read_finding
 from hpbroker.io.segment import Segment
 
 log = logging.getLogger("hpbroker.io")
@@ -72,7 +73,7 @@ class PartitionLog:
         self._durable = cfg.flush_mode == "durable"
         self._seg_limit = min(cfg.segment_bytes, _MAX_POS)
         self._seg_ms = cfg.segment_ms
-        os.makedirs(d, exist_ok=True)
+        os.makedirs(d, mode=DIR_MODE, exist_ok=True)
         rec = recover(d, fs, cfg, self._now_ms())
         self.recovered_truncated_bytes = rec.truncated_bytes
         self._segments: list[Segment] = rec.segments
@@ -98,6 +99,24 @@ class PartitionLog:
         self._bases = [s.base for s in self._segments]
         #: idempotent producers' last sequences (hpbroker.io.producer_state)
         self.producers = producer_state.load(d, self._segments, self._leo, rec.recovery_point)
+        self.check_scrub_finding()  # a damaged segment the scrubber found stays fenced across restarts
+
+    def check_scrub_finding(self) -> bool:
+        """Fence the partition if the scrubber reported damage in it
+        (``<dir>/scrub-finding``, :mod:`hpbroker.io.scrub`).  True when it is
+        fenced by one now.  The writer calls this once a second."""
+        if self._fenced is not None:
+            return False
+        finding = read_finding(self.dir)
+        if finding is None:
+            return False
+        self.fence(f"the scrubber found a damaged batch: {finding}. Repair or restore the segment (hpbroker log "
+                   f"verify names every bad batch), then remove {os.path.join(self.dir, FINDING)} and restart")
+        return True
+
+    def fence(self, reason: str) -> PartitionFenced:
+        """Fence the partition: no more appends (PartitionFenced, with ``reason``); reads go on."""
+        return self._fence(reason, RuntimeError(reason))
 
     # -- offsets -------------------------------------------------------------
 
@@ -456,9 +475,14 @@ class PartitionLog:
                 try:
                     w.finish()
                     self._fs.fsync(w.fd)
-                    self._segments[-1].sync_indexes(self._fs)
                 except OSError as e:
                     raise self._fence(f"closing failed: {e}", e) from e
+                try:
+                    self._segments[-1].sync_indexes(self._fs)
+                except OSError as e:  # derived data: without the checkpoint, recovery rescans and rebuilds them
+                    log.warning("%s: syncing the index files at close failed (%s); the next start rebuilds them",
+                                self.dir, e)
+                    return
                 self._snapshot_producers(self.producers.encode(self._leo))
                 self._checkpoint(self._leo)
         finally:

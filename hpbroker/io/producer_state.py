@@ -175,7 +175,9 @@ def replay(state: ProducerState, d: str, segments: Iterable, start: int, end_off
 
         fd = os.open(seg.log_path, os.O_RDONLY)
         try:
-            scan(fd, pos, seg.size, seg.base + rel, on_batch, check=False)
+            end = scan(fd, pos, seg.size, seg.base + rel, on_batch, check=False)
+            if end.reason is not None and end.pos == pos and pos:  # an index entry that does not hold
+                scan(fd, 0, seg.size, seg.base, on_batch, check=False)
         finally:
             os.close(fd)
 

@@ -26,7 +26,7 @@ import os
 
 from hpbroker.io import layout
 from hpbroker.io.errors import OffsetOutOfRange
-from hpbroker.io.fetch import find_timestamp, read_batches
+from hpbroker.io.fetch import find_timestamp, read_batches, starts_at
 from hpbroker.io.offset_index import OffsetIndex
 from hpbroker.io.time_index import TimeIndex
 
@@ -92,9 +92,9 @@ class PartitionReader:
         for base in self._bases[i:]:
             fd = self._fd(base)
             size = os.fstat(fd).st_size
-            pos = self._offset_index(base).lookup(offset - base)[1] if offset > base else 0
-            data, exhausted = read_batches(fd, pos, size, offset, hw, max_bytes)
-            if exhausted and pos:  # a stale or damaged index entry: walk from the start
+            rel, pos = self._offset_index(base).lookup(offset - base) if offset > base else (0, 0)
+            data, exhausted = read_batches(fd, pos, size, offset, hw, max_bytes, start_offset=base + rel if pos else None)
+            if exhausted and pos:  # a stale or damaged index entry (not a batch of its offset): walk from the start
                 data, exhausted = read_batches(fd, 0, size, offset, hw, max_bytes)
             if data or not exhausted:
                 return data, True
@@ -112,8 +112,10 @@ class PartitionReader:
                 if not last and len(tindex) and tindex.last_timestamp < ts_ms:
                     continue  # a closed segment's last entry is its largest timestamp
                 rel = tindex.lookup_before(ts_ms)
-                pos = self._offset_index(base).lookup(rel)[1] if rel is not None else 0
+                irel, pos = self._offset_index(base).lookup(rel) if rel is not None else (0, 0)
                 fd = self._fd(base)
+                if pos and not starts_at(fd, pos, base + irel):  # an index entry that does not hold
+                    pos = 0
                 off = find_timestamp(fd, pos, os.fstat(fd).st_size, ts_ms, high_watermark)
             except FileNotFoundError:
                 continue

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 
 from hpbroker.io.config import LogConfig
 from hpbroker.io import checkpoint, layout
+from hpbroker.io.damage import written_then_damaged
+from hpbroker.io.epochs import known_epochs, read_entries
 from hpbroker.io.errors import PartitionFenced
 from hpbroker.io.fs import FileSystem
 from hpbroker.io.retention import archive_dir_of, finish_archiving
 from hpbroker.io.offset_index import OffsetIndex
-from hpbroker.io.scan import find_valid_batch_after, scan
+from hpbroker.io.scan import find_valid_batch_after, first_nonzero, scan
 from hpbroker.io.segment import Segment
 from hpbroker.io.time_index import TimeIndex
 
@@ -63,11 +65,11 @@ def _cleanup(d: str, fs: FileSystem, cfg: LogConfig) -> None:
                 fs.unlink(os.path.join(d, n))
 
 
-def _rebuild(seg: Segment, fd: int, size: int, check: bool):
+def _rebuild(seg: Segment, fd: int, size: int, check: bool, epochs=None):
     def on_batch(pos, h):
         seg.note_batch(h.base_offset - seg.base, pos, h.batch_length, h.max_timestamp, h.record_count)
 
-    return scan(fd, 0, size, seg.base, on_batch, check=check)
+    return scan(fd, 0, size, seg.base, on_batch, check=check, epochs=epochs)
 
 
 def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
@@ -83,18 +85,20 @@ def recover(d: str, fs: FileSystem, cfg: LogConfig, now_ms: int) -> Recovered:
             log.error("%s", err)
         return Recovered(segs, err, rp)
     expected = bases[0]
+    epochs = known_epochs(read_entries(d))  # a damaged checkpoint: no epoch check (the writer rebuilds it)
     for i, base in enumerate(bases):
         next_base = bases[i + 1] if i + 1 < len(bases) else None
         seg = Segment(d, base, cfg.index_interval_bytes, now_ms)
         if base != expected:
             return _fence(segs, rp, f"{seg.log_path} starts at offset {base}, but the previous segment ends at {expected}", d)
         size = os.stat(seg.log_path).st_size
-        if next_base is not None and next_base <= rp and os.path.exists(seg.index_path):
+        if next_base is not None and next_base <= rp and os.path.exists(seg.index_path) \
+                and os.path.exists(seg.timeindex_path):
             _load_trusted(seg, size, next_base)  # rule 1
             segs.append(seg)
             expected = next_base
             continue
-        end, cut, corrupt = _scan_segment(seg, fs, size, rp, next_base)  # rules 2-4
+        end, cut, corrupt = _scan_segment(seg, fs, size, rp, next_base, epochs)  # rules 2-4
         segs.append(seg)
         if corrupt:
             return _fence(segs, rp, corrupt, d)
@@ -115,15 +119,16 @@ def _load_trusted(seg: Segment, size: int, next_base: int) -> None:
     seg.closed = True
 
 
-def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: int | None):
+def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: int | None,
+                  epochs=None):
     """CRC-scan ``seg`` and rebuild its indexes; cut a torn tail (rule 3).
-    -> (where the scan ended, bytes cut, "" or why the bad spot is mid-log
+    -> (where the scan ended, bytes cut, "" or why the bad spot is
     corruption - then nothing is cut and ``seg`` ends before the bad batch)."""
     is_last = next_base is None
     cut = 0
     fd = fs.open(seg.log_path, os.O_RDONLY)
     try:
-        end = _rebuild(seg, fd, size, check=True)
+        end = _rebuild(seg, fd, size, check=True, epochs=epochs)
         if end.reason is not None:
             where = f"{seg.log_path} position {end.pos} (offset {end.next_offset})"
             mid = ""
@@ -138,8 +143,16 @@ def _scan_segment(seg: Segment, fs: FileSystem, size: int, rp: int, next_base: i
                 seg.size = end.pos
                 return end, 0, (f"corrupt batch at {where}: {end.reason}; {mid}. "
                                 "Mid-log corruption: the partition is fenced, nothing was truncated")
-            if size - end.pos and not end.zero:
-                log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, end.reason)
+            damaged = written_then_damaged(fd, end.pos, size)
+            if damaged:
+                seg.size = end.pos
+                return end, 0, (f"corrupt batch at {where}: {end.reason}; {damaged}. Not a torn tail (that would "
+                                "hold an unwritten, zero sector): the partition is fenced, nothing was truncated")
+            junk = first_nonzero(fd, end.pos, size) if end.zero else end.pos
+            if size - end.pos and junk is not None:
+                # zeros alone are O_DIRECT padding; anything else cut here is named
+                why = end.reason if junk == end.pos else f"{end.reason}, then non-zero bytes from position {junk}"
+                log.warning("%s: truncating a torn tail of %d bytes at %s (%s)", seg.dir, size - end.pos, where, why)
             cut = size - end.pos
             fs.truncate_file(seg.log_path, end.pos)
     finally:

@@ -31,14 +31,17 @@ import time
 
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FILE_MODE, FileSystem
 
 log = logging.getLogger("hpbroker.io")
 
 
-def expired(plog, cfg: LogConfig, now_ms: int) -> int:
-    """How many of the oldest segments retention removes now."""
+def expired(plog, cfg: LogConfig, now_ms: int, keep_from: int | None = None) -> int:
+    """How many of the oldest segments retention removes now (never one
+    holding an offset at or after ``keep_from``)."""
     segs = plog.segments()[:-1]  # never the active one
+    if keep_from is not None:
+        segs = [s for s in segs if s.next_offset <= keep_from]
     for i, s in enumerate(segs):
         if s.finishing:  # its indexes are still being written off the loop: next check
             segs = segs[:i]
@@ -94,10 +97,10 @@ def remover(fs: FileSystem, cfg: LogConfig):
 
 def archive_file(src_path: str, name: str, dest_dir: str, fs: FileSystem) -> str:
     """gzip ``src_path`` to ``dest_dir/<name>.gz`` durably; returns that path."""
-    os.makedirs(dest_dir, exist_ok=True)
+    os.makedirs(dest_dir, mode=DIR_MODE, exist_ok=True)
     dest = os.path.join(dest_dir, name + ".gz")
     tmp = dest + ".tmp"
-    with open(src_path, "rb") as src, open(tmp, "wb") as raw:
+    with open(src_path, "rb") as src, open(tmp, "wb", opener=lambda p, fl: os.open(p, fl, FILE_MODE)) as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             shutil.copyfileobj(src, gz, 1 << 20)
         raw.flush()
@@ -135,7 +138,7 @@ def finish_archiving(path: str, dest_dir: str, fs: FileSystem, remove=None) -> b
     return True
 
 
-def apply_retention(plog, cfg: LogConfig, now_ms: int, later, archive_later) -> list[int]:
+def apply_retention(plog, cfg: LogConfig, now_ms: int, later, archive_later, keep_from: int | None = None) -> list[int]:
     """Take the expired segments of ``plog`` out of the log; returns their
     base offsets.  The slow part runs off the caller's thread: ``later(paths)``
     unlinks the renamed files (see :meth:`Segment.delete`), and under the
@@ -146,6 +149,6 @@ def apply_retention(plog, cfg: LogConfig, now_ms: int, later, archive_later) -> 
         dest_dir = archive_dir_for(plog, cfg)
         archive = lambda path: archive_later(path, dest_dir)  # noqa: E731
     out = []
-    for _ in range(expired(plog, cfg, now_ms)):
+    for _ in range(expired(plog, cfg, now_ms, keep_from)):
         out.append(plog.delete_oldest_segment(later, archive).base)
     return out

@@ -55,11 +55,20 @@ class ScanEnd:
 
 
 def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[int, B.BatchHeader], None] | None,
-         *, check: bool = True, pread=os.pread) -> ScanEnd:
+         *, check: bool = True, pread=os.pread, epochs=None,
+         table: bool = True, chunk: int = CHUNK) -> ScanEnd:
     """Walk batches in ``fd[start:end)``, expecting offsets to continue from
     ``next_offset``; ``check`` runs :func:`hpbroker.batch.check_batch` (CRC
-    and layout) on each.  Calls ``on_batch(pos, header)`` for every good one."""
-    win = Window(fd, end, pread)
+    and layout) on each, and the structural checks of the fields the CRC
+    does not cover: the reserved bytes 17-19 are zero, and with ``epochs``
+    (:class:`hpbroker.io.epochs.EpochRanges` of the leader-epoch
+    checkpoint) the ``leader_epoch`` is the epoch the checkpoint says that
+    offset was written in (offsets below its first entry are not checked).
+    Calls
+    ``on_batch(pos, header)`` for every good one.  ``table=False`` leaves
+    out the record-table check (the CRC covers the table; the scrubber
+    looks for damage at rest, which the CRC finds)."""
+    win = Window(fd, end, pread, chunk)
     pos = start
     while pos < end:
         if end - pos < B.HEADER_SIZE:
@@ -79,7 +88,10 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
             return ScanEnd(pos, next_offset, "file shorter than expected")
         try:
             if check:
-                h = B.check_batch(v[0], v[1], length)
+                h = B.check_batch(v[0], v[1], length, table=table)
+                o = v[1] + B.MAGIC_AT + 1
+                if v[0][o:o + 3] != b"\0\0\0":
+                    raise B.CorruptBatch("reserved header bytes 17..19 (outside the CRC) are not zero")
             else:
                 h = B.read_header(v[0], v[1])
                 if h.magic != B.MAGIC or h.record_count < 1:
@@ -88,11 +100,32 @@ def scan(fd: int, start: int, end: int, next_offset: int, on_batch: Callable[[in
             return ScanEnd(pos, next_offset, str(e))
         if h.base_offset != next_offset:
             return ScanEnd(pos, next_offset, f"base_offset {h.base_offset} but the log expects {next_offset}")
+        if epochs is not None and check:
+            want = epochs.at(h.base_offset)
+            if want is not None and h.leader_epoch != want:
+                return ScanEnd(pos, next_offset, f"leader_epoch {h.leader_epoch} (outside the CRC), but the leader-epoch "
+                               f"checkpoint has offset {h.base_offset} in epoch {want}: that field or the checkpoint "
+                               "is damaged")
         if on_batch is not None:
             on_batch(pos, h)
         next_offset = h.base_offset + h.record_count
         pos += length
     return ScanEnd(pos, next_offset, None)
+
+
+def first_nonzero(fd: int, start: int, end: int, *, pread=os.pread) -> int | None:
+    """Position of the first non-zero byte in ``fd[start:end)``, or None when
+    the region is all zeros (O_DIRECT padding) or past the file's end."""
+    pos = start
+    while pos < end:
+        data = pread(fd, min(CHUNK, end - pos), pos)
+        if not data:
+            return None
+        rest = data.lstrip(b"\0")
+        if rest:
+            return pos + len(data) - len(rest)
+        pos += len(data)
+    return None
 
 
 def find_valid_batch_after(fd: int, pos: int, end: int, *, pread=os.pread) -> int | None:

@@ -24,12 +24,20 @@ import os
 import time
 from collections import deque
 
+import msgspec
+
 from hpbroker.io.config import LogConfig
 from hpbroker.io import layout
-from hpbroker.io.fs import FileSystem
+from hpbroker.io.fs import DIR_MODE, FileSystem
 from hpbroker.io.iothread import IOThread
 from hpbroker.io.log import PartitionLog
 from hpbroker.io.retention import apply_retention, finish_archiving, remover
+
+#: the transaction journal's topic (hpbroker.tx.journal.TOPIC; io imports no tx)
+TX_JOURNAL = "__transactions"
+#: in each journal partition's directory: ``{"from": offset}``, below which no
+#: live transaction has records (written by its coordinator, net.tx_upkeep)
+TX_CHECKPOINT = "tx.checkpoint"
 
 log = logging.getLogger("hpbroker.io")
 
@@ -63,7 +71,7 @@ class Storage:
         self._bg: IOThread | None = None  # see the module docstring
         self._remove = remover(self._fs, self.config)  # a big file goes in cuts (retention.remove_gradually)
         self._delayed: deque[tuple] = deque()  # (due ms, fn, args): retention's work waiting for delete_delay_ms
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=DIR_MODE, exist_ok=True)
 
     @property
     def fs(self) -> FileSystem:
@@ -108,12 +116,24 @@ class Storage:
     def logs(self) -> list[PartitionLog]:
         return list(self._logs.values())
 
+    def check_scrub_findings(self) -> list[PartitionLog]:
+        """Fence every open partition the scrubber reported damage in
+        (:meth:`PartitionLog.check_scrub_finding`); returns those fenced now.
+        One stat per open partition that is not fenced yet."""
+        return [lg for lg in self._logs.values() if lg.check_scrub_finding()]
+
     def apply_retention(self, now_ms: int | None = None) -> dict[tuple[str, int], list[int]]:
         """Run retention on every open partition; returns the deleted segment bases.
 
         Internal topics (names starting with ``__``: ``__consumer_offsets``)
         are never expired: they hold state, such as committed offsets, that
-        must outlive any retention of data."""
+        must outlive any retention of data.  The transaction journal
+        (``__transactions``) is the exception: it expires by age only
+        (``retention_ms``, never ``retention_bytes``), and never at or
+        above its ``tx.checkpoint``, below which no live transaction has
+        records; the coordinator copies long-waiting transactions (a
+        prepared XA branch) forward so that the checkpoint moves on
+        (hpbroker.net.tx_upkeep)."""
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         due = now + self.config.delete_delay_ms
         delayed = self._delayed
@@ -125,10 +145,15 @@ class Storage:
             delayed.append((due, finish_archiving, (path, dest_dir, self._fs, self._remove)))
 
         out = {}
+        by_age = None
         for key, log in self._logs.items():
+            cfg, keep_from = self.config, None
             if key[0].startswith("__"):
-                continue
-            deleted = apply_retention(log, self.config, now, delete_later, archive_later)
+                if key[0] != TX_JOURNAL:
+                    continue
+                by_age = by_age or msgspec.structs.replace(cfg, retention_bytes=-1)
+                cfg, keep_from = by_age, _tx_checkpoint(log.dir)
+            deleted = apply_retention(log, cfg, now, delete_later, archive_later, keep_from)
             if deleted:
                 out[key] = deleted
         self.remove_due(now)  # what is due, this round's files too when delete_delay_ms is 0
@@ -176,3 +201,13 @@ class Storage:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _tx_checkpoint(d: str) -> int:
+    """The journal partition's ``tx.checkpoint`` offset (0 without one: a
+    journal whose coordinator has not said what it still needs keeps all)."""
+    try:
+        with open(os.path.join(d, TX_CHECKPOINT), "rb") as f:
+            return int(msgspec.json.decode(f.read())["from"])
+    except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError):
+        return 0

@@ -23,33 +23,38 @@ import time
 from itertools import count
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acceptor_sockets import AcceptorSockets, open_sockets
+from hpbroker.net.acceptor_stats import AcceptorStats
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net.groups import OFFSETS_TOPIC, CommitSink, GroupService
+from hpbroker.net.groups import CommitSink, GroupService
 from hpbroker.net.producer_ids import ProducerIds
+from hpbroker.net.transactions import TxService
 from hpbroker.net.produce import Drops, check_request_size, hand_off
 from hpbroker.sockets import drain, try_send
 from hpbroker.ring import SharedRing
 from hpbroker.protocol import build_messages_batch, check_produce, codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode, ProtocolError
+from hpbroker import stats
 
 log = logging.getLogger("hpbroker.acceptor")
 
 
 class Acceptor:
     def __init__(self, index: int, cfg: config_mod.Config, sockets: AcceptorSockets, rings: list, *,
-                 clock=time.monotonic):
+                 clock=time.monotonic, stats=None):
         """``rings``: a ring Writer per writer process, by writer index;
-        ``clock``: monotonic seconds."""
+        ``clock``: monotonic seconds; ``stats``: this acceptor's slot of the
+        stats block (hpbroker.stats.Slot; a private one when None)."""
         self.index = index
         self.cfg = cfg
         self.rings = rings
@@ -70,13 +75,21 @@ class Acceptor:
         self.fetch = FetchService(cfg.broker.data_dir, cfg.broker.max_fetch_bytes, cfg.broker.max_filter_scan_bytes)
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
-        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups)
+        self.tx = TxService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
+        # disconnects roll back local transactions (a connection is known by its fd: zmq.SRCFD)
+        self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sec = sockets.security
+        self.guard = sec.guard() if sec is not None else None  # [security]: the ACL, per request (None: off)
+        self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx,
+                           probe_curve=sec.to_master() if sec is not None and cfg.replication.role == "slave" else None)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
+        self.stats = AcceptorStats(stats)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
         self._stop_deadline: float | None = None
         self._poller = zmq.Poller()
-        for sock in (self.client, self.completions, self.view_sub, self.repl_sub, self.slave_acks):
+        for sock in (self.client_events, self.client, self.completions, self.view_sub, self.repl_sub,
+                     self.slave_acks):
             if sock is not None:
                 self._poller.register(sock, zmq.POLLIN)
 
@@ -120,6 +133,9 @@ class Acceptor:
             self._drain_replica_state()
         if self.slave_acks is not None and self.slave_acks in events:
             self._drain_slave_acks()
+        if self.client_events in events:  # before the client's requests: a reused fd is a new connection
+            for frames in drain(self.client_events, multipart=True):
+                self.tx.disconnected(parse_monitor_message(frames)["value"])
         if self.client in events:
             if self._stop_deadline is None:
                 self._drain_client()
@@ -144,9 +160,14 @@ class Acceptor:
         return max(0, min(100, int((d - self.clock()) * 1000) + 1))
 
     def _send(self, replies) -> None:
+        now = self.clock()
         for ident, reply in replies:
-            if ident.__class__ is CommitSink:  # an OffsetCommit's record: answer the committer
-                ident, reply = self.groups.on_commit_done(ident, reply)
+            if ident.__class__ is not bytes:  # a group commit's or a transaction's journal record
+                answer = self.groups.on_commit_done(ident, reply) if ident.__class__ is CommitSink else ident.done(reply)
+                if answer is None:
+                    continue
+                ident, reply = answer
+            self.stats.answered(ident, reply, now)
             self._reply(ident, reply)
 
     # -- what the writers, the replicator, the slaves and the supervisor say -------
@@ -184,6 +205,8 @@ class Acceptor:
     def _expire(self, now: float) -> None:
         self._send(self.acks.tick(now))
         self.groups.tick(now)
+        self.tx.tick(now)
+        self.stats.tick(now, self.acks.__len__, self.fetch.parked_count)
         for p in self.fetch.timed_out(now):
             self._serve_fetch(p.ident, p.req)
 
@@ -202,6 +225,7 @@ class Acceptor:
                 self._refuse(ident, decoded[0], BrokerError(ErrorCode.BROKER_SHUTTING_DOWN, "broker is stopping"))
 
     def _reply(self, ident: bytes, reply, payloads=()) -> None:
+        self.stats.reply(reply)
         if not try_send(self.client, [ident, *codec.encode_reply(reply, payloads)], multipart=True, copy=False):
             log.warning("dropping a reply to a client that does not read (send high-water mark reached)")
 
@@ -224,6 +248,7 @@ class Acceptor:
             else:
                 self._reply(ident, _error_reply(req, e))
             return
+        self.stats.dropped(e.code)
         line = self.drops.note(e.code, e.message, self.clock())
         if line:
             log.warning("%s", line)
@@ -234,6 +259,8 @@ class Acceptor:
             return
         req, payload = decoded
         try:
+            if self.guard is not None:
+                self.guard.check(frames[0], req)  # NOT_AUTHORIZED unless the ACL lets its principal
             match req:
                 case m.Produce():
                     check_request_size(payload, self.cfg.broker.max_request_bytes)
@@ -271,6 +298,19 @@ class Acceptor:
                     self._reply(ident, self.groups.list_groups(req))
                 case m.DescribeGroup():
                     self._reply(ident, self.groups.describe(req))
+                case m.TxBegin():
+                    self._reply(ident, self.tx.begin(req, frames[0].get(zmq.SRCFD)))
+                case m.TxProduce():
+                    check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    self.tx.produce_in(ident, req, payload)
+                case m.TxEnd():
+                    if payload:
+                        check_request_size(payload, self.cfg.broker.max_request_bytes)
+                    reply = self.tx.end(ident, req, payload)
+                    if reply is not None:
+                        self._reply(ident, reply)
+                case m.TxList():
+                    self._reply(ident, self.tx.list(req))
                 case _:
                     raise BrokerError(ErrorCode.BAD_REQUEST, f"unsupported request {type(req).__name__}")
         except BrokerError as e:
@@ -282,9 +322,12 @@ class Acceptor:
     # -- produce ----------------------------------------------------------------
 
     def _produce(self, ident: bytes, req, batches: list[memoryview]) -> None:
-        if req.topic == OFFSETS_TOPIC:
-            raise BrokerError(ErrorCode.BAD_REQUEST, f"{OFFSETS_TOPIC} is internal: commit offsets with OffsetCommit")
+        if req.topic.startswith("__"):
+            raise BrokerError(ErrorCode.BAD_REQUEST, f"{req.topic} is internal (offset commits and transactions "
+                                                     "write it)")
+        t0 = self.clock()
         self._hand_off(ident, req, batches)
+        self.stats.produced(ident, req, batches, t0)
 
     def _hand_off(self, ident, req, batches: list[memoryview]) -> None:
         """Register a produce request and copy it into its writer's ring
@@ -322,6 +365,7 @@ class Acceptor:
         except BrokerError as e:
             self._reply(ident, _error_reply(req, e))
             return
+        self.stats.fetched(req, len(data), nxt)
         self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start, next_offset=nxt), [data])
 
     def _wake_fetches(self, keys) -> None:
@@ -359,7 +403,7 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
     shared = [SharedRing.attach(instance, name, heartbeat_ms=r.heartbeat_ms) for name in ring_names]
     rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms) for s in shared]
     sockets = open_sockets(ctx, index, cfg, endpoint, completions_ep, control_ep, view_ep, repl_state_ep)
-    acc = Acceptor(index, cfg, sockets, rings)
+    acc = Acceptor(index, cfg, sockets, rings, stats=stats.process_slot(instance, f"acceptor{index}"))
 
     def on_term(signum, frame):
         acc.stopping = True
@@ -376,8 +420,11 @@ def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endp
         # the last answers may still sit in ZeroMQ's queue: give them a moment
         # to reach connected clients before the socket goes (a gone client
         # costs at most this long)
+        acc.client.disable_monitor()
+        acc.client_events.close(linger=0)
         sockets.client.close(linger=1000)
     finally:
         for s in shared:
             s.close()
+        sockets.security.close()
         ctx.destroy(linger=0)

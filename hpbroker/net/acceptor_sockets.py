@@ -15,6 +15,10 @@ slave_acks            PULL    slave writers' reports of each flush (tcp;
                               replicated brokers only, else None)
 ====================  ======  ==============================================
 
+With ``[security] curve`` on, the two tcp sockets are CURVE servers (ZAP
+domains ``hpbroker.client`` and ``hpbroker.replication``) and ``security``
+holds the process's ZAP handler, closed before the context goes.
+
 :func:`open_sockets` makes them all with :func:`hpbroker.sockets.make_socket`
 (``LINGER`` 0); a test makes its own (inproc) and passes them to
 :class:`hpbroker.net.acceptor.Acceptor` the same way.
@@ -28,6 +32,7 @@ import zmq
 
 from hpbroker import config as config_mod
 from hpbroker.net.produce import frame_cutoff
+from hpbroker.security import CLIENT, REPLICATION, BrokerSecurity
 from hpbroker.sockets import make_socket
 
 
@@ -40,6 +45,7 @@ class AcceptorSockets:
     view: zmq.Socket
     replica_state: zmq.Socket
     slave_acks: zmq.Socket | None = None
+    security: BrokerSecurity | None = None  # CURVE keys, ZAP handler and ACL (None: a test's inproc sockets)
 
 
 def open_sockets(ctx: zmq.Context, index: int, cfg: config_mod.Config, endpoint: str, completions_ep: str,
@@ -47,18 +53,20 @@ def open_sockets(ctx: zmq.Context, index: int, cfg: config_mod.Config, endpoint:
     """Acceptor ``index``'s sockets: the client ROUTER bound to ``endpoint``,
     the completions PULL to ``completions_ep``, the rest connected."""
     b, r = cfg.broker, cfg.replication
+    sec = BrokerSecurity(cfg.security, ctx)
     s = AcceptorSockets(
         ctx=ctx,
         # ROUTER_MANDATORY stays 0 (libzmq's default): a reply to a client that is gone is dropped
         client=make_socket(ctx, zmq.ROUTER, maxmsgsize=frame_cutoff(b.max_request_bytes), sndhwm=b.zmq_hwm,
-                           rcvhwm=b.zmq_hwm, bind=endpoint),
+                           rcvhwm=b.zmq_hwm, bind=endpoint, curve=sec.server(CLIENT)),
         completions=make_socket(ctx, zmq.PULL, bind=completions_ep),
         control=make_socket(ctx, zmq.DEALER, connect=control_ep),
         view=make_socket(ctx, zmq.SUB, subscribe=b"", connect=view_ep),
         replica_state=make_socket(ctx, zmq.SUB, subscribe=b"", connect=repl_state_ep or ()),
+        security=sec,
     )
     if r.role != "standalone":
         port = r.acceptor_ack_port
-        s.slave_acks = make_socket(ctx, zmq.PULL, maxmsgsize=1 << 20,
+        s.slave_acks = make_socket(ctx, zmq.PULL, maxmsgsize=1 << 20, curve=sec.server(REPLICATION),
                                    bind=f"tcp://{b.bind}:{port + index if port else '*'}")
     return s

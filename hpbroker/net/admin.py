@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 import zmq
 
 from hpbroker import config as config_mod
+from hpbroker.io import scrub
 from hpbroker.ipc import control, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
+from hpbroker.net.readiness import readiness
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.replication.probe import master_answering
@@ -35,14 +38,16 @@ from hpbroker.replication.probe import master_answering
 
 class Admin:
     def __init__(self, index: int, cfg: config_mod.Config, cluster: Cluster, acks: ProduceAcks, fetch: FetchService,
-                 ctx: zmq.Context, groups=None):
+                 ctx: zmq.Context, groups=None, transactions=None, probe_curve=None):
         self.index = index
         self.cfg = cfg
         self.cluster = cluster
         self.acks = acks
         self.fetch = fetch
         self.ctx = ctx  # for the promotion probe's short-lived socket
+        self.probe_curve = probe_curve  # and its CURVE options ([security] on a slave)
         self.groups = groups  # net.groups.GroupService: its counters
+        self.transactions = transactions  # net.transactions.TxService: its counters
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -95,6 +100,8 @@ class Admin:
         out.update(policy.stats)
         if self.groups is not None:
             out.update(self.groups.stats())
+        if self.transactions is not None:
+            out.update(self.transactions.stats())
         # until the replicator's first broadcast: the supervisor's role, not the
         # flags' (a promoted broker restarted with slave flags is a master)
         out.setdefault("replication_role", view.role)
@@ -104,10 +111,13 @@ class Admin:
         if self.cfg.replication.role != "standalone":  # the acceptor takes slave writers' reports
             out["replication_direct_acks"] = policy.direct_acks
             out["replication_direct_acks_refused"] = policy.direct_refused
+        if self.cfg.scrub.enabled:  # docs/reliability.md, "The scrubber"
+            out.update(scrub.stats(self.cfg.broker.data_dir))
         if view.promoted_from:
             out["promoted_from"] = view.promoted_from
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(view.replication)
+        out["ready"], out["ready_reason"] = readiness(view.role, out)  # hpbroker/net/readiness.py
         return m.StatsReply(id=req.id, stats=out)
 
     def create_topic(self, req: m.CreateTopic) -> m.CreateTopicReply:
@@ -118,6 +128,11 @@ class Admin:
         if not req.force:
             self._refuse_promotion_while_master_answers()
         reply = self.cluster.ask(control.Promote(), timeout_ms=60_000)
+        if not reply.code and self.cluster.view.role == "slave":
+            # the supervisor's new view is on its way; until it comes, this
+            # acceptor answers as the master it now is (a request right after
+            # the reply must not see a slave)
+            self.cluster.view = msgspec.structs.replace(self.cluster.view, role="master", leader_epoch=reply.epoch)
         return m.PromoteReply(id=req.id, code=reply.code, message=reply.message, leader_epoch=reply.epoch)
 
     def _refuse_promotion_while_master_answers(self) -> None:
@@ -128,7 +143,8 @@ class Admin:
         r = self.cfg.replication
         if self.cluster.view.role != "slave" or not r.master:
             return  # the supervisor answers "not a slave"
-        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id)
+        rep = master_answering(self.ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id,
+                               curve=self.probe_curve)
         if rep is not None:
             raise BrokerError(ErrorCode.BAD_REQUEST,
                               f"the master at {r.master} (broker {rep.broker_id}, epoch {rep.leader_epoch}) still answers "

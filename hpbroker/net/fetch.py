@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ from hpbroker.io.layout import partition_dir
 from hpbroker.ipc.handoff import tp_key
 from hpbroker.protocol import filters
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+log = logging.getLogger("hpbroker.acceptor")
 
 
 @dataclass(order=True)
@@ -103,6 +106,7 @@ class FetchService:
         self._seq = itertools.count()
         # fetches due for an answer, by id() of their request (answer() takes them)
         self._due: dict[int, Parked] = {}
+        self._corrupt_seen: set[tuple] = set()  # (topic, partition, what) already logged
 
     def reader(self, topic: str, partition: int) -> PartitionReader:
         key = tp_key(topic, partition)
@@ -273,8 +277,11 @@ class FetchService:
             data, _, _ = self.read(req.topic, req.partition, p.next_offset, chunk)
             if not data:
                 return
-            pieces, nbytes, nxt, stopped = filters.select(data, p.flt, req.offset, budget - p.nbytes,
-                                                          at_least_one=not p.nbytes)
+            try:
+                pieces, nbytes, nxt, stopped = filters.select(data, p.flt, req.offset, budget - p.nbytes,
+                                                              at_least_one=not p.nbytes)
+            except batch.CorruptBatch as e:
+                raise self._corrupt(req, e) from None
             p.chunks.extend(pieces)
             p.nbytes += nbytes
             p.scanned += len(data)
@@ -282,6 +289,19 @@ class FetchService:
                 p.next_offset = nxt
             if stopped or p.nbytes >= budget or p.scanned >= scan:
                 p.full = True
+
+    def _corrupt(self, req, e: batch.CorruptBatch) -> BrokerError:
+        """A stored batch a filtered fetch met that fails its CRC: the
+        consumer gets CORRUPT_STORED_BATCH, and the acceptor's log says so
+        once per partition and offset (a consumer retrying does not flood it)."""
+        msg = f"{req.topic}/{req.partition}: {e}: the log is damaged at rest there (hpbroker log verify names the file)"
+        where = (req.topic, req.partition, str(e))
+        if where not in self._corrupt_seen:
+            if len(self._corrupt_seen) > 1000:
+                self._corrupt_seen.clear()
+            self._corrupt_seen.add(where)
+            log.error("fetch: %s", msg)
+        return BrokerError(ErrorCode.CORRUPT_STORED_BATCH, msg)
 
     def park(self, p_or_ident, req=None, deadline: float | None = None) -> None:
         """Park a :class:`Parked` (or ``ident, req, deadline`` for one that has read nothing yet)."""
@@ -330,6 +350,9 @@ class FetchService:
 
     def parked_keys(self) -> list[str]:
         return list(self._parked)
+
+    def parked_count(self) -> int:
+        return len(self._parked)
 
     def timed_out(self, now: float) -> list[Parked]:
         out = []

@@ -31,6 +31,8 @@ from hpbroker.protocol.messages import (
     ProduceMessages,
     Reply,
     Request,
+    TxEnd,
+    TxProduce,
 )
 
 _encoder = msgspec.msgpack.Encoder()
@@ -121,6 +123,10 @@ def decode_request(frames: Sequence[Any]) -> tuple[Request, list[memoryview]]:
             raise _refused(req, "ProduceMessages carries no message frame")
         if req.keys and n % 2:
             raise _refused(req, f"ProduceMessages with keys=True needs key/value frame pairs, got {n} frames")
+    elif isinstance(req, (TxProduce, TxEnd)):
+        want = sum(part.batches for part in req.parts)
+        if n != want:
+            raise _refused(req, f"{type(req).__name__} names {want} batches in parts but carries {n} frames")
     elif n:
         raise _refused(req, f"{type(req).__name__} takes no payload frames, got {n}")
     return req, payloads

@@ -37,6 +37,24 @@ code   name                        retriable  meaning
 21     OUT_OF_ORDER_SEQUENCE_NUMBER no        an idempotent producer's batch that does not follow
                                               its last one (a gap): resend from the first
                                               unacknowledged batch
+22     UNKNOWN_TRANSACTION         no         no such transaction: never begun, finished and
+                                              forgotten, or lost with a restart before prepare
+23     INVALID_TXN_STATE           no         the request does not fit the transaction's state:
+                                              a second begin, a send or prepare after prepare,
+                                              prepare of a local transaction, a two-phase commit
+                                              of an unprepared branch, a finished transaction
+24     TRANSACTION_TOO_LARGE       no         past transactions.max_transaction_bytes, or the
+                                              broker's memory for open transactions is full; the
+                                              transaction is rolled back
+25     TRANSACTION_TIMED_OUT       no         rolled back by its timeout before this request
+26     INVALID_TXID                no         a txid longer than 300 characters, or an XID whose
+                                              parts are out of range
+30     NOT_AUTHORIZED              no         the client's principal (its CURVE certificate's name) may
+                                              not do this (docs/security.md); also raised locally by a
+                                              client whose CURVE handshake the broker refused
+32     CORRUPT_STORED_BATCH        no         a batch in the broker's own log fails its CRC32C or
+                                              layout check (damaged at rest): the partition is
+                                              damaged at that offset; an operator must act
 99     INTERNAL                    no         a broker bug; the message says more
 =====  ==========================  =========  ==========================================
 """
@@ -69,6 +87,13 @@ class ErrorCode(IntEnum):
     NON_EMPTY_GROUP = 19
     DUPLICATE_SEQUENCE_NUMBER = 20
     OUT_OF_ORDER_SEQUENCE_NUMBER = 21
+    UNKNOWN_TRANSACTION = 22
+    INVALID_TXN_STATE = 23
+    TRANSACTION_TOO_LARGE = 24
+    TRANSACTION_TIMED_OUT = 25
+    INVALID_TXID = 26
+    NOT_AUTHORIZED = 30
+    CORRUPT_STORED_BATCH = 32
     INTERNAL = 99
 
 

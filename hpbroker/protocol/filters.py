@@ -48,6 +48,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from crc32c import crc32c
 
 from hpbroker import batch
 
@@ -548,9 +549,18 @@ def _find_all(region: np.ndarray, needle: bytes, limit: int) -> np.ndarray | Non
 # -- building a reply ----------------------------------------------------------------------------
 
 
-def select(data, flt: Filter, min_offset: int, room: int, at_least_one: bool = True):
+def select(data, flt: Filter, min_offset: int, room: int, at_least_one: bool = True, verify: bool = True):
     """The records of ``data`` (whole batches laid end to end) that ``flt``
     matches, at or past ``min_offset``, as reply batches.
+
+    ``verify``: check each batch's CRC32C before its record table is read.
+    A batch cut into runs gets a new CRC, so without this check a batch
+    damaged at rest would leave here with a valid CRC over its damaged bytes
+    and no consumer could tell.  A bad batch first in ``data`` raises
+    :class:`hpbroker.batch.CorruptBatch` naming its offsets; one after
+    others stops the selection there (``stopped``, ``next_offset`` its
+    base), so what came before it is delivered and the next read raises
+    (docs/reliability.md, "Who checks a stored batch").
 
     Returns ``(pieces, nbytes, next_offset, stopped)``: the batches (a
     batch every record of which matches is passed on as it is; otherwise one
@@ -569,6 +579,13 @@ def select(data, flt: Filter, min_offset: int, room: int, at_least_one: bool = T
         if base + n <= min_offset:
             next_offset = base + n
             continue
+        if verify:
+            try:
+                _verify(mv, pos, h)
+            except batch.CorruptBatch:
+                if next_offset < 0:
+                    raise
+                return pieces, nbytes, base, True  # what came before it; the next read starts at it and raises
         bounds = batch.value_bounds(mv, pos, h)
         keep = flt.mask(mv, pos, h, bounds)
         if base < min_offset:
@@ -596,6 +613,17 @@ def select(data, flt: Filter, min_offset: int, room: int, at_least_one: bool = T
             nbytes += len(piece)
         next_offset = base + n
     return pieces, nbytes, next_offset, False
+
+
+def _verify(mv, pos: int, h) -> None:
+    n = h.record_count
+    if h.magic != batch.MAGIC or n < 1 or batch.HEADER_SIZE + n * batch.ENTRY_SIZE > h.batch_length:
+        raise batch.CorruptBatch(f"the stored batch at offset {h.base_offset} has magic {h.magic}, record_count {n} "
+                                 f"and batch_length {h.batch_length}, which do not fit")
+    got = crc32c(mv[pos + batch.CRC_START:pos + h.batch_length])
+    if got != h.crc:
+        raise batch.CorruptBatch(f"the stored batch of offsets {h.base_offset}..{h.base_offset + n - 1} fails its "
+                                 f"CRC32C check (header {h.crc:#010x}, bytes {got:#010x})")
 
 
 def from_fetch(raw) -> Filter | None:

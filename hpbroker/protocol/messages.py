@@ -18,33 +18,15 @@ from typing import Annotated, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
-
-M = msgspec.Meta
-
-#: A topic name: also a directory name on the broker, hence the strict pattern.
-TopicName = Annotated[str, M(min_length=1, max_length=249, pattern=r"^(?!\.\.?$)[A-Za-z0-9._-]+$")]
-Partition = Annotated[int, M(ge=0, le=0x7FFFFFFF)]
-Acks = Annotated[int, M(ge=-1, le=1)]
-TimeoutMs = Annotated[int, M(ge=0, le=1 << 31)]
-
-#: Fetch/ListOffsets ``spec`` values.
-EARLIEST = -2
-LATEST = -1
-
-#: ProduceMessages ``partition`` meaning "broker picks".
-ANY_PARTITION = -1
-
-
-class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=True):
-    v: int = PROTOCOL_VERSION
+from hpbroker.protocol.base import (  # noqa: F401  (re-exported: the names every sender uses)
+    ANY_PARTITION, EARLIEST, LATEST, PROTOCOL_VERSION, Acks, M, Partition, TimeoutMs, TopicName, _Message, _Reply,
+    _Request)
+from hpbroker.protocol.tx_messages import (  # noqa: F401
+    TX_REPLY_FOR, TX_REPLY_TYPES, TX_REQUEST_TYPES, TxBegin, TxBeginReply, TxEnd, TxInfo, TxList, TxListReply, TxPart,
+    TxProduce, TxReply)
 
 
 # --------------------------------------------------------------- requests
-
-
-class _Request(_Message):
-    id: int
 
 
 class Metadata(_Request):
@@ -226,18 +208,13 @@ class InitProducerId(_Request):
 
 
 Request = Union[Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote, FindCoordinator,
-                GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup, InitProducerId]
+                GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup, InitProducerId, TxBegin, TxProduce,
+                TxEnd, TxList]
 REQUEST_TYPES: tuple[type, ...] = (Metadata, Produce, ProduceMessages, Fetch, ListOffsets, CreateTopic, Stats, Promote,
                                    FindCoordinator, GroupHeartbeat, OffsetCommit, OffsetFetch, ListGroups, DescribeGroup,
-                                   InitProducerId)
+                                   InitProducerId) + TX_REQUEST_TYPES
 
 # ------------------------------------------------------------------ replies
-
-
-class _Reply(_Message):
-    id: int
-    code: int = 0
-    message: str = ""
 
 
 class PartitionMetadata(msgspec.Struct, frozen=True):
@@ -395,10 +372,11 @@ class ErrorReply(_Reply):
 
 Reply = Union[MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply, PromoteReply,
               FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply, OffsetFetchReply, ListGroupsReply,
-              DescribeGroupReply, InitProducerIdReply, ErrorReply]
+              DescribeGroupReply, InitProducerIdReply, TxBeginReply, TxReply, TxListReply, ErrorReply]
 REPLY_TYPES: tuple[type, ...] = (MetadataReply, ProduceReply, FetchReply, ListOffsetsReply, CreateTopicReply, StatsReply,
                                  PromoteReply, FindCoordinatorReply, GroupHeartbeatReply, OffsetCommitReply,
-                                 OffsetFetchReply, ListGroupsReply, DescribeGroupReply, InitProducerIdReply, ErrorReply)
+                                 OffsetFetchReply, ListGroupsReply, DescribeGroupReply, InitProducerIdReply,
+                                 ErrorReply) + TX_REPLY_TYPES
 
 #: The reply type that answers each request type.
 REPLY_FOR: dict[type, type] = {
@@ -417,4 +395,5 @@ REPLY_FOR: dict[type, type] = {
     ListGroups: ListGroupsReply,
     DescribeGroup: DescribeGroupReply,
     InitProducerId: InitProducerIdReply,
+    **TX_REPLY_FOR,
 }

@@ -160,6 +160,11 @@ class Follow:
         if key not in self.paused and key not in self.stopped:
             self.catchup.want(key)
 
+    def catch_up_if_behind(self, key: str) -> None:
+        """Catch ``key`` up if the master is known to hold more than arrived here."""
+        if self.master_hwm.get(key, 0) > self.expected.get(key, 0):
+            self.want_catch_up(key)
+
     def on_handshake(self, hwm: dict[str, int]) -> None:
         """The handshake's high watermarks: every partition behind them catches up."""
         self.master_hwm.update(hwm)

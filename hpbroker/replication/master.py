@@ -28,6 +28,7 @@ from hpbroker.io.layout import partition_dir
 from hpbroker.ipc import completions, handoff
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.replication import messages as rm
+from hpbroker.security.zap import REPLICATION
 from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.replication")
@@ -86,7 +87,9 @@ class SlaveInfo:
 
 class Master:
     def __init__(self, cfg, ctx: zmq.Context, data_dir: str, epoch: int, feed_ep: str, completions_ep: str,
-                 state_ep: str, topics, clock=time.monotonic, reigns=()):
+                 state_ep: str, topics, clock=time.monotonic, reigns=(), security=None):
+        """``security``: a hpbroker.security.BrokerSecurity ([security]: the
+        two tcp sockets are CURVE servers in the replication ZAP domain)."""
         r = cfg.replication
         self.cfg = cfg
         self.data_dir = Path(data_dir)
@@ -100,8 +103,11 @@ class Master:
         self.feed = make_socket(ctx, zmq.PULL, bind=feed_ep)
         self.comp = make_socket(ctx, zmq.PULL, bind=completions_ep)
         self.state_pub = make_socket(ctx, zmq.PUB, bind=state_ep)
-        self.router = make_socket(ctx, zmq.ROUTER, maxmsgsize=1 << 20, bind=f"tcp://{bind}:{r.fetch_port or '*'}")
-        self.acks = make_socket(ctx, zmq.PULL, maxmsgsize=16 << 20, bind=f"tcp://{bind}:{r.ack_port or '*'}")
+        curve = None if security is None else security.server(REPLICATION)
+        self.router = make_socket(ctx, zmq.ROUTER, maxmsgsize=1 << 20, bind=f"tcp://{bind}:{r.fetch_port or '*'}",
+                                  curve=curve)
+        self.acks = make_socket(ctx, zmq.PULL, maxmsgsize=16 << 20, bind=f"tcp://{bind}:{r.ack_port or '*'}",
+                                curve=curve)
         self.endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (self.router, self.acks)]
         self.hwm: dict[str, int] = {}
         self.slaves: dict[int, SlaveInfo] = {}

@@ -13,17 +13,19 @@ import zmq
 
 from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
-from hpbroker.sockets import make_socket
+from hpbroker.sockets import Curve, make_socket
 
 
-def master_answering(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> m.MetadataReply | None:
+def master_answering(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int,
+                     curve: Curve | None = None) -> m.MetadataReply | None:
     """The metadata of the broker at ``url`` if it answers within
     ``timeout_ms`` as a master other than broker ``own_id``; else None
-    (at once with ``timeout_ms`` 0: asking is switched off)."""
+    (at once with ``timeout_ms`` 0: asking is switched off).  ``curve``:
+    this broker's CURVE client options for the master ([security])."""
     if timeout_ms <= 0:
         return None
     try:
-        s = make_socket(ctx, zmq.DEALER, connect=url)  # not IMMEDIATE: the request waits in the pipe for the connection
+        s = make_socket(ctx, zmq.DEALER, connect=url, curve=curve)  # not IMMEDIATE: the request waits in the pipe for the connection
     except zmq.ZMQError:
         return None  # a URL ZeroMQ cannot connect to answers nothing
     try:

@@ -11,6 +11,7 @@ import zmq
 
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import control
+from hpbroker.security import BrokerSecurity
 from hpbroker.sockets import make_socket
 
 
@@ -20,17 +21,19 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
     cfg = child_setup(f"replicator({role})", cfg_bytes, cpus)
     ctx = zmq.Context()
     ctl = make_socket(ctx, zmq.DEALER, linger_ms=1000, connect=control_ep)
+    sec = BrokerSecurity(cfg.security, ctx)  # [security]: CURVE on the sockets to slaves or to the master
     data_dir = cfg.broker.data_dir
     if role == "master":
         from hpbroker.replication.master import Master
 
         node = Master(cfg, ctx, data_dir, epoch, feed_ep, completions_ep, state_ep,
-                      topics=lambda: _topics(data_dir), reigns=reigns or [])
+                      topics=lambda: _topics(data_dir), reigns=reigns or [], security=sec)
         endpoints = node.endpoints
     else:
         from hpbroker.replication.slave import open_slave
 
-        node = open_slave(cfg, ctx, data_dir, instance, ring_names, completions_ep, state_ep, control_ep, max_epoch=epoch)
+        node = open_slave(cfg, ctx, data_dir, instance, ring_names, completions_ep, state_ep, control_ep, max_epoch=epoch,
+                          curve=sec.to_master())
         endpoints = []
 
     def on_term(signum, frame):
@@ -44,6 +47,7 @@ def main(role: str, cfg_bytes: bytes, instance: str, epoch: int, ring_names: lis
     finally:
         if hasattr(node, "close"):
             node.close()
+        sec.close()
         ctx.destroy(linger=0)
 
 

@@ -49,18 +49,21 @@ __all__ = ["Refusal", "Slave", "open_slave", "split_batches"]  # split_batches: 
 log = logging.getLogger("hpbroker.replication")
 
 HELLO_INTERVAL_S = 1.0  # keep-alives: the master's watermarks, and proof it still answers
+TOPIC_ASK_S = 0.05  # a batch of an unknown topic asks for the master's topics at most this often
+HOLD_BYTES = 64 << 20  # PUB messages of topics not registered yet, held until they are
 STATE_INTERVAL_S = 0.5  # stats to this broker's acceptors
 
 
 def open_slave(cfg, ctx: zmq.Context, data_dir: str, instance: str, ring_names: list[str], completions_ep: str,
-               state_ep: str, control_ep: str, max_epoch: int, clock=time.monotonic) -> "Slave":
-    """A Slave over the broker's shared-memory rings and ``ipc://`` sockets."""
+               state_ep: str, control_ep: str, max_epoch: int, clock=time.monotonic, curve=None) -> "Slave":
+    """A Slave over the broker's shared-memory rings and ``ipc://`` sockets;
+    ``curve``: its CURVE client options for every socket to the master ([security])."""
     r = cfg.ring
     shared = [SharedRing.attach(instance, n, heartbeat_ms=r.heartbeat_ms) for n in ring_names]
     rings = [s.writer(spin_us=r.spin(), full_timeout_ms=r.full_timeout_ms, dead_after_ms=r.dead_after_ms)
              for s in shared]
     writers = WriterLink(rings, make_socket(ctx, zmq.PULL, bind=completions_ep), on_close=[s.close for s in shared])
-    return Slave(cfg, writers, make_socket=functools.partial(make_socket, ctx),
+    return Slave(cfg, writers, make_socket=functools.partial(make_socket, ctx, curve=curve),
                  state_pub=make_socket(ctx, zmq.PUB, bind=state_ep),
                  control_sock=make_socket(ctx, zmq.DEALER, connect=control_ep),
                  data_dir=data_dir, max_epoch=max_epoch, clock=clock)
@@ -87,6 +90,9 @@ class Slave:
         self.known_topics: dict[str, int] = {}  # topics created here after the master's
         self.stopping = False
         self._last_hello_reply = 0.0
+        self._topics_asked = 0.0
+        self._held: dict[str, list] = {}  # topic -> PUB messages that arrived before the topic was registered here
+        self._held_bytes = 0
         self._polled: tuple = ()
         self._poll: zmq.Poller | None = None
 
@@ -155,12 +161,50 @@ class Slave:
     def _request(self, msg):
         return self.master.request(msg, on_catch_up=self._on_catch_up, idle=self._drain_completions)
 
-    def _learn_topics(self, topics: dict[str, int]) -> None:
-        """Create here every topic the master has (same partition count)."""
+    def _learn_topics(self, topics: dict[str, int]) -> list[str]:
+        """Create here every topic the master has (same partition count);
+        -> the topics new here.  The supervisor has registered each one
+        (topics.json) when this returns, so a batch of it is appended, and
+        reported durable, only once this broker knows the topic: promoted,
+        it serves every record it acknowledged."""
+        new = []
         for topic, n in topics.items():
             if self.known_topics.get(topic) != n:
                 self._tell_supervisor(control.EnsureTopic(name=topic, partitions=n, explicit=True, if_not_exists=True))
                 self.known_topics[topic] = n
+                new.append(topic)
+        return new
+
+    def _hold(self, topic: str, partition: int, chunks: list) -> None:
+        """Keep a PUB message of a topic not registered here until it is
+        (:meth:`_replay`), and ask the master for its topics.  Past
+        HOLD_BYTES in all, it is dropped: a gap, caught up once the topic
+        is registered."""
+        size = sum(len(c.buffer) for c in chunks)
+        if self._held_bytes + size <= HOLD_BYTES:
+            self._held.setdefault(topic, []).append((partition, chunks))
+            self._held_bytes += size
+        self._ask_for_topics()
+
+    def _replay(self, topic: str) -> bool:
+        """Forward what :meth:`_hold` kept of ``topic``, now registered; False
+        when a batch of a newer reign means handshaking again."""
+        for partition, chunks in self._held.pop(topic, []):
+            self._held_bytes -= sum(len(c.buffer) for c in chunks)
+            if self.follow.streams(topic, partition, 0) and \
+                    not self.follow.forward(topic, partition, split_batches(chunks), self.master_epoch):
+                self._handshake_again()
+                return False
+        return True
+
+    def _ask_for_topics(self) -> None:
+        """A batch of a topic not registered here arrived: ask the master for
+        its topics now (a keep-alive Hello; the Welcome lists them) rather
+        than at the next keep-alive, at most every TOPIC_ASK_S."""
+        now = self.clock()
+        if self.master is not None and now - self._topics_asked >= TOPIC_ASK_S:
+            self._topics_asked = now
+            self.master.send(self._hello())
 
     def _tell_supervisor(self, msg) -> None:
         self.control.send(control.encoder.encode(msg))
@@ -193,6 +237,8 @@ class Slave:
         self._settle(60)
 
     def _close_master(self) -> None:
+        self._held.clear()
+        self._held_bytes = 0
         if not self.stopping:
             self._tell_writers_ack_to([])
         if self.master is not None:
@@ -272,6 +318,9 @@ class Slave:
             topic, partition, hwm = astuple(ipc_replica.feed_meta_decoder.decode(frames[1].buffer))
             if not self.follow.streams(topic, partition, hwm):
                 continue
+            if topic not in self.known_topics:
+                self._hold(topic, partition, frames[2:])
+                continue
             if not self.follow.forward(topic, partition, split_batches(frames[2:]), self.master_epoch):
                 self._handshake_again()
                 return
@@ -299,11 +348,20 @@ class Slave:
             log.warning("the master's epoch changed (%d -> %d); handshaking again", self.master_epoch, w.epoch)
             self._handshake_again()
             return False
+        new = self._learn_topics(w.topics)
         self.follow.on_keepalive(w.hwm)
-        self._learn_topics(w.topics)
+        for topic in new:  # what arrived while it was unknown here: held, or dropped (then caught up)
+            if not self._replay(topic):
+                return False
+            for p in range(w.topics[topic]):
+                self.follow.catch_up_if_behind(handoff.tp_key(topic, p))
         return True
 
     def _on_catch_up(self, reply: rm.CatchUpReply, data) -> None:
+        if reply.topic not in self.known_topics:
+            self.follow.catchup.answered(handoff.tp_key(reply.topic, reply.partition))
+            self._ask_for_topics()  # read again once the topic is registered here
+            return
         if not self.follow.on_catch_up(reply, data, self.master_epoch):
             self._handshake_again()
 

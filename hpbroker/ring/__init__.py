@@ -12,8 +12,9 @@ Public names:
 * :class:`Reader` - ``poll/take/release``, ``drain``, ``wait``,
   ``receive``, ``read``.
 * :class:`ReaderGroup` - one consumer sleeping on many rings (a doorbell).
-* :class:`SharedRing`, :class:`Doorbell`, :func:`cleanup_stale`,
-  :func:`list_segments` - POSIX shared-memory lifecycle.
+* :class:`SharedRing`, :class:`Doorbell` - POSIX shared-memory lifecycle;
+  :func:`list_segments`, :func:`cleanup_stale`, :func:`reclaim_dead` -
+  finding segments and removing what killed owners left (``reclaim.py``).
 * wait strategies :class:`SpinThenBlock`, :class:`BusySpin`; signals
   :class:`SemaphoreSignal`, :class:`ThreadSignal`.
 * errors :class:`RingError`, :class:`RingFull`, :class:`PeerDead`,
@@ -26,16 +27,8 @@ from hpbroker.ring.errors import PeerDead, RingClosed, RingCorrupt, RingError, R
 from hpbroker.ring.group import ReaderGroup
 from hpbroker.ring.reader import Reader
 from hpbroker.ring.ring import Ring, header_snapshot
-from hpbroker.ring.shm import (
-    Doorbell,
-    SharedRing,
-    bell_name,
-    cleanup_stale,
-    is_stale,
-    list_segments,
-    segment_name,
-    space_name,
-)
+from hpbroker.ring.reclaim import cleanup_stale, is_stale, list_segments, reclaim_dead
+from hpbroker.ring.shm import Doorbell, SharedRing, bell_name, segment_name, space_name
 from hpbroker.ring.wait import BusySpin, SemaphoreSignal, SpinThenBlock, ThreadSignal, full_fence
 from hpbroker.ring.writer import Writer
 
@@ -61,6 +54,7 @@ __all__ = [
     "header_snapshot",
     "is_stale",
     "list_segments",
+    "reclaim_dead",
     "segment_name",
     "space_name",
 ]

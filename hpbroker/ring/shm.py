@@ -13,8 +13,9 @@ all its input rings).  By default each ring has its own (``bell = ring``).
 
 The creator of a segment is its owner: its pid, start time and a heartbeat
 are in the header, and it unlinks the segment (and the ring's own
-semaphores) on a clean shutdown.  :func:`cleanup_stale` removes what a
-killed broker left behind.  Every process that holds a ring endpoint runs
+semaphores), on a clean shutdown or (a broker) as soon as every process
+has them open.  :mod:`hpbroker.ring.reclaim` finds segments and removes
+what a killed owner left behind.  Every process that holds a ring endpoint runs
 one daemon thread that stamps the heartbeats of all its endpoints every
 ``heartbeat_ms``; nothing needs to call ``heartbeat()`` by hand.
 """
@@ -30,8 +31,8 @@ import posix_ipc
 
 from hpbroker.ring import layout as L
 from hpbroker.ring.errors import RingError
-from hpbroker.ring.liveness import is_alive, now_ns, start_time
-from hpbroker.ring.ring import Ring, header_snapshot
+from hpbroker.ring.liveness import now_ns, start_time
+from hpbroker.ring.ring import Ring
 from hpbroker.ring.wait import SemaphoreSignal, SpinThenBlock
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "segment_name",
     "space_name",
     "bell_name",
-    "cleanup_stale",
-    "list_segments",
     "SHM_DIR",
 ]
 
@@ -135,12 +134,17 @@ class Doorbell:
         self.sem_name = bell_name(instance, name)
         self.semaphore = _semaphore(self.sem_name)
         self.signal = SemaphoreSignal(self.semaphore)
+        self._unlinked = False
 
     def close(self) -> None:
         self.semaphore.close()
 
     def unlink(self) -> None:
-        _unlink_sem(self.sem_name)
+        """Remove the name (once: a later call never removes a namesake
+        another process created meanwhile); whoever has it open keeps it."""
+        if not self._unlinked:
+            self._unlinked = True
+            _unlink_sem(self.sem_name)
 
     def __enter__(self):
         return self
@@ -160,10 +164,16 @@ class SharedRing:
     a context manager the owner does both).
     """
 
-    def __init__(self, instance: str, name: str, mm: mmap.mmap, ring: Ring, owner: bool, heartbeat_ms: int) -> None:
+    def __init__(self, instance: str, name: str, mm: mmap.mmap, ring: Ring, owner: bool, heartbeat_ms: int,
+                 fd: int = -1) -> None:
         self.instance, self.name = instance, name
         self.shm_name = segment_name(instance, name)
         self.owner = owner
+        # The owner keeps the segment's fd open for as long as it maps it, so
+        # that once the name is unlinked (SharedRing.unlink while running) the
+        # ring is still found through /proc/<owner>/fd (hpbroker ring stat).
+        self._fd = fd
+        self._unlinked = False
         self.heartbeat_s = heartbeat_ms / 1000
         self._mm = mm
         self.ring = ring
@@ -205,6 +215,7 @@ class SharedRing:
             shm.close_fd()
             _unlink_shm(shm_name)
             raise
+        fd = os.dup(shm.fd)  # kept: see __init__
         shm.close_fd()
         pid = os.getpid()
         try:
@@ -212,8 +223,9 @@ class SharedRing:
                 mm, init=True, capacity=capacity, alignment=alignment, doorbell=bell,
                 generation=generation, owner_pid=pid, owner_start=start_time(pid),
             )
-            return cls(instance, name, mm, ring, True, heartbeat_ms)
+            return cls(instance, name, mm, ring, True, heartbeat_ms, fd=fd)
         except BaseException:
+            os.close(fd)
             _unlink_shm(shm_name)
             raise
 
@@ -286,6 +298,9 @@ class SharedRing:
         except BufferError:  # a caller still holds a record view; the mapping goes with it
             pass
         self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         for s in (self._space, self._bell):
             try:
                 s.close()
@@ -293,11 +308,22 @@ class SharedRing:
                 pass
 
     def unlink(self) -> None:
-        """Remove the segment, its "space" semaphore and its own doorbell (not a shared one)."""
-        _unlink_shm(self.shm_name)
+        """Remove the names of the segment, its "space" semaphore and its own
+        doorbell (not a shared one), once: a second call never removes a
+        namesake created meanwhile.  Every process that has the ring mapped
+        keeps using it; the memory goes with the last mapping, so a broker
+        unlinks the names as soon as all its processes are attached and a
+        kill -9 then leaves nothing behind (docs/ring.md, "Lifecycle").
+        The semaphores go first: a segment still named after a crash here
+        names them in its header, so a reclaimer can find them
+        (:func:`hpbroker.ring.reclaim.reclaim_dead`)."""
+        if self._unlinked:
+            return
+        self._unlinked = True
         _unlink_sem(space_name(self.instance, self.name))
         if self.bell == self.name:
             _unlink_sem(bell_name(self.instance, self.bell))
+        _unlink_shm(self.shm_name)
 
     def __enter__(self):
         return self
@@ -306,86 +332,3 @@ class SharedRing:
         self.close()
         if self.owner:
             self.unlink()
-
-
-# -- discovery and cleanup ---------------------------------------------------------------
-def _split(fname: str):
-    """``hpb.<instance>.<ring>`` -> (instance, ring); None for anything else."""
-    parts = fname.split(".")
-    if len(parts) == 3 and parts[0] == PREFIX:
-        return parts[1], parts[2]
-    return None
-
-
-def list_segments(instance: str | None = None, shm_dir: str = SHM_DIR) -> list[dict]:
-    """Every ``hpb.*`` ring segment (optionally of one instance), decoded read-only.
-
-    Each dict is :func:`header_snapshot` plus ``instance``, ``ring``,
-    ``path`` and ``size``; segments that cannot be read have ``valid`` False.
-    """
-    out = []
-    try:
-        names = sorted(os.listdir(shm_dir))
-    except FileNotFoundError:
-        return out
-    for fname in names:
-        parsed = _split(fname)
-        if parsed is None or (instance is not None and parsed[0] != instance):
-            continue
-        path = os.path.join(shm_dir, fname)
-        info = {"valid": False}
-        size = 0
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                size = os.fstat(fd).st_size
-                if size >= L.HEADER_BYTES:
-                    with mmap.mmap(fd, L.HEADER_BYTES, access=mmap.ACCESS_READ) as mm:
-                        info = header_snapshot(mm)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-        info.update(instance=parsed[0], ring=parsed[1], path=path, size=size)
-        out.append(info)
-    return out
-
-
-def is_stale(info: dict, dead_after_ms: int = 1000) -> bool:
-    """A segment whose owner is gone (pid dead, or heartbeat older than ``dead_after_ms``)."""
-    if not info.get("valid"):
-        return True
-    if not is_alive(info["owner_pid"], info["owner_start"]):
-        return True
-    return now_ns() - info["owner_heartbeat"] > dead_after_ms * 1_000_000
-
-
-def cleanup_stale(instance: str, *, dead_after_ms: int = 1000, shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink the segments of ``instance`` whose owner is dead, and every semaphore
-    of ``instance`` no surviving segment refers to.  Returns the names removed.
-
-    Call it at broker start, for the broker's own instance, before creating
-    its rings: a segment whose header is not yet valid (being created right
-    now by someone else) also counts as stale.
-    """
-    _check("instance", instance)
-    removed, keep = [], set()
-    for info in list_segments(instance, shm_dir):
-        name = f"/{PREFIX}.{instance}.{info['ring']}"
-        if is_stale(info, dead_after_ms):
-            if _unlink_shm(name):
-                removed.append(name)
-        else:
-            keep.add(space_name(instance, info["ring"]))
-            keep.add(bell_name(instance, info.get("doorbell") or info["ring"]))
-    prefix = f"sem.{PREFIX}.{instance}."
-    try:
-        names = sorted(os.listdir(shm_dir))
-    except FileNotFoundError:
-        names = []
-    for fname in names:
-        if fname.startswith(prefix):
-            name = "/" + fname[len("sem.") :]
-            if name not in keep and _unlink_sem(name):
-                removed.append(name)
-    return removed

@@ -176,7 +176,7 @@ class StatsService:
         from hpbroker.ring import list_segments
 
         out = []
-        for info in list_segments(self.instance):
+        for info in list_segments(self.instance, include_unlinked=True):  # names unlinked while serving
             if not info.get("valid") or "capacity" not in info:
                 continue
             cap = info["capacity"]
