@@ -3,8 +3,11 @@
 
 It sends what MetaQ's clients send: ``put`` in the 1.4.4+ form (with a
 checksum, CRC32 & 0x7FFFFFFF of the body) and in the old 6-field form the
-Python client still uses; ``get``, ``offset``, ``stats [item] [opaque]``,
-``version``, ``quit``.  Replies are ``result code len opaque\\r\\n<body>``
+Python client still uses, with a transaction key inside a transaction;
+``get``, ``offset``, ``stats [item] [opaque]``, ``version``, ``quit``; and
+``transaction txKey sessionId type [timeout] [uniqueQualifier] opaque``
+(section 1.1, 1.3, 1.4: keys ``TX:<sessionId>:<n>`` and
+``XID:<formatId>:<hex gtrid>:<hex bqual>:<uniqueQualifier>``).  Replies are ``result code len opaque\\r\\n<body>``
 or, for a get, ``value totalLen opaque\\r\\n<message set>``.  A message in
 the set is (big-endian) length (4), CRC (4), msgId (8), flag (4), then, when
 flag bit 0 is set, attrLen (4) and the attribute, then the data; length
@@ -59,13 +62,33 @@ def put_body(data: bytes, attribute: bytes | None) -> tuple[bytes, int]:
 
 
 def put_command(topic: str, partition: int, data: bytes, opaque: int, *, attribute: bytes | None = None,
-                old_form: bool = False, crc: int | None = None) -> bytes:
+                old_form: bool = False, crc: int | None = None, tx_key: str | None = None) -> bytes:
     body, flag = put_body(data, attribute)
+    tx = "" if tx_key is None else f" {tx_key}"
     if old_form:
-        head = f"put {topic} {partition} {len(body)} {flag} {opaque}\r\n"
+        head = f"put {topic} {partition} {len(body)} {flag}{tx} {opaque}\r\n"
     else:
-        head = f"put {topic} {partition} {len(body)} {flag} {checksum(body) if crc is None else crc} {opaque}\r\n"
+        head = f"put {topic} {partition} {len(body)} {flag} {checksum(body) if crc is None else crc}{tx} {opaque}\r\n"
     return head.encode() + body
+
+
+def local_key(session: str, n: int) -> str:
+    """A local transaction's key: ``TX:<sessionId>:<n>``."""
+    return f"TX:{session}:{n}"
+
+
+def xa_key(format_id: int, gtrid: bytes, bqual: bytes, uq: str | None = None) -> str:
+    """An XA branch's key: ``XID:<formatId>:<hex gtrid>:<hex bqual>:<uniqueQualifier>``."""
+    key = f"XID:{format_id}:{gtrid.hex()}:{bqual.hex()}"
+    return key if uq is None else f"{key}:{uq}"
+
+
+def transaction_command(key: str, session: str, kind: str, opaque: int, timeout: int = 0,
+                        uq: str | None = None) -> bytes:
+    """``transaction txKey sessionId type [timeout] [uniqueQualifier] opaque``
+    (the timeout only when positive, as MetaQ's TransactionCommand writes it)."""
+    fields = [key, session, kind] + ([str(timeout)] if timeout > 0 else []) + ([uq] if uq else []) + [str(opaque)]
+    return ("transaction " + " ".join(fields) + "\r\n").encode()
 
 
 def parse_messages(data: bytes, start_offset: int) -> tuple[list[Message], int]:
@@ -175,6 +198,26 @@ class MetaQClient:
             msg_id, part, offset = self._result(o).split(b" ")
             out.append((int(msg_id), int(part), int(offset)))
         return out
+
+    def put_tx(self, key: str, topic: str, partition: int, values: list[bytes]) -> list[tuple[int, int, int]]:
+        """Pipelined puts inside transaction ``key``: (msgId, partition, offset) each (offset -1: not yet visible)."""
+        opaques = [self.next_opaque() for _ in values]
+        self.sock.sendall(b"".join(put_command(topic, partition, v, o, tx_key=key) for v, o in zip(values, opaques)))
+        out = []
+        for o in opaques:
+            msg_id, part, offset = self._result(o).split(b" ")
+            out.append((int(msg_id), int(part), int(offset)))
+        return out
+
+    def transaction(self, key: str, kind: str, *, session: str = "s1", timeout: int = 0,
+                    uq: str | None = None) -> bytes:
+        """One transaction command; its reply body (MetaQError on a code other than 200).
+        END is sent one way (MetaQ's broker never answers it): None."""
+        opaque = self.next_opaque()
+        self.sock.sendall(transaction_command(key, session, kind, opaque, timeout, uq))
+        if kind == "END":
+            return None
+        return self._result(opaque)
 
     def get(self, topic: str, group: str, partition: int, offset: int, max_size: int = 1 << 20) -> list[Message]:
         """Messages from ``offset``; raises Moved (301) or MetaQError (404, ...)."""

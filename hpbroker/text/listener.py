@@ -230,6 +230,7 @@ class Listener:
             conn.sock.close()
         except OSError:
             pass
+        self.svc.closed(conn)  # MetaQ rolls back a closed connection's local transactions
 
     def _check_idle(self, now: float) -> None:
         idle = self.t.idle_timeout_ms / 1000.0

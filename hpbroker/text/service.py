@@ -9,9 +9,8 @@ budget of bytes (:meth:`TextService.resume`), so other connections are
 served in between.
 
 Transactions: the parser reads every ``transaction`` line and every put
-with a transaction key; :meth:`TextService.transaction` and
-:meth:`TextService.transactional_put` answer them, for now with 500: the
-seam where hpbroker's transactions plug in (``self.transactions``).
+with a transaction key; :mod:`.transactions` maps them onto hpbroker's
+transactions (``self.transactions``).
 """
 
 from __future__ import annotations
@@ -79,12 +78,15 @@ class TextService:
         self._views: dict[tuple[str, int], PartitionView] = {}
         self._deferred: list = []  # callables that return True when done
         self.touched: set[Connection] = set()  # connections with new answers to send
-        self.transactions = None  # the seam: an object with .transaction(conn, cmd) and .put(conn, slot, put)
+        self.transactions = None  # set below: .transaction(conn, cmd), .put(conn, slot, put), .flush(), .closed(conn)
         self.counters = dict.fromkeys(
             ("cmd_put", "cmd_get", "cmd_offset", "get_miss", "put_failed", "put_requests", "put_batches",
              "put_ack_us_sum", "put_acked", "tx_begin", "tx_xa_begin", "tx_commit", "tx_rollback",
              "bad_commands", "get_messages", "get_bytes", "put_runs"), 0)
         self.puts = Puts(self)
+        from hpbroker.text.transactions import TextTransactions
+
+        self.transactions = TextTransactions(self)
 
     stats_handler = None  # set by the listener (stats_service.StatsService.handle)
 
@@ -126,31 +128,29 @@ class TextService:
         """Send this turn's puts to the broker."""
         if self.puts.groups:
             self.puts.flush()
+        if self.transactions.pending:
+            self.transactions.flush()
+
+    def closed(self, conn: Connection) -> None:
+        """``conn`` is closed: its open local transactions are rolled back."""
+        if self.transactions.local:
+            self.transactions.closed(conn)
 
     def _answer(self, conn: Connection, data: bytes) -> None:
         conn.add(Slot.done(data))
         self.touched.add(conn)
 
-    # -- transactions: the seam ---------------------------------------------------------------
+    # -- transactions (hpbroker/text/transactions.py) ------------------------------------------
 
     def transaction(self, conn: Connection, cmd: Transaction) -> None:
         """``transaction txKey sessionId type ...``: MetaQ's local and XA
-        transactions, to be mapped onto hpbroker's; answered 500 until then.
-        END is never answered (MetaQ's clients send it one way)."""
-        if self.transactions is not None:
-            return self.transactions.transaction(conn, cmd)
-        if cmd.type == "END":
-            return
-        self._answer(conn, R.error(R.INTERNAL, cmd.opaque, "transactions are not supported on this text port yet"))
+        transactions on hpbroker's.  END is never answered (MetaQ's clients
+        send it one way)."""
+        self.transactions.transaction(conn, cmd)
 
     def transactional_put(self, conn: Connection, slot: Slot, put: Put) -> None:
-        """A put with a transaction key (MetaQ answers it with offset -1 and
-        keeps it until commit), in ``slot``; answered 500 until transactions exist."""
-        if self.transactions is not None:
-            return self.transactions.put(conn, slot, put)
-        self.counters["put_failed"] += 1
-        slot.fill(0, R.error(R.INTERNAL, put.opaque, "transactions are not supported on this text port yet"))
-        self.touched.add(conn)
+        """A put with a transaction key (answered with offset -1; visible at commit), in ``slot``."""
+        self.transactions.put(conn, slot, put)
 
     # -- what puts need -----------------------------------------------------------------------
 
