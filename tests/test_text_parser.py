@@ -216,3 +216,16 @@ def test_hostile_input_never_raises_and_stays_within_the_limits(data, split, max
         if p.closed:
             assert p.buffered == 0
             break
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=80), st.from_regex(r"(TX|XID|null)(:[-0-9A-Za-z]{0,12}){0,5}", fullmatch=True)))
+def test_a_transaction_key_is_read_or_refused_and_reads_back_as_itself(text):
+    from hpbroker.text import txkeys as K
+
+    try:
+        key = K.parse(text)
+    except K.BadKey as e:
+        assert str(e).startswith("Illegal transaction key:")
+        return
+    assert K.parse(key.txid) == key and len(key.txid) <= K.MAX_TXID

@@ -120,3 +120,38 @@ def test_text_protocol_config():
         config.load(text_protocol__max_body_bytes=4 << 20)  # past what a MetaQ offset gives a record
     assert config.load(broker__max_batch_bytes=64 << 10, broker__max_request_bytes=64 << 10).text_max_body == (63 << 10)
     assert cfg.text_max_body == 1 << 20
+
+
+# -- transaction keys (hpbroker/text/txkeys.py) ----------------------------------------------------
+
+
+def test_transaction_keys_are_read_and_normalised_as_metaq_prints_them():
+    from hpbroker.client.xa import Xid
+    from hpbroker.text import txkeys as K
+
+    assert K.parse("TX:sess:007") == K.TxKey(K.LOCAL, "TX:sess:7")
+    assert K.parse("XID:1:4142:ff:rm-1") == K.TxKey(K.XA, "XID:1:4142:ff:rm-1", "rm-1")
+    assert K.parse("XID:1:4142:FF") == K.TxKey(K.XA, "XID:1:4142:ff")  # hpbroker's XID form: no qualifier
+    assert K.parse("XID:7:61:62").txid == Xid(7, "a", "b").txid  # the ZeroMQ client's txid for the same XID
+    assert K.parse("null").kind == K.NULL
+    assert K.qualifier_of("XID:1:41:42:rm") == "rm" and K.qualifier_of("XID:1:41:42") is None
+    for bad in ("", "TX", "TX:s", "TX::1", "TX:s:x", "TX:s:1:2", "TX:s:99999999999", "XID:1:41", "XID:x:41:42:q",
+                "XID:1:4:42:q", "XID:1:zz:42:q", "XID:1:41:42:", "XID:1:41:42:q:r", "XID:1:" + "41" * 65 + ":42:q",
+                "NULL", "tx:s:1"):
+        with pytest.raises(K.BadKey, match="Illegal transaction key"):
+            K.parse(bad)
+
+
+def test_hpbroker_errors_become_the_xa_codes_metaqs_client_reads():
+    from hpbroker.protocol.errors import ErrorCode as E
+    from hpbroker.text import txkeys as K
+
+    assert K.xa_error(-4, "gone") == "XAException:code=-4,msg=gone"
+    assert K.xa_code(E.UNKNOWN_TRANSACTION, "", "commit") == K.XAER_NOTA
+    assert K.xa_code(E.INVALID_TXN_STATE, "XA branch x is open: prepare it first", "commit") == K.XAER_PROTO
+    assert K.xa_code(E.INVALID_TXN_STATE, "transaction x is already committed", "rollback") == K.XA_HEURCOM
+    assert K.xa_code(E.INVALID_TXN_STATE, "transaction x is already rolled back", "commit") == K.XA_HEURRB
+    assert K.xa_code(E.TRANSACTION_TIMED_OUT, "", "commit") == K.XA_RBTIMEOUT
+    assert K.xa_code(E.NOT_ENOUGH_REPLICAS, "", "prepare") == K.XAER_RMFAIL
+    assert K.xa_code(E.UNKNOWN_TOPIC_OR_PARTITION, "", "commit") == K.XAER_RMERR
+    assert K.coordinator("TX:s:1", 8, 2) == __import__("zlib").crc32(b"TX:s:1") % 8 % 2

@@ -60,17 +60,19 @@ from hpbroker.text.puts import status_of
 log = logging.getLogger("hpbroker.text")
 
 JOURNAL = "__transactions"
-_LOCAL_SCOPED = ("PREPARE", "COMMIT_ONE_PHASE", "COMMIT_TWO_PHASE", "ROLLBACK")
+#: a connection with this many local transactions forgets those past their timeout (the broker has rolled them back)
+PRUNE_AT = 256
 
 
 class _Tx:
     """What the listener knows of one transaction: where it goes, what waits for that."""
 
-    __slots__ = ("txid", "xa", "coordinator", "queue", "resolving", "by_begin", "finishing")
+    __slots__ = ("txid", "xa", "coordinator", "queue", "resolving", "by_begin", "finishing", "deadline")
 
-    def __init__(self, txid: str, xa: bool):
+    def __init__(self, txid: str, xa: bool, deadline: float = 0.0):
         self.txid = txid
         self.xa = xa
+        self.deadline = deadline  # a local one's: when the broker's timeout rolls it back (monotonic s)
         self.coordinator: int | None = None
         self.queue: list = []  # (make, callback, frames) waiting for the coordinator
         self.resolving = False  # a TxBegin or a metadata request will tell the coordinator
@@ -81,11 +83,10 @@ class _Tx:
 class _Pending:
     """This turn's puts of one transaction, per partition."""
 
-    __slots__ = ("tx", "conn_local", "groups")
+    __slots__ = ("tx", "groups")
 
-    def __init__(self, tx: _Tx, conn_local: bool):
+    def __init__(self, tx: _Tx):
         self.tx = tx
-        self.conn_local = conn_local
         self.groups: dict[tuple[str, int], tuple[list, list, list]] = {}  # tp -> (bodies, flags, (conn, slot, opaque))
 
 
@@ -170,7 +171,7 @@ class TextTransactions:
             return self._put_failed(conn, slot, put, R.INTERNAL, _not_started_text(key))
         p = self.pending.get(key.txid)
         if p is None:
-            p = self.pending[key.txid] = _Pending(tx, not tx.xa)
+            p = self.pending[key.txid] = _Pending(tx)
         bodies, flags, who = p.groups.setdefault((put.topic, put.partition), ([], [], []))
         bodies.append(put.body)
         flags.append(put.flag)
@@ -269,6 +270,7 @@ class TextTransactions:
         c = self.svc.counters
         c["tx_begin"] += 1
         xa = key.kind == K.XA
+        timeout_ms = min(cmd.timeout * 1000 if cmd.timeout > 0 else self.timeout_cap_ms, self.timeout_cap_ms, 1 << 31)
         if xa:
             c["tx_xa_begin"] += 1
             tx = self.xa_waiting.get(key.txid) or _Tx(key.txid, True)
@@ -276,8 +278,10 @@ class TextTransactions:
             mine = self.local.setdefault(conn, {})
             if key.txid in mine:  # begun already on this connection: MetaQ returns at once
                 return self._fill(conn, slot, R.result(R.OK, cmd.opaque))
-            tx = mine[key.txid] = _Tx(key.txid, False)
-        timeout_ms = min(cmd.timeout * 1000 if cmd.timeout > 0 else self.timeout_cap_ms, self.timeout_cap_ms, 1 << 31)
+            now = self.svc.clock()
+            if len(mine) >= PRUNE_AT:
+                self._prune(mine, now)
+            tx = mine[key.txid] = _Tx(key.txid, False, now + timeout_ms / 1000.0 + 1.0)
 
         def make(i):
             return m.TxBegin(id=i, txid=key.txid, xa=xa, timeout_ms=timeout_ms)
@@ -318,6 +322,12 @@ class TextTransactions:
         if xa:
             self.xa_waiting[key.txid] = tx
         self.link.request(make, lambda rep, p: answered(rep, target, 0), self.request_timeout_s, partition=target)
+
+    def _prune(self, mine: dict, now: float) -> None:
+        """Forget local transactions past their timeout that nothing waits for."""
+        for txid, tx in list(mine.items()):
+            if now > tx.deadline and not tx.finishing and not tx.queue and txid not in self.pending:
+                del mine[txid]
 
     # -- PREPARE, COMMIT, ROLLBACK -----------------------------------------------------------
 
