@@ -286,3 +286,35 @@ def test_bad_transaction_input_gets_metaqs_errors_and_the_connection_goes_on(bro
     mq.put_tx(key, "btx", 1, [b"ok"])
     mq.transaction(key, "COMMIT_ONE_PHASE", session="bad")
     assert [d for *_, d in visible(mq, "btx")] == [b"ok"]
+
+
+def test_listener_processes_that_did_not_begin_a_branch_find_its_coordinator(tmp_path):
+    """Two listener processes on the port, two acceptors: branches begun
+    over one connection are prepared and committed over others, served by
+    either process (one learns the journal exists only then)."""
+    port = free_port()
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "2", "--acceptors", "2", "--text-port", str(port),
+                                               "--text-processes", "2"))
+    b.start()
+    clients = []
+    try:
+        clients = [MetaQClient("127.0.0.1", port) for _ in range(10)]  # the kernel spreads them over both
+        pids = [{line[0]: line[1] for line in c.stats("") if len(line) == 2}["text_listener_pid"] for c in clients]
+        assert len(set(pids)) == 2
+        keys = [xa_key(5, b"spread-%d" % i, b"b", "rm") for i in range(len(clients))]
+        first = clients[0]
+        for i, key in enumerate(keys):
+            first.transaction(key, "BEGIN", uq="rm")
+            first.put_tx(key, "ptx", i % 2, [b"v%d" % i])
+        for i, key in enumerate(keys):
+            other = clients[1 + i % (len(clients) - 1)]
+            assert other.transaction(key, "PREPARE", uq="rm") == b"0"
+        listed = [set(c.transaction("null", "RECOVER", uq="rm").decode().split("\r\n")) for c in clients]
+        assert all(got == set(keys) for got in listed)
+        for i, key in enumerate(keys):
+            assert clients[-1 - i % (len(clients) - 1)].transaction(key, "COMMIT_TWO_PHASE", uq="rm") == b""
+        assert sorted(d for *_, d in visible(first, "ptx")) == sorted(b"v%d" % i for i in range(len(keys)))
+    finally:
+        for c in clients:
+            c.close()
+        b.stop()
