@@ -34,14 +34,7 @@ connection closes the listener rolls back those still open (MetaQ's
 LocalTransactionRollbackListener).  XA branches belong to no connection:
 any connection may drive or resolve them, and prepared ones stay prepared.
 
-**Where requests go.**  Transaction ``txid`` is coordinated by acceptor
-``crc32(txid) % N % acceptors`` (N: ``__transactions``'s partitions, from
-metadata).  Before the journal exists (the broker's first transaction) a
-BEGIN goes to acceptor 0, which creates it and answers NOT_COORDINATOR
-with the coordinator.  Until a transaction's coordinator is known, its
-requests wait in order in :attr:`_Tx.queue`; every request of one
-transaction then goes over one DEALER socket, so the acceptor sees them in
-the order the client sent them.
+Where each request goes: :mod:`.tx_routes`.
 """
 
 from __future__ import annotations
@@ -56,28 +49,12 @@ from hpbroker.text import replies as R
 from hpbroker.text import txkeys as K
 from hpbroker.text.connection import Connection, Slot
 from hpbroker.text.puts import status_of
+from hpbroker.text.tx_routes import Routes, TxRef
 
 log = logging.getLogger("hpbroker.text")
 
-JOURNAL = "__transactions"
 #: a connection with this many local transactions forgets those past their timeout (the broker has rolled them back)
 PRUNE_AT = 256
-
-
-class _Tx:
-    """What the listener knows of one transaction: where it goes, what waits for that."""
-
-    __slots__ = ("txid", "xa", "coordinator", "queue", "resolving", "by_begin", "finishing", "deadline")
-
-    def __init__(self, txid: str, xa: bool, deadline: float = 0.0):
-        self.txid = txid
-        self.xa = xa
-        self.deadline = deadline  # a local one's: when the broker's timeout rolls it back (monotonic s)
-        self.coordinator: int | None = None
-        self.queue: list = []  # (make, callback, frames) waiting for the coordinator
-        self.resolving = False  # a TxBegin or a metadata request will tell the coordinator
-        self.by_begin = False  # ... a TxBegin (its answer, or NOT_COORDINATOR's redirect)
-        self.finishing = False  # a commit or rollback is on its way
 
 
 class _Pending:
@@ -85,18 +62,9 @@ class _Pending:
 
     __slots__ = ("tx", "groups")
 
-    def __init__(self, tx: _Tx):
+    def __init__(self, tx: TxRef):
         self.tx = tx
         self.groups: dict[tuple[str, int], tuple[list, list, list]] = {}  # tp -> (bodies, flags, (conn, slot, opaque))
-
-
-class _Failed:
-    """A reply made up here for a request that could not be sent."""
-
-    __slots__ = ("code", "message", "state", "messages", "transactions")
-
-    def __init__(self, code: int, message: str):
-        self.code, self.message, self.state, self.messages, self.transactions = code, message, "", 0, []
 
 
 class TextTransactions:
@@ -108,10 +76,9 @@ class TextTransactions:
         self.request_timeout_s = tc.decision_timeout_ms / 1000.0 + 10.0
         self.batch_limit = svc.cfg.broker.max_batch_bytes - 1024
         self.request_limit = svc.cfg.broker.max_request_bytes - (64 << 10)
-        self.local: dict[Connection, dict[str, _Tx]] = {}
-        self.xa_waiting: dict[str, _Tx] = {}  # XA branches whose coordinator is being found
+        self.routes = Routes(self.link, svc.partitions, self.request_timeout_s)
+        self.local: dict[Connection, dict[str, TxRef]] = {}
         self.pending: dict[str, _Pending] = {}
-        self._meta_in_flight = False
 
     # -- the verbs ----------------------------------------------------------------------
 
@@ -198,71 +165,12 @@ class TextTransactions:
                     log.warning("transaction %s: rollback after disconnect failed (%s); its timeout rolls it back",
                                 tx.txid, rep.message)
 
-            self._send(tx, lambda i, t=tx.txid: m.TxEnd(id=i, txid=t, action="rollback"), done)
+            self.routes.send(tx, lambda i, t=tx.txid: m.TxEnd(id=i, txid=t, action="rollback"), done)
 
-    # -- finding transactions and their coordinators ----------------------------------------
-
-    def _find(self, conn: Connection, key) -> _Tx | None:
+    def _find(self, conn: Connection, key) -> TxRef | None:
         if key.kind == K.LOCAL:
             return self.local.get(conn, {}).get(key.txid)
-        tx = self.xa_waiting.get(key.txid)
-        if tx is not None:
-            return tx
-        tx = _Tx(key.txid, True)
-        n = self._journal_partitions()
-        if n:
-            tx.coordinator = K.coordinator(key.txid, n, len(self.link.socks))
-        else:  # no journal known: ask; the requests wait in order meanwhile
-            tx.resolving = True
-            self.xa_waiting[key.txid] = tx
-            self._ask_metadata()
-        return tx
-
-    def _journal_partitions(self) -> int:
-        return self.svc.partitions.get(JOURNAL, 0)
-
-    def _ask_metadata(self) -> None:
-        if self._meta_in_flight:
-            return
-        self._meta_in_flight = True
-
-        def done(rep, payloads):
-            self._meta_in_flight = False
-            if not rep.code:
-                for t in rep.topics:
-                    if t.code == 0:
-                        self.svc.partitions[t.name] = len(t.partitions)
-            n = self._journal_partitions()
-            for txid, tx in list(self.xa_waiting.items()):
-                if tx.coordinator is not None or not tx.resolving or tx.by_begin:
-                    continue
-                del self.xa_waiting[txid]
-                if n:
-                    self._resolved(tx, K.coordinator(txid, n, len(self.link.socks)))
-                elif rep.code:
-                    self._unresolved(tx, rep.code, rep.message)
-                else:  # no journal: no transaction has ever been begun
-                    self._unresolved(tx, ErrorCode.UNKNOWN_TRANSACTION, f"no transaction {txid} on this broker")
-
-        self.link.request(lambda i: m.Metadata(id=i, topics=None), done, 10.0)
-
-    def _resolved(self, tx: _Tx, coordinator: int) -> None:
-        tx.coordinator, tx.resolving = coordinator, False
-        queue, tx.queue = tx.queue, []
-        for make, callback, frames in queue:
-            self.link.request(make, callback, self.request_timeout_s, partition=coordinator, frames=frames)
-
-    def _unresolved(self, tx: _Tx, code: int, message: str) -> None:
-        tx.resolving = False
-        queue, tx.queue = tx.queue, []
-        for _, callback, _ in queue:
-            callback(_Failed(code, message), [])
-
-    def _send(self, tx: _Tx, make, callback, frames=()) -> None:
-        if tx.coordinator is None:
-            tx.queue.append((make, callback, frames))
-        else:
-            self.link.request(make, callback, self.request_timeout_s, partition=tx.coordinator, frames=frames)
+        return self.routes.xa(key.txid)
 
     # -- BEGIN ----------------------------------------------------------------------------
 
@@ -273,7 +181,7 @@ class TextTransactions:
         timeout_ms = min(cmd.timeout * 1000 if cmd.timeout > 0 else self.timeout_cap_ms, self.timeout_cap_ms, 1 << 31)
         if xa:
             c["tx_xa_begin"] += 1
-            tx = self.xa_waiting.get(key.txid) or _Tx(key.txid, True)
+            tx = self.routes.waiting.get(key.txid) or TxRef(key.txid, True)
         else:
             mine = self.local.setdefault(conn, {})
             if key.txid in mine:  # begun already on this connection: MetaQ returns at once
@@ -281,7 +189,7 @@ class TextTransactions:
             now = self.svc.clock()
             if len(mine) >= PRUNE_AT:
                 self._prune(mine, now)
-            tx = mine[key.txid] = _Tx(key.txid, False, now + timeout_ms / 1000.0 + 1.0)
+            tx = mine[key.txid] = TxRef(key.txid, False, now + timeout_ms / 1000.0 + 1.0)
 
         def make(i):
             return m.TxBegin(id=i, txid=key.txid, xa=xa, timeout_ms=timeout_ms)
@@ -294,13 +202,13 @@ class TextTransactions:
                 return
             exists = code == ErrorCode.INVALID_TXN_STATE
             if tx.coordinator is None and target is not None:
-                self.xa_waiting.pop(key.txid, None)
+                self.routes.waiting.pop(key.txid, None)
                 if not code or exists:
-                    self._resolved(tx, target)
-                    if not self._journal_partitions():  # the journal exists now: learn N for later keys
-                        self._ask_metadata()
+                    self.routes.resolved(tx, target)
+                    if not self.routes.journal_partitions():  # the journal exists now: learn N for later keys
+                        self.routes.ask_metadata()
                 else:
-                    self._unresolved(tx, code, rep.message)
+                    self.routes.unresolved(tx, code, rep.message)
             if not code or (exists and xa):  # MetaQ: a second BEGIN of a branch is a no-op
                 return self._fill(conn, slot, R.result(R.OK, cmd.opaque))
             if not xa:
@@ -314,13 +222,13 @@ class TextTransactions:
             self._xa_fail(conn, slot, cmd.opaque, K.xa_code(code, rep.message, "begin"), rep.message)
 
         if tx.coordinator is not None or tx.resolving:  # known, or found by what is in flight: in order
-            self._send(tx, make, lambda rep, p: answered(rep, None, 0))
+            self.routes.send(tx, make, lambda rep, p: answered(rep, None, 0))
             return
-        n = self._journal_partitions()
+        n = self.routes.journal_partitions()
         target = K.coordinator(key.txid, n, len(self.link.socks)) if n else 0
         tx.resolving = tx.by_begin = True
         if xa:
-            self.xa_waiting[key.txid] = tx
+            self.routes.waiting[key.txid] = tx
         self.link.request(make, lambda rep, p: answered(rep, target, 0), self.request_timeout_s, partition=target)
 
     def _prune(self, mine: dict, now: float) -> None:
@@ -331,7 +239,7 @@ class TextTransactions:
 
     # -- PREPARE, COMMIT, ROLLBACK -----------------------------------------------------------
 
-    def _prepare(self, conn: Connection, slot: Slot, cmd, tx: _Tx) -> None:
+    def _prepare(self, conn: Connection, slot: Slot, cmd, tx: TxRef) -> None:
         def done(rep, payloads):
             if rep.code:
                 return self._xa_fail(conn, slot, cmd.opaque, K.xa_code(rep.code, rep.message, "prepare"), rep.message)
@@ -345,11 +253,11 @@ class TextTransactions:
                                 tx.txid, rep2.message)
                 self._fill(conn, slot, R.result(R.OK, cmd.opaque, b"%d" % K.XA_RDONLY))
 
-            self._send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action="rollback"), rolled_back)
+            self.routes.send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action="rollback"), rolled_back)
 
-        self._send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action="prepare"), done)
+        self.routes.send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action="prepare"), done)
 
-    def _end(self, conn: Connection, slot: Slot, cmd, tx: _Tx, action: str, one_phase: bool) -> None:
+    def _end(self, conn: Connection, slot: Slot, cmd, tx: TxRef, action: str, one_phase: bool) -> None:
         tx.finishing = True
 
         def done(rep, payloads):
@@ -367,7 +275,7 @@ class TextTransactions:
                 return self._xa_fail(conn, slot, cmd.opaque, K.XAER_NOTA, _not_started_text(_key_of(tx)))
             self._xa_fail(conn, slot, cmd.opaque, K.xa_code(code, rep.message, action), rep.message)
 
-        self._send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action=action, one_phase=one_phase), done)
+        self.routes.send(tx, lambda i: m.TxEnd(id=i, txid=tx.txid, action=action, one_phase=one_phase), done)
 
     # -- RECOVER ------------------------------------------------------------------------
 
@@ -449,7 +357,7 @@ class TextTransactions:
             for conn, slot, opaque, msg_id, partition in puts:
                 self._fill(conn, slot, R.result(R.OK, opaque, b"%d %d -1" % (msg_id, partition)))
 
-        self._send(tx, lambda i: m.TxProduce(id=i, txid=tx.txid, parts=list(parts)), done, frames)
+        self.routes.send(tx, lambda i: m.TxProduce(id=i, txid=tx.txid, parts=list(parts)), done, frames)
 
     # -- answers ------------------------------------------------------------------------
 
@@ -471,7 +379,7 @@ class TextTransactions:
         self._fill(conn, slot, R.error(status, put.opaque, message))
 
 
-def _key_of(tx: _Tx):
+def _key_of(tx: TxRef):
     return K.TxKey(K.XA if tx.xa else K.LOCAL, tx.txid)
 
 
