@@ -167,6 +167,18 @@ def test_a_disconnected_clients_local_transaction_is_rolled_back_and_an_xa_branc
         assert [data for *_, data in visible(d, "dtx")] == [b"kept"]
 
 
+def test_a_local_transaction_past_its_timeout_is_rolled_back_and_its_commit_says_so(broker, mq):
+    key = local_key("slow", 1)
+    mq.transaction(key, "BEGIN", session="slow", timeout=1)  # MetaQ's seconds
+    mq.put_tx(key, "ttx", 0, [b"too-late"])
+    wait_for(lambda: key not in open_txids(broker), what="the broker's timeout")
+    e = error_of(lambda: mq.transaction(key, "COMMIT_ONE_PHASE", session="slow"))
+    assert e.code == 500 and e.message.startswith("XAException:code=106,msg=")  # XA_RBTIMEOUT
+    assert visible(mq, "ttx") == []
+    e = error_of(lambda: mq.transaction(key, "ROLLBACK", session="slow"))  # forgotten by the listener too
+    assert e.message == f"Local transaction '{key}' has not been started."
+
+
 def test_a_local_transaction_belongs_to_its_connection(broker, mq):
     key = local_key("mine", 1)
     mq.transaction(key, "BEGIN", session="mine")
