@@ -22,16 +22,13 @@ from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.ring import cleanup_stale
 from hpbroker.stats import cleanup_stale as stats_cleanup_stale
+from ports import free_port  # ports no other test process is handed (tests/ports.py)
 
 
 #: every port a test broker used: its shared memory is /dev/shm/hpb.p<port>.*
 PORTS_USED: set[int] = set()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class BrokerProcess:

@@ -205,7 +205,52 @@ def test_curve_against_a_same_run_plain_broker(tmp_path):
     assert res["ok"] is True and plain["ok"] is True and res["messages_consumed"] == 20000
     assert res["curve_vs_plain"] == pytest.approx(res["msgs_per_s"] / plain["msgs_per_s"])
     assert [p["first"] for p in res["pairs"]] == ["plain"]
-    assert "main" in res["thread_cpu_percent"]["acceptor0"]
+    # per thread, per broker process (a short run may leave a thread under the 0.5 % shown)
+    threads = res["thread_cpu_percent"]
+    assert {"acceptor0", "writer0"} <= set(threads) and all(isinstance(v, dict) for v in threads.values())
+    assert all(v >= 0.5 for t in threads.values() for v in t.values())
+
+
+def test_the_cpu_sampler_names_threads_and_counts_only_the_interval():
+    """Thread CPU comes from /proc in clock ticks: the main thread burns
+    0.3 s of its own CPU time, a thread named "burner" 0.2 s, between start
+    and stop; CPU burnt before start does not count."""
+    import threading
+
+    import psutil
+    import setproctitle
+
+    from hpbroker.bench._e2e_broker import CpuSampler
+
+    def burn(seconds):
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+
+    burn(0.3)  # before the interval
+    sampler = CpuSampler({"me": psutil.Process()})
+    sampler.start()
+    burnt, release = threading.Event(), threading.Event()
+
+    def burner():
+        setproctitle.setthreadtitle("burner")  # /proc/.../comm, what the sampler reads
+        burn(0.2)
+        burnt.set()
+        release.wait(60)  # alive until stop() has read it
+
+    t = threading.Thread(target=burner, name="burner")
+    t.start()
+    burn(0.3)
+    assert burnt.wait(60)
+    sampler.stop()
+    release.set()
+    t.join()
+    dt = sampler.t1 - sampler.t0
+    threads = sampler.thread_percent()["me"]
+    assert set(threads) >= {"main", "burner"}
+    tick = 100.0 / os.sysconf("SC_CLK_TCK")  # one tick, in CPU-seconds x 100
+    assert threads["main"] * dt == pytest.approx(30.0, abs=2 * tick + 0.5)
+    assert threads["burner"] * dt == pytest.approx(20.0, abs=2 * tick + 0.5)
 
 
 @pytest.mark.parametrize("args", [["--pairs", "0", "--replica", "sync"], ["--pairs", "2"]])

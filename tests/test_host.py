@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from hpbroker.broker.host import StartupError, check_port, lock_data_dir
+from hpbroker.broker.host import StartupError, check_port, claim_instance, lock_data_dir
 
 
 def test_a_data_directory_is_locked_by_one_broker_at_a_time(tmp_path):
@@ -19,6 +19,23 @@ def test_a_data_directory_is_locked_by_one_broker_at_a_time(tmp_path):
     finally:
         os.close(fd)
     os.close(lock_data_dir(tmp_path / "data"))  # released with its fd
+
+
+def test_an_instance_name_is_claimed_by_one_broker_at_a_time_and_freed_with_its_holder(tmp_path):
+    name = f"test{os.getpid()}.{tmp_path.name}"  # unique to this test run
+    claim = claim_instance(name)
+    with pytest.raises(StartupError, match=f"instance {name!r} is already running"):
+        claim_instance(name)
+    claim_instance(f"{name}.other").close()  # another name is independent
+    claim.close()
+    claim_instance(name).close()  # free again once its holder is gone
+    # a holder killed with SIGKILL frees it too (the kernel closes its socket)
+    child = os.fork()
+    if child == 0:
+        claim_instance(name)
+        os.kill(os.getpid(), 9)
+    os.waitpid(child, 0)
+    claim_instance(name).close()
 
 
 def test_a_port_in_use_is_refused_before_anything_starts():

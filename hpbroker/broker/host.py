@@ -55,6 +55,23 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def claim_instance(instance: str) -> socket.socket:
+    """Bind the abstract unix socket ``@hpbroker.<instance>``: one broker per
+    instance name on this machine, since the instance names its shared
+    memory (two brokers of one name would unlink each other's rings at
+    start).  The kernel frees the name when the socket's last holder dies,
+    so a killed broker never blocks its restart.  -> the socket, held for
+    the broker's life."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind(f"\0hpbroker.{instance}")
+    except OSError:
+        s.close()
+        raise StartupError(f"broker instance {instance!r} is already running on this machine (its shared memory "
+                           "names would collide): choose another broker.port or broker.instance") from None
+    return s
+
+
 def check_port(bind: str, port: int) -> None:
     """Fail now, with one line, when ``bind:port`` cannot be listened on."""
     s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)

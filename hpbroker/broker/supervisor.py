@@ -35,7 +35,7 @@ from hpbroker import config as config_mod
 from hpbroker import stats as stats_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
-from hpbroker.broker.host import (StartupError, check_port, create_rings, doorbell_name, lock_data_dir,
+from hpbroker.broker.host import (StartupError, check_port, claim_instance, create_rings, doorbell_name, lock_data_dir,
                                   replica_ring_name, ring_name)
 from hpbroker.broker import role as role_mod
 from hpbroker.broker import sdnotify
@@ -72,6 +72,7 @@ class Supervisor:
         self.ctx: zmq.Context | None = None
         self.endpoints: list[str | None] = [None] * cfg.broker.acceptors
         self._lock_fd: int | None = None
+        self._instance_claim = None  # the abstract socket naming this instance (host.claim_instance)
         self._own_run_dir = False
         self.fatal = False
         self.role = cfg.replication.role
@@ -95,6 +96,7 @@ class Supervisor:
         if self.cfg.text_port:
             check_port(self.cfg.text_protocol.bind or b.bind, self.cfg.text_port)
         self._lock_fd = lock_data_dir(self.data_dir)
+        self._instance_claim = claim_instance(self.instance)
         try:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
@@ -441,6 +443,9 @@ class Supervisor:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._instance_claim is not None:
+            self._instance_claim.close()
+            self._instance_claim = None
 
 
 class ChildDied(RuntimeError):

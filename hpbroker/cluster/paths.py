@@ -23,6 +23,7 @@ path                                               kind        data (JSON unless
 /meta/brokers/topics/<topic>/<set>-m               ephemeral   text: partition count (MetaQ's format)
 /meta/brokers/topics/<topic>/<set>-s<broker_id>    ephemeral   text: partition count
 /meta/config/cluster                               persistent  :class:`SharedConfig`
+/meta/config/acl                                   persistent  text: the cluster's ACL (TOML, as an acl_file)
 /meta/consumers/<group>/ids/<group>_<member>       ephemeral   :class:`MemberNode`
 /meta/consumers/<group>/owners/<topic>/<set>-<p>   ephemeral   text: the owning member's id
 /meta/consumers/<group>/offsets/<topic>/<set>-<p>  persistent  text: ``<msgId>-<offset>`` (MetaQ 1.4)
@@ -38,6 +39,11 @@ BROKER_IDS = f"{ROOT}/brokers/ids"
 BROKER_TOPICS = f"{ROOT}/brokers/topics"
 CONSUMERS = f"{ROOT}/consumers"
 SHARED_CONFIG = f"{ROOT}/config/cluster"
+ACL = f"{ROOT}/config/acl"
+
+
+def parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
 
 
 def replica_set(rs: int) -> str:

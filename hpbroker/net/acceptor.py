@@ -80,6 +80,7 @@ class Acceptor:
         self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sec = sockets.security
         self.guard = sec.guard() if sec is not None else None  # [security]: the ACL, per request (None: off)
+        self.security = sec  # refresh()ed each turn: edits of the ACL and keys are taken while running
         self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx,
                            probe_curve=sec.to_master() if sec is not None and cfg.replication.role == "slave" else None)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
@@ -142,6 +143,8 @@ class Acceptor:
             else:  # draining: new requests are answered at once, not left unread
                 self._drain_client_shutdown(256)
         self._expire(self.clock())
+        if self.security is not None:
+            self.security.refresh()  # a clock check, but every security.reload_ms
 
     def _stopped(self) -> bool:
         """Once ``stopping``: has every request in flight been answered, or

@@ -5,6 +5,7 @@
 * :mod:`~hpbroker.security.guard` - the acceptor's per-request check;
 * :mod:`~hpbroker.security.keys` - key pairs on disk, the trusted keys;
 * :mod:`~hpbroker.security.zap` - the ZAP handler: who may connect at all;
+* :mod:`~hpbroker.security.reload` - edits of the ACL and trusted keys, taken while running;
 * :class:`BrokerSecurity` - what one broker process needs of all that.
 """
 
@@ -18,6 +19,7 @@ import zmq
 from hpbroker.security.acl import Acl, AclError
 from hpbroker.security.guard import Guard
 from hpbroker.security.keys import KeyFileError, authorized_keys
+from hpbroker.security.reload import Reloader
 from hpbroker.security.zap import CLIENT, REPLICATION, KeyPolicy, Zap
 from hpbroker.sockets import Curve
 
@@ -60,7 +62,10 @@ class BrokerSecurity:
         self.ctx = ctx
         self.on = bool(sec.curve)
         self._zap: Zap | None = None
+        self._policy: KeyPolicy | None = None
         self._acl: Acl | None = None
+        self._guards: list[Guard] = []
+        self._reloader: Reloader | None = None
         self._own: Curve | None = Curve.load(sec.server_secret_key_file) if self.on else None
 
     @property
@@ -75,7 +80,8 @@ class BrokerSecurity:
         if not self.on:
             return None
         if self._zap is None:
-            self._zap = Zap(self.ctx, KeyPolicy(authorized_keys(self.sec.authorized_keys_dir), self.acl))
+            self._policy = KeyPolicy(authorized_keys(self.sec.authorized_keys_dir), self.acl)
+            self._zap = Zap(self.ctx, self._policy)
             self._zap.start()
         return Curve(self._own.public, self._own.secret, None, domain)
 
@@ -90,7 +96,29 @@ class BrokerSecurity:
 
     def guard(self) -> Guard | None:
         """The acceptor's per-request ACL check, or None with CURVE off."""
-        return Guard(self.acl) if self.on else None
+        if not self.on:
+            return None
+        g = Guard(self.acl)
+        self._guards.append(g)
+        return g
+
+    def refresh(self) -> None:
+        """Take edits of the ACL file and the trusted keys (at most every
+        ``security.reload_ms``; :mod:`hpbroker.security.reload`): the
+        guards and the ZAP handler of this process use them from now on."""
+        if not self.on:
+            return
+        if self._reloader is None:
+            self._reloader = Reloader(self.sec.acl_file, self.sec.authorized_keys_dir, self.sec.reload_ms / 1000)
+        acl, keys = self._reloader.poll()
+        if acl is not None:
+            self._acl = acl
+            for g in self._guards:
+                g.acl = acl
+            if self._policy is not None:
+                self._policy.acl = acl
+        if keys is not None and self._policy is not None:
+            self._policy.keys = keys  # one attribute store: the ZAP thread sees the old dict or the new
 
     def close(self) -> None:
         """Stop the ZAP thread (before the context is destroyed)."""

@@ -78,6 +78,10 @@ def run(cycles: int, seed: int = 1, say=progress, moments: tuple[str, ...] | Non
                 _wait_for(log, p, "serving on" if when == "serving" else "started writer0")
                 time.sleep(rnd.uniform(0, 0.5 if when == "serving" else 1.0))
             phase = "serving" if _seen(log, "unlinked the names") else "starting"
+            if p.poll() is not None:  # it must be killed, not have stopped: say why it stopped
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"cycle {i + 1}: the broker on port {port} exited by itself (code {p.returncode}) "
+                                   "before its kill:\n" + "\n".join(tail))
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             _wait_group_gone(p.pid)

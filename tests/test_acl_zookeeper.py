@@ -1,0 +1,94 @@
+"""The cluster's ACL in ZooKeeper (hpbroker/cluster/acl_store.py,
+``hpbroker acl``), against a real ZooKeeper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpbroker.cluster import paths
+from hpbroker.cluster.acl_store import MIRROR_NAME, AclMirror, push_acl, read_acl
+from hpbroker.security.acl import Acl, AclError
+
+ACL = b'[[allow]]\nprincipals = ["alice"]\ntopics = ["logs.*"]\nactions = ["produce"]\n'
+WIDER = ACL.replace(b'["produce"]', b'["produce", "consume"]')
+
+
+@pytest.fixture
+def zk(zookeeper_server):
+    c = zookeeper_server.client()
+    root = f"/acl-test-{os.getpid()}-{time.monotonic_ns()}"
+    c.ensure_path(root)
+    c.chroot = root  # every path below is under this test's own root
+    yield c
+    c.chroot = ""
+    c.delete(root, recursive=True)
+    c.stop()
+    c.close()
+
+
+def wait_until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_push_writes_metaqs_tree_and_versions(zk):
+    assert read_acl(zk) is None
+    assert push_acl(zk, ACL) == 0
+    assert push_acl(zk, WIDER) == 1
+    assert read_acl(zk) == (WIDER, 1)
+    assert zk.get(paths.ACL)[0] == WIDER
+    with pytest.raises(AclError, match="mine.toml"):
+        push_acl(zk, b"[[allow]]\nprincipals = [", "mine.toml")
+    assert read_acl(zk) == (WIDER, 1)  # a bad push changes nothing
+
+
+def test_the_mirror_follows_valid_versions_and_keeps_the_last_valid_one(zk, tmp_path, caplog):
+    push_acl(zk, ACL)
+    m = AclMirror(zk, tmp_path)
+    m.start()
+    mirror = tmp_path / MIRROR_NAME
+    wait_until(lambda: mirror.exists() and mirror.read_bytes() == ACL)
+    assert oct(mirror.stat().st_mode & 0o777) == "0o600"
+    push_acl(zk, WIDER)
+    wait_until(lambda: mirror.read_bytes() == WIDER)
+    assert Acl.parse(mirror.read_bytes()).check("alice", "consume", "logs.app")
+    with caplog.at_level("ERROR", logger="hpbroker.cluster"):
+        zk.set(paths.ACL, b"written by hand [")  # not through acl push
+        wait_until(lambda: m.rejected == 1)
+    assert mirror.read_bytes() == WIDER and "kept the rules in force" in caplog.text
+    zk.delete(paths.ACL)
+    time.sleep(0.3)
+    assert mirror.read_bytes() == WIDER  # no node: the rules in force stay
+
+
+def run(*argv, **kw):
+    return subprocess.run([sys.executable, "-m", "hpbroker", "acl", *argv], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+def test_the_acl_command(zookeeper_server, zk, tmp_path):
+    hosts = zookeeper_server.hosts + zk.chroot
+    f = tmp_path / "acl.toml"
+    f.write_bytes(ACL)
+    assert run("check", str(f)).stdout.strip() == f"{f}: 1 rules"
+    r = run("show", "--zookeeper", hosts)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "no ACL in ZooKeeper" in r.stderr
+    r = run("push", str(f), "--zookeeper", hosts)
+    assert r.returncode == 0 and "as version 0" in r.stdout, r.stderr
+    r = run("show", "--zookeeper", hosts)
+    assert r.returncode == 0 and r.stdout.endswith(ACL.decode()) and "version 0" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[allow]]\nactions = [\n")
+    for argv in (("check", str(bad)), ("push", str(bad), "--zookeeper", hosts), ("check", str(tmp_path / "none"))):
+        r = run(*argv)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1, (argv, r.stderr)
+    assert read_acl(zk)[1] == 0  # the bad push wrote nothing
+    r = run("show", "--zookeeper", "127.0.0.1:1", "--timeout", "1")
+    assert r.returncode != 0 and "cannot reach ZooKeeper at 127.0.0.1:1" in r.stderr
