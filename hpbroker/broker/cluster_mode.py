@@ -32,6 +32,7 @@ import time
 
 import msgspec
 import zmq
+from kazoo.exceptions import NodeExistsError
 
 from hpbroker.broker import state as broker_state
 from hpbroker.cluster import paths
@@ -217,6 +218,15 @@ class ClusterMode:
         if st.master is not None:
             self._on_event(Event("master", node=st.master))
             return
+        gone = self.agent.last_master
+        if st.epoch is not None and gone is not None and st.epoch.broker_id != gone.broker_id:
+            # another slave claimed the epoch after the master went, and is promoting: follow it once it
+            # registers (the compare-and-set alone only decides claims made from the same version)
+            if not self._refused_logged:
+                log.warning("cluster: broker %d already claimed epoch %d after the master went; waiting for it to "
+                            "register", st.epoch.broker_id, st.epoch.epoch)
+                self._refused_logged = True
+            return
         floor = st.epoch.epoch if st.epoch else 0
         epoch = broker_state.next_epoch(max(sup.epoch, broker_state.max_partition_epoch(sup.data_dir), floor),
                                         self.cfg.broker.broker_id)
@@ -229,7 +239,10 @@ class ClusterMode:
             raise Restart(f"promotion failed after claiming epoch {epoch}: {reply.message}")
         self.agent.epoch = epoch
         self.cfg = sup.cfg
-        self.agent.register(self._node())
+        try:
+            self.agent.register(self._node())
+        except NodeExistsError:
+            raise Restart("another broker registered as master while this one promoted itself") from None
         log.warning("cluster: promoted to master of replica set %d with leader epoch %d (its master %s was gone)",
                     self.cfg.replica_set, epoch, url)
 
