@@ -9,6 +9,7 @@ are 2 s here (the default is 6 s) so that each failover takes seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,14 @@ def test_brokers_register_their_role_epoch_and_topics(tmp_path, zk):
         wait_until(lambda: z.exists(paths.topic_slave("rep", 1, 2)), 30, "the slave's topic node")
         assert z.get(paths.topic_master("rep", 1))[0] == str(PARTITIONS).encode()
         assert z.get(paths.topic_slave("rep", 1, 2))[0] == str(PARTITIONS).encode()
+        # the console shows both, their epochs, the slave's lag and what the master leads
+        r = subprocess.run([sys.executable, "-m", "hpbroker", "cluster", "status", "--zookeeper", hosts, "--json"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = {row["broker"]: row for row in json.loads(r.stdout)["brokers"]}
+        assert (rows[1]["role"], rows[2]["role"]) == ("master", "slave")
+        assert rows[1]["epoch"] == rows[2]["epoch"] == ep.epoch
+        assert rows[1]["leads"] == f"rep:1-0..{PARTITIONS - 1}" and "streaming" in rows[2]["lag"]
         # ephemeral: a stopped slave's nodes go with its session
         b.stop()
         wait_until(lambda: not z.exists(paths.slave(1, 2)) and not z.exists(paths.topic_slave("rep", 1, 2)), 30,
