@@ -357,3 +357,42 @@ def test_failover_cycles_with_the_old_master_rejoining(tmp_path, zk):
         stop_all(*brokers.values())
     r = compare(tmp_path / "a", tmp_path / "b")
     assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
+def _bn(broker_id: int, url: str = "tcp://h:1") -> paths.BrokerNode:
+    return paths.BrokerNode(broker_id=broker_id, replica_set=1, url=url, role="master", epoch=1)
+
+
+@pytest.mark.parametrize("master, epoch, preferred, action", [
+    (_bn(1, "tcp://m:1"), paths.EpochNode(epoch=1, broker_id=1), "master", "follow"),  # another's master: follow it
+    (_bn(1, "tcp://m:1"), None, "slave", "follow"),
+    (None, None, "master", "lead"),  # the set's first master
+    (None, None, "slave", "wait"),
+    (None, paths.EpochNode(epoch=1026, broker_id=2), "slave", "lead"),  # its own epoch, nobody else master
+    (None, paths.EpochNode(epoch=1, broker_id=1), "master", "wait"),  # another holds it: may hold acked messages
+])
+def test_the_start_decision_follows_its_table(master, epoch, preferred, action):
+    from hpbroker.cluster.broker_agent import SetState, start_decision
+
+    d = start_decision(2, preferred, SetState(master, 1 if master else 0, epoch, 0 if epoch else -1))
+    assert d.action == action
+    if action == "follow":
+        assert d.url == master.url
+
+
+def test_the_lease_runs_out_by_the_shared_monotonic_clock(tmp_path):
+    from hpbroker.ipc.lease import Lease, path_of
+
+    now = [100.0]
+    w = Lease.create(path_of(tmp_path))
+    r = Lease.open(path_of(tmp_path))
+    r.clock = lambda: now[0]
+    assert not r.valid()  # a new lease is fenced
+    w.renew(104.0)
+    assert r.valid() and not r.valid(104.0)
+    now[0] = 105.0  # time passed (a stopped process's clock goes on too)
+    assert not r.valid()
+    w.renew(110.0)
+    w.revoke()
+    assert not r.valid()
+    r.close(), w.close()

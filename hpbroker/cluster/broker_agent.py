@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import msgspec
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.retry import KazooRetry
@@ -236,8 +237,7 @@ class BrokerAgent:
         with self._lock:
             if self.node is None or self.node.role != "master" or list(ids) == self.node.insync:
                 return
-            self.node = paths.BrokerNode(**{**{f: getattr(self.node, f) for f in self.node.__struct_fields__},
-                                            "insync": list(ids)})
+            self.node = msgspec.structs.replace(self.node, insync=list(ids))
             try:
                 self.zk.set(self._node_path(self.node), paths.encode(self.node))
             except KazooException as e:
@@ -321,7 +321,7 @@ class BrokerAgent:
                 log.debug("renewal failed: %s", e)
 
     def _renew(self, t0: float) -> None:
-        data, _ = self.zk.get_async(paths.epoch(self.rs)).get(timeout=self.fence_s)
+        data, stat = self.zk.get_async(paths.epoch(self.rs)).get(timeout=self.fence_s)
         held = paths.decode(data, paths.EpochNode)
         with self._lock:
             if self.node is None:
@@ -332,6 +332,14 @@ class BrokerAgent:
                 self.events.put(Event("superseded", epoch=held))
                 return
             if not self._registered:
+                if self.node.role == "master":
+                    # a new session: claim the epoch again (the same one) before acknowledging, so that a
+                    # slave that read the epoch znode while this master's node was gone cannot claim from
+                    # that version too and make two masters
+                    try:
+                        self.zk.set(paths.epoch(self.rs), data, version=stat.version)
+                    except BadVersionError:
+                        return  # changed since read: the next turn looks again
                 try:
                     self._put_node()
                 except NodeExistsError:
@@ -343,6 +351,7 @@ class BrokerAgent:
                 self._sync_topics()
                 self._registered = True
                 log.warning("registered again in ZooKeeper as %s of replica set %d", self.node.role, self.rs)
+                return  # the lease is renewed by the next turn's read, which sees the tree as it is now
             if self.lease is not None:
                 self.lease.renew(t0 + self.fence_s)
             self.renewals += 1
