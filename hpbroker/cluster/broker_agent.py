@@ -313,12 +313,14 @@ class BrokerAgent:
         self.events.put(Event("master", node=node))
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.renew_s):
+        while True:  # at once first: the lease the epoch claim earned may have run out while the broker started
             t0 = self.clock()
             try:
                 self._renew(t0)
             except Exception as e:  # noqa: BLE001 - ZooKeeper away: the lease runs out by itself
                 log.debug("renewal failed: %s", e)
+            if self._stop.wait(self.renew_s):
+                return
 
     def _renew(self, t0: float) -> None:
         data, stat = self.zk.get_async(paths.epoch(self.rs)).get(timeout=self.fence_s)
