@@ -109,6 +109,7 @@ class ReplicationConfig(_Section):
     promote_probe_ms: Annotated[int, M(ge=0, description="slave: before hpbroker promote, ask the master (replication.master) for its metadata and wait this long for an answer; if it answers as a master, the promotion is refused, since it would make two masters (hpbroker promote --force skips the check). The same question, with the same wait, decides whether a promoted broker restarted with its old slave flags stays master (keep_promotion). 0 never asks: promotions go ahead, and a promoted broker stays master.")] = 1000
     keep_promotion: Annotated[bool, M(description="slave: after hpbroker promote, does a restart with the same slave flags (the same replication.master) keep this broker master? true: it starts as master with a new epoch, unless that master answers as a master within promote_probe_ms, in which case it starts as its slave as configured rather than make two masters. false: the flags' role always. Starting as a slave of another master, or as a master by the flags, ends the promotion either way (docs/replication.md, \"A promotion survives a restart\").")] = True
     unclean_truncation: Annotated[bool, M(description="slave: may it cut batches of epochs its master never had? Such batches were acknowledged by a master this one never followed: this broker in a reign of its own, or the other side of a split brain (an old master restarted as master after its slave was promoted). false: the slave refuses to follow such a master and says which offsets and epochs are at stake; true: it cuts them and follows (what they acknowledged is lost), like Kafka's unclean.leader.election.enable.")] = False
+    unclean_promotion: Annotated[bool, M(description="Cluster mode (cluster.zookeeper): may a slave that was not in sync promote itself when its master is gone? false: only a slave its master last listed as in sync in ZooKeeper (sync mode) promotes, so nothing acknowledged with acks=all is lost; an async slave, or one that had fallen behind, waits for the master or an operator. true: it promotes anyway, and whatever it lacks of what the master acknowledged is lost (Kafka's unclean.leader.election.enable; docs/cluster.md).")] = False
 
 
 class GroupsConfig(_Section):
@@ -193,6 +194,24 @@ class TextProtocolConfig(_Section):
     tell_max_offset: Annotated[bool, M(description="A get past the end of a partition is answered 301 with the end (MetaQ's meta.get.tellMaxOffset), instead of 404.")] = False
 
 
+class ClusterConfig(_Section):
+    """[cluster]: cluster mode on ZooKeeper (docs/cluster.md). Without cluster.zookeeper nothing of it runs."""
+
+    zookeeper: Annotated[str, M(description="ZooKeeper connect string HOST:PORT[,HOST:PORT...][/chroot]; empty (the default) runs without a cluster, exactly as before. With it the broker registers under /meta/brokers (hpbroker/cluster/paths.py), a slave finds its master there when replication.master is empty, the replica set's leader epoch is claimed with a compare-and-set of its epoch znode, a master that loses ZooKeeper stops acknowledging (fence_after_ms), and a slave promotes itself when its master is gone.")] = ""
+    replica_set: Annotated[int, M(ge=-1, le=1023, description="The replica set (MetaQ's broker id: one master and its slaves, holding the same partitions) this broker belongs to; -1 means broker.broker_id. A slave must name its master's set; every broker keeps its own broker.broker_id.")] = -1
+    session_timeout_ms: Annotated[int, M(ge=1000, le=60_000, description="The ZooKeeper session timeout asked for (the server may bound it by its tickTime: 2 to 20 ticks). A dead master's registration vanishes this long after its last contact, and its slave promotes itself at most about 2 s after that; a master cut off from ZooKeeper stops acknowledging before it (fence_after_ms).")] = 6000
+    fence_after_ms: Annotated[int, M(ge=0, description="A master that has had no answer from ZooKeeper for this long stops acknowledging produce requests (NOT_LEADER) until ZooKeeper answers again and it still holds the epoch; it must be less than the session timeout, so that the master stops before its session can expire and a slave promote. 0 means two thirds of session_timeout_ms (4000 ms for the default).")] = 0
+    probe_ms: Annotated[int, M(ge=50, description="A slave whose master's registration vanished asks the master for its metadata and waits this long for an answer before it takes the master for gone (a refused TCP connection answers at once).")] = 500
+    renew_ms: Annotated[int, M(ge=0, description="How often the agent asks ZooKeeper for the epoch znode, which both renews the fencing lease and checks that this master still holds the epoch; 0 means a quarter of the fence threshold.")] = 0
+
+    def fence_ms(self) -> int:
+        """fence_after_ms with 0 resolved."""
+        return self.fence_after_ms or self.session_timeout_ms * 2 // 3
+
+    def renew_every_ms(self) -> int:
+        return self.renew_ms or max(50, self.fence_ms() // 4)
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -206,6 +225,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     scrub: ScrubConfig = ScrubConfig()
     text_protocol: TextProtocolConfig = TextProtocolConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -232,8 +252,16 @@ class Config(_Section):
                              "must be a port number (acceptor i binds acceptor_ack_port + i)")
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms:
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
-        if self.replication.role == "slave" and not self.replication.master:
-            raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        if self.replication.role == "slave" and not self.replication.master and not self.cluster.zookeeper:
+            raise ValueError("replication.role = 'slave' needs replication.master (the master's URL), or "
+                             "cluster.zookeeper to find it there")
+        if self.cluster.zookeeper and self.replication.role == "standalone":
+            raise ValueError("cluster.zookeeper needs replication.role master or slave (--role): in a cluster a broker "
+                             "is a replica set's master or one of its slaves (docs/cluster.md)")
+        if self.cluster.zookeeper and self.cluster.fence_ms() >= self.cluster.session_timeout_ms:
+            raise ValueError(f"cluster.fence_after_ms ({self.cluster.fence_after_ms}) must be less than "
+                             f"cluster.session_timeout_ms ({self.cluster.session_timeout_ms}): a master must stop "
+                             "acknowledging before its session can expire and a slave take over")
         if self.http.port == "auto" and self.broker.port + 80 > 65535:
             raise ValueError(f"http.port = 'auto' is broker.port + 80, past 65535 for port {self.broker.port}: "
                              "set http.port (0 turns the HTTP port off)")
@@ -248,6 +276,12 @@ class Config(_Section):
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
                              f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
+
+    @property
+    def replica_set(self) -> int:
+        """cluster.replica_set with -1 resolved to broker.broker_id."""
+        rs = self.cluster.replica_set
+        return self.broker.broker_id if rs < 0 else rs
 
     @property
     def instance(self) -> str:

@@ -36,6 +36,12 @@ def register(sub) -> None:
                    help="MetaQ text protocol port (text_protocol.port; default broker port + 523, i.e. 8123; 0 = off)")
     p.add_argument("--text-processes", type=int, metavar="N",
                    help="text listener processes sharing the text port (text_protocol.processes, default 1)")
+    p.add_argument("--zookeeper", metavar="HOST:PORT[,...][/chroot]",
+                   help="cluster mode: register in this ZooKeeper, find the master there, fail over by itself "
+                        "(cluster.zookeeper; docs/cluster.md)")
+    p.add_argument("--replica-set", type=int, metavar="N",
+                   help="cluster mode: the replica set (MetaQ broker id) this broker serves (cluster.replica_set; "
+                        "default: its broker id)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=run)
 
@@ -60,6 +66,8 @@ def run(args) -> int:
             http__port=args.http_port,
             text_protocol__port=args.text_port,
             text_protocol__processes=args.text_processes,
+            cluster__zookeeper=args.zookeeper,
+            cluster__replica_set=args.replica_set,
         )
     except config.ConfigError as e:
         raise UserError(str(e)) from None
