@@ -1,0 +1,128 @@
+"""Clients of a cluster found in ZooKeeper (issue 22, the client side):
+zk:// URLs, routing over the global partition list, consumer groups whose
+members and owners are ZooKeeper nodes, offsets at MetaQ's path.
+
+Real ZooKeeper (tests/servers.py), real standalone brokers on 127.0.0.1.
+Until the brokers register themselves (``serve --zookeeper``), each test's
+:class:`zkreg.Registrar` writes the nodes a broker will write, under a
+chroot of the test's own, so tests sharing the ZooKeeper server never see
+each other's clusters.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from brokerproc import BrokerProcess
+from hpbroker import Admin, Consumer, Producer
+from hpbroker.client.partitioner import partition_for_key
+from hpbroker.cluster import paths
+from zkreg import Registrar, expire_session
+
+PARTS = 4  # per replica set
+
+
+@pytest.fixture(scope="module")
+def brokers(tmp_path_factory):
+    """Three standalone brokers; each test registers the ones it wants as replica sets 1, 2, 3."""
+    out = []
+    try:
+        for i in range(3):
+            d = tmp_path_factory.mktemp(f"b{i}")
+            out.append(BrokerProcess(d / "data", args=("--partitions", "1")).start())
+        yield out
+    finally:
+        for b in out:
+            b.stop()
+
+
+class Cluster:
+    def __init__(self, zk_server, brokers):
+        self.zk_server = zk_server
+        self.brokers = brokers
+        self.chroot = f"hpb-{uuid.uuid4().hex[:8]}"
+        self.reg = Registrar(zk_server, self.chroot)
+        self.url = f"zk://{zk_server.hosts}/{self.chroot}"
+        self.topic = f"t{uuid.uuid4().hex[:6]}"
+
+    def add_set(self, rs: int, topic: str | None = None, partitions: int = PARTS) -> None:
+        """Broker rs-1 becomes replica set rs's master holding ``partitions`` of the topic."""
+        b = self.brokers[rs - 1]
+        topic = topic or self.topic
+        with Admin(b.url) as a:
+            a.create_topic(topic, partitions, if_not_exists=True)
+        self.reg.register_master(rs, b.url)
+        self.reg.register_topic(topic, rs, partitions)
+
+    def close(self):
+        self.reg.close()
+
+
+@pytest.fixture
+def cluster(zookeeper_server, brokers):
+    c = Cluster(zookeeper_server, brokers)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def wait_for(pred, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_all(url_or_broker, topic, expect, **kw):
+    """Every message of ``topic`` until ``expect`` have come."""
+    out = []
+    with Consumer(url_or_broker, topic, auto_offset_reset="earliest", **kw) as c:
+        deadline = time.monotonic() + 30
+        while len(out) < expect and time.monotonic() < deadline:
+            out += c.poll(timeout_ms=500)
+    return out
+
+
+def test_zk_url_parsing():
+    from hpbroker.cluster.client_view import parse_zk_url
+
+    assert parse_zk_url("zk://127.0.0.1:2181") == "127.0.0.1:2181"
+    assert parse_zk_url("zk://a:1,b:2/x/y/") == "a:1,b:2/x/y"
+    for bad in ("zk://", "zk://a/x", "tcp://a:1", "zk://a:b"):
+        with pytest.raises(ValueError):
+            parse_zk_url(bad)
+
+
+def test_keyed_messages_go_to_their_global_partition_and_keyless_round_robin(cluster):
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t = cluster.topic
+    with Producer(cluster.url, acks=1) as p:
+        assert p.partitions(t) == [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
+        keys = [f"k{i}".encode() for i in range(40)]
+        keyed = {k: p.send(t, b"v-" + k, key=k) for k in keys}
+        keyless = [p.send(t, f"n{i}".encode()) for i in range(16)]
+        p.flush(30)
+        for k, f in keyed.items():
+            md = f.get(10)
+            assert md.partition == partition_for_key(k, 8)
+        assert Counter(f.get(10).partition for f in keyless) == {g: 2 for g in range(8)}
+        again = {k: p.send(t, b"again", key=k).get(10).partition for k in keys}
+        assert again == {k: partition_for_key(k, 8) for k in keys}
+    # where the messages really are: on each set's broker, in the local partition the global one names
+    layout = [(rs, q) for rs in (1, 2) for q in range(PARTS)]
+    for rs in (1, 2):
+        expect = 8 + 2 * sum(1 for k in keys if layout[partition_for_key(k, 8)][0] == rs)
+        msgs = read_all(cluster.brokers[rs - 1].url, t, expect)
+        assert len(msgs) == expect
+        for m in msgs:
+            if m.key is not None:
+                assert layout[partition_for_key(m.key, 8)] == (rs, m.partition)
