@@ -126,3 +126,21 @@ def test_keyed_messages_go_to_their_global_partition_and_keyless_round_robin(clu
         for m in msgs:
             if m.key is not None:
                 assert layout[partition_for_key(m.key, 8)] == (rs, m.partition)
+
+
+def produce(url, topic, n, prefix="m"):
+    with Producer(url, acks=1) as p:
+        futs = [p.send(topic, f"{prefix}{i}".encode()) for i in range(n)]
+        p.flush(30)
+        return [f.get(10) for f in futs]
+
+
+def test_a_consumer_given_a_zk_url_reads_every_set(cluster):
+    cluster.add_set(1)
+    cluster.add_set(2)
+    mds = produce(cluster.url, cluster.topic, 40)
+    msgs = read_all(cluster.url, cluster.topic, 40)
+    assert sorted(m.value for m in msgs) == sorted(f"m{i}".encode() for i in range(40))
+    # each message reports the global partition and offset its producer was told
+    assert sorted((m.partition, m.offset) for m in msgs) == sorted((md.partition, md.offset) for md in mds)
+    assert {m.partition for m in msgs} == set(range(8))

@@ -1,0 +1,464 @@
+"""``ClusterConsumer``: what ``Consumer("zk://...")`` returns (docs/client.md, "Clusters: zk:// URLs").
+
+It reads a topic's *global partition list* (:mod:`hpbroker.cluster.client_view`)
+with one ordinary :class:`~hpbroker.client.consumer.Consumer` per (topic,
+replica set), each given that set's master and slave URLs and that set's
+partitions (so each follows a promotion within its set by itself), and
+hands out their messages with ``partition`` set to the global number.
+
+* no ``group_id``: every partition of the topics, following the list as
+  sets are added;
+* ``group_id``: a member of a group whose members and owners are ZooKeeper
+  nodes (:mod:`hpbroker.cluster.client_group`, docs/cluster.md, "Consumer
+  groups across brokers"); offsets in a store, MetaQ's ZooKeeper path by
+  default (``/meta/consumers/<g>/offsets/<topic>/<set>-<p>``).
+
+Single-threaded like Consumer: the caller's thread owns every socket; the
+view's and the member's threads only touch ZooKeeper and wake it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Iterator, Sequence
+
+import zmq
+
+from hpbroker.client.consumer import Consumer, default_instance_name
+from hpbroker.client.records import Message, TopicPartition
+from hpbroker.client.waker import Waker
+from hpbroker.cluster.client_group import GroupMember, Slot, new_member_id
+from hpbroker.cluster.client_view import ClusterView
+from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+log = logging.getLogger("hpbroker.consumer")
+
+_UNSUPPORTED = ("broadcast", "max_poll_interval_ms", "assignor")
+
+
+class ClusterConsumer:
+    def __init__(
+        self,
+        url: str,
+        topics: str | Sequence[str] | None = None,
+        *,
+        topic: str | None = None,
+        partitions: Iterable[int] | None = None,
+        group_id: str | None = None,
+        instance_name: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 10_000,
+        listener=None,
+        on_assign=None,
+        on_revoke=None,
+        on_lost=None,
+        offset_store=None,
+        offset_store_path: str | None = None,
+        offset_store_connection=None,
+        offset_store_hosts: str | None = None,
+        auto_offset_reset: str = "latest",
+        fetch_max_wait_ms: int = 500,
+        consumer_timeout_ms: float | None = None,
+        **options,
+    ):
+        for name in _UNSUPPORTED:
+            if options.pop(name, None) not in (None, False, "", "range"):
+                raise ValueError(f"{name}= is not supported with a zk:// URL (docs/client.md, \"Clusters: zk:// URLs\")")
+        names = [topics] if isinstance(topics, str) else list(topics or [])
+        if topic is not None:
+            names.append(topic)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"a Consumer needs distinct topics, got {names}")
+        if partitions is not None and len(names) != 1:
+            raise ValueError("partitions= picks partitions of one topic; with several topics, leave it out")
+        if offset_store == "broker":
+            raise ValueError("offset_store='broker' is not supported with a zk:// URL: the group lives in "
+                             "ZooKeeper; use 'zookeeper' (the default), 'file', 'sql' or your own store")
+        self.url = url
+        self.topics = names
+        self.topic = names[0]
+        self.group_id = group_id
+        self.auto_offset_reset = auto_offset_reset
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.consumer_timeout_ms = consumer_timeout_ms
+        self.enable_auto_commit = bool(group_id) and enable_auto_commit
+        self.auto_commit_interval = auto_commit_interval_ms / 1000.0
+        self.instance_name = instance_name or default_instance_name()
+        self._on_assign = on_assign or getattr(listener, "on_partitions_assigned", None)
+        self._on_revoke = on_revoke or getattr(listener, "on_partitions_revoked", None)
+        self._on_lost = on_lost or getattr(listener, "on_partitions_lost", None)
+        self._sub_options = dict(options, auto_offset_reset=auto_offset_reset, fetch_max_wait_ms=fetch_max_wait_ms)
+        self._subs: dict[tuple[str, int], Consumer] = {}
+        self._sub_urls: dict[tuple[str, int], list[str]] = {}
+        self._slots: set[Slot] = set()
+        self._gindex: dict[Slot, int] = {}
+        self._seen_version = -1
+        self._committed: dict[Slot, int] = {}
+        self._next_auto_commit = time.monotonic() + self.auto_commit_interval
+        self._paused = False
+        self._gen = 0
+        self._rr = 0
+        self._closed = False
+        self._stores: dict = {}
+        self._member: GroupMember | None = None
+        self._waker = Waker()
+        self._view = ClusterView(url, timeout_s=session_timeout_ms / 1000.0)
+        self._view.add_listener(lambda _s: self._waker.wake())
+        try:
+            self._view.start()
+            for t in names:
+                if not self._view.watch_topic(t):
+                    raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                                      f"topic {t!r} is not registered by any broker in ZooKeeper ({url})")
+            self._reindex()
+            if group_id:
+                self._store_spec = (offset_store or "zookeeper", offset_store_path, offset_store_connection,
+                                    offset_store_hosts)
+            if partitions is not None:
+                parts = self._view.partitions(self.topic)
+                wanted = set()
+                for g in partitions:
+                    if not 0 <= g < len(parts):
+                        raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                                          f"{self.topic!r} has {len(parts)} partitions across the cluster, no {g}")
+                    wanted.add((self.topic, *parts[g]))
+                self._fixed = frozenset(wanted)
+            else:
+                self._fixed = None
+            if group_id and partitions is None:
+                self._member = GroupMember(self._view, group_id, names, new_member_id(self.instance_name),
+                                           on_change=self._waker.wake)
+                self._member.start()
+            else:
+                self._apply(self._fixed if self._fixed is not None else self._all_slots())
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    # -- the layout --------------------------------------------------------------------------
+
+    def partitions(self, topic: str | None = None) -> list[tuple[int, int]]:
+        """The global partition list of ``topic``: (replica set, partition) by global number."""
+        return self._view.partitions(topic or self.topic)
+
+    @property
+    def member_id(self) -> str | None:
+        return None if self._member is None else self._member.member_id
+
+    def _all_slots(self) -> set[Slot]:
+        return {(t, rs, p) for t in self.topics for rs, p in self._view.partitions(t)}
+
+    def _reindex(self) -> None:
+        snap = self._view.snapshot
+        self._seen_version = snap.version
+        self._gindex = {(t, rs, p): g for t in self.topics for g, (rs, p) in enumerate(snap.partitions(t))}
+        for (t, rs), sub in self._subs.items():
+            s = snap.sets.get(rs)
+            urls = [] if s is None else s.urls()
+            if urls and urls != self._sub_urls[(t, rs)]:
+                self._sub_urls[(t, rs)] = urls
+                sub._t.bootstraps = urls
+                sub._f.lost = True  # the next fetch asks them which one to read from
+
+    def _slot(self, partition) -> Slot:
+        """A global partition (an int of the first topic, or a TopicPartition) -> its slot."""
+        if isinstance(partition, tuple):
+            t, g = partition[0], int(partition[1])
+        else:
+            t, g = self.topic, int(partition)
+        parts = self._view.partitions(t)
+        if not 0 <= g < len(parts):
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{t!r} has no partition {g} across the cluster")
+        return (t, *parts[g])
+
+    def _key(self, slot: Slot):
+        g = self._gindex.get(slot, -1)
+        return g if len(self.topics) == 1 else TopicPartition(slot[0], g)
+
+    # -- assignment ----------------------------------------------------------------------------
+
+    def _apply(self, slots) -> None:
+        """Fetch exactly ``slots`` from now on (positions of kept ones kept)."""
+        slots = set(slots)
+        added = slots - self._slots
+        by_sub: dict[tuple[str, int], list[int]] = {}
+        for t, rs, p in slots:
+            by_sub.setdefault((t, rs), []).append(p)
+        for key in [k for k in self._subs if k not in by_sub]:
+            self._subs.pop(key).close(autocommit=False)
+            self._sub_urls.pop(key, None)
+        for key, ps in by_sub.items():
+            sub = self._subs.get(key)
+            if sub is None:
+                s = self._view.sets().get(key[1])
+                urls = [] if s is None else s.urls()
+                if not urls:
+                    raise BrokerError(ErrorCode.NOT_LEADER, f"replica set {key[1]} has no broker registered")
+                sub = Consumer(",".join(urls), topic=key[0], partitions=sorted(ps), **self._sub_options)
+                self._subs[key] = sub
+                self._sub_urls[key] = urls
+            else:
+                sub.assign(sorted(ps))
+        self._slots = slots
+        for slot in [s for s in self._committed if s not in slots]:
+            del self._committed[slot]
+        if self.group_id and added:
+            committed = self._load(added)
+            for slot, off in committed.items():
+                self._subs[(slot[0], slot[1])].seek(slot[2], off)
+                self._committed[slot] = off
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(s[0], self._gindex.get(s, -1)) for s in self._slots}
+
+    def _step(self) -> None:
+        if self._view.snapshot.version != self._seen_version:
+            self._reindex()
+            if self._member is None and self._fixed is None:
+                self._apply(self._all_slots())
+        if self._member is not None:
+            self._group_step()
+        self._auto_commit(time.monotonic())
+
+    def _group_step(self) -> None:
+        m = self._member
+        gen, paused, keep, give_up = m.take()
+        self._paused = paused
+        if gen != self._gen:  # the session expired: its owner nodes are gone, others own these now
+            self._gen = gen
+            lost = set(self._slots)
+            if lost:
+                log.warning("group %s: ZooKeeper session lost: %d partitions dropped", self.group_id, len(lost))
+                self._apply(set())
+                if self._on_lost is not None:
+                    self._on_lost({TopicPartition(s[0], self._gindex.get(s, -1)) for s in lost})
+        revoked = self._slots & give_up
+        if revoked:
+            if self.enable_auto_commit:
+                try:
+                    self._commit_slots(self._changed({s: o for s, o in self._positions().items() if s in revoked}),
+                                       check=False)
+                except Exception as e:
+                    log.warning("group %s: commit before giving up %d partitions failed: %s",
+                                self.group_id, len(revoked), e)
+            if self._on_revoke is not None:
+                self._on_revoke({TopicPartition(s[0], self._gindex.get(s, -1)) for s in revoked})
+            self._apply(self._slots - revoked)
+        if give_up:
+            m.release(give_up)
+        added = keep - self._slots
+        if added:
+            self._apply(self._slots | added)
+            if self._on_assign is not None:
+                self._on_assign({TopicPartition(s[0], self._gindex.get(s, -1)) for s in added})
+
+    # -- offsets ------------------------------------------------------------------------------
+
+    def _store(self, rs: int):
+        """(store, key function) for replica set ``rs``: the ZooKeeper store
+        writes MetaQ's ``<set>-<p>`` node (one store per set, broker_id =
+        the set); any other store keys the set's partitions under
+        ``"<topic>@<set>"``."""
+        spec, path, connection, hosts = self._store_spec
+        from hpbroker.client.stores import resolve_store
+
+        if spec == "zookeeper":
+            st = self._stores.get(rs)
+            if st is None:
+                st = self._stores[rs] = resolve_store("zookeeper", hosts=hosts or self._view.hosts, broker_id=rs)
+            return st, lambda t, p: (t, p)
+        st = self._stores.get(None)
+        if st is None:
+            st = self._stores[None] = resolve_store(spec, path=path, connection=connection, hosts=hosts)
+        return st, lambda t, p: (f"{t}@{rs}", p)
+
+    def _load(self, slots) -> dict[Slot, int]:
+        out = {}
+        by_set: dict[int, list[Slot]] = {}
+        for s in slots:
+            by_set.setdefault(s[1], []).append(s)
+        for rs, ss in by_set.items():
+            store, key = self._store(rs)
+            keys = {key(t, p): (t, r, p) for t, r, p in ss}
+            for k, off in store.load(self.group_id, list(keys)).items():
+                out[keys[k]] = off
+        return out
+
+    def _commit_slots(self, offsets: dict[Slot, int], check: bool = True) -> None:
+        if not offsets:
+            return
+        if check and self._member is not None:
+            gone = sorted(s for s in offsets if not self._member.owns(s))
+            if gone:
+                raise BrokerError(ErrorCode.FENCED_MEMBER_EPOCH,
+                                  f"{', '.join(f'{t}/{rs}-{p}' for t, rs, p in gone)} not owned by this member "
+                                  "any more (given up, or lost with its ZooKeeper session): its new owner commits it")
+        by_set: dict[int, dict] = {}
+        for (t, rs, p), off in offsets.items():
+            store, key = self._store(rs)
+            by_set.setdefault(rs, {})[key(t, p)] = off
+        for rs, offs in sorted(by_set.items()):
+            self._store(rs)[0].commit(self.group_id, offs)
+        self._committed.update(offsets)
+
+    def _positions(self) -> dict[Slot, int]:
+        out = {}
+        for (t, rs), sub in self._subs.items():
+            for (_t, p), part in sub._f.parts.items():
+                if part.position is not None:
+                    out[(t, rs, p)] = part.position
+        return out
+
+    def _changed(self, positions: dict[Slot, int]) -> dict[Slot, int]:
+        return {s: o for s, o in positions.items() if self._committed.get(s) != o}
+
+    def _need_group(self) -> None:
+        if not self.group_id:
+            raise RuntimeError("commit needs a group_id: a consumer without a group has no committed offsets")
+
+    def commit(self, offsets: dict | None = None) -> None:
+        """Commit ``offsets`` ({global partition: next offset}) or every
+        position; BrokerError FENCED_MEMBER_EPOCH for a partition this member
+        does not own (any more)."""
+        self._need_group()
+        if offsets is None:
+            todo = self._changed(self._positions())
+        else:
+            todo = {self._slot(p): int(o) for p, o in offsets.items()}
+        self._commit_slots(todo)
+
+    def commit_async(self, callback=None, offsets: dict | None = None) -> None:
+        """As :meth:`commit` (the stores answer at once); ``callback(offsets, exception)``."""
+        err = None
+        try:
+            self.commit(offsets)
+        except Exception as e:  # noqa: BLE001 - handed to the callback
+            err = e
+            if callback is None:
+                log.warning("group %s: commit failed: %s", self.group_id, e)
+        if callback is not None:
+            callback(offsets, err)
+
+    def committed(self, partition) -> int | None:
+        self._need_group()
+        slot = self._slot(partition)
+        return self._load([slot]).get(slot)
+
+    def _auto_commit(self, now: float) -> None:
+        if not self.enable_auto_commit or now < self._next_auto_commit:
+            return
+        self._next_auto_commit = now + self.auto_commit_interval
+        try:
+            self.commit()
+        except Exception as e:
+            log.warning("group %s: auto-commit failed: %s", self.group_id, e)
+
+    # -- positions ------------------------------------------------------------------------------
+
+    def _sub(self, partition) -> tuple[Consumer, int]:
+        slot = self._slot(partition)
+        sub = self._subs.get((slot[0], slot[1]))
+        if sub is None or slot not in self._slots:
+            raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"partition {partition} is not assigned")
+        return sub, slot[2]
+
+    def position(self, partition) -> int:
+        sub, p = self._sub(partition)
+        return sub.position(p)
+
+    def seek(self, partition, offset: int) -> None:
+        sub, p = self._sub(partition)
+        sub.seek(p, offset)
+
+    def seek_to_beginning(self, *partitions) -> None:
+        for key in partitions or [self._key(s) for s in self._slots]:
+            sub, p = self._sub(key)
+            sub.seek_to_beginning(p)
+
+    def seek_to_end(self, *partitions) -> None:
+        for key in partitions or [self._key(s) for s in self._slots]:
+            sub, p = self._sub(key)
+            sub.seek_to_end(p)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: float = 0, max_records: int = 500) -> list[Message]:
+        """Up to ``max_records`` messages from every set, ``partition`` the global number."""
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        while True:
+            self._waker.drain()
+            self._step()
+            out: list[Message] = []
+            if not self._paused and self._subs:
+                subs = list(self._subs.items())
+                self._rr = (self._rr + 1) % len(subs)
+                for (t, rs), sub in subs[self._rr:] + subs[:self._rr]:
+                    if len(out) >= max_records:
+                        break
+                    sub._t.poll(0)  # take the replies that arrived
+                    for m in sub.poll(0, max_records - len(out)):
+                        out.append(m._replace(partition=self._gindex.get((t, rs, m.partition), -1)))
+            if out:
+                return out
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out
+            self._wait(min(left, 0.2))
+
+    def _wait(self, seconds: float) -> None:
+        """Until a reply comes from any set's broker, the view or the group wakes us, or ``seconds``."""
+        poller = zmq.Poller()
+        poller.register(self._waker.rfd, zmq.POLLIN)
+        if not self._paused:
+            for sub in self._subs.values():
+                for s in sub._t.sockets.values():
+                    poller.register(s, zmq.POLLIN)
+                for mon in sub._t._monitors:
+                    poller.register(mon, zmq.POLLIN)
+        poller.poll(max(1, int(seconds * 1000)))
+
+    def __iter__(self) -> Iterator[Message]:
+        idle_since = time.monotonic()
+        while True:
+            msgs = self.poll(timeout_ms=self.fetch_max_wait_ms or 100, max_records=1000)
+            if msgs:
+                yield from msgs
+                idle_since = time.monotonic()
+            elif self.consumer_timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= self.consumer_timeout_ms:
+                return
+
+    def close(self, autocommit: bool = True) -> None:
+        """Commit (with auto-commit on), give up every partition at once, leave the group."""
+        if self._closed:
+            return
+        try:
+            if autocommit and self.enable_auto_commit and not self._paused:
+                try:
+                    self.commit()
+                except Exception as e:
+                    log.warning("group %s: final commit failed: %s", self.group_id, e)
+        finally:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        self._closed = True
+        for sub in self._subs.values():
+            sub.close(autocommit=False)
+        self._subs.clear()
+        if self._member is not None:
+            self._member.close()
+        for st in self._stores.values():
+            try:
+                st.close()
+            except Exception:
+                pass
+        self._view.close()
+        self._waker.close()
+
+    def __enter__(self) -> "ClusterConsumer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
