@@ -144,3 +144,72 @@ def test_a_consumer_given_a_zk_url_reads_every_set(cluster):
     # each message reports the global partition and offset its producer was told
     assert sorted((m.partition, m.offset) for m in msgs) == sorted((md.partition, md.offset) for md in mds)
     assert {m.partition for m in msgs} == set(range(8))
+
+
+def owners(cluster, group, topic) -> dict[str, str]:
+    """{"<set>-<p>": member id} as the owner nodes say."""
+    zk = cluster.reg.zk
+    base = f"{paths.CONSUMERS}/{group}/owners/{topic}"
+    if zk.exists(base) is None:
+        return {}
+    return {name: zk.get(f"{base}/{name}")[0].decode() for name in zk.get_children(base)}
+
+
+def poll_all(consumers, got: dict, rounds=1):
+    for _ in range(rounds):
+        for c in consumers:
+            for m in c.poll(timeout_ms=100):
+                got.setdefault(c, []).append(m)
+
+
+def settled(consumers, n):
+    """Every consumer's assignment, once they are disjoint and cover all n global partitions."""
+    parts = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
+    flat = [p for ps in parts for p in ps]
+    return parts if sorted(flat) == list(range(n)) else None
+
+
+def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_other_leaves(cluster):
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
+    kw = dict(group_id=g, auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=4000)
+    c1 = Consumer(cluster.url, t, **kw)
+    c2 = Consumer(cluster.url, t, **kw)
+    got: dict = {}
+    try:
+        parts = wait_for(lambda: (poll_all([c1, c2], got), settled([c1, c2], 8))[1], what="a split of 8 partitions")
+        # MetaQ's range assignment over the members sorted by id: the first takes 0-3, the second 4-7
+        first, second = sorted([c1, c2], key=lambda c: c.member_id)
+        assert sorted(tp.partition for tp in first.assignment()) == [0, 1, 2, 3]
+        assert sorted(tp.partition for tp in second.assignment()) == [4, 5, 6, 7]
+        assert parts
+        # the owner nodes: one per partition, MetaQ's <set>-<p> names, each naming its member
+        own = owners(cluster, g, t)
+        assert own == {**{f"1-{p}": first.member_id for p in range(4)}, **{f"2-{p}": second.member_id for p in range(4)}}
+        produce(cluster.url, t, 80)
+        wait_for(lambda: (poll_all([c1, c2], got), sum(map(len, got.values())) >= 80)[1], what="80 messages")
+        seen = [(m.partition, m.offset) for ms in got.values() for m in ms]
+        assert len(seen) == len(set(seen)) == 80  # nobody read a partition the other read
+        for c, ms in got.items():
+            assert {m.partition for m in ms} <= {tp.partition for tp in c.assignment()}
+        c1.commit()
+        c2.commit()
+        # the offsets, at MetaQ's path with MetaQ's data: /meta/consumers/<g>/offsets/<topic>/<set>-<p>, "<msgId>-<offset>"
+        counts = Counter(m.partition for ms in got.values() for m in ms)
+        layout = c1.partitions(t)
+        for gp, n in counts.items():
+            rs, p = layout[gp]
+            data, _ = cluster.reg.zk.get(paths.group_offset(g, t, rs, p))
+            assert data == f"-1-{n}".encode()
+        # one leaves: the other owns everything, and goes on from the committed offsets
+        c1.close()
+        wait_for(lambda: (poll_all([c2], got), len(c2.assignment()) == 8)[1], what="the survivor to take all 8")
+        assert set(owners(cluster, g, t).values()) == {c2.member_id}
+        got.clear()
+        produce(cluster.url, t, 16, prefix="late")
+        wait_for(lambda: (poll_all([c2], got), len(got.get(c2, [])) >= 16)[1], what="16 more messages")
+        assert sorted(m.value for m in got[c2]) == sorted(f"late{i}".encode() for i in range(16))
+    finally:
+        c1.close()
+        c2.close()
