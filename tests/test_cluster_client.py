@@ -213,3 +213,100 @@ def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_
     finally:
         c1.close()
         c2.close()
+
+
+class Worker:
+    """tests/group_worker.py given a zk:// URL: a member in its own process, so a SIGSTOP pauses its ZooKeeper session."""
+
+    def __init__(self, url, topic, group, out, *args):
+        import json
+        import os
+        import subprocess
+        import sys
+        import threading
+        from pathlib import Path
+
+        here = Path(__file__).resolve().parent
+        self.events: list[dict] = []
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
+        self.proc = subprocess.Popen([sys.executable, str(here / "group_worker.py"), url, topic, group, str(out), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True, text=True)
+        self.lines: list[str] = []
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if line.startswith("{"):
+                    self.events.append(json.loads(line))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def owned(self) -> set[int]:
+        own: set[int] = set()
+        for e in list(self.events):
+            if e["event"] == "assigned":
+                own |= {p for p, _ in e["partitions"]}
+            elif e["event"] in ("revoked", "lost"):
+                own -= set(e["partitions"])
+        return own
+
+    def stop(self):
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._reader.join(5)
+
+
+def test_a_member_whose_session_expires_drops_its_partitions_and_the_other_takes_them(cluster, tmp_path):
+    import os
+    import signal
+
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
+    w = Worker(cluster.url, t, g, tmp_path / "w.txt", "--session-ms", "2000", "--commit-ms", "200")
+    c = Consumer(cluster.url, t, group_id=g, auto_offset_reset="earliest", session_timeout_ms=4000,
+                 auto_commit_interval_ms=200)
+    got: dict = {}
+    try:
+        wait_for(lambda: (poll_all([c], got), len(w.owned()) == 4 and len(c.assignment()) == 4)[1],
+                 what="a 4/4 split", timeout=60)
+        assert w.owned().isdisjoint({tp.partition for tp in c.assignment()})
+        theirs = set(w.owned())
+        os.kill(w.proc.pid, signal.SIGSTOP)  # its session expires on the server in 2 s
+        wait_for(lambda: (poll_all([c], got), len(c.assignment()) == 8)[1], what="the other to take all 8", timeout=60)
+        assert set(owners(cluster, g, t).values()) == {c.member_id}
+        got.clear()
+        produce(cluster.url, t, 24, prefix="while-stopped")
+        wait_for(lambda: (poll_all([c], got), len(got.get(c, [])) >= 24)[1], what="24 messages")
+        os.kill(w.proc.pid, signal.SIGCONT)
+        # it learns its session expired: it gives up what it had (a "lost": no commit), joins again, 4/4 once more
+        wait_for(lambda: any(e["event"] == "lost" for e in w.events), what="the lost event", timeout=60)
+        assert set(next(e for e in w.events if e["event"] == "lost")["partitions"]) == theirs
+        samples = []
+
+        def split_again():
+            poll_all([c], got)
+            mine = {tp.partition for tp in c.assignment()}
+            samples.append((set(w.owned()), mine))
+            return len(mine) == 4 and len(w.owned()) == 4
+
+        wait_for(split_again, what="a 4/4 split again", timeout=60)
+        # the worker reports an assignment after it started fetching, so at every sample nobody fetched
+        # a partition the other held: no partition was ever read by both
+        assert all(a.isdisjoint(b) for a, b in samples)
+    finally:
+        c.close()
+        w.stop()
+    assert not w.proc.returncode, "".join(w.lines[-30:])
