@@ -310,3 +310,52 @@ def test_a_member_whose_session_expires_drops_its_partitions_and_the_other_takes
         c.close()
         w.stop()
     assert not w.proc.returncode, "".join(w.lines[-30:])
+
+
+def test_a_running_producer_and_consumer_start_using_a_new_set_without_a_restart(cluster):
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t = cluster.topic
+    with Producer(cluster.url, acks=1) as p, Consumer(cluster.url, t, auto_offset_reset="earliest") as c:
+        assert len(p.partitions(t)) == 8
+        first = [p.send(t, f"a{i}".encode()).get(10) for i in range(16)]
+        assert {md.partition for md in first} == set(range(8))
+        cluster.add_set(3)  # the topic spreads over a third set while both run
+        wait_for(lambda: len(p.partitions(t)) == 12, what="the producer to see set 3")
+        later = [p.send(t, f"b{i}".encode()).get(10) for i in range(24)]
+        assert {md.partition for md in later} == set(range(12))  # round robin now covers set 3's 8..11 too
+        got = []
+        wait_for(lambda: (got.extend(c.poll(timeout_ms=200)), len(got) >= 40)[1], what="40 messages")
+        assert sorted(m.value for m in got) == sorted([f"a{i}".encode() for i in range(16)]
+                                                      + [f"b{i}".encode() for i in range(24)])
+        assert {m.partition for m in got} == set(range(12))
+    # set 3's broker really holds them: 2 per partition, in its local partitions 0..3
+    assert Counter(m.partition for m in read_all(cluster.brokers[2].url, t, 8)) == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_clients_follow_a_sets_new_master_registered_in_zookeeper(cluster):
+    """Set 1's master moves from broker 1 to broker 3 (a failover, seen from the clients: the master
+    node names another broker); the running producer and consumer use the new one."""
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t = cluster.topic
+    with Admin(cluster.brokers[2].url) as a:
+        a.create_topic(t, PARTS)
+    with Producer(cluster.url, acks=1) as p, Consumer(cluster.url, t, auto_offset_reset="earliest") as c:
+        before = [p.send(t, f"a{i}".encode(), partition=0).get(10) for i in range(3)]
+        got = []
+        wait_for(lambda: (got.extend(c.poll(timeout_ms=200)), len(got) >= 3)[1], what="3 messages")
+        cluster.reg.unregister_master(1)
+        cluster.reg.register_master(1, cluster.brokers[2].url, broker_id=3, epoch=1)
+
+        def moved():
+            md = p.send(t, b"after", partition=0).get(10)
+            return md if md.offset == 0 else None  # broker 3's partition 0 was empty
+
+        assert wait_for(moved, what="the producer to use broker 3").partition == 0
+        assert [md.offset for md in before] == [0, 1, 2]
+        p.send(t, b"on-3", partition=0).get(10)  # only broker 3 has this one
+        wait_for(lambda: any(m.value == b"on-3" for m in (got.extend(c.poll(timeout_ms=200)) or got)),
+                 what="the consumer to read from broker 3")
+    on_3 = read_all(cluster.brokers[2].url, t, 2)
+    assert {b"after", b"on-3"} <= {m.value for m in on_3}
