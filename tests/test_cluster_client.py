@@ -359,3 +359,39 @@ def test_clients_follow_a_sets_new_master_registered_in_zookeeper(cluster):
                  what="the consumer to read from broker 3")
     on_3 = read_all(cluster.brokers[2].url, t, 2)
     assert {b"after", b"on-3"} <= {m.value for m in on_3}
+
+
+def hpbroker(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hpbroker", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_topics_create_and_describe_with_zookeeper(cluster):
+    cluster.reg.register_master(1, cluster.brokers[0].url)
+    cluster.reg.register_master(2, cluster.brokers[1].url)
+    cluster.reg.register_slave(2, 7, cluster.brokers[2].url)  # a slave's registration: a replica in describe
+    zk = cluster.url.removeprefix("zk://")
+    t = cluster.topic
+    r = hpbroker("topics", "create", t, "--partitions", "6", "--brokers", "1,2", "--zookeeper", zk)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{t}: 6 partitions (set 1: 3, set 2: 3)"
+    for rs, b in ((1, cluster.brokers[0]), (2, cluster.brokers[1])):
+        with Admin(b.url) as a:
+            assert len(a.topic(t).partitions) == 3  # on each set's master
+        cluster.reg.register_topic(t, rs, 3)  # what the broker registers itself once issue 22's broker side lands
+    produce(cluster.url, t, 6)  # one in each global partition
+    r = hpbroker("topics", "describe", t, "--zookeeper", zk)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == f"topic {t}: 6 partitions"
+    rows = [line.split("\t") for line in lines[2:]]
+    assert rows == [[str(g), str(rs), f"{rs}-{p}", str(rs), "1" if rs == 1 else "2,7", "0", "1"]
+                    for g, (rs, p) in enumerate([(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)])]
+    r = hpbroker("topics", "list", "--zookeeper", zk)
+    assert f"{t}\t6" in r.stdout.splitlines()
+    # a set with no master: one line on stderr, exit 1
+    r = hpbroker("topics", "create", t + "x", "--partitions", "2", "--brokers", "1,9", "--zookeeper", zk)
+    assert r.returncode == 1 and "replica set(s) 9 have no master" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
