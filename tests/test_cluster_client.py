@@ -395,3 +395,17 @@ def test_topics_create_and_describe_with_zookeeper(cluster):
     r = hpbroker("topics", "create", t + "x", "--partitions", "2", "--brokers", "1,9", "--zookeeper", zk)
     assert r.returncode == 1 and "replica set(s) 9 have no master" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_producer_whose_zookeeper_session_expired_watches_again(cluster):
+    """Watches go with an expired session: the view reads the tree again under the new one."""
+    cluster.add_set(1)
+    t = cluster.topic
+    with Producer(cluster.url, acks=1) as p:
+        assert len(p.partitions(t)) == 4
+        old = p._view.zk.client_id[0]
+        expire_session(cluster.zk_server, p._view.zk)
+        wait_for(lambda: p._view.zk.connected and p._view.zk.client_id[0] != old, what="a new session")
+        cluster.add_set(2)
+        wait_for(lambda: len(p.partitions(t)) == 8, what="the producer to see set 2 after its session expired")
+        assert {p.send(t, b"x").get(10).partition for _ in range(8)} == set(range(8))
