@@ -92,7 +92,10 @@ class ClusterConsumer:
         self._sub_options = dict(options, auto_offset_reset=auto_offset_reset, fetch_max_wait_ms=fetch_max_wait_ms)
         self._subs: dict[tuple[str, int], Consumer] = {}
         self._sub_urls: dict[tuple[str, int], list[str]] = {}
-        self._slots: set[Slot] = set()
+        self._slots: set[Slot] = set()  # what this consumer should fetch
+        self._placed: set[Slot] = set()  # what its per-set consumers fetch (a set may be unreachable)
+        self._retry_at: dict[tuple[str, int], float] = {}
+        self._carry: dict[Slot, int] = {}  # positions of a per-set consumer replaced by a new one
         self._gindex: dict[Slot, int] = {}
         self._seen_version = -1
         self._committed: dict[Slot, int] = {}
@@ -181,32 +184,58 @@ class ClusterConsumer:
 
     def _apply(self, slots) -> None:
         """Fetch exactly ``slots`` from now on (positions of kept ones kept)."""
-        slots = set(slots)
-        added = slots - self._slots
+        self._slots = set(slots)
+        for slot in [s for s in self._committed if s not in self._slots]:
+            del self._committed[slot]
+        self._sync_subs()
+
+    def _sync_subs(self) -> None:
+        """Give each (topic, set) Consumer its partitions of ``_slots``.  A
+        set that cannot be reached is tried again a second later; the other
+        sets go on meanwhile."""
         by_sub: dict[tuple[str, int], list[int]] = {}
-        for t, rs, p in slots:
+        for t, rs, p in self._slots:
             by_sub.setdefault((t, rs), []).append(p)
         for key in [k for k in self._subs if k not in by_sub]:
             self._subs.pop(key).close(autocommit=False)
             self._sub_urls.pop(key, None)
+        now = time.monotonic()
+        placed: set[Slot] = set()
         for key, ps in by_sub.items():
             sub = self._subs.get(key)
+            if sub is not None:
+                try:
+                    sub.assign(sorted(ps))
+                except BrokerError:  # the set has more partitions than when its consumer started: a new one
+                    for (_t, p), pos in sub._positions().items():
+                        self._carry[(key[0], key[1], p)] = pos
+                    self._subs.pop(key).close(autocommit=False)
+                    sub = None
             if sub is None:
+                if now < self._retry_at.get(key, 0.0):
+                    continue
                 s = self._view.sets().get(key[1])
                 urls = [] if s is None else s.urls()
-                if not urls:
-                    raise BrokerError(ErrorCode.NOT_LEADER, f"replica set {key[1]} has no broker registered")
-                sub = Consumer(",".join(urls), topic=key[0], partitions=sorted(ps), **self._sub_options)
+                try:
+                    if not urls:
+                        raise BrokerError(ErrorCode.NOT_LEADER, "no broker registered")
+                    sub = Consumer(",".join(urls), topic=key[0], partitions=sorted(ps), **self._sub_options)
+                except BrokerError as e:
+                    log.warning("%s: replica set %d: %s; trying again in 1 s", key[0], key[1], e)
+                    self._retry_at[key] = now + 1.0
+                    continue
+                self._retry_at.pop(key, None)
                 self._subs[key] = sub
                 self._sub_urls[key] = urls
-            else:
-                sub.assign(sorted(ps))
-        self._slots = slots
-        for slot in [s for s in self._committed if s not in slots]:
-            del self._committed[slot]
-        if self.group_id and added:
-            committed = self._load(added)
-            for slot, off in committed.items():
+                for p in ps:
+                    pos = self._carry.pop((key[0], key[1], p), None)
+                    if pos is not None:
+                        sub.seek(p, pos)
+            placed |= {(key[0], key[1], p) for p in ps}
+        new = placed - self._placed
+        self._placed = placed
+        if self.group_id and new:
+            for slot, off in self._load(new).items():
                 self._subs[(slot[0], slot[1])].seek(slot[2], off)
                 self._committed[slot] = off
 
@@ -220,6 +249,8 @@ class ClusterConsumer:
                 self._apply(self._all_slots())
         if self._member is not None:
             self._group_step()
+        if self._placed != self._slots:
+            self._sync_subs()
         self._auto_commit(time.monotonic())
 
     def _group_step(self) -> None:
