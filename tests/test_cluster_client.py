@@ -409,3 +409,17 @@ def test_a_producer_whose_zookeeper_session_expired_watches_again(cluster):
         cluster.add_set(2)
         wait_for(lambda: len(p.partitions(t)) == 8, what="the producer to see set 2 after its session expired")
         assert {p.send(t, b"x").get(10).partition for _ in range(8)} == set(range(8))
+
+
+def test_a_consumer_reads_the_sets_it_can_reach_while_one_is_down(cluster):
+    from brokerproc import free_port
+
+    cluster.add_set(1)
+    cluster.reg.register_master(2, f"tcp://127.0.0.1:{free_port()}")  # registered, but nobody listens there
+    cluster.reg.register_topic(cluster.topic, 2, PARTS)
+    with Producer(cluster.brokers[0].url, acks=1) as p:
+        for i in range(8):
+            p.send(cluster.topic, f"m{i}".encode(), partition=i % PARTS).get(10)
+    msgs = read_all(cluster.url, cluster.topic, 8, connect_timeout_ms=500)
+    assert sorted(m.value for m in msgs) == sorted(f"m{i}".encode() for i in range(8))
+    assert {m.partition for m in msgs} == {0, 1, 2, 3}  # set 1's: global 0..3
