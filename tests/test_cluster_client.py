@@ -423,3 +423,53 @@ def test_a_consumer_reads_the_sets_it_can_reach_while_one_is_down(cluster):
     msgs = read_all(cluster.url, cluster.topic, 8, connect_timeout_ms=500)
     assert sorted(m.value for m in msgs) == sorted(f"m{i}".encode() for i in range(8))
     assert {m.partition for m in msgs} == {0, 1, 2, 3}  # set 1's: global 0..3
+
+
+def test_clients_follow_a_promotion_within_a_set(cluster, tmp_path):
+    """Set 1 is a real master-slave pair; its master is killed and its slave promoted (by hand, until
+    the brokers fail over by themselves): the zk:// producer and group consumer go on by themselves,
+    the consumer from where it was on the new master."""
+    from test_replication import master, promote, slave, stats
+
+    a = master(tmp_path, "a", broker_id=1)
+    b = slave(tmp_path, "b", a, broker_id=2)
+    p = c = None
+    t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
+    try:
+        wait_for(lambda: stats(a).get("slave_2_insync") == 1, what="the slave to be in sync")
+        with Admin(a.url) as adm:
+            adm.create_topic(t, PARTS)
+        cluster.reg.register_master(1, a.url, broker_id=1, epoch=1)
+        cluster.reg.register_slave(1, 2, b.url, epoch=1)
+        cluster.reg.register_topic(t, 1, PARTS)
+        cluster.add_set(2)
+        opts = dict(request_timeout_ms=1500, connect_timeout_ms=1500)
+        p = Producer(cluster.url, acks=1, retries=30, retry_backoff_ms=200, **opts)
+        c = Consumer(cluster.url, t, group_id=g, auto_offset_reset="earliest", enable_auto_commit=False,
+                     fetch_max_wait_ms=200, **opts)
+        before = [p.send(t, f"before-{i}".encode()) for i in range(40)]
+        p.flush(30)
+        assert {f.get(0).partition for f in before} == set(range(8))
+        got = []
+        wait_for(lambda: (got.extend(c.poll(200)), len(got) >= 40)[1], what="40 messages")
+        c.commit()
+        a.kill()
+        cluster.reg.unregister_master(1)  # what a's expiring session does to its node
+        after = [p.send(t, f"after-{i}".encode()) for i in range(40)]  # set 1's wait for a leader
+        time.sleep(1.0)
+        epoch = promote(b)
+        cluster.reg.register_master(1, b.url, broker_id=2, epoch=epoch)
+        cluster.reg.zk.delete(paths.slave(1, 2))
+        assert {f.get(60).partition for f in after} == set(range(8))
+        got.clear()
+        wait_for(lambda: (got.extend(c.poll(200)), len(got) >= 40)[1], what="40 more messages", timeout=60)
+        assert sorted(m.value for m in got) == sorted(f"after-{i}".encode() for i in range(40))
+        # its offsets are in ZooKeeper, not on the dead master: what it committed before the kill is there
+        assert c.committed(0) == sum(1 for f in before if f.get(0).partition == 0)
+    finally:
+        if p is not None:
+            p.close(10)
+        if c is not None:
+            c.close()
+        b.stop()
+        a.stop()

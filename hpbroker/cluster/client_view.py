@@ -88,11 +88,13 @@ class Snapshot(NamedTuple):
     sets: dict[int, ReplicaSet]
     #: topic -> {set: partition count}; only the topics a client asked about
     topics: dict[str, dict[int, int]]
+    #: topic -> its global partition list, built once per snapshot (a send reads it; do not modify)
+    lists: dict[str, list[tuple[int, int]]] = {}
 
     def partitions(self, topic: str) -> list[tuple[int, int]]:
         """The topic's global partition list: sorted (set, partition) pairs."""
-        counts = self.topics.get(topic) or {}
-        return [(rs, p) for rs in sorted(counts) for p in range(counts[rs])]
+        out = self.lists.get(topic)
+        return global_partitions(self.topics.get(topic) or {}) if out is None else out
 
 
 def global_partitions(counts: dict[int, int]) -> list[tuple[int, int]]:
@@ -287,7 +289,7 @@ class ClusterView:
                 else:
                     slave_counts[rs] = max(n, slave_counts.get(rs, 0))
             topics[topic] = {**slave_counts, **masters}
-        return Snapshot(self.snapshot.version + 1, sets, topics)
+        return Snapshot(self.snapshot.version + 1, sets, topics, {t: global_partitions(c) for t, c in topics.items()})
 
     def _children(self, path: str) -> list[str]:
         """The children of ``path`` with a watch; [] (and a watch for its
