@@ -42,7 +42,8 @@ class GlobalFuture(FutureRecordMetadata):
     __slots__ = ("_g",)
 
     def __init__(self, inner: FutureRecordMetadata, g: int):
-        super().__init__(inner._batch, inner._index)
+        self._batch = inner._batch
+        self._index = inner._index
         self._g = g
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
@@ -82,7 +83,9 @@ class ClusterProducer:
         return set(range(len(self.partitions(topic))))
 
     def _route(self, topic: str, key: bytes | None, partition: int | None) -> tuple[int, int, int]:
-        parts = self.partitions(topic)
+        parts = self._view.snapshot.lists.get(topic)  # the common case: a topic already followed
+        if not parts:
+            parts = self.partitions(topic)
         n = len(parts)
         if partition is None:
             g = partition_for_key(key, n) if key is not None else next(self._rr) % n
@@ -132,9 +135,15 @@ class ClusterProducer:
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
              timestamp_ms: int | None = None, callback=None, *, headers=None) -> FutureRecordMetadata:
-        g, rs, p = self._route(topic, key, partition)
-        fut = GlobalFuture(self._producer(rs).send(topic, value, key=key, partition=p, timestamp_ms=timestamp_ms,
-                                                   headers=headers), g)
+        parts = self._view.snapshot.lists.get(topic)
+        if parts and partition is None:  # the common case, inline (per message)
+            n = len(parts)
+            g = partition_for_key(key, n) if key is not None else next(self._rr) % n
+            rs, p = parts[g]
+        else:
+            g, rs, p = self._route(topic, key, partition)
+        producer = self._producers.get(rs) or self._producer(rs)
+        fut = GlobalFuture(producer.send(topic, value, key, p, timestamp_ms, None, headers=headers), g)
         if callback is not None:
             _attach(fut, callback)
         return fut
