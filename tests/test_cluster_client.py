@@ -473,3 +473,56 @@ def test_clients_follow_a_promotion_within_a_set(cluster, tmp_path):
             c.close()
         b.stop()
         a.stop()
+
+
+def test_zk_clients_over_brokers_that_register_themselves_and_fail_over(tmp_path, zookeeper_server):
+    """Once issue 22's broker side is merged (``serve --zookeeper``): no registrar, the brokers write
+    their own nodes; a master is killed with -9 and its slave promotes itself under a keyed acks=all
+    producer and a group consumer.  Skipped on a tree without the broker side."""
+    pytest.importorskip("hpbroker.cluster.broker_agent")
+    from test_cluster_broker import broker, chroot, node, stop_all, zk_client
+    from test_replication import wait_until
+
+    hosts = chroot(zookeeper_server)
+    url = "zk://" + hosts
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    b = broker(tmp_path, "b", hosts, "slave", 2, rs=1)
+    m3 = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    p = c = z = None
+    try:
+        z = zk_client(hosts)
+        wait_until(lambda: node(z, paths.master(3)) is not None and (node(z, paths.master(1)) or 0)
+                   and node(z, paths.master(1)).insync == [2], 30, "both masters, set 1's slave in sync")
+        r = hpbroker("topics", "create", "T", "--partitions", "8", "--brokers", "1,3", "--zookeeper", hosts)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: z.exists(paths.topic_master("T", 1)) and z.exists(paths.topic_master("T", 3)), 30,
+                   "the masters to register the topic")
+        r = hpbroker("topics", "describe", "T", "--zookeeper", hosts)
+        assert r.stdout.splitlines()[2].split("\t")[:5] == ["0", "1", "1-0", "1", "1,2"]
+        opts = dict(request_timeout_ms=1500, connect_timeout_ms=1500)
+        p = Producer(url, acks="all", retries=60, retry_backoff_ms=200, **opts)
+        assert p.partitions("T") == [(1, q) for q in range(4)] + [(3, q) for q in range(4)]
+        c = Consumer(url, "T", group_id="g", auto_offset_reset="earliest", fetch_max_wait_ms=200, **opts)
+        keys = [f"k{i}".encode() for i in range(50)]
+        futs = [p.send("T", b"before", key=k) for k in keys]
+        p.flush(30)
+        assert [f.get(0).partition for f in futs] == [partition_for_key(k, 8) for k in keys]
+        got = []
+        wait_for(lambda: (got.extend(c.poll(200)), len(got) >= 50)[1], what="50 messages")
+        c.commit()
+        a.kill()
+        futs = [p.send("T", b"after", key=k) for k in keys]
+        assert [f.get(60).partition for f in futs] == [partition_for_key(k, 8) for k in keys]  # same keys, same places
+        got.clear()
+        wait_for(lambda: (got.extend(c.poll(200)), len(got) >= 50)[1], what="50 more", timeout=60)
+        assert Counter(m.value for m in got) == {b"after": 50}  # from where it was, on the promoted slave
+        assert node(z, paths.master(1)).broker_id == 2
+    finally:
+        if p is not None:
+            p.close(10)
+        if c is not None:
+            c.close()
+        if z is not None:
+            z.stop()
+            z.close()
+        stop_all(a, b, m3)
