@@ -526,3 +526,22 @@ def test_zk_clients_over_brokers_that_register_themselves_and_fail_over(tmp_path
             z.stop()
             z.close()
         stop_all(a, b, m3)
+
+
+def test_the_console_produces_and_consumes_through_a_zk_url(cluster):
+    import subprocess
+    import sys
+
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t = cluster.topic
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "produce", t, "--broker", cluster.url],
+                       input="".join(f"line{i}\n" for i in range(16)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = hpbroker("consume", t, "--broker", cluster.url, "--from-beginning", "--max-messages", "16",
+                 "--timeout-ms", "20000", "--group", "cli")
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == sorted(f"line{i}" for i in range(16))
+    assert cluster.reg.zk.exists(paths.group_offset("cli", t, 2, 0))  # its offsets, in MetaQ's place
+    r = hpbroker("consume", t, "--broker", "zk://nohost", "--max-messages", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr

@@ -54,6 +54,8 @@ def _cluster_args(p) -> None:
 
 
 def _zk_url(args) -> str | None:
+    if not args.zookeeper and args.broker.strip().startswith("zk://"):
+        args.zookeeper = args.broker  # --broker zk://... says the same
     if not args.zookeeper:
         return None
     from hpbroker.cluster.client_view import parse_zk_url
@@ -88,7 +90,7 @@ def _call(args, fn):
 
 
 def _create(args) -> int:
-    if args.zookeeper:
+    if _zk_url(args):
         sets = None
         if args.brokers:
             try:
@@ -119,7 +121,7 @@ def _list(args) -> int:
 def _describe(args) -> int:
     rows = _call(args, lambda a: a.describe(args.name))
     print(f"topic {args.name}: {len(rows)} partitions")
-    if args.zookeeper:
+    if _zk_url(args):
         print("partition\tset\tset-partition\tleader\treplicas\tearliest\tlatest")
         for r in rows:
             print(f"{r.partition}\t{r.replica_set}\t{r.replica_set}-{r.local}\t"
