@@ -545,3 +545,33 @@ def test_the_console_produces_and_consumes_through_a_zk_url(cluster):
     assert cluster.reg.zk.exists(paths.group_offset("cli", t, 2, 0))  # its offsets, in MetaQ's place
     r = hpbroker("consume", t, "--broker", "zk://nohost", "--max-messages", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr
+
+
+def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
+    import threading
+
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
+    mds = produce(cluster.url, t, 32)
+    with Consumer(cluster.url, t, auto_offset_reset="earliest") as c:
+        raw = []
+        wait_for(lambda: (raw.extend(c.poll_batches(timeout_ms=200)), sum(rb.record_count for rb in raw) >= 32)[1],
+                 what="32 records in raw batches")
+        assert {rb.partition for rb in raw} == {md.partition for md in mds} == set(range(8))
+    handled = []
+    c = Consumer(cluster.url, t, group_id=g, auto_offset_reset="earliest")
+
+    def handler(m):
+        handled.append(m)
+        if len(handled) == 32:
+            threading.Thread(target=c.stop).start()
+
+    try:
+        counts = c.run(handler, on_failure="drop", poll_timeout_ms=200)
+    finally:
+        c.close()
+    assert counts["handled"] == 32
+    assert sorted((m.partition, m.offset) for m in handled) == sorted((md.partition, md.offset) for md in mds)
+    with Consumer(cluster.url, t, group_id=g, partitions=range(8), enable_auto_commit=False) as again:
+        assert sum(again.committed(p) or 0 for p in range(8)) == 32  # committed at close

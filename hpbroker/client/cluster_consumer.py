@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import zmq
 
 from hpbroker.client.consumer import Consumer, default_instance_name
-from hpbroker.client.records import Message, TopicPartition
+from hpbroker.client.records import Message, RawBatches, TopicPartition
 from hpbroker.client.waker import Waker
 from hpbroker.cluster.client_group import GroupMember, Slot, new_member_id
 from hpbroker.cluster.client_view import ClusterView
@@ -104,6 +104,9 @@ class ClusterConsumer:
         self._gen = 0
         self._rr = 0
         self._closed = False
+        self._stopping = False
+        self.bootstrap = url  # what the handler loop's dead-letter producer is given
+        self.request_timeout_ms = options.get("request_timeout_ms", 30_000)
         self._stores: dict = {}
         self._member: GroupMember | None = None
         self._waker = Waker()
@@ -417,26 +420,67 @@ class ClusterConsumer:
 
     def poll(self, timeout_ms: float = 0, max_records: int = 500) -> list[Message]:
         """Up to ``max_records`` messages from every set, ``partition`` the global number."""
+        def take(key, sub, room, out):
+            t, rs = key
+            for m in sub.poll(0, room):
+                out.append(m._replace(partition=self._gindex.get((t, rs, m.partition), -1)))
+
+        return self._gather(timeout_ms, max_records, take, len)
+
+    def poll_batches(self, timeout_ms: float = 0, max_bytes: int = 64 << 20) -> list[RawBatches]:
+        """Consumer.poll_batches over every set: whole batches per partition, ``partition`` the global number."""
+        def take(key, sub, room, out):
+            t, rs = key
+            for rb in sub.poll_batches(0, room):
+                out.append(rb._replace(partition=self._gindex.get((t, rs, rb.partition), -1)))
+
+        return self._gather(timeout_ms, max_bytes, take, lambda out: sum(len(rb.data) for rb in out))
+
+    def _gather(self, timeout_ms: float, limit: int, take, size) -> list:
+        """What the per-set consumers have (``take(key, sub, room, out)``), up
+        to ``limit`` by ``size(out)``, waiting up to ``timeout_ms`` for the first."""
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
             self._waker.drain()
             self._step()
-            out: list[Message] = []
+            out: list = []
             if not self._paused and self._subs:
                 subs = list(self._subs.items())
                 self._rr = (self._rr + 1) % len(subs)
-                for (t, rs), sub in subs[self._rr:] + subs[:self._rr]:
-                    if len(out) >= max_records:
+                for key, sub in subs[self._rr:] + subs[:self._rr]:
+                    room = limit - size(out)
+                    if room <= 0:
                         break
                     sub._t.poll(0)  # take the replies that arrived
-                    for m in sub.poll(0, max_records - len(out)):
-                        out.append(m._replace(partition=self._gindex.get((t, rs, m.partition), -1)))
-            if out:
+                    take(key, sub, room, out)
+            if out or self._stopping:
                 return out
             left = deadline - time.monotonic()
             if left <= 0:
                 return out
             self._wait(min(left, 0.2))
+
+    def run(self, handler, *, batch: bool = False, max_retries: int = 5, on_failure: str = "dlq",
+            retry_backoff_ms: int = 100, recover_interval_ms: int = 300_000, recover_dir: str | None = None,
+            poll_timeout_ms: int = 500):
+        """Consumer.run (docs/consumer.md, "Handler mode") over every set.
+        With ``on_failure="dlq"`` the dead-letter topic ``<topic>.<group>.dlq``
+        must exist in the cluster (``hpbroker topics create ... --zookeeper``):
+        it is written through a zk:// producer."""
+        from hpbroker.client.handler import HandlerLoop
+
+        return HandlerLoop(self, handler, batch=batch, max_retries=max_retries, on_failure=on_failure,
+                           retry_backoff_ms=retry_backoff_ms, recover_interval_ms=recover_interval_ms,
+                           recover_dir=recover_dir, poll_timeout_ms=poll_timeout_ms).run()
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the message in hand (any thread)."""
+        self._stopping = True
+        self._waker.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def _wait(self, seconds: float) -> None:
         """Until a reply comes from any set's broker, the view or the group wakes us, or ``seconds``."""
