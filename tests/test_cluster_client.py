@@ -575,3 +575,27 @@ def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
     assert sorted((m.partition, m.offset) for m in handled) == sorted((md.partition, md.offset) for md in mds)
     with Consumer(cluster.url, t, group_id=g, partitions=range(8), enable_auto_commit=False) as again:
         assert sum(again.committed(p) or 0 for p in range(8)) == 32  # committed at close
+
+
+def test_a_group_rebalances_when_the_topic_spreads_over_a_new_set(cluster):
+    cluster.add_set(1)
+    cluster.add_set(2)
+    t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
+    kw = dict(group_id=g, auto_offset_reset="earliest", session_timeout_ms=4000)
+    c1, c2 = Consumer(cluster.url, t, **kw), Consumer(cluster.url, t, **kw)
+    got: dict = {}
+    try:
+        wait_for(lambda: (poll_all([c1, c2], got), settled([c1, c2], 8))[1], what="a split of 8")
+        cluster.add_set(3)
+        parts = wait_for(lambda: (poll_all([c1, c2], got), settled([c1, c2], 12))[1], what="a split of 12")
+        assert sorted(map(len, parts)) == [6, 6]
+        own = owners(cluster, g, t)
+        assert len(own) == 12 and {n.split("-")[0] for n in own} == {"1", "2", "3"}
+        got.clear()
+        mds = produce(cluster.url, t, 36)
+        wait_for(lambda: (poll_all([c1, c2], got), sum(map(len, got.values())) >= 36)[1], what="36 messages")
+        seen = sorted((m.partition, m.offset) for ms in got.values() for m in ms)
+        assert seen == sorted((md.partition, md.offset) for md in mds)
+    finally:
+        c1.close()
+        c2.close()
