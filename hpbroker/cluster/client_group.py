@@ -220,6 +220,7 @@ class GroupMember:
             before = (frozenset(self.owned), self.target)
             self.target = frozenset(target)
             want = target - self.owned
+            generation = self.generation
         session = zk.client_id[0] if zk.client_id else None
         for slot in sorted(want):
             path = paths.group_owner(self.group, *slot)
@@ -235,6 +236,11 @@ class GroupMember:
                     claimed = False
             if claimed:  # even if no longer wanted meanwhile: then take() lists it to give up
                 with self._lock:
+                    if self.generation != generation:
+                        # the session was lost meanwhile: this node may have gone with it.  If it was made
+                        # by the new session, the next rebalance finds it ours (its ephemeralOwner)
+                        self._dirty.set()
+                        break
                     self.owned.add(slot)
         with self._lock:
             after = (frozenset(self.owned), self.target)
