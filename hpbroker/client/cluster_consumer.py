@@ -301,7 +301,11 @@ class ClusterConsumer:
         if spec == "zookeeper":
             st = self._stores.get(rs)
             if st is None:
-                st = self._stores[rs] = resolve_store("zookeeper", hosts=hosts or self._view.hosts, broker_id=rs)
+                from hpbroker.client.stores.zookeeper import ZooKeeperOffsetStore
+
+                # MetaQ's node: broker_id is the set; on the cluster's ensemble, through the view's session
+                st = self._stores[rs] = ZooKeeperOffsetStore(hosts or self._view.hosts, broker_id=rs,
+                                                             client=None if hosts else self._view.zk)
             return st, lambda t, p: (t, p)
         st = self._stores.get(None)
         if st is None:
