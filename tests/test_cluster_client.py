@@ -156,10 +156,14 @@ def owners(cluster, group, topic) -> dict[str, str]:
 
 
 def poll_all(consumers, got: dict, rounds=1):
+    """A poll of each; after each, no partition is in two consumers' assignments (every rebalance step
+    of every group test passes here)."""
     for _ in range(rounds):
         for c in consumers:
             for m in c.poll(timeout_ms=100):
                 got.setdefault(c, []).append(m)
+            held = [tp for c2 in consumers if not c2._closed for tp in c2.assignment()]
+            assert len(held) == len(set(held)), f"a partition assigned twice: {sorted(held)}"
 
 
 def settled(consumers, n):
