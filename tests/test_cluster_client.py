@@ -603,3 +603,22 @@ def test_a_group_rebalances_when_the_topic_spreads_over_a_new_set(cluster):
     finally:
         c1.close()
         c2.close()
+
+
+def test_a_send_waits_for_a_topic_registered_a_moment_later_and_an_unknown_one_is_an_error(cluster):
+    import threading
+
+    from hpbroker.client import BrokerError, ErrorCode
+
+    cluster.add_set(1, topic="other")  # set 1 is there; the test's topic is not registered yet
+    with Producer(cluster.url, acks=1, max_block_ms=1000) as p:
+        with pytest.raises(BrokerError) as e:
+            p.send(cluster.topic, b"x")
+        assert e.value.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION and cluster.topic in str(e.value)
+    later = threading.Timer(0.5, cluster.add_set, args=(1,))
+    later.start()
+    try:
+        with Producer(cluster.url, acks=1) as p:
+            assert p.send(cluster.topic, b"x").get(10).partition in range(PARTS)
+    finally:
+        later.join()

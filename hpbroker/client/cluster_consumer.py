@@ -115,7 +115,7 @@ class ClusterConsumer:
         try:
             self._view.start()
             for t in names:
-                if not self._view.watch_topic(t):
+                if not self._view.wait_partitions(t, options.get("connect_timeout_ms", 10_000) / 1000.0):
                     raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                                       f"topic {t!r} is not registered by any broker in ZooKeeper ({url})")
             self._reindex()

@@ -73,10 +73,11 @@ class ClusterProducer:
 
     def partitions(self, topic: str) -> list[tuple[int, int]]:
         """The topic's global partition list: (replica set, partition) by global number."""
-        parts = self._view.watch_topic(topic)
+        parts = self._view.wait_partitions(topic, self.max_block)  # a topic created a moment ago registers soon
         if not parts:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                              f"topic {topic!r} is not registered by any broker in ZooKeeper ({self.url})")
+                              f"topic {topic!r} is not registered by any broker in ZooKeeper ({self.url}) "
+                              f"within max_block_ms")
         return parts
 
     def partitions_for(self, topic: str) -> set[int]:

@@ -173,6 +173,20 @@ class ClusterView:
     def partitions(self, topic: str) -> list[tuple[int, int]]:
         return self.snapshot.partitions(topic)
 
+    def wait_partitions(self, topic: str, timeout_s: float) -> list[tuple[int, int]]:
+        """``topic``'s global partition list, waiting up to ``timeout_s`` for
+        a broker to register it (a topic created a moment ago); [] if none did."""
+        parts = self.watch_topic(topic)
+        deadline = time.monotonic() + timeout_s
+        with self._refreshed:
+            while not parts:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._refreshed.wait(min(left, 1.0))
+                parts = self.snapshot.partitions(topic)
+        return parts
+
     def sets(self) -> dict[int, ReplicaSet]:
         return self.snapshot.sets
 
