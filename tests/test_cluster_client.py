@@ -624,3 +624,34 @@ def test_a_send_waits_for_a_topic_registered_a_moment_later_and_an_unknown_one_i
             assert p.send(cluster.topic, b"x").get(10).partition in range(PARTS)
     finally:
         later.join()
+
+
+def test_a_spilling_producer_keeps_a_down_sets_messages_and_sends_them_next_run(cluster, tmp_path):
+    """spill_dir with a zk:// URL: one journal per replica set (<spill_dir>/set-<n>).  Set 2's broker is
+    down: its share waits in set-2's journal; the next producer on the directory sends it once it is up."""
+    from brokerproc import free_port
+
+    cluster.add_set(1)
+    port = free_port()
+    cluster.reg.register_master(2, f"tcp://127.0.0.1:{port}")
+    cluster.reg.register_topic(cluster.topic, 2, PARTS)
+    t = cluster.topic
+    spill = tmp_path / "spill"
+    p = Producer(cluster.url, acks=1, spill_dir=spill, request_timeout_ms=1000, connect_timeout_ms=1000)
+    futs = [p.send(t, f"m{i}".encode()) for i in range(16)]  # round robin: 0..3 on set 1, 4..7 on set 2
+    for f in futs[:4] + futs[8:12]:
+        assert f.get(30).partition in range(4)
+    p.close(timeout=3)  # set 2's are still unanswered: they stay in its journal
+    assert sorted(d.name for d in spill.iterdir()) == ["set-1", "set-2"]
+    (tmp_path / "b2").mkdir()
+    b = BrokerProcess(tmp_path / "b2" / "data", port=port, args=("--partitions", "1")).start()
+    try:
+        with Admin(b.url) as a:
+            a.create_topic(t, PARTS)
+        with Producer(cluster.url, acks=1, spill_dir=spill) as p2:
+            p2.flush(60)  # waits for the journal's messages too
+        msgs = read_all(b.url, t, 8)
+        assert sorted(m.value for m in msgs) == sorted(f"m{i}".encode() for i in range(16) if i % 8 >= 4)
+        assert Counter(m.partition for m in msgs) == {0: 2, 1: 2, 2: 2, 3: 2}
+    finally:
+        b.stop()

@@ -15,7 +15,8 @@ routes every message over the topic's *global partition list*
 The list is read from the ZooKeeper view at each send, so a topic spread
 over a new set is used from the next message on, and a set whose brokers
 changed is told so at once (:meth:`Producer._follow`).  Futures and
-callbacks report the global partition.
+callbacks report the global partition.  With ``spill_dir`` each set has
+a spill journal of its own, ``<spill_dir>/set-<n>``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from pathlib import Path
 from typing import Sequence
 
 from hpbroker.client.partitioner import partition_for_key
@@ -32,8 +34,7 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 log = logging.getLogger("hpbroker.client")
 
-_UNSUPPORTED = ("spill_dir", "topic_partitions", "transaction_timeout_ms", "transaction_flush_bytes",
-                "block_on_full", "ordered")
+_UNSUPPORTED = ("topic_partitions", "transaction_timeout_ms", "transaction_flush_bytes")
 
 
 class GlobalFuture(FutureRecordMetadata):
@@ -57,6 +58,12 @@ class ClusterProducer:
             if producer_options.get(name) is not None:
                 raise ValueError(f"{name}= is not supported with a zk:// URL yet (docs/client.md, "
                                  "\"Clusters: zk:// URLs\")")
+        spill_dir = producer_options.pop("spill_dir", None)
+        if spill_dir is None and producer_options.get("block_on_full") is False:
+            raise ValueError("block_on_full=False needs a spill_dir: where send() puts what buffer_memory cannot hold")
+        if spill_dir is None and producer_options.get("ordered"):
+            raise ValueError("ordered=True needs a spill_dir: where messages wait, in order, while the broker is away")
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
         self.url = url
         self.options = producer_options
         self.max_block = producer_options.get("max_block_ms", 60_000) / 1000.0
@@ -68,6 +75,20 @@ class ClusterProducer:
         self._view = ClusterView(url, timeout_s=zk_timeout_ms / 1000.0)
         self._view.add_listener(self._on_change)
         self._view.start()
+        if self.spill_dir is not None:
+            self._resume_spilled()
+
+    def _resume_spilled(self) -> None:
+        """A set whose journal holds messages from an earlier run gets its
+        producer now, so they are re-sent without waiting for a new send there."""
+        for d in sorted(self.spill_dir.glob("set-*")):
+            rs = d.name[4:]
+            if not rs.isdigit() or not any(d.iterdir()):
+                continue
+            try:
+                self._producer(int(rs))
+            except BrokerError as e:  # not registered now: its messages go once it is and something is sent there
+                log.warning("producer: spill journal %s waits: %s", d, e)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -110,7 +131,8 @@ class ClusterProducer:
                 urls = self._set_urls(rs)
                 from hpbroker.client.producer import Producer
 
-                p = Producer(",".join(urls), **self.options)
+                spill = {} if self.spill_dir is None else {"spill_dir": self.spill_dir / f"set-{rs}"}
+                p = Producer(",".join(urls), **self.options, **spill)
                 self._urls[rs] = urls
                 self._producers[rs] = p
             return p
