@@ -23,10 +23,10 @@ import logging
 import time
 from typing import Iterable, Iterator, Sequence
 
-import zmq
-
+from hpbroker.client.cluster_offsets import ClusterOffsets
 from hpbroker.client.consumer import Consumer, default_instance_name
 from hpbroker.client.records import Message, RawBatches, TopicPartition
+from hpbroker.client.set_consumers import SetConsumers
 from hpbroker.client.waker import Waker
 from hpbroker.cluster.client_group import GroupMember, Slot, new_member_id
 from hpbroker.cluster.client_view import ClusterView
@@ -73,9 +73,6 @@ class ClusterConsumer:
             raise ValueError(f"a Consumer needs distinct topics, got {names}")
         if partitions is not None and len(names) != 1:
             raise ValueError("partitions= picks partitions of one topic; with several topics, leave it out")
-        if offset_store == "broker":
-            raise ValueError("offset_store='broker' is not supported with a zk:// URL: the group lives in "
-                             "ZooKeeper; use 'zookeeper' (the default), 'file', 'sql' or your own store")
         self.url = url
         self.topics = names
         self.topic = names[0]
@@ -89,28 +86,23 @@ class ClusterConsumer:
         self._on_assign = on_assign or getattr(listener, "on_partitions_assigned", None)
         self._on_revoke = on_revoke or getattr(listener, "on_partitions_revoked", None)
         self._on_lost = on_lost or getattr(listener, "on_partitions_lost", None)
-        self._sub_options = dict(options, auto_offset_reset=auto_offset_reset, fetch_max_wait_ms=fetch_max_wait_ms)
-        self._subs: dict[tuple[str, int], Consumer] = {}
-        self._sub_urls: dict[tuple[str, int], list[str]] = {}
-        self._slots: set[Slot] = set()  # what this consumer should fetch
-        self._placed: set[Slot] = set()  # what its per-set consumers fetch (a set may be unreachable)
-        self._retry_at: dict[tuple[str, int], float] = {}
-        self._carry: dict[Slot, int] = {}  # positions of a per-set consumer replaced by a new one
+        self._slots: set[Slot] = set()  # what this consumer should fetch (its sets' consumers fetch what they can)
         self._gindex: dict[Slot, int] = {}
         self._seen_version = -1
         self._committed: dict[Slot, int] = {}
         self._next_auto_commit = time.monotonic() + self.auto_commit_interval
         self._paused = False
         self._gen = 0
-        self._rr = 0
         self._closed = False
         self._stopping = False
         self.bootstrap = url  # what the handler loop's dead-letter producer is given
         self.request_timeout_ms = options.get("request_timeout_ms", 30_000)
-        self._stores: dict = {}
+        self._offsets: ClusterOffsets | None = None
         self._member: GroupMember | None = None
         self._waker = Waker()
         self._view = ClusterView(url, timeout_s=session_timeout_ms / 1000.0)
+        self._sets = SetConsumers(self._view, dict(options, auto_offset_reset=auto_offset_reset,
+                                                   fetch_max_wait_ms=fetch_max_wait_ms))
         self._view.add_listener(lambda _s: self._waker.wake())
         try:
             self._view.start()
@@ -120,8 +112,8 @@ class ClusterConsumer:
                                       f"topic {t!r} is not registered by any broker in ZooKeeper ({url})")
             self._reindex()
             if group_id:
-                self._store_spec = (offset_store or "zookeeper", offset_store_path, offset_store_connection,
-                                    offset_store_hosts)
+                self._offsets = ClusterOffsets(self._view, group_id, offset_store, offset_store_path,
+                                               offset_store_connection, offset_store_hosts)
             if partitions is not None:
                 parts = self._view.partitions(self.topic)
                 wanted = set()
@@ -160,13 +152,7 @@ class ClusterConsumer:
         snap = self._view.snapshot
         self._seen_version = snap.version
         self._gindex = {(t, rs, p): g for t in self.topics for g, (rs, p) in enumerate(snap.partitions(t))}
-        for (t, rs), sub in self._subs.items():
-            s = snap.sets.get(rs)
-            urls = [] if s is None else s.urls()
-            if urls and urls != self._sub_urls[(t, rs)]:
-                self._sub_urls[(t, rs)] = urls
-                sub._t.bootstraps = urls
-                sub._f.lost = True  # the next fetch asks them which one to read from
+        self._sets.follow(snap)
 
     def _slot(self, partition) -> Slot:
         """A global partition (an int of the first topic, or a TopicPartition) -> its slot."""
@@ -193,53 +179,11 @@ class ClusterConsumer:
         self._sync_subs()
 
     def _sync_subs(self) -> None:
-        """Give each (topic, set) Consumer its partitions of ``_slots``.  A
-        set that cannot be reached is tried again a second later; the other
-        sets go on meanwhile."""
-        by_sub: dict[tuple[str, int], list[int]] = {}
-        for t, rs, p in self._slots:
-            by_sub.setdefault((t, rs), []).append(p)
-        for key in [k for k in self._subs if k not in by_sub]:
-            self._subs.pop(key).close(autocommit=False)
-            self._sub_urls.pop(key, None)
-        now = time.monotonic()
-        placed: set[Slot] = set()
-        for key, ps in by_sub.items():
-            sub = self._subs.get(key)
-            if sub is not None:
-                try:
-                    sub.assign(sorted(ps))
-                except BrokerError:  # the set has more partitions than when its consumer started: a new one
-                    for (_t, p), pos in sub._positions().items():
-                        self._carry[(key[0], key[1], p)] = pos
-                    self._subs.pop(key).close(autocommit=False)
-                    sub = None
-            if sub is None:
-                if now < self._retry_at.get(key, 0.0):
-                    continue
-                s = self._view.sets().get(key[1])
-                urls = [] if s is None else s.urls()
-                try:
-                    if not urls:
-                        raise BrokerError(ErrorCode.NOT_LEADER, "no broker registered")
-                    sub = Consumer(",".join(urls), topic=key[0], partitions=sorted(ps), **self._sub_options)
-                except BrokerError as e:
-                    log.warning("%s: replica set %d: %s; trying again in 1 s", key[0], key[1], e)
-                    self._retry_at[key] = now + 1.0
-                    continue
-                self._retry_at.pop(key, None)
-                self._subs[key] = sub
-                self._sub_urls[key] = urls
-                for p in ps:
-                    pos = self._carry.pop((key[0], key[1], p), None)
-                    if pos is not None:
-                        sub.seek(p, pos)
-            placed |= {(key[0], key[1], p) for p in ps}
-        new = placed - self._placed
-        self._placed = placed
-        if self.group_id and new:
-            for slot, off in self._load(new).items():
-                self._subs[(slot[0], slot[1])].seek(slot[2], off)
+        """Place ``_slots`` on the per-set consumers; the newly placed start at their committed offsets."""
+        new = self._sets.place(self._slots)
+        if self._offsets is not None and new:
+            for slot, off in self._offsets.load(new).items():
+                self._sets.sub(slot).seek(slot[2], off)
                 self._committed[slot] = off
 
     def assignment(self) -> set[TopicPartition]:
@@ -252,7 +196,7 @@ class ClusterConsumer:
                 self._apply(self._all_slots())
         if self._member is not None:
             self._group_step()
-        if self._placed != self._slots:
+        if self._sets.placed != self._slots:
             self._sync_subs()
         self._auto_commit(time.monotonic())
 
@@ -272,8 +216,8 @@ class ClusterConsumer:
         if revoked:
             if self.enable_auto_commit:
                 try:
-                    self._commit_slots(self._changed({s: o for s, o in self._positions().items() if s in revoked}),
-                                       check=False)
+                    self._commit_slots(self._changed({s: o for s, o in self._sets.positions().items()
+                                                      if s in revoked}), check=False)
                 except Exception as e:
                     log.warning("group %s: commit before giving up %d partitions failed: %s",
                                 self.group_id, len(revoked), e)
@@ -290,40 +234,6 @@ class ClusterConsumer:
 
     # -- offsets ------------------------------------------------------------------------------
 
-    def _store(self, rs: int):
-        """(store, key function) for replica set ``rs``: the ZooKeeper store
-        writes MetaQ's ``<set>-<p>`` node (one store per set, broker_id =
-        the set); any other store keys the set's partitions under
-        ``"<topic>@<set>"``."""
-        spec, path, connection, hosts = self._store_spec
-        from hpbroker.client.stores import resolve_store
-
-        if spec == "zookeeper":
-            st = self._stores.get(rs)
-            if st is None:
-                from hpbroker.client.stores.zookeeper import ZooKeeperOffsetStore
-
-                # MetaQ's node: broker_id is the set; on the cluster's ensemble, through the view's session
-                st = self._stores[rs] = ZooKeeperOffsetStore(hosts or self._view.hosts, broker_id=rs,
-                                                             client=None if hosts else self._view.zk)
-            return st, lambda t, p: (t, p)
-        st = self._stores.get(None)
-        if st is None:
-            st = self._stores[None] = resolve_store(spec, path=path, connection=connection, hosts=hosts)
-        return st, lambda t, p: (f"{t}@{rs}", p)
-
-    def _load(self, slots) -> dict[Slot, int]:
-        out = {}
-        by_set: dict[int, list[Slot]] = {}
-        for s in slots:
-            by_set.setdefault(s[1], []).append(s)
-        for rs, ss in by_set.items():
-            store, key = self._store(rs)
-            keys = {key(t, p): (t, r, p) for t, r, p in ss}
-            for k, off in store.load(self.group_id, list(keys)).items():
-                out[keys[k]] = off
-        return out
-
     def _commit_slots(self, offsets: dict[Slot, int], check: bool = True) -> None:
         if not offsets:
             return
@@ -333,21 +243,8 @@ class ClusterConsumer:
                 raise BrokerError(ErrorCode.FENCED_MEMBER_EPOCH,
                                   f"{', '.join(f'{t}/{rs}-{p}' for t, rs, p in gone)} not owned by this member "
                                   "any more (given up, or lost with its ZooKeeper session): its new owner commits it")
-        by_set: dict[int, dict] = {}
-        for (t, rs, p), off in offsets.items():
-            store, key = self._store(rs)
-            by_set.setdefault(rs, {})[key(t, p)] = off
-        for rs, offs in sorted(by_set.items()):
-            self._store(rs)[0].commit(self.group_id, offs)
+        self._offsets.commit(offsets)
         self._committed.update(offsets)
-
-    def _positions(self) -> dict[Slot, int]:
-        out = {}
-        for (t, rs), sub in self._subs.items():
-            for (_t, p), part in sub._f.parts.items():
-                if part.position is not None:
-                    out[(t, rs, p)] = part.position
-        return out
 
     def _changed(self, positions: dict[Slot, int]) -> dict[Slot, int]:
         return {s: o for s, o in positions.items() if self._committed.get(s) != o}
@@ -362,7 +259,7 @@ class ClusterConsumer:
         does not own (any more)."""
         self._need_group()
         if offsets is None:
-            todo = self._changed(self._positions())
+            todo = self._changed(self._sets.positions())
         else:
             todo = {self._slot(p): int(o) for p, o in offsets.items()}
         self._commit_slots(todo)
@@ -382,7 +279,7 @@ class ClusterConsumer:
     def committed(self, partition) -> int | None:
         self._need_group()
         slot = self._slot(partition)
-        return self._load([slot]).get(slot)
+        return self._offsets.load([slot]).get(slot)
 
     def _auto_commit(self, now: float) -> None:
         if not self.enable_auto_commit or now < self._next_auto_commit:
@@ -397,7 +294,7 @@ class ClusterConsumer:
 
     def _sub(self, partition) -> tuple[Consumer, int]:
         slot = self._slot(partition)
-        sub = self._subs.get((slot[0], slot[1]))
+        sub = self._sets.sub(slot)
         if sub is None or slot not in self._slots:
             raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"partition {partition} is not assigned")
         return sub, slot[2]
@@ -448,10 +345,8 @@ class ClusterConsumer:
             self._waker.drain()
             self._step()
             out: list = []
-            if not self._paused and self._subs:
-                subs = list(self._subs.items())
-                self._rr = (self._rr + 1) % len(subs)
-                for key, sub in subs[self._rr:] + subs[:self._rr]:
+            if not self._paused:
+                for key, sub in self._sets.rotation():
                     room = limit - size(out)
                     if room <= 0:
                         break
@@ -462,7 +357,7 @@ class ClusterConsumer:
             left = deadline - time.monotonic()
             if left <= 0:
                 return out
-            self._wait(min(left, 0.2))
+            self._sets.wait(min(left, 0.2), self._waker.rfd, sockets=not self._paused)
 
     def run(self, handler, *, batch: bool = False, max_retries: int = 5, on_failure: str = "dlq",
             retry_backoff_ms: int = 100, recover_interval_ms: int = 300_000, recover_dir: str | None = None,
@@ -485,18 +380,6 @@ class ClusterConsumer:
     @property
     def stopping(self) -> bool:
         return self._stopping
-
-    def _wait(self, seconds: float) -> None:
-        """Until a reply comes from any set's broker, the view or the group wakes us, or ``seconds``."""
-        poller = zmq.Poller()
-        poller.register(self._waker.rfd, zmq.POLLIN)
-        if not self._paused:
-            for sub in self._subs.values():
-                for s in sub._t.sockets.values():
-                    poller.register(s, zmq.POLLIN)
-                for mon in sub._t._monitors:
-                    poller.register(mon, zmq.POLLIN)
-        poller.poll(max(1, int(seconds * 1000)))
 
     def __iter__(self) -> Iterator[Message]:
         idle_since = time.monotonic()
@@ -523,16 +406,11 @@ class ClusterConsumer:
 
     def _close_quietly(self) -> None:
         self._closed = True
-        for sub in self._subs.values():
-            sub.close(autocommit=False)
-        self._subs.clear()
+        self._sets.close()
         if self._member is not None:
             self._member.close()
-        for st in self._stores.values():
-            try:
-                st.close()
-            except Exception:
-                pass
+        if self._offsets is not None:
+            self._offsets.close()
         self._view.close()
         self._waker.close()
 
