@@ -101,6 +101,48 @@ def test_zk_url_parsing():
             parse_zk_url(bad)
 
 
+def test_range_assignment_is_metaqs_default_strategy():
+    from hpbroker.cluster.client_group import range_assign
+
+    parts = [(1, p) for p in range(4)] + [(2, p) for p in range(4)]
+    members = ["c", "a", "b"]  # sorted by id: a, b, c; 8 = 3 + 3 + 2
+    assert range_assign(parts, members, "a") == parts[0:3]
+    assert range_assign(parts, members, "b") == parts[3:6]
+    assert range_assign(parts, members, "c") == parts[6:8]
+    assert range_assign(parts[:2], members, "c") == []  # more members than partitions: the last get none
+    assert range_assign(parts, members, "z") == []
+
+
+def test_the_global_list_is_sorted_by_set_and_create_spreads_evenly():
+    from hpbroker.client.cluster_admin import split
+    from hpbroker.cluster.client_view import Snapshot, global_partitions
+
+    snap = Snapshot(1, {}, {"t": {2: 2, 1: 3}})
+    assert snap.partitions("t") == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)] == global_partitions({1: 3, 2: 2})
+    assert split(8, [1, 2]) == {1: 4, 2: 4} and split(5, [3, 1]) == {3: 3, 1: 2}
+    with pytest.raises(ValueError):
+        split(1, [1, 2])
+
+
+def test_a_set_counts_with_its_masters_registration_or_while_it_has_none_its_slaves(cluster):
+    from hpbroker.cluster.client_view import ClusterView
+
+    t = cluster.topic
+    cluster.reg.register_topic(t, 1, 4)
+    cluster.reg._put(paths.topic_slave(t, 1, 7), b"2")  # a slave lagging on a topic change: the master's count wins
+    cluster.reg._put(paths.topic_slave(t, 2, 8), b"3")  # set 2 has no master (a failover in progress)
+    view = ClusterView(cluster.url).start()
+    try:
+        assert view.watch_topic(t) == [(1, p) for p in range(4)] + [(2, p) for p in range(3)]
+        cluster.reg._put(paths.topic_master(t, 2), b"3")
+        cluster.reg.zk.delete(paths.topic_slave(t, 2, 8))  # promoted: its node is a master's now
+        cluster.reg._put(paths.topic_slave(t, 3, 9), b"0")  # a count of 0 is no partition
+        view.refresh_now()
+        assert view.partitions(t) == [(1, p) for p in range(4)] + [(2, p) for p in range(3)]
+    finally:
+        view.close()
+
+
 def test_keyed_messages_go_to_their_global_partition_and_keyless_round_robin(cluster):
     cluster.add_set(1)
     cluster.add_set(2)
