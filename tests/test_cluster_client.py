@@ -697,3 +697,57 @@ def test_a_spilling_producer_keeps_a_down_sets_messages_and_sends_them_next_run(
         assert Counter(m.partition for m in msgs) == {0: 2, 1: 2, 2: 2, 3: 2}
     finally:
         b.stop()
+
+
+def test_a_zookeeper_outage_pauses_group_members_and_not_producers(brokers, tmp_path):
+    """ZooKeeper stopped and started again (a private server, same port and data): producers go on
+    with the tree they read; a group member hands out nothing while it cannot know what it owns, then
+    goes on where it was with the same session - nothing lost, nothing read twice."""
+    import os
+    import signal
+
+    from servers import ZooKeeperServer
+
+    class Restartable(ZooKeeperServer):
+        def halt(self) -> None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+
+        def resume(self) -> None:
+            self._spawn([self.java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                         "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.jmx.log4j.disable=true",
+                         "-cp", str(self.jar), "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                         str(self.dir / "zoo.cfg")])
+
+    server = Restartable().start()
+    cluster = Cluster(server, brokers)
+    p = c = None
+    try:
+        cluster.add_set(1)
+        cluster.add_set(2)
+        t = cluster.topic
+        lost = []
+        p = Producer(cluster.url, acks=1)
+        c = Consumer(cluster.url, t, group_id="g", auto_offset_reset="earliest", on_lost=lost.append)
+        got: dict = {}
+        wait_for(lambda: (poll_all([c], got), len(c.assignment()) == 8)[1], what="the member to own all 8")
+        for i in range(8):
+            p.send(t, f"a{i}".encode()).get(10)
+        wait_for(lambda: (poll_all([c], got), len(got.get(c, [])) >= 8)[1], what="8 messages")
+        server.halt()
+        wait_for(lambda: (c.poll(100), c._paused)[1], what="the member to pause")
+        during = [p.send(t, f"b{i}".encode()).get(10) for i in range(16)]  # acknowledged while ZooKeeper is down
+        assert {md.partition for md in during} == set(range(8))
+        assert c.poll(timeout_ms=1000) == []  # paused: nothing handed out
+        server.resume()
+        wait_for(lambda: (poll_all([c], got), len(got[c]) >= 24)[1], what="the member to go on", timeout=60)
+        values = [m.value for m in got[c]]
+        assert sorted(values) == sorted([f"a{i}".encode() for i in range(8)] + [f"b{i}".encode() for i in range(16)])
+        assert lost == [] and len(c.assignment()) == 8  # the same session: it owned them throughout
+    finally:
+        if p is not None:
+            p.close(10)
+        if c is not None:
+            c.close()
+        cluster.close()
+        server.stop()
