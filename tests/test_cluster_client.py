@@ -593,6 +593,8 @@ def test_the_console_produces_and_consumes_through_a_zk_url(cluster):
     assert cluster.reg.zk.exists(paths.group_offset("cli", t, 2, 0))  # its offsets, in MetaQ's place
     r = hpbroker("consume", t, "--broker", "zk://nohost", "--max-messages", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr
+    r = hpbroker("groups", "list", "--broker", cluster.url)  # not a cluster command (yet): one line, exit 2
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "produce, consume, topics" in r.stderr
 
 
 def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):

@@ -9,6 +9,9 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 DEFAULT_URL = "tcp://127.0.0.1:7600"
 
+#: the commands whose --broker may be a cluster's ZooKeeper, zk://HOST:PORT[/chroot] (docs/client.md)
+ZK_COMMANDS = ("produce", "consume", "topics")
+
 
 def add_broker_args(p, several: bool = True) -> None:
     """--broker and --connect-timeout-ms.  ``several``: the command takes a
@@ -49,6 +52,9 @@ def check_broker_arg(args) -> None:
     if args.broker_several and args.broker.strip().startswith("zk://"):  # a cluster found in ZooKeeper (docs/client.md)
         from hpbroker.cluster.client_view import parse_zk_url
 
+        if getattr(args, "command", None) not in ZK_COMMANDS:
+            raise UserError(f"--broker zk://...: only {', '.join(ZK_COMMANDS)} take a cluster's ZooKeeper; "
+                            "name a broker (tcp://HOST:PORT)", 2)
         try:
             parse_zk_url(args.broker)
         except ValueError as e:
