@@ -153,10 +153,11 @@ class HttpConfig(_Section):
 class SecurityConfig(_Section):
     """[security]: CURVE authentication and encryption, and ACLs (docs/security.md)."""
 
-    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file.")] = False
+    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file (or acl_source = zookeeper).")] = False
     server_secret_key_file: Annotated[str, M(description="This broker's secret certificate (NAME.key_secret, as hpbroker keys generate writes it): the key pair every CURVE socket of the broker binds with, and with which a slave authenticates to its master (its principal there is NAME).")] = ""
     authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start and again after an edit (reload_ms).")] = ""
     acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start and again after an edit (reload_ms).")] = ""
+    acl_source: Annotated[Literal["file", "zookeeper"], M(description="Where the ACL comes from. file: acl_file. zookeeper (cluster mode): the cluster's one ACL at /meta/config/acl, written by hpbroker acl push; the broker mirrors each valid version into <data_dir>/acl.zookeeper.toml and takes it like an edited acl_file (reload_ms), and a broker restarted while ZooKeeper has none, or is down, serves the last version it mirrored. A broker that never mirrored one does not start (docs/security.md).")] = "file"
     reload_ms: Annotated[int, M(ge=0, description="How often each broker process looks for edits of acl_file and authorized_keys_dir (by mtime and size), and takes a valid edit without a restart: every later request is checked against the new rules and every later CURVE handshake against the new keys; an invalid edit is logged and the rules in force stay (docs/security.md). 0 = read at start only.")] = 1000
     master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
 class ScrubConfig(_Section):
@@ -267,11 +268,14 @@ class Config(_Section):
                              "set http.port (0 turns the HTTP port off)")
         sec = self.security
         if sec.curve:
-            missing = [k for k in ("server_secret_key_file", "authorized_keys_dir", "acl_file") if not getattr(sec, k)]
+            needs = ("server_secret_key_file", "authorized_keys_dir") + (("acl_file",) if sec.acl_source == "file" else ())
+            missing = [k for k in needs if not getattr(sec, k)]
             if missing:
                 raise ValueError(f"security.curve = true needs security.{', security.'.join(missing)} (docs/security.md)")
             if self.replication.role == "slave" and not sec.master_public_key:
                 raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
+        if sec.acl_source == "zookeeper" and not self.cluster.zookeeper:
+            raise ValueError("security.acl_source = 'zookeeper' needs cluster.zookeeper (the ACL is read from there)")
         check_listeners_under_curve(sec.curve, plaintext_listeners(self))
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "

@@ -62,6 +62,7 @@ class ClusterMode:
         self._gone_since: float | None = None
         self._next_try = 0.0
         self._refused_logged = False
+        self._acl_mirror = None  # security.acl_source = zookeeper: keeps <data_dir>/acl.zookeeper.toml current
 
     # -- start -----------------------------------------------------------------------
 
@@ -76,6 +77,8 @@ class ClusterMode:
             from hpbroker.broker.host import StartupError
 
             raise StartupError(f"cannot reach ZooKeeper at {self.cfg.cluster.zookeeper}: {e}") from None
+        if self.cfg.security.acl_source == "zookeeper":
+            self._mirror_acl()
         preferred = self.cfg.replication.role
         logged = 0.0
         while True:
@@ -106,6 +109,31 @@ class ClusterMode:
                 log.warning("cluster: %s", d.why)
                 logged = time.monotonic()
             time.sleep(0.2)
+
+    def _mirror_acl(self) -> None:
+        """security.acl_source = zookeeper: mirror the cluster's ACL into the
+        data directory (hpbroker/cluster/acl_store.py) and make that file
+        the acl_file every process of this broker reads and reloads."""
+        from hpbroker.broker.host import StartupError
+        from hpbroker.cluster.acl_store import AclMirror, read_acl
+
+        mirror = AclMirror(self.agent.zk, self.sup.data_dir)
+        got = read_acl(self.agent.zk)
+        mirror.start()
+        if got is not None:  # the watch's first call has run: wait for its file
+            deadline = time.monotonic() + 10
+            while mirror.version != got[1] and mirror.rejected == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if not mirror.path.exists():
+            raise StartupError(f"security.acl_source = 'zookeeper', but ZooKeeper has no valid ACL at {paths.ACL} "
+                               "and this broker never mirrored one: push one with hpbroker acl push FILE "
+                               f"--zookeeper {self.cfg.cluster.zookeeper}")
+        if got is None:
+            log.warning("cluster: no ACL in ZooKeeper at %s: serving the last one mirrored (%s)", paths.ACL, mirror.path)
+        self._acl_mirror = mirror
+        sec = msgspec.structs.replace(self.cfg.security, acl_file=str(mirror.path))
+        self.cfg = msgspec.structs.replace(self.cfg, security=sec)
+        self.sup.cfg = self.cfg
 
     def open_lease(self) -> None:
         """Create the lease file in the (new) run directory, valid as far as
