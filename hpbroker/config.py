@@ -203,6 +203,7 @@ class ClusterConfig(_Section):
     session_timeout_ms: Annotated[int, M(ge=1000, le=60_000, description="The ZooKeeper session timeout asked for (the server may bound it by its tickTime: 2 to 20 ticks). A dead master's registration vanishes this long after its last contact, and its slave promotes itself at most about 2 s after that; a master cut off from ZooKeeper stops acknowledging before it (fence_after_ms).")] = 6000
     fence_after_ms: Annotated[int, M(ge=0, description="A master that has had no answer from ZooKeeper for this long stops acknowledging produce requests (NOT_LEADER) until ZooKeeper answers again and it still holds the epoch; it must be less than the session timeout, so that the master stops before its session can expire and a slave promote. 0 means two thirds of session_timeout_ms (4000 ms for the default).")] = 0
     probe_ms: Annotated[int, M(ge=50, description="A slave whose master's registration vanished asks the master for its metadata and waits this long for an answer before it takes the master for gone (a refused TCP connection answers at once).")] = 500
+    config_version: Annotated[int, M(ge=-1, description="Set by the broker at start, not by hand: the version of the cluster's shared settings (/meta/config/cluster, hpbroker cluster config push) it runs with, -1 for none. Shared settings are the base under the broker's own file and flags (docs/cluster.md, 'Shared settings').")] = -1
     renew_ms: Annotated[int, M(ge=0, description="How often the agent asks ZooKeeper for the epoch znode, which both renews the fencing lease and checks that this master still holds the epoch; 0 means a quarter of the fence threshold.")] = 0
 
     def fence_ms(self) -> int:
@@ -345,26 +346,42 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def load(path: str | Path | None = None, **overrides) -> Config:
-    """Load a Config from a TOML file (or the defaults), then apply overrides
-    given as ``section__key=value`` keyword arguments."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = msgspec.toml.decode(p.read_bytes())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except msgspec.DecodeError as e:
-            raise ConfigError(f"{p}: {e}") from None
+def read_toml(path: str | Path | None) -> dict:
+    """The decoded TOML of a config file ({} for None); ConfigError (one line) if unreadable."""
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        return msgspec.toml.decode(p.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def with_overrides(raw: dict, overrides: dict) -> dict:
+    """``raw`` (decoded TOML) with ``section__key=value`` overrides applied (None: not given)."""
+    out = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}
     for k, v in overrides.items():
         if v is None:
             continue
         section, _, key = k.partition("__")
         if key:
-            raw.setdefault(section, {})[key] = v
+            out.setdefault(section, {})[key] = v
         else:
-            raw[section] = v
+            out[section] = v
+    return out
+
+
+def load(path: str | Path | None = None, base: dict | None = None, **overrides) -> Config:
+    """Load a Config from a TOML file (or the defaults), then apply overrides
+    given as ``section__key=value`` keyword arguments.  ``base``: settings
+    (decoded TOML) under both, such as a cluster's shared config
+    (hpbroker/cluster/shared_config.py)."""
+    raw = with_overrides(read_toml(path), overrides)
+    for section, keys in (base or {}).items():
+        if isinstance(keys, dict):
+            raw[section] = {**keys, **(raw.get(section) or {})}
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:

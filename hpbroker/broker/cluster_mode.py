@@ -35,7 +35,7 @@ import zmq
 from kazoo.exceptions import NodeExistsError
 
 from hpbroker.broker import state as broker_state
-from hpbroker.cluster import paths
+from hpbroker.cluster import paths, shared_config
 from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, start_decision
 from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
@@ -158,6 +158,32 @@ class ClusterMode:
         self.agent.register(self._node())
         self.agent.set_topics(dict(sup.topics.topics))
         self.agent.start(sup.epoch)
+        if self.sup.role == "master":
+            self._write_config_checksum()
+        self.agent.zk.DataWatch(paths.SHARED_CONFIG, self._shared_config_changed)
+
+    def _write_config_checksum(self) -> None:
+        """MetaQ's /meta/brokers/ids/<set>/master_config_checksum: the master's effective config's CRC."""
+        path, data = paths.config_checksum(self.cfg.replica_set), b"%d" % shared_config.checksum(self.cfg)
+        try:
+            if self.agent.zk.exists(path) is None:
+                self.agent.zk.create(path, data, makepath=True)
+            else:
+                self.agent.zk.set(path, data)
+        except Exception:  # noqa: BLE001 - informative only: never stop serving over it
+            log.exception("cluster: writing %s", path)
+
+    def _shared_config_changed(self, data, stat, event=None) -> None:
+        """kazoo's thread: say when the cluster's shared settings are newer than these."""
+        if data is None:
+            return
+        try:
+            version = paths.decode(data, paths.SharedConfig).version
+        except Exception:  # noqa: BLE001 - not ours to judge here; hpbroker cluster config show does
+            return
+        if version != self.cfg.cluster.config_version:
+            log.warning("cluster: the shared settings in ZooKeeper are version %d; this broker runs version %d "
+                        "(restart it to apply them)", version, self.cfg.cluster.config_version)
 
     def _node(self, insync: list[int] | None = None) -> paths.BrokerNode:
         sup, b = self.sup, self.cfg.broker
@@ -167,7 +193,9 @@ class ClusterMode:
                                 mode=self.cfg.replication.mode,
                                 http=f"http://{host}:{sup.cfg.http_port}" if sup.cfg.http_port else "",
                                 text=f"{host}:{sup.text_port}" if sup.text_port else "",
-                                started_ms=int(time.time() * 1000), insync=insync or [])
+                                started_ms=int(time.time() * 1000), insync=insync or [],
+                                config_version=self.cfg.cluster.config_version,
+                                config_checksum=shared_config.checksum(self.cfg))
 
     def topics_changed(self, topics: dict[str, int]) -> None:
         if self.agent is not None and self.agent.node is not None:

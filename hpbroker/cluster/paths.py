@@ -129,6 +129,10 @@ class BrokerNode(msgspec.Struct, frozen=True):
     #: sync (sync mode); a slave promotes itself only if it is listed here
     #: (or replication.unclean_promotion).  Added by the broker agent.
     insync: list[int] = []
+    #: the version of the cluster's shared settings it runs with (-1: none), and
+    #: MetaQ's master_config_checksum of its effective config (hpbroker/cluster/shared_config.py)
+    config_version: int = -1
+    config_checksum: int = 0
 
 
 class EpochNode(msgspec.Struct, frozen=True):

@@ -27,6 +27,9 @@ def register(sub) -> None:
                    help="how long to wait for ZooKeeper and for each broker's stats (default 2000)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     s.set_defaults(func=status)
+    from hpbroker.commands import _cluster_config
+
+    _cluster_config.register(csub)
 
 
 def read_cluster(zk) -> list[dict]:
@@ -104,6 +107,10 @@ def status(args) -> int:
         raise UserError(f"cannot reach ZooKeeper at {args.zookeeper}: {e}") from None
     try:
         sets = read_cluster(zk)
+        from hpbroker.cluster import shared_config
+
+        shared = shared_config.read(zk)
+        shared_version = shared[0].version if shared else -1
     finally:
         zk.stop()
         zk.close()
@@ -113,21 +120,30 @@ def status(args) -> int:
         holder = f"{ep.epoch} (broker {ep.broker_id})" if ep else "-"
         if not any(b.role == "master" for b in s["brokers"]):
             rows.append({"set": s["replica_set"], "broker": "-", "role": "(no master)", "set_epoch": holder,
-                         "epoch": "-", "lag": "-", "url": "-", "leads": ""})
+                         "epoch": "-", "lag": "-", "url": "-", "leads": "", "config": "-"})
         for b in sorted(s["brokers"], key=lambda b: (b.role != "master", b.broker_id)):
             rows.append({"set": s["replica_set"], "broker": b.broker_id, "role": b.role, "set_epoch": holder,
                          "epoch": b.epoch, "lag": lag_of(b, args.timeout_ms), "url": b.url,
                          "leads": " ".join(s["leads"]) if b.role == "master" else "",
-                         "insync": b.insync if b.role == "master" else None})
+                         "insync": b.insync if b.role == "master" else None,
+                         "config": _config_cell(b.config_version, shared_version)})
     if args.json:
         print(json.dumps({"brokers": rows}, default=str))
         return 0
     if not rows:
         print("no brokers registered")
         return 0
-    cols = ["set", "broker", "role", "set_epoch", "epoch", "lag", "url", "leads"]
+    cols = ["set", "broker", "role", "set_epoch", "epoch", "lag", "config", "url", "leads"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
     return 0
+
+
+def _config_cell(runs: int, latest: int) -> str:
+    """The shared settings' version a broker runs, and whether it is behind ZooKeeper's."""
+    if latest < 0 and runs < 0:
+        return "-"
+    here = "none" if runs < 0 else f"v{runs}"
+    return here if runs == latest else f"{here} (v{latest} in ZooKeeper: restart to apply)"
