@@ -176,3 +176,57 @@ def test_five_failovers_under_a_keyed_producer_and_a_group_lose_nothing(tmp_path
         line = next(x for x in r.stdout.splitlines() if x.startswith(f"SAME {TOPIC}-{p}:"))
         a_end, b_end = re.search(r"logs end at (\d+) and (\d+)", line).groups()
         assert a_end == b_end and int(a_end) > 0, line
+
+
+def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
+    """Issue 22: "Any broker's Metadata reply gives the whole map" - a slave's too."""
+    from hpbroker.client.request import request
+
+    hosts = chroot(zookeeper_server)
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    b = broker(tmp_path, "b", hosts, "slave", 2, rs=1)
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    try:
+        from test_cluster_client import hpbroker
+
+        r = hpbroker("topics", "create", "spread", "--partitions", "6", "--brokers", "1,3", "--zookeeper", hosts)
+        assert r.returncode == 0, r.stderr
+
+        def maps():
+            out = {}
+            for x in (a, b, c):
+                try:
+                    out[x.url] = request(x.url, lambda i: m.Metadata(id=i, topics=None), 2000).cluster
+                except Exception:  # noqa: BLE001 - a killed one
+                    out[x.url] = None
+            return out
+
+        def whole(mp) -> bool:
+            return (mp is not None and [s.replica_set for s in mp.sets] == [1, 3]
+                    and any(t.name == "spread" and t.sets == [[1, 3], [3, 3]] for t in mp.topics))
+
+        wait_until(lambda: all(whole(mp) for mp in maps().values()), 30, "every broker to answer with the map",
+                   state=maps)
+        mp = maps()[b.url]
+        s1, s3 = mp.sets
+        assert (s1.master, s1.master_id, s1.slaves) == (a.url, 1, [b.url])
+        assert (s3.master, s3.master_id, s3.slaves) == (c.url, 3, [])
+        assert s1.epoch == stats(a)["leader_epoch"] and mp.zookeeper == hosts
+        # a request that names topics gets those topics' spread only
+        named = request(c.url, lambda i: m.Metadata(id=i, topics=["spread"]), 5000).cluster
+        assert [t.name for t in named.topics] == ["spread"] and len(named.sets) == 2
+        # a failover shows on every broker's map
+        a.kill()
+        wait_until(lambda: all(mp is not None and mp.sets and mp.sets[0].master == b.url
+                               for u, mp in maps().items() if u != a.url), 30, "the new master in the map",
+                   state=maps)
+    finally:
+        stop_all(a, b, c)
+    # a broker outside a cluster answers without a map
+    from brokerproc import BrokerProcess
+
+    s = BrokerProcess(tmp_path / "standalone").start()
+    try:
+        assert request(s.url, lambda i: m.Metadata(id=i, topics=None), 5000).cluster is None
+    finally:
+        s.stop()

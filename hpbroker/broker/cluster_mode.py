@@ -36,9 +36,11 @@ from kazoo.exceptions import NodeExistsError
 
 from hpbroker.broker import state as broker_state
 from hpbroker.cluster import paths, shared_config
+from hpbroker.cluster.client_view import ClusterView as ClientView
 from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, start_decision
 from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
+from hpbroker.protocol import messages as m
 from hpbroker.replication import probe
 from hpbroker.sockets import drain, make_socket
 
@@ -63,6 +65,9 @@ class ClusterMode:
         self._next_try = 0.0
         self._refused_logged = False
         self._acl_mirror = None  # security.acl_source = zookeeper: keeps <data_dir>/acl.zookeeper.toml current
+        self.map_view: ClientView | None = None  # every set and topic, for Metadata replies (the whole map)
+        self.map_bytes = b""  # the newest map, protocol.messages.ClusterMap in msgpack
+        self._map_dirty = False
 
     # -- start -----------------------------------------------------------------------
 
@@ -161,6 +166,22 @@ class ClusterMode:
         if self.sup.role == "master":
             self._write_config_checksum()
         self.agent.zk.DataWatch(paths.SHARED_CONFIG, self._shared_config_changed)
+        self.map_view = ClientView(self.cfg.cluster.zookeeper, timeout_s=self.cfg.cluster.session_timeout_ms / 1000,
+                                   all_topics=True)
+        self.map_view.add_listener(self._map_changed)
+        self.map_view.start()
+
+    def _map_changed(self, snap) -> None:
+        """The view's thread: encode the new map; the supervisor's loop publishes it (tick)."""
+        sets = [m.ReplicaSetInfo(replica_set=rs.number, master=rs.master.url if rs.master else "",
+                                 master_id=rs.master.broker_id if rs.master else -1,
+                                 epoch=rs.master.epoch if rs.master else 0, slaves=[n.url for n in rs.slaves])
+                for rs in sorted(snap.sets.values())]
+        topics = [m.GlobalTopic(name=t, sets=[[rs, n] for rs, n in sorted(c.items())])
+                  for t, c in sorted(snap.topics.items()) if c]
+        self.map_bytes = msgspec.msgpack.encode(m.ClusterMap(zookeeper=self.cfg.cluster.zookeeper, sets=sets,
+                                                             topics=topics))
+        self._map_dirty = True
 
     def _write_config_checksum(self) -> None:
         """MetaQ's /meta/brokers/ids/<set>/master_config_checksum: the master's effective config's CRC."""
@@ -205,6 +226,9 @@ class ClusterMode:
 
     def tick(self) -> None:
         """Act on what the agent and the replicator said (the supervisor's loop)."""
+        if self._map_dirty:
+            self._map_dirty = False
+            self.sup.publish_view()  # the acceptors answer Metadata with the new map
         if self.agent is None or self.agent.node is None:
             return
         if self.state_sub is not None:
@@ -303,6 +327,9 @@ class ClusterMode:
                     self.cfg.replica_set, epoch, url)
 
     def close(self) -> None:
+        if self.map_view is not None:
+            self.map_view.close()
+            self.map_view = None
         if self.agent is not None:
             if self.lease is not None:
                 self.lease.revoke()

@@ -312,7 +312,8 @@ class Supervisor:
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
                                    replication=self._replication_view(),
-                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from)
+                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from,
+                                   cluster_map=self.cluster.map_bytes if self.cluster is not None else b"")
 
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub

@@ -105,7 +105,10 @@ class ClusterView:
     """The replica sets and the global partition lists of the topics asked
     about, kept current by ZooKeeper watches (see the module docstring)."""
 
-    def __init__(self, hosts: str, *, timeout_s: float = 10.0):
+    def __init__(self, hosts: str, *, timeout_s: float = 10.0, all_topics: bool = False):
+        """``all_topics``: follow every registered topic (a broker's map of
+        the cluster), not only those asked about with :meth:`watch_topic`."""
+        self.all_topics = all_topics
         self.hosts = parse_zk_url(hosts) if is_zk_url(hosts) else hosts
         self.timeout_s = timeout_s
         self.zk = None
@@ -283,7 +286,8 @@ class ClusterView:
             if master is not None or slaves:
                 sets[rs] = ReplicaSet(rs, master, tuple(slaves))
         topics: dict[str, dict[int, int]] = {}
-        for topic in sorted(self._topics):
+        wanted = set(self._children(paths.BROKER_TOPICS)) if self.all_topics else self._topics
+        for topic in sorted(wanted):
             masters: dict[int, int] = {}
             slave_counts: dict[int, int] = {}
             for kid in self._children(paths.topic(topic)):

@@ -48,6 +48,8 @@ class Admin:
         self.probe_curve = probe_curve  # and its CURVE options ([security] on a slave)
         self.groups = groups  # net.groups.GroupService: its counters
         self.transactions = transactions  # net.transactions.TxService: its counters
+        self._map_raw: bytes = b""  # the view's encoded cluster map last decoded, and the decoded map
+        self._map: m.ClusterMap | None = None
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -70,7 +72,19 @@ class Admin:
                                max_request_bytes=self.cfg.broker.max_request_bytes,
                                role=view.role, replication=view.replication,
                                replication_version=ipc_replica.VERSION if view.replication else 0,
-                               replication_acks=view.replication_acks, leader_epoch=view.leader_epoch)
+                               replication_acks=view.replication_acks, leader_epoch=view.leader_epoch,
+                               cluster=self._cluster_map(view.cluster_map, req.topics))
+
+    def _cluster_map(self, raw: bytes, topics: list[str] | None) -> m.ClusterMap | None:
+        """Cluster mode: the map the supervisor last published, decoded once per change."""
+        if not raw:
+            return None
+        if raw is not self._map_raw:
+            self._map_raw, self._map = raw, msgspec.msgpack.decode(raw, type=m.ClusterMap)
+        if topics is None:
+            return self._map
+        want = set(topics)
+        return msgspec.structs.replace(self._map, topics=[t for t in self._map.topics if t.name in want])
 
     def list_offsets(self, req: m.ListOffsets) -> m.ListOffsetsReply:
         self.cluster.check_partition(req.topic, req.partition, auto=False)
