@@ -248,6 +248,17 @@ def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_
             rs, p = layout[gp]
             data, _ = cluster.reg.zk.get(paths.group_offset(g, t, rs, p))
             assert data == f"-1-{n}".encode()
+        # the console reads the group from ZooKeeper: members, owners, committed offsets, lag
+        r = hpbroker("groups", "list", "--broker", cluster.url)
+        assert f"{g}\tstable\t2" in r.stdout.splitlines(), r.stdout + r.stderr
+        r = hpbroker("groups", "describe", g, "--broker", cluster.url)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"group {g}: stable") and "2 members, lag 0" in lines[0]
+        assert f"{first.member_id}\t" in r.stdout and f"\t{t}:0,1,2,3" in r.stdout and f"\t{t}:4,5,6,7" in r.stdout
+        rows = [line.split("\t") for line in lines if line.startswith(f"{t}\t")]
+        assert [(int(x[1]), int(x[2]), x[5]) for x in rows] == [
+            (gp, counts[gp], first.member_id if gp < 4 else second.member_id) for gp in range(8)]
         # one leaves: the other owns everything, and goes on from the committed offsets
         c1.close()
         wait_for(lambda: (poll_all([c2], got), len(c2.assignment()) == 8)[1], what="the survivor to take all 8")
@@ -256,6 +267,13 @@ def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_
         produce(cluster.url, t, 16, prefix="late")
         wait_for(lambda: (poll_all([c2], got), len(got.get(c2, [])) >= 16)[1], what="16 more messages")
         assert sorted(m.value for m in got[c2]) == sorted(f"late{i}".encode() for i in range(16))
+        r = hpbroker("groups", "reset-offsets", g, "--to-earliest", "--broker", cluster.url)
+        assert r.returncode == 1 and "live member" in r.stderr  # c2 still owns its partitions
+        c2.commit()
+        c2.close()
+        r = hpbroker("groups", "reset-offsets", g, "--to-earliest", "--broker", cluster.url)
+        assert r.returncode == 0, r.stderr
+        assert cluster.reg.zk.get(paths.group_offset(g, t, 2, 3))[0] == b"-1-0"  # MetaQ's node, rewound
     finally:
         c1.close()
         c2.close()
@@ -593,7 +611,7 @@ def test_the_console_produces_and_consumes_through_a_zk_url(cluster):
     assert cluster.reg.zk.exists(paths.group_offset("cli", t, 2, 0))  # its offsets, in MetaQ's place
     r = hpbroker("consume", t, "--broker", "zk://nohost", "--max-messages", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr
-    r = hpbroker("groups", "list", "--broker", cluster.url)  # not a cluster command (yet): one line, exit 2
+    r = hpbroker("tail", "--topic", t, "--broker", cluster.url, "/nonexistent")  # not a cluster command (yet)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "produce, consume, topics" in r.stderr
 
 
