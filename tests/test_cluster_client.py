@@ -623,6 +623,8 @@ def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
     t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
     mds = produce(cluster.url, t, 32)
     with Consumer(cluster.url, t, auto_offset_reset="earliest") as c:
+        assert c.beginning_offsets() == {g: 0 for g in range(8)} and c.end_offsets() == {g: 4 for g in range(8)}
+        assert c.offsets_for_times({5: 0}) == {5: 0}
         raw = []
         wait_for(lambda: (raw.extend(c.poll_batches(timeout_ms=200)), sum(rb.record_count for rb in raw) >= 32)[1],
                  what="32 records in raw batches")
@@ -643,6 +645,8 @@ def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
     assert sorted((m.partition, m.offset) for m in handled) == sorted((md.partition, md.offset) for md in mds)
     with Consumer(cluster.url, t, group_id=g, partitions=range(8), enable_auto_commit=False) as again:
         assert sum(again.committed(p) or 0 for p in range(8)) == 32  # committed at close
+    with Consumer(cluster.url, t, partitions=[0]) as one:  # partition 7 is not assigned: asked of set 2 directly
+        assert one.end_offsets([7]) == {7: 4} and one.end_offsets() == {0: 4}
 
 
 def test_a_group_rebalances_when_the_topic_spreads_over_a_new_set(cluster):

@@ -31,6 +31,7 @@ from hpbroker.client.waker import Waker
 from hpbroker.cluster.client_group import GroupMember, Slot, new_member_id
 from hpbroker.cluster.client_view import ClusterView
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.messages import EARLIEST, LATEST
 
 log = logging.getLogger("hpbroker.consumer")
 
@@ -98,6 +99,7 @@ class ClusterConsumer:
         self.bootstrap = url  # what the handler loop's dead-letter producer is given
         self.request_timeout_ms = options.get("request_timeout_ms", 30_000)
         self._offsets: ClusterOffsets | None = None
+        self._admins: dict = {}  # set -> Admin, for offsets of partitions not assigned here
         self._member: GroupMember | None = None
         self._waker = Waker()
         self._view = ClusterView(url, timeout_s=session_timeout_ms / 1000.0)
@@ -317,6 +319,39 @@ class ClusterConsumer:
             sub, p = self._sub(key)
             sub.seek_to_end(p)
 
+    def beginning_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, EARLIEST)
+
+    def end_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, LATEST)
+
+    def offsets_for_times(self, timestamps: dict) -> dict:
+        """{partition: first offset whose batch has max_timestamp >= ts} (the high watermark when none)."""
+        return {p: self._list_offset(self._slot(p), ts) for p, ts in timestamps.items()}
+
+    def _offsets_at(self, partitions, spec: int) -> dict:
+        if partitions is None:
+            return {self._key(s): self._list_offset(s, spec) for s in sorted(self._slots)}
+        return {p: self._list_offset(self._slot(p), spec) for p in partitions}
+
+    def _list_offset(self, slot: Slot, spec: int) -> int:
+        """ListOffsets of a slot: through its set's consumer, or (not assigned
+        here) an Admin of the set kept for the next ask."""
+        sub = self._sets.sub(slot)
+        if sub is not None:
+            return sub._list_offset((slot[0], slot[2]), spec)
+        a = self._admins.get(slot[1])
+        if a is None:
+            s = self._view.sets().get(slot[1])
+            if s is None or not s.urls():
+                raise BrokerError(ErrorCode.NOT_LEADER, f"replica set {slot[1]} has no broker registered")
+            from hpbroker.client.admin import Admin
+
+            keep = ("request_timeout_ms", "connect_timeout_ms", "curve_secret_key_file", "broker_public_key")
+            a = self._admins[slot[1]] = Admin(",".join(s.urls()), **{k: v for k, v in self._sets.options.items()
+                                                                      if k in keep and v is not None})
+        return a.list_offsets(slot[0], slot[2], spec)
+
     # -- reading ----------------------------------------------------------------------------------
 
     def poll(self, timeout_ms: float = 0, max_records: int = 500) -> list[Message]:
@@ -407,6 +442,8 @@ class ClusterConsumer:
     def _close_quietly(self) -> None:
         self._closed = True
         self._sets.close()
+        for a in self._admins.values():
+            a.close()
         if self._member is not None:
             self._member.close()
         if self._offsets is not None:
