@@ -99,7 +99,6 @@ class ClusterConsumer:
         self.bootstrap = url  # what the handler loop's dead-letter producer is given
         self.request_timeout_ms = options.get("request_timeout_ms", 30_000)
         self._offsets: ClusterOffsets | None = None
-        self._admins: dict = {}  # set -> Admin, for offsets of partitions not assigned here
         self._member: GroupMember | None = None
         self._waker = Waker()
         self._view = ClusterView(url, timeout_s=session_timeout_ms / 1000.0)
@@ -335,22 +334,7 @@ class ClusterConsumer:
         return {p: self._list_offset(self._slot(p), spec) for p in partitions}
 
     def _list_offset(self, slot: Slot, spec: int) -> int:
-        """ListOffsets of a slot: through its set's consumer, or (not assigned
-        here) an Admin of the set kept for the next ask."""
-        sub = self._sets.sub(slot)
-        if sub is not None:
-            return sub._list_offset((slot[0], slot[2]), spec)
-        a = self._admins.get(slot[1])
-        if a is None:
-            s = self._view.sets().get(slot[1])
-            if s is None or not s.urls():
-                raise BrokerError(ErrorCode.NOT_LEADER, f"replica set {slot[1]} has no broker registered")
-            from hpbroker.client.admin import Admin
-
-            keep = ("request_timeout_ms", "connect_timeout_ms", "curve_secret_key_file", "broker_public_key")
-            a = self._admins[slot[1]] = Admin(",".join(s.urls()), **{k: v for k, v in self._sets.options.items()
-                                                                      if k in keep and v is not None})
-        return a.list_offsets(slot[0], slot[2], spec)
+        return self._sets.list_offset(slot, spec)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -442,8 +426,6 @@ class ClusterConsumer:
     def _close_quietly(self) -> None:
         self._closed = True
         self._sets.close()
-        for a in self._admins.values():
-            a.close()
         if self._member is not None:
             self._member.close()
         if self._offsets is not None:
