@@ -209,10 +209,12 @@ def poll_all(consumers, got: dict, rounds=1):
 
 
 def settled(consumers, n):
-    """Every consumer's assignment, once they are disjoint and cover all n global partitions."""
+    """Every consumer's assignment, once they are disjoint, cover all n global partitions and are
+    balanced (a member that joined last may otherwise still have nothing while the first holds all)."""
     parts = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
     flat = [p for ps in parts for p in ps]
-    return parts if sorted(flat) == list(range(n)) else None
+    sizes = [len(ps) for ps in parts]
+    return parts if sorted(flat) == list(range(n)) and max(sizes) - min(sizes) <= 1 else None
 
 
 def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_other_leaves(cluster):
