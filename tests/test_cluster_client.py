@@ -209,10 +209,12 @@ def poll_all(consumers, got: dict, rounds=1):
 
 
 def settled(consumers, n):
-    """Every consumer's assignment, once they are disjoint and cover all n global partitions."""
+    """Every consumer's assignment, once they are disjoint, cover all n global partitions and are
+    balanced (a member that joined last may otherwise still have nothing while the first holds all)."""
     parts = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
     flat = [p for ps in parts for p in ps]
-    return parts if sorted(flat) == list(range(n)) else None
+    sizes = [len(ps) for ps in parts]
+    return parts if sorted(flat) == list(range(n)) and max(sizes) - min(sizes) <= 1 else None
 
 
 def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_other_leaves(cluster):
@@ -248,6 +250,17 @@ def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_
             rs, p = layout[gp]
             data, _ = cluster.reg.zk.get(paths.group_offset(g, t, rs, p))
             assert data == f"-1-{n}".encode()
+        # the console reads the group from ZooKeeper: members, owners, committed offsets, lag
+        r = hpbroker("groups", "list", "--broker", cluster.url)
+        assert f"{g}\tstable\t2" in r.stdout.splitlines(), r.stdout + r.stderr
+        r = hpbroker("groups", "describe", g, "--broker", cluster.url)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"group {g}: stable") and "2 members, lag 0" in lines[0]
+        assert f"{first.member_id}\t" in r.stdout and f"\t{t}:0,1,2,3" in r.stdout and f"\t{t}:4,5,6,7" in r.stdout
+        rows = [line.split("\t") for line in lines if line.startswith(f"{t}\t")]
+        assert [(int(x[1]), int(x[2]), x[5]) for x in rows] == [
+            (gp, counts[gp], first.member_id if gp < 4 else second.member_id) for gp in range(8)]
         # one leaves: the other owns everything, and goes on from the committed offsets
         c1.close()
         wait_for(lambda: (poll_all([c2], got), len(c2.assignment()) == 8)[1], what="the survivor to take all 8")
@@ -256,6 +269,13 @@ def test_a_group_of_two_splits_the_global_partitions_and_one_takes_all_when_the_
         produce(cluster.url, t, 16, prefix="late")
         wait_for(lambda: (poll_all([c2], got), len(got.get(c2, [])) >= 16)[1], what="16 more messages")
         assert sorted(m.value for m in got[c2]) == sorted(f"late{i}".encode() for i in range(16))
+        r = hpbroker("groups", "reset-offsets", g, "--to-earliest", "--broker", cluster.url)
+        assert r.returncode == 1 and "live member" in r.stderr  # c2 still owns its partitions
+        c2.commit()
+        c2.close()
+        r = hpbroker("groups", "reset-offsets", g, "--to-earliest", "--broker", cluster.url)
+        assert r.returncode == 0, r.stderr
+        assert cluster.reg.zk.get(paths.group_offset(g, t, 2, 3))[0] == b"-1-0"  # MetaQ's node, rewound
     finally:
         c1.close()
         c2.close()
@@ -593,7 +613,7 @@ def test_the_console_produces_and_consumes_through_a_zk_url(cluster):
     assert cluster.reg.zk.exists(paths.group_offset("cli", t, 2, 0))  # its offsets, in MetaQ's place
     r = hpbroker("consume", t, "--broker", "zk://nohost", "--max-messages", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "HOST:PORT" in r.stderr
-    r = hpbroker("groups", "list", "--broker", cluster.url)  # not a cluster command (yet): one line, exit 2
+    r = hpbroker("tail", "--topic", t, "--broker", cluster.url, "/nonexistent")  # not a cluster command (yet)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "produce, consume, topics" in r.stderr
 
 
@@ -605,6 +625,8 @@ def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
     t, g = cluster.topic, "g" + uuid.uuid4().hex[:6]
     mds = produce(cluster.url, t, 32)
     with Consumer(cluster.url, t, auto_offset_reset="earliest") as c:
+        assert c.beginning_offsets() == {g: 0 for g in range(8)} and c.end_offsets() == {g: 4 for g in range(8)}
+        assert c.offsets_for_times({5: 0}) == {5: 0}
         raw = []
         wait_for(lambda: (raw.extend(c.poll_batches(timeout_ms=200)), sum(rb.record_count for rb in raw) >= 32)[1],
                  what="32 records in raw batches")
@@ -625,6 +647,8 @@ def test_raw_batches_and_handler_mode_through_a_zk_url(cluster):
     assert sorted((m.partition, m.offset) for m in handled) == sorted((md.partition, md.offset) for md in mds)
     with Consumer(cluster.url, t, group_id=g, partitions=range(8), enable_auto_commit=False) as again:
         assert sum(again.committed(p) or 0 for p in range(8)) == 32  # committed at close
+    with Consumer(cluster.url, t, partitions=[0]) as one:  # partition 7 is not assigned: asked of set 2 directly
+        assert one.end_offsets([7]) == {7: 4} and one.end_offsets() == {0: 4}
 
 
 def test_a_group_rebalances_when_the_topic_spreads_over_a_new_set(cluster):

@@ -31,7 +31,9 @@ class Registrar:
             finally:
                 root.stop()
                 root.close()
-        self.zk = KazooClient(hosts=hosts, timeout=10.0)
+        # reconnect at least once a second, as the clients do (a late one would lose the session and the nodes)
+        self.zk = KazooClient(hosts=hosts, timeout=10.0,
+                              connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0})
         self.zk.start(timeout=10.0)
 
     def register_master(self, rs: int, url: str, broker_id: int | None = None, epoch: int = 0) -> None:

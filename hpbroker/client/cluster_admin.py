@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 
 from hpbroker.cluster import paths
 from hpbroker.cluster.client_view import ClusterView, ReplicaSet
+from hpbroker.cluster.paths import MemberNode
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.protocol.messages import EARLIEST, LATEST
 
@@ -118,6 +119,153 @@ class ClusterAdmin:
         finally:
             for a in admins.values():
                 a.close()
+        return out
+
+    # -- consumer groups kept in ZooKeeper (docs/cluster.md, "Consumer groups across brokers") --------
+
+    def _zk_children(self, path: str) -> list[str]:
+        from kazoo.exceptions import NoNodeError
+
+        try:
+            return sorted(self._view.zk.get_children(path))
+        except NoNodeError:
+            return []
+
+    def _members(self, group: str) -> dict[str, MemberNode]:
+        out = {}
+        prefix = f"{group}_"
+        for name in self._zk_children(paths.group_ids(group)):
+            if name.startswith(prefix):
+                try:
+                    out[name[len(prefix):]] = paths.decode(self._view.zk.get(f"{paths.group_ids(group)}/{name}")[0],
+                                                           MemberNode)
+                except Exception:  # noqa: BLE001 - gone meanwhile, or not ours
+                    continue
+        return out
+
+    def _owners(self, group: str, topic: str) -> dict[tuple[int, int], str]:
+        base = f"{paths.CONSUMERS}/{group}/owners/{topic}"
+        out = {}
+        for name in self._zk_children(base):
+            try:
+                out[paths.parse_partition(name)] = self._view.zk.get(f"{base}/{name}")[0].decode()
+            except Exception:  # noqa: BLE001 - released meanwhile, or not a <set>-<p> name
+                continue
+        return out
+
+    def _store(self, rs: int):
+        from hpbroker.client.stores.zookeeper import ZooKeeperOffsetStore
+
+        return ZooKeeperOffsetStore(self._view.hosts, broker_id=rs, client=self._view.zk)
+
+    def _committed(self, group: str, topic: str, parts: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        out = {}
+        for rs in sorted({rs for rs, _ in parts}):
+            got = self._store(rs).load(group, [(topic, p) for r, p in parts if r == rs])
+            out.update({(rs, p): off for (_t, p), off in got.items()})
+        return out
+
+    def list_groups(self):
+        """Every group with nodes under /meta/consumers: its state and member count."""
+        from hpbroker.client.admin import GroupListing
+
+        return [GroupListing(g, self._state(g), len(self._members(g))) for g in self._zk_children(paths.CONSUMERS)]
+
+    def _state(self, group: str, members=None) -> str:
+        members = self._members(group) if members is None else members
+        if not members:
+            return "empty"
+        for topic in sorted({t for m in members.values() for t in m.topics}):
+            if set(self._view.watch_topic(topic)) - set(self._owners(group, topic)):
+                return "reconciling"  # a partition nobody owns yet: a rebalance is under way
+        return "stable"
+
+    def describe_group(self, group: str):
+        """Members with the global partitions they own, and per partition the
+        committed offset (MetaQ's ZooKeeper node), high watermark, lag and owner."""
+        from hpbroker.client.admin import GroupDescription, GroupMember, PartitionLag
+
+        members = self._members(group)
+        topics = sorted({t for m in members.values() for t in m.topics}
+                        | set(self._zk_children(f"{paths.CONSUMERS}/{group}/offsets")))
+        if not members and not topics:
+            raise BrokerError(ErrorCode.GROUP_ID_NOT_FOUND, f"group {group!r} has no members and no offsets in "
+                              f"ZooKeeper ({self.url})")
+        owned: dict[str, list[tuple[str, int]]] = {m: [] for m in members}
+        rows = []
+        for topic in topics:
+            parts = self._view.watch_topic(topic)
+            owners = self._owners(group, topic)
+            committed = self._committed(group, topic, parts)
+            ends = self._offsets(topic, parts)
+            for g, rs_p in enumerate(parts):
+                owner = owners.get(rs_p)
+                if owner in owned:
+                    owned[owner].append((topic, g))
+                start, hw = ends.get(rs_p, (0, 0))
+                c = committed.get(rs_p)
+                rows.append(PartitionLag(topic, g, c, hw, max(0, hw - (start if c is None else c)), owner))
+        ms = [GroupMember(mid, "", m.host, 0, list(m.topics), sorted(owned[mid]), [], 0)
+              for mid, m in sorted(members.items())]
+        return GroupDescription(group, self._state(group, members), 0, "range (ZooKeeper)", ms, rows)
+
+    def _offsets(self, topic: str, parts: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        """(log start, high watermark) of each (set, partition), asked of the set's master; absent if it did not answer."""
+        out = {}
+        sets = self._view.snapshot.sets
+        for rs in sorted({rs for rs, _ in parts}):
+            try:
+                with self._admin(rs, sets) as a:
+                    for r, p in parts:
+                        if r == rs:
+                            out[(r, p)] = (a.list_offsets(topic, p, EARLIEST), a.list_offsets(topic, p, LATEST))
+            except BrokerError:
+                continue
+        return out
+
+    def committed_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        """{(topic, global partition): committed offset} from MetaQ's nodes."""
+        out = {}
+        for topic in self._zk_children(f"{paths.CONSUMERS}/{group}/offsets"):
+            parts = self._view.watch_topic(topic)
+            got = self._committed(group, topic, parts)
+            out.update({(topic, g): got[rs_p] for g, rs_p in enumerate(parts) if rs_p in got})
+        return out
+
+    def reset_offsets(self, group: str, spec, topics: Sequence[str] | None = None, dry_run: bool = False):
+        """Admin.reset_offsets for a group kept in ZooKeeper: refused
+        (NON_EMPTY_GROUP) while it has members; writes MetaQ's offset nodes."""
+        from hpbroker.client.admin import OffsetReset, _live_members, reset_spec, GroupMember
+
+        spec = reset_spec(spec)
+        members = self._members(group)
+        if members:
+            raise BrokerError(ErrorCode.NON_EMPTY_GROUP, _live_members(group, [
+                GroupMember(mid, "", m.host, 0, list(m.topics), [], [], 0) for mid, m in sorted(members.items())]))
+        names = list(dict.fromkeys(topics)) if topics else self._zk_children(f"{paths.CONSUMERS}/{group}/offsets")
+        if not names:
+            raise BrokerError(ErrorCode.GROUP_ID_NOT_FOUND,
+                              f"group {group!r} has no committed offsets: name the topics to reset")
+        out = []
+        writes: dict[int, dict] = {}
+        sets = self._view.refresh_now().sets
+        for topic in names:
+            parts = self._view.watch_topic(topic)
+            if not parts:
+                raise BrokerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {topic!r} is not registered")
+            committed = self._committed(group, topic, parts)
+            for rs in sorted({rs for rs, _ in parts}):
+                with self._admin(rs, sets) as a:
+                    for g, (r, p) in enumerate(parts):
+                        if r == rs:
+                            old = committed.get((r, p))
+                            new = a._reset_target(topic, p, spec, old)
+                            out.append(OffsetReset(topic, g, old, new))
+                            writes.setdefault(rs, {})[(topic, p)] = new
+        out.sort(key=lambda r: (r.topic, r.partition))
+        if not dry_run:
+            for rs, offs in sorted(writes.items()):
+                self._store(rs).commit(group, offs)
         return out
 
     def close(self) -> None:

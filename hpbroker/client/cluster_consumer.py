@@ -31,6 +31,7 @@ from hpbroker.client.waker import Waker
 from hpbroker.cluster.client_group import GroupMember, Slot, new_member_id
 from hpbroker.cluster.client_view import ClusterView
 from hpbroker.protocol.errors import BrokerError, ErrorCode
+from hpbroker.protocol.messages import EARLIEST, LATEST
 
 log = logging.getLogger("hpbroker.consumer")
 
@@ -316,6 +317,24 @@ class ClusterConsumer:
         for key in partitions or [self._key(s) for s in self._slots]:
             sub, p = self._sub(key)
             sub.seek_to_end(p)
+
+    def beginning_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, EARLIEST)
+
+    def end_offsets(self, partitions: Iterable | None = None) -> dict:
+        return self._offsets_at(partitions, LATEST)
+
+    def offsets_for_times(self, timestamps: dict) -> dict:
+        """{partition: first offset whose batch has max_timestamp >= ts} (the high watermark when none)."""
+        return {p: self._list_offset(self._slot(p), ts) for p, ts in timestamps.items()}
+
+    def _offsets_at(self, partitions, spec: int) -> dict:
+        if partitions is None:
+            return {self._key(s): self._list_offset(s, spec) for s in sorted(self._slots)}
+        return {p: self._list_offset(self._slot(p), spec) for p in partitions}
+
+    def _list_offset(self, slot: Slot, spec: int) -> int:
+        return self._sets.list_offset(slot, spec)
 
     # -- reading ----------------------------------------------------------------------------------
 

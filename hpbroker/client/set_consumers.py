@@ -38,6 +38,7 @@ class SetConsumers:
         self._retry_at: dict[Key, float] = {}
         self._carry: dict[Slot, int] = {}  # positions of a per-set consumer replaced by a new one
         self._rr = 0
+        self._admins: dict = {}  # set -> Admin, for offsets of partitions not placed here
 
     def place(self, slots: set[Slot]) -> set[Slot]:
         """Give each per-set consumer its partitions of ``slots`` (positions
@@ -102,6 +103,24 @@ class SetConsumers:
                 sub._t.bootstraps = urls
                 sub._f.lost = True  # the next fetch asks them (Transport.discover)
 
+    def list_offset(self, slot: Slot, spec: int) -> int:
+        """ListOffsets of a slot: through its set's consumer, or (not placed
+        here) an Admin of the set, kept for the next ask."""
+        sub = self.sub(slot)
+        if sub is not None:
+            return sub._list_offset((slot[0], slot[2]), spec)
+        a = self._admins.get(slot[1])
+        if a is None:
+            s = self.view.sets().get(slot[1])
+            if s is None or not s.urls():
+                raise BrokerError(ErrorCode.NOT_LEADER, f"replica set {slot[1]} has no broker registered")
+            from hpbroker.client.admin import Admin
+
+            keep = ("request_timeout_ms", "connect_timeout_ms", "curve_secret_key_file", "broker_public_key")
+            a = self._admins[slot[1]] = Admin(",".join(s.urls()), **{k: v for k, v in self.options.items()
+                                                                      if k in keep and v is not None})
+        return a.list_offsets(slot[0], slot[2], spec)
+
     def sub(self, slot: Slot) -> Consumer | None:
         return self.subs.get((slot[0], slot[1])) if slot in self.placed else None
 
@@ -139,3 +158,6 @@ class SetConsumers:
             sub.close(autocommit=False)
         self.subs.clear()
         self.placed = set()
+        for a in self._admins.values():
+            a.close()
+        self._admins.clear()

@@ -129,7 +129,10 @@ class ClusterView:
             from kazoo.client import KazooClient
         except ImportError as e:  # pragma: no cover - kazoo is in the test and offsets extras
             raise RuntimeError(f"zk:// URLs need kazoo: pip install 'hpbroker[offsets]' ({e})") from e
-        zk = KazooClient(hosts=self.hosts, timeout=self.timeout_s)
+        # reconnect at least once a second (kazoo's default backs off to a minute): a group member is paused
+        # while disconnected, and its session expires if it comes back after the timeout
+        zk = KazooClient(hosts=self.hosts, timeout=self.timeout_s,
+                         connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0})
         try:
             zk.start(timeout=self.timeout_s)
         except Exception as e:
