@@ -256,6 +256,41 @@ def test_a_master_stopped_past_its_session_timeout_never_acks_as_master_after_it
     assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
 
 
+def test_a_master_restarted_before_its_session_expired_makes_one_master_with_its_slave(tmp_path, zk):
+    """kill -9 and an immediate restart (a service manager's): the restarted
+    broker deletes its old registration and claims a new epoch while its
+    slave, seeing the registration go, may claim one too; the epoch znode's
+    version lets one of them lead, and the other follows it."""
+    hosts = chroot(zk)
+    a = broker(tmp_path, "a", hosts, "master", 1)
+    b = broker(tmp_path, "b", hosts, "slave", 2)
+    z = zk_client(hosts)
+    a2 = None
+    try:
+        wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the slave in sync")
+        acked = produce_stream(a.url, "q", 1.0, acks=-1, kill=a.kill)
+        a2 = broker(tmp_path, "a", hosts, "master", 1, port=a.port)
+        roles = {}
+
+        def settled():
+            roles.update({1: role_of(a2) or "", 2: role_of(b) or ""})
+            return sorted(roles.values()) == ["master", "slave"] and node(z, paths.master(1)) is not None
+
+        wait_until(settled, 60, "one master and one slave", state=lambda: roles)
+        lead, follow = (a2, b) if roles[1] == "master" else (b, a2)
+        ep = node(z, paths.epoch(1), paths.EpochNode)
+        assert ep.broker_id == (1 if lead is a2 else 2) and ep.epoch == stats(lead)["leader_epoch"]
+        assert node(z, paths.master(1)).url == lead.url
+        wait_until(lambda: stats(follow).get("replication_master") == lead.url and caught_up(lead, follow), 60,
+                   "the other to follow and catch up", state=follow.log)
+        assert_present(lead, acked)
+    finally:
+        z.stop()
+        stop_all(a2, b)
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
 class RestartableZooKeeper(ZooKeeperServer):
     """A private ZooKeeper that can be stopped and started again on the same port and data."""
 

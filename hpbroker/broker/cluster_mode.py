@@ -40,6 +40,7 @@ from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, sta
 from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.replication import probe
+from hpbroker.security import BrokerSecurity
 from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.supervisor")
@@ -127,8 +128,11 @@ class ClusterMode:
         sup = self.sup
         self.state_sub = make_socket(sup.ctx, zmq.SUB, connect=sup._ipc("repl-state"))
         self.state_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.agent.register(self._node())
         self.agent.set_topics(dict(sup.topics.topics))
+        try:
+            self.agent.register(self._node())
+        except NodeExistsError:
+            raise Restart("another broker registered as the set's master while this one started") from None
         self.agent.start(sup.epoch)
 
     def _node(self, insync: list[int] | None = None) -> paths.BrokerNode:
@@ -142,8 +146,14 @@ class ClusterMode:
                                 started_ms=int(time.time() * 1000), insync=insync or [])
 
     def topics_changed(self, topics: dict[str, int]) -> None:
+        """The view changed (a topic, or the epoch a slave follows): keep our nodes in step."""
         if self.agent is not None and self.agent.node is not None:
             self.agent.set_topics(topics)
+            if self.agent.node.epoch != self.sup.epoch and self.agent.node.role == self.sup.role:
+                try:
+                    self.agent.register(msgspec.structs.replace(self.agent.node, epoch=self.sup.epoch))
+                except Exception as e:  # noqa: BLE001 - the loop registers again after a session loss
+                    log.warning("cluster: could not update this broker's node in ZooKeeper: %s", e)
 
     # -- serve -------------------------------------------------------------------------
 
@@ -210,7 +220,7 @@ class ClusterMode:
                 self._refused_logged = True
             return
         url = self.cfg.replication.master
-        if master_answers(sup.ctx, url, self.cfg.cluster.probe_ms, self.cfg.broker.broker_id):
+        if master_answers(sup.ctx, url, self.cfg.cluster.probe_ms, self.cfg.broker.broker_id, self._curve()):
             log.warning("cluster: the master's registration is gone but %s still answers as master; not promoting",
                         url)
             return
@@ -219,9 +229,11 @@ class ClusterMode:
             self._on_event(Event("master", node=st.master))
             return
         gone = self.agent.last_master
-        if st.epoch is not None and gone is not None and st.epoch.broker_id != gone.broker_id:
-            # another slave claimed the epoch after the master went, and is promoting: follow it once it
-            # registers (the compare-and-set alone only decides claims made from the same version)
+        if st.epoch is not None and gone is not None and (st.epoch.broker_id, st.epoch.epoch) != (gone.broker_id,
+                                                                                                 gone.epoch):
+            # the epoch moved on after the master went: another slave, or the master itself restarted, claimed
+            # a new one and is starting; follow it once it registers (the compare-and-set alone only decides
+            # claims made from the same version)
             if not self._refused_logged:
                 log.warning("cluster: broker %d already claimed epoch %d after the master went; waiting for it to "
                             "register", st.epoch.broker_id, st.epoch.epoch)
@@ -246,6 +258,13 @@ class ClusterMode:
         log.warning("cluster: promoted to master of replica set %d with leader epoch %d (its master %s was gone)",
                     self.cfg.replica_set, epoch, url)
 
+    def _curve(self):
+        """This broker's CURVE options towards a master ([security]), as the promotion probe uses; None when off."""
+        try:
+            return BrokerSecurity(self.cfg.security, self.sup.ctx).to_master()
+        except ValueError:
+            return None
+
     def close(self) -> None:
         if self.agent is not None:
             if self.lease is not None:
@@ -257,7 +276,7 @@ class ClusterMode:
             self.state_sub = None
 
 
-def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> bool:
+def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int, curve=None) -> bool:
     """Does the broker at ``url`` answer as a master?  A refused TCP
     connection says no at once; otherwise one metadata request, waited for
     ``timeout_ms`` (a hung or stopped broker does not answer)."""
@@ -266,7 +285,7 @@ def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> 
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_ms / 1000.0).close()
     except (OSError, ValueError):
         return False
-    return probe.master_answering(ctx, url, timeout_ms, own_id) is not None
+    return probe.master_answering(ctx, url, timeout_ms, own_id, curve=curve) is not None
 
 
 __all__ = ["ClusterMode", "Restart", "StartDecision", "master_answers"]
