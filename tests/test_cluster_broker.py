@@ -98,6 +98,7 @@ def test_brokers_register_their_role_epoch_and_topics(tmp_path, zk):
         assert (snode.broker_id, snode.role, snode.url) == (2, "slave", b.url)
         ep = node(z, paths.epoch(1), paths.EpochNode)
         assert ep.broker_id == 1 and ep.epoch == mnode.epoch == stats(a)["leader_epoch"]
+        assert stats(a)["cluster_fenced"] == 0 and stats(a)["cluster_lease_remaining_s"] > 0
         assert z.exists(paths.master(1)).ephemeralOwner and not z.exists(paths.epoch(1)).ephemeralOwner
         wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the master to list its slave in sync")
         wait_until(lambda: stats(b).get("replication_master") == a.url, 30, "the slave to report its master")
@@ -354,12 +355,14 @@ def test_zookeeper_stopped_and_restarted_under_load_loses_nothing_acknowledged(t
         time.sleep(1.0)
         server.halt()
         time.sleep(SESSION_MS / 1000 + 1.0)  # past the fence threshold (and the session timeout)
+        assert stats(a)["cluster_fenced"] == 1
         server.resume()
         wait_until(lambda: role_of(a) == "master" and codes[-5:] == [0] * 5, 60, "acks to resume",
                    state=lambda: (codes[-10:], a.log()))
         done.set()
         t.join(30)
         assert ErrorCode.NOT_LEADER in codes  # fenced while ZooKeeper was away
+        assert stats(a)["cluster_fenced"] == 0  # and no more
         assert role_of(b) == "slave"  # nobody promoted: the slave cannot promote without ZooKeeper
         wait_until(lambda: caught_up(a, b), 30, "the slave to catch up")
         assert_present(a, acked)
