@@ -37,18 +37,18 @@ def chroot(zk) -> str:
     return f"{zk.hosts}/t{uuid.uuid4().hex[:10]}"
 
 
-def toml(tmp_path, name: str, min_insync: int = 1, extra: str = "") -> str:
+def toml(tmp_path, name: str, min_insync: int = 1, extra: str = "", mode: str = "sync") -> str:
     p = tmp_path / f"{name}.toml"
-    p.write_text(f'[replication]\nmode = "sync"\nmin_insync_replicas = {min_insync}\nreplica_lag_max_ms = 1500\n'
+    p.write_text(f'[replication]\nmode = "{mode}"\nmin_insync_replicas = {min_insync}\nreplica_lag_max_ms = 1500\n'
                  f"ack_interval_ms = 50\n{extra}\n[ring]\ndead_after_ms = 60000\n"
                  f"[cluster]\nsession_timeout_ms = {SESSION_MS}\n")
     return str(p)
 
 
 def broker(tmp_path, name: str, zk: str, role: str, broker_id: int, rs: int = 1, port=None, min_insync: int = 1,
-           extra: str = "", start: bool = True) -> BrokerProcess:
+           extra: str = "", start: bool = True, mode: str = "sync") -> BrokerProcess:
     b = BrokerProcess(tmp_path / name, port=port, args=(
-        "--config", toml(tmp_path, name, min_insync, extra), "--role", role, "--broker-id", str(broker_id),
+        "--config", toml(tmp_path, name, min_insync, extra, mode), "--role", role, "--broker-id", str(broker_id),
         "--replica-set", str(rs), "--zookeeper", zk, "--partitions", str(PARTITIONS)))
     return b.start() if start else b
 
@@ -290,6 +290,38 @@ def test_a_master_restarted_before_its_session_expired_makes_one_master_with_its
         stop_all(a2, b)
     r = compare(tmp_path / "a", tmp_path / "b")
     assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("unclean", [False, True])
+def test_an_async_slave_promotes_itself_only_with_unclean_promotion(tmp_path, zk, unclean):
+    hosts = chroot(zk)
+    extra = f"unclean_promotion = {'true' if unclean else 'false'}"
+    a = broker(tmp_path, "a", hosts, "master", 1, mode="async", extra=extra)
+    b = broker(tmp_path, "b", hosts, "slave", 2, mode="async", extra=extra)
+    try:
+        wait_until(lambda: stats(b).get("replication_state") == "streaming", 30, "the slave to follow")
+        produce_stream(a.url, "u", 0.3, acks=1)
+        a.kill()
+        if unclean:
+            wait_until(lambda: role_of(b) == "master", 30, "the async slave to promote itself", state=b.log)
+        else:
+            wait_until(lambda: "not promoting: this slave replicates asynchronously" in b.log(), 30,
+                       "the slave to refuse", state=b.log)
+            assert role_of(b) == "slave"
+    finally:
+        stop_all(a, b)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[cluster]\nzookeeper = "127.0.0.1:2181"\n', "needs replication.role"),
+    ('[replication]\nrole = "master"\n[cluster]\nzookeeper = "127.0.0.1:2181"\nsession_timeout_ms = 3000\n'
+     "fence_after_ms = 3000\n", "must be less than"),
+])
+def test_a_cluster_config_that_cannot_fence_is_refused_in_one_line(tmp_path, text, words):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 class RestartableZooKeeper(ZooKeeperServer):
