@@ -32,7 +32,8 @@ import time
 
 import msgspec
 import zmq
-from kazoo.exceptions import NodeExistsError
+from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from hpbroker.broker import state as broker_state
 from hpbroker.cluster import paths
@@ -166,14 +167,19 @@ class ClusterMode:
                 st = ipc_replica.state_decoder.decode(raw)
                 if st.role == "master" and self.sup.role == "master":
                     self.agent.update_insync(st.insync_ids)
-        while True:
-            try:
-                ev = self.agent.events.get_nowait()
-            except queue.Empty:
-                break
-            self._on_event(ev)
-        if self._gone_since is not None and self.sup.role == "slave" and time.monotonic() >= self._next_try:
-            self._try_failover()
+        try:
+            while True:
+                try:
+                    ev = self.agent.events.get_nowait()
+                except queue.Empty:
+                    break
+                self._on_event(ev)
+            if self._gone_since is not None and self.sup.role == "slave" and time.monotonic() >= self._next_try:
+                self._try_failover()
+        except (KazooException, KazooTimeoutError) as e:
+            # ZooKeeper away in the middle of a decision: nothing was changed that the next try does not see
+            log.warning("cluster: ZooKeeper did not answer (%s); trying again", type(e).__name__)
+            self._next_try = time.monotonic() + 0.5
 
     def _on_event(self, ev) -> None:
         sup = self.sup
@@ -229,8 +235,12 @@ class ClusterMode:
             self._on_event(Event("master", node=st.master))
             return
         gone = self.agent.last_master
-        if st.epoch is not None and gone is not None and (st.epoch.broker_id, st.epoch.epoch) != (gone.broker_id,
-                                                                                                 gone.epoch):
+        me = self.cfg.broker.broker_id
+        moved = (st.epoch is not None and gone is not None
+                 and (st.epoch.broker_id, st.epoch.epoch) != (gone.broker_id, gone.epoch))
+        if moved and st.epoch.broker_id == me:
+            epoch = st.epoch.epoch  # our own claim landed, though its answer was lost with the connection
+        elif moved:
             # the epoch moved on after the master went: another slave, or the master itself restarted, claimed
             # a new one and is starting; follow it once it registers (the compare-and-set alone only decides
             # claims made from the same version)
@@ -239,12 +249,12 @@ class ClusterMode:
                             "register", st.epoch.broker_id, st.epoch.epoch)
                 self._refused_logged = True
             return
-        floor = st.epoch.epoch if st.epoch else 0
-        epoch = broker_state.next_epoch(max(sup.epoch, broker_state.max_partition_epoch(sup.data_dir), floor),
-                                        self.cfg.broker.broker_id)
-        if not self.agent.claim_epoch(epoch, st.epoch_version):
-            log.warning("cluster: another broker claimed the next epoch first; following whoever registers")
-            return
+        else:
+            floor = st.epoch.epoch if st.epoch else 0
+            epoch = broker_state.next_epoch(max(sup.epoch, broker_state.max_partition_epoch(sup.data_dir), floor), me)
+            if not self.agent.claim_epoch(epoch, st.epoch_version):
+                log.warning("cluster: another broker claimed the next epoch first; following whoever registers")
+                return
         self._gone_since = None
         reply = sup.promote(epoch=epoch, record=False)
         if reply.code:

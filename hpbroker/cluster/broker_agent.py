@@ -220,18 +220,27 @@ class BrokerAgent:
 
     def register(self, node: paths.BrokerNode) -> None:
         """(Re-)register as ``node`` (its role says where).  Raises
-        NodeExistsError when another broker is registered as master."""
+        NodeExistsError when another broker is registered as master; with
+        ZooKeeper away it leaves the registration to the loop, which
+        makes it once ZooKeeper answers (a master renews its lease only then)."""
         with self._lock:
             old = self.node
             self.node = node
-            if old is not None and old.role != node.role:
-                self._delete_quietly(self._node_path(old))
-                for path in self._registered_topics.values():
-                    self._delete_quietly(path)
-                self._registered_topics = {}
-            self._put_node()
-            self._registered = True
-            self._sync_topics()
+            self._registered = False
+            try:
+                if old is not None and old.role != node.role:
+                    self._delete_quietly(self._node_path(old))
+                    for path in self._registered_topics.values():
+                        self._delete_quietly(path)
+                    self._registered_topics = {}
+                self._put_node()
+                self._registered = True
+                self._sync_topics()
+            except NodeExistsError:
+                raise
+            except KazooException as e:
+                self._registered = False
+                log.warning("could not register as %s in ZooKeeper now (%s); retrying", node.role, e)
 
     def update_insync(self, ids: list[int]) -> None:
         with self._lock:
