@@ -36,6 +36,7 @@ from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from hpbroker.broker import state as broker_state
+from hpbroker.broker.host import StartupError
 from hpbroker.cluster import paths
 from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, start_decision
 from hpbroker.ipc import lease as lease_mod
@@ -75,30 +76,34 @@ class ClusterMode:
         try:
             self.agent.connect(timeout=self.cfg.cluster.session_timeout_ms / 1000.0 + 10)
         except Exception as e:  # noqa: BLE001 - kazoo's timeout and connection errors
-            from hpbroker.broker.host import StartupError
-
             raise StartupError(f"cannot reach ZooKeeper at {self.cfg.cluster.zookeeper}: {e}") from None
         preferred = self.cfg.replication.role
         logged = 0.0
         while True:
             if sup.stop_requested:
-                from hpbroker.broker.host import StartupError
-
                 raise StartupError("stopped while waiting for a master in ZooKeeper")
-            self.agent.drop_stale_registration()
-            st = self.agent.read_set()
+            try:
+                self.agent.drop_stale_registration()
+                st = self.agent.read_set()
+            except (KazooException, KazooTimeoutError) as e:
+                log.warning("cluster: ZooKeeper did not answer (%s); trying again", type(e).__name__)
+                time.sleep(0.5)
+                continue
             d = start_decision(b.broker_id, preferred, st)
             if d.action == "follow":
                 self._become(role="slave", master=d.url)
                 log.info("cluster: following the registered master %s (broker %d, set %d)", d.url,
                          st.master.broker_id, self.cfg.replica_set)
-                sup.zk_epoch_floor = st.epoch.epoch if st.epoch else 0
                 return
             if d.action == "lead":
                 epoch = broker_state.next_epoch(max(broker_state.load_epoch(sup.data_dir),
                                                     broker_state.max_partition_epoch(sup.data_dir),
                                                     st.epoch.epoch if st.epoch else 0), b.broker_id)
-                if self.agent.claim_epoch(epoch, st.epoch_version):
+                try:
+                    claimed = self.agent.claim_epoch(epoch, st.epoch_version)
+                except (KazooException, KazooTimeoutError):
+                    claimed = False  # whether it landed or not, the next read says who holds the epoch
+                if claimed:
                     self._become(role="master", master="")
                     sup.cluster_epoch = epoch
                     log.info("cluster: leading replica set %d: %s", self.cfg.replica_set, d.why)
