@@ -324,6 +324,121 @@ def test_a_cluster_config_that_cannot_fence_is_refused_in_one_line(tmp_path, tex
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+class CuttableLink:
+    """A TCP forwarder in front of ZooKeeper for one broker: ``cut()`` drops
+    its connections and refuses new ones (a network partition between that
+    broker and ZooKeeper, nothing else), ``heal()`` lets them through again."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target = ("127.0.0.1", target_port)
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self.open = True
+        self.conns: list = []
+        self.done = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.done:
+            try:
+                c, _ = self.lsock.accept()
+            except (socket.timeout, OSError):
+                continue
+            if not self.open:
+                c.close()
+                continue
+            try:
+                u = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                c.close()
+                continue
+            self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.open = False
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.done = True
+        self.cut()
+        self.lsock.close()
+
+
+def test_a_master_cut_off_from_zookeeper_but_alive_fences_itself_and_its_slave_takes_over(tmp_path, zk):
+    """A partition between the master and ZooKeeper only: the master stops
+    acknowledging, its session expires, its slave (which still reaches it)
+    finds it answering but fenced and promotes; healed, the old master
+    rejoins as a slave and no acknowledged write diverges."""
+    root = f"t{uuid.uuid4().hex[:10]}"
+    link = CuttableLink(zk.port)
+    a = b = None
+    z = zk_client(f"{zk.hosts}/{root}")
+    try:
+        a = broker(tmp_path, "a", f"127.0.0.1:{link.port}/{root}", "master", 1)
+        b = broker(tmp_path, "b", f"{zk.hosts}/{root}", "slave", 2)
+        wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the slave in sync")
+        acked = produce_stream(a.url, "n", 0.5, acks=-1)
+        link.cut()
+        wait_until(lambda: stats(a)["cluster_fenced"] == 1, 30, "the master to fence itself")
+        c = RawClient(a.url, timeout_ms=10_000)
+        req = m.Produce(id=c.next_id(), topic="rep", partition=0, acks=1)
+        c.send_frames(codec.encode_request(req, [batch.encode_batch([b"cut off"])]))
+        rep, _ = c.recv()
+        c.close()
+        assert rep.code == ErrorCode.NOT_LEADER and "fenced" in rep.message, rep
+        wait_until(lambda: role_of(b) == "master", 30, "the slave to promote itself", state=b.log)
+        link.heal()
+        wait_until(lambda: role_of(a) == "slave" and stats(a).get("replication_master") == b.url
+                   and caught_up(b, a), 60, "the old master to rejoin as a slave", state=a.log)
+        acked.update(produce_stream(b.url, "m", 0.3, acks=-1))
+        wait_until(lambda: caught_up(b, a), 30, "the old master to catch up")
+        assert_present(b, acked)
+        assert_present(a, acked)
+    finally:
+        z.stop()
+        stop_all(a, b)
+        link.close()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
 class RestartableZooKeeper(ZooKeeperServer):
     """A private ZooKeeper that can be stopped and started again on the same port and data."""
 

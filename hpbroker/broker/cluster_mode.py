@@ -41,6 +41,8 @@ from hpbroker.cluster import paths
 from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, start_decision
 from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
+from hpbroker.protocol import codec
+from hpbroker.protocol import messages as m
 from hpbroker.replication import probe
 from hpbroker.security import BrokerSecurity
 from hpbroker.sockets import drain, make_socket
@@ -292,15 +294,35 @@ class ClusterMode:
 
 
 def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int, curve=None) -> bool:
-    """Does the broker at ``url`` answer as a master?  A refused TCP
-    connection says no at once; otherwise one metadata request, waited for
-    ``timeout_ms`` (a hung or stopped broker does not answer)."""
+    """Does the broker at ``url`` answer as a master that acknowledges?  A
+    refused TCP connection says no at once; otherwise one metadata request,
+    waited for ``timeout_ms`` (a hung or stopped broker does not answer),
+    and a master that says it is fenced counts as not answering."""
     host, _, port = url.removeprefix("tcp://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_ms / 1000.0).close()
     except (OSError, ValueError):
         return False
-    return probe.master_answering(ctx, url, timeout_ms, own_id, curve=curve) is not None
+    if probe.master_answering(ctx, url, timeout_ms, own_id, curve=curve) is None:
+        return False
+    return not fenced(ctx, url, timeout_ms, curve)
+
+
+def fenced(ctx: zmq.Context, url: str, timeout_ms: int, curve=None) -> bool:
+    """Does the broker at ``url`` say it is fenced (its lease ran out: cut off
+    from ZooKeeper)?  Such a master acknowledges nothing, and its session has
+    expired by the time a slave asks: it must not hold the failover up."""
+    s = make_socket(ctx, zmq.DEALER, connect=url, curve=curve)
+    try:
+        s.send_multipart(codec.encode_request(m.Stats(id=1)), zmq.NOBLOCK)
+        if not s.poll(timeout_ms):
+            return False  # answered metadata a moment ago: alive, so taken as serving
+        rep, _ = codec.decode_reply(s.recv_multipart())
+        return bool(isinstance(rep, m.StatsReply) and rep.stats.get("cluster_fenced"))
+    except Exception:  # noqa: BLE001 - an answer we cannot read says nothing
+        return False
+    finally:
+        s.close(0)
 
 
 __all__ = ["ClusterMode", "Restart", "StartDecision", "master_answers"]

@@ -247,8 +247,16 @@ class BrokerAgent:
             if self.node is None or self.node.role != "master" or list(ids) == self.node.insync:
                 return
             self.node = msgspec.structs.replace(self.node, insync=list(ids))
+            if not self._registered:
+                return  # the loop puts the whole node back, this list in it
             try:
-                self.zk.set(self._node_path(self.node), paths.encode(self.node))
+                # only into our own node of this session: after a session loss the path may be another master's
+                path = self._node_path(self.node)
+                stat = self.zk.exists(path)
+                if stat is None or stat.ephemeralOwner != self.zk.client_id[0]:
+                    self._registered = False
+                    return
+                self.zk.set(path, paths.encode(self.node), version=stat.version)
             except KazooException as e:
                 log.warning("could not write the in-sync slaves %s to ZooKeeper: %s", ids, e)
                 self._registered = False  # the loop puts the whole node back
@@ -363,6 +371,11 @@ class BrokerAgent:
                 self._registered = True
                 log.warning("registered again in ZooKeeper as %s of replica set %d", self.node.role, self.rs)
                 return  # the lease is renewed by the next turn's read, which sees the tree as it is now
+            if self.node.role == "master":
+                stat = self.zk.exists(paths.master(self.rs))
+                if stat is None or stat.ephemeralOwner != self.zk.client_id[0]:
+                    self._registered = False  # not our node (any more): no renewal until it is put back
+                    return
             if self.lease is not None:
                 self.lease.renew(t0 + self.fence_s)
             self.renewals += 1
