@@ -37,18 +37,18 @@ def chroot(zk) -> str:
     return f"{zk.hosts}/t{uuid.uuid4().hex[:10]}"
 
 
-def toml(tmp_path, name: str, min_insync: int = 1, extra: str = "") -> str:
+def toml(tmp_path, name: str, min_insync: int = 1, extra: str = "", mode: str = "sync") -> str:
     p = tmp_path / f"{name}.toml"
-    p.write_text(f'[replication]\nmode = "sync"\nmin_insync_replicas = {min_insync}\nreplica_lag_max_ms = 1500\n'
+    p.write_text(f'[replication]\nmode = "{mode}"\nmin_insync_replicas = {min_insync}\nreplica_lag_max_ms = 1500\n'
                  f"ack_interval_ms = 50\n{extra}\n[ring]\ndead_after_ms = 60000\n"
                  f"[cluster]\nsession_timeout_ms = {SESSION_MS}\n")
     return str(p)
 
 
 def broker(tmp_path, name: str, zk: str, role: str, broker_id: int, rs: int = 1, port=None, min_insync: int = 1,
-           extra: str = "", start: bool = True) -> BrokerProcess:
+           extra: str = "", start: bool = True, mode: str = "sync") -> BrokerProcess:
     b = BrokerProcess(tmp_path / name, port=port, args=(
-        "--config", toml(tmp_path, name, min_insync, extra), "--role", role, "--broker-id", str(broker_id),
+        "--config", toml(tmp_path, name, min_insync, extra, mode), "--role", role, "--broker-id", str(broker_id),
         "--replica-set", str(rs), "--zookeeper", zk, "--partitions", str(PARTITIONS)))
     return b.start() if start else b
 
@@ -98,6 +98,7 @@ def test_brokers_register_their_role_epoch_and_topics(tmp_path, zk):
         assert (snode.broker_id, snode.role, snode.url) == (2, "slave", b.url)
         ep = node(z, paths.epoch(1), paths.EpochNode)
         assert ep.broker_id == 1 and ep.epoch == mnode.epoch == stats(a)["leader_epoch"]
+        assert stats(a)["cluster_fenced"] == 0 and stats(a)["cluster_lease_remaining_s"] > 0
         assert z.exists(paths.master(1)).ephemeralOwner and not z.exists(paths.epoch(1)).ephemeralOwner
         wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the master to list its slave in sync")
         wait_until(lambda: stats(b).get("replication_master") == a.url, 30, "the slave to report its master")
@@ -256,6 +257,188 @@ def test_a_master_stopped_past_its_session_timeout_never_acks_as_master_after_it
     assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
 
 
+def test_a_master_restarted_before_its_session_expired_makes_one_master_with_its_slave(tmp_path, zk):
+    """kill -9 and an immediate restart (a service manager's): the restarted
+    broker deletes its old registration and claims a new epoch while its
+    slave, seeing the registration go, may claim one too; the epoch znode's
+    version lets one of them lead, and the other follows it."""
+    hosts = chroot(zk)
+    a = broker(tmp_path, "a", hosts, "master", 1)
+    b = broker(tmp_path, "b", hosts, "slave", 2)
+    z = zk_client(hosts)
+    a2 = None
+    try:
+        wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the slave in sync")
+        acked = produce_stream(a.url, "q", 1.0, acks=-1, kill=a.kill)
+        a2 = broker(tmp_path, "a", hosts, "master", 1, port=a.port)
+        roles = {}
+
+        def settled():
+            roles.update({1: role_of(a2) or "", 2: role_of(b) or ""})
+            return sorted(roles.values()) == ["master", "slave"] and node(z, paths.master(1)) is not None
+
+        wait_until(settled, 60, "one master and one slave", state=lambda: roles)
+        lead, follow = (a2, b) if roles[1] == "master" else (b, a2)
+        ep = node(z, paths.epoch(1), paths.EpochNode)
+        assert ep.broker_id == (1 if lead is a2 else 2) and ep.epoch == stats(lead)["leader_epoch"]
+        assert node(z, paths.master(1)).url == lead.url
+        wait_until(lambda: stats(follow).get("replication_master") == lead.url and caught_up(lead, follow), 60,
+                   "the other to follow and catch up", state=follow.log)
+        assert_present(lead, acked)
+    finally:
+        z.stop()
+        stop_all(a2, b)
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("unclean", [False, True])
+def test_an_async_slave_promotes_itself_only_with_unclean_promotion(tmp_path, zk, unclean):
+    hosts = chroot(zk)
+    extra = f"unclean_promotion = {'true' if unclean else 'false'}"
+    a = broker(tmp_path, "a", hosts, "master", 1, mode="async", extra=extra)
+    b = broker(tmp_path, "b", hosts, "slave", 2, mode="async", extra=extra)
+    try:
+        wait_until(lambda: stats(b).get("replication_state") == "streaming", 30, "the slave to follow")
+        produce_stream(a.url, "u", 0.3, acks=1)
+        a.kill()
+        if unclean:
+            wait_until(lambda: role_of(b) == "master", 30, "the async slave to promote itself", state=b.log)
+        else:
+            wait_until(lambda: "not promoting: this slave replicates asynchronously" in b.log(), 30,
+                       "the slave to refuse", state=b.log)
+            assert role_of(b) == "slave"
+    finally:
+        stop_all(a, b)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[cluster]\nzookeeper = "127.0.0.1:2181"\n', "needs replication.role"),
+    ('[replication]\nrole = "master"\n[cluster]\nzookeeper = "127.0.0.1:2181"\nsession_timeout_ms = 3000\n'
+     "fence_after_ms = 3000\n", "must be less than"),
+])
+def test_a_cluster_config_that_cannot_fence_is_refused_in_one_line(tmp_path, text, words):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "hpbroker", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+class CuttableLink:
+    """A TCP forwarder in front of ZooKeeper for one broker: ``cut()`` drops
+    its connections and refuses new ones (a network partition between that
+    broker and ZooKeeper, nothing else), ``heal()`` lets them through again."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target = ("127.0.0.1", target_port)
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self.open = True
+        self.conns: list = []
+        self.done = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.done:
+            try:
+                c, _ = self.lsock.accept()
+            except (socket.timeout, OSError):
+                continue
+            if not self.open:
+                c.close()
+                continue
+            try:
+                u = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                c.close()
+                continue
+            self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.open = False
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.conns = []
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.done = True
+        self.cut()
+        self.lsock.close()
+
+
+def test_a_master_cut_off_from_zookeeper_but_alive_fences_itself_and_its_slave_takes_over(tmp_path, zk):
+    """A partition between the master and ZooKeeper only: the master stops
+    acknowledging, its session expires, its slave (which still reaches it)
+    finds it answering but fenced and promotes; healed, the old master
+    rejoins as a slave and no acknowledged write diverges."""
+    root = f"t{uuid.uuid4().hex[:10]}"
+    link = CuttableLink(zk.port)
+    a = b = None
+    z = zk_client(f"{zk.hosts}/{root}")
+    try:
+        a = broker(tmp_path, "a", f"127.0.0.1:{link.port}/{root}", "master", 1)
+        b = broker(tmp_path, "b", f"{zk.hosts}/{root}", "slave", 2)
+        wait_until(lambda: node(z, paths.master(1)).insync == [2], 30, "the slave in sync")
+        acked = produce_stream(a.url, "n", 0.5, acks=-1)
+        link.cut()
+        wait_until(lambda: stats(a)["cluster_fenced"] == 1, 30, "the master to fence itself")
+        c = RawClient(a.url, timeout_ms=10_000)
+        req = m.Produce(id=c.next_id(), topic="rep", partition=0, acks=1)
+        c.send_frames(codec.encode_request(req, [batch.encode_batch([b"cut off"])]))
+        rep, _ = c.recv()
+        c.close()
+        assert rep.code == ErrorCode.NOT_LEADER and "fenced" in rep.message, rep
+        wait_until(lambda: role_of(b) == "master", 30, "the slave to promote itself", state=b.log)
+        link.heal()
+        wait_until(lambda: role_of(a) == "slave" and stats(a).get("replication_master") == b.url
+                   and caught_up(b, a), 60, "the old master to rejoin as a slave", state=a.log)
+        acked.update(produce_stream(b.url, "m", 0.3, acks=-1))
+        wait_until(lambda: caught_up(b, a), 30, "the old master to catch up")
+        assert_present(b, acked)
+        assert_present(a, acked)
+    finally:
+        z.stop()
+        stop_all(a, b)
+        link.close()
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0 and r.stdout.count("SAME") == PARTITIONS, r.stdout + r.stderr
+
+
 class RestartableZooKeeper(ZooKeeperServer):
     """A private ZooKeeper that can be stopped and started again on the same port and data."""
 
@@ -319,12 +502,14 @@ def test_zookeeper_stopped_and_restarted_under_load_loses_nothing_acknowledged(t
         time.sleep(1.0)
         server.halt()
         time.sleep(SESSION_MS / 1000 + 1.0)  # past the fence threshold (and the session timeout)
+        assert stats(a)["cluster_fenced"] == 1
         server.resume()
         wait_until(lambda: role_of(a) == "master" and codes[-5:] == [0] * 5, 60, "acks to resume",
                    state=lambda: (codes[-10:], a.log()))
         done.set()
         t.join(30)
         assert ErrorCode.NOT_LEADER in codes  # fenced while ZooKeeper was away
+        assert stats(a)["cluster_fenced"] == 0  # and no more
         assert role_of(b) == "slave"  # nobody promoted: the slave cannot promote without ZooKeeper
         wait_until(lambda: caught_up(a, b), 30, "the slave to catch up")
         assert_present(a, acked)

@@ -32,16 +32,20 @@ import time
 
 import msgspec
 import zmq
-from kazoo.exceptions import NodeExistsError
+from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from hpbroker.broker import state as broker_state
+from hpbroker.broker.host import StartupError
 from hpbroker.cluster import paths, shared_config
-from hpbroker.cluster.client_view import ClusterView as ClientView
 from hpbroker.cluster.broker_agent import BrokerAgent, Event, StartDecision, start_decision
+from hpbroker.cluster.client_view import ClusterView as ClientView
 from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
+from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.replication import probe
+from hpbroker.security import BrokerSecurity
 from hpbroker.sockets import drain, make_socket
 
 log = logging.getLogger("hpbroker.supervisor")
@@ -79,8 +83,6 @@ class ClusterMode:
         try:
             self.agent.connect(timeout=self.cfg.cluster.session_timeout_ms / 1000.0 + 10)
         except Exception as e:  # noqa: BLE001 - kazoo's timeout and connection errors
-            from hpbroker.broker.host import StartupError
-
             raise StartupError(f"cannot reach ZooKeeper at {self.cfg.cluster.zookeeper}: {e}") from None
         if self.cfg.security.acl_source == "zookeeper":
             self._mirror_acl()
@@ -88,23 +90,29 @@ class ClusterMode:
         logged = 0.0
         while True:
             if sup.stop_requested:
-                from hpbroker.broker.host import StartupError
-
                 raise StartupError("stopped while waiting for a master in ZooKeeper")
-            self.agent.drop_stale_registration()
-            st = self.agent.read_set()
+            try:
+                self.agent.drop_stale_registration()
+                st = self.agent.read_set()
+            except (KazooException, KazooTimeoutError) as e:
+                log.warning("cluster: ZooKeeper did not answer (%s); trying again", type(e).__name__)
+                time.sleep(0.5)
+                continue
             d = start_decision(b.broker_id, preferred, st)
             if d.action == "follow":
                 self._become(role="slave", master=d.url)
                 log.info("cluster: following the registered master %s (broker %d, set %d)", d.url,
                          st.master.broker_id, self.cfg.replica_set)
-                sup.zk_epoch_floor = st.epoch.epoch if st.epoch else 0
                 return
             if d.action == "lead":
                 epoch = broker_state.next_epoch(max(broker_state.load_epoch(sup.data_dir),
                                                     broker_state.max_partition_epoch(sup.data_dir),
                                                     st.epoch.epoch if st.epoch else 0), b.broker_id)
-                if self.agent.claim_epoch(epoch, st.epoch_version):
+                try:
+                    claimed = self.agent.claim_epoch(epoch, st.epoch_version)
+                except (KazooException, KazooTimeoutError):
+                    claimed = False  # whether it landed or not, the next read says who holds the epoch
+                if claimed:
                     self._become(role="master", master="")
                     sup.cluster_epoch = epoch
                     log.info("cluster: leading replica set %d: %s", self.cfg.replica_set, d.why)
@@ -119,7 +127,6 @@ class ClusterMode:
         """security.acl_source = zookeeper: mirror the cluster's ACL into the
         data directory (hpbroker/cluster/acl_store.py) and make that file
         the acl_file every process of this broker reads and reloads."""
-        from hpbroker.broker.host import StartupError
         from hpbroker.cluster.acl_store import AclMirror, read_acl
 
         mirror = AclMirror(self.agent.zk, self.sup.data_dir)
@@ -160,8 +167,11 @@ class ClusterMode:
         sup = self.sup
         self.state_sub = make_socket(sup.ctx, zmq.SUB, connect=sup._ipc("repl-state"))
         self.state_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.agent.register(self._node())
         self.agent.set_topics(dict(sup.topics.topics))
+        try:
+            self.agent.register(self._node())
+        except NodeExistsError:
+            raise Restart("another broker registered as the set's master while this one started") from None
         self.agent.start(sup.epoch)
         if self.sup.role == "master":
             self._write_config_checksum()
@@ -219,8 +229,14 @@ class ClusterMode:
                                 config_checksum=shared_config.checksum(self.cfg))
 
     def topics_changed(self, topics: dict[str, int]) -> None:
+        """The view changed (a topic, or the epoch a slave follows): keep our nodes in step."""
         if self.agent is not None and self.agent.node is not None:
             self.agent.set_topics(topics)
+            if self.agent.node.epoch != self.sup.epoch and self.agent.node.role == self.sup.role:
+                try:
+                    self.agent.register(msgspec.structs.replace(self.agent.node, epoch=self.sup.epoch))
+                except Exception as e:  # noqa: BLE001 - the loop registers again after a session loss
+                    log.warning("cluster: could not update this broker's node in ZooKeeper: %s", e)
 
     # -- serve -------------------------------------------------------------------------
 
@@ -236,14 +252,19 @@ class ClusterMode:
                 st = ipc_replica.state_decoder.decode(raw)
                 if st.role == "master" and self.sup.role == "master":
                     self.agent.update_insync(st.insync_ids)
-        while True:
-            try:
-                ev = self.agent.events.get_nowait()
-            except queue.Empty:
-                break
-            self._on_event(ev)
-        if self._gone_since is not None and self.sup.role == "slave" and time.monotonic() >= self._next_try:
-            self._try_failover()
+        try:
+            while True:
+                try:
+                    ev = self.agent.events.get_nowait()
+                except queue.Empty:
+                    break
+                self._on_event(ev)
+            if self._gone_since is not None and self.sup.role == "slave" and time.monotonic() >= self._next_try:
+                self._try_failover()
+        except (KazooException, KazooTimeoutError) as e:
+            # ZooKeeper away in the middle of a decision: nothing was changed that the next try does not see
+            log.warning("cluster: ZooKeeper did not answer (%s); trying again", type(e).__name__)
+            self._next_try = time.monotonic() + 0.5
 
     def _on_event(self, ev) -> None:
         sup = self.sup
@@ -290,7 +311,7 @@ class ClusterMode:
                 self._refused_logged = True
             return
         url = self.cfg.replication.master
-        if master_answers(sup.ctx, url, self.cfg.cluster.probe_ms, self.cfg.broker.broker_id):
+        if master_answers(sup.ctx, url, self.cfg.cluster.probe_ms, self.cfg.broker.broker_id, self._curve()):
             log.warning("cluster: the master's registration is gone but %s still answers as master; not promoting",
                         url)
             return
@@ -299,20 +320,26 @@ class ClusterMode:
             self._on_event(Event("master", node=st.master))
             return
         gone = self.agent.last_master
-        if st.epoch is not None and gone is not None and st.epoch.broker_id != gone.broker_id:
-            # another slave claimed the epoch after the master went, and is promoting: follow it once it
-            # registers (the compare-and-set alone only decides claims made from the same version)
+        me = self.cfg.broker.broker_id
+        moved = (st.epoch is not None and gone is not None
+                 and (st.epoch.broker_id, st.epoch.epoch) != (gone.broker_id, gone.epoch))
+        if moved and st.epoch.broker_id == me:
+            epoch = st.epoch.epoch  # our own claim landed, though its answer was lost with the connection
+        elif moved:
+            # the epoch moved on after the master went: another slave, or the master itself restarted, claimed
+            # a new one and is starting; follow it once it registers (the compare-and-set alone only decides
+            # claims made from the same version)
             if not self._refused_logged:
                 log.warning("cluster: broker %d already claimed epoch %d after the master went; waiting for it to "
                             "register", st.epoch.broker_id, st.epoch.epoch)
                 self._refused_logged = True
             return
-        floor = st.epoch.epoch if st.epoch else 0
-        epoch = broker_state.next_epoch(max(sup.epoch, broker_state.max_partition_epoch(sup.data_dir), floor),
-                                        self.cfg.broker.broker_id)
-        if not self.agent.claim_epoch(epoch, st.epoch_version):
-            log.warning("cluster: another broker claimed the next epoch first; following whoever registers")
-            return
+        else:
+            floor = st.epoch.epoch if st.epoch else 0
+            epoch = broker_state.next_epoch(max(sup.epoch, broker_state.max_partition_epoch(sup.data_dir), floor), me)
+            if not self.agent.claim_epoch(epoch, st.epoch_version):
+                log.warning("cluster: another broker claimed the next epoch first; following whoever registers")
+                return
         self._gone_since = None
         reply = sup.promote(epoch=epoch, record=False)
         if reply.code:
@@ -325,6 +352,13 @@ class ClusterMode:
             raise Restart("another broker registered as master while this one promoted itself") from None
         log.warning("cluster: promoted to master of replica set %d with leader epoch %d (its master %s was gone)",
                     self.cfg.replica_set, epoch, url)
+
+    def _curve(self):
+        """This broker's CURVE options towards a master ([security]), as the promotion probe uses; None when off."""
+        try:
+            return BrokerSecurity(self.cfg.security, self.sup.ctx).to_master()
+        except ValueError:
+            return None
 
     def close(self) -> None:
         if self.map_view is not None:
@@ -340,16 +374,36 @@ class ClusterMode:
             self.state_sub = None
 
 
-def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int) -> bool:
-    """Does the broker at ``url`` answer as a master?  A refused TCP
-    connection says no at once; otherwise one metadata request, waited for
-    ``timeout_ms`` (a hung or stopped broker does not answer)."""
+def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int, curve=None) -> bool:
+    """Does the broker at ``url`` answer as a master that acknowledges?  A
+    refused TCP connection says no at once; otherwise one metadata request,
+    waited for ``timeout_ms`` (a hung or stopped broker does not answer),
+    and a master that says it is fenced counts as not answering."""
     host, _, port = url.removeprefix("tcp://").rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_ms / 1000.0).close()
     except (OSError, ValueError):
         return False
-    return probe.master_answering(ctx, url, timeout_ms, own_id) is not None
+    if probe.master_answering(ctx, url, timeout_ms, own_id, curve=curve) is None:
+        return False
+    return not fenced(ctx, url, timeout_ms, curve)
+
+
+def fenced(ctx: zmq.Context, url: str, timeout_ms: int, curve=None) -> bool:
+    """Does the broker at ``url`` say it is fenced (its lease ran out: cut off
+    from ZooKeeper)?  Such a master acknowledges nothing, and its session has
+    expired by the time a slave asks: it must not hold the failover up."""
+    s = make_socket(ctx, zmq.DEALER, connect=url, curve=curve)
+    try:
+        s.send_multipart(codec.encode_request(m.Stats(id=1)), zmq.NOBLOCK)
+        if not s.poll(timeout_ms):
+            return False  # answered metadata a moment ago: alive, so taken as serving
+        rep, _ = codec.decode_reply(s.recv_multipart())
+        return bool(isinstance(rep, m.StatsReply) and rep.stats.get("cluster_fenced"))
+    except Exception:  # noqa: BLE001 - an answer we cannot read says nothing
+        return False
+    finally:
+        s.close(0)
 
 
 __all__ = ["ClusterMode", "Restart", "StartDecision", "master_answers"]

@@ -220,26 +220,43 @@ class BrokerAgent:
 
     def register(self, node: paths.BrokerNode) -> None:
         """(Re-)register as ``node`` (its role says where).  Raises
-        NodeExistsError when another broker is registered as master."""
+        NodeExistsError when another broker is registered as master; with
+        ZooKeeper away it leaves the registration to the loop, which
+        makes it once ZooKeeper answers (a master renews its lease only then)."""
         with self._lock:
             old = self.node
             self.node = node
-            if old is not None and old.role != node.role:
-                self._delete_quietly(self._node_path(old))
-                for path in self._registered_topics.values():
-                    self._delete_quietly(path)
-                self._registered_topics = {}
-            self._put_node()
-            self._registered = True
-            self._sync_topics()
+            self._registered = False
+            try:
+                if old is not None and old.role != node.role:
+                    self._delete_quietly(self._node_path(old))
+                    for path in self._registered_topics.values():
+                        self._delete_quietly(path)
+                    self._registered_topics = {}
+                self._put_node()
+                self._registered = True
+                self._sync_topics()
+            except NodeExistsError:
+                raise
+            except KazooException as e:
+                self._registered = False
+                log.warning("could not register as %s in ZooKeeper now (%s); retrying", node.role, e)
 
     def update_insync(self, ids: list[int]) -> None:
         with self._lock:
             if self.node is None or self.node.role != "master" or list(ids) == self.node.insync:
                 return
             self.node = msgspec.structs.replace(self.node, insync=list(ids))
+            if not self._registered:
+                return  # the loop puts the whole node back, this list in it
             try:
-                self.zk.set(self._node_path(self.node), paths.encode(self.node))
+                # only into our own node of this session: after a session loss the path may be another master's
+                path = self._node_path(self.node)
+                stat = self.zk.exists(path)
+                if stat is None or stat.ephemeralOwner != self.zk.client_id[0]:
+                    self._registered = False
+                    return
+                self.zk.set(path, paths.encode(self.node), version=stat.version)
             except KazooException as e:
                 log.warning("could not write the in-sync slaves %s to ZooKeeper: %s", ids, e)
                 self._registered = False  # the loop puts the whole node back
@@ -354,6 +371,11 @@ class BrokerAgent:
                 self._registered = True
                 log.warning("registered again in ZooKeeper as %s of replica set %d", self.node.role, self.rs)
                 return  # the lease is renewed by the next turn's read, which sees the tree as it is now
+            if self.node.role == "master":
+                stat = self.zk.exists(paths.master(self.rs))
+                if stat is None or stat.ephemeralOwner != self.zk.client_id[0]:
+                    self._registered = False  # not our node (any more): no renewal until it is put back
+                    return
             if self.lease is not None:
                 self.lease.renew(t0 + self.fence_s)
             self.renewals += 1

@@ -4,7 +4,8 @@ One line per registered broker: its replica set, id, role, the set's
 leader epoch (and who holds it), the broker's own epoch, its lag (asked
 of the broker itself: a slave's ``replication_lag_messages``; a master's
 slaves' lag and in-sync state), its URL, and the partitions it leads
-(``<set>-<p>`` of every topic its master node registered).  A set whose
+(``<set>-<p>`` of every topic its master node registered).  A master
+whose fencing lease ran out says FENCED instead of its slaves' lag.  A set whose
 epoch node names no registered master is shown as ``(no master)``: a
 failover is due or under way.  ``--json`` prints the same as one object.
 """
@@ -89,6 +90,8 @@ def lag_of(node, timeout_ms: int) -> str:
         return f"no answer ({type(e).__name__})"
     if node.role == "slave":
         return f"{st.get('replication_lag_messages', '?')} msgs ({st.get('replication_state', '?')})"
+    if st.get("cluster_fenced"):
+        return "FENCED (no answer from ZooKeeper within cluster.fence_after_ms)"
     parts = [f"slave {k.split('_')[1]}: {v} msgs{'' if st.get(k.replace('lag_messages', 'insync')) else ' (out of sync)'}"
              for k, v in sorted(st.items()) if k.startswith("slave_") and k.endswith("_lag_messages")]
     return ", ".join(parts) or "no slaves"

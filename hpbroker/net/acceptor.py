@@ -88,6 +88,7 @@ class Acceptor:
         # cluster mode: the fencing lease the supervisor's ZooKeeper agent renews (hpbroker/ipc/lease.py)
         self.lease = (lease_mod.Lease.open(lease_mod.path_of(cfg.broker.run_dir or f"/tmp/hpbroker-{cfg.instance}"))
                       if cfg.cluster.zookeeper else None)
+        self.admin.lease = self.lease  # its stats say whether this broker is fenced
         self.stats = AcceptorStats(stats)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0

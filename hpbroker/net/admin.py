@@ -19,6 +19,7 @@ dispatcher to answer.
 from __future__ import annotations
 
 import os
+import time
 
 import msgspec
 import zmq
@@ -50,6 +51,7 @@ class Admin:
         self.transactions = transactions  # net.transactions.TxService: its counters
         self._map_raw: bytes = b""  # the view's encoded cluster map last decoded, and the decoded map
         self._map: m.ClusterMap | None = None
+        self.lease = None  # cluster mode: the fencing lease (hpbroker/ipc/lease.py)
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -129,6 +131,10 @@ class Admin:
             out.update(scrub.stats(self.cfg.broker.data_dir))
         if view.promoted_from:
             out["promoted_from"] = view.promoted_from
+        if self.lease is not None:  # cluster mode (docs/cluster.md, "Fencing")
+            left = self.lease.deadline - time.monotonic()
+            out["cluster_fenced"] = int(left <= 0)
+            out["cluster_lease_remaining_s"] = round(max(0.0, left), 3)
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(view.replication)
         out["ready"], out["ready_reason"] = readiness(view.role, out)  # hpbroker/net/readiness.py
