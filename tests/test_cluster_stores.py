@@ -34,16 +34,16 @@ T = "T"
 OPTS = dict(request_timeout_ms=3000, connect_timeout_ms=3000, fetch_max_wait_ms=200)
 
 
-def make_topic(z, hosts: str) -> None:
-    r = hpbroker("topics", "create", T, "--partitions", "8", "--brokers", "1,3", "--zookeeper", hosts)
+def make_topic(z, hosts: str, t: str = T) -> None:
+    r = hpbroker("topics", "create", t, "--partitions", "8", "--brokers", "1,3", "--zookeeper", hosts)
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: z.exists(paths.topic_master(T, 1)) and z.exists(paths.topic_master(T, 3)), 30,
+    wait_until(lambda: z.exists(paths.topic_master(t, 1)) and z.exists(paths.topic_master(t, 3)), 30,
                "both masters to register the topic")
 
 
-def produce(url: str, prefix: str, n: int) -> None:
+def produce(url: str, prefix: str, n: int, t: str = T) -> None:
     with Producer(url, acks="all", **{k: v for k, v in OPTS.items() if k != "fetch_max_wait_ms"}) as p:
-        futs = [p.send(T, f"{prefix}{i}".encode(), key=f"k{i}".encode()) for i in range(n)]
+        futs = [p.send(t, f"{prefix}{i}".encode(), key=f"k{i}".encode()) for i in range(n)]
         p.flush(30)
         for f in futs:
             f.get(10)
@@ -138,8 +138,10 @@ def test_broker_store_across_two_sets_resumes_and_follows_a_failover(tmp_path, z
         stop_all(a, b, c)
 
 
-@pytest.fixture
-def two_masters(tmp_path, zookeeper_server):
+@pytest.fixture(scope="module")
+def two_masters(tmp_path_factory, zookeeper_server):
+    """Sets 1 and 3, a master each (no slave): shared by the tests below, each with a group of its own."""
+    tmp_path = tmp_path_factory.mktemp("two")
     hosts = chroot(zookeeper_server)
     a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
     c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
@@ -147,8 +149,7 @@ def two_masters(tmp_path, zookeeper_server):
     try:
         wait_until(lambda: node(z, paths.master(1)) is not None and node(z, paths.master(3)) is not None, 30,
                    "both masters registered")
-        make_topic(z, hosts)
-        yield hosts, a, c
+        yield hosts, a, c, z
     finally:
         z.stop()
         z.close()
@@ -156,13 +157,15 @@ def two_masters(tmp_path, zookeeper_server):
 
 
 def test_a_zk_commit_to_the_broker_store_is_refused_while_a_broker_group_of_that_name_lives(two_masters):
-    hosts, a, c = two_masters
+    hosts, a, c, z = two_masters
     url = "zk://" + hosts
+    t = "ne" + uuid.uuid4().hex[:6]
+    make_topic(z, hosts, t)
     g = "g" + uuid.uuid4().hex[:6]
-    produce(url, "x", 40)
+    produce(url, "x", 40, t)
     # a group coordinated by set 1's master, of the same name, reading that master's 4 partitions
-    local = Consumer(a.url, T, group_id=g, enable_auto_commit=False, auto_offset_reset="earliest", **OPTS)
-    zc = Consumer(url, T, group_id=g, offset_store="broker", enable_auto_commit=False, auto_offset_reset="earliest",
+    local = Consumer(a.url, t, group_id=g, enable_auto_commit=False, auto_offset_reset="earliest", **OPTS)
+    zc = Consumer(url, t, group_id=g, offset_store="broker", enable_auto_commit=False, auto_offset_reset="earliest",
                   **OPTS)
     try:
         got = wait_for(lambda: (local.poll(100), len(local.assignment()) == 4)[1], what="the broker group's member")
@@ -170,7 +173,7 @@ def test_a_zk_commit_to_the_broker_store_is_refused_while_a_broker_group_of_that
         wait_for(lambda: (local.poll(100), all(local.position(p) == ends[p] for p in range(4)))[1],
                  what="the broker group's member to read its partitions")
         assert len(drain([zc], 40)) == 40
-        layout = zc.partitions(T)
+        layout = zc.partitions(t)
         pos = {gp: zc.position(gp) for gp in range(8)}
         set1 = {gp: o for gp, o in pos.items() if layout[gp][0] == 1}
         set3 = {gp: o for gp, o in pos.items() if layout[gp][0] == 3}
@@ -193,21 +196,23 @@ def test_a_zk_commit_to_the_broker_store_is_refused_while_a_broker_group_of_that
 
 
 def test_two_broadcast_instances_each_read_everything_with_offsets_of_their_own(two_masters, tmp_path):
-    hosts, _a, _c = two_masters
+    hosts, _a, _c, z = two_masters
     url = "zk://" + hosts
+    t = "bc" + uuid.uuid4().hex[:6]
+    make_topic(z, hosts, t)
     g = "bc" + uuid.uuid4().hex[:6]
     path = str(tmp_path / "offsets.json")
     kw = dict(group_id=g, broadcast=True, offset_store_path=path, auto_offset_reset="earliest",
               enable_auto_commit=False, **OPTS)
-    produce(url, "x", 60)
-    c1 = Consumer(url, T, instance_name="one", **kw)
-    c2 = Consumer(url, T, instance_name="two", **kw)
+    produce(url, "x", 60, t)
+    c1 = Consumer(url, t, instance_name="one", **kw)
+    c2 = Consumer(url, t, instance_name="two", **kw)
     try:
         for c in (c1, c2):
-            assert sorted(c.assignment()) == [(T, gp) for gp in range(8)]  # every global partition
+            assert sorted(c.assignment()) == [(t, gp) for gp in range(8)]  # every global partition
             got = drain([c], 60)
             assert sorted(m.value for m in got) == sorted(f"x{i}".encode() for i in range(60))
-        layout = c1.partitions(T)
+        layout = c1.partitions(t)
         c1.commit()  # the first commits everything it read; the second only set 3's partitions
         set3 = {gp: c2.position(gp) for gp in range(8) if layout[gp][0] == 3}
         c2.commit(set3)
@@ -216,18 +221,18 @@ def test_two_broadcast_instances_each_read_everything_with_offsets_of_their_own(
         # the file store, MetaQ's LocalOffsetStorage: each instance under <group>-<instance>
         st = FileOffsetStore(path)
         try:
-            one = st.load(f"{g}-one", [(f"{T}@{rs}", p) for rs, p in layout])
-            two = st.load(f"{g}-two", [(f"{T}@{rs}", p) for rs, p in layout])
-            assert st.load(g, [(f"{T}@{rs}", p) for rs, p in layout]) == {}  # nothing under the group's own name
+            one = st.load(f"{g}-one", [(f"{t}@{rs}", p) for rs, p in layout])
+            two = st.load(f"{g}-two", [(f"{t}@{rs}", p) for rs, p in layout])
+            assert st.load(g, [(f"{t}@{rs}", p) for rs, p in layout]) == {}  # nothing under the group's own name
         finally:
             st.close()
         assert sum(one.values()) == 60 and len(one) == 8
-        assert two == {(f"{T}@{layout[gp][0]}", layout[gp][1]): o for gp, o in set3.items()}
+        assert two == {(f"{t}@{layout[gp][0]}", layout[gp][1]): o for gp, o in set3.items()}
         assert json.loads(open(path).read())  # a plain local file
         # each resumes from its own offsets: the first reads only what is new, the second re-reads set 1's
-        produce(url, "y", 16)
-        c1 = Consumer(url, T, instance_name="one", **kw)
-        c2 = Consumer(url, T, instance_name="two", **kw)
+        produce(url, "y", 16, t)
+        c1 = Consumer(url, t, instance_name="one", **kw)
+        c2 = Consumer(url, t, instance_name="two", **kw)
         got1 = drain([c1], 16)
         assert sorted(m.value for m in got1) == sorted(f"y{i}".encode() for i in range(16))
         x1 = sum(o for gp, o in c1.end_offsets().items() if layout[gp][0] == 1) - sum(
