@@ -10,7 +10,9 @@ ZooKeeper and real brokers that register themselves (``serve --zookeeper``).
   group of the same name has live members on that master, whose own
   commits go on as before;
 * two broadcast instances each read everything, with offsets of their own
-  in the local file store.
+  in the local file store;
+* partitions whose committed offsets cannot be read (a set's store down)
+  wait and are read again, rather than fetched from auto_offset_reset.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import Counter
 import pytest
 
 from hpbroker import Consumer, Producer
-from hpbroker.client.stores import FileOffsetStore
+from hpbroker.client.stores import FileOffsetStore, OffsetStoreError
 from hpbroker.cluster import paths
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from test_cluster_broker import broker, chroot, node, stop_all, zk_client
@@ -243,3 +245,44 @@ def test_two_broadcast_instances_each_read_everything_with_offsets_of_their_own(
     finally:
         c1.close()
         c2.close()
+
+
+class SetDownStore(FileOffsetStore):
+    """A custom store (a file) whose set 3 rows cannot be read while ``down``: a store, or with the
+    ``broker`` store a set's master, that does not answer."""
+
+    down = False
+
+    def load(self, group, partitions):
+        partitions = list(partitions)
+        if self.down and any(t.endswith("@3") for t, _ in partitions):
+            raise OffsetStoreError("set 3's offsets cannot be reached")
+        return super().load(group, partitions)
+
+
+def test_partitions_whose_offsets_cannot_be_read_wait_instead_of_resetting(two_masters, tmp_path):
+    hosts, _a, _c, z = two_masters
+    url = "zk://" + hosts
+    t = "dn" + uuid.uuid4().hex[:6]
+    make_topic(z, hosts, t)
+    produce(url, "x", 40, t)
+    store = SetDownStore(str(tmp_path / "offsets.json"))
+    with Consumer(url, t, **OPTS) as c:
+        layout = c.partitions(t)
+        ends = c.end_offsets()
+    g = "dn" + uuid.uuid4().hex[:6]
+    store.commit(g, {(f"{t}@3", layout[gp][1]): o for gp, o in ends.items() if layout[gp][0] == 3})
+    store.down = True
+    c = Consumer(url, t, group_id=g, offset_store=store, enable_auto_commit=False, auto_offset_reset="earliest",
+                 **OPTS)
+    try:
+        got = drain([c], 40, timeout=3)  # set 1's from the start (nothing committed there); none of set 3's
+        x1 = sum(o for gp, o in ends.items() if layout[gp][0] == 1)
+        assert len(got) == x1 and {layout[m.partition][0] for m in got} == {1}
+        assert len(c.assignment()) == 8  # owned, not fetched
+        store.down = False  # read again within a second: set 3 resumes at its committed offsets
+        produce(url, "y", 16, t)
+        got = drain([c], 16)
+        assert sorted(m.value for m in got) == sorted(f"y{i}".encode() for i in range(16))
+    finally:
+        c.close()
