@@ -10,8 +10,13 @@ hands out their messages with ``partition`` set to the global number.
   sets are added;
 * ``group_id``: a member of a group whose members and owners are ZooKeeper
   nodes (:mod:`hpbroker.cluster.client_group`, docs/cluster.md, "Consumer
-  groups across brokers"); offsets in a store, MetaQ's ZooKeeper path by
-  default (``/meta/consumers/<g>/offsets/<topic>/<set>-<p>``).
+  groups across brokers"); offsets in a store (:mod:`hpbroker.client.cluster_offsets`),
+  MetaQ's ZooKeeper path by default (``/meta/consumers/<g>/offsets/<topic>/<set>-<p>``),
+  or each set's master (``offset_store="broker"``);
+* ``group_id`` and ``broadcast=True``: MetaQ's broadcast consumption, every
+  partition of the topics in every instance, offsets kept under
+  ``<group>-<instance>`` (the local file store by default, as MetaQ's
+  LocalOffsetStorage).
 
 Single-threaded like Consumer: the caller's thread owns every socket; the
 view's and the member's threads only touch ZooKeeper and wake it.
@@ -35,7 +40,9 @@ from hpbroker.protocol.messages import EARLIEST, LATEST
 
 log = logging.getLogger("hpbroker.consumer")
 
-_UNSUPPORTED = ("broadcast", "max_poll_interval_ms", "assignor")
+_UNSUPPORTED = ("max_poll_interval_ms", "assignor")
+
+RETRY_S = 1.0  # how soon offsets that could not be read (their set's store unreachable) are read again
 
 
 class ClusterConsumer:
@@ -47,6 +54,7 @@ class ClusterConsumer:
         topic: str | None = None,
         partitions: Iterable[int] | None = None,
         group_id: str | None = None,
+        broadcast: bool = False,
         instance_name: str | None = None,
         enable_auto_commit: bool = True,
         auto_commit_interval_ms: int = 5000,
@@ -74,10 +82,13 @@ class ClusterConsumer:
             raise ValueError(f"a Consumer needs distinct topics, got {names}")
         if partitions is not None and len(names) != 1:
             raise ValueError("partitions= picks partitions of one topic; with several topics, leave it out")
+        if broadcast and not group_id:
+            raise ValueError("broadcast=True needs a group_id (the offsets are kept under <group_id>-<instance>)")
         self.url = url
         self.topics = names
         self.topic = names[0]
         self.group_id = group_id
+        self.broadcast = bool(broadcast)
         self.auto_offset_reset = auto_offset_reset
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.consumer_timeout_ms = consumer_timeout_ms
@@ -91,6 +102,7 @@ class ClusterConsumer:
         self._gindex: dict[Slot, int] = {}
         self._seen_version = -1
         self._committed: dict[Slot, int] = {}
+        self._deferred: dict[Slot, float] = {}  # slots whose offsets could not be read -> when to try again
         self._next_auto_commit = time.monotonic() + self.auto_commit_interval
         self._paused = False
         self._gen = 0
@@ -113,8 +125,14 @@ class ClusterConsumer:
                                       f"topic {t!r} is not registered by any broker in ZooKeeper ({url})")
             self._reindex()
             if group_id:
-                self._offsets = ClusterOffsets(self._view, group_id, offset_store, offset_store_path,
-                                               offset_store_connection, offset_store_hosts)
+                from hpbroker.client.transport import client_curve
+
+                spec = offset_store or ("file" if broadcast else None)
+                storage = f"{group_id}-{self.instance_name}" if broadcast else group_id
+                curve = client_curve(options.get("curve_secret_key_file"), options.get("broker_public_key"))
+                self._offsets = ClusterOffsets(self._view, storage, spec, offset_store_path,
+                                               offset_store_connection, offset_store_hosts,
+                                               timeout_ms=self.request_timeout_ms, curve=curve)
             if partitions is not None:
                 parts = self._view.partitions(self.topic)
                 wanted = set()
@@ -126,7 +144,7 @@ class ClusterConsumer:
                 self._fixed = frozenset(wanted)
             else:
                 self._fixed = None
-            if group_id and partitions is None:
+            if group_id and not broadcast and partitions is None:
                 self._member = GroupMember(self._view, group_id, names, new_member_id(self.instance_name),
                                            on_change=self._waker.wake)
                 self._member.start()
@@ -175,17 +193,41 @@ class ClusterConsumer:
     def _apply(self, slots) -> None:
         """Fetch exactly ``slots`` from now on (positions of kept ones kept)."""
         self._slots = set(slots)
-        for slot in [s for s in self._committed if s not in self._slots]:
-            del self._committed[slot]
+        for d in (self._committed, self._deferred):
+            for slot in [s for s in d if s not in self._slots]:
+                del d[slot]
         self._sync_subs()
 
     def _sync_subs(self) -> None:
-        """Place ``_slots`` on the per-set consumers; the newly placed start at their committed offsets."""
-        new = self._sets.place(self._slots)
-        if self._offsets is not None and new:
-            for slot, off in self._offsets.load(new).items():
-                self._sets.sub(slot).seek(slot[2], off)
-                self._committed[slot] = off
+        """Place ``_slots`` on the per-set consumers; the newly placed start
+        at their committed offsets.  A set whose offsets cannot be read now
+        (its store, or with the ``broker`` store its master, unreachable) has
+        its new slots left out and tried again ``RETRY_S`` later, rather
+        than fetched from ``auto_offset_reset``."""
+        now = time.monotonic()
+        want = {s for s in self._slots if self._deferred.get(s, 0.0) <= now}
+        new = self._sets.place(want)
+        if self._offsets is None or not new:
+            return
+        got, failed = self._offsets.load_sets(new)
+        for slot, off in got.items():
+            self._sets.sub(slot).seek(slot[2], off)
+            self._committed[slot] = off
+        if failed:
+            later = {s for s in new if s[1] in failed}
+            for rs, e in failed.items():
+                log.warning("group %s: the committed offsets of replica set %d cannot be read (%s); "
+                            "its new partitions wait %g s", self.group_id, rs, e, RETRY_S)
+            for s in later:
+                self._deferred[s] = now + RETRY_S
+            self._sets.place(want - later)
+
+    def _waiting(self) -> bool:
+        """Every slot not placed waits for its offsets to be read again (nothing to do yet)."""
+        if not self._deferred:
+            return False
+        now = time.monotonic()
+        return all(self._deferred.get(s, 0.0) > now for s in self._slots - self._sets.placed)
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(s[0], self._gindex.get(s, -1)) for s in self._slots}
@@ -197,7 +239,7 @@ class ClusterConsumer:
                 self._apply(self._all_slots())
         if self._member is not None:
             self._group_step()
-        if self._sets.placed != self._slots:
+        if self._sets.placed != self._slots and not self._waiting():
             self._sync_subs()
         self._auto_commit(time.monotonic())
 
