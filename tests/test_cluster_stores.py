@@ -103,6 +103,8 @@ def test_broker_store_across_two_sets_resumes_and_follows_a_failover(tmp_path, z
             m.close()
         members = []
         assert z.exists(paths.group_offset(g, T, 1, 0)) is None  # not in ZooKeeper: on the brokers
+        # __consumer_offsets is each broker's own bookkeeping, not a cluster topic
+        assert z.exists(paths.topic("__consumer_offsets")) is None or not z.get_children(paths.topic("__consumer_offsets"))
 
         # each set's master holds its own partitions' offsets, under the group's name
         for rs, br in ((1, a), (3, c)):

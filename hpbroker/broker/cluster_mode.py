@@ -167,7 +167,7 @@ class ClusterMode:
         sup = self.sup
         self.state_sub = make_socket(sup.ctx, zmq.SUB, connect=sup._ipc("repl-state"))
         self.state_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.agent.set_topics(dict(sup.topics.topics))
+        self.agent.set_topics(cluster_topics(sup.topics.topics))
         try:
             self.agent.register(self._node())
         except NodeExistsError:
@@ -231,7 +231,7 @@ class ClusterMode:
     def topics_changed(self, topics: dict[str, int]) -> None:
         """The view changed (a topic, or the epoch a slave follows): keep our nodes in step."""
         if self.agent is not None and self.agent.node is not None:
-            self.agent.set_topics(topics)
+            self.agent.set_topics(cluster_topics(topics))
             if self.agent.node.epoch != self.sup.epoch and self.agent.node.role == self.sup.role:
                 try:
                     self.agent.register(msgspec.structs.replace(self.agent.node, epoch=self.sup.epoch))
@@ -372,6 +372,13 @@ class ClusterMode:
         if self.state_sub is not None:
             self.state_sub.close(0)
             self.state_sub = None
+
+
+def cluster_topics(topics: dict[str, int]) -> dict[str, int]:
+    """The topics a broker registers in ZooKeeper: not its internal ones
+    (``__consumer_offsets``, ``__transactions``), which are each broker's
+    own bookkeeping, never partitions of the cluster's global lists."""
+    return {t: n for t, n in topics.items() if not t.startswith("__")}
 
 
 def master_answers(ctx: zmq.Context, url: str, timeout_ms: int, own_id: int, curve=None) -> bool:
