@@ -230,3 +230,50 @@ def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
         assert request(s.url, lambda i: m.Metadata(id=i, topics=None), 5000).cluster is None
     finally:
         s.stop()
+
+
+def test_readyz_fails_while_a_master_is_fenced_from_zookeeper(tmp_path):
+    """/readyz's zookeeper check: a master cut off from ZooKeeper (its server stopped) is not ready
+    once it fences itself, and ready again when ZooKeeper is back; a broker outside a cluster says
+    "not configured"."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from brokerproc import BrokerProcess, free_port
+    from test_cluster_broker import SESSION_MS, RestartableZooKeeper, toml
+
+    def readyz(b):
+        try:
+            with urllib.request.urlopen(b.http_url + "/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    server = RestartableZooKeeper().start()
+    b = None
+    try:
+        b = BrokerProcess(tmp_path / "a", args=("--config", toml(tmp_path, "a"), "--role", "master", "--broker-id", "1",
+                                                "--zookeeper", f"{server.hosts}/ready", "--http-port",
+                                                str(free_port())))
+        b.start()
+        b.wait_http()
+        wait_until(lambda: readyz(b)[0] == 200, 30, "ready", state=lambda: readyz(b))
+        assert readyz(b)[1]["checks"]["zookeeper"] == "ok"
+        server.halt()
+        wait_until(lambda: readyz(b)[0] == 503, 10 + SESSION_MS / 1000, "not ready once fenced",
+                   state=lambda: readyz(b))
+        assert readyz(b)[1]["checks"]["zookeeper"].startswith("fenced:")
+        server.resume()
+        wait_until(lambda: readyz(b)[0] == 200, 60, "ready again", state=lambda: readyz(b))
+    finally:
+        if b is not None:
+            b.stop()
+        server.stop()
+    plain = BrokerProcess(tmp_path / "plain", args=("--http-port", str(free_port()))).start()
+    try:
+        plain.wait_http()
+        wait_until(lambda: readyz(plain)[0] == 200, 30, "ready")
+        assert readyz(plain)[1]["checks"]["zookeeper"] == "not configured"
+    finally:
+        plain.stop()
