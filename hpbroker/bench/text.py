@@ -55,6 +55,9 @@ def register(sub) -> None:
     p.add_argument("--loads", default="text,zmq,metaq", help="which loads, comma-separated (default all three)")
     p.add_argument("--dir", default=None, help="where the temp data dirs go (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--py-spy", metavar="PREFIX", default=None,
+                   help="record the text listener with py-spy during each load: PREFIX-<load>-<round>.txt "
+                        "(collapsed stacks; py-spy must be installed)")
     p.set_defaults(func=run)
 
 
@@ -86,7 +89,21 @@ def _cpu(procs: dict) -> dict:
     return out
 
 
-def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
+def _spy(procs: dict, out: str):
+    """py-spy recording the first text listener until stopped (SIGINT), or None."""
+    import shutil
+    import subprocess
+
+    pid = next((p.pid for name, p in sorted(procs.items()) if name.startswith("text")), None)
+    exe = shutil.which("py-spy")
+    if pid is None or exe is None:
+        print("--py-spy: no text listener process or no py-spy", file=sys.stderr)
+        return None
+    return subprocess.Popen([exe, "record", "--format", "raw", "--rate", "250", "-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _load(broker: LocalBroker, port: int, kind: str, args, topic: str, tag: str = "") -> dict:
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 2.0
     checksum = not args.no_checksum
@@ -103,9 +120,15 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
         procs = broker.processes()
         while time.time() < start_at:
             time.sleep(0.005)
+        spy = _spy(procs, f"{args.py_spy}-{kind}{tag}.txt") if args.py_spy and kind != "zmq" else None
         before = _cpu(procs)
         out = res.get(timeout=3600)
         after = _cpu(procs)
+        if spy is not None:
+            import signal
+
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     n = out["messages"]
     out["msgs_per_s"] = n / out["seconds"]
     cpu = {k: (after[k] - before[k]) / n * 1e6 for k in after if k in before and k != "supervisor"}
@@ -138,7 +161,7 @@ def run(args) -> int:
                     i, j = order.index("text"), order.index("zmq")
                     order[i], order[j] = order[j], order[i]
                 for kind in order:
-                    out = _load(broker, port, kind, args, f"bench-{kind}")
+                    out = _load(broker, port, kind, args, f"bench-{kind}", f"-{r + 1}-{p}")
                     name = kind if kind == "zmq" or len(procs) == 1 else f"{kind}@{p}"
                     results[name].append(out)
                     print(f"round {r + 1}/{args.rounds} {name}: {out['msgs_per_s']:,.0f} msgs/s, CPU us/msg "
