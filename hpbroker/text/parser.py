@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from hpbroker.text.putscan import scan
 from hpbroker.text.commands import (TRANSACTION_TYPES, Get, Offset, Put, PutRun, Quit, Refused, Stats,  # noqa: F401
                                     Transaction, Version)
@@ -264,23 +262,19 @@ class Parser:
                     return 0
             if not _all_int32(opaques):
                 return 0  # a bad field somewhere: the one-command path says which
-        else:  # the fields' form is checked (putscan's regular expression): their ranges are left
-            starts, ends, fields = found
+        else:  # putscan checked the fields: their form, the int32s' ranges, the bodies' lengths
+            starts, ends, fields, values = found
             if not len(starts):
                 return 0
             bodies = list(map(mv.__getitem__, map(slice, starts.tolist(), ends.tolist())))
-            flags = fields[1::want]
             opaques = fields[want - 1::want]
             at = int(ends[-1])
             sum_values = None
-            if want == 4:
-                sums = fields[2::want]
-                if sums.count(b"-1") != len(sums):
-                    sum_values = np.array(sums, dtype=np.int64)
-                    if sum_values.min() < INT32_MIN or sum_values.max() > INT32_MAX:
-                        return 0
-            if max(map(len, opaques)) >= 10 and not _all_int32(opaques):
-                return 0
+            if want == 4 and (values[:, 2] != -1).any():
+                sum_values = values[:, 2]
+            flag_values = None if not values[:, 1].any() else values[:, 1].tolist()
+            out.append(PutRun(topic, partition, bodies, opaques, flag_values, sum_values))
+            return at
         plain = flags.count(b"0") == len(flags)
         flag_values = None if plain else _int32s(flags)
         if flag_values is None and not plain:
