@@ -16,9 +16,11 @@ regular-expression engine:
    first byte is, then the head's bytes compared there);
 2. each candidate's line: up to the first CR after it; the fields of all
    candidates gathered into one string, ``fields\\r`` per line, checked
-   by a few scans of that string in C (:func:`_fast_fields`; when one
+   by a few scans of that string in C (:func:`_fields_ok`; when one
    line is bad, a regular-expression match says how many before it are
-   good), then turned to int64 all at once;
+   good); the lengths turned to int64 in one numpy call, and the other
+   fields only when they are not all the usual value (flag 0, checksum
+   -1, opaques of up to 9 digits);
 3. the chain: candidate k+1 must start exactly where candidate k's body
    ends (line end + 2 + length).  The first candidate is the put the
    parser is at, so by induction every candidate the chain reaches is a
@@ -85,19 +87,29 @@ def scan(buf: bytes, pos: int, n: int, head: bytes, want: int, max_line: int, ma
     idx += (starts - (at - lens)).repeat(lens)
     text = a[idx].tobytes()
     lines = len(cand)
-    values = _fast_fields(text, lines, want)
-    if values is None:  # not all lines are well formed: the regular expression says how many are
+    if not _fields_ok(text, lines, want):  # not all lines are well formed: the regular expression says how many are
         m = _FIELDS[want].match(text)
         if m is None:
             return ((), (), (), None)
         lines = text.count(b"\r", 0, m.end())
         text = text[:m.end()]
-        values = np.array(text.split(), dtype=np.int64).reshape(lines, want)
     fields = text.split()
-    # flag, checksum and opaque are int32s
-    in_range = ((values[:, 1:] >= INT32_MIN) & (values[:, 1:] <= INT32_MAX)).all(axis=1)
-    good = lines if in_range.all() else int(np.argmin(in_range))
-    lengths = values[:good, 0]
+    # the int32 fields (flag, checksum, opaque) as int64, the columns that need it
+    values = np.zeros((lines, want), dtype=np.int64)
+    usual = _USUAL[want]
+    good = lines
+    for col in range(1, want):
+        column = fields[col::want]
+        if col in usual and column.count(usual[col]) == lines:
+            values[:, col] = int(usual[col])  # nothing to convert
+            continue
+        if col == want - 1 and max(map(len, column)) < 10:
+            continue  # opaques of at most 9 digits (or '-' and 8) are int32s; they are echoed as sent
+        values[:, col] = _ints(column)
+        bad = (values[:, col] < INT32_MIN) | (values[:, col] > INT32_MAX)
+        if bad.any():
+            good = min(good, int(np.argmax(bad)))
+    lengths = _ints(fields[0:good * want:want])
     cand, ends = cand[:good], ends[:good]
     bstart = ends + 2
     bend = bstart + lengths
@@ -117,19 +129,26 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 _SEPARATORS = {want: b" " * (want - 1) + b"\r" for want in _FIELDS}
 
 
-def _fast_fields(text: bytes, lines: int, want: int):
-    """The fields' values, (lines, want) int64, when every line of ``text``
-    is ``want`` fields of the form ``-?[0-9]+`` (no sign on the first) each
-    ended by a space but the last, ended by a CR; else None.  A dozen scans
-    of the string in C, where the regular expression takes a few times
-    longer; fields of more than 10 digits pass here and fail the callers'
-    range checks (lengths: max_body)."""
-    if text.translate(None, b"0123456789-") != _SEPARATORS[want] * lines:
-        return None  # a byte that is not a digit, '-' or a separator, or a line of another field count
-    if (b"  " in text or b" \r" in text or b"\r " in text or text[:1] in (b" ", b"-")  # an empty field
-            or b"- " in text or b"-\r" in text or text.count(b"-") != text.count(b" -")):  # '-' alone or inside
-        return None
+#: the fields' usual values (flag 0, no checksum), which need no conversion
+_USUAL = {3: {1: b"0"}, 4: {1: b"0", 2: b"-1"}}
+
+
+def _ints(column: list) -> np.ndarray:
+    """Decimal fields (checked by _fields_ok or the regular expression) as
+    int64; those of 19 digits or more as 2**40, out of every range."""
     try:
-        return np.array(text.split(), dtype=np.int64).reshape(lines, want)
-    except OverflowError:  # 19 digits or more
-        return None
+        return np.array(column, dtype=np.int64)
+    except OverflowError:
+        return np.array([int(f) if len(f) < 19 else 1 << 40 for f in column], dtype=np.int64)
+
+
+def _fields_ok(text: bytes, lines: int, want: int) -> bool:
+    """Is every line of ``text`` ``want`` fields of the form ``-?[0-9]+`` (no
+    sign on the first), each ended by a space but the last, ended by a CR?
+    A dozen scans of the string in C, where the regular expression takes a
+    few times longer; fields of more than 10 digits pass here and fail the
+    caller's range checks (the lengths: max_body)."""
+    if text.translate(None, b"0123456789-") != _SEPARATORS[want] * lines:
+        return False  # a byte that is not a digit, '-' or a separator, or a line of another field count
+    return not (b"  " in text or b" \r" in text or b"\r " in text or text[:1] in (b" ", b"-")  # an empty field
+                or b"- " in text or b"-\r" in text or text.count(b"-") != text.count(b" -"))  # '-' alone or inside
