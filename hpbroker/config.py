@@ -109,6 +109,7 @@ class ReplicationConfig(_Section):
     promote_probe_ms: Annotated[int, M(ge=0, description="slave: before hpbroker promote, ask the master (replication.master) for its metadata and wait this long for an answer; if it answers as a master, the promotion is refused, since it would make two masters (hpbroker promote --force skips the check). The same question, with the same wait, decides whether a promoted broker restarted with its old slave flags stays master (keep_promotion). 0 never asks: promotions go ahead, and a promoted broker stays master.")] = 1000
     keep_promotion: Annotated[bool, M(description="slave: after hpbroker promote, does a restart with the same slave flags (the same replication.master) keep this broker master? true: it starts as master with a new epoch, unless that master answers as a master within promote_probe_ms, in which case it starts as its slave as configured rather than make two masters. false: the flags' role always. Starting as a slave of another master, or as a master by the flags, ends the promotion either way (docs/replication.md, \"A promotion survives a restart\").")] = True
     unclean_truncation: Annotated[bool, M(description="slave: may it cut batches of epochs its master never had? Such batches were acknowledged by a master this one never followed: this broker in a reign of its own, or the other side of a split brain (an old master restarted as master after its slave was promoted). false: the slave refuses to follow such a master and says which offsets and epochs are at stake; true: it cuts them and follows (what they acknowledged is lost), like Kafka's unclean.leader.election.enable.")] = False
+    unclean_promotion: Annotated[bool, M(description="Cluster mode (cluster.zookeeper): may a slave that was not in sync promote itself when its master is gone? false: only a slave its master last listed as in sync in ZooKeeper (sync mode) promotes, so nothing acknowledged with acks=all is lost; an async slave, or one that had fallen behind, waits for the master or an operator. true: it promotes anyway, and whatever it lacks of what the master acknowledged is lost (Kafka's unclean.leader.election.enable; docs/cluster.md).")] = False
 
 
 class GroupsConfig(_Section):
@@ -152,10 +153,11 @@ class HttpConfig(_Section):
 class SecurityConfig(_Section):
     """[security]: CURVE authentication and encryption, and ACLs (docs/security.md)."""
 
-    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file.")] = False
+    curve: Annotated[bool, M(description="Authenticate and encrypt every tcp socket with ZeroMQ CURVE: the client port, the replication ports (PUB, catch-up, acks) and the slaves' connections to their master. Clients need a key pair whose public certificate is in authorized_keys_dir, and the broker's public key. A peer with an unknown key gets no connection at all. Needs server_secret_key_file, authorized_keys_dir and acl_file (or acl_source = zookeeper).")] = False
     server_secret_key_file: Annotated[str, M(description="This broker's secret certificate (NAME.key_secret, as hpbroker keys generate writes it): the key pair every CURVE socket of the broker binds with, and with which a slave authenticates to its master (its principal there is NAME).")] = ""
     authorized_keys_dir: Annotated[str, M(description="Directory of the public certificates (*.key) of the clients and brokers this broker lets connect; a key's principal is its file name without .key (alice.key: alice). Read at start and again after an edit (reload_ms).")] = ""
     acl_file: Annotated[str, M(description="TOML file of the rules that grant principals produce, consume and admin on topics (by name or glob), and replicate (docs/security.md, 'ACLs'). Everything no rule grants is refused with NOT_AUTHORIZED. Read at start and again after an edit (reload_ms).")] = ""
+    acl_source: Annotated[Literal["file", "zookeeper"], M(description="Where the ACL comes from. file: acl_file. zookeeper (cluster mode): the cluster's one ACL at /meta/config/acl, written by hpbroker acl push; the broker mirrors each valid version into <data_dir>/acl.zookeeper.toml and takes it like an edited acl_file (reload_ms), and a broker restarted while ZooKeeper has none, or is down, serves the last version it mirrored. A broker that never mirrored one does not start (docs/security.md).")] = "file"
     reload_ms: Annotated[int, M(ge=0, description="How often each broker process looks for edits of acl_file and authorized_keys_dir (by mtime and size), and takes a valid edit without a restart: every later request is checked against the new rules and every later CURVE handshake against the new keys; an invalid edit is logged and the rules in force stay (docs/security.md). 0 = read at start only.")] = 1000
     master_public_key: Annotated[str, M(description="slave: the master's public key (40 Z85 characters) or the path of its public certificate (NAME.key), with which it connects to the master over CURVE.")] = ""
 class ScrubConfig(_Section):
@@ -193,6 +195,25 @@ class TextProtocolConfig(_Section):
     tell_max_offset: Annotated[bool, M(description="A get past the end of a partition is answered 301 with the end (MetaQ's meta.get.tellMaxOffset), instead of 404.")] = False
 
 
+class ClusterConfig(_Section):
+    """[cluster]: cluster mode on ZooKeeper (docs/cluster.md). Without cluster.zookeeper nothing of it runs."""
+
+    zookeeper: Annotated[str, M(description="ZooKeeper connect string HOST:PORT[,HOST:PORT...][/chroot]; empty (the default) runs without a cluster, exactly as before. With it the broker registers under /meta/brokers (hpbroker/cluster/paths.py), a slave finds its master there when replication.master is empty, the replica set's leader epoch is claimed with a compare-and-set of its epoch znode, a master that loses ZooKeeper stops acknowledging (fence_after_ms), and a slave promotes itself when its master is gone.")] = ""
+    replica_set: Annotated[int, M(ge=-1, le=1023, description="The replica set (MetaQ's broker id: one master and its slaves, holding the same partitions) this broker belongs to; -1 means broker.broker_id. A slave must name its master's set; every broker keeps its own broker.broker_id.")] = -1
+    session_timeout_ms: Annotated[int, M(ge=1000, le=60_000, description="The ZooKeeper session timeout asked for (the server may bound it by its tickTime: 2 to 20 ticks). A dead master's registration vanishes this long after its last contact, and its slave promotes itself at most about 2 s after that; a master cut off from ZooKeeper stops acknowledging before it (fence_after_ms).")] = 6000
+    fence_after_ms: Annotated[int, M(ge=0, description="A master that has had no answer from ZooKeeper for this long stops acknowledging produce requests (NOT_LEADER) until ZooKeeper answers again and it still holds the epoch; it must be less than the session timeout, so that the master stops before its session can expire and a slave promote. 0 means two thirds of session_timeout_ms (4000 ms for the default).")] = 0
+    probe_ms: Annotated[int, M(ge=50, description="A slave whose master's registration vanished asks the master for its metadata and waits this long for an answer before it takes the master for gone (a refused TCP connection answers at once).")] = 500
+    config_version: Annotated[int, M(ge=-1, description="Set by the broker at start, not by hand: the version of the cluster's shared settings (/meta/config/cluster, hpbroker cluster config push) it runs with, -1 for none. Shared settings are the base under the broker's own file and flags (docs/cluster.md, 'Shared settings').")] = -1
+    renew_ms: Annotated[int, M(ge=0, description="How often the agent asks ZooKeeper for the epoch znode, which both renews the fencing lease and checks that this master still holds the epoch; 0 means a quarter of the fence threshold.")] = 0
+
+    def fence_ms(self) -> int:
+        """fence_after_ms with 0 resolved."""
+        return self.fence_after_ms or self.session_timeout_ms * 2 // 3
+
+    def renew_every_ms(self) -> int:
+        return self.renew_ms or max(50, self.fence_ms() // 4)
+
+
 class Config(_Section):
     """The whole broker configuration (TOML tables named after the sections)."""
 
@@ -206,6 +227,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     scrub: ScrubConfig = ScrubConfig()
     text_protocol: TextProtocolConfig = TextProtocolConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __post_init__(self):
         cap = self.ring.capacity_bytes
@@ -232,22 +254,39 @@ class Config(_Section):
                              "must be a port number (acceptor i binds acceptor_ack_port + i)")
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms:
             raise ValueError("groups.min_session_timeout_ms must not exceed groups.max_session_timeout_ms")
-        if self.replication.role == "slave" and not self.replication.master:
-            raise ValueError("replication.role = 'slave' needs replication.master (the master's URL)")
+        if self.replication.role == "slave" and not self.replication.master and not self.cluster.zookeeper:
+            raise ValueError("replication.role = 'slave' needs replication.master (the master's URL), or "
+                             "cluster.zookeeper to find it there")
+        if self.cluster.zookeeper and self.replication.role == "standalone":
+            raise ValueError("cluster.zookeeper needs replication.role master or slave (--role): in a cluster a broker "
+                             "is a replica set's master or one of its slaves (docs/cluster.md)")
+        if self.cluster.zookeeper and self.cluster.fence_ms() >= self.cluster.session_timeout_ms:
+            raise ValueError(f"cluster.fence_after_ms ({self.cluster.fence_after_ms}) must be less than "
+                             f"cluster.session_timeout_ms ({self.cluster.session_timeout_ms}): a master must stop "
+                             "acknowledging before its session can expire and a slave take over")
         if self.http.port == "auto" and self.broker.port + 80 > 65535:
             raise ValueError(f"http.port = 'auto' is broker.port + 80, past 65535 for port {self.broker.port}: "
                              "set http.port (0 turns the HTTP port off)")
         sec = self.security
         if sec.curve:
-            missing = [k for k in ("server_secret_key_file", "authorized_keys_dir", "acl_file") if not getattr(sec, k)]
+            needs = ("server_secret_key_file", "authorized_keys_dir") + (("acl_file",) if sec.acl_source == "file" else ())
+            missing = [k for k in needs if not getattr(sec, k)]
             if missing:
                 raise ValueError(f"security.curve = true needs security.{', security.'.join(missing)} (docs/security.md)")
             if self.replication.role == "slave" and not sec.master_public_key:
                 raise ValueError("security.curve = true on a slave needs security.master_public_key (the master's public key)")
+        if sec.acl_source == "zookeeper" and not self.cluster.zookeeper:
+            raise ValueError("security.acl_source = 'zookeeper' needs cluster.zookeeper (the ACL is read from there)")
         check_listeners_under_curve(sec.curve, plaintext_listeners(self))
         if self.text_protocol.port == "auto" and self.broker.port + TEXT_PORT_OFFSET > 65535:
             raise ValueError(f"text_protocol.port = 'auto' is broker.port + {TEXT_PORT_OFFSET}, past 65535 for broker.port "
                              f"{self.broker.port}: set text_protocol.port (0 turns the text listener off)")
+
+    @property
+    def replica_set(self) -> int:
+        """cluster.replica_set with -1 resolved to broker.broker_id."""
+        rs = self.cluster.replica_set
+        return self.broker.broker_id if rs < 0 else rs
 
     @property
     def instance(self) -> str:
@@ -307,26 +346,42 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def load(path: str | Path | None = None, **overrides) -> Config:
-    """Load a Config from a TOML file (or the defaults), then apply overrides
-    given as ``section__key=value`` keyword arguments."""
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = msgspec.toml.decode(p.read_bytes())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except msgspec.DecodeError as e:
-            raise ConfigError(f"{p}: {e}") from None
+def read_toml(path: str | Path | None) -> dict:
+    """The decoded TOML of a config file ({} for None); ConfigError (one line) if unreadable."""
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        return msgspec.toml.decode(p.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def with_overrides(raw: dict, overrides: dict) -> dict:
+    """``raw`` (decoded TOML) with ``section__key=value`` overrides applied (None: not given)."""
+    out = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items()}
     for k, v in overrides.items():
         if v is None:
             continue
         section, _, key = k.partition("__")
         if key:
-            raw.setdefault(section, {})[key] = v
+            out.setdefault(section, {})[key] = v
         else:
-            raw[section] = v
+            out[section] = v
+    return out
+
+
+def load(path: str | Path | None = None, base: dict | None = None, **overrides) -> Config:
+    """Load a Config from a TOML file (or the defaults), then apply overrides
+    given as ``section__key=value`` keyword arguments.  ``base``: settings
+    (decoded TOML) under both, such as a cluster's shared config
+    (hpbroker/cluster/shared_config.py)."""
+    raw = with_overrides(read_toml(path), overrides)
+    for section, keys in (base or {}).items():
+        if isinstance(keys, dict):
+            raw[section] = {**keys, **(raw.get(section) or {})}
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:

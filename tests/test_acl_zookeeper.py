@@ -92,3 +92,55 @@ def test_the_acl_command(zookeeper_server, zk, tmp_path):
     assert read_acl(zk)[1] == 0  # the bad push wrote nothing
     r = run("show", "--zookeeper", "127.0.0.1:1", "--timeout", "1")
     assert r.returncode != 0 and "cannot reach ZooKeeper at 127.0.0.1:1" in r.stderr
+
+
+def test_a_cluster_broker_takes_its_acl_from_zookeeper_and_follows_a_push(tmp_path, zookeeper_server):
+    """security.acl_source = zookeeper: no ACL in ZooKeeper and none mirrored -> the broker does not
+    start (one line); after a push it serves that ACL, and a later push is taken while it runs."""
+    from brokerproc import BrokerProcess
+    from hpbroker import batch
+    from hpbroker.protocol.errors import ErrorCode
+    from kazoo.client import KazooClient
+    from rawclient import RawClient
+    from test_security import Pki, _wait_ready
+
+    pki = Pki(tmp_path / "pki")
+    hosts = f"{zookeeper_server.hosts}/acl{os.getpid()}x{time.monotonic_ns()}"
+    etc = tmp_path / "etc"
+    cfg = pki.config(etc, "broker", ["alice", "ops"],
+                     extra=f'acl_source = "zookeeper"\n[cluster]\nzookeeper = "{hosts}"\nsession_timeout_ms = 2000\n')
+    (etc / "acl.toml").unlink()  # not used: the ACL is ZooKeeper's
+    with open(cfg) as f:
+        body = f.read()
+    with open(cfg, "w") as f:
+        f.write("\n".join(x for x in body.splitlines() if not x.startswith("acl_file")) + "\n")
+    b = BrokerProcess(tmp_path / "data", args=("--config", cfg, "--partitions", "1", "--role", "master", "--broker-id", "1"))
+    b.wait_ready = lambda timeout: _wait_ready(b, pki, timeout)
+    with pytest.raises(RuntimeError):
+        b.start(timeout=30)
+    assert "ZooKeeper has no valid ACL at /meta/config/acl" in b.log()
+    b.stop()
+    zk = KazooClient(hosts=hosts)
+    zk.start(10)
+    try:
+        push_acl(zk, ACL + b'\n[[allow]]\nprincipals = ["ops"]\nactions = ["admin", "produce", "consume"]\n')
+        b = BrokerProcess(tmp_path / "data", args=("--config", cfg, "--partitions", "1", "--role", "master", "--broker-id", "1"))
+        b.wait_ready = lambda timeout: _wait_ready(b, pki, timeout)
+        b.start()
+        alice = RawClient(b.url, timeout_ms=5000, curve=pki.curve("alice"))
+        try:
+            assert alice.produce("logs.app", 0, [batch.encode_batch([b"x"])]).code == 0
+            assert alice.produce("logs", 0, [batch.encode_batch([b"x"])]).code == ErrorCode.NOT_AUTHORIZED
+            push_acl(zk, ACL.replace(b'["logs.*"]', b'["logs", "logs.*"]'))
+            deadline = time.monotonic() + 30
+            while alice.produce("logs", 0, [batch.encode_batch([b"y"])]).code != 0:
+                assert time.monotonic() < deadline, "the pushed ACL was not taken"
+                time.sleep(0.2)
+        finally:
+            alice.close()
+            b.stop()
+        assert (tmp_path / "data" / MIRROR_NAME).exists()
+        assert "mirrored the cluster's ACL" in b.log() and "ACL reloaded from" in b.log()
+    finally:
+        zk.stop()
+        zk.close()

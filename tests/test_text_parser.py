@@ -121,6 +121,25 @@ def test_runs_of_puts_are_read_together():
     assert len(events[0].bodies) == 50 and events[0].checksums is None and events[0].flags is None
 
 
+def test_a_body_that_holds_the_next_puts_line_is_read_as_a_body():
+    # putscan guesses the puts from where their lines' head occurs; a body
+    # holding a whole put line must stay a body (the chain check cuts the run)
+    fake = b"put logs 1 3 0 -1 77\r\nzzz"
+    data = b"".join(b"put logs 1 %d 0 -1 %d\r\n%s" % (len(b), i, b)
+                    for i, b in enumerate([b"a", fake, b"b" + fake, b"c", fake[:-3]]))
+    got = parse(data)
+    assert [key(e)[-1] for e in got] == [b"a", fake, b"b" + fake, b"c", fake[:-3]]
+    assert [key(e) for e in got] == [key(e) for e in parse(data, fast=False)]
+
+
+def test_bodies_full_of_the_heads_first_byte_are_read_one_by_one():
+    # too many candidates for putscan: the parser's loop reads the run
+    data = b"".join(b"put plogs 1 40 0 -1 %d\r\n" % i + b"p" * 40 for i in range(30))
+    events = Parser().feed(data)
+    assert [type(e) for e in events] == [PutRun] and len(events[0].bodies) == 30
+    assert all(bytes(b) == b"p" * 40 for b in events[0].bodies)
+
+
 def test_the_opaque_must_be_an_int32():
     got = parse(b"version 2147483648\r\nversion -2147483648\r\nversion 0x10\r\n")
     assert [type(e) for e in got] == [Refused, Version, Refused]

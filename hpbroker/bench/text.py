@@ -52,9 +52,17 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds, a fresh broker each; medians (default 3)")
     p.add_argument("--processes", default="1", help="text listener processes (text_protocol.processes); several, "
                                                  "comma-separated, run each in every round (default 1)")
+    p.add_argument("--read-bytes", type=int, default=None,
+                   help="text_protocol.read_bytes of the broker (default: the config's, 256 KiB)")
     p.add_argument("--loads", default="text,zmq,metaq", help="which loads, comma-separated (default all three)")
     p.add_argument("--dir", default=None, help="where the temp data dirs go (default: the cwd's filesystem)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--stages", action="store_true",
+                   help="no broker: time the listener's Python per put in one process (parse a chunk of "
+                        "--metaq-size puts, check their CRCs, build their batch, answer them), min of 7 repeats")
+    p.add_argument("--py-spy", metavar="PREFIX", default=None,
+                   help="record the text listener with py-spy during each load: PREFIX-<load>-<round>.txt "
+                        "(collapsed stacks; py-spy must be installed)")
     p.set_defaults(func=run)
 
 
@@ -86,7 +94,21 @@ def _cpu(procs: dict) -> dict:
     return out
 
 
-def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
+def _spy(procs: dict, out: str):
+    """py-spy recording the first text listener until stopped (SIGINT), or None."""
+    import shutil
+    import subprocess
+
+    pid = next((p.pid for name, p in sorted(procs.items()) if name.startswith("text")), None)
+    exe = shutil.which("py-spy")
+    if pid is None or exe is None:
+        print("--py-spy: no text listener process or no py-spy", file=sys.stderr)
+        return None
+    return subprocess.Popen([exe, "record", "--format", "raw", "--rate", "250", "-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _load(broker: LocalBroker, port: int, kind: str, args, topic: str, tag: str = "") -> dict:
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 2.0
     checksum = not args.no_checksum
@@ -103,9 +125,15 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
         procs = broker.processes()
         while time.time() < start_at:
             time.sleep(0.005)
+        spy = _spy(procs, f"{args.py_spy}-{kind}{tag}.txt") if args.py_spy and kind != "zmq" else None
         before = _cpu(procs)
         out = res.get(timeout=3600)
         after = _cpu(procs)
+        if spy is not None:
+            import signal
+
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     n = out["messages"]
     out["msgs_per_s"] = n / out["seconds"]
     cpu = {k: (after[k] - before[k]) / n * 1e6 for k in after if k in before and k != "supervisor"}
@@ -119,7 +147,58 @@ def _load(broker: LocalBroker, port: int, kind: str, args, topic: str) -> dict:
     return out
 
 
+def stages(args) -> dict:
+    """The text listener's Python per put without sockets, stage by stage
+    (what Puts.add_run, Puts.flush and Puts._answer do with a PutRun), in
+    microseconds per put: the CPU the listener needs per put, steadier on a
+    shared machine than a whole run's."""
+    import timeit
+    import zlib
+
+    import numpy as np
+
+    from hpbroker.text import puts as P
+    from hpbroker.text import records, replies
+    from hpbroker.text.parser import Parser
+
+    n = max(1, (256 << 10) // (args.metaq_size + 40))  # what one read of text_protocol.read_bytes holds
+    body = b"x" * args.metaq_size
+    crc = -1 if args.no_checksum else zlib.crc32(body) & 0x7FFFFFFF
+    chunk = b"".join(b"put bench-metaq 3 %d 0 %d %d\r\n" % (len(body), crc, 1000 + i) + body for i in range(n))
+    parser = Parser()
+    run = parser.feed(chunk)[0]
+    first_id = 2065358124490948608
+
+    def check():
+        if run.checksums is not None:
+            got = np.fromiter(map(P.crc32, run.bodies), dtype=np.int64, count=n) & 0x7FFFFFFF
+            assert (got == np.asarray(run.checksums)).all()
+
+    sizes = records.put_sizes(run.bodies)
+
+    def answer():
+        offsets = np.empty(n, dtype=np.int64)
+        offsets[0] = 10 ** 9
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        offsets[1:] += 10 ** 9
+        return replies.put_ok(run.opaques, range(first_id, first_id + n), 3, offsets)
+
+    out = {}
+    for name, f in (("parse", lambda: parser.feed(chunk)), ("crc", check),
+                    ("batch", lambda: records.build_batch(run.bodies, None, first_id, 1)), ("answer", answer)):
+        out[name] = round(min(timeit.repeat(f, number=20, repeat=7)) / 20 / n * 1e6, 3)
+    out["total"] = round(sum(out.values()), 3)
+    out["puts_per_chunk"] = n
+    return out
+
+
 def run(args) -> int:
+    if args.stages:
+        out = stages(args)
+        print(json.dumps(out) if args.json else
+              " ".join(f"{k} {v}" for k, v in out.items() if k != "puts_per_chunk") +
+              f" us/put ({out['puts_per_chunk']} puts of {args.metaq_size} B per chunk)")
+        return 0
     loads = [x for x in args.loads.split(",") if x]
     procs = [int(x) for x in args.processes.split(",") if x]
     kinds = [k if k == "zmq" or len(procs) == 1 else f"{k}@{p}" for p in procs for k in loads
@@ -128,8 +207,16 @@ def run(args) -> int:
     for r in range(args.rounds):
         for p in (procs if r % 2 == 0 else procs[::-1]):
             port = _free_port()
-            broker = LocalBroker(args.dir, serve_args=["--partitions", "4", "--text-port", str(port),
-                                                       "--text-processes", str(p)])
+            serve = ["--partitions", "4", "--text-port", str(port), "--text-processes", str(p)]
+            cfg_file = None
+            if args.read_bytes:
+                import tempfile
+
+                with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+                    f.write(f"[text_protocol]\nread_bytes = {args.read_bytes}\n")
+                cfg_file = f.name
+                serve += ["--config", cfg_file]
+            broker = LocalBroker(args.dir, serve_args=serve)
             try:
                 broker.start()
                 _wait_port(port)
@@ -138,7 +225,7 @@ def run(args) -> int:
                     i, j = order.index("text"), order.index("zmq")
                     order[i], order[j] = order[j], order[i]
                 for kind in order:
-                    out = _load(broker, port, kind, args, f"bench-{kind}")
+                    out = _load(broker, port, kind, args, f"bench-{kind}", f"-{r + 1}-{p}")
                     name = kind if kind == "zmq" or len(procs) == 1 else f"{kind}@{p}"
                     results[name].append(out)
                     print(f"round {r + 1}/{args.rounds} {name}: {out['msgs_per_s']:,.0f} msgs/s, CPU us/msg "
@@ -146,6 +233,8 @@ def run(args) -> int:
             finally:
                 broker.stop()
                 broker.cleanup()
+                if cfg_file:
+                    os.unlink(cfg_file)
     summary = {}
     for kind, outs in results.items():
         rates = [o["msgs_per_s"] for o in outs]

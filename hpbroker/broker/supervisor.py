@@ -84,6 +84,13 @@ class Supervisor:
         self.ack_endpoints: list[str] = [""] * cfg.broker.acceptors  # each acceptor's PULL for slaves' writers
         self.text_port = 0  # the text listeners', once they listen
         self.text_ready = 0
+        # cluster mode (cluster.zookeeper): the ZooKeeper agent's side here (hpbroker/broker/cluster_mode.py)
+        self.cluster = None
+        self.cluster_epoch = 0  # the epoch claimed in ZooKeeper to lead with
+        if cfg.cluster.zookeeper:
+            from hpbroker.broker.cluster_mode import ClusterMode
+
+            self.cluster = ClusterMode(self)
 
     # -- start ------------------------------------------------------------------
 
@@ -101,13 +108,16 @@ class Supervisor:
             self.topics = TopicRegistry(self.data_dir)
         except TopicError as e:
             raise StartupError(str(e)) from None
-        self._choose_role()
+        if self.cluster is not None:
+            self.cluster.choose_role()  # ZooKeeper decides: follow its master, or claim an epoch and lead
+        else:
+            self._choose_role()
         self.epoch = broker_state.load_epoch(self.data_dir)
         self.reigns = broker_state.load_reigns(self.data_dir)  # epochs this broker led or followed
         if self.role == "master":
             # a new reign: batches of different masters never share an epoch
-            self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
-                                                 self.cfg.broker.broker_id)
+            self.epoch = self.cluster_epoch or broker_state.next_epoch(
+                max(self.epoch, broker_state.max_partition_epoch(self.data_dir)), self.cfg.broker.broker_id)
             self.reigns.add(self.epoch)
             broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
         removed = cleanup_stale(self.instance, dead_after_ms=self.cfg.ring.dead_after_ms)
@@ -120,6 +130,8 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(mode=0o700, parents=True)  # its ipc:// sockets are for this broker's processes only
         self._own_run_dir = True
+        if self.cluster is not None:
+            self.cluster.open_lease()  # before the acceptors, which map it
         self.plan = layout.plan(b)
         self.ctx = zmq.Context()
         self.control = make_socket(self.ctx, zmq.ROUTER, bind=self._ipc("control"))
@@ -163,6 +175,8 @@ class Supervisor:
                             (cfg_bytes, self.instance, self.endpoints[0], self._ipc("control"),
                              self.plan.placement("acceptor", 0).cpus, k, str(self.run_dir)))
             self._await(lambda: self.text_ready == n, "the text listeners to listen")
+        if self.cluster is not None:
+            self.cluster.started()  # registered in ZooKeeper only once it serves
         log.info("hpbroker %s serving on %s (data %s, %d acceptor(s), %d writer(s), flush_mode=%s, role=%s, epoch=%d%s)",
                  self.instance, ", ".join(self.endpoints), self.data_dir, b.acceptors, b.writers, self.cfg.log.flush_mode,
                  self.role, self.epoch, f", MetaQ text port {self.text_port}" if self.text_port else "")
@@ -216,8 +230,11 @@ class Supervisor:
                      self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None, sorted(self.reigns)))
         self._await(lambda: self.replication_endpoints is not None, "the replicator to start")
 
-    def promote(self) -> control.Ack:
-        """Slave -> master: stop following, take a new epoch, start publishing."""
+    def promote(self, epoch: int | None = None, record: bool = True) -> control.Ack:
+        """Slave -> master: stop following, take a new epoch, start publishing.
+        ``epoch``: the one claimed in ZooKeeper (cluster mode), else the next
+        this broker owns; ``record``: remember the master it followed
+        (``promoted_from``, hpbroker.broker.role), which cluster mode does not use."""
         if self.role != "slave":
             return control.Ack(code=ErrorCode.BAD_REQUEST, message=f"this broker is {self.role}, not a slave")
         p = self.children.pop("replicator")
@@ -226,12 +243,13 @@ class Supervisor:
         if p.exitcode is None:
             p.kill()
             p.join(5)
-        self.epoch = broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
-                                             self.cfg.broker.broker_id)
+        self.epoch = epoch or broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
+                                                      self.cfg.broker.broker_id)
         self.reigns.add(self.epoch)
         # recorded: a restart with this slave's flags keeps it master (hpbroker.broker.role)
-        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns, promoted_from=self.cfg.replication.master)
-        self.promoted_from = self.cfg.replication.master
+        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns,
+                                promoted_from=self.cfg.replication.master if record else None)
+        self.promoted_from = self.cfg.replication.master if record else ""
         self.role = "master"
         self.leader_id = self.cfg.broker.broker_id
         self.pub_endpoints = [""] * self.cfg.broker.writers
@@ -294,7 +312,8 @@ class Supervisor:
                                    leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
                                    topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
                                    replication=self._replication_view(),
-                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from)
+                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from,
+                                   cluster_map=self.cluster.map_bytes if self.cluster is not None else b"")
 
     def _replication_view(self) -> list[str]:
         """A master's replication endpoints for its metadata: [fetch, ack, pub
@@ -312,6 +331,8 @@ class Supervisor:
 
     def publish_view(self) -> None:
         self.view_pub.send(control.encoder.encode(self.view()))
+        if self.cluster is not None:
+            self.cluster.topics_changed(dict(self.topics.topics))
 
     def _serve_control(self, timeout_ms: int) -> None:
         if not self.control.poll(timeout_ms):
@@ -402,11 +423,15 @@ class Supervisor:
         while not self.stop_requested:
             self._check_children()
             self._serve_control(100)
+            if self.cluster is not None:
+                self.cluster.tick()  # raises cluster_mode.Restart to rejoin as a slave
 
     # -- stop ---------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ordered shutdown; safe to call after a partial start."""
+        if self.cluster is not None:
+            self.cluster.close()  # lease revoked, session closed: nothing more is acknowledged as master
         timeout = self.cfg.broker.shutdown_timeout_ms / 1000.0 + 5.0
         acceptors = [p for n, p in self.children.items() if n.startswith("acceptor")]
         writers = [p for n, p in self.children.items() if n.startswith("writer")]
@@ -453,30 +478,49 @@ class ChildDied(RuntimeError):
 
 
 def run(cfg: config_mod.Config) -> int:
-    """Run a broker in the foreground until SIGTERM/SIGINT; the exit code."""
+    """Run a broker in the foreground until SIGTERM/SIGINT; the exit code.
+    In cluster mode a broker that must rejoin as a slave (it lost its epoch,
+    or another broker became its set's master) stops and starts again here,
+    in the same process, and ZooKeeper decides its role anew."""
     tune_runtime(cfg.broker.malloc_mmap_threshold_bytes, cfg.broker.gil_switch_interval_us)
-    sup = Supervisor(cfg)
+    stop = [False]
+    sups: list[Supervisor] = []
 
     def on_signal(signum, frame):
-        if not sup.stop_requested:
+        if not stop[0]:
             log.info("received %s; stopping", signal.Signals(signum).name)
-        sup.stop_requested = True
+        stop[0] = True
+        for s in sups:
+            s.stop_requested = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    code = 0
-    try:
-        sup.start()
-        freeze_heap()
-        sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}")
-        sup.serve()
-    except (StartupError, ChildDied) as e:
-        log.error("%s", e)
-        sup.fatal = True
-        code = 1
-    finally:
-        sdnotify.notify("STOPPING=1")
-        sup.stop()
+    while True:
+        sup = Supervisor(cfg)
+        sup.stop_requested = stop[0]
+        sups[:] = [sup]
+        code, again = 0, False
+        try:
+            sup.start()
+            freeze_heap()
+            sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}")
+            sup.serve()
+        except (StartupError, ChildDied) as e:
+            log.error("%s", e)
+            sup.fatal = True
+            code = 1
+        except Exception as e:
+            from hpbroker.broker.cluster_mode import Restart
+
+            if not isinstance(e, Restart):
+                raise
+            log.warning("cluster: %s", e)
+            again = True
+        finally:
+            sdnotify.notify("STOPPING=1")
+            sup.stop()
+        if not again or stop[0]:
+            break
     if code == 0:
         log.info("stopped cleanly")
     return code

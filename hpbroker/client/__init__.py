@@ -1,6 +1,8 @@
 """hpbroker.client: Producer, Consumer and Admin over ZeroMQ (kafka-python's shape).
 
-Imports only :mod:`hpbroker.protocol`, :mod:`hpbroker.batch` and zmq.
+Imports only :mod:`hpbroker.protocol`, :mod:`hpbroker.batch` and zmq; a
+``zk://`` URL (a cluster found in ZooKeeper, docs/client.md) also loads
+:mod:`hpbroker.cluster` and kazoo.
 """
 
 from hpbroker.client.admin import Admin, PartitionInfo

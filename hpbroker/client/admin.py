@@ -114,6 +114,16 @@ def reset_spec(spec: Union[str, tuple, ResetSpec]) -> ResetSpec:
 
 
 class Admin:
+    def __new__(cls, bootstrap: str = "tcp://127.0.0.1:7600", *args, **kwargs):
+        """``Admin("zk://HOST:PORT/chroot")`` is a
+        :class:`~hpbroker.client.cluster_admin.ClusterAdmin`: topics across
+        the replica sets found in ZooKeeper (docs/client.md, "Clusters: zk:// URLs")."""
+        if cls is Admin and isinstance(bootstrap, str) and bootstrap.strip().startswith("zk://"):
+            from hpbroker.client.cluster_admin import ClusterAdmin
+
+            return ClusterAdmin(bootstrap, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, bootstrap: str = "tcp://127.0.0.1:7600", *, request_timeout_ms: int = 30_000,
                  connect_timeout_ms: int = 10_000, curve_secret_key_file: str | None = None,
                  broker_public_key: str | bytes | None = None):

@@ -55,6 +55,17 @@ def default_instance_name() -> str:
 
 
 class Consumer:
+    def __new__(cls, bootstrap: str = "tcp://127.0.0.1:7600", *args, **kwargs):
+        """``Consumer("zk://HOST:PORT/chroot", ...)`` is a
+        :class:`~hpbroker.client.cluster_consumer.ClusterConsumer`: brokers
+        found in ZooKeeper, groups kept there (docs/client.md, "Clusters:
+        zk:// URLs")."""
+        if cls is Consumer and isinstance(bootstrap, str) and bootstrap.strip().startswith("zk://"):
+            from hpbroker.client.cluster_consumer import ClusterConsumer
+
+            return ClusterConsumer(bootstrap, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         bootstrap: str = "tcp://127.0.0.1:7600",

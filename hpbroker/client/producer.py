@@ -59,6 +59,17 @@ _ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 
 
 class Producer(Transactional):
+    def __new__(cls, bootstrap: str = "tcp://127.0.0.1:7600", *args, **kwargs):
+        """``Producer("zk://HOST:PORT/chroot")`` is a
+        :class:`~hpbroker.client.cluster_producer.ClusterProducer`: brokers
+        found in ZooKeeper, one Producer per replica set (docs/client.md,
+        "Clusters: zk:// URLs")."""
+        if cls is Producer and isinstance(bootstrap, str) and bootstrap.strip().startswith("zk://"):
+            from hpbroker.client.cluster_producer import ClusterProducer
+
+            return ClusterProducer(bootstrap, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         bootstrap: str = "tcp://127.0.0.1:7600",
@@ -276,6 +287,15 @@ class Producer(Transactional):
 
     def partitions_for(self, topic: str) -> set[int]:
         return set(range(self._partitions.get(topic) or self._partitions_for(topic)))
+
+    def _follow(self, bootstraps: list[str]) -> None:
+        """Use these broker URLs from now on and ask them which one leads
+        (any thread: a ClusterProducer calls it when ZooKeeper shows its
+        replica set changed).  Batches wait for the answer as after a
+        NOT_LEADER."""
+        self._t.bootstraps = list(bootstraps)  # replaced whole: Transport.discover works on a copy
+        self._sender._leader.want()
+        self._waker.wake()
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued and wait until all of it is acknowledged

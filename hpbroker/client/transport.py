@@ -325,21 +325,22 @@ class Transport:
         ``readers`` (consumers: a slave serves fetches) the first slave that
         answered is adopted when no broker leads."""
         answers: dict[str, MetadataReply] = {}
-        left = [len(self.bootstraps)]
+        bootstraps = list(self.bootstraps)  # another thread may replace the list meanwhile (Producer._follow)
+        left = [len(bootstraps)]
 
         def one(ep, rep, _p):
             if rep.code == 0 and isinstance(rep, MetadataReply):
                 answers[ep] = rep
             left[0] -= 1
             if left[0] == 0:
-                on_done(self._adopt(answers))
+                on_done(self._adopt(answers, bootstraps))
 
-        for ep in self.bootstraps:
+        for ep in bootstraps:
             self.send(ep, Metadata(id=self.next_id(), topics=[]), on_reply=lambda r, p, ep=ep: one(ep, r, p),
                       timeout_ms=timeout_ms)
 
-    def _adopt(self, answers: dict[str, MetadataReply]) -> MetadataReply | None:
-        ep = choose_leader(answers, self.bootstraps, self.readers)
+    def _adopt(self, answers: dict[str, MetadataReply], bootstraps: list[str] | None = None) -> MetadataReply | None:
+        ep = choose_leader(answers, self.bootstraps if bootstraps is None else bootstraps, self.readers)
         if ep is None:
             return None
         if ep != self.bootstrap:

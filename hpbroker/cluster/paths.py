@@ -125,6 +125,14 @@ class BrokerNode(msgspec.Struct, frozen=True):
     http: str = ""  # http://HOST:PORT of /metrics, /readyz; "" = none
     text: str = ""  # HOST:PORT of the MetaQ text port; "" = none
     started_ms: int = 0
+    #: a master: the broker ids of the slaves its replicator last called in
+    #: sync (sync mode); a slave promotes itself only if it is listed here
+    #: (or replication.unclean_promotion).  Added by the broker agent.
+    insync: list[int] = []
+    #: the version of the cluster's shared settings it runs with (-1: none), and
+    #: MetaQ's master_config_checksum of its effective config (hpbroker/cluster/shared_config.py)
+    config_version: int = -1
+    config_checksum: int = 0
 
 
 class EpochNode(msgspec.Struct, frozen=True):

@@ -9,12 +9,16 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 DEFAULT_URL = "tcp://127.0.0.1:7600"
 
+#: the commands whose --broker may be a cluster's ZooKeeper, zk://HOST:PORT[/chroot] (docs/client.md)
+ZK_COMMANDS = ("produce", "consume", "topics", "groups")
+
 
 def add_broker_args(p, several: bool = True) -> None:
     """--broker and --connect-timeout-ms.  ``several``: the command takes a
     list of brokers and uses the one that leads (produce, consume, topics);
     else it talks to exactly the one named (stats, promote)."""
-    what = ("bootstrap endpoint(s), tcp://HOST:PORT[,tcp://HOST:PORT...]: the master is found among them" if several
+    what = ("bootstrap endpoint(s), tcp://HOST:PORT[,tcp://HOST:PORT...]: the master is found among them; or a "
+            "cluster's ZooKeeper, zk://HOST:PORT[,HOST:PORT...][/chroot]" if several
             else "the broker, tcp://HOST:PORT")
     p.add_argument("--broker", default=os.environ.get("HPBROKER_URL", DEFAULT_URL),
                    help=f"{what} (default: $HPBROKER_URL or %(default)s)")
@@ -45,8 +49,21 @@ def check_broker_arg(args) -> None:
     """A malformed --broker is one line and exit 2, not a traceback."""
     from hpbroker.client.transport import parse_bootstrap
 
+    if args.broker_several and args.broker.strip().startswith("zk://"):  # a cluster found in ZooKeeper (docs/client.md)
+        from hpbroker.cluster.client_view import parse_zk_url
+
+        if getattr(args, "command", None) not in ZK_COMMANDS:
+            raise UserError(f"--broker zk://...: only {', '.join(ZK_COMMANDS)} take a cluster's ZooKeeper; "
+                            "name a broker (tcp://HOST:PORT)", 2)
+        try:
+            parse_zk_url(args.broker)
+        except ValueError as e:
+            raise UserError(f"--broker: {e}", 2) from None
+        urls = [args.broker]
+    else:
+        urls = None
     try:
-        urls = parse_bootstrap(args.broker)
+        urls = urls or parse_bootstrap(args.broker)
     except ValueError as e:
         raise UserError(f"--broker: {e}", 2) from None
     if len(urls) > 1 and not args.broker_several:

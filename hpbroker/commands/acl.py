@@ -63,6 +63,9 @@ def _zk(args):
         from kazoo.handlers.threading import KazooTimeoutError
     except ImportError:
         raise UserError("the ZooKeeper commands need kazoo: pip install 'hpbroker[cluster]'") from None
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No chroot path exists")  # a new cluster's chroot: created on write
     zk = KazooClient(hosts=args.zookeeper, timeout=args.timeout)
     try:
         zk.start(timeout=args.timeout)

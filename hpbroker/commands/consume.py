@@ -54,7 +54,7 @@ def register(sub) -> None:
                    help="this member's instance name (shown by groups describe; names the broadcast offsets); "
                         "default: the host name")
     g.add_argument("--offset-store", choices=["broker", "file"],
-                   help="where --group keeps its offsets (default: broker; file with --broadcast)")
+                   help="where --group keeps its offsets (default: broker, or ZooKeeper with a zk:// --broker; file with --broadcast)")
     g.add_argument("--offsets-file", metavar="PATH",
                    help="the file of --offset-store file (default ~/.hpbroker/offsets.json)")
     g.add_argument("--auto-commit-interval-ms", type=int, default=5000, metavar="MS",

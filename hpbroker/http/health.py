@@ -17,7 +17,10 @@ acceptors       the last admin poll (Stats, Metadata, groups over ZeroMQ) answer
                 within 3 poll intervals (at least 3 s)
 replication     sync mode only: a master has at least min_insync_replicas - 1
                 slaves in sync; a slave is streaming from its master
-zookeeper       no cluster mode yet: always passes, reported as "not configured"
+zookeeper       cluster mode (cluster.zookeeper) only: a master holds its fencing
+                lease (ZooKeeper answered within cluster.fence_after_ms and it still
+                holds its set's epoch); a slave, always (it acknowledges nothing).
+                Without cluster mode: "not configured"
 ==============  ==================================================================
 """
 
@@ -50,7 +53,7 @@ def readiness(view: BrokerView) -> tuple[bool, dict[str, str]]:
     else:
         checks["acceptors"] = "ok"
     checks["replication"] = _replication(view)
-    checks["zookeeper"] = "not configured"
+    checks["zookeeper"] = _zookeeper(view)
     ready = all(v in ("ok", "not configured", "not required") for v in checks.values())
     return ready, checks
 
@@ -67,3 +70,17 @@ def _replication(view: BrokerView) -> str:
         return "ok" if insync >= need else f"{insync} slave(s) in sync, min_insync_replicas needs {need}"
     state = s.get("replication_state", "unknown")
     return "ok" if state == "streaming" else f"slave is {state}: {s.get('replication_detail', '')}".rstrip(": ")
+
+
+def _zookeeper(view: BrokerView) -> str:
+    if not view.cfg.cluster.zookeeper:
+        return "not configured"
+    s = view.stats
+    if s.get("role") != "master":
+        return "not required"
+    if "cluster_fenced" not in s:
+        return "not polled yet"
+    if s["cluster_fenced"]:
+        return ("fenced: no answer from ZooKeeper within cluster.fence_after_ms, or the set's epoch is another "
+                "broker's; produce is refused with NOT_LEADER until ZooKeeper answers and the epoch is still ours")
+    return "ok"

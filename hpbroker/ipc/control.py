@@ -85,6 +85,7 @@ class ClusterView(_Msg, tag="view"):
     replication: list[str] = []
     replication_acks: list[str] = []  # a master's acceptors' slave-ack endpoints, by acceptor
     promoted_from: str = ""  # the master it followed, while a promotion holds (hpbroker.broker.role)
+    cluster_map: bytes = b""  # cluster mode: protocol.messages.ClusterMap, msgpack (b"": none yet or not a cluster)
 
 
 class TopicResult(_Msg, tag="topic_result"):

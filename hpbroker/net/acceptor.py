@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
 from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import lease as lease_mod
 from hpbroker.ipc import replica as ipc_replica
 from hpbroker.net.acceptor_sockets import AcceptorSockets, open_sockets
 from hpbroker.net.acceptor_stats import AcceptorStats
@@ -84,6 +85,10 @@ class Acceptor:
         self.admin = Admin(index, cfg, self.cluster, self.acks, self.fetch, sockets.ctx, self.groups, self.tx,
                            probe_curve=sec.to_master() if sec is not None and cfg.replication.role == "slave" else None)
         self._fetch_replicated = replicated_fetch_bound(cfg.replication)
+        # cluster mode: the fencing lease the supervisor's ZooKeeper agent renews (hpbroker/ipc/lease.py)
+        self.lease = (lease_mod.Lease.open(lease_mod.path_of(cfg.broker.run_dir or f"/tmp/hpbroker-{cfg.instance}"))
+                      if cfg.cluster.zookeeper else None)
+        self.admin.lease = self.lease  # its stats say whether this broker is fenced
         self.stats = AcceptorStats(stats)
         self._rr = count()
         self._timeout = cfg.ring.full_timeout_ms / 1000.0
@@ -164,7 +169,15 @@ class Acceptor:
 
     def _send(self, replies) -> None:
         now = self.clock()
+        fenced = None  # cluster mode: looked up once per call, only when a produce ack is about to go
         for ident, reply in replies:
+            if (self.lease is not None and reply.__class__ is m.ProduceReply and reply.code == 0
+                    and ident.__class__ is bytes):
+                if fenced is None:
+                    fenced = not self.lease.valid()
+                if fenced:
+                    reply = m.ProduceReply(id=reply.id, code=ErrorCode.NOT_LEADER, message=FENCED_ACK,
+                                           partition=reply.partition)
             if ident.__class__ is not bytes:  # a group commit's or a transaction's journal record
                 answer = self.groups.on_commit_done(ident, reply) if ident.__class__ is CommitSink else ident.done(reply)
                 if answer is None:
@@ -340,6 +353,8 @@ class Acceptor:
         if self.cluster.view.role == "slave":
             raise BrokerError(ErrorCode.NOT_LEADER, f"this broker is a slave of {self.cfg.replication.master}; "
                                                     "produce to the master (or promote this broker)")
+        if self.lease is not None and not self.lease.valid():
+            raise BrokerError(ErrorCode.NOT_LEADER, FENCED)
         replicas = self.acks.admit(req.acks, self.cluster.view.role)
         partition = req.partition
         if partition < 0:
@@ -390,6 +405,13 @@ class Acceptor:
         keys = self.fetch.parked_keys()
         if keys:
             self._wake_fetches(keys)
+
+
+FENCED = ("fenced: this master has had no answer from ZooKeeper for longer than cluster.fence_after_ms, so another "
+          "broker may be master by now; retry (metadata names the master)")
+FENCED_ACK = ("not acknowledged: this master lost contact with ZooKeeper (cluster.fence_after_ms) before the batch was "
+              "confirmed, so it may have been replaced; the batch may be cut from this log. Retry (metadata names the "
+              "master)")
 
 
 def _error_reply(req, e: BrokerError):

@@ -19,6 +19,7 @@ dispatcher to answer.
 from __future__ import annotations
 
 import os
+import time
 
 import msgspec
 import zmq
@@ -48,6 +49,9 @@ class Admin:
         self.probe_curve = probe_curve  # and its CURVE options ([security] on a slave)
         self.groups = groups  # net.groups.GroupService: its counters
         self.transactions = transactions  # net.transactions.TxService: its counters
+        self._map_raw: bytes = b""  # the view's encoded cluster map last decoded, and the decoded map
+        self._map: m.ClusterMap | None = None
+        self.lease = None  # cluster mode: the fencing lease (hpbroker/ipc/lease.py)
 
     def metadata(self, req: m.Metadata) -> m.MetadataReply:
         view = self.cluster.view
@@ -70,7 +74,19 @@ class Admin:
                                max_request_bytes=self.cfg.broker.max_request_bytes,
                                role=view.role, replication=view.replication,
                                replication_version=ipc_replica.VERSION if view.replication else 0,
-                               replication_acks=view.replication_acks, leader_epoch=view.leader_epoch)
+                               replication_acks=view.replication_acks, leader_epoch=view.leader_epoch,
+                               cluster=self._cluster_map(view.cluster_map, req.topics))
+
+    def _cluster_map(self, raw: bytes, topics: list[str] | None) -> m.ClusterMap | None:
+        """Cluster mode: the map the supervisor last published, decoded once per change."""
+        if not raw:
+            return None
+        if raw is not self._map_raw:
+            self._map_raw, self._map = raw, msgspec.msgpack.decode(raw, type=m.ClusterMap)
+        if topics is None:
+            return self._map
+        want = set(topics)
+        return msgspec.structs.replace(self._map, topics=[t for t in self._map.topics if t.name in want])
 
     def list_offsets(self, req: m.ListOffsets) -> m.ListOffsetsReply:
         self.cluster.check_partition(req.topic, req.partition, auto=False)
@@ -115,6 +131,10 @@ class Admin:
             out.update(scrub.stats(self.cfg.broker.data_dir))
         if view.promoted_from:
             out["promoted_from"] = view.promoted_from
+        if self.lease is not None:  # cluster mode (docs/cluster.md, "Fencing")
+            left = self.lease.deadline - time.monotonic()
+            out["cluster_fenced"] = int(left <= 0)
+            out["cluster_lease_remaining_s"] = round(max(0.0, left), 3)
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(view.replication)
         out["ready"], out["ready_reason"] = readiness(view.role, out)  # hpbroker/net/readiness.py

@@ -231,6 +231,35 @@ class TopicMetadata(msgspec.Struct, frozen=True):
     code: int = 0
 
 
+class ReplicaSetInfo(msgspec.Struct, frozen=True):
+    """Cluster mode: one replica set as ZooKeeper has it (docs/cluster.md)."""
+
+    replica_set: int
+    master: str = ""  # its master's client URL; "" while it has none (a failover)
+    master_id: int = -1
+    epoch: int = 0  # the leader epoch its master serves
+    slaves: list[str] = []  # the client URLs of its slaves, by broker id
+
+
+class GlobalTopic(msgspec.Struct, frozen=True):
+    """Cluster mode: how a topic spreads over replica sets.  ``sets`` is
+    [[set, partitions], ...] in set order; the topic's global partition g
+    is the g-th (set, partition) pair of that list, partitions 0..n-1 of
+    each set in turn (MetaQ's ``<set>-<partition>``)."""
+
+    name: str
+    sets: list[list[int]] = []
+
+
+class ClusterMap(msgspec.Struct, frozen=True):
+    """Cluster mode: the whole map - every replica set and every topic's
+    spread - as the answering broker last read it from ZooKeeper."""
+
+    zookeeper: str = ""
+    sets: list[ReplicaSetInfo] = []
+    topics: list[GlobalTopic] = []
+
+
 class MetadataReply(_Reply):
     cluster_id: str = ""
     broker_id: int = 0
@@ -256,6 +285,9 @@ class MetadataReply(_Reply):
     #: the leader epoch this broker serves as master, or follows as a slave.
     #: A client given several brokers writes to the master with the highest.
     leader_epoch: int = 0
+    #: cluster mode: the whole cluster (every replica set, each topic's
+    #: spread; the requested topics only when the request names some); None otherwise.
+    cluster: ClusterMap | None = None
 
 
 class ProduceReply(_Reply):

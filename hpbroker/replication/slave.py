@@ -138,6 +138,7 @@ class Slave:
         self._close_master()
         rc, cluster_id = self.cfg.replication, self.cfg.broker.cluster_id
         link = self.master = MasterLink(self.make_socket, rc.master, rc.pub_hwm, self.clock)
+        link.stop_requested = lambda: self.stopping
         ends = check_metadata(link.metadata(), rc.master, cluster_id)
         link.open(ends.fetch, ends.ack)
         w = check_welcome(self._request(self._hello()), cluster_id, self.max_epoch)

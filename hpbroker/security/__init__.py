@@ -44,7 +44,8 @@ def check(sec, role: str) -> None:
         return
     Curve.load(sec.server_secret_key_file)
     keys = authorized_keys(sec.authorized_keys_dir)
-    load_acl(sec.acl_file)
+    if sec.acl_source == "file":  # from ZooKeeper: checked once the broker reads it there (broker/cluster_mode.py)
+        load_acl(sec.acl_file)
     if role == "slave":
         Curve.load(sec.server_secret_key_file, server_key=sec.master_public_key)
     if not keys:

@@ -29,7 +29,7 @@ class PutRun:
     """Consecutive puts to one topic and partition, without transaction keys,
     read together (the parser's fast path); the same as that many
     :class:`Put` s.  ``flags`` and ``checksums`` are None when all are 0 and
-    -1 respectively."""
+    -1 respectively; ``checksums`` is a list or an int64 numpy array."""
 
     __slots__ = ("topic", "partition", "bodies", "opaques", "flags", "checksums")
 
@@ -40,7 +40,7 @@ class PutRun:
     def puts(self) -> list[Put]:
         n = len(self.bodies)
         flags = self.flags or [0] * n
-        sums = self.checksums or [-1] * n
+        sums = [-1] * n if self.checksums is None else list(map(int, self.checksums))
         return [Put(self.topic, self.partition, f, c, None, o, b)
                 for b, o, f, c in zip(self.bodies, self.opaques, flags, sums)]
 

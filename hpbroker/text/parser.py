@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 
+from hpbroker.text.putscan import scan
 from hpbroker.text.commands import (TRANSACTION_TYPES, Get, Offset, Put, PutRun, Quit, Refused, Stats,  # noqa: F401
                                     Transaction, Version)
 
@@ -248,8 +249,42 @@ class Parser:
         except BadField:
             return 0
         head = b"put %s %s " % (parts[1], parts[2])
-        hl = len(head)
         want = nf - 3  # fields after the head: length flag [checksum] opaque
+        found = scan(buf, pos, n, head, want, self.max_line, self.max_body)
+        if found is None:
+            bodies, flags, sums, opaques, at = self._run_loop(line, buf, mv, pos, start, n, head, want)
+            if not bodies:
+                return 0
+            sum_values = None
+            if sums and sums.count(b"-1") != len(sums):
+                sum_values = _int32s(sums)
+                if sum_values is None:
+                    return 0
+            if not _all_int32(opaques):
+                return 0  # a bad field somewhere: the one-command path says which
+        else:  # putscan checked the fields: their form, the int32s' ranges, the bodies' lengths
+            starts, ends, fields, values = found
+            if not len(starts):
+                return 0
+            bodies = list(map(mv.__getitem__, map(slice, starts.tolist(), ends.tolist())))
+            opaques = fields[want - 1::want]
+            at = int(ends[-1])
+            sum_values = None
+            if want == 4 and (values[:, 2] != -1).any():
+                sum_values = values[:, 2]
+            flag_values = None if not values[:, 1].any() else values[:, 1].tolist()
+            out.append(PutRun(topic, partition, bodies, opaques, flag_values, sum_values))
+            return at
+        plain = flags.count(b"0") == len(flags)
+        flag_values = None if plain else _int32s(flags)
+        if flag_values is None and not plain:
+            return 0
+        out.append(PutRun(topic, partition, bodies, opaques, flag_values, sum_values))
+        return at
+
+    def _run_loop(self, line, buf, mv, pos, start, n, head, want):
+        """The run read one put at a time (when :func:`putscan.scan` gives up)."""
+        hl = len(head)
         find = buf.find
         max_line, max_body = self.max_line, self.max_body
         bodies, flags, sums, opaques = [], [], [], []
@@ -279,19 +314,7 @@ class Parser:
             line = buf[at:e]
             if not line.startswith(head):
                 break
-        if not bodies:
-            return 0
-        plain = flags.count(b"0") == len(flags)
-        flag_values = None if plain else _int32s(flags)
-        sum_values = None
-        if sums and sums.count(b"-1") != len(sums):
-            sum_values = _int32s(sums)
-            if sum_values is None:
-                return 0
-        if not _all_int32(opaques) or (flag_values is None and not plain):
-            return 0  # a bad field somewhere: the one-command path says which
-        out.append(PutRun(topic, partition, bodies, opaques, flag_values, sum_values))
-        return at
+        return bodies, flags, sums, opaques, at
 
     def _skip_body(self, out, length: int, start: int, n: int, refusal: Refused) -> int:
         out.append(refusal)

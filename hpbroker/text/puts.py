@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 
 import numpy as np
+
+try:  # ISA-L's CRC32 (SIMD): a quarter of zlib's time on a 256-byte body
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency; the same CRC, slower
+    from zlib import crc32
 
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import ErrorCode
@@ -122,7 +126,7 @@ class Puts:
         if run.flags is not None or run.partition < -1 or not svc.topic_ok(topic):
             return self.add_puts(conn, run.puts())
         if run.checksums is not None:
-            got = np.fromiter(map(zlib.crc32, run.bodies), dtype=np.int64, count=n) & 0x7FFFFFFF
+            got = np.fromiter(map(crc32, run.bodies), dtype=np.int64, count=n) & 0x7FFFFFFF
             want = np.asarray(run.checksums, dtype=np.int64)
             if not ((got == want) | (want == -1)).all():
                 return self.add_puts(conn, run.puts())

@@ -10,6 +10,8 @@ that cannot be taken.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 # MetaQ's HttpStatus codes (C/network/HttpStatus.java)
@@ -42,18 +44,25 @@ def value_head(length: int, opaque: bytes) -> bytes:
     return b"value %d %s\r\n" % (length, opaque)
 
 
-def put_ok(opaques: list, msg_ids: list, partition: int, offsets) -> bytes:
+def put_ok(opaques: list, msg_ids, partition: int, offsets) -> bytes:
     """The successful puts' answers, joined: body ``msgId partition offset``.
-    ``offsets`` is an int64 numpy array (>= 0); the body lengths are
-    computed for all at once."""
+    ``msg_ids`` (a range, or ints >= 0) and ``offsets`` (an int64 numpy
+    array, >= 0) are counted in digits all at once, and the answers made by
+    one ``%`` over a template repeated once per put, so the loop over the
+    puts runs in C (about half the time of a format per put)."""
+    n = len(opaques)
     p = b" %d " % partition
     o = np.asarray(offsets)
-    lens = (np.searchsorted(_POW10, o, side="right") + 1 + len(p)).tolist()  # decimal digits of each offset, exactly
-    return b"".join([b"result 200 %d %s\r\n%d%s%d" % (n + len(b"%d" % i) if i < _MIN19 or i >= _MAX19 else n + 19,
-                                                       opaque, i, p, off)
-                     for n, opaque, i, off in zip(lens, opaques, msg_ids, o.tolist())])
+    ids = np.arange(msg_ids.start, msg_ids.stop, dtype=np.int64) if isinstance(msg_ids, range) else \
+        np.asarray(msg_ids, dtype=np.int64)
+    lens = (_digits(o) + _digits(ids) + len(p)).tolist()
+    template = b"result 200 %%d %%s\r\n%%d%s%%d" % p.replace(b"%", b"%%")
+    return (template * n) % tuple(chain.from_iterable(zip(lens, opaques, msg_ids, o.tolist())))
+
+
+def _digits(values: np.ndarray) -> np.ndarray:
+    """Decimal digits of each value (>= 0)."""
+    return np.searchsorted(_POW10, values, side="right") + 1
 
 
 _POW10 = np.array([10 ** k for k in range(1, 19)], dtype=np.int64)
-_MIN19 = 10 ** 18  # snowflake ids taken after 2018 have 19 digits
-_MAX19 = 10 ** 19

@@ -53,7 +53,10 @@ def decode_offset(data: bytes) -> int:
 
 
 class ZooKeeperOffsetStore:
-    def __init__(self, hosts: str, root: str = "/meta", broker_id: int = 0, timeout_s: float = 10.0):
+    def __init__(self, hosts: str, root: str = "/meta", broker_id: int = 0, timeout_s: float = 10.0, client=None):
+        """``client``: a started KazooClient to use instead of a session of
+        the store's own (a zk:// consumer shares its one); close() leaves it
+        running."""
         if not isinstance(hosts, str) or not hosts.strip():
             raise ValueError("ZooKeeperOffsetStore needs hosts, e.g. '127.0.0.1:2181' or 'zk1:2181,zk2:2181/chroot'")
         if not isinstance(root, str) or not root.startswith("/"):
@@ -66,7 +69,8 @@ class ZooKeeperOffsetStore:
         self.root = root.rstrip("/")  # "/" -> "" (paths then start at /consumers)
         self.broker_id = broker_id
         self.timeout_s = float(timeout_s)
-        self._zk = None
+        self._zk = client
+        self._own = client is None
         self._mutex = threading.Lock()
         self._closed = False
 
@@ -137,7 +141,7 @@ class ZooKeeperOffsetStore:
         with self._mutex:
             self._closed = True
             zk, self._zk = self._zk, None
-        if zk is not None:
+        if zk is not None and self._own:
             _stop(zk)
 
     # -- ZooKeeper -------------------------------------------------------------------

@@ -1,0 +1,279 @@
+"""Issue 22 end to end: three brokers on a real ZooKeeper - a master-slave
+pair (replica set 1) and a second master (set 3) - one topic spread over
+both sets, a keyed acks=all producer and a group of two consumers, all
+through ``zk://``.  Five times: kill -9 set 1's master; its slave takes
+over by itself; producer and consumers go on; the killed broker comes back
+with its old flags, becomes a slave and catches up.  At the end nothing
+acknowledged is missing, every acknowledged message was consumed, and the
+two brokers of set 1 are byte-identical (``hpbroker log verify --compare``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from hpbroker import Consumer, Producer
+from hpbroker.client.partitioner import partition_for_key
+from hpbroker.cluster import paths
+from rawclient import RawClient
+from hpbroker.protocol import messages as m
+from test_cluster_broker import broker, chroot, node, role_of, stop_all, zk_client
+from test_replication import compare, stats, wait_until
+
+TOPIC, PER_SET, CYCLES = "orders", 4, 5
+
+
+def ends(b) -> list[int]:
+    c = RawClient(b.url, timeout_ms=5000)
+    try:
+        return [c.call(m.ListOffsets(id=c.next_id(), topic=TOPIC, partition=p, spec=m.LATEST))[0].offset
+                for p in range(PER_SET)]
+    finally:
+        c.close()
+
+
+def in_step(mst, slv) -> bool:
+    try:
+        return role_of(slv) == "slave" and stats(mst)["messages"] == stats(slv)["messages"] and ends(mst) == ends(slv)
+    except Exception:  # noqa: BLE001 - one of them is still starting
+        return False
+
+
+class Load:
+    """A keyed acks=all producer in a thread: what it had acknowledged, and where."""
+
+    def __init__(self, url: str):
+        self.p = Producer(url, acks="all", retries=100, retry_backoff_ms=100, request_timeout_ms=2000,
+                          connect_timeout_ms=2000)
+        self.acked: dict[bytes, int] = {}  # value -> global partition
+        self.failed = 0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            futs = []
+            for _ in range(20):
+                v = b"m%06d" % i
+                futs.append((v, self.p.send(TOPIC, v, key=b"k%d" % (i % 64))))
+                i += 1
+            for v, f in futs:
+                try:
+                    self.acked[v] = f.get(120).partition
+                except Exception:  # noqa: BLE001 - not acknowledged: may or may not be there
+                    self.failed += 1
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.t.join(180)
+        self.p.close(10)
+
+
+class Member:
+    """A group member polling in a thread; it commits after each poll."""
+
+    def __init__(self, url: str):
+        self.c = Consumer(url, TOPIC, group_id="billing", auto_offset_reset="earliest", fetch_max_wait_ms=200,
+                          request_timeout_ms=2000, connect_timeout_ms=2000)
+        self.seen: list[bytes] = []
+        self.errors = 0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                got = self.c.poll(200)
+                self.seen += [msg.value for msg in got]
+                if got:
+                    self.c.commit()
+            except Exception:  # noqa: BLE001 - a failover under it: poll again
+                self.errors += 1
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.t.join(60)
+        self.c.close()
+
+
+def test_five_failovers_under_a_keyed_producer_and_a_group_lose_nothing(tmp_path, zookeeper_server):
+    hosts = chroot(zookeeper_server)
+    url = "zk://" + hosts
+    dirs = {1: "a", 2: "b"}
+    bs = {1: broker(tmp_path, "a", hosts, "master", 1, rs=1), 2: broker(tmp_path, "b", hosts, "slave", 2, rs=1)}
+    third = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    z = zk_client(hosts)
+    load = members = None
+    try:
+        wait_until(lambda: node(z, paths.master(3)) is not None and node(z, paths.master(1)) is not None
+                   and node(z, paths.master(1)).insync == [2], 30, "both masters up, set 1's slave in sync")
+        from test_cluster_client import hpbroker
+
+        r = hpbroker("topics", "create", TOPIC, "--partitions", str(2 * PER_SET), "--brokers", "1,3",
+                     "--zookeeper", hosts)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: z.exists(paths.topic_master(TOPIC, 1)) and z.exists(paths.topic_master(TOPIC, 3)), 30,
+                   "both masters to register the topic")
+        load = Load(url)
+        members = [Member(url), Member(url)]
+        master_id = 1
+        for cycle in range(CYCLES):
+            slave_id = 3 - master_id
+            mst, slv = bs[master_id], bs[slave_id]
+            wait_until(lambda: in_step(mst, slv), 90, f"cycle {cycle}: the slave in step")
+            n = len(load.acked)
+            wait_until(lambda: len(load.acked) >= n + 200, 60, f"cycle {cycle}: acks before the kill")
+            mst.kill()  # kill -9 of the process group
+            wait_until(lambda: role_of(slv) == "master", 30, f"cycle {cycle}: the slave to take over", state=slv.log)
+            n = len(load.acked)
+            wait_until(lambda: len(load.acked) >= n + 200, 60, f"cycle {cycle}: acks after the take-over")
+            # the killed one comes back with its old flags; ZooKeeper makes it a slave
+            bs[master_id] = broker(tmp_path, dirs[master_id], hosts, "master", master_id, rs=1, port=mst.port)
+            master_id = slave_id
+        wait_until(lambda: in_step(bs[master_id], bs[3 - master_id]), 90, "the last catch-up")
+        load.close()
+        acked = dict(load.acked)
+        assert len(acked) > CYCLES * 400
+
+        def consumed() -> set[bytes]:
+            return set(members[0].seen) | set(members[1].seen)
+
+        wait_until(lambda: set(acked) <= consumed(), 120, "every acknowledged message consumed",
+                   state=lambda: len(set(acked) - consumed()))
+        for mb in members:
+            mb.close()
+        # keyed: each value where its key hashes over the global list of 8 partitions
+        for v, part in acked.items():
+            assert part == partition_for_key(b"k%d" % (int(v[1:]) % 64), 2 * PER_SET)
+        # both members had a share (the group split the 8 partitions)
+        assert members[0].seen and members[1].seen
+        # nothing acknowledged is missing from a fresh read of the whole topic
+        with Consumer(url, TOPIC, auto_offset_reset="earliest", fetch_max_wait_ms=200) as c:
+            everything: set[bytes] = set()
+            deadline = time.monotonic() + 60
+            while not set(acked) <= everything and time.monotonic() < deadline:
+                everything.update(msg.value for msg in c.poll(500))
+        assert set(acked) <= everything
+    finally:
+        if load is not None and not load.stop.is_set():
+            load.close()
+        for mb in members or ():
+            if not mb.stop.is_set():
+                mb.close()
+        z.stop()
+        z.close()
+        stop_all(*bs.values(), third)
+    r = compare(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 0 and "DIFFER" not in r.stdout, r.stdout + r.stderr
+    for p in range(PER_SET):  # every partition of set 1, whole: the same ends on both
+        line = next(x for x in r.stdout.splitlines() if x.startswith(f"SAME {TOPIC}-{p}:"))
+        a_end, b_end = re.search(r"logs end at (\d+) and (\d+)", line).groups()
+        assert a_end == b_end and int(a_end) > 0, line
+
+
+def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
+    """Issue 22: "Any broker's Metadata reply gives the whole map" - a slave's too."""
+    from hpbroker.client.request import request
+
+    hosts = chroot(zookeeper_server)
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    b = broker(tmp_path, "b", hosts, "slave", 2, rs=1)
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    try:
+        from test_cluster_client import hpbroker
+
+        r = hpbroker("topics", "create", "spread", "--partitions", "6", "--brokers", "1,3", "--zookeeper", hosts)
+        assert r.returncode == 0, r.stderr
+
+        def maps():
+            out = {}
+            for x in (a, b, c):
+                try:
+                    out[x.url] = request(x.url, lambda i: m.Metadata(id=i, topics=None), 2000).cluster
+                except Exception:  # noqa: BLE001 - a killed one
+                    out[x.url] = None
+            return out
+
+        def whole(mp) -> bool:
+            return (mp is not None and [s.replica_set for s in mp.sets] == [1, 3]
+                    and any(t.name == "spread" and t.sets == [[1, 3], [3, 3]] for t in mp.topics))
+
+        wait_until(lambda: all(whole(mp) for mp in maps().values()), 30, "every broker to answer with the map",
+                   state=maps)
+        mp = maps()[b.url]
+        s1, s3 = mp.sets
+        assert (s1.master, s1.master_id, s1.slaves) == (a.url, 1, [b.url])
+        assert (s3.master, s3.master_id, s3.slaves) == (c.url, 3, [])
+        assert s1.epoch == stats(a)["leader_epoch"] and mp.zookeeper == hosts
+        # a request that names topics gets those topics' spread only
+        named = request(c.url, lambda i: m.Metadata(id=i, topics=["spread"]), 5000).cluster
+        assert [t.name for t in named.topics] == ["spread"] and len(named.sets) == 2
+        # a failover shows on every broker's map
+        a.kill()
+        wait_until(lambda: all(mp is not None and mp.sets and mp.sets[0].master == b.url
+                               for u, mp in maps().items() if u != a.url), 30, "the new master in the map",
+                   state=maps)
+    finally:
+        stop_all(a, b, c)
+    # a broker outside a cluster answers without a map
+    from brokerproc import BrokerProcess
+
+    s = BrokerProcess(tmp_path / "standalone").start()
+    try:
+        assert request(s.url, lambda i: m.Metadata(id=i, topics=None), 5000).cluster is None
+    finally:
+        s.stop()
+
+
+def test_readyz_fails_while_a_master_is_fenced_from_zookeeper(tmp_path):
+    """/readyz's zookeeper check: a master cut off from ZooKeeper (its server stopped) is not ready
+    once it fences itself, and ready again when ZooKeeper is back; a broker outside a cluster says
+    "not configured"."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from brokerproc import BrokerProcess, free_port
+    from test_cluster_broker import SESSION_MS, RestartableZooKeeper, toml
+
+    def readyz(b):
+        try:
+            with urllib.request.urlopen(b.http_url + "/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    server = RestartableZooKeeper().start()
+    b = None
+    try:
+        b = BrokerProcess(tmp_path / "a", args=("--config", toml(tmp_path, "a"), "--role", "master", "--broker-id", "1",
+                                                "--zookeeper", f"{server.hosts}/ready", "--http-port",
+                                                str(free_port())))
+        b.start()
+        b.wait_http()
+        wait_until(lambda: readyz(b)[0] == 200, 30, "ready", state=lambda: readyz(b))
+        assert readyz(b)[1]["checks"]["zookeeper"] == "ok"
+        server.halt()
+        wait_until(lambda: readyz(b)[0] == 503, 10 + SESSION_MS / 1000, "not ready once fenced",
+                   state=lambda: readyz(b))
+        assert readyz(b)[1]["checks"]["zookeeper"].startswith("fenced:")
+        server.resume()
+        wait_until(lambda: readyz(b)[0] == 200, 60, "ready again", state=lambda: readyz(b))
+    finally:
+        if b is not None:
+            b.stop()
+        server.stop()
+    plain = BrokerProcess(tmp_path / "plain", args=("--http-port", str(free_port()))).start()
+    try:
+        plain.wait_http()
+        wait_until(lambda: readyz(plain)[0] == 200, 30, "ready")
+        assert readyz(plain)[1]["checks"]["zookeeper"] == "not configured"
+    finally:
+        plain.stop()
