@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from hpbroker.commands import UserError
+from hpbroker.commands._zk import add_zookeeper_args, close, connect
 
 
 def register(csub) -> None:
@@ -18,28 +19,8 @@ def register(csub) -> None:
         q = s.add_parser(name, help=helptext)
         if name == "push":
             q.add_argument("file", metavar="FILE")
-        q.add_argument("--zookeeper", required=True, metavar="HOST:PORT[,...][/chroot]",
-                       help="the cluster's ZooKeeper connect string (cluster.zookeeper)")
-        q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for ZooKeeper (default 10)")
+        add_zookeeper_args(q)
         q.set_defaults(func=fn)
-
-
-def _connect(args):
-    import logging
-
-    from kazoo.client import KazooClient
-
-    import warnings
-
-    warnings.filterwarnings("ignore", message="No chroot path exists")  # a new cluster's chroot: created on write
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-    zk = KazooClient(hosts=args.zookeeper, timeout=args.timeout)
-    try:
-        zk.start(timeout=args.timeout)
-    except Exception as e:  # noqa: BLE001 - kazoo's timeout and connection errors
-        zk.close()
-        raise UserError(f"cannot reach ZooKeeper at {args.zookeeper}: {e}") from None
-    return zk
 
 
 def _push(args) -> int:
@@ -54,12 +35,11 @@ def _push(args) -> int:
         shared_config.check(text, args.file)
     except shared_config.SharedConfigError as e:
         raise UserError(str(e)) from None
-    zk = _connect(args)
+    zk = connect(args.zookeeper, args.timeout)
     try:
         version = shared_config.push(zk, text, args.file)
     finally:
-        zk.stop()
-        zk.close()
+        close(zk)
     print(f"pushed {args.file} as shared settings version {version}; brokers apply it when they next start "
           "(hpbroker cluster status shows which run an older one)")
     return 0
@@ -68,12 +48,11 @@ def _push(args) -> int:
 def _show(args) -> int:
     from hpbroker.cluster import paths, shared_config
 
-    zk = _connect(args)
+    zk = connect(args.zookeeper, args.timeout)
     try:
         got = shared_config.read(zk)
     finally:
-        zk.stop()
-        zk.close()
+        close(zk)
     if got is None:
         raise UserError(f"no shared settings in ZooKeeper at {paths.SHARED_CONFIG}: "
                         "push some with hpbroker cluster config push FILE --zookeeper ...")

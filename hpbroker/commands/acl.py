@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from hpbroker.commands import UserError
+from hpbroker.commands._zk import add_zookeeper_args, close, connect
 
 
 def register(sub) -> None:
@@ -27,9 +28,7 @@ def register(sub) -> None:
         q = s.add_parser(name, help=helptext)
         if name == "push":
             q.add_argument("file", metavar="FILE")
-        q.add_argument("--zookeeper", required=True, metavar="HOST:PORT[,...][/chroot]",
-                       help="the cluster's ZooKeeper (cluster.zookeeper)")
-        q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for ZooKeeper (default 10)")
+        add_zookeeper_args(q)
         q.set_defaults(func=fn)
 
 
@@ -57,34 +56,15 @@ def _check(args) -> int:
     return 0
 
 
-def _zk(args):
-    try:
-        from kazoo.client import KazooClient
-        from kazoo.handlers.threading import KazooTimeoutError
-    except ImportError:
-        raise UserError("the ZooKeeper commands need kazoo: pip install 'hpbroker[cluster]'") from None
-    import warnings
-
-    warnings.filterwarnings("ignore", message="No chroot path exists")  # a new cluster's chroot: created on write
-    zk = KazooClient(hosts=args.zookeeper, timeout=args.timeout)
-    try:
-        zk.start(timeout=args.timeout)
-    except KazooTimeoutError:
-        zk.close()
-        raise UserError(f"cannot reach ZooKeeper at {args.zookeeper} within {args.timeout:g} s") from None
-    return zk
-
-
 def _push(args) -> int:
     from hpbroker.cluster.acl_store import push_acl
 
     text, acl = _parse(args.file)
-    zk = _zk(args)
+    zk = connect(args.zookeeper, args.timeout)
     try:
         version = push_acl(zk, text, args.file)
     finally:
-        zk.stop()
-        zk.close()
+        close(zk)
     print(f"pushed {args.file} ({len(acl.rules)} rules) as version {version}")
     return 0
 
@@ -93,12 +73,11 @@ def _show(args) -> int:
     from hpbroker.cluster import paths
     from hpbroker.cluster.acl_store import read_acl
 
-    zk = _zk(args)
+    zk = connect(args.zookeeper, args.timeout)
     try:
         got = read_acl(zk)
     finally:
-        zk.stop()
-        zk.close()
+        close(zk)
     if got is None:
         raise UserError(f"no ACL in ZooKeeper at {paths.ACL}: push one with hpbroker acl push FILE --zookeeper ...")
     text, version = got

@@ -98,25 +98,16 @@ def lag_of(node, timeout_ms: int) -> str:
 
 
 def status(args) -> int:
-    import logging
+    from hpbroker.cluster import shared_config
+    from hpbroker.commands._zk import close, connect
 
-    from kazoo.client import KazooClient
-
-    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # its retries are no news to a console user
-    zk = KazooClient(hosts=args.zookeeper, timeout=max(1.0, args.timeout_ms / 1000.0))
-    try:
-        zk.start(timeout=max(1.0, args.timeout_ms / 1000.0))
-    except Exception as e:  # noqa: BLE001 - kazoo's timeout and connection errors
-        raise UserError(f"cannot reach ZooKeeper at {args.zookeeper}: {e}") from None
+    zk = connect(args.zookeeper, max(1.0, args.timeout_ms / 1000.0))
     try:
         sets = read_cluster(zk)
-        from hpbroker.cluster import shared_config
-
         shared = shared_config.read(zk)
         shared_version = shared[0].version if shared else -1
     finally:
-        zk.stop()
-        zk.close()
+        close(zk)
     rows = []
     for s in sets:
         ep = s["epoch"]
