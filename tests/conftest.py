@@ -118,7 +118,9 @@ SHARED_SERVERS = {"postgres_server", "zookeeper_server", "prometheus_server"}
 LONG_MODULES = {"test_replication.py", "test_spill_producer.py", "test_tail.py", "test_bench_e2e.py",
                 "test_idempotence.py", "test_client_failover.py", "test_groups_e2e.py", "test_bench_groups.py",
                 "test_tx_crash.py", "test_transactions.py", "test_tx_replication.py", "test_sweeps.py",
-                "test_sweep_kill_ingest.py", "test_text_protocol.py", "test_security.py", "test_shm_lifecycle.py"}
+                "test_sweep_kill_ingest.py", "test_text_protocol.py", "test_security.py", "test_shm_lifecycle.py",
+                # the ZooKeeper tests form one group on one worker (shared-servers): start it early
+                "test_cluster_e2e.py", "test_cluster_broker.py", "test_cluster_client.py", "test_cluster_stores.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (tools/test.sh runs -n N --dist loadgroup)
