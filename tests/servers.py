@@ -347,6 +347,18 @@ def zookeeper_server():
         server.stop()
 
 
+def own_zookeeper():
+    """A ZooKeeper of a module's own (``yield from`` it in a module-scoped
+    ``zookeeper_server`` fixture): the module's tests then form a group of
+    their own and run beside other modules on another worker, instead of
+    in the one shared-servers group (the cluster tests are minutes long)."""
+    server = _started(ZooKeeperServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def prometheus_server():
     """A private Prometheus for the session (see PrometheusServer)."""

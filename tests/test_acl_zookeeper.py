@@ -13,6 +13,13 @@ import pytest
 from hpbroker.cluster import paths
 from hpbroker.cluster.acl_store import MIRROR_NAME, AclMirror, push_acl, read_acl
 from hpbroker.security.acl import Acl, AclError
+from servers import own_zookeeper
+
+
+@pytest.fixture(scope="module")
+def zookeeper_server():
+    """This module's own ZooKeeper (servers.own_zookeeper): a group of its own under xdist."""
+    yield from own_zookeeper()
 
 ACL = b'[[allow]]\nprincipals = ["alice"]\ntopics = ["logs.*"]\nactions = ["produce"]\n'
 WIDER = ACL.replace(b'["produce"]', b'["produce", "consume"]')

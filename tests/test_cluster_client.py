@@ -21,7 +21,15 @@ from brokerproc import BrokerProcess
 from hpbroker import Admin, Consumer, Producer
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.cluster import paths
+from servers import own_zookeeper
 from zkreg import Registrar, expire_session
+
+
+@pytest.fixture(scope="module")
+def zookeeper_server():
+    """This module's own ZooKeeper (servers.own_zookeeper): a group of its own under xdist."""
+    yield from own_zookeeper()
+
 
 PARTS = 4  # per replica set
 

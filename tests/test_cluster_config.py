@@ -13,6 +13,13 @@ from hpbroker import Producer
 from hpbroker.cluster import paths, shared_config
 from test_cluster_broker import chroot, node, zk_client
 from test_replication import wait_until
+from servers import own_zookeeper
+
+
+@pytest.fixture(scope="module")
+def zookeeper_server():
+    """This module's own ZooKeeper (servers.own_zookeeper): a group of its own under xdist."""
+    yield from own_zookeeper()
 
 SHARED = b"[broker]\ndefault_partitions = 3\n\n[log]\nretention_ms = 3600000\nsegment_bytes = 8388608\n"
 

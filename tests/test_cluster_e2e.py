@@ -14,13 +14,22 @@ import re
 import threading
 import time
 
+import pytest
+
 from hpbroker import Consumer, Producer
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.cluster import paths
-from rawclient import RawClient
 from hpbroker.protocol import messages as m
+from rawclient import RawClient
+from servers import own_zookeeper
 from test_cluster_broker import broker, chroot, node, role_of, stop_all, zk_client
 from test_replication import compare, stats, wait_until
+
+
+@pytest.fixture(scope="module")
+def zookeeper_server():
+    """This module's own ZooKeeper (servers.own_zookeeper): a group of its own under xdist."""
+    yield from own_zookeeper()
 
 TOPIC, PER_SET, CYCLES = "orders", 4, 5
 

@@ -31,6 +31,13 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 from test_cluster_broker import broker, chroot, node, stop_all, zk_client
 from test_cluster_client import hpbroker, settled, wait_for
 from test_replication import wait_until
+from servers import own_zookeeper
+
+
+@pytest.fixture(scope="module")
+def zookeeper_server():
+    """This module's own ZooKeeper (servers.own_zookeeper): a group of its own under xdist."""
+    yield from own_zookeeper()
 
 T = "T"
 OPTS = dict(request_timeout_ms=3000, connect_timeout_ms=3000, fetch_max_wait_ms=200)
