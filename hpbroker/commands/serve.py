@@ -73,6 +73,10 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s")
     if cfg.cluster.zookeeper:
+        try:
+            import kazoo  # noqa: F401
+        except ImportError:
+            raise UserError("cluster mode (cluster.zookeeper) needs kazoo: pip install 'hpbroker[cluster]'") from None
         cfg = _with_shared_settings(cfg, args.config, overrides)
     from hpbroker import security
 
