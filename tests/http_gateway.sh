@@ -25,5 +25,8 @@ code=$(curl -sS -o /tmp/hpb-curl-$$ -w '%{http_code}' "$base/topics/curl/partiti
 grep -q '"code":1' /tmp/hpb-curl-$$ || fail "unknown partition body: $(cat /tmp/hpb-curl-$$)"
 rm -f /tmp/hpb-curl-$$
 
-curl -fsS "$base/metrics" | grep -q '^hpbroker_requests_total{' || fail "/metrics"
+# read the whole body first: grep -q stops reading at the first match, and curl, still writing a
+# large /metrics into the closed pipe, then fails with "(23) Failed writing body" under pipefail
+metrics=$(curl -fsS "$base/metrics") || fail "/metrics: curl failed"
+grep -q '^hpbroker_requests_total{' <<<"$metrics" || fail "/metrics"
 echo "http_gateway.sh: ok"
