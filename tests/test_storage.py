@@ -85,6 +85,9 @@ def test_unclean_reopen_rebuilds_indexes(tmp_path):
     fill(log, 300)
     d, end = log.dir, log.log_end_offset
     expect = [(s.base, list(s.index.rel), list(s.index.pos)) for s in log.segments()]
+    # the rolls' index rewrites and checkpoints run on the storage thread: let them finish (a
+    # thread still writing recovery-point.tmp beside the reopen below is not a dead process)
+    st.wait_background()
     # no close: the process "dies"; then wipe every index file
     for n in os.listdir(d):
         if n.endswith((".index", ".timeindex")):
