@@ -52,10 +52,10 @@ def toml(tmp_path, name: str, min_insync: int = 1, extra: str = "", mode: str = 
 
 
 def broker(tmp_path, name: str, zk: str, role: str, broker_id: int, rs: int = 1, port=None, min_insync: int = 1,
-           extra: str = "", start: bool = True, mode: str = "sync") -> BrokerProcess:
+           extra: str = "", start: bool = True, mode: str = "sync", args: tuple = ()) -> BrokerProcess:
     b = BrokerProcess(tmp_path / name, port=port, args=(
         "--config", toml(tmp_path, name, min_insync, extra, mode), "--role", role, "--broker-id", str(broker_id),
-        "--replica-set", str(rs), "--zookeeper", zk, "--partitions", str(PARTITIONS)))
+        "--replica-set", str(rs), "--zookeeper", zk, "--partitions", str(PARTITIONS), *args))
     return b.start() if start else b
 
 

@@ -21,6 +21,7 @@ from hpbroker.client.partitioner import partition_for_key
 from hpbroker.cluster import paths
 from hpbroker.protocol import messages as m
 from rawclient import RawClient
+from ports import free_port
 from servers import own_zookeeper
 from test_cluster_broker import broker, chroot, node, role_of, stop_all, zk_client
 from test_replication import compare, stats, wait_until
@@ -194,7 +195,8 @@ def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
     hosts = chroot(zookeeper_server)
     a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
     b = broker(tmp_path, "b", hosts, "slave", 2, rs=1)
-    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    text_port = free_port()
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3, args=("--text-port", str(text_port)))
     try:
         from test_cluster_client import hpbroker
 
@@ -224,6 +226,7 @@ def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
         # a request that names topics gets those topics' spread only
         named = request(c.url, lambda i: m.Metadata(id=i, topics=["spread"]), 5000).cluster
         assert [t.name for t in named.topics] == ["spread"] and len(named.sets) == 2
+        cluster_stats(hosts, a, b, c, text_port)
         # a failover shows on every broker's map
         a.kill()
         wait_until(lambda: all(mp is not None and mp.sets and mp.sets[0].master == b.url
@@ -239,6 +242,43 @@ def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
         assert request(s.url, lambda i: m.Metadata(id=i, topics=None), 5000).cluster is None
     finally:
         s.stop()
+
+
+def cluster_stats(hosts: str, a, b, c, text_port: int) -> None:
+    """Issue 23: ``hpbroker stats`` per cluster - every registered broker's block, then the masters' totals."""
+    import json
+
+    from metaq_client import MetaQClient
+    from test_cluster_client import hpbroker
+
+    with Producer("zk://" + hosts, acks="all") as p:
+        for i in range(60):
+            p.send("spread", b"m%d" % i, key=b"%d" % i)
+        p.flush(30)
+    with MetaQClient("127.0.0.1", text_port) as q:
+        q.put_many("spread", 0, [b"t%d" % i for i in range(7)])  # set 3's local partition 0, over the text port
+    r = hpbroker("stats", "--broker", "zk://" + hosts, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [(x["replica_set"], x["broker_id"], x["role"]) for x in out["brokers"]] == [
+        (1, 1, "master"), (1, 2, "slave"), (3, 3, "master")]
+    by_id = {x["broker_id"]: x["stats"] for x in out["brokers"]}
+    assert by_id[1]["role"] == "master" and by_id[2]["role"] == "slave" and by_id[3]["role"] == "master"
+    assert int(by_id[1]["messages"]) + int(by_id[3]["messages"]) == 67 == out["cluster"]["messages"]
+    assert int(by_id[1]["messages"]) > 0 and int(by_id[3]["messages"]) > 7  # the keys spread over both sets
+    # the text listeners' general item: only c has a text port; a and b say so, the exit code says it
+    r = hpbroker("stats", "--broker", "zk://" + hosts, "--text")
+    assert r.returncode == 1, r.stdout
+    blocks = r.stdout.split("END\n")
+    assert blocks[0].startswith("BROKER set=1 id=1 role=master") and "ERROR no MetaQ text port registered" in blocks[0]
+    assert blocks[2].startswith("BROKER set=3 id=3 role=master") and "STAT cmd_put 7\n" in blocks[2]
+    assert blocks[3].startswith("CLUSTER masters=2 brokers=3") and "STAT cmd_put 7\n" in blocks[3]
+    # a topic item: no totals
+    r = hpbroker("stats", "--broker", "zk://" + hosts, "topics")
+    assert "CLUSTER" not in r.stdout and "STAT spread" in r.stdout.split("END\n")[2]
+    # a ZooKeeper that is not there: one line, exit 1
+    r = hpbroker("stats", "--broker", f"zk://127.0.0.1:{free_port()}", "--connect-timeout-ms", "1000")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "cannot reach ZooKeeper" in r.stderr, r.stderr
 
 
 def test_readyz_fails_while_a_master_is_fenced_from_zookeeper(tmp_path):

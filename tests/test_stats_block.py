@@ -57,6 +57,27 @@ def test_histograms_bucket_by_upper_bound_and_keep_sum_and_count():
     assert total == pytest.approx(20.00215, abs=1e-5)
 
 
+def test_stats_lines_give_means_and_bucket_bounded_percentiles():
+    from hpbroker.stats.summary import io_stats
+
+    b = StatsBlock.over(NAMES, rows=4)
+    w = b.slot("writer0")
+    assert io_stats(snapshot(b))["fdatasync_us_p99"] == 0  # nothing observed: 0, not an error
+    h = L.HISTOGRAM_INDEX["fdatasync_seconds"]
+    for v in [0.0004] * 98 + [0.003, 0.003]:  # p50 in the 500 us bucket; p99 in the 5 ms one
+        w.observe(h, v)
+    w.observe(L.HISTOGRAM_INDEX["group_commit_batches"], 3)
+    w.add(L.COUNTER["rounds"], 1)
+    s = io_stats(snapshot(b))
+    assert s["group_commit_rounds"] == 1 and s["fdatasync_count"] == 100 and s["fdatasync_us_avg"] == pytest.approx(452.0, abs=0.5)
+    assert (s["fdatasync_us_p50"], s["fdatasync_us_p99"]) == (500, 5000)
+    assert s["group_commit_batches_avg"] == 3.0 and s["group_commit_batches_p99"] == 4
+    w.observe(h, 60.0)  # past the last bound
+    for _ in range(5):
+        w.observe(h, 60.0)
+    assert io_stats(snapshot(b))["fdatasync_us_p99"] == "10000000+"
+
+
 def test_partition_rows_sum_fields_across_processes_and_stop_when_full():
     b = StatsBlock.over(NAMES, rows=2)
     w, a = b.slot("writer0"), b.slot("acceptor1")

@@ -181,6 +181,11 @@ def test_memcached_tools_read_the_counters_after_a_known_produce(broker, mq):
     assert stats[b"curr_connections"] >= 2 and stats[b"total_connections"] >= before[b"total_connections"]
     assert stats[b"version"].startswith(b"hpbroker-")
     assert stats[b"broker_role"] == b"standalone" and b"ring_a0w0_fill_bytes" in stats
+    # hpbroker's own: the writers' group commits and fdatasyncs of those 8 acknowledged (durable) puts
+    for k in (b"broker_group_commit_rounds", b"broker_fdatasync_count", b"broker_appended_bytes"):
+        assert stats[k] > before[k], k
+    assert stats[b"broker_appended_bytes"] - before[b"broker_appended_bytes"] >= 8 * 20  # 8 bodies and their records
+    assert stats[b"broker_fdatasync_us_p99"] > 0 and stats[b"broker_group_commit_batches_avg"] >= 1
     topics = m.stats("topics")
     m.close()
     assert topics[b"counted:message_count"] == 8 and topics[b"counted:partitions"] == 2

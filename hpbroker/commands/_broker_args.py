@@ -10,15 +10,18 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 DEFAULT_URL = "tcp://127.0.0.1:7600"
 
 #: the commands whose --broker may be a cluster's ZooKeeper, zk://HOST:PORT[/chroot] (docs/client.md)
-ZK_COMMANDS = ("produce", "consume", "topics", "groups")
+ZK_COMMANDS = ("produce", "consume", "topics", "groups", "stats")
 
 
-def add_broker_args(p, several: bool = True) -> None:
+def add_broker_args(p, several: bool = True, cluster: bool = False) -> None:
     """--broker and --connect-timeout-ms.  ``several``: the command takes a
     list of brokers and uses the one that leads (produce, consume, topics);
-    else it talks to exactly the one named (stats, promote)."""
+    else it talks to exactly the one named (stats, promote).  ``cluster``:
+    it also takes a cluster's ZooKeeper and asks every broker there (stats)."""
     what = ("bootstrap endpoint(s), tcp://HOST:PORT[,tcp://HOST:PORT...]: the master is found among them; or a "
             "cluster's ZooKeeper, zk://HOST:PORT[,HOST:PORT...][/chroot]" if several
+            else "the broker, tcp://HOST:PORT; or a cluster's ZooKeeper, zk://HOST:PORT[,HOST:PORT...][/chroot]: "
+                 "every broker registered there" if cluster
             else "the broker, tcp://HOST:PORT")
     p.add_argument("--broker", default=os.environ.get("HPBROKER_URL", DEFAULT_URL),
                    help=f"{what} (default: $HPBROKER_URL or %(default)s)")
@@ -49,7 +52,7 @@ def check_broker_arg(args) -> None:
     """A malformed --broker is one line and exit 2, not a traceback."""
     from hpbroker.client.transport import parse_bootstrap
 
-    if args.broker_several and args.broker.strip().startswith("zk://"):  # a cluster found in ZooKeeper (docs/client.md)
+    if args.broker.strip().startswith("zk://"):  # a cluster found in ZooKeeper (docs/client.md)
         from hpbroker.cluster.client_view import parse_zk_url
 
         if getattr(args, "command", None) not in ZK_COMMANDS:

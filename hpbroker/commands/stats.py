@@ -7,6 +7,10 @@ items, as a memcached tool would (docs/protocol-text.md, "stats"):
 ``topics``, ``offsets``, ``realtime``, ``groups``, ``config``, a topic's
 name, or ``""`` for the general one (MetaQ's counters, the text listener's,
 ring occupancy and the broker's own).
+
+With ``--broker zk://HOST:PORT[/chroot]`` it asks every broker registered in
+that cluster's ZooKeeper (:mod:`._stats_cluster`): one block per broker, then
+the cluster's totals.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("item", nargs="?", default=None,
                    help="one of MetaQ's stats items, asked of the text listener: topics, offsets, realtime, groups, "
                         "config, help, a topic name; omit it for the broker's own counters")
-    add_broker_args(p, several=False)
+    add_broker_args(p, several=False, cluster=True)
     p.add_argument("--text", action="store_true", help="the text listener's general item (MetaQ's counters and more)")
     p.add_argument("--text-port", type=int, metavar="N",
                    help="the text listener's port (default: the broker's port + 523, as text_protocol.port = auto)")
@@ -35,6 +39,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.broker.strip().startswith("zk://"):
+        from hpbroker.commands._stats_cluster import run_cluster
+
+        return run_cluster(args)
     if args.item is not None or args.text or args.text_port:
         stats = text_stats(args)
     else:
@@ -69,11 +77,15 @@ def text_stats(args) -> dict:
         host, port = None, None
     if host is None or port is None:
         raise UserError(f"--broker: not tcp://HOST:PORT: {args.broker}", 2)
-    tport = args.text_port or port + TEXT_PORT_OFFSET
-    item = (args.item or "").strip()
+    return ask_text(host, args.text_port or port + TEXT_PORT_OFFSET, args.item, args.connect_timeout_ms)
+
+
+def ask_text(host: str, tport: int, item: str | None, timeout_ms: int) -> dict:
+    """``stats ITEM`` asked of the text listener at host:tport: {name: value}, or UserError (one line)."""
+    item = (item or "").strip()
     if any(c.isspace() for c in item):
         raise UserError(f"a stats item has no spaces: {item!r}", 2)
-    timeout = args.connect_timeout_ms / 1000
+    timeout = timeout_ms / 1000
     try:
         with socket.create_connection((host, tport), timeout=timeout) as s:
             s.sendall(b"stats %s\r\n" % item.encode() if item else b"stats\r\n")

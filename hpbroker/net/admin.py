@@ -137,6 +137,7 @@ class Admin:
             out["cluster_lease_remaining_s"] = round(max(0.0, left), 3)
         if view.replication:  # the metadata's full list: [fetch, ack, each writer's PUB]
             out["replication_endpoints"] = " ".join(view.replication)
+        out.update(_io_stats(self.cfg.instance))
         out["ready"], out["ready_reason"] = readiness(view.role, out)  # hpbroker/net/readiness.py
         return m.StatsReply(id=req.id, stats=out)
 
@@ -175,3 +176,14 @@ class Admin:
 def replicated_fetch_bound(r: config_mod.ReplicationConfig) -> bool:
     """Do a master's consumers read only up to what the in-sync slaves hold (replication.fetch_bound)?"""
     return r.fetch_bound == "replicated" or (r.fetch_bound == "auto" and r.mode == "sync")
+
+
+def _io_stats(instance: str) -> dict:
+    """Group commit, fdatasync and ack latency from the broker's stats block
+    (hpbroker/stats/summary.py); nothing when this process has no block."""
+    from hpbroker.stats import block_of
+    from hpbroker.stats.reader import snapshot
+    from hpbroker.stats.summary import io_stats
+
+    block = block_of(instance)
+    return {} if block is None else io_stats(snapshot(block, rows=False))

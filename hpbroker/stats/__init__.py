@@ -21,9 +21,17 @@ from hpbroker.stats.block import NullSlot, Slot, StatsBlock, cleanup_stale, recl
 from hpbroker.stats.logtail import SlotLogHandler, read_lines
 
 __all__ = ["layout", "Slot", "NullSlot", "StatsBlock", "SlotLogHandler", "cleanup_stale", "segment_name",
-           "read_lines", "process_slot", "capture_logs"]
+           "read_lines", "process_slot", "capture_logs", "block_of"]
 
 _attached: dict[tuple[str, str], Slot] = {}
+_blocks: dict[str, StatsBlock | None] = {}
+
+
+def block_of(instance: str) -> StatsBlock | None:
+    """``instance``'s block as this process attached it (once), or None when there is none."""
+    if instance not in _blocks:
+        _blocks[instance] = StatsBlock.attach(instance)
+    return _blocks[instance]
 
 
 def process_slot(instance: str, name: str) -> Slot:
@@ -32,7 +40,7 @@ def process_slot(instance: str, name: str) -> Slot:
     key = (instance, name)
     slot = _attached.get(key)
     if slot is None:
-        block = StatsBlock.attach(instance)
+        block = block_of(instance)
         if block is None or name not in block.index:
             slot = NullSlot()
         else:
