@@ -21,6 +21,7 @@ code is 1.  ``--json``: ``{"brokers": [{..., "stats": {...}} or
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -91,18 +92,10 @@ def _ask(node, args, text: bool) -> dict:
             host, _, port = node.text.rpartition(":")
             row["stats"] = ask_text(host, int(port), args.item, args.connect_timeout_ms)
         else:
-            one = argparse_copy(args, broker=node.url)
-            row["stats"] = broker_stats(one)
+            row["stats"] = broker_stats(argparse.Namespace(**{**vars(args), "broker": node.url}))
     except UserError as e:
         row["error"] = str(e)
     return row
-
-
-def argparse_copy(args, **changes):
-    """``args`` with some attributes changed (the per-broker request takes the whole namespace)."""
-    import argparse
-
-    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def totals(stats: list[dict]) -> dict:
