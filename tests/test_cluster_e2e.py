@@ -244,6 +244,59 @@ def test_any_brokers_metadata_gives_the_whole_map(tmp_path, zookeeper_server):
         s.stop()
 
 
+def test_hpbroker_tail_ships_files_into_a_cluster(tmp_path, zookeeper_server):
+    """``hpbroker tail --broker zk://...``: log files shipped over two replica
+    sets (the global partition list from ZooKeeper, each file's records to one
+    partition in order), every line once, and a restart ships only what is new."""
+    import subprocess
+    import sys
+
+    from test_cluster_client import hpbroker
+
+    hosts = chroot(zookeeper_server)
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    try:
+        r = hpbroker("topics", "create", "shipped", "--partitions", "4", "--brokers", "1,3", "--zookeeper", hosts)
+        assert r.returncode == 0, r.stderr
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        from hpbroker.tail.router import path_partition
+
+        # six files, more if needed until both sets get one (the rule is a hash of the path: tmp paths vary)
+        names = [f"app{i}.log" for i in range(6)]
+        while len({path_partition(str(logs / n), 4) // 2 for n in names}) < 2:
+            names.append(f"app{len(names)}.log")
+        where = {n: path_partition(str(logs / n), 4) for n in names}
+        files = {n: [f"{n[:-4]} line {k:05d}" for k in range(400)] for n in names}
+        for name, lines in files.items():
+            (logs / name).write_text("".join(line + "\n" for line in lines))
+        tail = [sys.executable, "-m", "hpbroker", "tail", "--broker", "zk://" + hosts, "--topic", "shipped",
+                str(logs / "*.log"), "--state-dir", str(tmp_path / "state"), "--once", "--quiet", "--acks", "all"]
+        r = subprocess.run(tail, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with open(logs / "app0.log", "a") as f:  # more lines, then a second run: only those are shipped
+            f.write("".join(f"app0 more {n}\n" for n in range(50)))
+        files["app0.log"] += [f"app0 more {n}" for n in range(50)]
+        r = subprocess.run(tail, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+        got: dict[int, list[str]] = {}
+        total = sum(map(len, files.values()))
+        with Consumer("zk://" + hosts, "shipped", auto_offset_reset="earliest") as cons:
+            deadline = time.monotonic() + 60
+            while sum(map(len, got.values())) < total and time.monotonic() < deadline:
+                for msg in cons.poll(timeout_ms=500):
+                    got.setdefault(msg.partition, []).append(msg.value.decode())
+        lines = [x for part in got.values() for x in part]
+        assert sorted(lines) == sorted(x for v in files.values() for x in v)  # every line, once
+        assert set(got) == set(where.values())  # global partitions 0-1 on set 1, 2-3 on set 3 (--brokers 1,3)
+        for name, want in files.items():  # each file in its path's partition, in its order
+            assert [x for x in got[where[name]] if x.startswith(name[:-4] + " ")] == want, name
+    finally:
+        stop_all(a, c)
+
+
 def cluster_stats(hosts: str, a, b, c, text_port: int) -> None:
     """Issue 23: ``hpbroker stats`` per cluster - every registered broker's block, then the masters' totals."""
     import json

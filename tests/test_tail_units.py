@@ -212,9 +212,9 @@ def test_a_chunk_acknowledged_in_one_partition_waits_for_its_share_in_another(tm
     """key_regex spreads a chunk over two partitions: the checkpoint moves
     past a chunk only when both of its shares are acknowledged, and past a
     later chunk only after the earlier one."""
-    from crc32c import crc32c
+    from hpbroker.partitioning import partition_for_key
 
-    a, b = b"a", next(k for k in (b"b", b"c", b"d", b"e") if crc32c(k) % 4 != crc32c(b"a") % 4)
+    a, b = b"a", next(k for k in (b"b", b"c", b"d", b"e") if partition_for_key(k, 4) != partition_for_key(b"a", 4))
     data = b"".join(b"k=%s %05d\n" % ((a, b)[i % 2], i) for i in range(900))  # 9 000 bytes: 3 reads
     (tmp_path / "a.log").write_bytes(data)
     r = Rig(tmp_path, max_request_bytes=1, max_in_flight=1, source={"key_regex": r"k=(\w)"})  # one share per request
@@ -468,15 +468,15 @@ def test_router_keys_and_partitions():
 
     assert Router(src(), 4).route([b"a", b"b"], 3) == [(3, [b"a", b"b"], None)]
     assert Router(src(partition=1), 4).route([b"a"], 3) == [(1, [b"a"], None)]
-    from crc32c import crc32c
+    from hpbroker.partitioning import partition_for_key
 
-    assert Router(src(key="k"), 4).route([b"a"], 3) == [(crc32c(b"k") % 4, [b"a"], [b"k"])]
+    assert Router(src(key="k"), 4).route([b"a"], 3) == [(partition_for_key(b"k", 4), [b"a"], [b"k"])]
     groups = Router(src(key_regex=r"host=(\w+)"), 4).route([b"host=a x", b"nothing", b"host=b y", b"host=a z"], 3)
     by_key = {}
     for part, vals, keys in groups:
         for v, k in zip(vals, keys):
             by_key.setdefault(k, []).append((part, v))
-    assert by_key[b"a"] == [(crc32c(b"a") % 4, b"host=a x"), (crc32c(b"a") % 4, b"host=a z")]
+    assert by_key[b"a"] == [(partition_for_key(b"a", 4), b"host=a x"), (partition_for_key(b"a", 4), b"host=a z")]
     assert by_key[None] == [(3, b"nothing")]
     named = Router(src(key_regex=r"(\d+) (?P<key>\w+)", partition=2), 4).route([b"12 abc"], 0)
     assert named == [(2, [b"12 abc"], [b"abc"])]
@@ -514,3 +514,18 @@ def test_checkpoint_file_is_json_with_the_documented_fields(tmp_path):
     doc = json.loads((tmp_path / "checkpoints.json").read_text())
     assert doc["version"] == 1 and set(doc["files"][0]) == {"dev", "ino", "offset", "fp_len", "fp_crc", "path", "source"}
     assert re.search(r"`fp_crc`", (ROOT / "docs" / "tail.md").read_text())
+
+
+def test_keys_and_files_that_differ_in_one_character_spread_over_the_partitions():
+    """A CRC alone is linear: "0".."15" fell on 2 of 4 partitions and app0.log..app5.log on one.
+    The mixed rule (hpbroker/partitioning.py) spreads them, for keys and for tail's file paths."""
+    from hpbroker.partitioning import partition_for_key
+    from hpbroker.tail.router import path_partition
+
+    assert {partition_for_key(b"%d" % i, 4) for i in range(16)} == {0, 1, 2, 3}
+    assert {partition_for_key(b"user-%d" % i, 8) for i in range(64)} == set(range(8))
+    assert len({path_partition(f"/var/log/app{i}.log", 4) for i in range(6)}) >= 3
+    counts = [0] * 16
+    for i in range(16_000):
+        counts[partition_for_key(b"order-%d" % i, 16)] += 1
+    assert max(counts) < 1.2 * 1000 and min(counts) > 0.8 * 1000  # within 20 % of even

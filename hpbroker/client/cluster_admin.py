@@ -92,6 +92,19 @@ class ClusterAdmin:
     def partitions(self, name: str) -> list[tuple[int, int]]:
         return self._view.watch_topic(name)
 
+    def limits(self, topics: Sequence[str]) -> tuple[int, int]:
+        """The smallest ``(max_batch_bytes, max_request_bytes)`` of the masters
+        holding ``topics``' partitions (what a request to any of them must fit);
+        NOT_LEADER while one of those sets has no master."""
+        sets = sorted({rs for t in topics for rs, _ in self._view.watch_topic(t)})
+        batch = request = 4 << 20
+        found = []
+        for rs in sets:
+            with self._admin(rs) as one:
+                rep = one.metadata(list(topics))
+            found.append((rep.max_batch_bytes or batch, rep.max_request_bytes or request))
+        return (min(b for b, _ in found), min(r for _, r in found)) if found else (batch, request)
+
     def describe(self, name: str, offsets: bool = True) -> list[ClusterPartition]:
         """Every global partition of ``name``: its set, leader, replicas and (asked of the leader) offsets."""
         parts = self._view.watch_topic(name)

@@ -102,12 +102,12 @@ def run(args) -> int:
                                             headers=None if headers is None else [headers] * len(lines)))
                 continue
             groups: dict[int, tuple[list, list]] = {}
-            from crc32c import crc32c
+            from hpbroker.partitioning import partition_for_key
 
             for line in lines:
                 k, found, v = line.partition(sep)
                 key, value = (k, v) if found else (None, line)
-                part = args.partition if args.partition is not None else (crc32c(key) % nparts if key is not None else rr % nparts)
+                part = args.partition if args.partition is not None else (partition_for_key(key, nparts) if key is not None else rr % nparts)
                 if key is None:
                     rr += 1
                 g = groups.setdefault(part, ([], []))

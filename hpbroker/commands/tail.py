@@ -160,38 +160,67 @@ def _ship(args, cfg, store, stop: threading.Event) -> int:
 def _broker_metadata(cfg, args, stop) -> tuple[dict[str, int], int, int] | None:
     """Each topic's partition count and the broker's batch and request
     limits; waits (saying so once) while the broker does not answer."""
-    from hpbroker.client.admin import Admin
     from hpbroker.protocol.errors import BrokerError, ErrorCode
 
     topics = list(dict.fromkeys(s.topic for s in cfg.sources))
+    cluster = args.broker.strip().startswith("zk://")
+    ask = _cluster_metadata if cluster else _one_broker_metadata
     said = False
     backoff = 1.0
     while True:
         try:
-            with Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args)) as adm:
-                rep = adm.metadata(topics)
+            partitions, max_batch, max_request = ask(args, topics)
             break
         except BrokerError as e:
-            if e.code != ErrorCode.REQUEST_TIMED_OUT:
-                raise user_error(e, args.broker) from None
+            if not (e.code == ErrorCode.REQUEST_TIMED_OUT or cluster and e.code == ErrorCode.NOT_LEADER):
+                raise user_error(e, args.broker) from None  # (NOT_LEADER in a cluster: a set mid-failover)
             if not said:
-                _err(f"no answer from the broker at {args.broker}; retrying until it answers")
+                why = f" ({e})" if cluster else ""
+                _err(f"no answer from the {'cluster' if cluster else 'broker'} at {args.broker}{why}; retrying until "
+                     "it answers")
                 said = True
             if stop.wait(backoff):
                 return None
             backoff = min(backoff * 2, 10.0)
     if said:
-        _err(f"the broker at {args.broker} answers; shipping")
+        _err(f"the {'cluster' if cluster else 'broker'} at {args.broker} answers; shipping")
+    missing = [t for t in topics if not partitions.get(t)]
+    if missing:
+        raise UserError(f"the {'cluster' if cluster else 'broker'} does not know the topic(s) {', '.join(missing)}", 1)
+    for s in cfg.sources:
+        if s.partition is not None and s.partition >= partitions[s.topic]:
+            raise UserError(f"source {s.name!r}: partition {s.partition} does not exist ({s.topic} has "
+                            f"{partitions[s.topic]} partitions)", 2)
+    return partitions, max_batch, max_request
+
+
+def _one_broker_metadata(args, topics: list[str]) -> tuple[dict[str, int], int, int]:
+    """Each topic's partition count and the broker's batch and request limits."""
+    from hpbroker.client.admin import Admin
+    from hpbroker.protocol.errors import BrokerError
+
+    with Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args)) as adm:
+        rep = adm.metadata(topics)
     partitions = {}
     for t in rep.topics:
         if t.code:
             raise user_error(BrokerError(t.code, f"topic {t.name}"), args.broker)
         partitions[t.name] = len(t.partitions)
-    missing = [t for t in topics if not partitions.get(t)]
-    if missing:
-        raise UserError(f"the broker does not know the topic(s) {', '.join(missing)}", 1)
-    for s in cfg.sources:
-        if s.partition is not None and s.partition >= partitions[s.topic]:
-            raise UserError(f"source {s.name!r}: partition {s.partition} does not exist ({s.topic} has "
-                            f"{partitions[s.topic]} partitions)", 2)
     return partitions, rep.max_batch_bytes or (4 << 20), rep.max_request_bytes or (4 << 20)
+
+
+def _cluster_metadata(args, topics: list[str]) -> tuple[dict[str, int], int, int]:
+    """zk://: each topic's global partition count (docs/cluster.md) and the
+    smallest batch and request limits of the masters that hold them; a topic
+    ZooKeeper does not know counts 0 partitions."""
+    from hpbroker.client.admin import Admin
+    from hpbroker.protocol.errors import BrokerError, ErrorCode
+
+    try:
+        adm = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
+    except Exception as e:  # noqa: BLE001 - kazoo's connection errors: ZooKeeper down, retried by the caller
+        raise BrokerError(ErrorCode.REQUEST_TIMED_OUT, f"ZooKeeper: {e}") from None
+    with adm:
+        partitions = {t: len(adm.partitions(t)) for t in topics}
+        max_batch, max_request = adm.limits(topics)  # NOT_LEADER while a set has no master: retried
+    return partitions, max_batch, max_request

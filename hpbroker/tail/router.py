@@ -4,7 +4,7 @@ Per source (docs/tail.md, "Keys and partitions"):
 
 * ``partition = P``: every record to P (with the fixed key or the
   key_regex's key, if given);
-* ``key = "K"``: every record with key K, to ``crc32c(K) % partitions``
+* ``key = "K"``: every record with key K, to ``partition_for_key(K, partitions)``
   (the Producer's own rule for a keyed ``send``);
 * ``key_regex``: each record's key is the group ``key`` (else group 1) of
   the first match in the record; partition by that key as above; a record
@@ -19,13 +19,13 @@ regex search per record, then one send per partition.
 
 from __future__ import annotations
 
-from crc32c import crc32c
+from hpbroker.partitioning import partition_for_key
 
 from hpbroker.tail.config import Source
 
 
 def path_partition(path: str, partitions: int) -> int:
-    return crc32c(path.encode("utf-8", "surrogateescape")) % partitions
+    return partition_for_key(path.encode("utf-8", "surrogateescape"), partitions)
 
 
 class Router:
@@ -62,7 +62,7 @@ class Router:
     def _key_partition(self, key: bytes) -> int:
         p = self._by_key.get(key)
         if p is None:
-            p = crc32c(key) % self.partitions
+            p = partition_for_key(key, self.partitions)
             if len(self._by_key) < 100_000:
                 self._by_key[key] = p
         return p
