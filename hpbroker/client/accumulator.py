@@ -70,7 +70,7 @@ class Batch:
     holds of ``buffer_memory``.  ``order`` numbers batches as they are made
     (a partition's batches are made in send order).  ``origin`` is None for
     a batch from ``send``/``send_batch``; a re-send of spilled messages
-    carries its :class:`~hpbroker.client.spiller.Resend` there instead of a
+    carries its :class:`~hpbroker.client.spill_resend.Resend` there instead of a
     future, and holds no ``buffer_memory``.  ``whole`` marks a
     ``send_batch`` batch, whose one future stands for all its records (and
     fails with the first failure) rather than for each message."""

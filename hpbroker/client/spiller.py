@@ -44,120 +44,41 @@ moves the in-memory batches that are not in flight to the journal
 in the write queue under the lock, so that everything spilled afterwards
 comes after them, and :meth:`fill` hands over their frames, made after the
 lock.  Nothing here touches a socket.
+
+One module per job: this one takes messages in (the caller threads, the
+move of in-memory batches, ``put_back``), closes, and counts;
+:mod:`~hpbroker.client.spill_group` holds the spill groups and their
+Futures, :mod:`~hpbroker.client.spill_thread` the spill thread's loop (the
+group writes), :mod:`~hpbroker.client.spill_resend` the read-ahead and the
+re-send queues.  :class:`Spiller` inherits the last two's methods; the
+state they share is set up in :meth:`Spiller.__init__`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from array import array
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future
 from typing import Callable
 
 from hpbroker import batch
-from hpbroker.client.accumulator import Batch, OpenBatch
-from hpbroker.client.framing import JournalError
+from hpbroker.client.accumulator import Batch
 from hpbroker.client.memory import BufferMemory
-from hpbroker.client.partitioner import partition_for_key
-from hpbroker.client.records import RecordMetadata, SpilledFuture
-from hpbroker.client.spill import SpillJournal, SpillRecord, encode_record
+from hpbroker.client.records import SpilledFuture
+from hpbroker.client.spill import SpillJournal, encode_record
+# the jobs of a Spiller, one module each; their names are importable from here as before
+from hpbroker.client.spill_group import GROUP_MAX, SpillGroup
+from hpbroker.client.spill_resend import LOOKUP_BACKOFF, READ_AHEAD, READ_STEP, Resend, ResendQueues  # noqa: F401
+from hpbroker.client.spill_thread import WRITE_BACKOFF, SpillThread, _Hole  # noqa: F401
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 log = logging.getLogger("hpbroker.client")
 
-#: a spill group holds at most this many messages (their futures complete together at worst)
-GROUP_MAX = 1024
-#: bytes of spilled messages read back ahead of the re-sends (queued per partition or in flight):
-#: about two batches for each of a few busy partitions.  While the broker is down, only READ_STEP
-#: (enough for the re-send that finds out when it is back): records read back are Python objects,
-#: and hundreds of thousands of them waiting would make every full GC pass take tens of ms
-READ_AHEAD = 4 << 20
-#: bytes read back per step: the records of one step are queued under the lock, so it stays short
-READ_STEP = 64 << 10
-#: wait between metadata lookups for a topic whose records wait for its partition count
-LOOKUP_BACKOFF = 1.0
-#: wait before writing again after a failed write or fdatasync
-WRITE_BACKOFF = 1.0
-
-_UNRESOLVED = -2
-_MAX_TS_SPAN = (1 << 31) - 1  # a batch's timestamps are int32 ms deltas from its first: about 24 days
 _new_future = object.__new__
 
 
-class SpillGroup:
-    """Consecutive spilled messages of one (topic, stored partition): one
-    Future for all of them, resolved with the group once each member is
-    answered; :meth:`outcome` gives a member's own result."""
-
-    __slots__ = ("future", "topic", "seqs", "matched", "resolved", "closed", "parts", "offsets", "errors",
-                 "whole", "left_error")
-
-    def __init__(self, topic: str, whole: bool = False):
-        self.future: Future = Future()
-        self.topic = topic
-        self.seqs = array("q")
-        self.matched = 0  # members the read-ahead has found in the journal
-        self.resolved = 0
-        self.closed = False  # no new members; outcomes allocated
-        self.parts: array | None = None
-        self.offsets: array | None = None
-        self.errors: dict[int, BaseException] | None = None
-        self.whole = whole  # send_batch's: the first failure is everyone's
-        self.left_error: BaseException | None = None
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            n = len(self.seqs)
-            self.parts = array("i", [-1]) * n
-            self.offsets = array("q", [_UNRESOLVED]) * n
-
-    @property
-    def complete(self) -> bool:
-        return self.closed and self.resolved >= len(self.seqs)
-
-    def outcome(self, i: int):
-        """Member ``i``'s RecordMetadata, or the exception that failed it."""
-        if self.whole and self.errors:
-            return next(iter(self.errors.values()))
-        off = self.offsets[i]
-        if off != _UNRESOLVED:
-            return RecordMetadata(self.topic, self.parts[i], off)
-        if self.errors and i in self.errors:
-            return self.errors[i]
-        return self.left_error or BrokerError(ErrorCode.INTERNAL, "spilled message without an outcome")
-
-
-class _Hole:
-    """A place in the write queue, and ``count`` seqs, reserved for the
-    messages of an in-memory batch being moved to the journal; ``frames``
-    once they are framed (outside the lock).  The spill thread writes up to
-    the first hole still empty."""
-
-    __slots__ = ("count", "frames")
-
-    def __init__(self, count: int):
-        self.count = count
-        self.frames: list[bytes] | None = None
-
-
-class Resend:
-    """What a re-sent batch carries besides its records: their seqs, their
-    futures' slots, the (topic, stored partition) each was counted under,
-    and the read-ahead bytes it holds."""
-
-    __slots__ = ("seqs", "slots", "keys", "nbytes")
-
-    def __init__(self):
-        self.seqs: list[int] = []
-        self.slots: list = []
-        self.keys: list[tuple[str, int]] = []
-        self.nbytes = 0
-
-
-class Spiller:
+class Spiller(SpillThread, ResendQueues):
     def __init__(self, journal: SpillJournal, lock: threading.Lock, memory: BufferMemory, *,
                  partitions: dict[str, int], lookup: Callable[[str], Future], wake_io: Callable[[], None],
                  batch_limit: Callable[[], int], read_ahead: int = READ_AHEAD):
@@ -339,133 +260,6 @@ class Spiller:
             self.down = False
             self._event.set()  # read ahead in earnest again
 
-    def take_resends(self, outstanding: dict | None) -> list:
-        """(Lock held.)  For each partition that has re-sends queued, no batch
-        in memory and no re-sent batch unanswered, the records of its next
-        batch, taken off its queue: ``[(topic, partition, items)]``.  Only
-        pops here; :meth:`make_batch` builds each batch after the lock."""
-        if not self.ready or self.stopping:
-            return []
-        out = []
-        empty = []
-        limit = self._batch_limit() - batch.HEADER_SIZE
-        for tp, q in self.ready.items():
-            if not q:
-                empty.append(tp)
-                continue
-            if tp in self.inflight or (outstanding and outstanding.get(tp)):
-                continue
-            items = [q.popleft()]
-            size = items[0][3]
-            lo = hi = items[0][0].timestamp
-            while q and size + q[0][3] <= limit:
-                ts = q[0][0].timestamp
-                if ts < lo:
-                    if hi - ts > _MAX_TS_SPAN:
-                        break
-                    lo = ts
-                elif ts > hi:
-                    if ts - lo > _MAX_TS_SPAN:
-                        break
-                    hi = ts
-                item = q.popleft()
-                size += item[3]
-                items.append(item)
-            out.append((tp[0], tp[1], items))
-            self.inflight.add(tp)
-            if not q:
-                empty.append(tp)
-        for tp in empty:
-            if not self.ready[tp]:
-                del self.ready[tp]
-        return out
-
-    def make_batch(self, topic: str, partition: int, items: list) -> Batch:
-        """One re-send batch of ``items`` (from :meth:`take_resends`), for the
-        Sender to encode like any other."""
-        acc = OpenBatch(0, time.monotonic(), 0)
-        res = Resend()
-        values, ts = acc.values, []
-        keys = None
-        hs = None
-        size = 0
-        for i, (r, slot, k, n) in enumerate(items):
-            values.append(r.value)
-            ts.append(r.timestamp)
-            if r.key is not None or keys is not None:
-                if keys is None:
-                    keys = [None] * i
-                keys.append(r.key)
-            if r.headers is not None:
-                if hs is None:
-                    hs = []
-                hs.append((i, r.headers))
-            size += n
-        res.seqs = [it[0].seq for it in items]
-        res.slots = [it[1] for it in items]
-        res.keys = [it[2] for it in items]
-        res.nbytes = size
-        acc.keys, acc.ts, acc.headers, acc.nbytes = keys, ts, hs, size + batch.HEADER_SIZE
-        b = Batch(topic, partition, None, None, size, acc)
-        b.origin = res
-        return b
-
-    def resent(self, b: Batch, base: int | None, err: BaseException | None) -> None:
-        """A re-sent batch was answered: acknowledged at ``base``, or failed
-        for good with ``err`` (its records are dropped, counted, logged).
-
-        The outcomes go into the groups without the lock: a member's slot is
-        only ever written here, and its group was closed (under the lock)
-        before it was read back.  The lock covers the counts only."""
-        res: Resend = b.origin
-        done = []
-        for i, slot in enumerate(res.slots):
-            if slot is not None:
-                g, j = slot
-                if err is None:
-                    g.parts[j] = b.partition
-                    g.offsets[j] = base + i if base >= 0 else -1  # -1: an idempotent retry of a batch written before
-                else:
-                    if g.errors is None:
-                        g.errors = {}
-                    g.errors[j] = err
-                g.resolved += 1
-                if g.complete:
-                    done.append(g)
-        n = len(res.seqs)
-        counts = Counter(res.keys)
-        with self._lock:
-            self.inflight.discard((b.topic, b.partition))
-            pending = self.pending
-            for k, c in counts.items():
-                left = pending.get(k, 0) - c
-                if left > 0:
-                    pending[k] = left
-                else:
-                    pending.pop(k, None)
-            for g in done:
-                self.live.discard(g)
-            self.acks.extend(res.seqs)
-            self.buffered -= res.nbytes
-            if err is None:
-                self.resent_messages += n
-                self.resent_bytes += res.nbytes
-            else:
-                self.failed += n
-            self._memory.spill_done(n)
-            self._event.set()
-        if err is not None:
-            log.warning("producer: %d spilled messages for %s[%d] failed for good and are dropped from %s: %s",
-                        n, b.topic, b.partition, self.directory, err)
-        for g in done:
-            g.future.set_result(g)
-
-    def unsent(self, b: Batch) -> None:
-        """A re-sent batch left unanswered at close: its records stay in the journal."""
-        with self._lock:
-            self.inflight.discard((b.topic, b.partition))
-            self.buffered -= b.origin.nbytes
-
     def put_back(self, batches: list[Batch]) -> int:
         """At close: the in-memory batches the broker did not acknowledge go
         to the journal as ``F`` records, oldest first, so the next producer
@@ -514,186 +308,6 @@ class Spiller:
             self.open_groups.clear()
         for g in done:
             g.future.set_result(g)
-
-    # -- the spill thread ------------------------------------------------------------------
-
-    def _run(self) -> None:
-        retry_at = 0.0
-        while True:
-            timeout = 0 if self.stopping else self._timeout(retry_at)
-            self._event.wait(timeout)
-            self._event.clear()
-            with self._lock:
-                self._armed = False
-                stopping = self.stopping
-                if time.monotonic() < retry_at and not stopping:
-                    continue
-                recs, self.queue = self.queue, []
-                if any(e.__class__ is _Hole for e in recs):
-                    recs = self._unhole(recs)
-                qbytes, self.queued_bytes = self.queued_bytes, 0
-                acks, self.acks = self.acks, []
-            if recs or acks:
-                try:
-                    self.journal.write_frames(recs, acks)
-                except (OSError, JournalError) as e:
-                    with self._lock:
-                        self.queue[:0] = recs
-                        self.queued_bytes += qbytes
-                        self.acks[:0] = acks
-                        self.error = f"{type(e).__name__}: {e}"
-                    if stopping:
-                        log.error("producer: could not write %d spilled messages to %s at close (%s); they are "
-                                  "lost", len(recs), self.directory, e)
-                        return
-                    log.error("producer: writing the spill journal %s failed (%s); trying again in %.0f s",
-                              self.directory, e, WRITE_BACKOFF)
-                    retry_at = time.monotonic() + WRITE_BACKOFF
-                    continue
-                except BaseException:
-                    log.exception("producer: the spill thread failed")
-                    with self._lock:
-                        self.error = "the spill thread failed (see the log)"
-                    return
-                with self._lock:
-                    self.synced += len(recs)
-                    self.syncs = self.journal.syncs
-                    self.disk_bytes = self.journal.disk_bytes
-                    self.segments = len(self.journal.segments)
-                    self.error = None
-            if stopping:
-                with self._lock:
-                    q = self.queue
-                    if not self.acks and (not q or q[0].__class__ is _Hole and q[0].frames is None):
-                        if q:
-                            log.error("producer: %d messages being moved to the spill journal %s were not "
-                                      "framed before close; they are lost", sum(
-                                          e.count if e.__class__ is _Hole else 1 for e in q), self.directory)
-                        return
-                continue
-            try:
-                self._read_ahead()
-            except JournalError as e:
-                log.error("producer: reading the spill journal back failed; nothing more is re-sent: %s", e)
-                with self._lock:
-                    self.error = f"{type(e).__name__}: {e}"
-                return
-
-    def _unhole(self, recs: list) -> list[bytes]:
-        """(Lock held.)  The frames of ``recs`` up to its first empty hole
-        (the rest goes back to the queue), holes replaced by their frames."""
-        out = []
-        for i, e in enumerate(recs):
-            if e.__class__ is _Hole:
-                if e.frames is None:
-                    self.queue[:0] = recs[i:]
-                    return out
-                out += e.frames
-            else:
-                out.append(e)
-        return out
-
-    def _timeout(self, retry_at: float) -> float | None:
-        now = time.monotonic()
-        due = [retry_at] if retry_at > now else []
-        with self._lock:
-            if self.unresolved:
-                due += [at for t, (fut, at) in self._lookups.items() if fut is None and t in self.unresolved]
-        return max(0.0, min(due) - now) if due else None
-
-    def _read_ahead(self) -> None:
-        while True:
-            room = (READ_STEP if self.down else self.read_ahead) - self.buffered
-            if room <= 0:
-                break
-            recs = self.journal.read(self._pos, min(room, READ_STEP))
-            if not recs:
-                break
-            with self._lock:
-                for r in recs:
-                    k = (r.topic, r.partition)
-                    self._place(r, self._match(k, r.seq), k)
-            self._wake_io()  # the I/O thread may start on these while more are read
-        self._resolve()
-        self._wake_io()
-
-    def _place(self, r: SpillRecord, slot, k) -> None:
-        """(Lock held.)  Queue one record read back for re-send."""
-        n = batch.ENTRY_SIZE + len(r.value) + (0 if r.key is None else len(r.key)) + \
-            (0 if r.headers is None else len(r.headers))
-        self.buffered += n
-        uq = self.unresolved.get(r.topic)
-        if uq is None and r.partition < 0 and not self._partitions.get(r.topic):
-            uq = self.unresolved[r.topic] = deque()
-        if uq is not None:
-            uq.append((r, slot, k, n))
-            return
-        p = r.partition if r.partition >= 0 else self._choose(r, self._partitions[r.topic])
-        q = self.ready.get((r.topic, p))
-        if q is None:
-            q = self.ready[(r.topic, p)] = deque()
-        q.append((r, slot, k, n))
-
-    @staticmethod
-    def _choose(r: SpillRecord, n: int) -> int:
-        return partition_for_key(r.key, n) if r.key is not None else r.seq % n
-
-    def _match(self, k, seq: int):
-        """(Lock held.)  The future slot of record ``seq`` of ``k``: (group,
-        index), or None for a record of an earlier producer."""
-        dq = self.groups.get(k)
-        while dq:
-            g = dq[0]
-            if g.matched < len(g.seqs):
-                want = g.seqs[g.matched]
-                if want == seq:
-                    i = g.matched
-                    g.matched += 1
-                    if not g.closed:
-                        self._close_group(k, g)  # re-sending started: later messages start a new group
-                    if g.matched == len(g.seqs):
-                        dq.popleft()
-                    return g, i
-                if want > seq:
-                    return None
-                log.error("producer: spilled message %d of %s was not found in the journal", want, k)
-                g.matched += 1
-                continue
-            if g.closed:
-                dq.popleft()
-                continue
-            return None
-        return None
-
-    def _resolve(self) -> None:
-        """Place the records of topics whose partition count is now known;
-        ask for the others'."""
-        ask = []
-        now = time.monotonic()
-        with self._lock:
-            for topic in list(self.unresolved):
-                n = self._partitions.get(topic)
-                if n:
-                    for r, slot, k, size in self.unresolved.pop(topic):
-                        q = self.ready.get((topic, p := (r.partition if r.partition >= 0 else self._choose(r, n))))
-                        if q is None:
-                            q = self.ready[(topic, p)] = deque()
-                        q.append((r, slot, k, size))
-                    self._lookups.pop(topic, None)
-                    continue
-                fut, at = self._lookups.get(topic, (None, 0.0))
-                if fut is not None and fut.done():
-                    if fut.exception() is not None:
-                        log.warning("producer: no partition count for %r yet (%s); spilled messages wait",
-                                    topic, fut.exception())
-                    self._lookups[topic] = (None, now + LOOKUP_BACKOFF)
-                elif fut is None and now >= at:
-                    ask.append(topic)
-        for topic in ask:
-            fut = self._lookup(topic)
-            with self._lock:
-                self._lookups[topic] = (fut, 0.0)
-            fut.add_done_callback(lambda _f: self._event.set())
 
     # -- metrics ---------------------------------------------------------------------------
 
