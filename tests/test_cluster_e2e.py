@@ -379,3 +379,77 @@ def test_readyz_fails_while_a_master_is_fenced_from_zookeeper(tmp_path):
         assert readyz(plain)[1]["checks"]["zookeeper"] == "not configured"
     finally:
         plain.stop()
+
+
+def test_transactions_through_zk_stay_on_one_replica_set(tmp_path, zookeeper_server):
+    """A zk:// producer's transactions, local and XA: each bound to one replica
+    set (docs/client.md, "Transactions in a cluster").  Keyless messages of two
+    topics go to the bound set's partitions, invisible until the commit and all
+    visible after it; a key that maps to the other set is refused and the
+    transaction goes on; a rolled-back one is never seen; a prepared XA branch
+    is found by another producer's tpc_recover() and committed there."""
+    from hpbroker.protocol.errors import BrokerError, ErrorCode
+    from test_cluster_client import hpbroker
+
+    hosts = chroot(zookeeper_server)
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    url = "zk://" + hosts
+
+    def read(cons, want: int, seconds: float) -> list:
+        got, deadline = [], time.monotonic() + seconds
+        while len(got) < want and time.monotonic() < deadline:
+            got += cons.poll(timeout_ms=300)
+        return got
+
+    try:
+        for t in ("txa", "txb"):
+            r = hpbroker("topics", "create", t, "--partitions", "4", "--brokers", "1,3", "--zookeeper", hosts)
+            assert r.returncode == 0, r.stderr
+        with Producer(url, acks="all") as p, \
+                Consumer(url, ["txa", "txb"], auto_offset_reset="earliest") as cons:
+            parts = p.partitions("txa")
+            assert [rs for rs, _ in parts] == [1, 1, 3, 3]
+            on_set1 = next(k for k in (b"k%d" % i for i in range(100)) if parts[partition_for_key(k, 4)][0] == 1)
+
+            tx = p.transaction(replica_set=3)
+            for i in range(20):
+                tx.send("txa", b"a%d" % i)
+            tx.send_batch("txb", [b"b0", b"b1"])
+            with pytest.raises(BrokerError) as e:
+                tx.send("txa", b"elsewhere", key=on_set1)
+            assert e.value.code == ErrorCode.BAD_REQUEST and "replica set 1" in str(e.value)
+            tx.flush()  # in the set's journal now, and still invisible
+            assert read(cons, 1, 2.0) == []
+            tx.commit()
+            got = read(cons, 22, 30)
+            assert sorted(x.value for x in got) == sorted([b"a%d" % i for i in range(20)] + [b"b0", b"b1"])
+            assert {x.partition for x in got} <= {2, 3}  # global partitions 2 and 3 are set 3's
+
+            with pytest.raises(RuntimeError):
+                with p.transaction() as tx2:
+                    tx2.send("txb", b"rolled back")
+                    raise RuntimeError("the block fails: the transaction rolls back")
+
+            xid = p.xid(7, "global-1", "hpbroker")
+            p.tpc_begin(xid)
+            assert p.send("txa", b"xa0", key=on_set1) is None
+            p.send("txa", b"xa1", key=on_set1)
+            p.tpc_prepare()
+        with Producer(url) as coordinator:  # a recovering coordinator: another process would do the same
+            assert xid in coordinator.tpc_recover()
+            coordinator.tpc_commit(xid)
+            assert xid not in coordinator.tpc_recover()
+            with pytest.raises(BrokerError) as e:
+                coordinator.tpc_rollback(xid)
+            assert e.value.code == ErrorCode.UNKNOWN_TRANSACTION
+        with Consumer(url, ["txa", "txb"], auto_offset_reset="earliest") as cons:
+            got = read(cons, 24, 30)
+            assert read(cons, 1, 1.0) == []  # anything more would be the rolled-back message
+            values = [x.value for x in got]
+            assert b"rolled back" not in values and len(values) == 24
+            xa = [x for x in got if x.value.startswith(b"xa")]
+            assert [x.value for x in xa] == [b"xa0", b"xa1"]
+            assert {x.partition for x in xa} == {partition_for_key(on_set1, 4)}
+    finally:
+        stop_all(a, c)

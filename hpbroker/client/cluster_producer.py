@@ -16,7 +16,8 @@ The list is read from the ZooKeeper view at each send, so a topic spread
 over a new set is used from the next message on, and a set whose brokers
 changed is told so at once (:meth:`Producer._follow`).  Futures and
 callbacks report the global partition.  With ``spill_dir`` each set has
-a spill journal of its own, ``<spill_dir>/set-<n>``.
+a spill journal of its own, ``<spill_dir>/set-<n>``.  Transactions, local
+and XA, are each bound to one replica set (:mod:`hpbroker.client.cluster_tx`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from hpbroker.client.cluster_tx import ClusterTransactional
 from hpbroker.client.partitioner import partition_for_key
 from hpbroker.client.records import FutureRecordMetadata, RecordMetadata
 from hpbroker.cluster.client_view import ClusterView, Snapshot
@@ -34,7 +36,7 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 
 log = logging.getLogger("hpbroker.client")
 
-_UNSUPPORTED = ("topic_partitions", "transaction_timeout_ms", "transaction_flush_bytes")
+_UNSUPPORTED = ("topic_partitions",)
 
 
 class GlobalFuture(FutureRecordMetadata):
@@ -52,7 +54,7 @@ class GlobalFuture(FutureRecordMetadata):
         return RecordMetadata(md.topic, self._g, md.offset)
 
 
-class ClusterProducer:
+class ClusterProducer(ClusterTransactional):
     def __init__(self, url: str, *, zk_timeout_ms: int = 10_000, **producer_options):
         for name in _UNSUPPORTED:
             if producer_options.get(name) is not None:
@@ -158,6 +160,8 @@ class ClusterProducer:
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
              timestamp_ms: int | None = None, callback=None, *, headers=None) -> FutureRecordMetadata:
+        if self._xa_branch is not None:  # between tpc_begin and its end: the message joins the XA branch
+            return self._xa_branch.send(topic, value, key, partition, headers=headers)
         parts = self._view.snapshot.lists.get(topic)
         if parts and partition is None:  # the common case, inline (per message)
             n = len(parts)
@@ -173,6 +177,8 @@ class ClusterProducer:
 
     def send_batch(self, topic: str, values: Sequence[bytes], partition: int | None = None, keys=None,
                    timestamp_ms: int | None = None, callback=None, *, headers=None) -> FutureRecordMetadata:
+        if self._xa_branch is not None:
+            return self._xa_branch.send_batch(topic, values, partition, keys, headers=headers)
         g, rs, p = self._route(topic, None, partition)
         fut = GlobalFuture(self._producer(rs).send_batch(topic, values, p, keys, timestamp_ms, headers=headers), g)
         if callback is not None:
