@@ -453,3 +453,43 @@ def test_transactions_through_zk_stay_on_one_replica_set(tmp_path, zookeeper_ser
             assert {x.partition for x in xa} == {partition_for_key(on_set1, 4)}
     finally:
         stop_all(a, c)
+
+
+def test_dlq_replay_through_zk(tmp_path, zookeeper_server):
+    """``hpbroker dlq replay TOPIC GROUP --broker zk://...``: dead letters parked on
+    both replica sets go back to the global partitions their headers name, and
+    a second replay repeats nothing (its offsets in ZooKeeper)."""
+    import subprocess
+    import sys
+
+    from test_cluster_client import hpbroker
+
+    hosts = chroot(zookeeper_server)
+    a = broker(tmp_path, "a", hosts, "master", 1, rs=1)
+    c = broker(tmp_path, "c", hosts, "master", 3, rs=3)
+    url = "zk://" + hosts
+    try:
+        for t in ("jobs", "jobs.billing.dlq"):
+            r = hpbroker("topics", "create", t, "--partitions", "4", "--brokers", "1,3", "--zookeeper", hosts)
+            assert r.returncode == 0, r.stderr
+        with Producer(url, acks="all") as p:
+            for i in range(8):  # dead letter i came from global partition i % 4; parked on dlq partition (i + 1) % 4
+                p.send("jobs.billing.dlq", b"job-%d" % i, key=b"k%d" % i, partition=(i + 1) % 4,
+                       headers=[("trace", b"t%d" % i), ("hpbroker.dlq.topic", b"jobs"),
+                                ("hpbroker.dlq.partition", b"%d" % (i % 4)), ("hpbroker.dlq.error", b"boom")])
+            p.flush()
+        replay = [sys.executable, "-m", "hpbroker", "dlq", "replay", "jobs", "billing", "--broker", url]
+        r = subprocess.run(replay, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "replayed 8 dead letters" in r.stdout, r.stdout + r.stderr
+        got = []
+        with Consumer(url, "jobs", auto_offset_reset="earliest") as cons:
+            deadline = time.monotonic() + 30
+            while len(got) < 8 and time.monotonic() < deadline:
+                got += cons.poll(timeout_ms=300)
+        # each to the global partition it came from, key and own headers kept, the hpbroker.dlq.* ones gone
+        assert sorted((x.value, x.partition, x.key, [(n, bytes(v)) for n, v in x.headers]) for x in got) == [
+            (b"job-%d" % i, i % 4, b"k%d" % i, [("trace", b"t%d" % i)]) for i in range(8)]
+        r = subprocess.run(replay, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "nothing to replay" in r.stdout, r.stdout + r.stderr
+    finally:
+        stop_all(a, c)

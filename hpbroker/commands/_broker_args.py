@@ -10,7 +10,7 @@ from hpbroker.protocol.errors import BrokerError, ErrorCode
 DEFAULT_URL = "tcp://127.0.0.1:7600"
 
 #: the commands whose --broker may be a cluster's ZooKeeper, zk://HOST:PORT[/chroot] (docs/client.md)
-ZK_COMMANDS = ("produce", "consume", "topics", "groups", "stats", "tail")
+ZK_COMMANDS = ("produce", "consume", "topics", "groups", "stats", "tail", "dlq")
 
 
 def add_broker_args(p, several: bool = True, cluster: bool = False) -> None:

@@ -109,21 +109,20 @@ def _note(bar, text: str) -> None:
 def _replay(args) -> int:
     from hpbroker.client.admin import Admin
     from hpbroker.client.handler import dlq_topic
-    from hpbroker.protocol.errors import BrokerError, ErrorCode
+    from hpbroker.protocol.errors import BrokerError
 
     if args.max_messages is not None and args.max_messages < 0:
         raise UserError("--max-messages must be >= 0", 2)
     source = dlq_topic(args.topic, args.group)
     a = Admin(args.broker, connect_timeout_ms=args.connect_timeout_ms, **curve_args(args))
     try:
-        partitions = len(a.topic(source).partitions)
+        partitions = a.list_topics().get(source)  # a broker's topics, or a cluster's global partition counts
     except BrokerError as e:
-        if e.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
-            raise UserError(f"no dead letters of group {args.group} on {args.topic}: topic {source} does not exist", 1) \
-                from None
         raise user_error(e, args.broker) from None
     finally:
         a.close()
+    if not partitions:
+        raise UserError(f"no dead letters of group {args.group} on {args.topic}: topic {source} does not exist", 1)
     try:
         return Replay(args, source, partitions).run()
     except BrokerError as e:
