@@ -39,9 +39,10 @@ def test_the_ledger_counts_lost_duplicate_and_missing_records(tmp_path):
         forged = Acked(topic, 2, 0, 4, 1, 0, 100, -1)  # an acknowledgement for records that are not there
         moved = Acked(topic, 0, 3, 10, 1, 0, 0, 1)  # the right records, at the wrong offset
         nowhere = Acked(ledger.topic("never-made"), 0, 0, 2, 1, 0, 200, -1)  # in a topic the broker does not know
-        ledger.add(good + [forged, moved, nowhere])
-        counts = ledger.check(b.url, good + [forged, moved, nowhere], cycle=1)
-        assert (counts["lost_all"], counts["lost_one"], counts["dup"], counts["gaps"]) == (6, 10, 3, 0)
+        past_end = Acked(topic, 0, 1000, 7, 1, 0, 300, -1)  # past the log's end (a tail a promoted slave never had)
+        ledger.add(good + [forged, moved, nowhere, past_end])
+        counts = ledger.check(b.url, good + [forged, moved, nowhere, past_end], cycle=1)
+        assert (counts["lost_all"], counts["lost_one"], counts["dup"], counts["gaps"]) == (13, 10, 3, 0)
         assert counts["unacked_found"] == 3
         # checked once, counted once; the good ones stay good in a full check
         counts = ledger.check(b.url, [], cycle=2, full=True)
@@ -60,9 +61,14 @@ def test_kill_9_during_acknowledged_ingest_loses_nothing_short(tmp_path):
     assert out["shm_objects_left"] == 0 and out["partitions_fenced"] == 0
 
 
+# a seed whose cycle has two writers, one sending acks=all requests only and one acks=1 only
+# (seed 12's two writers drew acks=1 only: a run that could not lose an acks=all record)
+SEED_WITH_ACKS_ALL = 16
+
+
 def test_kill_9_of_a_sync_master_then_promotion_loses_no_acks_all_short(tmp_path):
-    out = kill_ingest.run_failover(1, seed=12, root=str(tmp_path), max_writers=2, say=print)
-    assert out["cycles"] == 1 and out["acked_records"] > 0
+    out = kill_ingest.run_failover(1, seed=SEED_WITH_ACKS_ALL, root=str(tmp_path), max_writers=2, say=print)
+    assert out["cycles"] == 1 and out["acked_all_records"] > 0 and out["acked_records"] > out["acked_all_records"]
     assert {k: out[k] for k in ("lost_all", "dup", "gaps", "regressed", "bad")} == \
         dict(lost_all=0, dup=0, gaps=0, regressed=0, bad=0)
     assert out["replicas_identical"] and out["shm_objects_left"] == 0 and out["partitions_fenced"] == 0

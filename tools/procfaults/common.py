@@ -121,6 +121,8 @@ def scan(url: str, topic: str, p: int, start: int, end: int):
             rep, data = c.fetch(topic, p, off, max_bytes=4 << 20)
             if rep.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
                 return  # nothing here: what was acknowledged in it counts as lost
+            if rep.code == ErrorCode.OFFSET_OUT_OF_RANGE and off >= latest(url, topic, p):
+                return  # past this log's end (an acks=1 tail the promoted slave never had): counts as lost
             if rep.code != 0:
                 raise RuntimeError(f"fetch {topic}/{p}@{off}: {rep.code} {rep.message}")
             if not data:

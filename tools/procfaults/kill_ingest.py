@@ -172,7 +172,7 @@ def _group_alive(b: BrokerProcess) -> bool:
 class Totals:
     def __init__(self):
         self.counts = dict.fromkeys(COUNTS, 0)
-        self.acked_records = self.acked_requests = self.cycles = 0
+        self.acked_records = self.acked_all_records = self.acked_requests = self.cycles = 0
         self.restart: list[float] = []
         self.baseline: list[float] = []
         self.notice: dict[str, list[float]] = {}
@@ -187,7 +187,7 @@ class Totals:
             self.counts[k] += v
 
     def report(self) -> dict:
-        out = dict(self.counts, cycles=self.cycles, acked_records=self.acked_records,
+        out = dict(self.counts, cycles=self.cycles, acked_records=self.acked_records, acked_all_records=self.acked_all_records,
                    acked_requests=self.acked_requests, shm_objects_left=self.shm_left, targets=self.targets,
                    restart_s=sorted(self.restart), baseline_start_s=sorted(self.baseline),
                    notice_s={k: sorted(v) for k, v in self.notice.items()}, kill_after_s=sorted(self.kill_after))
@@ -231,6 +231,7 @@ def run_standalone(cycles: int, seed: int = 1, root: str | None = None, targets:
             tot.add(c)
             tot.cycles += 1
             tot.acked_records += sum(a.n for a in acked)
+            tot.acked_all_records += sum(a.n for a in acked if a.acks == -1)
             tot.acked_requests += len(acked)
             tot.restart.append(restart)
             tot.kill_after.append(after)
@@ -299,6 +300,7 @@ def run_failover(cycles: int, seed: int = 1, root: str | None = None, max_writer
             tot.add(c)
             tot.cycles += 1
             tot.acked_records += sum(a.n for a in acked)
+            tot.acked_all_records += sum(a.n for a in acked if a.acks == -1)
             tot.acked_requests += len(acked)
             tot.restart.append(restart)
             tot.promote.append(promote)
