@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpbroker import Filter, batch
-from hpbroker.protocol import filters
+from hpbroker.protocol import filter_eval, filters
 
 NAMES = ["tag", "t", "x-y"]
 VALUES = [b"", b"a", b"ab", b"b", b"abc", b"\x00\xc4"]
@@ -293,9 +293,9 @@ def test_many_needles_or_a_needle_everywhere_decode_every_record_and_agree():
     recs = [(None, b"a" * 50, [("tag", b"a" * 30)], 0), (None, b"a" * 50, [("tag", b"a" * 29 + b"b")], 0),
             (None, b"a" * 50, [("t", b"a" * 30)], 0)] * 20
     b = make(recs, 0)
-    many = {"header": "tag", "in": [str(i) for i in range(filters.MAX_NEEDLES + 1)] + ["a" * 30]}
+    many = {"header": "tag", "in": [str(i) for i in range(filter_eval.MAX_NEEDLES + 1)] + ["a" * 30]}
     everywhere = {"header": "tag", "eq": "a" * 30}
     for spec in (many, everywhere, {"not": everywhere}):
         assert Filter(spec).mask(b).tolist() == [model(spec, r[0], r[2]) for r in recs]
-    assert filters._find_all(np.frombuffer(b"a" * 1000, np.uint8), b"a" * 30, limit=100) is None
-    assert filters._find_all(np.frombuffer(b"xxabcabc", np.uint8), b"abc", limit=1).tolist() == [2, 5]
+    assert filter_eval.find_all(np.frombuffer(b"a" * 1000, np.uint8), b"a" * 30, limit=100) is None
+    assert filter_eval.find_all(np.frombuffer(b"xxabcabc", np.uint8), b"abc", limit=1).tolist() == [2, 5]
