@@ -47,36 +47,24 @@ from hpbroker import config as config_mod
 from hpbroker.ipc import handoff
 from hpbroker.net.cluster import Cluster
 from hpbroker.net.fetch import FetchService
-from hpbroker.net import tx_recovery, tx_upkeep
+from hpbroker.net import tx_upkeep
+from hpbroker.net.tx_apply import JournalSink, TxApply
+from hpbroker.net.tx_upkeep import TxUpkeep
 from hpbroker.protocol import check_produce
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 from hpbroker.tx import journal
-from hpbroker.tx.table import (COMMITTED, COMMITTING, OPEN, PREPARED, PREPARING, ROLLED_BACK, ROLLING_BACK, Finished,
-                               Tx, TxTable)
+from hpbroker.tx.table import (COMMITTED, COMMITTING, OPEN, PREPARED, PREPARING, ROLLED_BACK, ROLLING_BACK, TIMED_OUT,
+                               Finished, Tx, TxTable)
 
 log = logging.getLogger("hpbroker.transactions")
 
-TIMED_OUT = "timed_out"
-_RETRY_APPLY_S = 1.0
-_HOUSEKEEPING_S = 5.0
-_TICK_S = 0.1
 
+class TxService(TxApply, TxUpkeep):
+    """A coordinator's transactions: requests here, commit's appends in
+    :class:`~hpbroker.net.tx_apply.TxApply`, timeouts, disconnects and the
+    journal's read-back and upkeep in :class:`~hpbroker.net.tx_upkeep.TxUpkeep`."""
 
-class JournalSink:
-    """Where the produce reply of a journal write goes: ``then(reply)``
-    returns what to answer the client with, or None."""
-
-    __slots__ = ("then",)
-
-    def __init__(self, then: Callable):
-        self.then = then
-
-    def done(self, reply):
-        return self.then(reply)
-
-
-class TxService:
     def __init__(self, index: int, cfg: config_mod.Config, cluster: Cluster, fetch: FetchService,
                  produce: Callable, clock, wall=time.time):
         """``produce(sink, req, batches)``: hand a produce request to the
@@ -368,135 +356,6 @@ class TxService:
             tx.state = before
             raise
         return None
-
-    # -- commit's appends ---------------------------------------------------------------
-
-    def apply(self, tx: Tx):
-        """Append the committed ``tx``'s batches that their partitions do not
-        hold yet, marked (hpbroker.tx.journal, "Marks"): one produce request
-        per partition (several, each whole, for a share larger than a
-        request may be).  -> the client's answer when it is due already
-        (nothing to append), or None."""
-        tx.state = COMMITTING
-        self.retry_apply.pop(tx.txid, None)
-        for tp, batches in tx.parts.items():
-            done = tx.done.setdefault(tp, set())
-            todo = [i for i in range(len(batches)) if i not in done]
-            for chunk in tx_upkeep.chunks_of(todo, lambda i, bs=batches: len(bs[i]), self._chunk):
-                req = m.Produce(id=0, topic=tp[0], partition=tp[1], acks=-1,
-                                timeout_ms=self.tcfg.decision_timeout_ms)
-                key = (tp, chunk[0])
-                tx.applying.add(key)
-                try:
-                    self.produce(JournalSink(lambda reply, key=key, chunk=chunk: self._after_apply(tx, key, chunk,
-                                                                                                   reply)),
-                                 req, [journal.mark_batch(batches[i], tx.mark, i) for i in chunk])
-                except BrokerError as e:
-                    tx.applying.discard(key)
-                    self._apply_failed(tx, tp, e.message)
-        return self._maybe_applied(tx)
-
-    def _after_apply(self, tx: Tx, key, chunk: list[int], reply):
-        tx.applying.discard(key)
-        tp = key[0]
-        if reply.code:
-            self._apply_failed(tx, tp, reply.message)
-        else:  # durable there: never appended again
-            tx.done.setdefault(tp, set()).update(chunk)
-        return self._maybe_applied(tx)
-
-    def _apply_failed(self, tx: Tx, tp, why: str) -> None:
-        self.apply_failures += 1
-        log.error("transaction %s is committed but its append to %s/%d failed (%s): retrying", tx.txid, *tp, why)
-        self.retry_apply[tx.txid] = self.clock() + _RETRY_APPLY_S
-
-    def _maybe_applied(self, tx: Tx):
-        if tx.applying:
-            return None
-        answer = None
-        if tx.waiter is not None:
-            ident, req = tx.waiter
-            tx.waiter = None
-            if tx.txid in self.retry_apply:
-                answer = ident, m.TxReply(id=req.id, state=COMMITTED,
-                                          message="committed; some of its messages are not appended yet (retrying)")
-            else:
-                answer = ident, m.TxReply(id=req.id, state=COMMITTED, messages=tx.messages, bytes=tx.bytes)
-        if tx.txid not in self.retry_apply:
-            try:
-                p = journal.partition_for(tx.txid, self.cluster.view.topics[journal.TOPIC])
-                self._write(p, tx, [journal.applied()], 1, lambda reply: None)
-            except BrokerError as e:  # recovery finds it committed and checks every batch: harmless
-                log.info("transaction %s: APPLIED not journalled (%s)", tx.txid, e.message)
-            self.table.finish(tx, COMMITTED)
-        return answer
-
-    # -- time, connections, recovery ------------------------------------------------------
-
-    def tick(self, now: float) -> None:
-        """Timeouts, appends to retry, the journal's upkeep; at most every
-        ``_TICK_S`` (the acceptor calls this every turn of its loop)."""
-        if now < self._next_tick or self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
-            return
-        self._next_tick = now + _TICK_S
-        if self.cluster.view.role == "slave":
-            if self.loaded:  # demoted: the journal is the new master's now
-                self.loaded.clear()
-                self.table.txs.clear()
-                self.table.bytes = 0
-            return
-        try:
-            self._load_all()
-        except BrokerError as e:
-            log.warning("transaction journal not read back yet: %s", e.message)
-            return
-        for tx in self.table.expired(now):
-            try:
-                self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
-            except BrokerError as e:
-                tx.deadline = now + 1.0  # busy or stopping: try again in a second
-                log.warning("transaction %s: timed out, rollback not journalled yet: %s", tx.txid, e.message)
-                continue
-            log.info("transaction %s: rolled back by its timeout", tx.txid)
-            self.table.timeouts += 1
-        for txid, at in list(self.retry_apply.items()):
-            tx = self.table.txs.get(txid)
-            if tx is None:
-                del self.retry_apply[txid]
-            elif now >= at and not tx.applying and not tx.copying:
-                self.apply(tx)
-        if now >= self._housekeeping_at:
-            # often enough that a copy made at half the retention age is
-            # followed by the next one well before the first expires
-            retention = self.cfg.log.retention_ms
-            self._housekeeping_at = now + (_HOUSEKEEPING_S if retention < 0 else
-                                           min(_HOUSEKEEPING_S, retention / 10_000))
-            tx_upkeep.copy_old(self, int(self.wall() * 1000))
-            tx_upkeep.write_checkpoints(self)
-
-    def disconnected(self, conn) -> None:
-        """Client connection ``conn`` is gone: roll back its open local transactions."""
-        for tx in self.table.of_connection(conn):
-            try:
-                self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
-            except BrokerError as e:  # its timeout rolls it back instead
-                log.warning("transaction %s: client gone, rollback not journalled: %s", tx.txid, e.message)
-                continue
-            log.info("transaction %s: rolled back, its client disconnected", tx.txid)
-
-    def _load_all(self) -> None:
-        n = self.cluster.view.topics.get(journal.TOPIC)
-        if n is None:
-            return
-        for p in range(n):
-            if p % len(self.cluster.view.acceptors) == self.index:
-                self._load(p)
-
-    def _load(self, p: int) -> None:
-        if p in self.loaded:
-            return
-        self.loaded.add(p)
-        tx_recovery.recover(self, p)
 
     def stats(self) -> dict:
         t = self.table

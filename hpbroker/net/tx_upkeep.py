@@ -1,4 +1,12 @@
-"""Keeping the transaction journal bounded: copies and recovery checkpoints.
+"""A coordinator's work between requests, and keeping the journal bounded.
+
+:class:`TxUpkeep`, which :class:`~hpbroker.net.transactions.TxService`
+inherits, runs from the acceptor's loop: transactions past their timeout
+are rolled back, committed ones whose appends failed are tried again, a
+disconnected client's local transactions are rolled back, and each journal
+partition this acceptor coordinates is read back (:mod:`hpbroker.net.tx_recovery`)
+before its first use.
+
 
 ``__transactions`` expires by age (``log.retention_ms``).  A transaction
 that waits in the journal for more than half that age (a prepared XA branch
@@ -7,7 +15,7 @@ to the journal's end - COPY, its batches, COPIED - so its records never
 expire (:mod:`hpbroker.tx.journal`).  Each journal partition's
 ``tx.checkpoint`` holds the lowest offset a live transaction has records
 at: recovery starts reading there.  Both run every few seconds from
-:meth:`TxService.tick <hpbroker.net.transactions.TxService.tick>`.
+:meth:`TxUpkeep.tick`.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from hpbroker.ipc import handoff
 from hpbroker.net import tx_recovery
 from hpbroker.protocol.errors import BrokerError
 from hpbroker.tx import journal
-from hpbroker.tx.table import COMMITTING, PREPARED, Tx
+from hpbroker.tx.table import COMMITTING, PREPARED, TIMED_OUT, Tx
 
 log = logging.getLogger("hpbroker.transactions")
+
+_HOUSEKEEPING_S = 5.0
+_TICK_S = 0.1
 
 
 def copy_old(svc, now_ms: int) -> None:
@@ -132,3 +143,75 @@ def _write_unsynced(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+class TxUpkeep:
+    """TxService's work between requests: timeouts, appends to retry, a
+    client's disconnect, reading the journal back, and the upkeep above
+    (it provides ``table``, ``cluster``, ``cfg``, ``index``, ``loaded``,
+    ``retry_apply``, ``wall``, ``_mine``, ``_rollback`` and ``apply``)."""
+
+    def tick(self, now: float) -> None:
+        """Timeouts, appends to retry, the journal's upkeep; at most every
+        ``_TICK_S`` (the acceptor calls this every turn of its loop)."""
+        if now < self._next_tick or self.cluster.view is None or journal.TOPIC not in self.cluster.view.topics:
+            return
+        self._next_tick = now + _TICK_S
+        if self.cluster.view.role == "slave":
+            if self.loaded:  # demoted: the journal is the new master's now
+                self.loaded.clear()
+                self.table.txs.clear()
+                self.table.bytes = 0
+            return
+        try:
+            self._load_all()
+        except BrokerError as e:
+            log.warning("transaction journal not read back yet: %s", e.message)
+            return
+        for tx in self.table.expired(now):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "timeout", False, outcome=TIMED_OUT)
+            except BrokerError as e:
+                tx.deadline = now + 1.0  # busy or stopping: try again in a second
+                log.warning("transaction %s: timed out, rollback not journalled yet: %s", tx.txid, e.message)
+                continue
+            log.info("transaction %s: rolled back by its timeout", tx.txid)
+            self.table.timeouts += 1
+        for txid, at in list(self.retry_apply.items()):
+            tx = self.table.txs.get(txid)
+            if tx is None:
+                del self.retry_apply[txid]
+            elif now >= at and not tx.applying and not tx.copying:
+                self.apply(tx)
+        if now >= self._housekeeping_at:
+            # often enough that a copy made at half the retention age is
+            # followed by the next one well before the first expires
+            retention = self.cfg.log.retention_ms
+            self._housekeeping_at = now + (_HOUSEKEEPING_S if retention < 0 else
+                                           min(_HOUSEKEEPING_S, retention / 10_000))
+            copy_old(self, int(self.wall() * 1000))
+            write_checkpoints(self)
+
+    def disconnected(self, conn) -> None:
+        """Client connection ``conn`` is gone: roll back its open local transactions."""
+        for tx in self.table.of_connection(conn):
+            try:
+                self._rollback(self._mine(tx.txid), tx, None, None, "client disconnected", False)
+            except BrokerError as e:  # its timeout rolls it back instead
+                log.warning("transaction %s: client gone, rollback not journalled: %s", tx.txid, e.message)
+                continue
+            log.info("transaction %s: rolled back, its client disconnected", tx.txid)
+
+    def _load_all(self) -> None:
+        n = self.cluster.view.topics.get(journal.TOPIC)
+        if n is None:
+            return
+        for p in range(n):
+            if p % len(self.cluster.view.acceptors) == self.index:
+                self._load(p)
+
+    def _load(self, p: int) -> None:
+        if p in self.loaded:
+            return
+        self.loaded.add(p)
+        tx_recovery.recover(self, p)

@@ -25,6 +25,7 @@ from hpbroker.protocol.tx_messages import MAX_TXID
 
 OPEN, PREPARING, PREPARED, COMMITTING, ROLLING_BACK = "open", "preparing", "prepared", "committing", "rolling_back"
 COMMITTED, ROLLED_BACK = "committed", "rolled_back"
+TIMED_OUT = "timed_out"  # a finished transaction's outcome: rolled back by its timeout
 
 
 class Tx:
