@@ -35,22 +35,18 @@ from hpbroker import config as config_mod
 from hpbroker import stats as stats_mod
 from hpbroker.procutil import freeze_heap, run_child, tune_runtime
 from hpbroker.broker import layout
+from hpbroker.broker.control_server import ControlServer
+from hpbroker.broker.replication_role import ReplicationRole
 from hpbroker.broker.host import (StartupError, check_port, claim_instance, create_rings, doorbell_name, lock_data_dir,
                                   replica_ring_name, ring_name)
-from hpbroker.broker import role as role_mod
 from hpbroker.broker import sdnotify
 from hpbroker.broker import state as broker_state
 from hpbroker.broker.topics import TopicError, TopicRegistry
 from hpbroker.net import acceptor as acceptor_mod
-from hpbroker.ipc import control
 from hpbroker.broker import scrubber_process, writer_process
-from hpbroker.replication import probe
-from hpbroker.replication import process as replicator_mod
 from hpbroker.ring import cleanup_stale, reclaim_dead
-from hpbroker.security import BrokerSecurity
 from hpbroker.text import listener as text_listener
-from hpbroker.protocol.errors import ErrorCode
-from hpbroker.sockets import drain, make_socket
+from hpbroker.sockets import make_socket
 
 log = logging.getLogger("hpbroker.supervisor")
 
@@ -59,7 +55,12 @@ START_TIMEOUT_S = 60.0
 OPTIONAL_CHILDREN = ("scrubber",)
 
 
-class Supervisor:
+class Supervisor(ReplicationRole, ControlServer):
+    """Lifecycle: start, watch, stop.  The role and promotion are in
+    :class:`~hpbroker.broker.replication_role.ReplicationRole`, the control
+    socket and the published view in
+    :class:`~hpbroker.broker.control_server.ControlServer`."""
+
     def __init__(self, cfg: config_mod.Config):
         self.cfg = cfg
         self.instance = cfg.instance
@@ -192,75 +193,6 @@ class Supervisor:
             obj.unlink()
         log.info("unlinked the names of %d shared-memory objects (all processes have them open)", len(self.owned_shm))
 
-    def _choose_role(self) -> None:
-        """The flags' role, or master if this broker was promoted and its
-        old master is not back as one (hpbroker.broker.role)."""
-        r = self.cfg.replication
-        promoted_from = broker_state.load_promoted_from(self.data_dir)
-
-        def master_answering() -> str | None:
-            ctx = zmq.Context()
-            try:
-                rep = probe.master_answering(ctx, r.master, r.promote_probe_ms, self.cfg.broker.broker_id,
-                                             curve=BrokerSecurity(self.cfg.security, ctx).to_master())
-            finally:
-                ctx.term()
-            return None if rep is None else f"broker {rep.broker_id}, epoch {rep.leader_epoch}"
-
-        start = role_mod.start_role(self.role, r.master, promoted_from, r.keep_promotion, master_answering)
-        if start.why:
-            log.warning("%s", start.why)
-        if start.forget:
-            broker_state.save_epoch(self.data_dir, broker_state.load_epoch(self.data_dir), promoted_from=None)
-        self.promoted_from = "" if start.forget else (promoted_from or "")
-        self.role = start.role
-        self.leader_id = self.cfg.broker.broker_id if self.role != "slave" else -1
-
-    # -- replication -----------------------------------------------------------------
-
-    def _pub_bind(self, w: int) -> str:
-        port = self.cfg.replication.pub_port
-        return f"tcp://{self.cfg.broker.bind}:{port + w if port else '*'}"
-
-    def _start_replicator(self, role: str) -> None:
-        self.replication_endpoints = None
-        self._spawn(self.mp, "replicator", replicator_mod.main,
-                    (role, self.cfg_bytes, self.instance, self.epoch,
-                     [replica_ring_name(w) for w in range(self.cfg.broker.writers)], self._ipc("repl-feed"),
-                     self._ipc("repl-comp"), self._ipc("repl-state"), self._ipc("control"), None, sorted(self.reigns)))
-        self._await(lambda: self.replication_endpoints is not None, "the replicator to start")
-
-    def promote(self, epoch: int | None = None, record: bool = True) -> control.Ack:
-        """Slave -> master: stop following, take a new epoch, start publishing.
-        ``epoch``: the one claimed in ZooKeeper (cluster mode), else the next
-        this broker owns; ``record``: remember the master it followed
-        (``promoted_from``, hpbroker.broker.role), which cluster mode does not use."""
-        if self.role != "slave":
-            return control.Ack(code=ErrorCode.BAD_REQUEST, message=f"this broker is {self.role}, not a slave")
-        p = self.children.pop("replicator")
-        p.terminate()
-        p.join(10)
-        if p.exitcode is None:
-            p.kill()
-            p.join(5)
-        self.epoch = epoch or broker_state.next_epoch(max(self.epoch, broker_state.max_partition_epoch(self.data_dir)),
-                                                      self.cfg.broker.broker_id)
-        self.reigns.add(self.epoch)
-        # recorded: a restart with this slave's flags keeps it master (hpbroker.broker.role)
-        broker_state.save_epoch(self.data_dir, self.epoch, self.reigns,
-                                promoted_from=self.cfg.replication.master if record else None)
-        self.promoted_from = self.cfg.replication.master if record else ""
-        self.role = "master"
-        self.leader_id = self.cfg.broker.broker_id
-        self.pub_endpoints = [""] * self.cfg.broker.writers
-        for name, child in self.children.items():
-            if name.startswith("writer"):
-                os.kill(child.pid, signal.SIGUSR2)  # bind a PUB socket and publish each round
-        self._start_replicator("master")
-        self._await(lambda: all(self.pub_endpoints), "the writers to open their replication PUB sockets")
-        self.publish_view()
-        log.warning("promoted to master with leader epoch %d", self.epoch)
-        return control.Ack(code=0, message="", epoch=self.epoch)
 
     _ready: set[str]
 
@@ -306,99 +238,6 @@ class Supervisor:
             self._serve_control(100)
 
     # -- serve ------------------------------------------------------------------
-
-    def view(self) -> control.ClusterView:
-        return control.ClusterView(cluster_id=self.cfg.broker.cluster_id, broker_id=self.cfg.broker.broker_id,
-                                   leader_epoch=self.epoch, acceptors=[e or "" for e in self.endpoints],
-                                   topics=dict(self.topics.topics), role=self.role, leader_id=self.leader_id,
-                                   replication=self._replication_view(),
-                                   replication_acks=self._replication_acks(), promoted_from=self.promoted_from,
-                                   cluster_map=self.cluster.map_bytes if self.cluster is not None else b"")
-
-    def _replication_view(self) -> list[str]:
-        """A master's replication endpoints for its metadata: [fetch, ack, pub
-        of writer 0, pub of writer 1, ...]; empty unless master."""
-        if self.role != "master" or not self.replication_endpoints or not all(self.pub_endpoints):
-            return []  # not (yet) a master serving slaves
-        return [*self.replication_endpoints, *self.pub_endpoints]
-
-    def _replication_acks(self) -> list[str]:
-        """Where a sync master's acceptors take slave writers' reports; an
-        async master holds no acks=all back, so it asks for none."""
-        if self.cfg.replication.mode != "sync" or not self._replication_view():
-            return []
-        return list(self.ack_endpoints)
-
-    def publish_view(self) -> None:
-        self.view_pub.send(control.encoder.encode(self.view()))
-        if self.cluster is not None:
-            self.cluster.topics_changed(dict(self.topics.topics))
-
-    def _serve_control(self, timeout_ms: int) -> None:
-        if not self.control.poll(timeout_ms):
-            return
-        for ident, raw in drain(self.control, multipart=True):
-            msg = control.to_supervisor.decode(raw)
-            reply = self._on_control(msg)
-            if reply is not None:
-                self.control.send_multipart([ident, control.encoder.encode(reply)])
-
-    def _on_control(self, msg):
-        match msg:
-            case control.WriterReady():
-                self._ready.add(f"writer{msg.writer}")
-                if 0 <= msg.writer < len(self.pub_endpoints):
-                    self.pub_endpoints[msg.writer] = msg.pub_endpoint
-                return None
-            case control.WriterPublishing():
-                if 0 <= msg.writer < len(self.pub_endpoints):
-                    self.pub_endpoints[msg.writer] = msg.endpoint
-                    if self._replication_view():
-                        self.publish_view()  # the last one after a promotion completes the metadata
-                return None
-            case control.AcceptorHello():
-                self.endpoints[msg.acceptor] = msg.endpoint
-                self.ack_endpoints[msg.acceptor] = msg.ack_endpoint
-                return self.view()
-            case control.EnsureTopic():
-                return self._ensure_topic(msg)
-            case control.ReplicatorReady():
-                self.replication_endpoints = msg.endpoints
-                return None
-            case control.SeenEpoch():
-                if msg.epoch > self.epoch or (msg.following and (msg.master_id != self.leader_id or msg.epoch not in self.reigns)):
-                    self.epoch = max(self.epoch, msg.epoch)
-                    if msg.following:
-                        self.reigns.add(msg.epoch)  # its history is this log's from now
-                    broker_state.save_epoch(self.data_dir, self.epoch, self.reigns)
-                    if msg.following:
-                        self.leader_id = msg.master_id
-                        self.publish_view()
-                return control.Ack()
-            case control.Promote():
-                return self.promote()
-            case control.TextListenerReady():
-                self.text_port = msg.port
-                self.text_ready += 1
-                return None
-        return control.Ack()
-
-    def _ensure_topic(self, msg: control.EnsureTopic) -> control.TopicResult:
-        b = self.cfg.broker
-        existing = self.topics.topics.get(msg.name)
-        if existing is not None:
-            if msg.explicit and not msg.if_not_exists:
-                return control.TopicResult(code=ErrorCode.TOPIC_ALREADY_EXISTS, message=f"topic {msg.name!r} already exists", view=self.view())
-            return control.TopicResult(code=0, message="", view=self.view())
-        if not msg.explicit and not b.auto_create_topics:
-            return control.TopicResult(code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, message=f"unknown topic {msg.name!r} (auto_create_topics is off)", view=self.view())
-        try:
-            self.topics.create(msg.name, msg.partitions or b.default_partitions)
-        except TopicError as e:
-            return control.TopicResult(code=ErrorCode.BAD_REQUEST, message=str(e), view=self.view())
-        log.info("created topic %s with %d partitions", msg.name, self.topics.topics[msg.name])
-        self.publish_view()
-        return control.TopicResult(code=0, message="", view=self.view())
 
     def _check_children(self) -> None:
         http = self.children.get("http")
