@@ -27,9 +27,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from hpbroker import config as config_mod
 from hpbroker.procutil import child_setup, freeze_heap
-from hpbroker.ipc import completions, control, handoff
+from hpbroker.ipc import handoff
 from hpbroker.ipc import lease as lease_mod
-from hpbroker.ipc import replica as ipc_replica
+from hpbroker.net.acceptor_fetch import AcceptorFetch
+from hpbroker.net.acceptor_peers import AcceptorPeers
 from hpbroker.net.acceptor_sockets import AcceptorSockets, open_sockets
 from hpbroker.net.acceptor_stats import AcceptorStats
 from hpbroker.net.acks import ProduceAcks
@@ -50,7 +51,11 @@ from hpbroker import stats
 log = logging.getLogger("hpbroker.acceptor")
 
 
-class Acceptor:
+class Acceptor(AcceptorPeers, AcceptorFetch):
+    """One acceptor's loop and its client requests; what the other
+    processes say is :class:`~hpbroker.net.acceptor_peers.AcceptorPeers`'s,
+    fetches are :class:`~hpbroker.net.acceptor_fetch.AcceptorFetch`'s."""
+
     def __init__(self, index: int, cfg: config_mod.Config, sockets: AcceptorSockets, rings: list, *,
                  clock=time.monotonic, stats=None):
         """``rings``: a ring Writer per writer process, by writer index;
@@ -186,46 +191,6 @@ class Acceptor:
             self.stats.answered(ident, reply, now)
             self._reply(ident, reply)
 
-    # -- what the writers, the replicator, the slaves and the supervisor say -------
-
-    def _drain_completions(self) -> None:
-        moved: list[str] = []
-        for frame in drain(self.completions, copy=False):
-            c = completions.decoder.decode(frame.buffer)
-            self.heard_from.add(c.writer)
-            self._send(self.acks.on_completions(c.done))
-            moved += self.fetch.update(c.hwm, c.log_start)
-        if moved:
-            self._wake_fetches(moved)
-
-    def _drain_replica_state(self) -> None:
-        for raw in drain(self.repl_sub):
-            replies = self.acks.on_replica_state(ipc_replica.state_decoder.decode(raw))
-            self._bound_fetches()
-            self._send(replies)
-
-    def _drain_slave_acks(self) -> None:
-        """A slave's writer made a flush durable: release what that covers."""
-        for raw in drain(self.slave_acks):
-            view = self.cluster.view
-            self._send(self.acks.on_slave_ack(raw, view.role, view.leader_epoch))
-            self._bound_fetches()  # a no-op after a refused report: nothing it reads changed
-
-    def _drain_view(self) -> None:
-        for raw in drain(self.view_sub):
-            v = control.from_supervisor.decode(raw)
-            if isinstance(v, control.ClusterView):
-                self.cluster.view = v
-                self._bound_fetches()  # a promotion makes this a master's acceptor
-
-    def _expire(self, now: float) -> None:
-        self._send(self.acks.tick(now))
-        self.groups.tick(now)
-        self.tx.tick(now)
-        self.stats.tick(now, self.acks.__len__, self.fetch.parked_count)
-        for p in self.fetch.timed_out(now):
-            self._serve_fetch(p.ident, p.req)
-
     # -- client requests ------------------------------------------------------------
 
     def _drain_client(self) -> None:
@@ -262,7 +227,7 @@ class Acceptor:
             if isinstance(req, ProtocolError):
                 self._reply(ident, codec.protocol_error_reply(req))
             else:
-                self._reply(ident, _error_reply(req, e))
+                self._reply(ident, codec.error_reply(req, e.code, e.message))
             return
         self.stats.dropped(e.code)
         line = self.drops.note(e.code, e.message, self.clock())
@@ -368,55 +333,12 @@ class Acceptor:
             self.acks.cancel(token)  # never reached the writer: answered by the caller
             raise
 
-    # -- fetch ---------------------------------------------------------------------
-
-    def _fetch(self, ident: bytes, req: m.Fetch) -> None:
-        flt = self.fetch.filter_of(req)  # a bad filter is BAD_REQUEST before anything else
-        self.cluster.check_partition(req.topic, req.partition, auto=False)
-        # parks a long poll that finds less than min_bytes (net/fetch.py)
-        if not self.fetch.start(ident, req, self.clock(), wait=not self.stopping, flt=flt):
-            self._serve_fetch(ident, req)
-
-    def _serve_fetch(self, ident: bytes, req: m.Fetch) -> None:
-        try:
-            data, hwm, start, nxt = self.fetch.answer(req)
-        except BrokerError as e:
-            self._reply(ident, _error_reply(req, e))
-            return
-        self.stats.fetched(req, len(data), nxt)
-        self._reply(ident, m.FetchReply(id=req.id, high_watermark=hwm, log_start_offset=start, next_offset=nxt), [data])
-
-    def _wake_fetches(self, keys) -> None:
-        for p in self.fetch.woken(keys):
-            self._serve_fetch(p.ident, p.req)
-
-    def _answer_parked_fetches(self) -> None:
-        for p in self.fetch.all_parked():
-            self._serve_fetch(p.ident, p.req)
-
-    def _bound_fetches(self) -> None:
-        """Keep consumers of a master to what the in-sync slaves hold
-        (replication.fetch_bound), then answer the long polls that lets go."""
-        policy, view = self.acks.policy, self.cluster.view
-        bound = None
-        if self._fetch_replicated and view is not None and view.role == "master" and policy.insync:
-            bound = policy.replicated
-        self.fetch.bound = bound
-        keys = self.fetch.parked_keys()
-        if keys:
-            self._wake_fetches(keys)
-
 
 FENCED = ("fenced: this master has had no answer from ZooKeeper for longer than cluster.fence_after_ms, so another "
           "broker may be master by now; retry (metadata names the master)")
 FENCED_ACK = ("not acknowledged: this master lost contact with ZooKeeper (cluster.fence_after_ms) before the batch was "
               "confirmed, so it may have been replaced; the batch may be cut from this log. Retry (metadata names the "
               "master)")
-
-
-def _error_reply(req, e: BrokerError):
-    reply_type = m.REPLY_FOR.get(type(req), m.ErrorReply)
-    return reply_type(id=req.id, code=int(e.code), message=e.message)
 
 
 def main(index: int, cfg_toml: bytes, instance: str, ring_names: list[str], endpoint: str, completions_ep: str,
