@@ -13,7 +13,8 @@ import pytest
 from brokerproc import BrokerProcess
 from hpbroker.config import LogConfig
 from hpbroker.io import PartitionFenced, PartitionLog, Storage, layout
-from hpbroker.io.scrub import FINDING, STATE, Scrubber, ScrubState, Throttle, check_segment
+from hpbroker.io.scrub import FINDING, STATE, Scrubber, ScrubState
+from hpbroker.io.segment_check import Throttle, check_segment
 from hpbroker.io.testing import make_batch
 
 CFG = LogConfig(segment_bytes=1 << 16, write_buffer_bytes=1 << 16, index_interval_bytes=512)
@@ -130,7 +131,7 @@ def test_a_segment_retention_took_meanwhile_is_no_finding(tmp_path):
     make_data(tmp_path, partitions=1)
     d, bases = segs(tmp_path)
     s = Scrubber(str(tmp_path), 0, 3600)
-    from hpbroker.io.scrub import Finding
+    from hpbroker.io.segment_check import Finding
 
     gone = Finding("data", layout.log_path(d, bases[0]), 0, bases[0], "file shorter than expected")
     os.rename(layout.log_path(d, bases[0]), layout.log_path(d, bases[0]) + ".deleted")
