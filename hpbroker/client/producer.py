@@ -381,12 +381,17 @@ class Producer(Transactional, SpillSend):
                 mem.reserve(size)
             else:
                 mem.used += size
-            if blob is None:
-                fut = self._append(topic, partition, value, key, timestamp_ms, size)
-            else:
-                fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
-            if callback is not None:
-                attach(fut, callback)
+            return self._append_locked(topic, partition, value, key, timestamp_ms, size, blob, callback)
+
+    def _append_locked(self, topic, partition, value, key, timestamp_ms, size, blob, callback):
+        """One message into its open batch (the lock held, its memory counted),
+        with its encoded headers when it has any; ``callback`` attached."""
+        if blob is None:
+            fut = self._append(topic, partition, value, key, timestamp_ms, size)
+        else:
+            fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
+        if callback is not None:
+            attach(fut, callback)
         return fut
 
     def _batch_opened(self) -> None:

@@ -26,7 +26,7 @@ _ENTRY = batch.ENTRY_SIZE
 class SpillSend:
     """The Producer's sends in spill mode (it provides ``_spill``,
     ``_memory``, ``_lock``, ``_accum``, ``_partitions``, ``_rr``, ``_t``,
-    ``_waker``, ``block_on_full`` and ``_append``)."""
+    ``_waker``, ``block_on_full`` and ``_append_locked``)."""
 
     def _send_spill_mode(self, topic: str, value: bytes, key: bytes | None, partition: int | None,
                          timestamp_ms: int | None, callback, headers, size: int) -> FutureRecordMetadata:
@@ -57,13 +57,7 @@ class SpillSend:
             with self._lock:
                 if not spill.down and not spill.pending and mem.used + size <= mem.limit and not mem.closed:
                     mem.used += size
-                    if blob is None:
-                        fut = self._append(topic, partition, value, key, timestamp_ms, size)
-                    else:
-                        fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
-                    if callback is not None:
-                        attach(fut, callback)
-                    return fut
+                    return self._append_locked(topic, partition, value, key, timestamp_ms, size, blob, callback)
         frame = None
         if spill.likely(topic, partition) or (not self.block_on_full and mem.used + size > mem.limit):
             # frame it before taking the lock (about a microsecond that other senders need not wait for)
@@ -89,15 +83,6 @@ class SpillSend:
             fut = spill.add(topic, partition, frame, size)
             if callback is not None:
                 attach(fut, callback)
-        return fut
-
-    def _append_locked(self, topic, partition, value, key, timestamp_ms, size, blob, callback):
-        if blob is None:
-            fut = self._append(topic, partition, value, key, timestamp_ms, size)
-        else:
-            fut = self._accum.append_with_headers(topic, partition, value, key, timestamp_ms, size, blob)
-        if callback is not None:
-            attach(fut, callback)
         return fut
 
     def _send_batch_spill_mode(self, topic: str, values, partition: int | None, keys, timestamp_ms: int | None,
