@@ -19,6 +19,7 @@ import pytest
 from brokerproc import BrokerProcess
 from rawclient import RawClient
 from hpbroker.client.producer import Producer
+from hpbroker.protocol import codec
 from hpbroker.protocol import messages as m
 from hpbroker.protocol.errors import BrokerError, ErrorCode
 
@@ -303,4 +304,47 @@ def test_a_prepared_branch_outlives_the_journals_retention_by_being_copied_forwa
         assert [r.value for r in raw.fetch_all("t", 0)] == [b"kept-%d" % i for i in range(20)]
         raw.close()
     finally:
+        b.stop()
+
+
+def test_a_closed_connections_late_disconnect_never_rolls_back_the_next_connection_on_its_fd(tmp_path):
+    """A connection closes and the next one gets its fd number, often before
+    the acceptor has read the first one's EVENT_DISCONNECTED: the local
+    transaction the new connection begins must survive that event
+    (net/connections.py tells the two apart by counting EVENT_ACCEPTED)."""
+    b = BrokerProcess(tmp_path / "data", args=("--partitions", "1", "--acceptors", "1")).start()
+    stop = threading.Event()
+
+    def load():  # keeps the acceptor's reads of client requests long, where a close is seen late
+        raw = RawClient(b.url)
+        inflight = 0
+        while not stop.is_set():
+            while inflight < 64:
+                raw.send_frames(codec.encode_request(m.Metadata(id=raw.next_id(), topics=[])))
+                inflight += 1
+            raw.recv()
+            inflight -= 1
+        raw.close()
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        rolled_back = []
+        for i in range(300):
+            first = RawClient(b.url)
+            first.call(m.Metadata(id=first.next_id(), topics=[]))
+            first.close()  # its fd is free now; the acceptor may not have seen it go
+            second = RawClient(b.url)
+            txid = f"TX:fd-reuse:{i}"
+            rep, _ = second.call(m.TxBegin(id=second.next_id(), txid=txid, xa=False, timeout_ms=60_000))
+            assert rep.code == 0, rep
+            rep, _ = second.call(m.TxEnd(id=second.next_id(), txid=txid, action="commit", parts=[]))
+            if rep.code:
+                rolled_back.append((i, rep.code, rep.message))
+            second.close()
+        assert rolled_back == [], f"{len(rolled_back)} of 300 rolled back by another connection's close: {rolled_back[:3]}"
+        assert "rolled back, its client disconnected" not in b.log()
+    finally:
+        stop.set()
+        loader.join(10)
         b.stop()

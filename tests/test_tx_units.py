@@ -229,3 +229,24 @@ def test_a_restated_or_copied_transaction_is_its_last_whole_copy(tmp_path):
     assert svc.table.txs["r"].state == PREPARED and svc.table.txs["r"].parts == {("t", 0): [new1, new2]}
     assert svc.table.txs["c"].state == PREPARED and svc.table.txs["c"].parts == {("t", 1): [new1]}
     assert svc.table.bytes == 3 * len(new1)
+
+
+def test_connections_on_one_fd_are_told_apart_by_the_accepts_before_them():
+    import zmq
+
+    from hpbroker.net.connections import Connections
+
+    c = Connections()
+    assert c.on_event(zmq.EVENT_ACCEPTED, 9) is None
+    old = c.of(9)  # a request over the first connection on fd 9
+    # it closes and a new connection gets fd 9: the monitor has DISCONNECTED, then ACCEPTED
+    assert c.on_event(zmq.EVENT_DISCONNECTED, 9) == old
+    c.on_event(zmq.EVENT_ACCEPTED, 9)
+    new = c.of(9)
+    assert new != old
+    # a transaction begun over the new connection is not the old one's
+    t = table()
+    tx, _ = t.begin("n", False, 1000, 0.0, conn=new)
+    assert t.of_connection(old) == [] and t.of_connection(new) == [tx]
+    assert c.on_event(zmq.EVENT_DISCONNECTED, 9) == new
+    assert c.on_event(zmq.EVENT_CONNECTED, 11) is None and c.of(11) == (11, 0)  # other events change nothing

@@ -36,6 +36,8 @@ from hpbroker.net.acceptor_stats import AcceptorStats
 from hpbroker.net.acks import ProduceAcks
 from hpbroker.net.admin import Admin, replicated_fetch_bound
 from hpbroker.net.cluster import Cluster
+from hpbroker.net.connections import EVENTS as CONNECTION_EVENTS
+from hpbroker.net.connections import Connections
 from hpbroker.net.fetch import FetchService
 from hpbroker.net.groups import CommitSink, GroupService
 from hpbroker.net.producer_ids import ProducerIds
@@ -82,8 +84,10 @@ class Acceptor(AcceptorPeers, AcceptorFetch):
         self.producer_ids = ProducerIds(cfg.broker.broker_id, index)
         self.groups = GroupService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
         self.tx = TxService(index, cfg, self.cluster, self.fetch, self._hand_off, clock)
-        # disconnects roll back local transactions (a connection is known by its fd: zmq.SRCFD)
-        self.client_events = self.client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # disconnects roll back local transactions: a connection is its fd (zmq.SRCFD) and the
+        # count of connections accepted on that fd so far (net/connections.py)
+        self.connections = Connections()
+        self.client_events = self.client.get_monitor_socket(CONNECTION_EVENTS)
         sec = sockets.security
         self.guard = sec.guard() if sec is not None else None  # [security]: the ACL, per request (None: off)
         self.security = sec  # refresh()ed each turn: edits of the ACL and keys are taken while running
@@ -144,9 +148,8 @@ class Acceptor(AcceptorPeers, AcceptorFetch):
             self._drain_replica_state()
         if self.slave_acks is not None and self.slave_acks in events:
             self._drain_slave_acks()
-        if self.client_events in events:  # before the client's requests: a reused fd is a new connection
-            for frames in drain(self.client_events, multipart=True):
-                self.tx.disconnected(parse_monitor_message(frames)["value"])
+        if self.client_events in events:  # before the client's requests
+            self._drain_client_events()
         if self.client in events:
             if self._stop_deadline is None:
                 self._drain_client()
@@ -280,7 +283,7 @@ class Acceptor(AcceptorPeers, AcceptorFetch):
                 case m.DescribeGroup():
                     self._reply(ident, self.groups.describe(req))
                 case m.TxBegin():
-                    self._reply(ident, self.tx.begin(req, frames[0].get(zmq.SRCFD)))
+                    self._reply(ident, self.tx.begin(req, self._connection_of(frames[0])))
                 case m.TxProduce():
                     check_request_size(payload, self.cfg.broker.max_request_bytes)
                     self.tx.produce_in(ident, req, payload)
@@ -299,6 +302,20 @@ class Acceptor(AcceptorPeers, AcceptorFetch):
         except Exception as e:  # a bug must not take every other client down
             log.exception("request %s failed", type(req).__name__)
             self._refuse(ident, req, BrokerError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def _drain_client_events(self) -> None:
+        for frames in drain(self.client_events, multipart=True):
+            ev = parse_monitor_message(frames)
+            gone = self.connections.on_event(ev["event"], ev["value"])
+            if gone is not None:
+                self.tx.disconnected(gone)
+
+    def _connection_of(self, frame) -> tuple[int, int]:
+        """The connection ``frame`` came over: the monitor's events are taken
+        first, so its EVENT_ACCEPTED (emitted before any of its messages) is
+        counted (net/connections.py)."""
+        self._drain_client_events()
+        return self.connections.of(frame.get(zmq.SRCFD))
 
     # -- produce ----------------------------------------------------------------
 
